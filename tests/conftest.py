@@ -1,0 +1,5 @@
+"""Shared pytest set-up: structured logs configured once for the test session."""
+
+from common.logging import configure_logging
+
+configure_logging()
