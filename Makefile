@@ -62,7 +62,7 @@ test: setup $(if $(wildcard $(NODE_CLIENT)/package.json),node-client)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(BENCH)
 
 clean:
 	rm -rf $(VENV) $(PROTO_STAMP) protos/tandem/v1/*_pb2*.py protos/tandem/v1/*_pb2.pyi $(NODE_CLIENT)/node_modules

@@ -1,0 +1,1 @@
+"""Benchmarks run by `make bench`; each writes its table under benchmarks/results/."""

@@ -1,0 +1,147 @@
+"""Trajectory fragments of single agents: the unit of experience from gateway to trainer.
+
+Why: ML-Agents' trainers consume per-agent trajectories cut at episode ends or every
+``time_horizon`` steps; the gateway builds them, the trainer validates and learns from
+them. Step ``t`` holds observation o_t, the action a_t taken on it, and the reward
+r_t received after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from common import tensor
+from common.specs import BehaviorSpec
+from tandem.v1 import trainer_pb2
+
+
+@dataclass
+class Trajectory:
+    """T consecutive decision steps of one agent.
+
+    Attributes:
+        instance: the environment instance index the agent lives in.
+        agent_id: the agent's id in that instance (ids change across episodes).
+        observations: per observation spec, float32 ``[T, *shape]``.
+        next_observations: per observation spec, float32 ``[*shape]``: what followed step T-1.
+        continuous_actions: float32 ``[T, continuous_size]``, unclipped samples.
+        discrete_actions: int32 ``[T, num_branches]``.
+        log_probs: float32 ``[T]``, joint log-probability of the action taken.
+        rewards: float32 ``[T]``.
+        action_masks: bool ``[T, sum(branches)]``, true = not allowed.
+        policy_versions: int64 ``[T]``, the snapshot version that chose each action.
+        done: the episode ended after step T-1.
+        interrupted: the end was a max-step interruption (bootstrap from next_observations).
+        episode_return: when done, the whole episode's return.
+        episode_length: when done, the whole episode's length in decision steps.
+    """
+
+    instance: int
+    agent_id: int
+    observations: list[np.ndarray]
+    next_observations: list[np.ndarray]
+    continuous_actions: np.ndarray
+    discrete_actions: np.ndarray
+    log_probs: np.ndarray
+    rewards: np.ndarray
+    action_masks: np.ndarray
+    policy_versions: np.ndarray
+    done: bool = False
+    interrupted: bool = False
+    episode_return: float = 0.0
+    episode_length: int = 0
+
+    def __len__(self) -> int:
+        return int(self.rewards.shape[0])
+
+
+def to_proto(traj: Trajectory, out: trainer_pb2.Trajectory | None = None) -> trainer_pb2.Trajectory:
+    msg = out if out is not None else trainer_pb2.Trajectory()
+    msg.instance = traj.instance
+    msg.agent_id = traj.agent_id
+    for o in traj.observations:
+        tensor.to_proto(np.asarray(o, np.float32), msg.observations.add())
+    for o in traj.next_observations:
+        tensor.to_proto(np.asarray(o, np.float32), msg.next_observations.add())
+    tensor.to_proto(np.asarray(traj.continuous_actions, np.float32), msg.continuous_actions)
+    tensor.to_proto(np.asarray(traj.discrete_actions, np.int32), msg.discrete_actions)
+    tensor.to_proto(np.asarray(traj.log_probs, np.float32), msg.log_probs)
+    tensor.to_proto(np.asarray(traj.rewards, np.float32), msg.rewards)
+    tensor.to_proto(np.asarray(traj.action_masks, bool), msg.action_masks)
+    tensor.to_proto(np.asarray(traj.policy_versions, np.int64), msg.policy_versions)
+    msg.done = traj.done
+    msg.interrupted = traj.interrupted
+    msg.episode_return = float(traj.episode_return)
+    msg.episode_length = int(traj.episode_length)
+    return msg
+
+
+def from_proto(msg: trainer_pb2.Trajectory, spec: BehaviorSpec, name: str = "trajectory") -> Trajectory:
+    """Decodes a Trajectory and checks it against the behavior's spec.
+
+    Raises:
+        tensor.TensorError: naming the field whose dtype, shape or values are wrong.
+    """
+    t = None
+    if len(msg.observations) != len(spec.observations):
+        raise tensor.TensorError(
+            f"{name}.observations: {len(msg.observations)} given, behavior {spec.name} has "
+            f"{len(spec.observations)}"
+        )
+    if len(msg.next_observations) != len(spec.observations):
+        raise tensor.TensorError(
+            f"{name}.next_observations: {len(msg.next_observations)} given, behavior has "
+            f"{len(spec.observations)}"
+        )
+    rewards = tensor.from_proto(msg.rewards, name=f"{name}.rewards", dtype=np.float32, shape=(None,))
+    t = rewards.shape[0]
+    if t == 0:
+        raise tensor.TensorError(f"{name}.rewards: a trajectory needs at least one step")
+    observations = []
+    next_observations = []
+    for i, (o, n, ospec) in enumerate(zip(msg.observations, msg.next_observations, spec.observations)):
+        observations.append(
+            tensor.from_proto(o, name=f"{name}.observations[{i}]", dtype=np.float32, shape=(t, *ospec.shape))
+        )
+        next_observations.append(
+            tensor.from_proto(n, name=f"{name}.next_observations[{i}]", dtype=np.float32, shape=ospec.shape)
+        )
+    a = spec.action_spec
+    cont = tensor.from_proto(
+        msg.continuous_actions, name=f"{name}.continuous_actions", dtype=np.float32, shape=(t, a.continuous_size)
+    )
+    disc = tensor.from_proto(
+        msg.discrete_actions, name=f"{name}.discrete_actions", dtype=np.int32, shape=(t, a.num_branches)
+    )
+    if a.num_branches and ((disc < 0).any() or (disc >= np.asarray(a.discrete_branches)).any()):
+        raise tensor.TensorError(f"{name}.discrete_actions: values out of the branch sizes {a.discrete_branches}")
+    log_probs = tensor.from_proto(msg.log_probs, name=f"{name}.log_probs", dtype=np.float32, shape=(t,))
+    masks = tensor.from_proto(msg.action_masks, name=f"{name}.action_masks", dtype=bool, shape=(t, a.mask_size))
+    versions = tensor.from_proto(msg.policy_versions, name=f"{name}.policy_versions", dtype=np.int64, shape=(t,))
+    for field_name, arr in (
+        ("rewards", rewards),
+        ("continuous_actions", cont),
+        ("log_probs", log_probs),
+        *((f"observations[{i}]", o) for i, o in enumerate(observations)),
+        *((f"next_observations[{i}]", o) for i, o in enumerate(next_observations)),
+    ):
+        if not np.isfinite(arr).all():
+            raise tensor.TensorError(f"{name}.{field_name}: contains NaN or infinity")
+    return Trajectory(
+        instance=int(msg.instance),
+        agent_id=int(msg.agent_id),
+        observations=observations,
+        next_observations=next_observations,
+        continuous_actions=cont,
+        discrete_actions=disc,
+        log_probs=log_probs,
+        rewards=rewards,
+        action_masks=masks,
+        policy_versions=versions,
+        done=bool(msg.done),
+        interrupted=bool(msg.interrupted),
+        episode_return=float(msg.episode_return),
+        episode_length=int(msg.episode_length),
+    )
