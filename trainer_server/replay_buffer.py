@@ -1,0 +1,257 @@
+"""SAC's experience replay: a fixed-capacity ring buffer of single transitions.
+
+Why: SAC learns off-policy from transitions sampled uniformly from everything seen
+recently (ML-Agents' ``buffer_size``), not from the latest rollout. Arrays are
+preallocated once (``np.zeros`` pages are only committed by the OS when written, so a
+large visual buffer costs what it holds) and written in place, oldest overwritten
+first; sampling takes an explicit JAX PRNG key so that a run is reproducible and
+resumes exactly. ``save``/``load`` back ML-Agents' ``save_replay_buffer: true``.
+
+A transition i holds: ``obs[k][i]`` (observation k before the action), the action
+(continuous ``[continuous_size]`` and discrete ``[num_branches]``), the reward after
+it, ``done`` (1.0 only on a true terminal step: interrupted episodes and
+``time_horizon`` cut-offs bootstrap), ``next_obs[k][i]`` and the action masks before
+(``action_masks``) and after (``next_action_masks``) the step (true = not allowed).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from common.logging import get_logger
+
+_FORMAT_VERSION = 1
+
+
+class Transitions(NamedTuple):
+    """A batch of transitions; leading dimensions ``L`` are any (``[n]`` or ``[k, n]``).
+
+    A NamedTuple so that it is a JAX pytree and can be handed to jitted functions.
+
+    Attributes:
+        obs: per observation, float32 ``[*L, *shape]``.
+        next_obs: per observation, float32 ``[*L, *shape]``.
+        continuous_actions: float32 ``[*L, continuous_size]``.
+        discrete_actions: int32 ``[*L, num_branches]``.
+        rewards: float32 ``[*L]``.
+        dones: float32 ``[*L]``, 1.0 on true terminal steps.
+        action_masks: bool ``[*L, sum(branches)]``, true = not allowed.
+        next_action_masks: bool ``[*L, sum(branches)]`` for the next observation.
+    """
+
+    obs: tuple[np.ndarray, ...]
+    next_obs: tuple[np.ndarray, ...]
+    continuous_actions: np.ndarray
+    discrete_actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    action_masks: np.ndarray
+    next_action_masks: np.ndarray
+
+
+class ReplayBuffer:
+    """Ring buffer of transitions in preallocated numpy arrays.
+
+    Args:
+        capacity: the most transitions kept (ML-Agents' ``buffer_size``).
+        obs_shapes: the per-agent shape of each observation.
+        continuous_size: width of the continuous action.
+        num_branches: number of discrete action branches.
+        mask_size: sum of the discrete branch sizes (width of the action masks).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_shapes: Sequence[tuple[int, ...]],
+        continuous_size: int,
+        num_branches: int,
+        mask_size: int,
+    ) -> None:
+        if capacity <= 0:
+            raise ValueError(f"replay buffer capacity must be positive, got {capacity}")
+        self.capacity = int(capacity)
+        self.obs_shapes = tuple(tuple(int(d) for d in s) for s in obs_shapes)
+        self.continuous_size = int(continuous_size)
+        self.num_branches = int(num_branches)
+        self.mask_size = int(mask_size)
+        c = self.capacity
+        self._data = Transitions(
+            obs=tuple(np.zeros((c, *s), np.float32) for s in self.obs_shapes),
+            next_obs=tuple(np.zeros((c, *s), np.float32) for s in self.obs_shapes),
+            continuous_actions=np.zeros((c, self.continuous_size), np.float32),
+            discrete_actions=np.zeros((c, self.num_branches), np.int32),
+            rewards=np.zeros((c,), np.float32),
+            dones=np.zeros((c,), np.float32),
+            action_masks=np.zeros((c, self.mask_size), bool),
+            next_action_masks=np.zeros((c, self.mask_size), bool),
+        )
+        self._size = 0
+        self._position = 0  # where the next transition is written
+        self._log = get_logger("trainer_server.replay_buffer")
+
+    @property
+    def size(self) -> int:
+        """Transitions held now (at most ``capacity``)."""
+        return self._size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _check(self, batch: Transitions) -> int:
+        n = int(np.shape(batch.rewards)[0])
+        expected = {
+            "continuous_actions": (n, self.continuous_size),
+            "discrete_actions": (n, self.num_branches),
+            "rewards": (n,),
+            "dones": (n,),
+            "action_masks": (n, self.mask_size),
+            "next_action_masks": (n, self.mask_size),
+        }
+        for name, shape in expected.items():
+            got = np.shape(getattr(batch, name))
+            if got != shape:
+                raise ValueError(f"transitions.{name}: shape {got}, expected {shape}")
+        for name in ("obs", "next_obs"):
+            arrays = getattr(batch, name)
+            if len(arrays) != len(self.obs_shapes):
+                raise ValueError(
+                    f"transitions.{name}: {len(arrays)} observations, expected {len(self.obs_shapes)}"
+                )
+            for i, (a, s) in enumerate(zip(arrays, self.obs_shapes)):
+                if np.shape(a) != (n, *s):
+                    raise ValueError(f"transitions.{name}[{i}]: shape {np.shape(a)}, expected {(n, *s)}")
+        return n
+
+    def add(self, batch: Transitions) -> None:
+        """Appends ``n`` transitions, overwriting the oldest when full.
+
+        Raises:
+            ValueError: naming the field whose shape does not fit this buffer.
+        """
+        n = self._check(batch)
+        if n == 0:
+            return
+        if n > self.capacity:  # only the newest capacity transitions survive anyway
+            batch = jax.tree_util.tree_map(lambda a: np.asarray(a)[n - self.capacity :], batch)
+            n = self.capacity
+        first = min(n, self.capacity - self._position)
+        pairs = zip(jax.tree_util.tree_leaves(self._data), jax.tree_util.tree_leaves(batch))
+        for dst, src in pairs:
+            src = np.asarray(src)
+            dst[self._position : self._position + first] = src[:first]
+            if first < n:
+                dst[: n - first] = src[first:]
+        self._position = (self._position + n) % self.capacity
+        self._size = min(self._size + n, self.capacity)
+
+    def sample_indices(self, key: jax.Array, shape: tuple[int, ...]) -> np.ndarray:
+        """Uniform indices into the held transitions (with replacement), int64 ``shape``.
+
+        Raises:
+            ValueError: when the buffer is empty.
+        """
+        if self._size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        return np.asarray(jax.random.randint(key, shape, 0, self._size), dtype=np.int64)
+
+    def gather(self, indices: np.ndarray) -> Transitions:
+        """The transitions at ``indices`` (any shape ``L``), as numpy arrays ``[*L, ...]``."""
+        return jax.tree_util.tree_map(lambda a: a[indices], self._data)
+
+    def sample(self, key: jax.Array, batch_size: int, num_batches: int | None = None) -> Transitions:
+        """Uniformly sampled transitions: ``[batch_size]`` or ``[num_batches, batch_size]``."""
+        shape = (batch_size,) if num_batches is None else (num_batches, batch_size)
+        return self.gather(self.sample_indices(key, shape))
+
+    def chronological(self) -> Transitions:
+        """Every held transition, oldest first (copies)."""
+        if self._size < self.capacity:
+            return jax.tree_util.tree_map(lambda a: a[: self._size].copy(), self._data)
+        order = np.concatenate([np.arange(self._position, self.capacity), np.arange(self._position)])
+        return self.gather(order)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the held transitions to an ``.npz`` file, atomically (temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = self.chronological()
+        arrays: dict[str, np.ndarray] = {
+            "format_version": np.asarray(_FORMAT_VERSION),
+            "continuous_actions": data.continuous_actions,
+            "discrete_actions": data.discrete_actions,
+            "rewards": data.rewards,
+            "dones": data.dones,
+            "action_masks": data.action_masks,
+            "next_action_masks": data.next_action_masks,
+        }
+        for i, (o, n) in enumerate(zip(data.obs, data.next_obs)):
+            arrays[f"obs_{i}"] = o
+            arrays[f"next_obs_{i}"] = n
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._log.info("replay buffer saved", path=str(path), transitions=self._size, bytes=path.stat().st_size)
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Replaces the contents with a file written by ``save``.
+
+        A file with more transitions than ``capacity`` keeps its newest ones.
+
+        Raises:
+            ValueError: when the file is not a replay buffer of this behavior's shapes
+                (the message names the file and the field).
+            FileNotFoundError: when there is no such file.
+        """
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                files = set(f.files)
+                if "format_version" not in files or int(f["format_version"]) != _FORMAT_VERSION:
+                    raise ValueError(f"{path}: not a Tandem replay buffer file (format {_FORMAT_VERSION})")
+                n_obs = len(self.obs_shapes)
+                for i in range(n_obs):
+                    if f"obs_{i}" not in files:
+                        raise ValueError(f"{path}: has no obs_{i}; the behavior has {n_obs} observations")
+                if f"obs_{n_obs}" in files:
+                    raise ValueError(f"{path}: has more observations than the behavior's {n_obs}")
+                batch = Transitions(
+                    obs=tuple(f[f"obs_{i}"] for i in range(n_obs)),
+                    next_obs=tuple(f[f"next_obs_{i}"] for i in range(n_obs)),
+                    continuous_actions=f["continuous_actions"],
+                    discrete_actions=f["discrete_actions"],
+                    rewards=f["rewards"],
+                    dones=f["dones"],
+                    action_masks=f["action_masks"],
+                    next_action_masks=f["next_action_masks"],
+                )
+        except FileNotFoundError:
+            raise
+        except (OSError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: unreadable replay buffer file: {e}") from e
+        except ValueError as e:
+            if str(e).startswith(str(path)):
+                raise
+            raise ValueError(f"{path}: unreadable replay buffer file: {e}") from e
+        try:
+            self._check(batch)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
+        self._size = 0
+        self._position = 0
+        self.add(batch)
+        self._log.info("replay buffer loaded", path=str(path), transitions=self._size)
