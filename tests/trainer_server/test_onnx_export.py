@@ -1,0 +1,359 @@
+"""The ONNX export follows ML-Agents' model contract and acts like the policy it exports.
+
+Models are run with onnxruntime, the way Unity's inference engine runs them: inputs
+``obs_i`` channels-first, ``action_masks`` with 1 = allowed, constant outputs read as
+float tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from common import specs
+from tandem.v1 import trainer_pb2
+from trainer_server import onnx_export
+from trainer_server.onnx_export import ExportError, export_policy, export_policy_bytes
+
+HIDDEN = 16
+
+
+def make_architecture(
+    observations: list[tuple[int, ...]],
+    continuous: int = 0,
+    branches: tuple[int, ...] = (),
+    distribution: str = "gaussian",
+    normalize: bool = True,
+    num_layers: int = 2,
+    hidden_units: int = HIDDEN,
+) -> trainer_pb2.PolicyArchitecture:
+    spec = specs.BehaviorSpec(
+        name="Test?team=0",
+        observations=tuple(specs.ObservationSpec(name=f"sensor{i}", shape=s) for i, s in enumerate(observations)),
+        action_spec=specs.ActionSpec(continuous_size=continuous, discrete_branches=branches),
+    )
+    arch = trainer_pb2.PolicyArchitecture(
+        hidden_units=hidden_units,
+        num_layers=num_layers,
+        normalize=normalize,
+        vis_encode_type="simple",
+        continuous_distribution=distribution,
+    )
+    specs.to_proto(spec, arch.behavior_spec)
+    return arch
+
+
+def random_params(arch: trainer_pb2.PolicyArchitecture, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random parameters named as docs/ARCHITECTURE.md specifies, scaled to give varied actions."""
+    rng = np.random.default_rng(seed)
+    spec = specs.from_proto(arch.behavior_spec)
+    h = arch.hidden_units
+
+    def dense(prefix: str, n_in: int, n_out: int) -> None:
+        params[f"{prefix}/kernel"] = rng.normal(0, 1 / np.sqrt(n_in), (n_in, n_out)).astype(np.float32)
+        params[f"{prefix}/bias"] = rng.normal(0, 0.1, n_out).astype(np.float32)
+
+    params: dict[str, np.ndarray] = {}
+    features = 0
+    for i, obs in enumerate(spec.observations):
+        if len(obs.shape) == 1:
+            if arch.normalize:
+                params[f"normalizer/mean/{i}"] = rng.normal(0, 1, obs.shape).astype(np.float32)
+                params[f"normalizer/var/{i}"] = rng.uniform(0.2, 3, obs.shape).astype(np.float32)
+            features += obs.shape[0]
+        else:
+            height, width, channels = obs.shape
+            for layer, (k, stride, out) in enumerate([(8, 4, 16), (4, 2, 32)]):
+                params[f"encoder/{i}/conv{layer}/kernel"] = rng.normal(
+                    0, 1 / np.sqrt(k * k * channels), (k, k, channels, out)
+                ).astype(np.float32)
+                params[f"encoder/{i}/conv{layer}/bias"] = rng.normal(0, 0.1, out).astype(np.float32)
+                height, width, channels = (height - k) // stride + 1, (width - k) // stride + 1, out
+            dense(f"encoder/{i}/dense", height * width * channels, h)
+            features += h
+    n_in = features
+    for j in range(arch.num_layers):
+        dense(f"body/dense{j}", n_in, h)
+        n_in = h
+    action = spec.action_spec
+    if action.continuous_size:
+        dense("policy/mu", n_in, action.continuous_size)
+        if arch.continuous_distribution == "tanh_gaussian":
+            dense("policy/log_std", n_in, action.continuous_size)
+        else:
+            params["policy/log_std"] = rng.normal(-0.5, 0.3, action.continuous_size).astype(np.float32)
+    if action.discrete_branches:
+        dense("policy/logits", n_in, sum(action.discrete_branches))
+        params["policy/logits/kernel"] *= 3  # sharper, so argmax is well separated
+    return params
+
+
+def random_inputs(
+    arch: trainer_pb2.PolicyArchitecture, batch: int, seed: int = 1, masks: np.ndarray | None = None
+) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Observations as the trainer sees them (HWC) and the feed Unity would give (CHW)."""
+    rng = np.random.default_rng(seed)
+    spec = specs.from_proto(arch.behavior_spec)
+    observations, feed = [], {}
+    for i, obs in enumerate(spec.observations):
+        if len(obs.shape) == 1:
+            x = rng.normal(0, 2, (batch, *obs.shape)).astype(np.float32)
+            feed[f"obs_{i}"] = x
+        else:
+            x = rng.uniform(0, 1, (batch, *obs.shape)).astype(np.float32)
+            feed[f"obs_{i}"] = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        observations.append(x)
+    if spec.action_spec.discrete_branches:
+        allowed = np.ones((batch, spec.action_spec.mask_size), np.float32) if masks is None else masks
+        feed["action_masks"] = allowed
+    return observations, feed
+
+
+def session(arch: trainer_pb2.PolicyArchitecture, params: dict[str, np.ndarray]) -> ort.InferenceSession:
+    return ort.InferenceSession(export_policy_bytes(arch, params), providers=["CPUExecutionProvider"])
+
+
+def run(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feed)))
+
+
+BEHAVIORS = {
+    # 3DBall-like: one vector observation, continuous actions (PPO)
+    "vector_continuous": dict(observations=[(8,)], continuous=2),
+    # a camera plus a vector, continuous actions (PPO)
+    "visual": dict(observations=[(36, 40, 3), (5,)], continuous=3),
+    # GridWorld-like: discrete branches with action masks
+    "discrete_masks": dict(observations=[(6,), (4,)], branches=(3, 2, 4)),
+    # hybrid actions, camera and vector, SAC's tanh-squashed Gaussian
+    "hybrid_sac": dict(observations=[(7,), (40, 36, 1)], continuous=2, branches=(5,), distribution="tanh_gaussian"),
+    # hybrid with a single branch and a single layer, not normalized
+    "hybrid_ppo": dict(observations=[(9,)], continuous=1, branches=(2,), normalize=False, num_layers=1),
+}
+
+
+@pytest.fixture(params=sorted(BEHAVIORS))
+def behavior(request) -> tuple[trainer_pb2.PolicyArchitecture, dict[str, np.ndarray]]:
+    arch = make_architecture(**BEHAVIORS[request.param])
+    return arch, random_params(arch)
+
+
+def expected_io(arch: trainer_pb2.PolicyArchitecture) -> tuple[list, list]:
+    """The ML-Agents contract: (name, element type, shape) of inputs and outputs, in order."""
+    spec = specs.from_proto(arch.behavior_spec)
+    inputs = []
+    for i, obs in enumerate(spec.observations):
+        shape = ["batch", *obs.shape] if len(obs.shape) == 1 else ["batch", obs.shape[2], obs.shape[0], obs.shape[1]]
+        inputs.append((f"obs_{i}", "tensor(float)", shape))
+    action = spec.action_spec
+    if action.discrete_branches:
+        inputs.append(("action_masks", "tensor(float)", ["batch", action.mask_size]))
+    outputs = [("version_number", "tensor(float)", [1]), ("memory_size", "tensor(float)", [1])]
+    if action.continuous_size:
+        outputs += [
+            ("continuous_actions", "tensor(float)", ["batch", action.continuous_size]),
+            ("continuous_action_output_shape", "tensor(float)", [1]),
+            ("deterministic_continuous_actions", "tensor(float)", ["batch", action.continuous_size]),
+        ]
+    if action.discrete_branches:
+        outputs += [
+            ("discrete_actions", "tensor(int64)", ["batch", action.num_branches]),
+            ("discrete_action_output_shape", "tensor(float)", [1, action.num_branches]),
+            ("deterministic_discrete_actions", "tensor(int64)", ["batch", action.num_branches]),
+        ]
+    return inputs, outputs
+
+
+def test_inputs_and_outputs_follow_the_mlagents_contract(behavior):
+    arch, params = behavior
+    sess = session(arch, params)
+    want_inputs, want_outputs = expected_io(arch)
+    assert [(i.name, i.type, i.shape) for i in sess.get_inputs()] == want_inputs
+    assert [(o.name, o.type, o.shape) for o in sess.get_outputs()] == want_outputs
+
+
+def test_constant_outputs_tell_unity_the_version_memory_and_action_sizes(behavior):
+    arch, params = behavior
+    action = specs.from_proto(arch.behavior_spec).action_spec
+    _, feed = random_inputs(arch, batch=3)
+    out = run(session(arch, params), feed)
+    np.testing.assert_array_equal(out["version_number"], np.array([3], np.float32))
+    np.testing.assert_array_equal(out["memory_size"], np.array([0], np.float32))
+    if action.continuous_size:
+        np.testing.assert_array_equal(out["continuous_action_output_shape"], [action.continuous_size])
+    else:
+        assert "continuous_action_output_shape" not in out
+    if action.discrete_branches:
+        np.testing.assert_array_equal(out["discrete_action_output_shape"], [list(action.discrete_branches)])
+    else:
+        assert "discrete_action_output_shape" not in out
+
+
+def test_model_passes_the_full_onnx_checker_at_the_chosen_opset(behavior):
+    arch, params = behavior
+    model = onnx.load_from_string(export_policy_bytes(arch, params))
+    onnx.checker.check_model(model, full_check=True)
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", onnx_export.OPSET)]
+    assert model.ir_version == onnx_export.IR_VERSION
+    # every op exists in the chosen opset (no newer operator slipped in)
+    for node in model.graph.node:
+        onnx.defs.get_schema(node.op_type, onnx_export.OPSET)
+
+
+def test_one_model_serves_batch_sizes_1_and_7(behavior):
+    arch, params = behavior
+    sess = session(arch, params)
+    action = specs.from_proto(arch.behavior_spec).action_spec
+    _, feed7 = random_inputs(arch, batch=7)
+    out7 = run(sess, feed7)
+    for row in (0, 6):
+        out1 = run(sess, {k: v[row : row + 1] for k, v in feed7.items()})
+        if action.continuous_size:
+            assert out1["continuous_actions"].shape == (1, action.continuous_size)
+            np.testing.assert_allclose(
+                out1["deterministic_continuous_actions"][0], out7["deterministic_continuous_actions"][row], atol=1e-6
+            )
+        if action.discrete_branches:
+            assert out1["discrete_actions"].shape == (1, action.num_branches)
+            np.testing.assert_array_equal(
+                out1["deterministic_discrete_actions"][0], out7["deterministic_discrete_actions"][row]
+            )
+
+
+def test_unity_load_check_with_all_zero_inputs_gives_finite_outputs(behavior):
+    """Unity runs a freshly loaded model once on zero inputs (zero masks too) to read its constants."""
+    arch, params = behavior
+    sess = session(arch, params)
+    feed = {
+        i.name: np.zeros([1 if d == "batch" else d for d in i.shape], np.float32) for i in sess.get_inputs()
+    }
+    for name, value in run(sess, feed).items():
+        assert np.all(np.isfinite(value)), name
+
+
+def test_masked_discrete_actions_are_never_chosen():
+    branches = (4, 3, 5)
+    arch = make_architecture([(6,)], branches=branches)
+    params = random_params(arch, seed=3)
+    sess = session(arch, params)
+    batch = 512
+    rng = np.random.default_rng(7)
+    allowed = (rng.uniform(size=(batch, sum(branches))) < 0.5).astype(np.float32)
+    start = 0
+    for size in branches:  # keep at least one allowed action per branch
+        rows = allowed[:, start : start + size].sum(axis=1) == 0
+        allowed[rows, start + rng.integers(0, size, rows.sum())] = 1
+        start += size
+    _, feed = random_inputs(arch, batch, masks=allowed)
+    offsets = np.cumsum((0, *branches[:-1]))
+    chosen_counts = np.zeros(sum(branches))
+    for _ in range(20):  # 10240 sampled decisions per branch
+        out = run(sess, feed)
+        for key in ("discrete_actions", "deterministic_discrete_actions"):
+            flat = out[key] + offsets  # index into the mask row
+            picked = np.take_along_axis(allowed, flat, axis=1)
+            assert np.all(picked == 1), f"{key} chose a masked action"
+        np.add.at(chosen_counts, (out["discrete_actions"] + offsets).ravel(), 1)
+    # sampling really samples: every action allowed somewhere is chosen at some point
+    assert np.all(chosen_counts[allowed.any(axis=0)] > 0)
+
+
+def test_mask_of_one_allowed_action_forces_it():
+    arch = make_architecture([(6,)], branches=(5,))
+    params = random_params(arch, seed=4)
+    batch = 50
+    allowed = np.zeros((batch, 5), np.float32)
+    only = np.arange(batch) % 5
+    allowed[np.arange(batch), only] = 1
+    _, feed = random_inputs(arch, batch, masks=allowed)
+    out = run(session(arch, params), feed)
+    np.testing.assert_array_equal(out["discrete_actions"][:, 0], only)
+    np.testing.assert_array_equal(out["deterministic_discrete_actions"][:, 0], only)
+
+
+def test_sampled_discrete_actions_follow_the_softmax_of_the_logits():
+    arch = make_architecture([(3,)], branches=(3,), normalize=False, num_layers=0)
+    params = random_params(arch, seed=5)
+    params["policy/logits/kernel"] = np.zeros((3, 3), np.float32)
+    params["policy/logits/bias"] = np.log(np.array([0.2, 0.5, 0.3], np.float32))
+    _, feed = random_inputs(arch, batch=20000)
+    actions = run(session(arch, params), feed)["discrete_actions"][:, 0]
+    freq = np.bincount(actions, minlength=3) / actions.size
+    np.testing.assert_allclose(freq, [0.2, 0.5, 0.3], atol=0.02)
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "tanh_gaussian"])
+def test_sampled_continuous_actions_are_noisy_around_the_deterministic_ones(distribution):
+    arch = make_architecture([(4,)], continuous=2, distribution=distribution, normalize=False, num_layers=1)
+    params = random_params(arch, seed=6)
+    std = np.array([0.05, 0.2], np.float32)
+    if distribution == "gaussian":
+        params["policy/log_std"] = np.log(std)
+    else:
+        params["policy/log_std/kernel"] = np.zeros_like(params["policy/log_std/kernel"])
+        params["policy/log_std/bias"] = np.log(std)
+    params["policy/mu/kernel"] *= 0.1  # keep the mean well inside the clip/tanh range
+    _, feed = random_inputs(arch, batch=1)
+    feed = {k: np.repeat(v, 20000, axis=0) for k, v in feed.items()}
+    out = run(session(arch, params), feed)
+    sampled, mode = out["continuous_actions"], out["deterministic_continuous_actions"][0]
+    assert np.all(np.abs(sampled) <= 1.0)
+    # map back to the Gaussian's space: a = 3 * clip output, or atanh for SAC
+    raw = np.arctanh(np.clip(sampled, -0.999999, 0.999999)) if distribution == "tanh_gaussian" else 3 * sampled
+    raw_mode = np.arctanh(mode) if distribution == "tanh_gaussian" else 3 * mode
+    np.testing.assert_allclose(raw.mean(axis=0), raw_mode, atol=0.01)
+    np.testing.assert_allclose(raw.std(axis=0), std, rtol=0.05)
+
+
+def test_gaussian_actions_are_clipped_to_plus_minus_three_then_scaled():
+    arch = make_architecture([(2,)], continuous=2, normalize=False, num_layers=0)
+    params = random_params(arch)
+    params["policy/mu/kernel"] = np.zeros((2, 2), np.float32)
+    params["policy/mu/bias"] = np.array([10.0, -1.5], np.float32)
+    params["policy/log_std"] = np.array([-20.0, -20.0], np.float32)
+    _, feed = random_inputs(arch, batch=2)
+    out = run(session(arch, params), feed)
+    np.testing.assert_allclose(out["deterministic_continuous_actions"], [[1.0, -0.5]] * 2, atol=1e-6)
+    np.testing.assert_allclose(out["continuous_actions"], [[1.0, -0.5]] * 2, atol=1e-6)
+
+
+def test_export_policy_writes_the_same_model_to_a_file(tmp_path):
+    arch = make_architecture([(8,)], continuous=2)
+    params = random_params(arch)
+    path = tmp_path / "results" / "run" / "3DBall" / "3DBall-5000.onnx"
+    export_policy(arch, params, path)
+    assert path.read_bytes() == export_policy_bytes(arch, params)
+    assert [p.name for p in path.parent.iterdir()] == ["3DBall-5000.onnx"]  # no temporary left behind
+    onnx.checker.check_model(str(path), full_check=True)
+    export_policy(arch, params, path)  # overwriting an existing model works
+    assert path.read_bytes() == export_policy_bytes(arch, params)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda a, p: p.pop("body/dense1/kernel"), "missing 'body/dense1/kernel'"),
+        (lambda a, p: p.update({"policy/mu/bias": np.zeros(5, np.float32)}), "params['policy/mu/bias']: shape"),
+        (lambda a, p: p.update({"normalizer/var/0": -np.ones(8, np.float32)}), "normalizer/var/0"),
+        (lambda a, p: p.update({"policy/log_std": np.full(2, np.nan, np.float32)}), "NaN"),
+        (lambda a, p: setattr(a, "continuous_distribution", "beta"), "continuous_distribution"),
+        (lambda a, p: setattr(a, "vis_encode_type", "resnet"), "vis_encode_type"),
+        (lambda a, p: a.behavior_spec.ClearField("name"), "behavior_spec.name"),
+        (lambda a, p: a.behavior_spec.observations[0].shape.append(2), "observations[0].shape"),
+    ],
+)
+def test_bad_architecture_or_params_raise_a_clear_error(mutate, message):
+    arch = make_architecture([(8,)], continuous=2)
+    params = random_params(arch)
+    mutate(arch, params)
+    with pytest.raises(ExportError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+        export_policy_bytes(arch, params)
+
+
+def test_too_small_image_for_the_simple_encoder_is_refused():
+    arch = make_architecture([(10, 10, 3)], continuous=1)
+    params = random_params(make_architecture([(36, 36, 3)], continuous=1))
+    with pytest.raises(ExportError, match="too small"):
+        export_policy_bytes(arch, params)
