@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from common import specs
+from common import policy, specs
 from tandem.v1 import trainer_pb2
 from trainer_server import onnx_export
 from trainer_server.onnx_export import ExportError, export_policy, export_policy_bytes
@@ -46,47 +46,24 @@ def make_architecture(
 
 
 def random_params(arch: trainer_pb2.PolicyArchitecture, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random parameters named as docs/ARCHITECTURE.md specifies, scaled to give varied actions."""
+    """Random parameters with the reference's names and shapes, scaled to give varied actions."""
     rng = np.random.default_rng(seed)
-    spec = specs.from_proto(arch.behavior_spec)
-    h = arch.hidden_units
-
-    def dense(prefix: str, n_in: int, n_out: int) -> None:
-        params[f"{prefix}/kernel"] = rng.normal(0, 1 / np.sqrt(n_in), (n_in, n_out)).astype(np.float32)
-        params[f"{prefix}/bias"] = rng.normal(0, 0.1, n_out).astype(np.float32)
-
-    params: dict[str, np.ndarray] = {}
-    features = 0
-    for i, obs in enumerate(spec.observations):
-        if len(obs.shape) == 1:
-            if arch.normalize:
-                params[f"normalizer/mean/{i}"] = rng.normal(0, 1, obs.shape).astype(np.float32)
-                params[f"normalizer/var/{i}"] = rng.uniform(0.2, 3, obs.shape).astype(np.float32)
-            features += obs.shape[0]
+    params = {}
+    for name, shape in policy.parameter_shapes(policy.PolicyArchitecture.coerce(arch)).items():
+        if name.startswith("normalizer/var/"):
+            value = rng.uniform(0.2, 3.0, shape)
+        elif name.startswith("normalizer/mean/"):
+            value = rng.normal(0.0, 1.0, shape)
+        elif name == "policy/log_std":
+            value = rng.normal(-0.5, 0.3, shape)
+        elif name.endswith("/kernel"):
+            fan_in = int(np.prod(shape[:-1]))
+            value = rng.normal(0.0, 1.0 / np.sqrt(fan_in), shape)
+            if name == "policy/logits/kernel":
+                value *= 3  # sharper, so that argmax is well separated
         else:
-            height, width, channels = obs.shape
-            for layer, (k, stride, out) in enumerate([(8, 4, 16), (4, 2, 32)]):
-                params[f"encoder/{i}/conv{layer}/kernel"] = rng.normal(
-                    0, 1 / np.sqrt(k * k * channels), (k, k, channels, out)
-                ).astype(np.float32)
-                params[f"encoder/{i}/conv{layer}/bias"] = rng.normal(0, 0.1, out).astype(np.float32)
-                height, width, channels = (height - k) // stride + 1, (width - k) // stride + 1, out
-            dense(f"encoder/{i}/dense", height * width * channels, h)
-            features += h
-    n_in = features
-    for j in range(arch.num_layers):
-        dense(f"body/dense{j}", n_in, h)
-        n_in = h
-    action = spec.action_spec
-    if action.continuous_size:
-        dense("policy/mu", n_in, action.continuous_size)
-        if arch.continuous_distribution == "tanh_gaussian":
-            dense("policy/log_std", n_in, action.continuous_size)
-        else:
-            params["policy/log_std"] = rng.normal(-0.5, 0.3, action.continuous_size).astype(np.float32)
-    if action.discrete_branches:
-        dense("policy/logits", n_in, sum(action.discrete_branches))
-        params["policy/logits/kernel"] *= 3  # sharper, so argmax is well separated
+            value = rng.normal(0.0, 0.1, shape)
+        params[name] = value.astype(np.float32)
     return params
 
 
@@ -341,7 +318,7 @@ def test_export_policy_writes_the_same_model_to_a_file(tmp_path):
         (lambda a, p: setattr(a, "continuous_distribution", "beta"), "continuous_distribution"),
         (lambda a, p: setattr(a, "vis_encode_type", "resnet"), "vis_encode_type"),
         (lambda a, p: a.behavior_spec.ClearField("name"), "behavior_spec.name"),
-        (lambda a, p: a.behavior_spec.observations[0].shape.append(2), "observations[0].shape"),
+        (lambda a, p: a.behavior_spec.observations[0].shape.append(2), "only vector"),
     ],
 )
 def test_bad_architecture_or_params_raise_a_clear_error(mutate, message):
@@ -355,5 +332,118 @@ def test_bad_architecture_or_params_raise_a_clear_error(mutate, message):
 def test_too_small_image_for_the_simple_encoder_is_refused():
     arch = make_architecture([(10, 10, 3)], continuous=1)
     params = random_params(make_architecture([(36, 36, 3)], continuous=1))
-    with pytest.raises(ExportError, match="too small"):
+    with pytest.raises(ExportError, match="needs at least 20x20"):
         export_policy_bytes(arch, params)
+
+
+# ---- parity with the policy the trainer and the gateway act with ----------------------
+
+
+def random_masks(branches: tuple[int, ...], batch: int, seed: int) -> np.ndarray:
+    """Unity's float mask (1 = allowed) with about half the actions masked, at least one allowed per branch."""
+    rng = np.random.default_rng(seed)
+    allowed = (rng.uniform(size=(batch, sum(branches))) < 0.5).astype(np.float32)
+    start = 0
+    for size in branches:
+        rows = allowed[:, start : start + size].sum(axis=1) == 0
+        allowed[rows, start + rng.integers(0, size, rows.sum())] = 1
+        start += size
+    return allowed
+
+
+def jax_initialized_params(arch: trainer_pb2.PolicyArchitecture, seed: int = 0) -> dict[str, np.ndarray]:
+    """Parameters from the real JAX actor initializer, with normalizer statistics folded from data."""
+    jax = pytest.importorskip("jax")
+    from trainer_server import networks, normalizer
+
+    domain = policy.PolicyArchitecture.coerce(arch)
+    params = {k: np.asarray(v) for k, v in networks.init_actor(jax.random.key(seed), domain).items()}
+    if domain.normalize:
+        observations, _ = random_inputs(arch, batch=64, seed=seed + 100)
+        state = normalizer.update(
+            normalizer.init(domain.behavior_spec),
+            [3.0 * o + 1.0 for o in observations],
+            np.ones(64, bool),
+        )
+        means, variances = normalizer.statistics(state)
+        for key in means:
+            params[f"normalizer/mean/{key}"] = np.asarray(means[key])
+            params[f"normalizer/var/{key}"] = np.asarray(variances[key])
+    return params
+
+
+def deterministic_onnx(arch, params, feed) -> tuple[np.ndarray | None, np.ndarray | None]:
+    out = run(session(arch, params), feed)
+    return out.get("deterministic_continuous_actions"), out.get("deterministic_discrete_actions")
+
+
+@pytest.mark.parametrize("init", ["random", "jax"])
+def test_deterministic_actions_match_numpy_policy(behavior, init):
+    arch, params = behavior
+    if init == "jax":
+        params = jax_initialized_params(arch)
+    action = specs.from_proto(arch.behavior_spec).action_spec
+    allowed = random_masks(action.discrete_branches, 64, seed=11) if action.discrete_branches else None
+    observations, feed = random_inputs(arch, batch=64, seed=12, masks=allowed)
+    continuous, discrete = deterministic_onnx(arch, params, feed)
+    reference = policy.NumpyPolicy(arch, params).act(
+        observations, None if allowed is None else allowed == 0, np.random.default_rng(0), deterministic=True
+    )
+    if action.continuous_size:
+        np.testing.assert_allclose(continuous, reference.env_continuous, atol=1e-5, rtol=0)
+        assert np.ptp(continuous, axis=0).min() > 1e-3  # the inputs really drive the actions
+    if action.discrete_branches:
+        np.testing.assert_array_equal(discrete, reference.discrete)
+
+
+def test_deterministic_actions_match_the_jax_actor(behavior):
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from trainer_server import distributions, networks
+
+    arch, _ = behavior
+    params = jax_initialized_params(arch, seed=5)
+    domain = policy.PolicyArchitecture.coerce(arch)
+    action = domain.behavior_spec.action_spec
+    allowed = random_masks(action.discrete_branches, 32, seed=13) if action.discrete_branches else None
+    observations, feed = random_inputs(arch, batch=32, seed=14, masks=allowed)
+    continuous, discrete = deterministic_onnx(arch, params, feed)
+
+    jparams = {k: jnp.asarray(v) for k, v in params.items() if not k.startswith("normalizer/")}
+    norm = None
+    if domain.normalize:
+        idx = policy.vector_indices(domain.behavior_spec)
+        norm = (
+            {str(i): jnp.asarray(params[f"normalizer/mean/{i}"]) for i in idx},
+            {str(i): jnp.asarray(params[f"normalizer/var/{i}"]) for i in idx},
+        )
+    mask = None if allowed is None else jnp.asarray(allowed == 0)
+    dist = networks.actor_forward(jparams, domain, [jnp.asarray(o) for o in observations], norm, mask)
+    acts = distributions.sample(
+        dist, jax.random.key(0), 32, action.discrete_branches, domain.continuous_distribution, deterministic=True
+    )
+    if action.continuous_size:
+        want = distributions.env_continuous(acts.continuous, domain.continuous_distribution)
+        np.testing.assert_allclose(continuous, np.asarray(want), atol=1e-5, rtol=0)
+    if action.discrete_branches:
+        np.testing.assert_array_equal(discrete, np.asarray(acts.discrete))
+
+
+def test_exported_statistics_match_numpy_policy_sampling():
+    """Sampled outputs come from the same distribution as NumpyPolicy's samples."""
+    arch = make_architecture([(6,)], continuous=1, branches=(3,), distribution="tanh_gaussian")
+    params = random_params(arch, seed=21)
+    params["policy/logits/kernel"] *= 0.2  # a spread-out categorical
+    n = 20000
+    observations, feed = random_inputs(arch, batch=1, seed=22, masks=np.array([[1, 0, 1]], np.float32))
+    observations = [np.repeat(o, n, axis=0) for o in observations]
+    feed = {k: np.repeat(v, n, axis=0) for k, v in feed.items()}
+    out = run(session(arch, params), feed)
+    ref = policy.NumpyPolicy(arch, params).act(observations, feed["action_masks"] == 0, np.random.default_rng(1))
+    onnx_freq = np.bincount(out["discrete_actions"][:, 0], minlength=3) / n
+    ref_freq = np.bincount(ref.discrete[:, 0], minlength=3) / n
+    np.testing.assert_allclose(onnx_freq, ref_freq, atol=0.02)
+    assert onnx_freq[1] == 0
+    np.testing.assert_allclose(out["continuous_actions"].mean(), ref.env_continuous.mean(), atol=0.02)
+    np.testing.assert_allclose(out["continuous_actions"].std(), ref.env_continuous.std(), rtol=0.05)

@@ -1,0 +1,271 @@
+"""Shared pieces of the trainer-service tests: a real gRPC gateway client, trajectory
+builders, a small deterministic Learner and run options.
+
+The Learner here is a stand-in for the algorithm only (the service and orchestration are
+the code under test): it records exactly which trajectories reached it, so a test can
+prove that a refused chunk never touched a buffer. PPO itself is tested in test_ppo*.py
+and end to end in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from common import specs as specs_mod
+from common import trajectory as trajectory_mod
+from common.policy import PolicyArchitecture, parameter_shapes
+from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
+from common.trajectory import Trajectory
+from tandem.v1 import trainer_pb2, trainer_pb2_grpc
+
+BALL = BehaviorSpec(
+    name="3DBall?team=0",
+    observations=(ObservationSpec(name="VectorSensor", shape=(8,)),),
+    action_spec=ActionSpec(continuous_size=2),
+)
+GRID = BehaviorSpec(
+    name="Grid?team=0",
+    observations=(ObservationSpec(name="VectorSensor", shape=(4,)),),
+    action_spec=ActionSpec(discrete_branches=(3, 2)),
+)
+
+
+def test_support_module_has_no_tests() -> None:
+    """(keeps pytest from reporting this helper module as empty)"""
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class BehaviorSettingsForTests:
+    trainer_type: str = "counting"
+    max_steps: int = 1000
+    time_horizon: int = 16
+    summary_freq: int = 40
+    checkpoint_interval: int = 50
+    keep_checkpoints: int = 2
+    init_path: str | None = None
+    buffer_size: int = 20
+    reward_signals: dict = field(default_factory=lambda: {"extrinsic": {"gamma": 0.99, "strength": 1.0}})
+
+
+@dataclass(frozen=True)
+class CheckpointSettingsForTests:
+    run_id: str = "test-run"
+    initialize_from: str | None = None
+    resume: bool = False
+    force: bool = False
+    inference: bool = False
+    results_dir: str = "results"
+
+
+@dataclass(frozen=True)
+class EnvSettingsForTests:
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class RunOptionsForTests:
+    """The attributes of ``trainer_server.settings.RunOptions`` the app reads."""
+
+    checkpoint_settings: CheckpointSettingsForTests
+    default_settings: BehaviorSettingsForTests = field(default_factory=BehaviorSettingsForTests)
+    env_settings: EnvSettingsForTests = field(default_factory=EnvSettingsForTests)
+
+    def behavior_settings(self, name: str) -> BehaviorSettingsForTests:
+        return self.default_settings
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {"default_settings": asdict(self.default_settings), "checkpoint_settings": asdict(self.checkpoint_settings)}
+
+
+def make_options(results_dir: Path, run_id: str = "test-run", **behavior: Any) -> RunOptionsForTests:
+    flags = {k: behavior.pop(k) for k in ("resume", "force", "inference", "initialize_from") if k in behavior}
+    return RunOptionsForTests(
+        checkpoint_settings=CheckpointSettingsForTests(run_id=run_id, results_dir=str(results_dir), **flags),
+        default_settings=BehaviorSettingsForTests(**behavior),
+    )
+
+
+# --------------------------------------------------------------------------- learner
+
+
+class CountingLearner:
+    """A deterministic Learner: buffers trajectories, "updates" by shifting its parameters.
+
+    ``seen`` keeps (instance, agent_id, first reward) of every trajectory it was given.
+    """
+
+    def __init__(self, spec: BehaviorSpec, settings: Any, seed: int) -> None:
+        self.spec = spec
+        self.buffer_size = int(getattr(settings, "buffer_size", 20))
+        self.arch = PolicyArchitecture(behavior_spec=spec, hidden_units=8, num_layers=1, normalize=True)
+        rng = np.random.default_rng(seed)
+        self.params = {
+            k: rng.normal(size=s).astype(np.float32) * 0.1 for k, s in parameter_shapes(self.arch).items()
+        }
+        for k in self.params:
+            if k.startswith("normalizer/var"):
+                self.params[k] = np.ones_like(self.params[k])
+        self.step = 0
+        self.updates = 0
+        self.buffered = 0
+        self.seen: list[tuple[int, int, float]] = []
+        self.optimizer = {"count": np.zeros((), np.int64), "mu": np.zeros(3, np.float32)}
+
+    def process_trajectory(self, trajectory: Trajectory) -> None:
+        self.seen.append((trajectory.instance, trajectory.agent_id, float(trajectory.rewards[0])))
+        self.step += len(trajectory)
+        self.buffered += len(trajectory)
+
+    def ready(self) -> bool:
+        return self.buffered >= self.buffer_size
+
+    def update(self) -> dict[str, float]:
+        self.buffered = 0
+        self.updates += 1
+        for k in self.params:
+            if not k.startswith("normalizer/"):
+                self.params[k] = self.params[k] + np.float32(0.01)
+        self.optimizer = {"count": self.optimizer["count"] + 1, "mu": self.optimizer["mu"] + 0.5}
+        return {"Losses/Policy Loss": 0.5 / self.updates, "Losses/Value Loss": 1.0, "Policy/Learning Rate": 3e-4}
+
+    def policy_parameters(self) -> dict[str, np.ndarray]:
+        return dict(self.params)
+
+    def architecture(self) -> dict[str, Any]:
+        return {"hidden_units": 8, "num_layers": 1, "normalize": True}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "params": {k: v.copy() for k, v in self.params.items()},
+            "optimizer": {k: np.array(v) for k, v in self.optimizer.items()},
+            "step": self.step,
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.params = {k: np.asarray(v, np.float32) for k, v in state["params"].items()}
+        self.optimizer = dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.updates = int(state["updates"])
+
+
+class LearnerRegistry:
+    """A learner factory that remembers the learners it made (by behavior name)."""
+
+    def __init__(self) -> None:
+        self.learners: dict[str, CountingLearner] = {}
+
+    def __call__(self, spec: BehaviorSpec, settings: Any, seed: int) -> CountingLearner:
+        learner = CountingLearner(spec, settings, seed)
+        self.learners[spec.name] = learner
+        return learner
+
+
+# --------------------------------------------------------------------------- experience
+
+
+def make_trajectory(
+    spec: BehaviorSpec, steps: int, *, first_reward: float = 0.1, instance: int = 0, agent_id: int = 0,
+    done: bool = False, episode_return: float = 0.0, version: int = 1,
+) -> Trajectory:
+    a = spec.action_spec
+    rng = np.random.default_rng(int(first_reward * 1000) + agent_id)
+    rewards = np.full(steps, 0.1, np.float32)
+    rewards[0] = first_reward
+    return Trajectory(
+        instance=instance,
+        agent_id=agent_id,
+        observations=[rng.normal(size=(steps, *o.shape)).astype(np.float32) for o in spec.observations],
+        next_observations=[rng.normal(size=o.shape).astype(np.float32) for o in spec.observations],
+        continuous_actions=rng.normal(size=(steps, a.continuous_size)).astype(np.float32),
+        discrete_actions=np.zeros((steps, a.num_branches), np.int32),
+        log_probs=np.full(steps, -1.0, np.float32),
+        rewards=rewards,
+        action_masks=np.zeros((steps, a.mask_size), bool),
+        policy_versions=np.full(steps, version, np.int64),
+        done=done,
+        episode_return=episode_return,
+        episode_length=steps if done else 0,
+    )
+
+
+def chunk_message(
+    spec: BehaviorSpec, sequence: int, trajectories: list[Trajectory], stats: list[tuple[str, float, str]] = ()
+) -> trainer_pb2.GatewayMessage:
+    chunk = trainer_pb2.ExperienceChunk(sequence=sequence, behavior=spec.name)
+    for t in trajectories:
+        trajectory_mod.to_proto(t, chunk.trajectories.add())
+    for key, value, aggregation in stats:
+        chunk.stats.add(key=key, value=value, aggregation=aggregation)
+    return trainer_pb2.GatewayMessage(chunk=chunk)
+
+
+def hello_message(gateway_id: str, *behaviors: BehaviorSpec) -> trainer_pb2.GatewayMessage:
+    hello = trainer_pb2.Hello(gateway_id=gateway_id, num_instances=1)
+    for b in behaviors:
+        specs_mod.to_proto(b, hello.behaviors.add())
+    return trainer_pb2.GatewayMessage(hello=hello)
+
+
+# --------------------------------------------------------------------------- gRPC client
+
+
+class GatewayClient:
+    """A real ``Trainer.Connect`` stream: ``send`` messages, ``recv`` replies with a timeout."""
+
+    def __init__(self, channel: grpc.Channel, metadata: tuple = ()) -> None:
+        self._requests: queue.Queue = queue.Queue()
+        self._responses: queue.Queue = queue.Queue()
+        self.error: grpc.RpcError | None = None
+        self.ended = threading.Event()
+        stub = trainer_pb2_grpc.TrainerStub(channel)
+        self._call = stub.Connect(iter(self._requests.get, None), metadata=metadata)
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            for message in self._call:
+                self._responses.put(message)
+        except grpc.RpcError as e:
+            self.error = e
+        finally:
+            self.ended.set()
+
+    def send(self, message: trainer_pb2.GatewayMessage) -> None:
+        self._requests.put(message)
+
+    def recv(self, timeout: float = 10.0) -> trainer_pb2.TrainerMessage:
+        return self._responses.get(timeout=timeout)
+
+    def recv_until(self, predicate, timeout: float = 10.0) -> list[trainer_pb2.TrainerMessage]:
+        """Receives messages until one satisfies ``predicate``; returns all received."""
+        out = []
+        while True:
+            message = self.recv(timeout)
+            out.append(message)
+            if predicate(message):
+                return out
+
+    def wait_end(self, timeout: float = 10.0) -> grpc.RpcError | None:
+        assert self.ended.wait(timeout), "stream did not end"
+        return self.error
+
+    def close(self) -> None:
+        self._requests.put(None)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+        self.ended.wait(5)

@@ -1,0 +1,226 @@
+"""The results folder ML-Agents users expect: ``<results_dir>/<run-id>/``.
+
+Why: users (and their scripts) look for ``configuration.yaml``, ``run_logs/timers.json``,
+``run_logs/training_status.json`` and one folder per behavior holding checkpoints and
+TensorBoard event files. This module owns that layout, the run-id checks
+(``--resume``/``--force``) and the JSON files; checkpoints' bytes are in
+``checkpoints.py``.
+
+``training_status.json``::
+
+    {"3DBall": {"checkpoints": [{"steps": 12000, "file_path": ".../3DBall/3DBall-12000.npz",
+                                 "reward": 1.23, "creation_time": 1700000000.0,
+                                 "auxillary_file_paths": []}, ...],
+                "final_checkpoint": {...}},
+     "metadata": {"stats_format_version": "0.3.0", "tandem_version": ..., "jax_version": ...}}
+
+(``auxillary_file_paths`` keeps ML-Agents' spelling so existing scripts read it.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+from dataclasses import asdict, is_dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.logging import get_logger
+from trainer_server.checkpoints import SavedCheckpoint, atomic_write_text
+from trainer_server.timers import HierarchicalTimer
+
+STATS_FORMAT_VERSION = "0.3.0"
+RUN_LOGS = "run_logs"
+TRAINING_STATUS = "training_status.json"
+TIMERS = "timers.json"
+CONFIGURATION = "configuration.yaml"
+
+_log = get_logger("trainer_server.results")
+
+
+class RunDirectoryError(RuntimeError):
+    """The run-id's folder does not fit the flags (exists without --resume/--force, or missing with --resume)."""
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def versions_metadata() -> dict[str, str]:
+    """What wrote this run; compared (with a warning on difference) on ``--resume``."""
+    return {
+        "stats_format_version": STATS_FORMAT_VERSION,
+        "tandem_version": _version("tandem"),
+        "jax_version": _version("jax"),
+        "flax_version": _version("flax"),
+        "optax_version": _version("optax"),
+    }
+
+
+def behavior_folder_name(behavior: str) -> str:
+    """A folder/file-safe name for a fully qualified behavior name.
+
+    ``3DBall?team=0`` -> ``3DBall`` (as ML-Agents names the folder); another team keeps
+    its number (``Soccer?team=1`` -> ``Soccer_team1``); characters unsafe in file names
+    become ``_``.
+    """
+    brain, _, query = behavior.partition("?")
+    team = re.fullmatch(r"team=(\d+)", query)
+    name = brain if (not query or (team and team.group(1) == "0")) else f"{brain}_{query.replace('=', '')}"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "behavior"
+    return name
+
+
+def _plain(value: Any) -> Any:
+    """Turns settings objects into YAML-friendly builtins."""
+    if hasattr(value, "as_dict"):
+        return _plain(value.as_dict())
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "value") and value.__class__.__module__ != "builtins" and hasattr(value, "name"):
+        return _plain(value.value)  # enums
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+class RunResults:
+    """The results folder of one run.
+
+    Use ``RunResults.prepare(...)`` to create it with the run-id checks.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_logs = self.run_dir / RUN_LOGS
+        self._lock = threading.Lock()
+        self._status: dict[str, Any] = {"metadata": versions_metadata()}
+
+    @classmethod
+    def prepare(
+        cls, results_dir: Path | str, run_id: str, *, resume: bool, force: bool, inference: bool = False
+    ) -> RunResults:
+        """Checks the run-id against the flags and creates the folders.
+
+        An existing run-id needs ``--resume`` (continue) or ``--force`` (delete and start
+        over); ``--resume`` needs an existing run-id. ``--inference`` alone may use an
+        existing run-id (nothing is overwritten: it does not train).
+
+        Raises:
+            RunDirectoryError: with the message to show the user.
+        """
+        run_dir = Path(results_dir) / run_id
+        exists = run_dir.is_dir() and any(run_dir.iterdir())
+        if resume and not exists:
+            raise RunDirectoryError(
+                f"--resume: no previous run {run_id!r} in {run_dir.parent}/. Start a new run by leaving "
+                "out --resume."
+            )
+        if exists and not resume:
+            if force:
+                _log.warning("--force: deleting the previous run's results", run_dir=str(run_dir))
+                shutil.rmtree(run_dir)
+            elif not inference:
+                raise RunDirectoryError(
+                    f"Run {run_id!r} already has results in {run_dir}/. Choose another --run-id, add "
+                    "--resume to continue it, or add --force to overwrite it."
+                )
+        results = cls(run_dir)
+        results.run_logs.mkdir(parents=True, exist_ok=True)
+        if resume:
+            results._load_status()
+        return results
+
+    # ------------------------------------------------------------------ paths
+
+    def behavior_dir(self, behavior: str) -> Path:
+        return self.run_dir / behavior_folder_name(behavior)
+
+    @property
+    def training_status_path(self) -> Path:
+        return self.run_logs / TRAINING_STATUS
+
+    @property
+    def timers_path(self) -> Path:
+        return self.run_logs / TIMERS
+
+    @property
+    def configuration_path(self) -> Path:
+        return self.run_dir / CONFIGURATION
+
+    # ------------------------------------------------------------------ files
+
+    def write_configuration(self, config: Any) -> None:
+        """Writes the resolved configuration (``RunOptions.as_dict()`` or a dict) as YAML."""
+        text = yaml.safe_dump(_plain(config), sort_keys=False, default_flow_style=False)
+        atomic_write_text(self.configuration_path, text)
+
+    def write_timers(self, timer: HierarchicalTimer) -> None:
+        atomic_write_text(self.timers_path, json.dumps(timer.as_dict(), indent=4))
+
+    def _load_status(self) -> None:
+        path = self.training_status_path
+        if not path.is_file():
+            _log.warning("resuming without a previous training_status.json", path=str(path))
+            return
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            _log.warning("ignoring an unreadable training_status.json", path=str(path), error=str(e))
+            return
+        old_meta = previous.pop("metadata", {}) if isinstance(previous, dict) else {}
+        for key, value in versions_metadata().items():
+            if old_meta.get(key) not in (None, value):
+                _log.warning(
+                    "the resumed run was written by another version", key=key, previous=old_meta.get(key), now=value
+                )
+        with self._lock:
+            self._status.update(previous)
+
+    def behavior_status(self, behavior: str) -> dict[str, Any]:
+        """A copy of one behavior's entry (``checkpoints``, ``final_checkpoint``...)."""
+        with self._lock:
+            return json.loads(json.dumps(self._status.get(behavior_folder_name(behavior), {})))
+
+    def set_behavior_value(self, behavior: str, key: str, value: Any) -> None:
+        """Stores extra per-behavior state (e.g. the policy version) in training_status.json."""
+        with self._lock:
+            self._status.setdefault(behavior_folder_name(behavior), {})[key] = value
+        self.write_training_status()
+
+    def record_checkpoint(
+        self, behavior: str, saved: SavedCheckpoint, reward: float | None, removed_steps: list[int], final: bool = False
+    ) -> None:
+        """Adds a checkpoint to training_status.json, dropping the ones whose files were pruned."""
+        entry = {
+            "steps": int(saved.steps),
+            "file_path": str(saved.file_path),
+            "reward": None if reward is None else float(reward),
+            "creation_time": float(saved.creation_time),
+            "auxillary_file_paths": [],
+        }
+        removed = set(removed_steps)
+        with self._lock:
+            status = self._status.setdefault(behavior_folder_name(behavior), {})
+            kept = [c for c in status.get("checkpoints", []) if c.get("steps") not in removed and c.get("steps") != saved.steps]
+            status["checkpoints"] = [*kept, entry]
+            if final:
+                status["final_checkpoint"] = entry
+        self.write_training_status()
+
+    def write_training_status(self) -> None:
+        with self._lock:
+            text = json.dumps(self._status, indent=4)
+        atomic_write_text(self.training_status_path, text)

@@ -1,0 +1,394 @@
+"""The ``tandem.v1.Trainer`` gRPC service and the server around it.
+
+Why: gateways connect here (one stream each, ``Trainer.Connect``), stream experience
+in and receive policy snapshots. This module only translates between messages and
+``trainer_server.app.TrainingApp`` and maps refusals to gRPC status codes:
+
+* the first message must be ``Hello`` (else FAILED_PRECONDITION); the answer is
+  ``Welcome`` with the last chunk sequence accepted from that ``gateway_id`` (so a
+  reconnecting gateway resends only what is missing), then the latest snapshot of
+  each announced behavior;
+* a chunk is decoded and validated as a whole before any of it is queued: wrong
+  shapes, dtypes or values are INVALID_ARGUMENT; a behavior the gateway did not
+  announce, or a spec that differs from the one another gateway registered under the
+  same name, is FAILED_PRECONDITION. The stream ends with that status; nothing of the
+  bad chunk reaches a learner, so other gateways' experience is unaffected;
+* every accepted (or duplicate) chunk is acked once it is queued; every new snapshot
+  is pushed to every connected gateway that announced its behavior (only the newest
+  one per behavior is kept for a slow gateway);
+* when training completes the streams end with OK.
+
+``start_server`` builds the grpc server with the same conventions as the gateway:
+127.0.0.1 by default, health (SERVING only while the trainer accepts experience),
+reflection, optional TLS and bearer token (``authorization: Bearer <token>``;
+UNAUTHENTICATED otherwise; health checks need no token), large message limits,
+keepalive, graceful stop.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from collections import OrderedDict
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common import specs as specs_mod
+from common import trajectory as trajectory_mod
+from common.logging import get_logger
+from common.tensor import TensorError
+from trainer_server.app import ExperienceError, TrainingApp
+from tandem.v1 import trainer_pb2, trainer_pb2_grpc
+
+SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+KEEPALIVE_S = 30.0
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+_log = get_logger("trainer_server.service")
+
+
+class _StreamError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Connection:
+    """One gateway's stream: what to send it next, filled from the reader thread and the
+    training thread, drained by the response generator."""
+
+    def __init__(self, gateway_id: str, peer: str) -> None:
+        self.gateway_id = gateway_id
+        self.peer = peer
+        self.announced: set[str] = set()
+        self._cond = threading.Condition()
+        self._acks: list[int] = []
+        self._snapshots: OrderedDict[str, trainer_pb2.PolicySnapshot] = OrderedDict()
+        self.error: _StreamError | None = None
+        self.reader_done = False
+        self.closed = False
+
+    def push_snapshot(self, snapshot: trainer_pb2.PolicySnapshot) -> None:
+        with self._cond:
+            if snapshot.behavior not in self.announced:
+                return
+            current = self._snapshots.get(snapshot.behavior)
+            if current is None or current.version <= snapshot.version:
+                self._snapshots[snapshot.behavior] = snapshot
+                self._snapshots.move_to_end(snapshot.behavior)
+            self._cond.notify_all()
+
+    def push_ack(self, sequence: int) -> None:
+        with self._cond:
+            self._acks.append(sequence)
+            self._cond.notify_all()
+
+    def fail(self, error: _StreamError) -> None:
+        with self._cond:
+            if self.error is None:
+                self.error = error
+            self._cond.notify_all()
+
+    def finish_reading(self) -> None:
+        with self._cond:
+            self.reader_done = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def next_messages(self, timeout: float) -> list[trainer_pb2.TrainerMessage]:
+        """Waits up to ``timeout`` for messages to send: snapshots first, then acks."""
+        with self._cond:
+            if not (self._acks or self._snapshots or self.error or self.reader_done or self.closed):
+                self._cond.wait(timeout)
+            out = [trainer_pb2.TrainerMessage(snapshot=s) for s in self._snapshots.values()]
+            out += [trainer_pb2.TrainerMessage(ack=trainer_pb2.ChunkAck(sequence=q)) for q in self._acks]
+            self._snapshots.clear()
+            self._acks.clear()
+            return out
+
+
+class TrainerService(trainer_pb2_grpc.TrainerServicer):
+    """``tandem.v1.Trainer``: translation between gateway streams and the TrainingApp."""
+
+    def __init__(self, app: TrainingApp, poll_s: float = 0.5) -> None:
+        self._app = app
+        self._poll_s = poll_s
+        self._lock = threading.Lock()
+        self._connections: set[_Connection] = set()
+        self._shutdown = threading.Event()
+        app.add_snapshot_listener(self._broadcast)
+
+    @property
+    def connected_gateways(self) -> list[str]:
+        with self._lock:
+            return sorted(c.gateway_id for c in self._connections)
+
+    def shutdown(self) -> None:
+        """Ends every stream (OK) so gateways stop cleanly."""
+        self._shutdown.set()
+        with self._lock:
+            connections = list(self._connections)
+        for c in connections:
+            c.close()
+
+    def _broadcast(self, snapshot: trainer_pb2.PolicySnapshot) -> None:
+        with self._lock:
+            connections = list(self._connections)
+        for c in connections:
+            c.push_snapshot(snapshot)
+
+    # ------------------------------------------------------------------ the RPC
+
+    def Connect(self, request_iterator, context) -> Iterator[trainer_pb2.TrainerMessage]:
+        peer = context.peer()
+        try:
+            first = next(request_iterator)
+        except StopIteration:
+            return
+        if first.WhichOneof("message") != "hello":
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the first message of Connect must be Hello")
+        hello = first.hello
+        if not hello.gateway_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.gateway_id: must not be empty")
+        conn = _Connection(hello.gateway_id, peer)
+        log = _log.bind(gateway_id=hello.gateway_id, peer=peer)
+        try:
+            snapshots = [self._announce(conn, b, f"hello.behaviors[{i}]") for i, b in enumerate(hello.behaviors)]
+        except _StreamError as e:
+            log.warning("gateway refused", code=e.code.name, reason=e.message)
+            context.abort(e.code, e.message)
+        welcome = trainer_pb2.Welcome(
+            last_accepted_sequence=self._app.last_accepted_sequence(hello.gateway_id), run_id=self._app.run_id
+        )
+        log.info(
+            "gateway connected",
+            behaviors=sorted(conn.announced),
+            num_instances=hello.num_instances,
+            last_accepted_sequence=welcome.last_accepted_sequence,
+        )
+        with self._lock:
+            self._connections.add(conn)
+        context.add_callback(conn.close)
+        try:
+            yield trainer_pb2.TrainerMessage(welcome=welcome)
+            for s in snapshots:
+                conn.push_snapshot(s)
+            reader = threading.Thread(
+                target=self._read, args=(request_iterator, conn, log), name=f"read-{hello.gateway_id}", daemon=True
+            )
+            reader.start()
+            while True:
+                for message in conn.next_messages(self._poll_s):
+                    yield message
+                if conn.error is not None:
+                    log.warning("gateway stream refused", code=conn.error.code.name, reason=conn.error.message)
+                    context.abort(conn.error.code, conn.error.message)
+                if conn.reader_done or conn.closed or self._shutdown.is_set() or self._app.finished.is_set():
+                    for message in conn.next_messages(0):
+                        yield message
+                    break
+                if not context.is_active():
+                    break
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+            conn.close()
+            log.info("gateway disconnected")
+
+    def _announce(self, conn: _Connection, spec_msg, field_name: str) -> trainer_pb2.PolicySnapshot:
+        try:
+            spec = specs_mod.from_proto(spec_msg)
+        except (ValueError, TensorError) as e:
+            raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, f"{field_name}: {e}") from None
+        try:
+            snapshot = self._app.register_behavior(spec)
+        except ExperienceError as e:
+            code = grpc.StatusCode.INVALID_ARGUMENT if e.invalid else grpc.StatusCode.FAILED_PRECONDITION
+            raise _StreamError(code, str(e)) from None
+        with conn._cond:
+            conn.announced.add(spec.name)
+        return snapshot
+
+    def _read(self, request_iterator, conn: _Connection, log) -> None:
+        """Reader thread: applies the gateway's messages in order until the stream ends or fails."""
+        try:
+            for message in request_iterator:
+                if conn.closed:
+                    break
+                kind = message.WhichOneof("message")
+                if kind == "chunk":
+                    self._chunk(conn, message.chunk, log)
+                elif kind == "new_behavior":
+                    snapshot = self._announce(conn, message.new_behavior, "new_behavior")
+                    conn.push_snapshot(snapshot)
+                    log.info("gateway announced a behavior", behavior=message.new_behavior.name)
+                elif kind == "hello":
+                    raise _StreamError(grpc.StatusCode.FAILED_PRECONDITION, "Hello may only be the first message")
+                else:
+                    raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, "empty GatewayMessage")
+        except _StreamError as e:
+            conn.fail(e)
+        except grpc.RpcError:
+            pass  # the gateway went away; the generator notices
+        except Exception as e:
+            log.exception("unexpected error while reading a gateway stream")
+            conn.fail(_StreamError(grpc.StatusCode.INTERNAL, f"trainer error: {type(e).__name__}: {e}"))
+        finally:
+            conn.finish_reading()
+
+    def _chunk(self, conn: _Connection, chunk: trainer_pb2.ExperienceChunk, log) -> None:
+        """Decodes the whole chunk, then queues it (blocking: backpressure), then acks."""
+        if chunk.sequence == 0:
+            raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, "chunk.sequence: must be 1 or more")
+        if chunk.behavior not in conn.announced:
+            raise _StreamError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"chunk {chunk.sequence}: behavior {chunk.behavior!r} was not announced by this gateway "
+                "(send it in Hello or new_behavior first)",
+            )
+        if chunk.sequence <= self._app.last_accepted_sequence(conn.gateway_id):
+            conn.push_ack(chunk.sequence)  # a resend after a reconnect: already counted
+            return
+        spec = self._app.behavior_spec(chunk.behavior)
+        assert spec is not None  # announced => registered
+        try:
+            trajectories = [
+                trajectory_mod.from_proto(t, spec, name=f"chunk {chunk.sequence}: trajectories[{i}]")
+                for i, t in enumerate(chunk.trajectories)
+            ]
+        except TensorError as e:
+            raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        stats = [(s.key, s.value, s.aggregation) for s in chunk.stats]
+        try:
+            self._app.submit(conn.gateway_id, chunk.sequence, chunk.behavior, trajectories, stats)
+        except ExperienceError as e:
+            code = grpc.StatusCode.INVALID_ARGUMENT if e.invalid else grpc.StatusCode.FAILED_PRECONDITION
+            raise _StreamError(code, str(e)) from None
+        conn.push_ack(chunk.sequence)
+
+
+# --------------------------------------------------------------------------- server set-up
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """A started server: its bound address and its health servicer."""
+
+    server: grpc.Server
+    address: str
+    port: int
+    health: health.HealthServicer
+    service: TrainerService
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Health NOT_SERVING, streams ended with OK, then the server stops within ``grace_s``."""
+        self.set_serving(False)
+        self.service.shutdown()
+        self.server.stop(grace_s).wait(grace_s + 1.0)
+
+
+class _TokenInterceptor(grpc.ServerInterceptor):
+    """Refuses calls without ``authorization: Bearer <token>`` (health checks excepted)."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, handler_call_details):
+        if handler_call_details.method.startswith(_HEALTH_PREFIX):
+            return continuation(handler_call_details)
+        given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(given.encode(), self._expected):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+
+        def refuse(_request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (authorization metadata)")
+
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(refuse)
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(refuse)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(refuse)
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def start_server(
+    app: TrainingApp,
+    listen: str = "127.0.0.1:5755",
+    *,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    token: str | None = None,
+    max_workers: int = 64,
+) -> RunningServer:
+    """Starts the Trainer service (health NOT_SERVING until ``set_serving(True)``).
+
+    Args:
+        app: the training app the service feeds.
+        listen: ``host:port``; port 0 picks a free port (see ``RunningServer.port``).
+        tls_cert: PEM certificate chain file; with ``tls_key``, the server speaks TLS.
+        tls_key: PEM private key file.
+        token: when set, every call but health checks needs ``authorization: Bearer <token>``.
+        max_workers: handler threads (each gateway stream uses two).
+
+    Raises:
+        ValueError: only one of ``tls_cert``/``tls_key``, or the address cannot be bound.
+    """
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError("--tls-cert and --tls-key must be given together")
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", int(KEEPALIVE_S * 1000)),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+    interceptors = [_TokenInterceptor(token)] if token else []
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="trainer-grpc"),
+        options=options,
+        interceptors=interceptors,
+    )
+    service = TrainerService(app)
+    trainer_pb2_grpc.add_TrainerServicer_to_server(service, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    if tls_cert:
+        credentials = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())])
+        port = server.add_secure_port(listen, credentials)
+    else:
+        port = server.add_insecure_port(listen)
+    if not port:
+        raise ValueError(f"cannot listen on {listen}")
+    host = listen.rsplit(":", 1)[0]
+    running = RunningServer(server=server, address=f"{host}:{port}", port=port, health=health_servicer, service=service)
+    running.set_serving(False)
+    server.start()
+    _log.info("trainer listening", address=running.address, tls=bool(tls_cert), token=bool(token))
+    return running

@@ -1,0 +1,211 @@
+"""Training statistics: aggregation, TensorBoard event files and the console summary.
+
+Why: ML-Agents users compare runs in TensorBoard by tag name (``Environment/Cumulative
+Reward``, ``Losses/Policy Loss``...) and watch one console line per ``summary_freq``
+steps. Values accumulate per behavior between summaries; each summary writes one point
+per tag at the current step, aggregated as the value's source asked (the stats side
+channel's ``StatsAggregationMethod``: average, most recent, sum, histogram).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.logging import get_logger
+
+CUMULATIVE_REWARD = "Environment/Cumulative Reward"
+EPISODE_LENGTH = "Environment/Episode Length"
+EXTRINSIC_REWARD = "Policy/Extrinsic Reward"
+POLICY_LAG = "Policy/Lag"
+IS_TRAINING = "Is Training"
+
+
+class Aggregation(enum.Enum):
+    """How values of one tag combine between two summaries (ML-Agents' StatsAggregationMethod)."""
+
+    AVERAGE = 0
+    MOST_RECENT = 1
+    SUM = 2
+    HISTOGRAM = 3
+
+    @classmethod
+    def parse(cls, text: str) -> Aggregation:
+        """Reads ``"average"``, ``"MOST_RECENT"``, ``"2"``...; empty means average.
+
+        Raises:
+            ValueError: naming the unknown aggregation.
+        """
+        key = (text or "").strip().upper().replace(" ", "_").replace("-", "_")
+        if not key:
+            return cls.AVERAGE
+        if key.isdigit() and int(key) in {m.value for m in cls}:
+            return cls(int(key))
+        if key == "MOSTRECENT":
+            key = "MOST_RECENT"
+        try:
+            return cls[key]
+        except KeyError:
+            names = ", ".join(m.name.lower() for m in cls)
+            raise ValueError(f"unknown stat aggregation {text!r} (one of {names})") from None
+
+
+@dataclass(frozen=True)
+class StatSummary:
+    """One tag's values since the last summary.
+
+    Attributes:
+        value: the aggregated value written to TensorBoard.
+        mean: mean of the values; std: their standard deviation; count: how many.
+        values: the raw values (for histograms).
+    """
+
+    value: float
+    mean: float
+    std: float
+    count: int
+    aggregation: Aggregation
+    values: tuple[float, ...]
+
+
+class BehaviorStats:
+    """Values of one behavior accumulated between summaries (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, list[float]] = {}
+        self._aggregation: dict[str, Aggregation] = {}
+
+    def add(self, tag: str, value: float, aggregation: Aggregation = Aggregation.AVERAGE) -> None:
+        with self._lock:
+            self._values.setdefault(tag, []).append(float(value))
+            self._aggregation.setdefault(tag, aggregation)
+
+    def peek_mean(self, tag: str) -> float | None:
+        """The mean of ``tag`` since the last summary, or None without values."""
+        with self._lock:
+            values = self._values.get(tag)
+            return float(np.mean(values)) if values else None
+
+    def summarize(self) -> dict[str, StatSummary]:
+        """Aggregates every tag and starts a new window."""
+        with self._lock:
+            values, aggregation = self._values, self._aggregation
+            self._values, self._aggregation = {}, {}
+        out = {}
+        for tag, vals in values.items():
+            if not vals:
+                continue
+            arr = np.asarray(vals, dtype=np.float64)
+            agg = aggregation[tag]
+            if agg is Aggregation.MOST_RECENT:
+                value = float(arr[-1])
+            elif agg is Aggregation.SUM:
+                value = float(arr.sum())
+            else:
+                value = float(arr.mean())
+            out[tag] = StatSummary(
+                value=value,
+                mean=float(arr.mean()),
+                std=float(arr.std()),
+                count=int(arr.size),
+                aggregation=agg,
+                values=tuple(vals),
+            )
+        return out
+
+
+class TensorBoardWriter:
+    """One behavior's event files in ``<run>/<Behavior>/events.out.tfevents...``."""
+
+    def __init__(self, logdir: Path) -> None:
+        from tensorboardX import SummaryWriter  # imported here: it is slow to import
+
+        self.logdir = Path(logdir)
+        self._writer = SummaryWriter(logdir=str(self.logdir), flush_secs=10)
+
+    def write(self, step: int, summaries: dict[str, StatSummary]) -> None:
+        for tag, s in summaries.items():
+            if not math.isfinite(s.value):
+                continue
+            self._writer.add_scalar(tag, s.value, step)
+            if s.aggregation is Aggregation.HISTOGRAM:
+                self._writer.add_histogram(tag, np.asarray(s.values), step)
+        self._writer.flush()
+
+    def write_text(self, tag: str, text: str, step: int = 0) -> None:
+        self._writer.add_text(tag, text, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def console_summary(
+    behavior: str, step: int, elapsed: float, summaries: dict[str, StatSummary], training: bool
+) -> tuple[str, dict[str, float | int | None]]:
+    """The ML-Agents-style console line and its fields for structured logs."""
+    reward = summaries.get(CUMULATIVE_REWARD)
+    state = "Training." if training else "Not Training."
+    head = f"{behavior}. Step: {step}. Time Elapsed: {elapsed:0.3f} s."
+    if reward is None:
+        line = f"{head} No episode was completed since last summary. {state}"
+        return line, {"step": step, "elapsed_s": round(elapsed, 3), "mean_reward": None, "std_reward": None}
+    line = f"{head} Mean Reward: {reward.mean:0.3f}. Std of Reward: {reward.std:0.3f}. {state}"
+    return line, {
+        "step": step,
+        "elapsed_s": round(elapsed, 3),
+        "mean_reward": round(reward.mean, 6),
+        "std_reward": round(reward.std, 6),
+        "episodes": reward.count,
+    }
+
+
+def log_summary(behavior: str, step: int, elapsed: float, summaries: dict[str, StatSummary], training: bool) -> None:
+    """Logs the summary line at INFO (``[info] 3DBall. Step: 12000. Time Elapsed: ...``)."""
+    line, fields = console_summary(behavior, step, elapsed, summaries, training)
+    get_logger("trainer_server.summary").info(line, behavior=behavior, **fields)
+
+
+# --------------------------------------------------------------------------- reading event files
+
+
+def _read_records(path: Path):
+    """Yields the payloads of a TFRecord file (length, crc, data, crc), stopping at a torn tail."""
+    with open(path, "rb") as f:
+        while True:
+            header = f.read(12)
+            if len(header) < 12:
+                return
+            (length,) = struct.unpack("<Q", header[:8])
+            data = f.read(length)
+            if len(data) < length or len(f.read(4)) < 4:
+                return
+            yield data
+
+
+def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Reads every scalar of the event files in ``logdir`` (not recursive).
+
+    Returns:
+        tag -> ``[(step, value), ...]`` in file order. Lets tests and scripts check
+        TensorBoard output without TensorBoard installed.
+    """
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
+        for record in _read_records(path):
+            event = event_pb2.Event.FromString(record)
+            if not event.HasField("summary"):
+                continue
+            for value in event.summary.value:
+                if value.WhichOneof("value") == "simple_value":
+                    out.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
+    return out
