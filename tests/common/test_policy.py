@@ -1,0 +1,145 @@
+"""NumpyPolicy: the gateway's CPU actor (pure numpy, checked against slow references)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from common.policy import (
+    NumpyPolicy,
+    PolicyArchitecture,
+    conv2d_valid,
+    make_snapshot,
+    parameter_shapes,
+)
+from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
+
+
+def _random_params(arch: PolicyArchitecture, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    params = {}
+    for name, shape in parameter_shapes(arch).items():
+        if name.startswith("normalizer/var"):
+            params[name] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
+        else:
+            params[name] = (0.3 * rng.standard_normal(shape)).astype(np.float32)
+    return params
+
+
+def _spec(continuous=2, branches=(), visual=False) -> BehaviorSpec:
+    obs = [ObservationSpec("vector", (6,))]
+    if visual:
+        obs.append(ObservationSpec("camera", (24, 28, 3)))
+    return BehaviorSpec("Test?team=0", tuple(obs), ActionSpec(continuous, tuple(branches)))
+
+
+def test_conv_matches_a_direct_loop():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 13, 11, 3)).astype(np.float32)
+    k = rng.standard_normal((4, 3, 3, 5)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    out = conv2d_valid(x, k, b, stride=2)
+    oh, ow = (13 - 4) // 2 + 1, (11 - 3) // 2 + 1
+    assert out.shape == (2, oh, ow, 5)
+    ref = np.zeros_like(out)
+    for n in range(2):
+        for i in range(oh):
+            for j in range(ow):
+                patch = x[n, 2 * i : 2 * i + 4, 2 * j : 2 * j + 3, :]
+                ref[n, i, j] = np.tensordot(patch, k, axes=([0, 1, 2], [0, 1, 2])) + b
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_masked_actions_are_never_sampled():
+    rng = np.random.default_rng(1)
+    arch = PolicyArchitecture(_spec(continuous=0, branches=(3, 4)), hidden_units=8, num_layers=1)
+    params = _random_params(arch, rng)
+    params["policy/logits/bias"] = np.array([5, 0, 0, 0, 3, 0, 0], np.float32)  # favours masked ones
+    policy = NumpyPolicy(arch, params)
+    n = 2000
+    obs = [rng.standard_normal((n, 6)).astype(np.float32)]
+    mask = np.zeros((n, 7), bool)
+    mask[:, 0] = True  # branch 0: action 0 forbidden
+    mask[: n // 2, 4:7] = True  # branch 1 (columns 3..6): only action 0 allowed for half the agents
+    out = policy.act(obs, mask, rng)
+    assert out.discrete.dtype == np.int32 and out.discrete.shape == (n, 2)
+    assert not (out.discrete[:, 0] == 0).any()
+    assert (out.discrete[: n // 2, 1] == 0).all()
+    assert set(np.unique(out.discrete[n // 2 :, 1])) == {0, 1, 2, 3}  # unmasked: all are sampled
+    # an allowed action with a tiny probability still has a finite log-prob
+    assert np.isfinite(out.log_probs).all()
+    det = policy.act(obs, mask, rng, deterministic=True)
+    assert not (det.discrete[:, 0] == 0).any()
+
+
+def test_gaussian_log_prob_and_environment_clipping():
+    rng = np.random.default_rng(2)
+    arch = PolicyArchitecture(_spec(continuous=2), hidden_units=8, num_layers=2, normalize=True)
+    params = _random_params(arch, rng)
+    params["policy/log_std"] = np.array([0.5, 1.5], np.float32)  # wide: some samples beyond +-3
+    policy = NumpyPolicy(arch, params)
+    obs = [rng.standard_normal((500, 6)).astype(np.float32)]
+    out = policy.act(obs, None, rng)
+    np.testing.assert_allclose(out.env_continuous, np.clip(out.continuous, -3, 3) / 3, rtol=1e-6)
+    assert np.abs(out.continuous).max() > 3 and np.abs(out.env_continuous).max() <= 1
+    dist = policy.distribution(obs)
+    std = np.exp(dist["log_std"])
+    ref = np.sum(-0.5 * ((out.continuous - dist["mu"]) / std) ** 2 - np.log(std) - 0.5 * math.log(2 * math.pi), axis=1)
+    np.testing.assert_allclose(out.log_probs, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(policy.log_prob(obs, None, out.continuous, out.discrete), ref, rtol=1e-4, atol=1e-4)
+    det = policy.act(obs, None, rng, deterministic=True)
+    np.testing.assert_allclose(det.continuous, dist["mu"], rtol=1e-6)
+
+
+def test_tanh_gaussian_squashes_and_corrects_the_log_prob():
+    rng = np.random.default_rng(3)
+    arch = PolicyArchitecture(_spec(continuous=3), hidden_units=8, num_layers=1, continuous_distribution="tanh_gaussian")
+    params = _random_params(arch, rng)
+    assert "policy/log_std/kernel" in params and "policy/log_std" not in params
+    policy = NumpyPolicy(arch, params)
+    obs = [rng.standard_normal((50, 6)).astype(np.float32)]
+    out = policy.act(obs, None, rng)
+    np.testing.assert_allclose(out.env_continuous, np.tanh(out.continuous), rtol=1e-6)
+    gaussian = NumpyPolicy(
+        PolicyArchitecture(arch.behavior_spec, 8, 1),
+        {**params, "policy/log_std": np.zeros(3, np.float32)},
+    )
+    dist = policy.distribution(obs)
+    z = (out.continuous - dist["mu"]) / np.exp(dist["log_std"])
+    ref = np.sum(-0.5 * z * z - dist["log_std"] - 0.5 * math.log(2 * math.pi), axis=1)
+    ref -= np.sum(np.log(1 - np.tanh(out.continuous) ** 2 + 1e-6), axis=1)
+    np.testing.assert_allclose(out.log_probs, ref, rtol=1e-4, atol=1e-4)
+    assert gaussian.architecture.continuous_distribution == "gaussian"
+
+
+def test_snapshot_round_trip_and_clear_errors():
+    rng = np.random.default_rng(4)
+    arch = PolicyArchitecture(_spec(continuous=1, branches=(2,), visual=True), hidden_units=16, num_layers=2, normalize=True)
+    params = _random_params(arch, rng)
+    snapshot = make_snapshot(arch.behavior_spec.name, 7, arch, params, time_horizon=64)
+    policy = NumpyPolicy.from_snapshot(snapshot)
+    assert policy.architecture == arch
+    n = 4
+    obs = [rng.standard_normal((n, 6)).astype(np.float32), rng.random((n, 24, 28, 3)).astype(np.float32)]
+    out = policy.act(obs, np.zeros((n, 2), bool), rng)
+    assert out.continuous.shape == (n, 1) and out.discrete.shape == (n, 1) and out.log_probs.shape == (n,)
+    # the dict form of the architecture works as well
+    NumpyPolicy({**arch.to_dict(), "behavior_spec": arch.behavior_spec}, params)
+    with pytest.raises(ValueError, match="missing.*body/dense1/kernel"):
+        NumpyPolicy(arch, {k: v for k, v in params.items() if k != "body/dense1/kernel"})
+    with pytest.raises(ValueError, match="policy/mu/kernel: shape"):
+        NumpyPolicy(arch, {**params, "policy/mu/kernel": np.zeros((3, 3), np.float32)})
+    with pytest.raises(ValueError, match="not supported yet"):
+        PolicyArchitecture(arch.behavior_spec, 16, 2, vis_encode_type="resnet")
+    with pytest.raises(ValueError, match="at least 20x20"):
+        PolicyArchitecture(BehaviorSpec("S", (ObservationSpec("cam", (10, 10, 1)),), ActionSpec(1)), 8, 1)
+    with pytest.raises(ValueError, match="action_mask: shape"):
+        policy.act(obs, np.zeros((n, 3), bool), rng)
+
+
+def test_policy_module_does_not_import_jax():
+    code = "import sys, common.policy; sys.exit(1 if 'jax' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,0 +1,107 @@
+"""JAX networks against the gateway's numpy actor: same names, same numbers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from common.policy import NumpyPolicy, PolicyArchitecture, parameter_shapes
+from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
+from trainer_server import distributions, networks, normalizer
+
+VECTOR = ObservationSpec("vector", (7,))
+CAMERA = ObservationSpec("camera", (36, 40, 3))
+
+CASES = {
+    "vector-continuous": (BehaviorSpec("A", (VECTOR, ObservationSpec("extra", (3,))), ActionSpec(2)), "gaussian"),
+    "visual-continuous": (BehaviorSpec("B", (CAMERA, VECTOR), ActionSpec(3)), "gaussian"),
+    "discrete-masked": (BehaviorSpec("C", (VECTOR,), ActionSpec(0, (3, 2, 4))), "gaussian"),
+    "hybrid": (BehaviorSpec("D", (VECTOR, CAMERA), ActionSpec(2, (3, 2))), "gaussian"),
+    "tanh-gaussian": (BehaviorSpec("E", (VECTOR,), ActionSpec(2, (2,))), "tanh_gaussian"),
+}
+
+
+def _setup(spec, continuous_distribution, n=16, seed=0):
+    arch = PolicyArchitecture(spec, hidden_units=32, num_layers=2, normalize=True, continuous_distribution=continuous_distribution)
+    params = networks.init_actor(jax.random.PRNGKey(seed), arch)
+    rng = np.random.default_rng(seed)
+    obs = [
+        (rng.random((n, *o.shape)) if o.is_visual else 3.0 + 2.0 * rng.standard_normal((n, *o.shape))).astype(np.float32)
+        for o in spec.observations
+    ]
+    state = normalizer.update(normalizer.init(spec), [jnp.asarray(o) for o in obs], jnp.ones(n, bool))
+    mean, var = normalizer.statistics(state)
+    flat = {k: np.asarray(v) for k, v in params.items()}
+    for k in mean:
+        flat[f"normalizer/mean/{k}"] = np.asarray(mean[k])
+        flat[f"normalizer/var/{k}"] = np.asarray(var[k])
+    mask = None
+    if spec.action_spec.mask_size:
+        mask = rng.random((n, spec.action_spec.mask_size)) < 0.3
+        mask[:, 0] = False  # keep at least one action allowed in the first branch
+    return arch, params, (mean, var), flat, obs, mask
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_numpy_policy_matches_the_jax_actor(case):
+    spec, dist_kind = CASES[case]
+    arch, params, norm, flat, obs, mask = _setup(spec, dist_kind)
+    assert set(flat) == set(parameter_shapes(arch)), "networks.py and common/policy.py disagree on names"
+    jmask = None if mask is None else jnp.asarray(mask)
+    dist = networks.actor_forward(params, arch, [jnp.asarray(o) for o in obs], norm, jmask)
+    policy = NumpyPolicy(arch, flat)
+    ref = policy.distribution(obs, mask)
+    if dist.mu is not None:
+        np.testing.assert_allclose(ref["mu"], dist.mu, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ref["log_std"], dist.log_std, rtol=1e-5, atol=1e-5)
+    if dist.logits is not None:
+        np.testing.assert_allclose(ref["logits"], dist.logits, rtol=1e-5, atol=1e-5)
+    # the numpy actor's log-probs are the JAX loss's log-probs of the same actions
+    out = policy.act(obs, mask, np.random.default_rng(5))
+    log_prob, entropy = distributions.log_prob_and_entropy(
+        dist, jnp.asarray(out.continuous), jnp.asarray(out.discrete), spec.action_spec.discrete_branches, dist_kind
+    )
+    np.testing.assert_allclose(out.log_probs, log_prob, rtol=1e-5, atol=2e-5)
+    assert np.isfinite(np.asarray(entropy)).all()
+    # and the other way round: JAX samples, numpy evaluates
+    sampled = distributions.sample(dist, jax.random.PRNGKey(3), len(obs[0]), spec.action_spec.discrete_branches, dist_kind)
+    np.testing.assert_allclose(
+        policy.log_prob(obs, mask, np.asarray(sampled.continuous), np.asarray(sampled.discrete)),
+        sampled.log_probs,
+        rtol=1e-5,
+        atol=2e-5,
+    )
+
+
+def test_jax_sampling_never_picks_masked_actions():
+    spec = BehaviorSpec("M", (VECTOR,), ActionSpec(0, (3, 4)))
+    arch = PolicyArchitecture(spec, hidden_units=8, num_layers=1)
+    params = networks.init_actor(jax.random.PRNGKey(0), arch)
+    params["policy/logits/bias"] = jnp.array([6.0, 0, 0, 0, 0, 6.0, 6.0])  # masked ones are the favourites
+    n = 4000
+    obs = [jnp.asarray(np.random.default_rng(0).standard_normal((n, 7)), jnp.float32)]
+    mask = np.zeros((n, 7), bool)
+    mask[:, 0] = True
+    mask[:, 5:7] = True
+    dist = networks.actor_forward(params, arch, obs, None, jnp.asarray(mask))
+    out = distributions.sample(dist, jax.random.PRNGKey(1), n, (3, 4))
+    d = np.asarray(out.discrete)
+    assert not (d[:, 0] == 0).any()
+    assert not np.isin(d[:, 1], [2, 3]).any()
+    assert set(np.unique(d[:, 1])) == {0, 1}
+    assert np.isfinite(np.asarray(out.log_probs)).all()
+
+
+def test_critic_is_separate_unless_shared():
+    spec = BehaviorSpec("V", (VECTOR,), ActionSpec(1))
+    arch = PolicyArchitecture(spec, hidden_units=16, num_layers=2)
+    actor = networks.init_actor(jax.random.PRNGKey(0), arch)
+    critic = networks.init_critic(jax.random.PRNGKey(1), arch)
+    assert all(k.startswith("critic/") for k in critic) and "critic/body/dense1/kernel" in critic
+    obs = [jnp.ones((5, 7))]
+    assert networks.critic_forward(actor, critic, arch, obs, None).shape == (5,)
+    shared = networks.init_critic(jax.random.PRNGKey(1), arch, shared_critic=True)
+    assert sorted(shared) == ["critic/value/bias", "critic/value/kernel"]
+    assert networks.critic_forward(actor, shared, arch, obs, None, shared_critic=True).shape == (5,)

@@ -1,0 +1,212 @@
+"""ML-Agents-like actor and critic networks as pure JAX functions over flat parameter dicts.
+
+Why flat dicts rather than flax modules: the snapshot a gateway acts with is a flat
+``name -> float32 array`` dict whose names are a public contract (``docs/ARCHITECTURE.md``,
+"Policy parameter names"; ``common/policy.py`` is the reference forward). Keeping the
+parameters in exactly that form during training means there is no translation layer to
+get wrong: ``policy_parameters()`` is ``{name: np.asarray(value)}`` plus the normalizer.
+A flat dict is a pytree, so optax and ``jax.grad`` work on it as on any flax tree.
+
+Layout (shapes for ``hidden_units`` h):
+
+* encoders: vector observations normalized (``normalize``) and concatenated; visual
+  observations through the ``simple`` CNN (conv 8x8/4 16 filters, leaky ReLU, conv 4x4/2 32
+  filters, leaky ReLU, dense h, leaky ReLU), as ML-Agents' SimpleVisualEncoder;
+* body: ``num_layers`` dense layers of h with swish (ML-Agents' LinearEncoder);
+* actor heads: ``policy/mu`` + state-independent ``policy/log_std`` (PPO) or a dense
+  ``policy/log_std`` head (SAC's tanh_gaussian); ``policy/logits`` for all discrete branches;
+* critic: its own encoders and body under ``critic/`` and a ``critic/value`` head
+  (ML-Agents' PPO keeps actor and critic separate); with ``shared_critic`` only the value
+  head is separate and it reads the actor's body.
+
+Initialization follows ML-Agents: Kaiming-He normal kernels scaled by a gain (body 1.0,
+visual dense 1.41, mu 0.2, logits 0.1), zero biases, log_std 0, torch-default convolutions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from common.policy import (
+    LEAKY_SLOPE,
+    LOG_STD_MAX,
+    LOG_STD_MIN,
+    SIMPLE_CONVS,
+    PolicyArchitecture,
+    conv_output_hw,
+    encoding_size,
+    vector_indices,
+    visual_indices,
+)
+from trainer_server import normalizer as normalizer_mod
+from trainer_server.distributions import DistParams, mask_logits
+
+Params = dict[str, jax.Array]
+NormStats = tuple[dict[str, jax.Array], dict[str, jax.Array]] | None
+
+
+# -- initialization -------------------------------------------------------------------
+def _kaiming_normal(key: jax.Array, fan_in: int, fan_out: int, gain: float) -> jax.Array:
+    std = gain * math.sqrt(2.0 / fan_in)
+    return std * jax.random.normal(key, (fan_in, fan_out), jnp.float32)
+
+
+def _xavier_uniform(key: jax.Array, fan_in: int, fan_out: int, gain: float) -> jax.Array:
+    limit = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    return jax.random.uniform(key, (fan_in, fan_out), jnp.float32, -limit, limit)
+
+
+def _init_encoders(key: jax.Array, arch: PolicyArchitecture, prefix: str) -> Params:
+    params: Params = {}
+    spec = arch.behavior_spec
+    for i in visual_indices(spec):
+        height, width, channels = spec.observations[i].shape
+        in_ch = channels
+        for j, (kernel, _, filters) in enumerate(SIMPLE_CONVS):
+            key, k_w, k_b = jax.random.split(key, 3)
+            bound = 1.0 / math.sqrt(kernel * kernel * in_ch)  # torch's default Conv2d init
+            params[f"{prefix}encoder/{i}/conv{j}/kernel"] = jax.random.uniform(
+                k_w, (kernel, kernel, in_ch, filters), jnp.float32, -bound, bound
+            )
+            params[f"{prefix}encoder/{i}/conv{j}/bias"] = jax.random.uniform(k_b, (filters,), jnp.float32, -bound, bound)
+            in_ch = filters
+        oh, ow = conv_output_hw(height, width)
+        key, k_d = jax.random.split(key)
+        params[f"{prefix}encoder/{i}/dense/kernel"] = _kaiming_normal(k_d, oh * ow * in_ch, arch.hidden_units, 1.41)
+        params[f"{prefix}encoder/{i}/dense/bias"] = jnp.zeros((arch.hidden_units,), jnp.float32)
+    return params
+
+
+def _init_body(key: jax.Array, arch: PolicyArchitecture, prefix: str) -> Params:
+    params: Params = {}
+    width = encoding_size(arch)
+    for j in range(arch.num_layers):
+        key, k = jax.random.split(key)
+        params[f"{prefix}body/dense{j}/kernel"] = _kaiming_normal(k, width, arch.hidden_units, 1.0)
+        params[f"{prefix}body/dense{j}/bias"] = jnp.zeros((arch.hidden_units,), jnp.float32)
+        width = arch.hidden_units
+    return params
+
+
+def body_output_size(arch: PolicyArchitecture) -> int:
+    """Width of the body's output (the encoding itself when num_layers is 0)."""
+    return arch.hidden_units if arch.num_layers else encoding_size(arch)
+
+
+def init_actor(key: jax.Array, arch: PolicyArchitecture) -> Params:
+    """Actor parameters with snapshot names (without the normalizer statistics)."""
+    k_enc, k_body, k_mu, k_std, k_logits = jax.random.split(key, 5)
+    params = {**_init_encoders(k_enc, arch, ""), **_init_body(k_body, arch, "")}
+    width = body_output_size(arch)
+    a = arch.behavior_spec.action_spec
+    if a.continuous_size:
+        c = a.continuous_size
+        params["policy/mu/kernel"] = _kaiming_normal(k_mu, width, c, 0.2)
+        params["policy/mu/bias"] = jnp.zeros((c,), jnp.float32)
+        if arch.continuous_distribution == "gaussian":
+            params["policy/log_std"] = jnp.zeros((c,), jnp.float32)
+        else:
+            params["policy/log_std/kernel"] = _xavier_uniform(k_std, width, c, 0.2)
+            params["policy/log_std/bias"] = jnp.zeros((c,), jnp.float32)
+    if a.mask_size:
+        params["policy/logits/kernel"] = _kaiming_normal(k_logits, width, a.mask_size, 0.1)
+        params["policy/logits/bias"] = jnp.zeros((a.mask_size,), jnp.float32)
+    if not a.continuous_size and not a.mask_size:
+        raise ValueError(f"behavior {arch.behavior_spec.name}: has no actions")
+    return params
+
+
+def init_critic(key: jax.Array, arch: PolicyArchitecture, shared_critic: bool = False) -> Params:
+    """Critic parameters, all under ``critic/``: encoders, body and the ``critic/value`` head.
+
+    With ``shared_critic`` only the value head is created; it reads the actor's body.
+    """
+    k_enc, k_body, k_value = jax.random.split(key, 3)
+    params: Params = {}
+    if not shared_critic:
+        params.update(_init_encoders(k_enc, arch, "critic/"))
+        params.update(_init_body(k_body, arch, "critic/"))
+    params["critic/value/kernel"] = _xavier_uniform(k_value, body_output_size(arch), 1, 1.0)
+    params["critic/value/bias"] = jnp.zeros((1,), jnp.float32)
+    return params
+
+
+# -- forward --------------------------------------------------------------------------
+def _leaky_relu(x: jax.Array) -> jax.Array:
+    return jnp.maximum(x, LEAKY_SLOPE * x)
+
+
+def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> jax.Array:
+    out = jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(stride, stride), padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return out + bias
+
+
+def encode(params: Params, prefix: str, arch: PolicyArchitecture, observations: list[jax.Array], norm: NormStats) -> jax.Array:
+    """Encoders and body: ``[n, body_output_size]`` from observations ``[n, *shape]`` per spec.
+
+    Args:
+        params: flat parameters containing the ``{prefix}encoder/...`` and ``{prefix}body/...`` names.
+        prefix: "" for the actor, "critic/" for the critic.
+        arch: the architecture.
+        observations: per observation spec, float32 ``[n, *shape]``.
+        norm: (mean, var) per vector observation index (str), or None without ``normalize``.
+    """
+    spec = arch.behavior_spec
+    parts = []
+    for i in vector_indices(spec):
+        x = observations[i].reshape(observations[i].shape[0], -1)
+        if norm is not None:
+            x = normalizer_mod.normalize(x, norm[0][str(i)], norm[1][str(i)])
+        parts.append(x)
+    for i in visual_indices(spec):
+        x = observations[i]
+        for j, (_, stride, _) in enumerate(SIMPLE_CONVS):
+            x = _leaky_relu(_conv(x, params[f"{prefix}encoder/{i}/conv{j}/kernel"], params[f"{prefix}encoder/{i}/conv{j}/bias"], stride))
+        x = x.reshape(x.shape[0], -1)
+        parts.append(_leaky_relu(x @ params[f"{prefix}encoder/{i}/dense/kernel"] + params[f"{prefix}encoder/{i}/dense/bias"]))
+    h = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+    for j in range(arch.num_layers):
+        h = jax.nn.swish(h @ params[f"{prefix}body/dense{j}/kernel"] + params[f"{prefix}body/dense{j}/bias"])
+    return h
+
+
+def actor_heads(params: Params, arch: PolicyArchitecture, h: jax.Array, action_mask: jax.Array | None) -> DistParams:
+    """Distribution parameters from the body's output ``h`` ``[n, width]``."""
+    mu = log_std = logits = None
+    if "policy/mu/kernel" in params:
+        mu = h @ params["policy/mu/kernel"] + params["policy/mu/bias"]
+        if arch.continuous_distribution == "gaussian":
+            log_std = jnp.broadcast_to(params["policy/log_std"], mu.shape)
+        else:
+            log_std = jnp.clip(h @ params["policy/log_std/kernel"] + params["policy/log_std/bias"], LOG_STD_MIN, LOG_STD_MAX)
+    if "policy/logits/kernel" in params:
+        logits = mask_logits(h @ params["policy/logits/kernel"] + params["policy/logits/bias"], action_mask)
+    return DistParams(mu=mu, log_std=log_std, logits=logits)
+
+
+def actor_forward(
+    params: Params, arch: PolicyArchitecture, observations: list[jax.Array], norm: NormStats, action_mask: jax.Array | None = None
+) -> DistParams:
+    """The policy: distribution parameters for n agents (see ``common.policy.NumpyPolicy.distribution``)."""
+    return actor_heads(params, arch, encode(params, "", arch, observations, norm), action_mask)
+
+
+def critic_forward(
+    actor_params: Params,
+    critic_params: Params,
+    arch: PolicyArchitecture,
+    observations: list[jax.Array],
+    norm: NormStats,
+    shared_critic: bool = False,
+) -> jax.Array:
+    """State values ``[n]``."""
+    if shared_critic:
+        h = encode(actor_params, "", arch, observations, norm)
+    else:
+        h = encode(critic_params, "critic/", arch, observations, norm)
+    return (h @ critic_params["critic/value/kernel"] + critic_params["critic/value/bias"])[:, 0]
