@@ -67,6 +67,7 @@ class _Agents:
     offsets: np.ndarray
     step_count: np.ndarray
     pending_reward: np.ndarray
+    pending_group_reward: np.ndarray
     continuous: np.ndarray  # stored actions [n, c]
     discrete: np.ndarray  # stored actions [n, b]
     requesting: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -90,15 +91,16 @@ class Academy:
         self._exchange = exchange
         self._new_ids = new_id_per_episode
         self._next_id = 0
-        self.groups: dict[str, _Agents] = {}
+        self.behaviors: dict[str, _Agents] = {}
         for spec in task.behaviors:
             n = spec.num_agents
-            self.groups[spec.name] = _Agents(
+            self.behaviors[spec.name] = _Agents(
                 spec=spec,
                 ids=self._take_ids(n),
                 offsets=spec.offsets(),
                 step_count=np.zeros(n, dtype=np.int64),
                 pending_reward=np.zeros(n, dtype=np.float32),
+                pending_group_reward=np.zeros(n, dtype=np.float32),
                 continuous=np.zeros((n, spec.continuous_size), dtype=np.float32),
                 discrete=np.zeros((n, len(spec.discrete_branches)), dtype=np.int32),
             )
@@ -124,26 +126,27 @@ class Academy:
             self.forced_full_reset()
             return
         for name, action_list in rl_input.agent_actions.items():
-            group = self.groups.get(name)
-            if group is None:
+            agents = self.behaviors.get(name)
+            if agents is None:
                 _log.warning("actions for an unknown behavior ignored", behavior=name)
                 continue
-            self._store_actions(group, action_list.value)
+            self._store_actions(agents, action_list.value)
 
     def forced_full_reset(self) -> None:
         """``Academy.ForcedFullReset``: every agent begins a new episode, nothing is reported."""
         self.step_count = 0
         self.had_first_reset = True
-        for name, group in self.groups.items():
-            n = group.spec.num_agents
+        for name, agents in self.behaviors.items():
+            n = agents.spec.num_agents
             if self._new_ids:
-                group.ids = self._take_ids(n)
-            group.step_count[:] = 0
-            group.pending_reward[:] = 0
-            group.continuous[:] = 0
-            group.discrete[:] = 0
-            group.queued.clear()
-            group.requesting = np.zeros(0, dtype=np.int64)
+                agents.ids = self._take_ids(n)
+            agents.step_count[:] = 0
+            agents.pending_reward[:] = 0
+            agents.pending_group_reward[:] = 0
+            agents.continuous[:] = 0
+            agents.discrete[:] = 0
+            agents.queued.clear()
+            agents.requesting = np.zeros(0, dtype=np.int64)
             self.task.begin_episodes(name, np.arange(n))
         _log.debug("academy reset")
 
@@ -152,13 +155,13 @@ class Academy:
         if not self.had_first_reset:
             self.forced_full_reset()
         self._pace()
-        for group in self.groups.values():
-            period = group.spec.decision_period
-            group.requesting = np.flatnonzero((self.step_count % period) == group.offsets)
-            group.step_count += 1
+        for agents in self.behaviors.values():
+            period = agents.spec.decision_period
+            agents.requesting = np.flatnonzero((self.step_count % period) == agents.offsets)
+            agents.step_count += 1
         self.step_count += 1
 
-        if any(len(g.requesting) or g.queued for g in self.groups.values()):
+        if any(len(a.requesting) or a.queued for a in self.behaviors.values()):
             output = self._build_output()
             self.exchanges += 1
             unity_input = self._exchange(output)
@@ -171,38 +174,44 @@ class Academy:
         self._act()
 
     def _act(self) -> None:
-        results = self.task.act({name: (g.continuous, g.discrete) for name, g in self.groups.items()})
-        for name, group in self.groups.items():
+        results = self.task.act({name: (a.continuous, a.discrete) for name, a in self.behaviors.items()})
+        for name, agents in self.behaviors.items():
             result = results[name]
-            if group.spec.overwrite_reward:
-                group.pending_reward[:] = result.reward
+            if agents.spec.overwrite_reward:
+                agents.pending_reward[:] = result.reward
             else:
-                group.pending_reward += result.reward
+                agents.pending_reward += result.reward
+            if result.group_reward is not None:
+                agents.pending_group_reward += result.group_reward
             ended = np.asarray(result.ended, dtype=bool)
-            max_step = group.spec.max_step
-            interrupted = (~ended) & (group.step_count >= max_step) if max_step > 0 else np.zeros_like(ended)
+            max_step = agents.spec.max_step
+            interrupted = (~ended) & (agents.step_count >= max_step) if max_step > 0 else np.zeros_like(ended)
             finished = np.flatnonzero(ended | interrupted)
             if len(finished):
-                self._end_episodes(name, group, finished, interrupted[finished])
+                self._end_episodes(name, agents, finished, interrupted[finished])
 
-    def _end_episodes(self, name: str, group: _Agents, idx: np.ndarray, interrupted: np.ndarray) -> None:
+    def _end_episodes(self, name: str, agents: _Agents, idx: np.ndarray, interrupted: np.ndarray) -> None:
         """``NotifyAgentDone`` then ``_AgentReset`` for agents ``idx``."""
         observations = self.task.observe(name, idx)
+        group_ids = self.task.group_ids(name, idx)
         for row, agent in enumerate(idx):
             info = AgentInfoProto(
-                reward=float(group.pending_reward[agent]),
+                reward=float(agents.pending_reward[agent]),
                 done=True,
                 max_step_reached=bool(interrupted[row]),
-                id=int(group.ids[agent]),
+                id=int(agents.ids[agent]),
+                group_id=int(group_ids[row]) if group_ids is not None else 0,
+                group_reward=float(agents.pending_group_reward[agent]),
             )
-            self._add_observations(info, group.spec, observations, row)
-            group.queued.append(info)
-        group.pending_reward[idx] = 0
-        group.step_count[idx] = 0
-        group.continuous[idx] = 0
-        group.discrete[idx] = 0
+            self._add_observations(info, agents.spec, observations, row)
+            agents.queued.append(info)
+        agents.pending_reward[idx] = 0
+        agents.pending_group_reward[idx] = 0
+        agents.step_count[idx] = 0
+        agents.continuous[idx] = 0
+        agents.discrete[idx] = 0
         if self._new_ids:
-            group.ids[idx] = self._take_ids(len(idx))
+            agents.ids[idx] = self._take_ids(len(idx))
         self.task.begin_episodes(name, idx)
 
     # -- wire ---------------------------------------------------------------------------
@@ -212,23 +221,30 @@ class Academy:
         output = UnityOutputProto()
         rl_output = output.rl_output
         new_params = []
-        for name, group in self.groups.items():
+        for name, agents in self.behaviors.items():
             infos = rl_output.agentInfos[name].value
-            infos.extend(group.queued)
-            group.queued.clear()
-            idx = group.requesting
+            infos.extend(agents.queued)
+            agents.queued.clear()
+            idx = agents.requesting
             if len(idx):
                 observations = self.task.observe(name, idx)
-                masks = self.task.action_masks(name, idx) if group.spec.discrete_branches else None
+                masks = self.task.action_masks(name, idx) if agents.spec.discrete_branches else None
+                group_ids = self.task.group_ids(name, idx)
                 for row, agent in enumerate(idx):
-                    info = infos.add(reward=float(group.pending_reward[agent]), id=int(group.ids[agent]))
-                    self._add_observations(info, group.spec, observations, row)
+                    info = infos.add(
+                        reward=float(agents.pending_reward[agent]),
+                        id=int(agents.ids[agent]),
+                        group_id=int(group_ids[row]) if group_ids is not None else 0,
+                        group_reward=float(agents.pending_group_reward[agent]),
+                    )
+                    self._add_observations(info, agents.spec, observations, row)
                     if masks is not None:
                         info.action_mask.extend(masks[row].tolist())
-                group.pending_reward[idx] = 0
-            if len(infos) and not group.params_sent:
-                new_params.append(self._brain_parameters(group.spec))
-                group.params_sent = True
+                agents.pending_reward[idx] = 0
+                agents.pending_group_reward[idx] = 0
+            if len(infos) and not agents.params_sent:
+                new_params.append(self._brain_parameters(agents.spec))
+                agents.params_sent = True
         if new_params:
             output.rl_initialization_output.brain_parameters.extend(new_params)
         rl_output.side_channel = self.side_channels.take_outgoing()
@@ -259,24 +275,24 @@ class Academy:
             obs.name = obs_def.name
             info.observations.append(obs)
 
-    def _store_actions(self, group: _Agents, actions) -> None:
+    def _store_actions(self, agents: _Agents, actions) -> None:
         """Hands the i-th action to the i-th agent that requested a decision."""
-        idx = group.requesting
+        idx = agents.requesting
         if len(actions) == 0 or len(idx) == 0:
             return
         if len(actions) != len(idx):
             _log.warning(
                 "action count does not match agents that requested decisions",
-                behavior=group.spec.name, actions=len(actions), agents=len(idx),
+                behavior=agents.spec.name, actions=len(actions), agents=len(idx),
             )
         count = min(len(actions), len(idx))
-        c, b = group.spec.continuous_size, len(group.spec.discrete_branches)
+        c, b = agents.spec.continuous_size, len(agents.spec.discrete_branches)
         for row in range(count):
             action = actions[row]
             if c and len(action.continuous_actions) == c:
-                group.continuous[idx[row]] = action.continuous_actions
+                agents.continuous[idx[row]] = action.continuous_actions
             if b and len(action.discrete_actions) == b:
-                group.discrete[idx[row]] = action.discrete_actions
+                agents.discrete[idx[row]] = action.discrete_actions
 
     def _pace(self) -> None:
         """Honours a target frame rate set on the engine configuration channel."""

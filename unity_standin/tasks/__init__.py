@@ -2,39 +2,32 @@
 
 from __future__ import annotations
 
+from unity_standin.side_channels import SideChannels
+from unity_standin.tasks.ball3d import Ball3D
 from unity_standin.tasks.base import Task, TaskOptions
+from unity_standin.tasks.gridworld import GridWorld
+from unity_standin.tasks.multibehavior import MultiBehavior
+
+TASKS: dict[str, type[Task]] = {
+    Ball3D.name: Ball3D,
+    GridWorld.name: GridWorld,
+    MultiBehavior.name: MultiBehavior,
+}
 
 
 def task_names() -> list[str]:
-    return sorted(_registry())
+    return sorted(TASKS)
 
 
-def _registry() -> dict[str, type[Task]]:
-    from unity_standin.tasks.ball3d import Ball3D
-
-    registry: dict[str, type[Task]] = {"3dball": Ball3D}
-    try:
-        from unity_standin.tasks.gridworld import GridWorld
-
-        registry["gridworld"] = GridWorld
-    except ImportError:  # pragma: no cover - while a task is being written
-        pass
-    try:
-        from unity_standin.tasks.multibehavior import MultiBehavior
-
-        registry["multibehavior"] = MultiBehavior
-    except ImportError:  # pragma: no cover
-        pass
-    return registry
-
-
-def make_task(name: str, options: TaskOptions, side_channels) -> Task:
+def make_task(name: str, options: TaskOptions, side_channels: SideChannels) -> Task:
     """Builds the task called ``name``.
 
     Raises:
         ValueError: for an unknown name (the message lists the known ones).
     """
-    registry = _registry()
-    if name not in registry:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(registry))}")
-    return registry[name](options, side_channels)
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
+    return TASKS[name](options, side_channels)
+
+
+__all__ = ["TASKS", "Task", "TaskOptions", "make_task", "task_names"]

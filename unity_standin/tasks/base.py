@@ -88,10 +88,12 @@ class ActResult:
     Attributes:
         reward: float32 [n]; added (or set, see ``overwrite_reward``) to the pending reward.
         ended: bool [n]; the agent called ``EndEpisode()`` this step.
+        group_reward: float32 [n] added to the agent's group reward, or None.
     """
 
     reward: np.ndarray
     ended: np.ndarray
+    group_reward: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,10 @@ class Task(abc.ABC):
 
     def action_masks(self, behavior: str, idx: np.ndarray) -> np.ndarray | None:
         """bool ``[k, sum(branches)]``, True = action not allowed; None: nothing masked."""
+        return None
+
+    def group_ids(self, behavior: str, idx: np.ndarray) -> np.ndarray | None:
+        """int [k] multi-agent group of agents ``idx`` (0: no group); None: no groups."""
         return None
 
     @abc.abstractmethod
