@@ -30,6 +30,7 @@ import argparse
 import copy
 import dataclasses
 import difflib
+import importlib.util
 import math
 import os
 import shlex
@@ -84,6 +85,7 @@ __all__ = [
     "check_supported",
     "load_run_options",
     "server_settings_from_args",
+    "supported_trainer_types",
     "trainer_settings_from_dict",
     "unsupported_features",
 ]
@@ -115,8 +117,11 @@ CONDITIONING_TYPES: tuple[str, ...] = ("hyper", "none")
 MEASURE_TYPES: tuple[str, ...] = ("reward", "progress")
 REWARD_SIGNAL_TYPES: tuple[str, ...] = ("extrinsic", "gail", "curiosity", "rnd")
 
-#: what :func:`check_supported` lets through today; everything else valid is "not supported yet"
+#: what :func:`check_supported` lets through; everything else valid is "not supported yet".
+#: PPO is Tandem's core algorithm; other trainer types count once their learner module exists
+#: (see :func:`supported_trainer_types`).
 SUPPORTED_TRAINER_TYPES: frozenset[str] = frozenset({"ppo"})
+_OPTIONAL_TRAINER_MODULES: dict[str, str] = {"sac": "trainer_server.sac"}
 SUPPORTED_REWARD_SIGNALS: frozenset[str] = frozenset({"extrinsic"})
 SUPPORTED_VIS_ENCODE_TYPES: frozenset[str] = frozenset({"simple"})
 
@@ -135,29 +140,33 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-class FrozenMap(Mapping[K, V]):
-    """A read-only, insertion-ordered, picklable mapping for fields of frozen settings."""
+class FrozenMap(dict[K, V]):
+    """A read-only dict for mapping fields of frozen settings (``behaviors``, ``reward_signals``).
 
-    def __init__(self, data: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
-        self._data: dict[K, V] = dict(data)
+    A dict subclass so that code written for plain dicts keeps working; every mutating
+    method raises ``TypeError``. Picklable and deep-copyable.
+    """
 
-    def __getitem__(self, key: K) -> V:
-        return self._data[key]
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("settings are frozen: use dataclasses.replace() to derive new settings")
 
-    def __iter__(self) -> Iterator[K]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
 
     def __repr__(self) -> str:
-        return f"FrozenMap({self._data!r})"
+        return f"FrozenMap({dict.__repr__(self)})"
 
-    def __hash__(self) -> int:
-        return hash(tuple(self._data.items()))
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(self.items()))
 
     def __reduce__(self) -> tuple:
-        return (FrozenMap, (self._data,))
+        return (FrozenMap, (dict(self),))
+
+    def __copy__(self) -> FrozenMap[K, V]:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> FrozenMap[K, V]:
+        return FrozenMap({copy.deepcopy(k, memo): copy.deepcopy(v, memo) for k, v in self.items()})
 
 
 def _freeze_map(value: Mapping | None) -> FrozenMap | None:
@@ -1273,7 +1282,7 @@ def _parse_trainer_settings(
     if settings.even_checkpoints:
         if settings.keep_checkpoints < 1:
             raise ctx.error(path + ("keep_checkpoints",), "must be at least 1 with even_checkpoints")
-            settings = dataclasses.replace(
+        settings = dataclasses.replace(
             settings, checkpoint_interval=max(1, settings.max_steps // settings.keep_checkpoints)
         )
     return settings
@@ -1498,15 +1507,32 @@ def _to_plain(obj: Any) -> Any:
 # SUPPORT CHECK ###########################################################################
 
 
+def supported_trainer_types() -> frozenset[str]:
+    """Trainer types this installation can train: ``ppo``, plus ``sac`` when its module exists."""
+    found = set(SUPPORTED_TRAINER_TYPES)
+    for trainer_type, module in _OPTIONAL_TRAINER_MODULES.items():
+        try:
+            if importlib.util.find_spec(module) is not None:
+                found.add(trainer_type)
+        except (ImportError, ValueError):
+            pass
+    return frozenset(found)
+
+
 def unsupported_features(
-    settings: TrainerSettings, trainer_types: frozenset[str] | set[str] = SUPPORTED_TRAINER_TYPES
+    settings: TrainerSettings, trainer_types: frozenset[str] | set[str] | None = None
 ) -> list[tuple[str, str]]:
     """Valid features of one behavior's settings that Tandem cannot train yet.
+
+    Args:
+        settings: one behavior's resolved settings.
+        trainer_types: trainer types to accept; default :func:`supported_trainer_types`.
 
     Returns:
         ``(key path relative to the behavior section, explanation)`` pairs; empty when
         the behavior can be trained.
     """
+    trainer_types = supported_trainer_types() if trainer_types is None else trainer_types
     found: list[tuple[str, str]] = []
     if settings.trainer_type not in trainer_types:
         found.append(
@@ -1539,7 +1565,7 @@ def check_behavior_supported(
     behavior: str,
     settings: TrainerSettings,
     source: str | None = None,
-    trainer_types: frozenset[str] | set[str] = SUPPORTED_TRAINER_TYPES,
+    trainer_types: frozenset[str] | set[str] | None = None,
 ) -> None:
     """Raises :class:`NotSupportedError` when ``behavior``'s settings use what Tandem cannot train.
 
@@ -1553,9 +1579,7 @@ def check_behavior_supported(
         raise NotSupportedError("\n".join(lines))
 
 
-def check_supported(
-    options: RunOptions, trainer_types: frozenset[str] | set[str] = SUPPORTED_TRAINER_TYPES
-) -> None:
+def check_supported(options: RunOptions, trainer_types: frozenset[str] | set[str] | None = None) -> None:
     """Raises :class:`NotSupportedError` listing every feature Tandem cannot train yet.
 
     Checks each listed behavior and ``default_settings``. ``environment_parameters`` are
@@ -1563,8 +1587,9 @@ def check_supported(
 
     Args:
         options: loaded options.
-        trainer_types: the trainer types the running server implements.
+        trainer_types: trainer types to accept; default :func:`supported_trainer_types`.
     """
+    trainer_types = supported_trainer_types() if trainer_types is None else trainer_types
     source = options.config_path or "<defaults>"
     lines: list[str] = []
     sections: list[tuple[str, TrainerSettings]] = [(f"behaviors.{name}", ts) for name, ts in options.behaviors.items()]

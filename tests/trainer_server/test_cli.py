@@ -1,0 +1,148 @@
+"""``tandem-trainer`` as users run it: the installed console script, real files, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainer_server import cli
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHARED_CONFIGS = (REPO_ROOT / ".." / "shared" / "mlagents-configs").resolve()
+
+
+def _script() -> Path | None:
+    for candidate in (REPO_ROOT / ".venv" / "bin" / "tandem-trainer", Path(sys.executable).parent / "tandem-trainer"):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+SCRIPT = _script()
+needs_script = pytest.mark.skipif(SCRIPT is None, reason="tandem-trainer console script not installed (make setup)")
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    assert SCRIPT is not None
+    env = {k: v for k, v in os.environ.items() if k not in ("TANDEM_TOKEN", "TANDEM_LOG_JSON")}
+    return subprocess.run(
+        [str(SCRIPT), *args], capture_output=True, text=True, timeout=60, cwd=cwd or REPO_ROOT, env=env
+    )
+
+
+@needs_script
+def test_dry_run_prints_the_resolved_settings_and_exits_0() -> None:
+    result = run("configs/ppo/3DBall.yaml", "--dry-run", "--run-id", "dry", "--seed", "7")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    behavior = resolved["behaviors"]["3DBall"]
+    assert behavior["hyperparameters"]["batch_size"] == 64
+    assert behavior["hyperparameters"]["beta_schedule"] == "linear"  # resolved, not in the file
+    assert behavior["network_settings"]["memory"] is None
+    assert behavior["reward_signals"]["extrinsic"]["gamma"] == 0.99
+    assert resolved["checkpoint_settings"]["run_id"] == "dry"
+    assert resolved["env_settings"]["seed"] == 7
+    assert not (REPO_ROOT / "results" / "dry").exists()  # nothing started, nothing written
+
+
+@needs_script
+def test_dry_run_without_config_uses_mlagents_defaults(tmp_path: Path) -> None:
+    result = run("--dry-run", "--env-args", "--level", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["behaviors"] == {} and resolved["default_settings"] is None
+    assert resolved["env_settings"]["env_args"] == ["--level", "3"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_script
+def test_bad_config_exits_non_zero_naming_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("behaviors:\n  3DBall:\n    hyperparameters:\n      batch_sise: 64\n")
+    result = run(str(config), "--dry-run")
+    assert result.returncode == cli.EXIT_CONFIG_ERROR
+    assert result.stdout == ""
+    assert f"{config}: behaviors.3DBall.hyperparameters.batch_sise: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@needs_script
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    result = run(str(tmp_path / "missing.yaml"), "--dry-run")
+    assert result.returncode == cli.EXIT_CONFIG_ERROR
+    assert f"config file not found: {tmp_path / 'missing.yaml'}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@needs_script
+def test_unsupported_feature_prints_settings_then_says_not_supported_yet(tmp_path: Path) -> None:
+    config = tmp_path / "team.yaml"
+    config.write_text("behaviors:\n  Team:\n    trainer_type: poca\n")
+    result = run(str(config), "--dry-run")
+    assert result.returncode == cli.EXIT_NOT_SUPPORTED
+    assert yaml.safe_load(result.stdout)["behaviors"]["Team"]["trainer_type"] == "poca"
+    assert f"{config}: behaviors.Team.trainer_type: poca is not supported yet" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not (SHARED_CONFIGS / "imitation" / "Hallway.yaml").is_file(), reason=f"no {SHARED_CONFIGS}")
+def test_shared_gail_config_reports_every_unsupported_feature(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main([str(SHARED_CONFIGS / "imitation" / "Hallway.yaml"), "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_NOT_SUPPORTED
+    assert yaml.safe_load(out)["behaviors"]["Hallway"]["network_settings"]["memory"]["memory_size"] == 256
+    assert "behaviors.Hallway.network_settings.memory: recurrent networks (memory) are not supported yet" in err
+    assert "behaviors.Hallway.reward_signals.gail: the gail reward signal is not supported yet" in err
+
+
+def test_resume_and_force_together_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--dry-run", "--resume", "--force"]) == cli.EXIT_CONFIG_ERROR
+    assert "--resume and --force cannot be used together" in capsys.readouterr().err
+
+
+def test_command_line_value_errors_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--dry-run", "--num-envs", "0"]) == cli.EXIT_CONFIG_ERROR
+    assert "command line --num-envs: must be at least 1, got 0" in capsys.readouterr().err
+    assert cli.main(["--dry-run", "--tls-cert", "cert.pem"]) == cli.EXIT_CONFIG_ERROR
+    assert "--tls-cert and --tls-key must be given together" in capsys.readouterr().err
+
+
+def test_unknown_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--dry-run", "--run_id", "x"]) == 2
+    assert "unrecognized arguments: --run_id" in capsys.readouterr().err
+
+
+def test_unsupported_config_is_refused_before_training_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gail.yaml"
+    config.write_text("behaviors:\n  A:\n    reward_signals:\n      gail:\n        demo_path: expert.demo\n")
+    assert cli.main([str(config), "--run-id", "never", "--results-dir", str(tmp_path / "results")]) == 3
+    out, err = capsys.readouterr()
+    assert out == "" and "reward_signals.gail" in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_parser_maps_flags_to_mlagents_destinations() -> None:
+    args = cli.build_parser().parse_args(
+        [
+            "c.yaml",
+            "--env", "build/Game",
+            "--torch-device", "cpu",
+            "--no-graphics",
+            "--gateway-arg=--num-envs",
+            "--gateway-arg", "2",
+            "--with-gateway",
+            "--env-args", "--a", "b",
+        ]
+    )  # fmt: skip
+    assert (args.config, args.env_path, args.device, args.no_graphics) == ("c.yaml", "build/Game", "cpu", True)
+    assert args.gateway_args == ["--num-envs", "2"] and args.with_gateway is True
+    assert args.env_args == ["--a", "b"]
+    assert args.resume is None and args.seed is None  # not given: the YAML's value stays
