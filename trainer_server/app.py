@@ -97,8 +97,7 @@ def make_learner(spec: BehaviorSpec, settings: Any, seed: int) -> Learner:
 def extrinsic_strength(settings: Any) -> float:
     """``reward_signals.extrinsic.strength`` (1.0 when absent), however the settings store it."""
     signals = getattr(settings, "reward_signals", None) or {}
-    items = signals.items() if isinstance(signals, dict) else []
-    for key, value in items:
+    for key, value in signals.items():
         if str(_enum_value(key)).lower() == "extrinsic":
             strength = value.get("strength", 1.0) if isinstance(value, dict) else getattr(value, "strength", 1.0)
             return float(strength)
@@ -467,7 +466,9 @@ class TrainingApp:
         step = int(behavior.learner.step)
         if self.inference:
             return
-        if step == behavior.saved_step and not final:
+        if step == behavior.saved_step:  # already on disk: at most mark it final
+            if final:
+                self.results.mark_final(behavior.name, step)
             return
         with self.timer.block("save_checkpoint"):
             reward = behavior.stats.peek_mean(stats_mod.CUMULATIVE_REWARD)
@@ -483,6 +484,7 @@ class TrainingApp:
             self._export_onnx(behavior, saved.file_path.with_suffix(".onnx"), removed)
             self.results.record_checkpoint(behavior.name, saved, reward, removed, final=final)
             self.results.set_behavior_value(behavior.name, "policy_version", behavior.version)
+            self.results.write_timers(self.timer)
             behavior.saved_step = step
         _log.info("checkpoint saved", behavior=behavior.name, step=step, path=str(saved.file_path), final=final)
 
@@ -507,7 +509,7 @@ class TrainingApp:
             behaviors = list(self._behaviors.values())
         for behavior in behaviors:
             try:
-                if not self.inference and int(behavior.learner.step) != behavior.saved_step:
+                if not self.inference:
                     self._save(behavior, final=True)
                 behavior.tensorboard.close()
             except Exception:

@@ -220,6 +220,15 @@ class RunResults:
                 status["final_checkpoint"] = entry
         self.write_training_status()
 
+    def mark_final(self, behavior: str, steps: int) -> None:
+        """Marks the already recorded checkpoint of ``steps`` as the run's final one."""
+        with self._lock:
+            status = self._status.setdefault(behavior_folder_name(behavior), {})
+            for entry in status.get("checkpoints", []):
+                if entry.get("steps") == steps:
+                    status["final_checkpoint"] = dict(entry)
+        self.write_training_status()
+
     def write_training_status(self) -> None:
         with self._lock:
             text = json.dumps(self._status, indent=4)

@@ -122,25 +122,35 @@ class BehaviorStats:
 
 
 class TensorBoardWriter:
-    """One behavior's event files in ``<run>/<Behavior>/events.out.tfevents...``."""
+    """One behavior's event files in ``<run>/<Behavior>/events.out.tfevents...``.
+
+    Summaries are built here rather than with ``SummaryWriter.add_scalar``, which would
+    rewrite ML-Agents' tag names ("Environment/Cumulative Reward" has a space).
+    """
 
     def __init__(self, logdir: Path) -> None:
-        from tensorboardX import SummaryWriter  # imported here: it is slow to import
+        from tensorboardX import FileWriter  # imported here: it is slow to import
 
         self.logdir = Path(logdir)
-        self._writer = SummaryWriter(logdir=str(self.logdir), flush_secs=10)
+        self._writer = FileWriter(str(self.logdir), flush_secs=10)
 
     def write(self, step: int, summaries: dict[str, StatSummary]) -> None:
+        from tensorboardX import summary as tb_summary
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=tag, simple_value=s.value) for tag, s in summaries.items() if math.isfinite(s.value)]
+        self._writer.add_summary(Summary(value=values), step)
         for tag, s in summaries.items():
-            if not math.isfinite(s.value):
-                continue
-            self._writer.add_scalar(tag, s.value, step)
             if s.aggregation is Aggregation.HISTOGRAM:
-                self._writer.add_histogram(tag, np.asarray(s.values), step)
+                histogram = tb_summary.histogram(tag, np.asarray(s.values), "auto")
+                histogram.value[0].tag = tag
+                self._writer.add_summary(histogram, step)
         self._writer.flush()
 
     def write_text(self, tag: str, text: str, step: int = 0) -> None:
-        self._writer.add_text(tag, text, step)
+        from tensorboardX import summary as tb_summary
+
+        self._writer.add_summary(tb_summary.text(tag, text), step)
         self._writer.flush()
 
     def close(self) -> None:

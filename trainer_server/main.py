@@ -1,0 +1,183 @@
+"""``tandem-trainer`` after argument parsing: results folder, training app, gRPC server,
+optionally a local gateway, and a graceful end.
+
+Why: ``make run`` must be one command on one machine: the trainer starts its server,
+launches ``tandem-gateway --trainer <its address>`` (the built-in stand-in unless
+``--env`` names a Unity build), trains until every behavior reaches ``max_steps`` and
+stops everything. SIGINT/SIGTERM (Ctrl-C) end the run the same way: the training
+thread writes final checkpoints, ``training_status.json`` and ``timers.json``, the
+streams end, the gateway is stopped (terminated, then killed if it lingers).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from common.logging import get_logger
+from trainer_server.app import TrainingApp
+from trainer_server.results import RunDirectoryError, RunResults
+from trainer_server.service import start_server
+from trainer_server.timers import HierarchicalTimer
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+#: how long the gateway may take to leave on its own once its stream ended
+GATEWAY_EXIT_S = 15.0
+
+_log = get_logger("trainer_server.main")
+
+
+def gateway_command(options: Any, trainer_address: str, extra_args: tuple[str, ...] = ()) -> list[str]:
+    """The ``tandem-gateway`` command line for a gateway acting for this trainer.
+
+    Passes ``env_settings`` and ``engine_settings`` through with mlagents-learn's flag
+    names; without ``env_path`` the gateway runs the built-in stand-in. Its own server
+    listens on a free local port so that it never collides with another run.
+    """
+    exe = shutil.which("tandem-gateway", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    cmd = [exe] if exe else [sys.executable, "-m", "gateway.cli"]
+    cmd += ["--trainer", trainer_address, "--listen", "127.0.0.1:0"]
+    env = options.env_settings
+    if env.env_path:
+        cmd += ["--env", str(env.env_path)]
+    cmd += [
+        "--num-envs", str(env.num_envs),
+        "--base-port", str(env.base_port),
+        "--seed", str(env.seed),
+        "--num-areas", str(env.num_areas),
+        "--timeout-wait", str(env.timeout_wait),
+        "--max-lifetime-restarts", str(env.max_lifetime_restarts),
+        "--restarts-rate-limit-n", str(env.restarts_rate_limit_n),
+        "--restarts-rate-limit-period-s", str(env.restarts_rate_limit_period_s),
+    ]
+    engine = options.engine_settings
+    cmd += [
+        "--width", str(engine.width),
+        "--height", str(engine.height),
+        "--quality-level", str(engine.quality_level),
+        "--time-scale", str(engine.time_scale),
+        "--target-frame-rate", str(engine.target_frame_rate),
+        "--capture-frame-rate", str(engine.capture_frame_rate),
+    ]
+    if engine.no_graphics:
+        cmd.append("--no-graphics")
+    cmd += list(extra_args)
+    if env.env_args:
+        cmd += ["--env-args", *env.env_args]
+    return cmd
+
+
+class _Stopper:
+    """SIGINT/SIGTERM set an event (installed only on the main thread); restored on exit."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stopper:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        if self.event.is_set():  # a second Ctrl-C: stop waiting politely
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        self.event.set()
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_gateway(process: subprocess.Popen, wait_s: float) -> None:
+    try:
+        process.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        _log.info("stopping the local gateway", pid=process.pid)
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            _log.warning("the local gateway did not stop; killing it", pid=process.pid)
+            process.kill()
+            process.wait(5)
+
+
+def run(options: Any, server: Any) -> int:
+    """Trains with ``options`` (``RunOptions``) behind a server set up by ``server`` (``ServerSettings``).
+
+    Returns:
+        0 when training completed or was stopped by a signal after saving; 1 when the
+        run could not start or failed (the reason is logged).
+    """
+    timer = HierarchicalTimer()
+    cs = options.checkpoint_settings
+    try:
+        with timer.block("setup"):
+            results = RunResults.prepare(
+                cs.results_dir, cs.run_id, resume=cs.resume, force=cs.force, inference=cs.inference
+            )
+            results.write_configuration(options)
+    except RunDirectoryError as e:
+        _log.error(str(e), run_id=cs.run_id)
+        return EXIT_FAILED
+    app = TrainingApp(options, results, timer)
+    try:
+        running = start_server(
+            app, server.listen, tls_cert=server.tls_cert, tls_key=server.tls_key, token=server.token
+        )
+    except (ValueError, RuntimeError, OSError) as e:
+        _log.error("cannot start the trainer server", listen=server.listen, error=str(e))
+        return EXIT_FAILED
+    gateway: subprocess.Popen | None = None
+    outcome = EXIT_OK
+    with _Stopper() as stopper:
+        try:
+            app.start()
+            running.set_serving(True)
+            _log.info(
+                "trainer ready",
+                run_id=cs.run_id,
+                results=str(results.run_dir),
+                address=running.address,
+                inference=bool(cs.inference),
+            )
+            if server.with_gateway:
+                address = running.address if not server.tls_cert else f"localhost:{running.port}"
+                cmd = gateway_command(options, address, tuple(server.gateway_args))
+                env = dict(os.environ)
+                if server.token:
+                    env["TANDEM_TOKEN"] = server.token
+                _log.info("launching a local gateway", command=" ".join(cmd))
+                gateway = subprocess.Popen(cmd, env=env)
+            while not app.wait(0.5):
+                if stopper.event.is_set():
+                    _log.info("stopping: saving final checkpoints", signal=stopper.signal_name)
+                    break
+                if gateway is not None and gateway.poll() is not None:
+                    _log.error("the local gateway exited before training completed", returncode=gateway.returncode)
+                    outcome = EXIT_FAILED
+                    break
+        except KeyboardInterrupt:
+            _log.warning("interrupted again: stopping now")
+        finally:
+            app.stop()
+            app.join(120)
+            running.stop(5.0)
+            if gateway is not None and gateway.poll() is None:
+                _stop_gateway(gateway, GATEWAY_EXIT_S if app.completed else 0.0)
+    if app.error is not None:
+        return EXIT_FAILED
+    if app.completed:
+        _log.info("training complete", run_id=cs.run_id, results=str(results.run_dir))
+    return outcome
