@@ -1,0 +1,127 @@
+"""Checks a client's ``StepRequest`` and turns it into per-instance actions.
+
+Why: in remote-control mode, actions come from any client in any language. Every
+mistake must become ``INVALID_ARGUMENT`` naming the field, before any instance is
+stepped (a request is applied whole or not at all). The result is ordered like the
+instance's last decision steps, with zero actions for agents the client left out,
+which is what mlagents-envs expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from common import tensor
+from common.specs import BehaviorSpec
+from gateway.environment import BehaviorActions
+from tandem.v1 import gateway_pb2
+
+
+class InvalidArgument(ValueError):
+    """A client request that cannot be applied; the message starts with the field's path."""
+
+
+def _positions(decision_ids: np.ndarray, agent_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each of ``agent_ids`` in ``decision_ids``, and a mask of the ones found."""
+    if decision_ids.size == 0:
+        return np.zeros(agent_ids.shape, np.intp), np.zeros(agent_ids.shape, bool)
+    sorter = np.argsort(decision_ids, kind="stable")
+    where = np.searchsorted(decision_ids, agent_ids, sorter=sorter)
+    where = np.minimum(where, decision_ids.size - 1)
+    positions = sorter[where]
+    return positions, decision_ids[positions] == agent_ids
+
+
+def decode_step_request(
+    request: gateway_pb2.StepRequest,
+    decisions: Mapping[int, Mapping[str, np.ndarray]],
+    specs: Mapping[str, BehaviorSpec],
+) -> dict[int, dict[str, BehaviorActions]]:
+    """Validates ``request`` against the last decision steps.
+
+    Args:
+        request: the client's StepRequest.
+        decisions: for each live instance, ``{behavior: agent_ids int32 [n]}`` of the agents
+            that requested a decision in the last response.
+        specs: every known behavior's spec.
+
+    Returns:
+        ``{instance: {behavior: BehaviorActions}}`` with arrays ordered like the decision steps.
+
+    Raises:
+        InvalidArgument: naming the first bad field (``step.actions[i].continuous``, ...).
+    """
+    out: dict[int, dict[str, BehaviorActions]] = {}
+    for i, entry in enumerate(request.actions):
+        field = f"step.actions[{i}]"
+        if entry.instance not in decisions:
+            raise InvalidArgument(
+                f"{field}.instance: no live environment instance {entry.instance} "
+                f"(live instances: {sorted(decisions)})"
+            )
+        spec = specs.get(entry.behavior)
+        if spec is None:
+            raise InvalidArgument(
+                f"{field}.behavior: unknown behavior {entry.behavior!r} (known: {sorted(specs)})"
+            )
+        if entry.behavior in out.get(entry.instance, {}):
+            raise InvalidArgument(
+                f"{field}: a second entry for behavior {entry.behavior!r} in instance {entry.instance}"
+            )
+        try:
+            actions = _decode_entry(entry, field, spec, decisions[entry.instance].get(entry.behavior))
+        except tensor.TensorError as e:
+            raise InvalidArgument(str(e)) from None
+        out.setdefault(entry.instance, {})[entry.behavior] = actions
+    return out
+
+
+def _decode_entry(
+    entry: gateway_pb2.BehaviorActions, field: str, spec: BehaviorSpec, decision_ids: np.ndarray | None
+) -> BehaviorActions:
+    if decision_ids is None:
+        decision_ids = np.zeros(0, np.int32)
+    if not entry.HasField("agent_ids"):
+        raise InvalidArgument(f"{field}.agent_ids: required")
+    agent_ids = tensor.from_proto(entry.agent_ids, name=f"{field}.agent_ids", dtype=np.int32, shape=(None,))
+    n = agent_ids.shape[0]
+    if np.unique(agent_ids).size != n:
+        raise InvalidArgument(f"{field}.agent_ids: an agent id appears more than once")
+    positions, found = _positions(decision_ids, agent_ids)
+    if not found.all():
+        missing = agent_ids[~found][:10].tolist()
+        raise InvalidArgument(
+            f"{field}.agent_ids: agents {missing} of behavior {spec.name!r} did not request a decision "
+            f"in instance {entry.instance}"
+        )
+    a = spec.action_spec
+    continuous = np.zeros((decision_ids.size, a.continuous_size), np.float32)
+    discrete = np.zeros((decision_ids.size, a.num_branches), np.int32)
+    if a.continuous_size or entry.HasField("continuous"):
+        if not entry.HasField("continuous"):
+            raise InvalidArgument(f"{field}.continuous: required, float32 [{n}, {a.continuous_size}]")
+        values = tensor.from_proto(
+            entry.continuous, name=f"{field}.continuous", dtype=np.float32, shape=(n, a.continuous_size)
+        )
+        if not np.isfinite(values).all():
+            raise InvalidArgument(f"{field}.continuous: contains NaN or infinity")
+        continuous[positions] = values
+    if a.num_branches or entry.HasField("discrete"):
+        if not entry.HasField("discrete"):
+            raise InvalidArgument(f"{field}.discrete: required, int32 [{n}, {a.num_branches}]")
+        values = tensor.from_proto(
+            entry.discrete, name=f"{field}.discrete", dtype=np.int32, shape=(n, a.num_branches)
+        )
+        if a.num_branches:
+            bad = (values < 0) | (values >= np.asarray(a.discrete_branches, np.int32))
+            if bad.any():
+                row, branch = (int(x) for x in np.argwhere(bad)[0])
+                raise InvalidArgument(
+                    f"{field}.discrete: value {int(values[row, branch])} of agent "
+                    f"{int(agent_ids[row])} is out of branch {branch}'s range "
+                    f"[0, {a.discrete_branches[branch]})"
+                )
+        discrete[positions] = values
+    return BehaviorActions(continuous=continuous, discrete=discrete)

@@ -1,0 +1,219 @@
+"""One Unity environment instance: a ``UnityEnvironment`` with its side channels.
+
+Why: the worker processes (remote control and actor mode alike) need the same few
+operations on an instance: open it with the engine settings, reset, step with
+actions, read decision/terminal steps as ``StepBatch``, drain the stats side
+channel, and close it leaving no Unity process behind. Every mlagents-envs
+failure surfaces as one exception type, ``InstanceFailure``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.logging import get_logger
+from common.unity_env import open_unity_environment
+from common.specs import BehaviorSpec, from_mlagents
+from gateway import steps as steps_mod
+from gateway.options import EnvironmentOptions
+from gateway.steps import Stat, StepBatch
+
+
+class InstanceFailure(RuntimeError):
+    """The Unity process of an instance crashed, hung, or could not be launched."""
+
+
+@dataclass
+class BehaviorActions:
+    """Actions for every agent of a behavior's last decision steps, in their order.
+
+    Attributes:
+        continuous: float32 ``[n, continuous_size]`` as the environment receives them.
+        discrete: int32 ``[n, num_branches]``.
+    """
+
+    continuous: np.ndarray
+    discrete: np.ndarray
+
+
+class UnityInstance:
+    """A Unity process driven through mlagents-envs.
+
+    Args:
+        options: the environment options shared by all instances.
+        index: this instance's index (the ``instance`` field on the wire).
+    """
+
+    def __init__(self, options: EnvironmentOptions, index: int) -> None:
+        self.options = options
+        self.index = index
+        self.worker_id = options.worker_id(index)
+        self.port = options.port(index)
+        self.specs: dict[str, BehaviorSpec] = {}
+        self._announced: set[str] = set()
+        self._env = None
+        self._stats_channel = None
+        self._params_channel = None
+        self._parameters: dict[str, float] = {}
+        self.unity_pid: int | None = None
+        self._process = None
+        self.log = get_logger("gateway.environment", instance=index, port=self.port)
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Launches (or, for the Editor, waits for) Unity and applies the engine settings.
+
+        Raises:
+            InstanceFailure: when Unity cannot be launched or does not answer in time.
+        """
+        from mlagents_envs.exception import UnityException
+        from mlagents_envs.side_channel.engine_configuration_channel import EngineConfigurationChannel
+        from mlagents_envs.side_channel.environment_parameters_channel import EnvironmentParametersChannel
+        from mlagents_envs.side_channel.stats_side_channel import StatsSideChannel
+
+        engine_channel = EngineConfigurationChannel()
+        self._params_channel = EnvironmentParametersChannel()
+        self._stats_channel = StatsSideChannel()
+        seed = self.options.seed + self.index if self.options.seed >= 0 else random.randrange(0, 1 << 30)
+        try:
+            self._env = open_unity_environment(
+                file_name=self.options.file_name,
+                worker_id=self.worker_id,
+                base_port=self.options.base_port,
+                seed=seed,
+                no_graphics=self.options.engine.no_graphics,
+                timeout_wait=self.options.timeout_wait,
+                additional_args=list(self.options.env_args),
+                side_channels=[engine_channel, self._params_channel, self._stats_channel],
+                num_areas=self.options.num_areas,
+            )
+        except UnityException as e:
+            raise InstanceFailure(f"instance {self.index}: Unity did not start: {e}") from e
+        self._process = getattr(self._env, "_process", None)  # mlagents keeps the Popen privately
+        self.unity_pid = self._process.pid if self._process is not None else None
+        eng = self.options.engine
+        engine_channel.set_configuration_parameters(
+            width=eng.width,
+            height=eng.height,
+            quality_level=eng.quality_level,
+            time_scale=eng.time_scale,
+            target_frame_rate=eng.target_frame_rate,
+            capture_frame_rate=eng.capture_frame_rate,
+        )
+        for key, value in self._parameters.items():
+            self._params_channel.set_float_parameter(key, value)
+        self._refresh_specs()
+        self.log.info("unity instance opened", unity_pid=self.unity_pid, behaviors=sorted(self.specs))
+
+    def close(self) -> None:
+        """Asks Unity to quit, then kills it if it is still there."""
+        env, self._env = self._env, None
+        if env is not None:
+            try:
+                env._close(timeout=5)  # the public close() waits timeout_wait (60 s) for a dead process
+            except Exception as e:  # closing a broken connection must not stop the shutdown
+                self.log.warning("unity close failed", error=str(e))
+        self.kill()
+
+    def kill(self) -> None:
+        """Kills the Unity process if it is still alive (after a crash, hang or close)."""
+        process, self._process = self._process, None
+        self.unity_pid = None
+        if process is not None and process.poll() is None:
+            process.kill()
+            try:
+                process.wait(timeout=10)
+            except Exception as e:
+                self.log.warning("unity process did not die", error=str(e))
+
+    # -- stepping -------------------------------------------------------------------------------
+
+    def set_parameters(self, parameters: dict[str, float]) -> None:
+        """Queues environment parameters; they reach Unity with the next reset or step.
+
+        They are remembered and set again after a restart.
+        """
+        self._parameters.update(parameters)
+        if self._params_channel is not None:
+            for key, value in parameters.items():
+                self._params_channel.set_float_parameter(key, float(value))
+
+    def reset(self) -> dict[str, tuple[StepBatch, StepBatch]]:
+        """Resets the instance; returns ``{behavior: (decisions, terminals)}``."""
+        return self._exchange(lambda env: env.reset())
+
+    def step(self, actions: dict[str, BehaviorActions]) -> dict[str, tuple[StepBatch, StepBatch]]:
+        """Sets actions for the last decision steps and steps once.
+
+        Behaviors missing from ``actions`` get zero actions (as mlagents-envs does).
+        """
+        from mlagents_envs.base_env import ActionTuple
+
+        def run(env):
+            for behavior, a in actions.items():
+                env.set_actions(behavior, ActionTuple(continuous=a.continuous, discrete=a.discrete))
+            env.step()
+
+        return self._exchange(run)
+
+    def _exchange(self, call) -> dict[str, tuple[StepBatch, StepBatch]]:
+        from mlagents_envs.exception import UnityException
+
+        if self._env is None:
+            raise InstanceFailure(f"instance {self.index}: Unity is not running")
+        try:
+            call(self._env)
+            self._refresh_specs()
+            out = {}
+            for name, spec in self.specs.items():
+                decisions, terminals = self._env.get_steps(name)
+                out[name] = (
+                    steps_mod.from_decision_steps(decisions, spec),
+                    steps_mod.from_terminal_steps(terminals),
+                )
+            return out
+        except UnityException as e:
+            raise InstanceFailure(f"instance {self.index}: {type(e).__name__}: {e}") from e
+        except (OSError, EOFError, BrokenPipeError) as e:
+            raise InstanceFailure(f"instance {self.index}: connection lost: {e}") from e
+
+    def _refresh_specs(self) -> None:
+        for name, spec in self._env.behavior_specs.items():
+            if name not in self.specs:
+                self.specs[name] = from_mlagents(name, spec)
+
+    def new_behaviors(self) -> list[BehaviorSpec]:
+        """Behaviors seen since the last call (all of them on the first call)."""
+        fresh = [s for n, s in self.specs.items() if n not in self._announced]
+        self._announced.update(s.name for s in fresh)
+        return fresh
+
+    def drain_stats(self) -> list[Stat]:
+        """Values received on the stats side channel since the last call."""
+        if self._stats_channel is None:
+            return []
+        out = []
+        for key, values in self._stats_channel.get_and_reset_stats().items():
+            for value, method in values:
+                out.append(Stat(self.index, key, float(value), steps_mod.aggregation_name(method)))
+        return out
+
+
+def kill_process(pid: int) -> None:
+    """SIGKILLs ``pid`` if it exists and reaps it when it is our child."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        return
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass

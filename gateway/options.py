@@ -1,0 +1,226 @@
+"""The gateway's typed, frozen options, validated once at the edge.
+
+Why: the CLI, the tests and the benchmark build the same ``GatewayOptions``; every
+other module trusts them. Names and defaults follow ``mlagents-learn`` where the
+option exists there (``--base-port 5005``, ``--time-scale 20``, ``--width 84``, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+#: ``--env`` value that means "connect to the Unity Editor" (mlagents' file_name=None).
+EDITOR = "editor"
+
+
+class OptionsError(ValueError):
+    """An option value that cannot work; the message names the option."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Unity engine settings sent through the EngineConfigurationChannel (ML-Agents defaults)."""
+
+    width: int = 84
+    height: int = 84
+    quality_level: int = 5
+    time_scale: float = 20.0
+    target_frame_rate: int = -1
+    capture_frame_rate: int = 60
+    no_graphics: bool = False
+
+
+@dataclass(frozen=True)
+class RestartLimits:
+    """How often a crashed or hung Unity instance may be restarted (ML-Agents' env_settings).
+
+    Attributes:
+        max_lifetime_restarts: restarts allowed over the gateway's life; -1 = unlimited.
+        rate_limit_n: restarts allowed within ``rate_limit_period_s``; -1 = unlimited.
+        rate_limit_period_s: the sliding window of the rate limit, in seconds.
+    """
+
+    max_lifetime_restarts: int = 10
+    rate_limit_n: int = 1
+    rate_limit_period_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class EnvironmentOptions:
+    """What the worker processes need to open their ``UnityEnvironment``.
+
+    Attributes:
+        file_name: the Unity build path; ``None`` = the Editor (worker 0 only).
+        env_args: extra command-line arguments for the Unity process.
+        num_envs: how many instances (one worker process each).
+        base_port: instance i listens on ``base_port + worker_id(i)``.
+        seed: the environment seed; -1 = random. Instance i gets ``seed + i``.
+        num_areas: training areas per instance (``num_areas`` of mlagents).
+        timeout_wait: seconds to wait for Unity before declaring it hung (>= 10).
+        engine: engine settings for every instance.
+        restarts: restart limits, per instance.
+    """
+
+    file_name: str | None
+    env_args: tuple[str, ...] = ()
+    num_envs: int = 1
+    base_port: int = 5005
+    seed: int = -1
+    num_areas: int = 1
+    timeout_wait: int = 60
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    restarts: RestartLimits = field(default_factory=RestartLimits)
+
+    def worker_id(self, index: int) -> int:
+        """The mlagents worker id of instance ``index`` (its port is ``base_port + worker_id``)."""
+        return index
+
+    def port(self, index: int) -> int:
+        return self.base_port + self.worker_id(index)
+
+
+@dataclass(frozen=True)
+class ActorOptions:
+    """Actor mode: where the trainer is and how experience is buffered.
+
+    Attributes:
+        trainer: ``host:port`` of the trainer's ``tandem.v1.Trainer`` service.
+        token: bearer token for the trainer, or None.
+        tls_ca: PEM file of the CA that signed the trainer's certificate; None = plaintext.
+        chunk_steps: agent steps per experience chunk (a chunk is sent sooner after
+            ``flush_interval_s``).
+        flush_interval_s: longest time finished trajectories wait before being sent.
+        max_buffered_chunks: unacknowledged chunks kept for resending; when full, stepping pauses.
+        max_buffered_mb: the same bound in megabytes.
+        snapshot_wait_s: how long to wait for a behavior's first snapshot; after that its
+            agents act randomly and their experience is not streamed.
+        reconnect_min_s: first reconnect delay; doubles up to ``reconnect_max_s``.
+        reconnect_max_s: longest reconnect delay.
+    """
+
+    trainer: str
+    token: str | None = None
+    tls_ca: str | None = None
+    chunk_steps: int = 512
+    flush_interval_s: float = 1.0
+    max_buffered_chunks: int = 256
+    max_buffered_mb: float = 512.0
+    snapshot_wait_s: float = 60.0
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """The gRPC server the gateway exposes.
+
+    Attributes:
+        listen: ``host:port`` to listen on (port 0 = any free port).
+        tls_cert: PEM certificate chain file; with ``tls_key`` enables TLS.
+        tls_key: PEM private key file.
+        token: shared bearer token clients must send; None = no authentication.
+        max_message_mb: largest gRPC message, both directions (visual observations are big).
+        keepalive_s: interval of HTTP/2 keepalive pings to clients.
+    """
+
+    listen: str = "127.0.0.1:5756"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    token: str | None = None
+    max_message_mb: int = 64
+    keepalive_s: float = 30.0
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.max_message_mb) * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    """Everything a gateway process runs with."""
+
+    environment: EnvironmentOptions
+    server: ServerOptions = field(default_factory=ServerOptions)
+    actor: ActorOptions | None = None
+
+    @property
+    def is_actor(self) -> bool:
+        return self.actor is not None
+
+
+def _check_host_port(name: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise OptionsError(f"{name}: expected host:port, got {value!r}")
+
+
+def _check_file(name: str, path: str | None) -> None:
+    if path is not None and not os.path.isfile(path):
+        raise OptionsError(f"{name}: no such file {path!r}")
+
+
+def validate(options: GatewayOptions) -> GatewayOptions:
+    """Checks every option; returns ``options`` unchanged.
+
+    Raises:
+        OptionsError: naming the first bad option.
+    """
+    env = options.environment
+    if env.num_envs < 1:
+        raise OptionsError(f"--num-envs: must be >= 1, got {env.num_envs}")
+    if env.file_name is None and env.num_envs != 1:
+        raise OptionsError("--num-envs: the Unity Editor is a single instance (use 1)")
+    if not 1 <= env.base_port <= 65535 or env.base_port + env.num_envs - 1 > 65535:
+        raise OptionsError(f"--base-port: {env.base_port} + instances must stay within 1..65535")
+    if env.timeout_wait < 10:
+        raise OptionsError(f"--timeout-wait: must be >= 10 seconds, got {env.timeout_wait}")
+    if env.num_areas < 1:
+        raise OptionsError(f"--num-areas: must be >= 1, got {env.num_areas}")
+    if env.seed < -1:
+        raise OptionsError(f"--seed: must be >= 0, or -1 for random, got {env.seed}")
+    eng = env.engine
+    if eng.width <= 0 or eng.height <= 0:
+        raise OptionsError(f"--width/--height: must be positive, got {eng.width}x{eng.height}")
+    if eng.time_scale <= 0:
+        raise OptionsError(f"--time-scale: must be positive, got {eng.time_scale}")
+    if not 0 <= eng.quality_level <= 5:
+        raise OptionsError(f"--quality-level: must be 0..5, got {eng.quality_level}")
+    lim = env.restarts
+    if lim.max_lifetime_restarts < -1:
+        raise OptionsError("--max-lifetime-restarts: must be >= 0, or -1 for unlimited")
+    if lim.rate_limit_n < -1:
+        raise OptionsError("--restarts-rate-limit-n: must be >= 0, or -1 for unlimited")
+    if lim.rate_limit_period_s <= 0:
+        raise OptionsError("--restarts-rate-limit-period-s: must be positive")
+    srv = options.server
+    _check_host_port("--listen", srv.listen)
+    if (srv.tls_cert is None) != (srv.tls_key is None):
+        raise OptionsError("--tls-cert/--tls-key: give both or neither")
+    _check_file("--tls-cert", srv.tls_cert)
+    _check_file("--tls-key", srv.tls_key)
+    if srv.token is not None and not srv.token.strip():
+        raise OptionsError("--token: must not be empty")
+    if srv.max_message_mb < 1 or srv.max_message_mb > 2047:
+        raise OptionsError(f"--max-message-mb: must be 1..2047, got {srv.max_message_mb}")
+    if srv.keepalive_s <= 0:
+        raise OptionsError("keepalive_s: must be positive")
+    act = options.actor
+    if act is not None:
+        _check_host_port("--trainer", act.trainer)
+        _check_file("--trainer-tls-ca", act.tls_ca)
+        if act.token is not None and not act.token.strip():
+            raise OptionsError("--trainer-token: must not be empty")
+        if act.chunk_steps < 1:
+            raise OptionsError(f"--chunk-steps: must be >= 1, got {act.chunk_steps}")
+        if act.flush_interval_s <= 0:
+            raise OptionsError("--flush-interval-s: must be positive")
+        if act.max_buffered_chunks < 1:
+            raise OptionsError("--max-buffered-chunks: must be >= 1")
+        if act.max_buffered_mb <= 0:
+            raise OptionsError("--max-buffered-mb: must be positive")
+        if act.snapshot_wait_s < 0:
+            raise OptionsError("--snapshot-wait-s: must be >= 0")
+        if not 0 < act.reconnect_min_s <= act.reconnect_max_s:
+            raise OptionsError("reconnect delays: need 0 < min <= max")
+    return options

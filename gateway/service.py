@@ -1,0 +1,157 @@
+"""The ``tandem.v1.Gateway`` servicer: translates between the wire and the environment pool.
+
+Why: keeping the servicer thin means every rule about actions lives in
+``gateway.actions`` and every rule about stepping lives in ``gateway.workers``; here
+we only decode requests, call the pool, encode answers and map errors to status
+codes (INVALID_ARGUMENT naming the field, FAILED_PRECONDITION, UNAVAILABLE).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from typing import Protocol
+
+import grpc
+
+from common import specs as specs_mod
+from common.logging import get_logger
+from gateway.actions import InvalidArgument, decode_step_request
+from gateway.options import EngineSettings
+from gateway.workers import EnvironmentPool, InstanceInfo, PoolError
+from tandem.v1 import gateway_pb2, gateway_pb2_grpc
+
+API_VERSION = "v1"
+
+
+class EnvironmentView(Protocol):
+    """What Describe needs from either mode's environment owner."""
+
+    @property
+    def specs(self) -> dict: ...
+
+    def instances(self) -> list[InstanceInfo]: ...
+
+
+def _check_parameters(parameters, field: str) -> dict[str, float]:
+    out = {}
+    for key, value in parameters.items():
+        if not key:
+            raise InvalidArgument(f"{field}: parameter names must not be empty")
+        if not math.isfinite(value):
+            raise InvalidArgument(f"{field}[{key!r}]: must be finite, got {value}")
+        out[key] = float(value)
+    return out
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    """Serves Describe and Play.
+
+    Args:
+        engine: the engine settings every instance runs with.
+        actor_mode: True when the gateway acts for a trainer (Play is refused).
+    """
+
+    def __init__(self, engine: EngineSettings, actor_mode: bool) -> None:
+        self._engine = engine
+        self._actor_mode = actor_mode
+        self._view: EnvironmentView | None = None
+        self._play_lock = threading.Lock()
+        self._stream_ids = itertools.count(1)
+        self.log = get_logger("gateway.service")
+
+    def attach(self, view: EnvironmentView) -> None:
+        """Makes the environments available (until then, RPCs answer UNAVAILABLE)."""
+        self._view = view
+
+    def _require_view(self, context: grpc.ServicerContext) -> EnvironmentView:
+        view = self._view
+        if view is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the environments are starting; retry shortly")
+        return view
+
+    def Describe(self, request, context):
+        view = self._require_view(context)
+        response = gateway_pb2.DescribeResponse(
+            mode=gateway_pb2.GATEWAY_MODE_ACTOR if self._actor_mode else gateway_pb2.GATEWAY_MODE_REMOTE_CONTROL,
+            api_version=API_VERSION,
+        )
+        for name, spec in sorted(view.specs.items()):
+            specs_mod.to_proto(spec, response.behaviors.add())
+        for inst in view.instances():
+            response.instances.add(
+                index=inst.index,
+                worker_id=inst.worker_id,
+                port=inst.port,
+                file_name=inst.file_name,
+                restarts=inst.restarts,
+                alive=inst.alive,
+            )
+        e = self._engine
+        response.engine_settings.CopyFrom(
+            gateway_pb2.EngineSettings(
+                width=e.width,
+                height=e.height,
+                quality_level=e.quality_level,
+                time_scale=e.time_scale,
+                target_frame_rate=e.target_frame_rate,
+                capture_frame_rate=e.capture_frame_rate,
+                no_graphics=e.no_graphics,
+            )
+        )
+        return response
+
+    def Play(self, request_iterator, context):
+        if self._actor_mode:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the gateway is in actor mode (--trainer): it acts for the trainer, Play is unavailable",
+            )
+        pool = self._require_view(context)
+        assert isinstance(pool, EnvironmentPool)
+        if not self._play_lock.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "another client is driving the environments (one Play stream at a time)",
+            )
+        log = self.log.bind(peer=context.peer(), stream=next(self._stream_ids))
+        log.info("play stream opened")
+        requests = 0
+        try:
+            for request in request_iterator:
+                requests += 1
+                yield self._answer(pool, request, context)
+        except InvalidArgument as e:
+            log.info("play request rejected", error=str(e), request=requests)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except PoolError as e:
+            log.warning("play request failed", error=str(e), request=requests)
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        finally:
+            self._play_lock.release()
+            log.info("play stream closed", requests=requests)
+
+    def _answer(self, pool: EnvironmentPool, request, context) -> gateway_pb2.PlayResponse:
+        kind = request.WhichOneof("request")
+        response = gateway_pb2.PlayResponse()
+        if kind == "reset":
+            params = _check_parameters(request.reset.environment_parameters, "reset.environment_parameters")
+            parts = pool.reset(params)
+        elif kind == "step":
+            actions = decode_step_request(request.step, pool.decisions, pool.specs)
+            parts = pool.step(actions)
+        elif kind == "set_environment_parameters":
+            params = _check_parameters(
+                request.set_environment_parameters.parameters, "set_environment_parameters.parameters"
+            )
+            pool.set_parameters(params)
+            response.parameters_accepted.SetInParent()
+            return response
+        else:
+            raise InvalidArgument("request: one of reset, step or set_environment_parameters is required")
+        steps = response.steps
+        steps.SetInParent()
+        for part in parts:
+            steps.MergeFromString(part)  # each part is one instance's serialized Steps
+        return response
