@@ -34,7 +34,9 @@ GATEWAY_EXIT_S = 15.0
 _log = get_logger("trainer_server.main")
 
 
-def gateway_command(options: Any, trainer_address: str, extra_args: tuple[str, ...] = ()) -> list[str]:
+def gateway_command(
+    options: Any, trainer_address: str, extra_args: tuple[str, ...] = (), tls_ca: str | None = None
+) -> list[str]:
     """The ``tandem-gateway`` command line for a gateway acting for this trainer.
 
     Passes ``env_settings`` and ``engine_settings`` through with mlagents-learn's flag
@@ -44,6 +46,8 @@ def gateway_command(options: Any, trainer_address: str, extra_args: tuple[str, .
     exe = shutil.which("tandem-gateway", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     cmd = [exe] if exe else [sys.executable, "-m", "gateway.cli"]
     cmd += ["--trainer", trainer_address, "--listen", "127.0.0.1:0"]
+    if tls_ca:
+        cmd += ["--trainer-tls-ca", str(tls_ca)]
     env = options.env_settings
     if env.env_path:
         cmd += ["--env", str(env.env_path)]
@@ -154,10 +158,10 @@ def run(options: Any, server: Any) -> int:
             )
             if server.with_gateway:
                 address = running.address if not server.tls_cert else f"localhost:{running.port}"
-                cmd = gateway_command(options, address, tuple(server.gateway_args))
+                cmd = gateway_command(options, address, tuple(server.gateway_args), tls_ca=server.tls_cert)
                 env = dict(os.environ)
-                if server.token:
-                    env["TANDEM_TOKEN"] = server.token
+                if server.token:  # not on the command line, where other users could read it
+                    env["TANDEM_TRAINER_TOKEN"] = server.token
                 _log.info("launching a local gateway", command=" ".join(cmd))
                 gateway = subprocess.Popen(cmd, env=env)
             while not app.wait(0.5):

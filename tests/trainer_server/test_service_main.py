@@ -1,0 +1,97 @@
+"""``tandem-trainer`` as a process: run-id refusal, serving, graceful SIGTERM, the gateway command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from trainer_server.main import gateway_command
+from trainer_server.settings import load_run_options
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "ppo" / "3DBall.yaml"
+
+
+def _trainer(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trainer_server.cli", str(CONFIG), *args]
+
+
+def test_an_existing_run_id_is_refused_with_a_clear_message(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "configuration.yaml").write_text("behaviors: {}\n")
+    done = subprocess.run(
+        _trainer("--run-id", "taken", "--results-dir", str(tmp_path), "--listen", "127.0.0.1:0"),
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1
+    assert "taken" in done.stderr and "--resume" in done.stderr and "--force" in done.stderr
+    assert (tmp_path / "taken" / "configuration.yaml").read_text() == "behaviors: {}\n"  # untouched
+
+
+def test_trainer_serves_then_stops_gracefully_on_sigterm(tmp_path):
+    process = subprocess.Popen(
+        _trainer("--run-id", "r1", "--results-dir", str(tmp_path), "--listen", "127.0.0.1:0", "--log-json"),
+        cwd=REPO, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+    address: list[str] = []
+
+    def pump() -> None:
+        for line in process.stderr:
+            lines.append(line)
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event.get("event") == "trainer ready":
+                address.append(event["address"])
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        assert ready.wait(90), "".join(lines)
+        with grpc.insecure_channel(address[0]) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, "".join(lines)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    run = tmp_path / "r1"
+    assert (run / "configuration.yaml").is_file()
+    assert "3DBall" in (run / "configuration.yaml").read_text()
+    timers = json.loads((run / "run_logs" / "timers.json").read_text())
+    assert timers["children"]["setup"]["count"] == 1
+    assert json.loads((run / "run_logs" / "training_status.json").read_text())["metadata"]
+
+
+def test_gateway_command_passes_environment_and_engine_settings(tmp_path):
+    import argparse
+
+    args = argparse.Namespace(
+        run_id="x", results_dir=str(tmp_path), env_path="/builds/3DBall.x86_64", num_envs=3, seed=5,
+        time_scale=10.0, width=64, no_graphics=True, env_args=["--task", "3dball"],
+    )
+    options = load_run_options(CONFIG, args)
+    cmd = gateway_command(options, "127.0.0.1:40000", ("--chunk-steps", "256"), tls_ca="/ca.pem")
+    gateway_cli = pytest.importorskip("gateway.cli")
+    parsed = gateway_cli.build_parser().parse_args(cmd[1:] if not cmd[0].endswith("python") else cmd[3:])
+    assert parsed.trainer == "127.0.0.1:40000" and parsed.trainer_tls_ca == "/ca.pem"
+    assert parsed.env == "/builds/3DBall.x86_64" and parsed.num_envs == 3 and parsed.seed == 5
+    assert parsed.time_scale == 10.0 and parsed.width == 64 and parsed.no_graphics
+    assert parsed.chunk_steps == 256 and parsed.env_args == ["--task", "3dball"]
+    assert parsed.listen == "127.0.0.1:0"
+    assert os.path.basename(cmd[0]).startswith("tandem-gateway") or cmd[1:3] == ["-m", "gateway.cli"]
