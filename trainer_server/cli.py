@@ -65,15 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume", action="store_true", default=None, help="continue the run RUN_ID from its latest checkpoint"
     )
-    run.add_argument(
-        "--force", action="store_true", default=None, help="overwrite the results of an existing RUN_ID"
-    )
+    run.add_argument("--force", action="store_true", default=None, help="overwrite the results of an existing RUN_ID")
     run.add_argument(
         "--initialize-from", metavar="RUN_ID", default=None, help="start from the trained model of another run"
     )
-    run.add_argument(
-        "--inference", action="store_true", default=None, help="act with the policy without training it"
-    )
+    run.add_argument("--inference", action="store_true", default=None, help="act with the policy without training it")
     run.add_argument("--results-dir", default=None, help="base folder of the results (default: results)")
     run.add_argument("--seed", type=int, default=None, help="random seed (default: -1, random)")
     run.add_argument(
@@ -91,14 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     env = parser.add_argument_group("environment (passed to the gateway that --with-gateway launches)")
-    env.add_argument("--env", dest="env_path", default=None, help="path to a Unity build (default: the built-in stand-in)")
+    env.add_argument(
+        "--env", dest="env_path", default=None, help="path to a Unity build (default: the built-in stand-in)"
+    )
     env.add_argument("--base-port", type=int, default=None, help="first port of the Unity instances (default: 5005)")
     env.add_argument("--num-envs", type=int, default=None, help="number of Unity instances (default: 1)")
     env.add_argument("--num-areas", type=int, default=None, help="training areas per instance (default: 1)")
-    env.add_argument("--timeout-wait", type=int, default=None, help="seconds to wait for a Unity instance to start (default: 60)")
-    env.add_argument("--max-lifetime-restarts", type=int, default=None, help="crashes allowed per instance, -1 = no limit (default: 10)")
-    env.add_argument("--restarts-rate-limit-n", type=int, default=None, help="crashes allowed per period, -1 = no limit (default: 1)")
-    env.add_argument("--restarts-rate-limit-period-s", type=int, default=None, help="that period in seconds (default: 60)")
+    env.add_argument(
+        "--timeout-wait", type=int, default=None, help="seconds to wait for a Unity instance to start (default: 60)"
+    )
+    env.add_argument(
+        "--max-lifetime-restarts",
+        type=int,
+        default=None,
+        help="crashes allowed per instance, -1 = no limit (default: 10)",
+    )
+    env.add_argument(
+        "--restarts-rate-limit-n", type=int, default=None, help="crashes allowed per period, -1 = no limit (default: 1)"
+    )
+    env.add_argument(
+        "--restarts-rate-limit-period-s", type=int, default=None, help="that period in seconds (default: 60)"
+    )
     env.add_argument(
         "--env-args",
         nargs=argparse.REMAINDER,

@@ -34,10 +34,10 @@ import importlib.util
 import math
 import os
 import shlex
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar, Union
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
@@ -272,7 +272,7 @@ class SACSettings:
             object.__setattr__(self, "reward_signal_steps_per_update", float(self.steps_per_update))
 
 
-HyperparamSettings = Union[PPOSettings, SACSettings, POCASettings]
+HyperparamSettings = PPOSettings | SACSettings | POCASettings
 _HYPERPARAMETER_CLASSES: dict[str, type] = {"ppo": PPOSettings, "sac": SACSettings, "poca": POCASettings}
 
 
@@ -419,7 +419,7 @@ class MultiRangeUniformSettings:
     intervals: tuple[tuple[float, float], ...] = ((0.0, 1.0),)
 
 
-SamplerSettings = Union[ConstantSettings, UniformSettings, GaussianSettings, MultiRangeUniformSettings]
+SamplerSettings = ConstantSettings | UniformSettings | GaussianSettings | MultiRangeUniformSettings
 _SAMPLER_CLASSES: dict[str, type] = {
     "constant": ConstantSettings,
     "uniform": UniformSettings,
@@ -707,20 +707,43 @@ def server_settings_from_args(
 _CLI_TO_YAML: dict[str, tuple[str | None, str]] = {
     **{
         name: ("checkpoint_settings", name)
-        for name in ("run_id", "initialize_from", "load_model", "resume", "force", "train_model", "inference", "results_dir")
+        for name in (
+            "run_id",
+            "initialize_from",
+            "load_model",
+            "resume",
+            "force",
+            "train_model",
+            "inference",
+            "results_dir",
+        )
     },
     **{
         name: ("env_settings", name)
         for name in (
-            "env_path", "env_args", "base_port", "num_envs", "num_areas", "timeout_wait", "seed",
-            "max_lifetime_restarts", "restarts_rate_limit_n", "restarts_rate_limit_period_s",
+            "env_path",
+            "env_args",
+            "base_port",
+            "num_envs",
+            "num_areas",
+            "timeout_wait",
+            "seed",
+            "max_lifetime_restarts",
+            "restarts_rate_limit_n",
+            "restarts_rate_limit_period_s",
         )
     },
     **{
         name: ("engine_settings", name)
         for name in (
-            "width", "height", "quality_level", "time_scale", "target_frame_rate", "capture_frame_rate",
-            "no_graphics", "no_graphics_monitor",
+            "width",
+            "height",
+            "quality_level",
+            "time_scale",
+            "target_frame_rate",
+            "capture_frame_rate",
+            "no_graphics",
+            "no_graphics_monitor",
         )
     },
     "device": ("torch_settings", "device"),
@@ -840,9 +863,7 @@ def _with_deterministic(options: RunOptions) -> RunOptions:
     """Applies ``--deterministic`` to every behavior's network settings."""
 
     def det(ts: TrainerSettings) -> TrainerSettings:
-        return dataclasses.replace(
-            ts, network_settings=dataclasses.replace(ts.network_settings, deterministic=True)
-        )
+        return dataclasses.replace(ts, network_settings=dataclasses.replace(ts.network_settings, deterministic=True))
 
     return dataclasses.replace(
         options,
@@ -1152,7 +1173,9 @@ def _parse_network(raw: Any, path: KeyPath, ctx: _Context) -> NetworkSettings:
 def _parse_memory(raw: Any, path: KeyPath, ctx: _Context) -> MemorySettings:
     memory = _build(MemorySettings, raw, path, ctx)
     if memory.memory_size % 2 != 0:
-        raise ctx.error(path + ("memory_size",), f"must be even (an LSTM's cell and hidden state), got {memory.memory_size}")
+        raise ctx.error(
+            path + ("memory_size",), f"must be even (an LSTM's cell and hidden state), got {memory.memory_size}"
+        )
     return memory
 
 
@@ -1219,9 +1242,7 @@ def _parse_trainer_type(value: Any, path: KeyPath, ctx: _Context) -> str:
     raise ctx.error(path, f"unknown trainer_type {value!r} (valid: {', '.join(TRAINER_TYPES)})")
 
 
-def _parse_trainer_settings(
-    raw: Any, path: KeyPath, ctx: _Context, base: Mapping[str, Any] | None
-) -> TrainerSettings:
+def _parse_trainer_settings(raw: Any, path: KeyPath, ctx: _Context, base: Mapping[str, Any] | None) -> TrainerSettings:
     """One behavior section, merged over ``base`` (the resolved default_settings) if given."""
     section = dict(_mapping(raw, path, ctx))
     merged: dict[str, Any] = copy.deepcopy(dict(base)) if base is not None else {}
@@ -1232,7 +1253,9 @@ def _parse_trainer_settings(
             merged.pop("hyperparameters", None)
     _deep_update(merged, section)
     if "framework" in merged:
-        _log.warning("the framework option is deprecated and ignored", key=".".join(path + ("framework",)), config=ctx.source)
+        _log.warning(
+            "the framework option is deprecated and ignored", key=".".join(path + ("framework",)), config=ctx.source
+        )
         merged.pop("framework")
 
     trainer_type = _parse_trainer_type(merged.get("trainer_type", "ppo"), path + ("trainer_type",), ctx)
@@ -1267,7 +1290,10 @@ def _parse_trainer_settings(
     settings = TrainerSettings(**kwargs)
 
     hp = settings.hyperparameters
-    if settings.network_settings.memory is not None and settings.network_settings.memory.sequence_length > hp.batch_size:
+    if (
+        settings.network_settings.memory is not None
+        and settings.network_settings.memory.sequence_length > hp.batch_size
+    ):
         raise ctx.error(
             path + ("network_settings", "memory", "sequence_length"),
             f"must be at most hyperparameters.batch_size ({hp.batch_size}) when using memory, "
@@ -1315,9 +1341,17 @@ def _parse_sampler(raw: Any, path: KeyPath, ctx: _Context) -> SamplerSettings:
         if "intervals" in params:
             kwargs["intervals"] = _parse_intervals(params["intervals"], params_path + ("intervals",), ctx)
         return MultiRangeUniformSettings(**kwargs)
-    sampler = _build(_SAMPLER_CLASSES[sampler_type], section["sampler_parameters"], params_path, ctx, what=f"sampler_type {sampler_type}")
+    sampler = _build(
+        _SAMPLER_CLASSES[sampler_type],
+        section["sampler_parameters"],
+        params_path,
+        ctx,
+        what=f"sampler_type {sampler_type}",
+    )
     if isinstance(sampler, UniformSettings) and sampler.min_value > sampler.max_value:
-        raise ctx.error(params_path, f"min_value ({sampler.min_value:g}) is greater than max_value ({sampler.max_value:g})")
+        raise ctx.error(
+            params_path, f"min_value ({sampler.min_value:g}) is greater than max_value ({sampler.max_value:g})"
+        )
     return sampler
 
 
@@ -1336,7 +1370,9 @@ def _parse_intervals(raw: Any, path: KeyPath, ctx: _Context) -> tuple[tuple[floa
     return tuple(intervals)
 
 
-def _parse_environment_parameters(raw: Any, path: KeyPath, ctx: _Context) -> FrozenMap[str, EnvironmentParameterSettings]:
+def _parse_environment_parameters(
+    raw: Any, path: KeyPath, ctx: _Context
+) -> FrozenMap[str, EnvironmentParameterSettings]:
     section = _mapping(raw, path, ctx)
     parameters: dict[str, EnvironmentParameterSettings] = {}
     for name, value in section.items():
@@ -1411,6 +1447,10 @@ _RUN_OPTION_KEYS = [
 ]
 
 
+# keys of a behavior section: at the top level they mean a pre-Release-3 file
+_OLD_FORMAT_KEYS = {"trainer", "trainer_type", "batch_size", "buffer_size", "max_steps", "hyperparameters"}
+
+
 def _parse_run_options(raw: Mapping[str, Any], ctx: _Context) -> RunOptions:
     raw = {str(k): v for k, v in raw.items()}
     for key in raw:
@@ -1420,6 +1460,13 @@ def _parse_run_options(raw: Mapping[str, Any], ctx: _Context) -> RunOptions:
                     (key,),
                     "unknown top-level key: trainer settings go under behaviors: <BehaviorName>: "
                     "(or default_settings:)",
+                )
+            value = raw[key]
+            if isinstance(value, Mapping) and _OLD_FORMAT_KEYS & {str(k) for k in value}:
+                raise ctx.error(
+                    (key,),
+                    "unknown top-level key: this looks like a behavior section in the format used before "
+                    "ML-Agents Release 3; move it under behaviors: (mlagents-upgrade-config converts such files)",
                 )
             raise _unknown_key(key, _RUN_OPTION_KEYS, (), ctx, "the top level")
 
@@ -1494,9 +1541,7 @@ def _to_plain(obj: Any) -> Any:
             "sampler_parameters": {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)},
         }
     if is_dataclass(obj) and not isinstance(obj, type):
-        return {
-            f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj) if f.metadata.get("export", True)
-        }
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj) if f.metadata.get("export", True)}
     if isinstance(obj, Mapping):
         return {str(k): _to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -1536,7 +1581,10 @@ def unsupported_features(
     found: list[tuple[str, str]] = []
     if settings.trainer_type not in trainer_types:
         found.append(
-            ("trainer_type", f"{settings.trainer_type} is not supported yet (supported: {', '.join(sorted(trainer_types))})")
+            (
+                "trainer_type",
+                f"{settings.trainer_type} is not supported yet (supported: {', '.join(sorted(trainer_types))})",
+            )
         )
     hp = settings.hyperparameters
     if isinstance(hp, PPOSettings) and hp.shared_critic:
@@ -1553,7 +1601,9 @@ def unsupported_features(
         )
     for name in settings.reward_signals:
         if name not in SUPPORTED_REWARD_SIGNALS:
-            found.append((f"reward_signals.{name}", f"the {name} reward signal is not supported yet (supported: extrinsic)"))
+            found.append(
+                (f"reward_signals.{name}", f"the {name} reward signal is not supported yet (supported: extrinsic)")
+            )
     if settings.behavioral_cloning is not None:
         found.append(("behavioral_cloning", "behavioral cloning is not supported yet"))
     if settings.self_play is not None:

@@ -142,10 +142,11 @@ def test_tandem_default_config_matches_the_mlagents_3dball_hyperparameters() -> 
 
 def test_multi_behavior_config_inherits_from_default_settings() -> None:
     options = load_run_options(REPO_ROOT / "configs" / "ppo" / "MultiBehavior.yaml")
-    chaser, runner = options.behavior_settings("Chaser?team=0"), options.behavior_settings("Runner?team=1")
-    assert chaser.hyperparameters.beta == 0.01 and runner.hyperparameters.beta == 0.005
-    assert chaser.network_settings.hidden_units == 128 and runner.network_settings.hidden_units == 64
-    assert chaser.hyperparameters.batch_size == runner.hyperparameters.batch_size == 256
+    chaser, runner = options.behavior_settings("Chaser?team=0"), options.behavior_settings("Runner?team=0")
+    assert chaser == options.default_settings
+    assert (runner.hyperparameters.batch_size, runner.hyperparameters.buffer_size) == (128, 2048)
+    assert runner.hyperparameters.beta == 0.01 and chaser.hyperparameters.beta == 0.005
+    assert runner.hyperparameters.learning_rate_schedule == "linear" and runner.time_horizon == 128
 
 
 # --------------------------------------------------------------------------- ML-Agents' defaults
@@ -184,7 +185,12 @@ def test_sac_defaults_and_reward_signal_steps_follow_steps_per_update(tmp_path: 
     )
     hp = options.behaviors["A"].hyperparameters
     assert isinstance(hp, SACSettings)
-    assert (hp.batch_size, hp.buffer_size, hp.learning_rate, hp.learning_rate_schedule) == (128, 50000, 3e-4, "constant")
+    assert (hp.batch_size, hp.buffer_size, hp.learning_rate, hp.learning_rate_schedule) == (
+        128,
+        50000,
+        3e-4,
+        "constant",
+    )
     assert (hp.buffer_init_steps, hp.tau, hp.steps_per_update, hp.init_entcoef) == (0, 0.005, 1.0, 1.0)
     assert (hp.save_replay_buffer, hp.reward_signal_steps_per_update) == (False, 1.0)
     assert options.behaviors["B"].hyperparameters.reward_signal_steps_per_update == 10.0
@@ -366,11 +372,18 @@ def test_unknown_key_names_the_key_path_and_the_file(tmp_path: Path) -> None:
     [
         ("behaviours:\n  A: {}\n", ": behaviours: unknown key"),
         ("behaviors:\n  A:\n    max_step: 10\n", "behaviors.A.max_step: unknown key (did you mean 'max_steps'?)"),
-        ("behaviors:\n  A:\n    trainer_type: sac\n    hyperparameters:\n      beta: 0.1\n", "hyperparameters.beta: unknown key for trainer_type sac"),
+        (
+            "behaviors:\n  A:\n    trainer_type: sac\n    hyperparameters:\n      beta: 0.1\n",
+            "hyperparameters.beta: unknown key for trainer_type sac",
+        ),
         ("env_settings:\n  num_env: 2\n", "env_settings.num_env: unknown key"),
         ("engine_settings:\n  time_scale: 0\n", "engine_settings.time_scale: must be greater than 0"),
         ("checkpoint_settings:\n  run-id: x\n", "checkpoint_settings.run-id: unknown key"),
         ("trainer_type: ppo\n", "trainer_type: unknown top-level key: trainer settings go under behaviors:"),
+        (
+            "default:\n  trainer: ppo\n  batch_size: 64\n",
+            "default: unknown top-level key: this looks like a behavior section in the format used before ML-Agents Release 3",
+        ),
         ("behaviors:\n  - A\n", "behaviors: must be a mapping"),
         ("- just\n- a list\n", "must hold a mapping of sections"),
     ],
@@ -608,10 +621,19 @@ def test_resume_with_force_is_refused_and_resume_wins_over_initialize_from(tmp_p
         ("trainer_type: poca", "behaviors.Team.trainer_type: poca is not supported yet"),
         ("network_settings:\n      memory: {}", "behaviors.Team.network_settings.memory: recurrent networks"),
         ("reward_signals:\n      gail:\n        demo_path: a.demo", "behaviors.Team.reward_signals.gail: the gail"),
-        ("reward_signals:\n      rnd: {}", "behaviors.Team.reward_signals.rnd: the rnd reward signal is not supported yet"),
-        ("behavioral_cloning:\n      demo_path: a.demo", "behaviors.Team.behavioral_cloning: behavioral cloning is not"),
+        (
+            "reward_signals:\n      rnd: {}",
+            "behaviors.Team.reward_signals.rnd: the rnd reward signal is not supported yet",
+        ),
+        (
+            "behavioral_cloning:\n      demo_path: a.demo",
+            "behaviors.Team.behavioral_cloning: behavioral cloning is not",
+        ),
         ("self_play: {}", "behaviors.Team.self_play: self-play is not supported yet"),
-        ("network_settings:\n      vis_encode_type: resnet", "network_settings.vis_encode_type: resnet is not supported yet"),
+        (
+            "network_settings:\n      vis_encode_type: resnet",
+            "network_settings.vis_encode_type: resnet is not supported yet",
+        ),
         ("hyperparameters:\n      shared_critic: true", "hyperparameters.shared_critic: a critic sharing"),
     ],
 )
@@ -627,7 +649,9 @@ def test_valid_but_unsupported_features_load_then_fail_the_support_check(
 
 
 def test_goal_conditioning_and_extrinsic_ppo_are_supported(tmp_path: Path) -> None:
-    check_supported(load_text(tmp_path, "behaviors:\n  A:\n    network_settings:\n      goal_conditioning_type: none\n"))
+    check_supported(
+        load_text(tmp_path, "behaviors:\n  A:\n    network_settings:\n      goal_conditioning_type: none\n")
+    )
 
 
 def test_support_check_covers_default_settings_and_runtime_behaviors(tmp_path: Path) -> None:
@@ -663,7 +687,13 @@ def test_settings_are_frozen_picklable_and_export_mlagents_structure(tmp_path: P
         "debug",
     ]
     behavior = exported["behaviors"]["3DBall"]
-    assert list(behavior)[:5] == ["trainer_type", "hyperparameters", "checkpoint_interval", "network_settings", "reward_signals"]
+    assert list(behavior)[:5] == [
+        "trainer_type",
+        "hyperparameters",
+        "checkpoint_interval",
+        "network_settings",
+        "reward_signals",
+    ]
     assert behavior["hyperparameters"]["batch_size"] == 64
     assert behavior["reward_signals"]["extrinsic"]["network_settings"]["hidden_units"] == 128
     assert type(exported["behaviors"]) is dict  # plain YAML-safe values
