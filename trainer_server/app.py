@@ -341,8 +341,10 @@ class TrainingApp:
         if not init:
             return None
         state, _ = ckpt.load_file(init)
-        if isinstance(state, dict) and "step" in state:
-            state = {**state, "step": 0}
+        if isinstance(state, dict):  # weights (and optimizer) only: a new run counts from 0
+            state = {k: v for k, v in state.items() if k != "buffer"}
+            if "step" in state:
+                state["step"] = 0
         learner.load_state_dict(state)
         learner.step = 0
         return init

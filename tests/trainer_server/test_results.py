@@ -276,3 +276,72 @@ def test_inference_never_updates_and_marks_snapshots_deterministic(tmp_path):
     app.join(10)
     assert registry.learners[BALL.name].updates == 0 and registry.learners[BALL.name].step == 0
     assert not list((tmp_path / "test-run" / "3DBall").glob("*.npz"))
+
+
+# --------------------------------------------------------------------------- with the real PPO learner
+
+
+def _ppo_options(tmp_path: Path, **flags):
+    import argparse
+
+    from trainer_server.settings import load_run_options
+
+    config = tmp_path / "tiny-ppo.yaml"
+    config.write_text(
+        textwrap.dedent(
+            """
+            behaviors:
+              3DBall:
+                trainer_type: ppo
+                hyperparameters: {batch_size: 16, buffer_size: 48, num_epoch: 2, learning_rate: 0.001}
+                network_settings: {normalize: true, hidden_units: 16, num_layers: 1}
+                max_steps: 100000
+                time_horizon: 16
+                summary_freq: 1000
+                checkpoint_interval: 1000
+            """
+        )
+    )
+    args = argparse.Namespace(run_id="ppo-run", results_dir=str(tmp_path / "results"), seed=3, **flags)
+    return load_run_options(config, args)
+
+
+def _leaves(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k in sorted(tree):
+            yield from _leaves(tree[k], f"{prefix}/{k}")
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from _leaves(v, f"{prefix}/{i}")
+    else:
+        yield prefix, tree
+
+
+def test_resume_with_ppo_restores_step_optimizer_and_normalizer_exactly(tmp_path):
+    pytest.importorskip("trainer_server.ppo")
+    options = _ppo_options(tmp_path)
+    results = _prepare(options)
+    app = TrainingApp(options, results)
+    app.start()
+    app.register_behavior(BALL)
+    for seq in range(1, 8):  # 7 x 10 steps: one update at 48, 22 steps left in the buffer
+        app.submit("gw", seq, BALL.name, [make_trajectory(BALL, 10, first_reward=float(seq), agent_id=seq)], [])
+    deadline = time.monotonic() + 120
+    while app._behaviors[BALL.name].learner.step < 70 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    app.stop()
+    app.join(60)
+    assert app.error is None
+    saved = app._behaviors[BALL.name].learner.state_dict()
+    assert saved["step"] == 70 and saved["update_count"] == 1
+
+    options2 = _ppo_options(tmp_path, resume=True)
+    app2 = TrainingApp(options2, _prepare(options2))
+    app2.register_behavior(BALL)
+    restored = app2._behaviors[BALL.name].learner.state_dict()
+    saved_leaves, restored_leaves = dict(_leaves(saved)), dict(_leaves(restored))
+    assert saved_leaves.keys() == restored_leaves.keys()
+    for name, value in saved_leaves.items():
+        np.testing.assert_array_equal(np.asarray(restored_leaves[name]), np.asarray(value), err_msg=name)
+    assert any(name.startswith("/opt_state") for name in saved_leaves)
+    assert any(name.startswith("/normalizer") for name in saved_leaves)
