@@ -214,8 +214,16 @@ class SideChannels:
     _outgoing: list[bytes] = field(default_factory=list)
 
     def process(self, data: bytes) -> None:
-        """Applies every message of one input's side-channel bytes; unknown channels are ignored."""
-        for channel_id, payload in split_messages(data):
+        """Applies every message of one input's side-channel bytes; unknown channels are ignored.
+
+        Malformed bytes are logged and skipped: a side channel never stops the player.
+        """
+        try:
+            messages = split_messages(data)
+        except SideChannelError as err:
+            _log.warning("malformed side-channel data ignored", error=str(err))
+            return
+        for channel_id, payload in messages:
             try:
                 self._dispatch(channel_id, payload)
             except (struct.error, UnicodeDecodeError, SideChannelError) as err:
