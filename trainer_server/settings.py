@@ -576,7 +576,9 @@ class RunOptions:
 
         Returns:
             The listed section; else ``default_settings`` when the file has one; else
-            ML-Agents' defaults (logged as a warning, as ML-Agents does without a file).
+            ML-Agents' defaults, logged as a warning. (mlagents-learn warns the same way
+            when it runs without a file, but refuses such a behavior when a file without
+            ``default_settings`` was given; Tandem trains it with the defaults instead.)
         """
         base = behavior_base_name(name)
         if base in self.behaviors:
