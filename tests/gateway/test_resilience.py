@@ -1,0 +1,206 @@
+"""Crashed and hung Unity processes, restart limits, and clean shutdown of the gateway process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from gateway.client import GatewayClient, decode_steps, random_actions
+from gateway.options import RestartLimits
+from tandem.v1 import gateway_pb2
+from gateway_helpers import environment_options, free_ports, pid_alive, pids_with_arg, running_gateway, wait_until
+
+BALL = "3DBall?team=0"
+
+
+def _step_random(session, specs, views, rng):
+    actions = [random_actions(v, specs[v.behavior], rng, gateway_pb2.BehaviorActions()) for v in views if len(v.decisions)]
+    return decode_steps(session.step(actions), specs)
+
+
+@pytest.mark.slow
+def test_killed_unity_is_restarted_and_its_agents_end_interrupted(rng):
+    with running_gateway(environment_options()) as gw:
+        with GatewayClient(gw.address) as client:
+            specs = client.specs()
+            session = client.play(timeout_s=60)
+            views = decode_steps(session.reset(), specs)
+            views = _step_random(session, specs, views, rng)
+            awaiting = set(views[0].decisions.agent_ids.tolist())
+            old_pid = gw.pool.workers[0].unity_pid
+            os.kill(old_pid, signal.SIGKILL)
+            [view] = _step_random(session, specs, views, rng)
+            # the agents that awaited a decision end as interrupted; the new Unity's agents decide
+            assert set(view.terminals.agent_ids.tolist()) == awaiting
+            assert view.terminals.interrupted.all()
+            assert (view.terminals.rewards == 0).all()
+            assert len(view.decisions) == 12
+            [inst] = client.describe().instances
+            assert (inst.restarts, inst.alive) == (1, True)
+            assert gw.pool.workers[0].unity_pid not in (None, old_pid)
+            assert not pid_alive(old_pid)
+            # and play goes on
+            for _ in range(5):
+                [view] = _step_random(session, specs, [view], rng)
+            session.close()
+
+
+@pytest.mark.slow
+def test_killed_worker_process_is_replaced_and_its_agents_end_interrupted(rng):
+    with running_gateway(environment_options()) as gw:
+        with GatewayClient(gw.address) as client:
+            specs = client.specs()
+            session = client.play(timeout_s=90)
+            views = decode_steps(session.reset(), specs)
+            last_obs = views[0].decisions.observations[0].copy()
+            worker = gw.pool.workers[0]
+            old_unity = worker.unity_pid
+            worker.process.kill()
+            [view] = _step_random(session, specs, views, rng)
+            assert view.terminals.interrupted.all() and len(view.terminals) == 12
+            np.testing.assert_array_equal(view.terminals.observations[0], last_obs)
+            assert len(view.decisions) == 12
+            assert client.describe().instances[0].restarts == 1
+            assert wait_until(lambda: not pid_alive(old_unity), 10)
+            session.close()
+
+
+@pytest.mark.slow
+def test_restart_limit_reached_takes_the_instance_down_but_keeps_serving(rng):
+    limits = RestartLimits(max_lifetime_restarts=0, rate_limit_n=1, rate_limit_period_s=60)
+    with running_gateway(environment_options(num_envs=2, env_args=("--num-agents", "2"), restarts=limits)) as gw:
+        with GatewayClient(gw.address) as client:
+            specs = client.specs()
+            session = client.play(timeout_s=60)
+            views = decode_steps(session.reset(), specs)
+            os.kill(gw.pool.workers[1].unity_pid, signal.SIGKILL)
+            views = _step_random(session, specs, views, rng)
+            by_instance = {v.instance: v for v in views}
+            assert by_instance[1].terminals.interrupted.all() and len(by_instance[1].terminals) == 2
+            assert len(by_instance[1].decisions) == 0
+            assert len(by_instance[0].decisions) == 2
+            instances = client.describe().instances
+            assert [(i.alive, i.restarts) for i in instances] == [(True, 0), (False, 0)]
+            views = _step_random(session, specs, views, rng)
+            assert [v.instance for v in views] == [0]
+            # actions for the dead instance are refused, naming the field
+            bad = random_actions(by_instance[0], specs[BALL], rng, gateway_pb2.BehaviorActions())
+            bad.instance = 1
+            with pytest.raises(grpc.RpcError) as err:
+                session.step([bad])
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "step.actions[0].instance" in err.value.details()
+
+
+@pytest.mark.slow
+def test_hung_unity_is_detected_after_timeout_wait_and_restarted(rng):
+    with running_gateway(environment_options(timeout_wait=10)) as gw:
+        with GatewayClient(gw.address) as client:
+            specs = client.specs()
+            session = client.play(timeout_s=120)
+            views = decode_steps(session.reset(), specs)
+            pid = gw.pool.workers[0].unity_pid
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                [view] = _step_random(session, specs, views, rng)
+                waited = time.monotonic() - started
+            finally:
+                if pid_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            assert 9 <= waited < 40
+            assert view.terminals.interrupted.all() and len(view.terminals) == 12
+            assert len(view.decisions) == 12
+            assert client.describe().instances[0].restarts == 1
+            session.close()
+
+
+def _start_cli(*args: str, env=None) -> tuple[subprocess.Popen, dict, list[str]]:
+    """Runs ``tandem-gateway`` and waits for its "gateway ready" JSON log line."""
+    exe = Path(sys.executable).with_name("tandem-gateway")
+    proc = subprocess.Popen(
+        [str(exe), "--listen", "127.0.0.1:0", "--log-json", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    ready: dict = {}
+    got_ready = threading.Event()
+
+    def read():
+        for line in proc.stderr:
+            lines.append(line)
+            if '"gateway ready"' in line:
+                ready.update(json.loads(line))
+                got_ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not got_ready.wait(60):
+        proc.kill()
+        raise AssertionError("gateway did not become ready:\n" + "".join(lines[-30:]))
+    return proc, ready, lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_shuts_down_leaving_no_unity_process(signum):
+    base = free_ports(2)
+    proc, ready, lines = _start_cli("--num-envs", "2", "--base-port", str(base), "--timeout-wait", "10")
+    try:
+        unity = pids_with_arg("--mlagents-port", str(base)) + pids_with_arg("--mlagents-port", str(base + 1))
+        assert len(unity) == 2
+        with GatewayClient(f"127.0.0.1:{ready['port']}") as client:
+            session = client.play(timeout_s=30)
+            session.reset()
+            proc.send_signal(signum)
+            assert proc.wait(30) == 0
+        assert wait_until(lambda: not any(pid_alive(p) for p in unity), 10)
+        assert any('"gateway stopped"' in line for line in lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_cli_rejects_bad_options_naming_them():
+    exe = Path(sys.executable).with_name("tandem-gateway")
+    for args, named in (
+        (["--timeout-wait", "5"], "--timeout-wait"),
+        (["--num-envs", "0"], "--num-envs"),
+        (["--listen", "nowhere"], "--listen"),
+        (["--tls-cert", "/nonexistent.pem"], "--tls-cert"),
+        (["--env", "/no/such/build"], "--env"),
+        (["--trainer", "no-port"], "--trainer"),
+    ):
+        out = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2, (args, out.stderr)
+        assert named in out.stderr, (args, out.stderr)
+
+
+def test_cli_reports_a_taken_listen_port():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    try:
+        exe = Path(sys.executable).with_name("tandem-gateway")
+        out = subprocess.run(
+            [str(exe), "--listen", f"127.0.0.1:{s.getsockname()[1]}", "--base-port", str(free_ports(1))],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 2
+        assert "--listen" in out.stderr
+    finally:
+        s.close()
