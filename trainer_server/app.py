@@ -483,15 +483,19 @@ class TrainingApp:
                 "run_id": self.run_id,
             }
             saved, removed = behavior.checkpoints.save(step, behavior.learner.state_dict(), meta, time.time())
-            self._export_onnx(behavior, saved.file_path.with_suffix(".onnx"), removed)
-            self.results.record_checkpoint(behavior.name, saved, reward, removed, final=final)
+            model = self._export_onnx(behavior, saved.file_path.with_suffix(".onnx"), removed)
+            self.results.record_checkpoint(behavior.name, saved, reward, removed, final=final, model_path=model)
             self.results.set_behavior_value(behavior.name, "policy_version", behavior.version)
             self.results.write_timers(self.timer)
             behavior.saved_step = step
         _log.info("checkpoint saved", behavior=behavior.name, step=step, path=str(saved.file_path), final=final)
 
-    def _export_onnx(self, behavior: _Behavior, path, removed_steps: list[int]) -> None:
-        """Writes ``<Behavior>-<step>.onnx`` and ``<run>/<Behavior>.onnx`` for Unity, best effort."""
+    def _export_onnx(self, behavior: _Behavior, path, removed_steps: list[int]):
+        """Writes ``<Behavior>-<step>.onnx`` and ``<run>/<Behavior>.onnx`` for Unity, best effort.
+
+        Returns:
+            the step's model path, or None when the export failed (logged).
+        """
         for step in removed_steps:
             behavior.checkpoints.step_path(step).with_suffix(".onnx").unlink(missing_ok=True)
         try:
@@ -502,8 +506,10 @@ class TrainingApp:
             params = behavior.learner.policy_parameters()
             export_policy(arch, params, path)
             export_policy(arch, params, self.results.run_dir / f"{behavior_folder_name(behavior.name)}.onnx")
+            return path
         except Exception as e:  # an export problem must not stop training
             _log.warning("onnx export failed", behavior=behavior.name, error=str(e))
+            return None
 
     def _finish(self) -> None:
         """Final checkpoints, TensorBoard flush, training_status.json and timers.json."""

@@ -201,15 +201,25 @@ class RunResults:
         self.write_training_status()
 
     def record_checkpoint(
-        self, behavior: str, saved: SavedCheckpoint, reward: float | None, removed_steps: list[int], final: bool = False
+        self,
+        behavior: str,
+        saved: SavedCheckpoint,
+        reward: float | None,
+        removed_steps: list[int],
+        final: bool = False,
+        model_path: Path | None = None,
     ) -> None:
-        """Adds a checkpoint to training_status.json, dropping the ones whose files were pruned."""
+        """Adds a checkpoint to training_status.json, dropping the ones whose files were pruned.
+
+        As in ML-Agents, ``file_path`` is the ONNX model when one was exported
+        (``model_path``) and the checkpoint is listed in ``auxillary_file_paths``.
+        """
         entry = {
             "steps": int(saved.steps),
-            "file_path": str(saved.file_path),
+            "file_path": str(model_path if model_path is not None else saved.file_path),
             "reward": None if reward is None else float(reward),
             "creation_time": float(saved.creation_time),
-            "auxillary_file_paths": [],
+            "auxillary_file_paths": [str(saved.file_path)] if model_path is not None else [],
         }
         removed = set(removed_steps)
         with self._lock:

@@ -104,11 +104,15 @@ def test_results_folder_has_what_mlagents_users_expect(tmp_path):
         entries = status[name]["checkpoints"]
         # 200 steps: checkpoints at 50, 100, 150, 200 (+ final at 200); keep_checkpoints=2
         assert [c["steps"] for c in entries] == [150, 200]
-        for c in entries:
-            assert Path(c["file_path"]).is_file() and c["creation_time"] > 0
+        for c in entries:  # as ML-Agents: file_path is the ONNX model, the checkpoint is auxiliary
+            assert c["file_path"].endswith(f"{name}-{c['steps']}.onnx") and Path(c["file_path"]).is_file()
+            assert c["auxillary_file_paths"] == [str(run / name / f"{name}-{c['steps']}.npz")]
+            assert c["creation_time"] > 0
         assert status[name]["final_checkpoint"]["steps"] == 200
         folder = run / name
         assert sorted(p.name for p in folder.glob(f"{name}-*.npz")) == [f"{name}-150.npz", f"{name}-200.npz"]
+        assert sorted(p.name for p in folder.glob(f"{name}-*.onnx")) == [f"{name}-150.onnx", f"{name}-200.onnx"]
+        assert (run / f"{name}.onnx").is_file()
         state, meta = ckpt.load_file(folder / "checkpoint.npz")
         assert meta["step"] == 200 and state["step"] == 200
         assert list(folder.glob("events.out.tfevents.*"))
