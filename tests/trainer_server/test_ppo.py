@@ -1,0 +1,290 @@
+"""PPO: GAE, schedules, compile-once update, learning on tiny tasks, exact resume."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import serialization
+
+from common.policy import NumpyPolicy, PolicyArchitecture
+from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
+from common.trajectory import Trajectory
+from trainer_server import ppo
+from trainer_server.ppo import PPOConfig, PPOLearner
+
+
+def _trajectory(spec, obs, out, rewards, next_obs, done=False, interrupted=False, masks=None):
+    t = len(rewards)
+    return Trajectory(
+        instance=0,
+        agent_id=0,
+        observations=obs,
+        next_observations=next_obs,
+        continuous_actions=out.continuous,
+        discrete_actions=out.discrete,
+        log_probs=out.log_probs,
+        rewards=np.asarray(rewards, np.float32),
+        action_masks=np.zeros((t, spec.action_spec.mask_size), bool) if masks is None else masks,
+        policy_versions=np.zeros(t, np.int64),
+        done=done,
+        interrupted=interrupted,
+    )
+
+
+# -- GAE ---------------------------------------------------------------------------------
+def _gae_loop(rewards, values, bootstrap, gamma, lambd):
+    advantages = np.zeros(len(rewards))
+    last = 0.0
+    for t in reversed(range(len(rewards))):
+        next_value = bootstrap if t == len(rewards) - 1 else values[t + 1]
+        delta = rewards[t] + gamma * next_value - values[t]
+        last = delta + gamma * lambd * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+@pytest.mark.parametrize("length", [1, 5, 16])
+def test_gae_matches_a_python_loop_with_padding(length):
+    rng = np.random.default_rng(length)
+    padded = 16
+    rewards = rng.standard_normal(padded).astype(np.float32)
+    values = rng.standard_normal(padded).astype(np.float32)
+    mask = np.arange(padded) < length
+    for bootstrap in (0.0, 2.5):  # terminal (0) and cut-off / interrupted (critic's value)
+        adv, ret = ppo.gae(jnp.asarray(rewards), jnp.asarray(values), jnp.float32(bootstrap), jnp.asarray(mask), 0.9, 0.8)
+        ref_adv, ref_ret = _gae_loop(rewards[:length], values[:length], bootstrap, 0.9, 0.8)
+        np.testing.assert_allclose(np.asarray(adv)[:length], ref_adv, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(ret)[:length], ref_ret, rtol=1e-5, atol=1e-5)
+        assert not np.asarray(adv)[length:].any()
+
+
+def test_learner_bootstraps_on_cut_offs_and_interruptions_but_not_on_terminals():
+    spec = BehaviorSpec("G", (ObservationSpec("v", (2,)),), ActionSpec(1))
+    config = PPOConfig(batch_size=4, buffer_size=8, time_horizon=8, hidden_units=8, num_layers=1, gamma=0.9, lambd=0.8)
+    learner = PPOLearner(spec, config, seed=0)
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((5, 2)).astype(np.float32)
+    nxt = rng.standard_normal(2).astype(np.float32)
+    out = learner.act([obs])
+    rewards = rng.standard_normal(5).astype(np.float32)
+    arch = learner.policy_architecture
+    params = learner._state.params
+    from trainer_server import networks
+
+    values = np.asarray(networks.critic_forward(params["actor"], params["critic"], arch, [jnp.asarray(np.vstack([obs, nxt]))], None))
+    cases = {
+        "cut": dict(done=False, interrupted=False, bootstrap=values[5]),
+        "interrupted": dict(done=True, interrupted=True, bootstrap=values[5]),
+        "terminal": dict(done=True, interrupted=False, bootstrap=0.0),
+    }
+    for name, case in cases.items():
+        learner.process_trajectory(_trajectory(spec, [obs], out, rewards, [nxt], case["done"], case["interrupted"]))
+        chunk = learner._chunks[-1]
+        ref_adv, ref_ret = _gae_loop(rewards, values[:5], case["bootstrap"], 0.9, 0.8)
+        np.testing.assert_allclose(chunk["values"], values[:5], rtol=1e-5, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(chunk["advantages"], ref_adv, rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(chunk["returns"], ref_ret, rtol=1e-4, atol=1e-5, err_msg=name)
+    assert learner.step == 15
+
+
+# -- schedules and configuration -----------------------------------------------------------
+def test_schedules_decay_linearly_to_ml_agents_floors():
+    config = PPOConfig(learning_rate=1e-3, beta=1e-2, epsilon=0.3, max_steps=1000)
+    assert ppo.schedules(config, 0) == pytest.approx((1e-3, 0.3, 1e-2))
+    lr, eps, beta = ppo.schedules(config, 500)
+    assert lr == pytest.approx((1e-3 - 1e-10) * 0.5 + 1e-10)
+    assert eps == pytest.approx(0.2) and beta == pytest.approx((1e-2 - 1e-5) * 0.5 + 1e-5)
+    assert ppo.schedules(config, 5000) == pytest.approx((1e-10, 0.1, 1e-5))
+    constant = PPOConfig(learning_rate_schedule="constant", beta_schedule="constant", epsilon_schedule="linear", max_steps=1000)
+    lr, eps, beta = ppo.schedules(constant, 1000)
+    assert lr == constant.learning_rate and beta == constant.beta and eps == pytest.approx(0.1)
+    # the jitted form (inside the update) agrees
+    jitted = jax.jit(lambda s: ppo.schedules(config, s))(jnp.int32(500))
+    assert [float(x) for x in jitted] == pytest.approx(ppo.schedules(config, 500))
+
+
+def test_config_from_ml_agents_settings():
+    from trainer_server import settings as s
+
+    trainer = s.TrainerSettings(
+        hyperparameters=s.PPOSettings(batch_size=64, buffer_size=1200, learning_rate_schedule="constant", beta_schedule="linear"),
+        network_settings=s.NetworkSettings(hidden_units=32, num_layers=3, normalize=True),
+        reward_signals={"extrinsic": s.RewardSignalSettings(gamma=0.95, strength=2.0)},
+        max_steps=1000,
+        time_horizon=100,
+    )
+    config = PPOConfig.from_settings(trainer)
+    assert (config.batch_size, config.buffer_size, config.hidden_units, config.num_layers) == (64, 1200, 32, 3)
+    assert config.normalize and config.gamma == 0.95 and config.strength == 2.0 and config.time_horizon == 100
+    assert config.learning_rate_schedule == "constant" and config.beta_schedule == "linear"
+    # duck typing: any object with ML-Agents' attribute names works
+    duck = SimpleNamespace(
+        hyperparameters=SimpleNamespace(
+            batch_size=8, buffer_size=16, learning_rate=1e-3, beta=1e-3, epsilon=0.1, lambd=0.9, num_epoch=2,
+            learning_rate_schedule="linear", beta_schedule=None, epsilon_schedule=None,
+        ),
+        network_settings=SimpleNamespace(normalize=False, hidden_units=8, num_layers=1, vis_encode_type="simple"),
+        reward_signals={"extrinsic": SimpleNamespace(gamma=0.9, strength=1.0)},
+        max_steps=10,
+        time_horizon=4,
+    )
+    assert PPOConfig.from_settings(duck).epsilon_schedule == "linear"
+    duck.reward_signals["curiosity"] = SimpleNamespace(gamma=0.9, strength=0.1)
+    with pytest.raises(ValueError, match="curiosity not supported yet"):
+        PPOConfig.from_settings(duck)
+    with pytest.raises(ValueError, match="batch_size .* must not exceed buffer_size"):
+        PPOConfig(batch_size=10, buffer_size=5)
+    with pytest.raises(ValueError, match="vis_encode_type.*not supported yet"):
+        PPOConfig(vis_encode_type="resnet")
+
+
+# -- compile once --------------------------------------------------------------------------
+def test_update_and_value_estimation_compile_once():
+    spec = BehaviorSpec(
+        "C?team=0", (ObservationSpec("v", (4,)), ObservationSpec("cam", (20, 20, 1))), ActionSpec(2, (3, 2))
+    )
+    config = PPOConfig(batch_size=16, buffer_size=48, num_epoch=2, time_horizon=10, hidden_units=8, num_layers=1, normalize=True)
+    learner = PPOLearner(spec, config, seed=1)
+    rng = np.random.default_rng(1)
+    lengths = iter([10, 3, 7, 1, 10, 9, 4, 10, 2, 8, 5, 6, 10, 10, 10, 10, 10, 10])
+    for _ in range(2):
+        while not learner.ready():
+            t = next(lengths)
+            obs = [rng.standard_normal((t, 4)).astype(np.float32), rng.random((t, 20, 20, 1)).astype(np.float32)]
+            masks = rng.random((t, 5)) < 0.3
+            masks[:, 0] = masks[:, 3] = False
+            # act as the gateway does: numpy, with the learner's snapshot (no JAX compile per length)
+            policy = NumpyPolicy(learner.architecture(), learner.policy_parameters())
+            out = policy.act(obs, masks, rng)
+            assert not np.take_along_axis(masks[:, :3], out.discrete[:, :1], axis=1).any()
+            nxt = [o[-1] for o in obs]
+            learner.process_trajectory(_trajectory(spec, obs, out, rng.standard_normal(t), nxt, done=t < 10, masks=masks))
+        metrics = learner.update()
+        assert all(np.isfinite(v) for v in metrics.values())
+    assert learner.update_count == 2
+    assert learner.trace_counts["update"] == 1, learner.trace_counts
+    assert learner.trace_counts["process"] == 1, learner.trace_counts
+    # excess steps beyond buffer_size stay for the next update
+    assert learner.buffered_steps == learner.step - 2 * config.buffer_size
+    for name in ("Losses/Policy Loss", "Losses/Value Loss", "Policy/Entropy", "Policy/Learning Rate",
+                 "Policy/Epsilon", "Policy/Beta", "Policy/Extrinsic Value Estimate"):
+        assert name in metrics
+    # the snapshot drives the numpy actor to the same distribution as the JAX actor
+    policy = NumpyPolicy(PolicyArchitecture.coerce(learner.architecture()), learner.policy_parameters())
+    obs = [rng.standard_normal((6, 4)).astype(np.float32), rng.random((6, 20, 20, 1)).astype(np.float32)]
+    out = learner.act(obs)
+    np.testing.assert_allclose(policy.log_prob(obs, None, out.continuous, out.discrete), out.log_probs, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="observation 0 has shape"):
+        learner.process_trajectory(_trajectory(spec, [obs[0][:, :3], obs[1]], out, np.zeros(6), [obs[0][0, :3], obs[1][0]]))
+
+
+# -- the loss has the right sign -------------------------------------------------------------
+def test_update_improves_the_surrogate_on_a_toy_batch():
+    spec = BehaviorSpec("S", (ObservationSpec("v", (3,)),), ActionSpec(1, (2,)))
+    config = PPOConfig(batch_size=32, buffer_size=128, num_epoch=3, beta=0.0, hidden_units=16, num_layers=1, learning_rate=3e-3)
+    learner = PPOLearner(spec, config, seed=2)
+    rng = np.random.default_rng(2)
+    obs = rng.standard_normal((128, 3)).astype(np.float32)
+    out = learner.act([obs])
+    batch = ppo.Batch(
+        observations=(obs,),
+        continuous_actions=out.continuous,
+        discrete_actions=out.discrete,
+        action_masks=np.zeros((128, 2), bool),
+        log_probs=out.log_probs,
+        values=np.zeros(128, np.float32),
+        advantages=rng.standard_normal(128).astype(np.float32),
+        returns=rng.standard_normal(128).astype(np.float32),
+    )
+    state = learner._state
+    norm_adv = batch._replace(advantages=(batch.advantages - batch.advantages.mean()) / batch.advantages.std())
+
+    loss = jax.jit(lambda params: ppo.ppo_loss(params, learner.policy_architecture, config, norm_adv, None, 0.2, 0.0)[1])
+
+    def surrogate(params):
+        aux = loss(params)
+        return -float(aux["policy_loss"]), float(aux["value_loss"])
+
+    before = surrogate(state.params)
+    update = jax.jit(ppo.make_update_fn(learner.policy_architecture, config, ppo.make_optimizer()))
+    new_state, _ = update(state, batch, jax.random.PRNGKey(0))
+    after = surrogate(new_state.params)
+    assert after[0] > before[0] + 0.01, (before, after)
+    assert after[1] < before[1], (before, after)
+
+
+def _train_bandit(spec, reward_fn, config, updates, seed=0):
+    """Contextual bandit: one-step episodes; returns mean reward of the first and last updates."""
+    learner = PPOLearner(spec, config, seed=seed)
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(updates):
+        # one batch of one-step episodes per update, all acted with the current policy
+        obs = rng.uniform(-1, 1, (config.buffer_size, 2)).astype(np.float32)
+        out = learner.act([obs])
+        rewards = reward_fn(obs, out)
+        for i in range(config.buffer_size):
+            step = type(out)(*(x[i : i + 1] for x in (out.continuous, out.discrete, out.log_probs, out.env_continuous)))
+            learner.process_trajectory(_trajectory(spec, [obs[i : i + 1]], step, rewards[i : i + 1], [obs[i]], done=True))
+        learner.update()
+        means.append(float(np.mean(rewards)))
+    return means
+
+
+def test_ppo_learns_a_continuous_contextual_bandit():
+    spec = BehaviorSpec("Cont", (ObservationSpec("v", (2,)),), ActionSpec(1))
+    config = PPOConfig(batch_size=64, buffer_size=512, num_epoch=3, learning_rate=3e-3, hidden_units=32, num_layers=2,
+                       time_horizon=4, max_steps=100000, normalize=True)
+    # the best action is 0.8 * sign(first observation) in the environment's units
+    reward = lambda obs, out: (-np.abs(out.env_continuous[:, 0] - 0.8 * np.sign(obs[:, 0]))).astype(np.float32)  # noqa: E731
+    means = _train_bandit(spec, reward, config, updates=20)
+    assert means[-1] > means[0] + 0.25, means
+    assert np.mean(means[-3:]) > -0.35, means
+
+
+def test_ppo_learns_a_discrete_contextual_bandit():
+    spec = BehaviorSpec("Disc", (ObservationSpec("v", (2,)),), ActionSpec(0, (3,)))
+    config = PPOConfig(batch_size=64, buffer_size=512, num_epoch=3, learning_rate=3e-3, hidden_units=32, num_layers=2,
+                       time_horizon=4, max_steps=100000)
+    # reward 1 for action (obs[0] > 0) + 1 (so 1 or 2); action 0 is never right
+    reward = lambda obs, out: (out.discrete[:, 0] == (obs[:, 0] > 0) + 1).astype(np.float32)  # noqa: E731
+    means = _train_bandit(spec, reward, config, updates=12)
+    assert means[0] < 0.5, means
+    assert np.mean(means[-2:]) > 0.85, means
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def test_state_dict_resumes_exactly_through_msgpack():
+    spec = BehaviorSpec("R", (ObservationSpec("v", (3,)),), ActionSpec(1, (2,)))
+    config = PPOConfig(batch_size=16, buffer_size=40, num_epoch=2, hidden_units=8, num_layers=1, time_horizon=8, normalize=True)
+    rng = np.random.default_rng(3)
+    data = [(rng.standard_normal((8, 3)).astype(np.float32), rng.standard_normal(8).astype(np.float32)) for _ in range(12)]
+
+    def feed(learner, items):
+        for obs, r in items:
+            out = learner.act([obs], key=jax.random.PRNGKey(0))
+            learner.process_trajectory(_trajectory(spec, [obs], out, r, [obs[-1]]))
+            if learner.ready():
+                learner.update()
+
+    original = PPOLearner(spec, config, seed=4)
+    feed(original, data[:6])  # one update and 8 steps left in the buffer
+    assert original.update_count == 1 and original.buffered_steps == 8
+    blob = serialization.msgpack_serialize(original.state_dict())
+    resumed = PPOLearner(spec, config, seed=99)
+    resumed.load_state_dict(serialization.msgpack_restore(blob))
+    assert (resumed.step, resumed.update_count, resumed.buffered_steps) == (48, 1, 8)
+    feed(original, data[6:])
+    feed(resumed, data[6:])
+    assert resumed.update_count == original.update_count == 2
+    a, b = original.policy_parameters(), resumed.policy_parameters()
+    assert set(a) == set(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    other = PPOLearner(BehaviorSpec("R", (ObservationSpec("v", (4,)),), ActionSpec(1, (2,))), config)
+    with pytest.raises(ValueError, match="checkpoint params.actor.body/dense0/kernel: shape"):
+        other.load_state_dict(serialization.msgpack_restore(blob))
