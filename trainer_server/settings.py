@@ -43,7 +43,12 @@ import yaml
 
 from common.logging import get_logger
 
-_log = get_logger("trainer_server.settings")
+
+def _log() -> Any:
+    """This module's logger, looked up when used: entry points configure structlog after
+    importing this module, and a logger bound at import would keep structlog's defaults."""
+    return get_logger("trainer_server.settings")
+
 
 __all__ = [
     "BehavioralCloningSettings",
@@ -585,7 +590,7 @@ class RunOptions:
             return self.behaviors[base]
         if self.default_settings is not None:
             return self.default_settings
-        _log.warning(
+        _log().warning(
             "behavior not in the trainer configuration, using ML-Agents' default settings",
             behavior=base,
             config=self.config_path,
@@ -788,7 +793,7 @@ def load_run_options(path: str | Path | None, cli_args: argparse.Namespace | Non
         except OSError as exc:
             raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
         try:
-            raw = yaml.safe_load(text)
+            raw = _load_yaml(text, source)
         except yaml.YAMLError as exc:
             where = ""
             mark = getattr(exc, "problem_mark", None)
@@ -809,6 +814,34 @@ def load_run_options(path: str | Path | None, cli_args: argparse.Namespace | Non
     if deterministic:
         options = _with_deterministic(options)
     return options
+
+
+class _DuplicateKeyWarningLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1, as mlagents-learn), noting keys given twice in a mapping."""
+
+    duplicates: list[tuple[str, int]]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = self.construct_scalar(key_node)
+                if key in seen:
+                    self.duplicates.append((str(key), key_node.start_mark.line + 1))
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load``, warning about duplicate keys (the last one wins, as in ML-Agents)."""
+    loader = _DuplicateKeyWarningLoader(text)
+    loader.duplicates = []
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+        for key, line in loader.duplicates:
+            _log().warning("key given twice in a mapping: the last value is used", key=key, line=line, config=source)
 
 
 def trainer_settings_from_dict(section: Mapping[str, Any] | None, source: str = "<dict>") -> TrainerSettings:
@@ -1205,7 +1238,7 @@ def _parse_reward_signals(raw: Any, path: KeyPath, ctx: _Context) -> FrozenMap[s
         if encoding_size is not None and "network_settings" not in body:
             # ML-Agents: the deprecated encoding_size sets the hidden units when
             # network_settings is not given.
-            _log.warning(
+            _log().warning(
                 "encoding_size is deprecated for reward signals, use network_settings.hidden_units",
                 key=".".join(signal_path),
                 config=ctx.source,
@@ -1255,7 +1288,7 @@ def _parse_trainer_settings(raw: Any, path: KeyPath, ctx: _Context, base: Mappin
             merged.pop("hyperparameters", None)
     _deep_update(merged, section)
     if "framework" in merged:
-        _log.warning(
+        _log().warning(
             "the framework option is deprecated and ignored", key=".".join(path + ("framework",)), config=ctx.source
         )
         merged.pop("framework")
@@ -1429,7 +1462,7 @@ def _parse_curriculum(raw: Any, path: KeyPath, parameter: str, ctx: _Context) ->
                 f"required: lesson {lesson.name!r} of {parameter!r} is not the last one",
             )
     if lessons[-1].completion_criteria is not None:
-        _log.warning(
+        _log().warning(
             "the last lesson's completion_criteria is ignored",
             parameter=parameter,
             config=ctx.source,
@@ -1517,13 +1550,13 @@ def _resolve_resume(checkpoint: CheckpointSettings, ctx: _Context) -> Checkpoint
         cli_resume = ("checkpoint_settings", "resume") in ctx.cli_flags
         cli_init = ("checkpoint_settings", "initialize_from") in ctx.cli_flags
         if cli_init and not cli_resume:
-            _log.warning(
+            _log().warning(
                 "both resume and initialize_from are set: initializing, not resuming",
                 run_id=checkpoint.run_id,
                 initialize_from=checkpoint.initialize_from,
             )
             return dataclasses.replace(checkpoint, resume=False)
-        _log.warning(
+        _log().warning(
             "both resume and initialize_from are set: resuming, initialize_from is ignored",
             run_id=checkpoint.run_id,
             initialize_from=checkpoint.initialize_from,
@@ -1653,7 +1686,7 @@ def check_supported(options: RunOptions, trainer_types: frozenset[str] | set[str
     if lines:
         raise NotSupportedError("\n".join(lines))
     if options.environment_parameters:
-        _log.warning(
+        _log().warning(
             "environment_parameters are parsed but not sent to the environment yet",
             parameters=sorted(options.environment_parameters),
             config=source,

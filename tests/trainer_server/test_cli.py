@@ -40,6 +40,7 @@ def test_dry_run_prints_the_resolved_settings_and_exits_0() -> None:
     result = run("configs/ppo/3DBall.yaml", "--dry-run", "--run-id", "dry", "--seed", "7")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
+    assert result.stdout.startswith("default_settings: null\n")
     resolved = yaml.safe_load(result.stdout)
     behavior = resolved["behaviors"]["3DBall"]
     assert behavior["hyperparameters"]["batch_size"] == 64
@@ -146,3 +147,25 @@ def test_parser_maps_flags_to_mlagents_destinations() -> None:
     assert args.gateway_args == ["--num-envs", "2"] and args.with_gateway is True
     assert args.env_args == ["--a", "b"]
     assert args.resume is None and args.seed is None  # not given: the YAML's value stays
+
+
+@needs_script
+def test_key_given_twice_is_warned_about_and_the_last_value_used(tmp_path: Path) -> None:
+    config = tmp_path / "dup.yaml"
+    config.write_text("behaviors:\n  A:\n    max_steps: 10\n    max_steps: 20\n")
+    result = run(str(config), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("default_settings: null\n")  # only YAML on stdout, logs on stderr
+    assert yaml.safe_load(result.stdout)["behaviors"]["A"]["max_steps"] == 20
+    assert "key given twice" in result.stderr and "max_steps" in result.stderr and "line=4" in result.stderr
+
+
+@needs_script
+@pytest.mark.skipif(not (SHARED_CONFIGS / "ppo" / "3DBall_randomize.yaml").is_file(), reason=f"no {SHARED_CONFIGS}")
+def test_environment_parameters_are_accepted_with_a_warning_on_stderr() -> None:
+    result = run(str(SHARED_CONFIGS / "ppo" / "3DBall_randomize.yaml"), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("default_settings: null\n")
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["environment_parameters"]["mass"]["curriculum"][0]["value"]["sampler_type"] == "uniform"
+    assert "environment_parameters are parsed but not sent to the environment yet" in result.stderr
