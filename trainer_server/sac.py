@@ -50,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +76,9 @@ MIN_LEARNING_RATE = 1e-10
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 #: largest number of gradient steps per compiled call
 MAX_STEPS_PER_CALL = 32
+#: file name of the saved replay buffer in a behavior's results folder (ML-Agents:
+#: ``last_replay_buffer.hdf5``)
+REPLAY_BUFFER_FILE = "last_replay_buffer.npz"
 
 _log = get_logger("trainer_server.sac")
 
@@ -87,7 +90,7 @@ def _get(obj: Any, name: str, default: Any) -> Any:
     """Reads ``name`` from a settings object or a mapping; ``default`` when absent or None."""
     if obj is None:
         return default
-    value = obj.get(name, None) if isinstance(obj, dict) else getattr(obj, name, None)
+    value = obj.get(name, None) if isinstance(obj, Mapping) else getattr(obj, name, None)
     return default if value is None else value
 
 
@@ -431,7 +434,6 @@ def _make_step_fn(arch: PolicyArchitecture, config: SACConfig):
             "Losses/Policy Loss": policy_loss,
             "Losses/Q1 Loss": q_losses[0],
             "Losses/Q2 Loss": q_losses[1],
-            "Losses/Entropy Loss": entropy_loss,
             "Policy/Entropy Coefficient": jnp.mean(jnp.concatenate(coefs)),
             "Policy/Entropy": jnp.mean(entropy),
             "Policy/Extrinsic Value Estimate": jnp.mean(v_pi),
@@ -466,6 +468,25 @@ def _make_step_fn(arch: PolicyArchitecture, config: SACConfig):
         return TrainState(params, jax.tree_util.tree_map(jnp.array, critic_params), adam.init(params))
 
     return init, step, policy
+
+
+def updates_due(step: int, buffer_init_steps: int, steps_per_update: float) -> int:
+    """Total gradient steps due after ``step`` agent steps, as ML-Agents' SAC trainer counts.
+
+    ML-Agents keeps updating while ``(step - buffer_init_steps) / (updates + 1) >
+    steps_per_update``: the count is the largest ``u`` with ``(step - init) / u >
+    steps_per_update``, i.e. ``ceil((step - init) / steps_per_update) - 1``.
+    """
+    steps = step - buffer_init_steps
+    if steps <= 0:
+        return 0
+    due = max(0, math.ceil(steps / steps_per_update) - 1)
+    # the same comparisons as ML-Agents' loop, to agree at float boundaries
+    while due > 0 and not steps / due > steps_per_update:
+        due -= 1
+    while steps / (due + 1) > steps_per_update:
+        due += 1
+    return due
 
 
 def soft_update(target: Any, online: Any, tau: float) -> Any:
@@ -512,7 +533,7 @@ class SACLearner:
             vis_encode_type=config.vis_encode_type,
             continuous_distribution="tanh_gaussian",
         )  # validates observation shapes for the encoders
-        self.step = 0
+        self._step = 0
         self.update_steps = 0
         self.compile_count = 0
         self._log = _log.bind(behavior=spec.name)
@@ -605,7 +626,7 @@ class SACLearner:
         self.replay_buffer.add(batch)  # validates shapes before anything else changes
         if self.config.normalize:
             self._update_normalizer(obs)
-        self.step += t
+        self._step += t
 
     def _update_normalizer(self, obs: tuple[np.ndarray, ...]) -> None:
         # pad to a few fixed lengths so the jitted normalizer update compiles rarely
@@ -620,25 +641,28 @@ class SACLearner:
     def _norm_stats(self) -> networks.NormStats:
         return norm.statistics(self._normalizer) if self.config.normalize else None
 
+    @property
+    def step(self) -> int:
+        """Agent steps consumed so far (ML-Agents' step)."""
+        return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        # Set from outside (e.g. step 0 after --initialize-from): as ML-Agents on load,
+        # assume the gradient steps up to now were taken at the configured ratio.
+        self._step = int(value)
+        self.update_steps = updates_due(self._step, self.config.buffer_init_steps, self.config.steps_per_update)
+
     def pending_updates(self) -> int:
-        """Gradient steps due now: ML-Agents' ``(step - buffer_init_steps) / steps_per_update``."""
-        steps = self.step - self.config.buffer_init_steps
-        if steps <= 0:
-            return 0
-        # ML-Agents updates while steps / (updates_done + 1) > steps_per_update
-        due = math.ceil(steps / self.config.steps_per_update) - 1
-        # guard the float division at exact multiples (e.g. 0.1 steps_per_update)
-        while due > 0 and steps / due <= self.config.steps_per_update:
-            due -= 1
-        while steps / (due + 1) > self.config.steps_per_update:
-            due += 1
+        """Gradient steps due now and not yet taken."""
+        due = updates_due(self._step, self.config.buffer_init_steps, self.config.steps_per_update)
         return max(0, due - self.update_steps)
 
     def ready(self) -> bool:
         """True when gradient steps are due and a minibatch can be sampled."""
         return (
             self.replay_buffer.size >= self.config.batch_size
-            and self.step >= self.config.buffer_init_steps
+            and self._step >= self.config.buffer_init_steps
             and self.pending_updates() > 0
         )
 
@@ -646,16 +670,16 @@ class SACLearner:
         """Runs every pending gradient step; returns the metrics averaged over them.
 
         Metrics (ML-Agents' tag names): "Losses/Policy Loss", "Losses/Q1 Loss",
-        "Losses/Q2 Loss", "Losses/Entropy Loss", "Policy/Entropy Coefficient" (mean of all
-        coefficients), "Policy/Continuous Entropy Coeff" / "Policy/Discrete Entropy Coeff",
-        "Policy/Entropy", "Policy/Extrinsic Value Estimate", "Policy/Learning Rate", and
-        "Policy/Updates" (gradient steps run). Empty when nothing was due.
+        "Losses/Q2 Loss", "Policy/Entropy Coefficient" (mean of all coefficients),
+        "Policy/Continuous Entropy Coeff" / "Policy/Discrete Entropy Coeff" (as ML-Agents),
+        "Policy/Entropy", "Policy/Extrinsic Value Estimate" (mean soft value of the sampled
+        states), "Policy/Learning Rate". Empty when nothing was due.
         """
         if not self.ready():
             return {}
         pending = self.pending_updates()
         k = self.steps_per_call
-        lr = self.config.learning_rate_at(self.step)
+        lr = self.config.learning_rate_at(self._step)
         stats = self._norm_stats()
         sums: dict[str, float] = {}
         done = 0
@@ -673,7 +697,7 @@ class SACLearner:
         self.update_steps += pending
         out = {name: total / pending for name, total in sums.items()}
         out["Policy/Learning Rate"] = lr
-        out["Policy/Updates"] = float(pending)
+        self._log.debug("sac update", gradient_steps=pending, step=self._step)
         return out
 
     # ------------------------------------------------------------------------ snapshots
@@ -703,7 +727,7 @@ class SACLearner:
         """
         return {
             "algorithm": "sac",
-            "step": int(self.step),
+            "step": int(self._step),
             "update_steps": int(self.update_steps),
             "key": np.asarray(jax.random.key_data(self._key)),
             "params": _to_numpy(self._state.params),
@@ -753,7 +777,7 @@ class SACLearner:
         self._state = TrainState(params, target, opt_state)
         self._normalizer = normalizer
         self._key = jax.random.wrap_key_data(jnp.asarray(state["key"], jnp.uint32))
-        self.step = int(state["step"])
+        self._step = int(state["step"])
         self.update_steps = int(state["update_steps"])
 
     def save_replay_buffer(self, path) -> None:

@@ -1,0 +1,403 @@
+"""SAC learner: ML-Agents' settings and update ratio, the maths, compilation, learning, resume.
+
+Experience is produced the way a gateway produces it: ``common.policy.NumpyPolicy`` acts
+with the learner's ``policy_parameters()`` and its raw samples go into ``Trajectory``
+fragments that the learner consumes.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from common.policy import NumpyPolicy
+from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
+from common.trajectory import Trajectory
+from trainer_server import checkpoints
+from trainer_server.sac import SACConfig, SACLearner, soft_update, updates_due
+
+SMALL = dict(hidden_units=32, num_layers=2, batch_size=32, buffer_size=4096)
+
+
+def vector_spec(obs: int, continuous: int = 0, branches: tuple[int, ...] = ()) -> BehaviorSpec:
+    return BehaviorSpec("Task?team=0", (ObservationSpec("vector", (obs,)),), ActionSpec(continuous, branches))
+
+
+def fragment(obs, next_obs, cont, disc, rewards, masks=None, done=True, interrupted=False) -> Trajectory:
+    t = len(rewards)
+    spec_mask = 0 if masks is None else masks.shape[1]
+    return Trajectory(
+        instance=0,
+        agent_id=1,
+        observations=[np.asarray(o, np.float32) for o in obs],
+        next_observations=[np.asarray(o, np.float32) for o in next_obs],
+        continuous_actions=np.asarray(cont, np.float32).reshape(t, -1),
+        discrete_actions=np.asarray(disc, np.int32).reshape(t, -1),
+        log_probs=np.zeros(t, np.float32),
+        rewards=np.asarray(rewards, np.float32),
+        action_masks=np.zeros((t, spec_mask), bool) if masks is None else masks,
+        policy_versions=np.zeros(t, np.int64),
+        done=done,
+        interrupted=interrupted,
+    )
+
+
+def random_fragments(learner: SACLearner, rng: np.random.Generator, n: int, t: int = 8) -> list[Trajectory]:
+    spec = learner.spec
+    a = spec.action_spec
+    out = []
+    for _ in range(n):
+        obs = [rng.normal(size=(t, *o.shape)).astype(np.float32) for o in spec.observations]
+        nxt = [rng.normal(size=o.shape).astype(np.float32) for o in spec.observations]
+        disc = np.stack([rng.integers(0, b, t) for b in a.discrete_branches], 1) if a.num_branches else np.zeros((t, 0))
+        out.append(
+            fragment(obs, nxt, rng.normal(size=(t, a.continuous_size)), disc, rng.normal(size=t),
+                     np.zeros((t, a.mask_size), bool), done=bool(rng.integers(2)))
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------ settings
+
+
+def test_config_from_mlagents_settings_and_defaults():
+    settings = SimpleNamespace(
+        hyperparameters=SimpleNamespace(
+            learning_rate=0.0003, learning_rate_schedule="constant", batch_size=64, buffer_size=200000,
+            buffer_init_steps=0, tau=0.005, steps_per_update=10.0, save_replay_buffer=False,
+            init_entcoef=0.5, reward_signal_steps_per_update=10.0,
+        ),
+        network_settings=SimpleNamespace(normalize=True, hidden_units=64, num_layers=2, vis_encode_type="simple"),
+        reward_signals={"extrinsic": SimpleNamespace(gamma=0.99, strength=1.0)},
+        max_steps=200000,
+        time_horizon=1000,
+    )
+    cfg = SACConfig.from_settings(settings)
+    assert (cfg.batch_size, cfg.buffer_size, cfg.steps_per_update, cfg.init_entcoef) == (64, 200000, 10.0, 0.5)
+    assert (cfg.normalize, cfg.hidden_units, cfg.gamma, cfg.max_steps, cfg.time_horizon) == (True, 64, 0.99, 200000, 1000)
+    # omitted keys take ML-Agents' SAC defaults; mappings work as well as attributes
+    cfg = SACConfig.from_settings({"hyperparameters": {"steps_per_update": 3}})
+    assert cfg.batch_size == 128 and cfg.buffer_size == 50000 and cfg.tau == 0.005 and cfg.init_entcoef == 1.0
+    assert cfg.learning_rate_schedule == "constant" and cfg.reward_signal_steps_per_update == 3.0
+    linear = SACConfig(learning_rate=1e-3, learning_rate_schedule="linear", max_steps=100)
+    assert linear.learning_rate_at(0) == pytest.approx(1e-3)
+    assert linear.learning_rate_at(50) == pytest.approx(5e-4)
+    assert linear.learning_rate_at(500) == pytest.approx(1e-10)
+    with pytest.raises(ValueError, match="batch_size .* buffer_size"):
+        SACConfig(batch_size=256, buffer_size=128)
+    with pytest.raises(ValueError, match="tau"):
+        SACConfig(tau=0.0)
+    with pytest.raises(ValueError, match="vis_encode_type: 'resnet' is not supported yet"):
+        SACConfig(vis_encode_type="resnet")
+
+
+def test_real_settings_objects():
+    from trainer_server import settings as settings_mod
+
+    yaml_section = {
+        "trainer_type": "sac",
+        "hyperparameters": {"batch_size": 64, "buffer_size": 1000, "steps_per_update": 10.0, "init_entcoef": 0.5},
+        "network_settings": {"normalize": True, "hidden_units": 64},
+        "reward_signals": {"extrinsic": {"gamma": 0.95, "strength": 2.0}},
+        "max_steps": 1000,
+    }
+    ts = settings_mod.trainer_settings_from_dict(yaml_section)
+    cfg = SACConfig.from_settings(ts)
+    assert (cfg.batch_size, cfg.buffer_size, cfg.steps_per_update, cfg.init_entcoef) == (64, 1000, 10.0, 0.5)
+    assert (cfg.normalize, cfg.hidden_units, cfg.gamma, cfg.strength, cfg.max_steps) == (True, 64, 0.95, 2.0, 1000)
+    assert cfg.reward_signal_steps_per_update == 10.0
+
+
+@pytest.mark.parametrize("spu", [0.1, 0.25, 0.5, 1.0, 3.0, 10.0])
+@pytest.mark.parametrize("init", [0, 7])
+def test_updates_due_follows_mlagents_loop(spu, init):
+    def mlagents(step):  # ML-Agents' SACTrainer._update_sac_policy counting
+        u = 1
+        while (step - init) / u > spu:
+            u += 1
+        return u - 1
+
+    for step in list(range(0, 120)) + [999, 1000, 1001, 12345]:
+        assert updates_due(step, init, spu) == mlagents(step), step
+
+
+# ------------------------------------------------------------------------------- the maths
+
+
+def test_soft_update_is_polyak_averaging():
+    target = {"a": jnp.ones((3,)), "b": {"c": jnp.full((2, 2), 4.0)}}
+    online = {"a": jnp.zeros((3,)), "b": {"c": jnp.full((2, 2), 2.0)}}
+    out = soft_update(target, online, 0.25)
+    np.testing.assert_allclose(out["a"], 0.75)
+    np.testing.assert_allclose(out["b"]["c"], 3.5)
+    np.testing.assert_allclose(soft_update(target, online, 1.0)["b"]["c"], 2.0)
+
+
+def test_process_trajectory_builds_transitions():
+    spec = vector_spec(2, continuous=1, branches=(3,))
+    learner = SACLearner(spec, SACConfig(**SMALL), seed=0)
+    obs = np.arange(6, dtype=np.float32).reshape(3, 2)
+    masks = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], bool)
+    u = np.array([[0.5], [-2.0], [10.0]], np.float32)
+    learner.process_trajectory(fragment([obs], [np.array([9.0, 9.0])], u, [[0], [2], [1]], [1, 2, 3], masks, done=True))
+    learner.process_trajectory(
+        fragment([obs[:1]], [np.array([7.0, 7.0])], u[:1], [[1]], [4], masks[1:2], done=True, interrupted=True)
+    )
+    learner.process_trajectory(fragment([obs[:2]], [np.array([5.0, 5.0])], u[:2], [[1], [1]], [5, 6], masks[:2], done=False))
+    assert learner.step == 6
+    data = learner.replay_buffer.chronological()
+    np.testing.assert_array_equal(data.next_obs[0][:3], [[2, 3], [4, 5], [9, 9]])
+    np.testing.assert_array_equal(data.next_obs[0][3], [7, 7])
+    # true terminal only: interrupted episodes and time_horizon cuts bootstrap
+    np.testing.assert_array_equal(data.dones, [0, 0, 1, 0, 0, 0])
+    np.testing.assert_allclose(data.continuous_actions[:3, 0], np.tanh(u[:, 0]), rtol=1e-6)
+    np.testing.assert_array_equal(data.next_action_masks[:3], np.concatenate([masks[1:], np.zeros((1, 3), bool)]))
+    np.testing.assert_array_equal(data.rewards, [1, 2, 3, 4, 5, 6])
+    with pytest.raises(ValueError, match=r"obs\[0\]"):
+        learner.process_trajectory(fragment([np.zeros((2, 3))], [np.zeros(3)], np.zeros((2, 1)), [[0], [0]], [0, 0], masks[:2]))
+    assert learner.step == 6
+
+
+def test_update_compiles_once_and_runs_every_due_step():
+    spec = vector_spec(3, continuous=2, branches=(2, 3))
+    learner = SACLearner(spec, SACConfig(**SMALL, steps_per_update=0.5, steps_per_call=8), seed=1)
+    rng = np.random.default_rng(0)
+    for traj in random_fragments(learner, rng, 5):  # 40 steps -> 79 gradient steps due
+        learner.process_trajectory(traj)
+    target_before = learner._state.target
+    critics_before = learner._state.params["critics"]
+    metrics = learner.update()
+    assert learner.update_steps == 79 and learner.pending_updates() == 0 and not learner.ready()
+    for tag in ("Losses/Policy Loss", "Losses/Q1 Loss", "Losses/Q2 Loss", "Policy/Entropy Coefficient",
+                "Policy/Learning Rate", "Policy/Entropy", "Policy/Extrinsic Value Estimate"):
+        assert math.isfinite(metrics[tag]), tag
+    assert learner.update() == {}
+    for extra in (1, 3, 5):  # 2, 6, 10 more gradient steps: padded in the same compiled call
+        for traj in random_fragments(learner, rng, 1, t=extra):
+            learner.process_trajectory(traj)
+        learner.update()
+    assert learner.update_steps == 79 + 18
+    assert learner.compile_count == 1
+    # one gradient step moves the target critics by exactly tau toward the new critics
+    learner.process_trajectory(random_fragments(learner, rng, 1, t=1)[0])
+    assert learner.pending_updates() == 2
+    learner.update_steps += 1  # leave exactly one gradient step due
+    before = learner._state
+    learner.update()
+    expected = soft_update(before.target, learner._state.params["critics"], learner.config.tau)
+    for e, got in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(learner._state.target)):
+        np.testing.assert_allclose(got, e, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(jax.tree_util.tree_leaves(learner._state.target)[0],
+                           jax.tree_util.tree_leaves(target_before)[0])
+    assert not np.allclose(jax.tree_util.tree_leaves(critics_before)[0],
+                           jax.tree_util.tree_leaves(learner._state.params["critics"])[0])
+    assert learner.compile_count == 1
+
+
+def test_buffer_init_steps_and_batch_size_gate_updates():
+    spec = vector_spec(3, continuous=1)
+    learner = SACLearner(spec, SACConfig(**{**SMALL, "batch_size": 16}, buffer_init_steps=20), seed=0)
+    rng = np.random.default_rng(1)
+    learner.process_trajectory(random_fragments(learner, rng, 1, t=12)[0])
+    assert not learner.ready() and learner.update() == {}
+    learner.process_trajectory(random_fragments(learner, rng, 1, t=12)[0])
+    assert learner.ready() and learner.pending_updates() == 3  # (24 - 20) / u > 1 for u = 1..3
+
+
+# ------------------------------------------------------------------ entropy and masks
+
+
+def test_entropy_coefficients_move_toward_their_targets():
+    # continuous: a fresh tanh-Gaussian's entropy is far above the target -c -> alpha falls;
+    # discrete: one allowed action has entropy 0 < 0.2 log(4) -> alpha rises
+    spec = vector_spec(2, continuous=2, branches=(4,))
+    learner = SACLearner(spec, SACConfig(**SMALL, init_entcoef=0.5, learning_rate=3e-3), seed=3)
+    rng = np.random.default_rng(2)
+    masks = np.tile(np.array([[False, True, True, True]]), (16, 1))
+    for _ in range(8):
+        learner.process_trajectory(
+            fragment([rng.normal(size=(16, 2))], [rng.normal(size=2)], rng.normal(size=(16, 2)),
+                     np.zeros((16, 1)), np.zeros(16), masks, done=False)
+        )
+    metrics = learner.update()
+    coefs = np.exp(learner._state.params["log_entcoef"]["continuous"]), np.exp(learner._state.params["log_entcoef"]["discrete"])
+    assert coefs[0][0] < 0.5 * 0.8, coefs
+    assert coefs[1][0] > 0.5 * 1.2, coefs
+    assert metrics["Policy/Continuous Entropy Coeff"] < 0.5 < metrics["Policy/Discrete Entropy Coeff"]
+
+
+def test_masked_discrete_actions_get_zero_probability():
+    spec = vector_spec(2, branches=(3, 2))
+    learner = SACLearner(spec, SACConfig(**SMALL, learning_rate=3e-3, steps_per_update=0.25), seed=4)
+    rng = np.random.default_rng(3)
+    # replayed experience says action 0 of branch 0 is the best by far
+    for _ in range(6):
+        disc = np.stack([rng.integers(0, 3, 16), rng.integers(0, 2, 16)], 1)
+        learner.process_trajectory(
+            fragment([rng.normal(size=(16, 2))], [rng.normal(size=2)], np.zeros((16, 0)), disc,
+                     (disc[:, 0] == 0).astype(np.float32), np.zeros((16, 5), bool))
+        )
+    learner.update()
+    policy = NumpyPolicy(learner.architecture(), learner.policy_parameters())
+    obs = [rng.normal(size=(512, 2)).astype(np.float32)]
+    free = policy.act(obs, None, np.random.default_rng(0))
+    assert np.mean(free.discrete[:, 0] == 0) > 0.5  # it learned to like action 0 ...
+    mask = np.zeros((512, 5), bool)
+    mask[:, 0] = True  # ... which is now forbidden
+    mask[::2, 4] = True  # and branch 1's action 1 for half of the agents
+    out = policy.act(obs, mask, np.random.default_rng(1))
+    assert not np.any(out.discrete[:, 0] == 0)
+    assert not np.any(out.discrete[::2, 1] == 1)
+    # the JAX policy the losses use gives them probability exactly 0
+    pi = learner._policy_fn(learner._state.params["actor"], (jnp.asarray(obs[0]),), jnp.asarray(mask), None,
+                            jax.random.key(0))
+    probs = np.asarray(pi.probs)
+    assert np.all(probs[:, 0] == 0.0) and np.all(probs[::2, 4] == 0.0)
+    np.testing.assert_allclose(probs[:, :3].sum(1), 1.0, rtol=1e-5)
+    assert np.all(np.isfinite(np.asarray(pi.log_probs)))
+
+
+# ------------------------------------------------------------------------------ learning
+
+
+def test_learns_a_continuous_contextual_task():
+    """Reward 1 - mean((tanh(u) - 0.8 x)^2): uniform actions get about 0.45, the untrained
+    policy's mean (about 0) 0.79, the best 1.0."""
+    spec = vector_spec(2, continuous=2)
+    learner = SACLearner(spec, SACConfig(**{**SMALL, "batch_size": 64}, learning_rate=1e-3, gamma=0.5), seed=5)
+    rng = np.random.default_rng(4)
+
+    def play(deterministic: bool, n: int = 16) -> tuple[list[Trajectory], float]:
+        policy = NumpyPolicy(learner.architecture(), learner.policy_parameters())
+        x = rng.uniform(-1, 1, size=(n, 2)).astype(np.float32)
+        out = policy.act([x], None, rng, deterministic=deterministic)
+        reward = 1.0 - np.mean((out.env_continuous - 0.8 * x) ** 2, axis=1)
+        trajs = [fragment([x[i : i + 1]], [x[i]], out.continuous[i : i + 1], np.zeros((1, 0)), reward[i : i + 1])
+                 for i in range(n)]
+        return trajs, float(np.mean(reward))
+
+    _, before = play(True, 256)
+    for _ in range(120):
+        trajs, _ = play(False)
+        for t in trajs:
+            learner.process_trajectory(t)
+        learner.update()
+    _, after = play(True, 256)
+    assert before < 0.85 and after > 0.97, (before, after)
+
+
+def test_learns_a_discrete_corridor_with_masks():
+    """Walk right along 5 cells to the goal (reward 1, terminal); left is masked at cell 0.
+
+    Needs bootstrapping through the target critics: only the last step is rewarded.
+    Episodes are cut after 12 steps (interrupted, not terminal).
+    """
+    spec = vector_spec(5, branches=(2,))
+    learner = SACLearner(spec, SACConfig(**SMALL, learning_rate=1e-3, gamma=0.9, init_entcoef=0.2), seed=6)
+    rng = np.random.default_rng(5)
+    eye = np.eye(5, dtype=np.float32)
+
+    def episode(deterministic: bool):
+        policy = NumpyPolicy(learner.architecture(), learner.policy_parameters())
+        pos, obs, acts, masks, rewards = 0, [], [], [], []
+        for _ in range(12):
+            mask = np.array([[pos == 0, False]])
+            a = int(policy.act([eye[pos][None]], mask, rng, deterministic=deterministic).discrete[0, 0])
+            assert not (pos == 0 and a == 0), "a masked action was chosen"
+            obs.append(eye[pos]); acts.append(a); masks.append(mask[0])
+            pos = max(0, pos - 1) if a == 0 else pos + 1
+            rewards.append(1.0 if pos == 4 else 0.0)
+            if pos == 4:
+                break
+        done = pos == 4
+        traj = fragment([np.stack(obs)], [eye[pos]], np.zeros((len(acts), 0)), np.array(acts)[:, None],
+                        rewards, np.stack(masks), done=True, interrupted=not done)
+        return traj, len(acts), done
+
+    def p_right() -> np.ndarray:
+        policy = NumpyPolicy(learner.architecture(), learner.policy_parameters())
+        logits = policy.distribution([eye[:4]], np.array([[True, False]] + [[False, False]] * 3))["logits"]
+        return np.exp(logits[:, 1]) / np.exp(logits).sum(1)
+
+    assert np.all(np.abs(p_right()[1:] - 0.5) < 0.1)  # untrained: a coin flip
+    for _ in range(60):
+        traj, _, _ = episode(False)
+        learner.process_trajectory(traj)
+        learner.update()
+    _, length, reached = episode(True)
+    assert reached and length == 4
+    assert np.all(p_right() > 0.85), p_right()
+
+
+# ---------------------------------------------------------------------------- snapshots
+
+
+def test_snapshot_parameters_drive_numpy_policy_with_visual_and_hybrid_actions():
+    spec = BehaviorSpec(
+        "Visual?team=0",
+        (ObservationSpec("camera", (20, 20, 1)), ObservationSpec("vector", (3,))),
+        ActionSpec(1, (2,)),
+    )
+    learner = SACLearner(spec, SACConfig(**{**SMALL, "batch_size": 8}, normalize=True), seed=7)
+    rng = np.random.default_rng(6)
+    for traj in random_fragments(learner, rng, 2, t=6):
+        learner.process_trajectory(traj)
+    assert learner.update()["Policy/Learning Rate"] > 0
+    arch = learner.architecture()
+    assert arch.continuous_distribution == "tanh_gaussian" and arch.normalize and arch.hidden_units == 32
+    params = learner.policy_parameters()
+    assert "policy/log_std/kernel" in params and "normalizer/var/1" in params
+    assert not any(name.startswith("critic") for name in params)
+    policy = NumpyPolicy(arch, params)
+    obs = [rng.uniform(size=(4, 20, 20, 1)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)]
+    out = policy.act(obs, np.array([[True, False]] * 4), rng)
+    assert np.all(np.abs(out.env_continuous) <= 1.0) and np.all(out.discrete == 1)
+
+
+# -------------------------------------------------------------------------------- resume
+
+
+def test_state_dict_round_trip_gives_the_identical_next_update(tmp_path):
+    spec = vector_spec(4, continuous=2, branches=(3,))
+    config = SACConfig(**SMALL, normalize=True, learning_rate_schedule="linear", max_steps=10000)
+    a = SACLearner(spec, config, seed=8)
+    rng = np.random.default_rng(7)
+    for traj in random_fragments(a, rng, 6):
+        a.process_trajectory(traj)
+    a.update()
+    # through the real checkpoint format and the replay buffer file
+    state, _ = checkpoints.loads(checkpoints.dumps(a.state_dict(), {}))
+    a.save_replay_buffer(tmp_path / "last_replay_buffer.npz")
+    b = SACLearner(spec, config, seed=99)
+    b.load_state_dict(state)
+    b.load_replay_buffer(tmp_path / "last_replay_buffer.npz")
+    assert (b.step, b.update_steps) == (a.step, a.update_steps)
+    more = random_fragments(a, rng, 2)
+    for traj in more:
+        a.process_trajectory(traj)
+        b.process_trajectory(traj)
+    ma, mb = a.update(), b.update()
+    assert ma == mb
+    pa, pb = a.policy_parameters(), b.policy_parameters()
+    for name in pa:
+        np.testing.assert_array_equal(pa[name], pb[name], err_msg=name)
+    # a state of other network settings is refused with a clear message
+    other = SACLearner(spec, SACConfig(**{**SMALL, "hidden_units": 16}), seed=0)
+    with pytest.raises(ValueError, match="network"):
+        other.load_state_dict(state)
+    with pytest.raises(ValueError, match="not a SAC"):
+        other.load_state_dict({"algorithm": "ppo"})
+
+
+def test_step_reset_assumes_past_updates_were_done():
+    spec = vector_spec(2, continuous=1)
+    learner = SACLearner(spec, SACConfig(**SMALL, steps_per_update=4.0), seed=0)
+    learner.step = 400  # e.g. a checkpoint's step, as ML-Agents assumes on load
+    assert learner.pending_updates() == 0
+    learner.step = 0  # --initialize-from: training starts over at step 0
+    assert learner.update_steps == 0
