@@ -54,6 +54,13 @@ class ExperienceError(Exception):
         self.invalid = invalid
 
 
+class TrainerStoppingError(ExperienceError):
+    """The trainer is shutting down and takes no more experience (UNAVAILABLE: retry elsewhere/later)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, invalid=False)
+
+
 class SpecMismatchError(ExperienceError):
     """A behavior announced with a spec other than the one it was first seen with."""
 
@@ -258,8 +265,19 @@ class TrainingApp:
             with self._lock:
                 if sequence <= self._last_sequence.get(gateway_id, 0):
                     return False
+            item = _Chunk(gateway_id, sequence, behavior, trajectories, parsed)
+            deadline = None if timeout is None else time.monotonic() + timeout
             with self.timer.block("wait_for_queue"):
-                self._queue.put(_Chunk(gateway_id, sequence, behavior, trajectories, parsed), timeout=timeout)
+                while True:
+                    if self._stop.is_set() or self.finished.is_set():
+                        raise TrainerStoppingError(f"chunk {sequence}: the trainer is stopping")
+                    wait = 0.25 if deadline is None else min(0.25, max(deadline - time.monotonic(), 0.0))
+                    try:
+                        self._queue.put(item, timeout=wait)
+                        break
+                    except queue.Full:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            raise
             with self._lock:
                 self._last_sequence[gateway_id] = sequence
         return True
@@ -313,6 +331,11 @@ class TrainingApp:
         )
         behavior.snapshot = self._build_snapshot(behavior)
         behavior.done = not self.inference and int(learner.step) >= int(settings.max_steps)
+        if self.inference and restored_from is None:
+            _log.warning(
+                "--inference without --resume, --initialize-from or init_path: acting with an untrained policy",
+                behavior=spec.name,
+            )
         tensorboard.write_text("Hyperparameters", _settings_markdown(settings), int(learner.step))
         _log.info(
             "new behavior",

@@ -43,7 +43,7 @@ from common import specs as specs_mod
 from common import trajectory as trajectory_mod
 from common.logging import get_logger
 from common.tensor import TensorError
-from trainer_server.app import ExperienceError, TrainingApp
+from trainer_server.app import ExperienceError, TrainerStoppingError, TrainingApp
 from tandem.v1 import trainer_pb2, trainer_pb2_grpc
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
@@ -273,6 +273,8 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
         stats = [(s.key, s.value, s.aggregation) for s in chunk.stats]
         try:
             self._app.submit(conn.gateway_id, chunk.sequence, chunk.behavior, trajectories, stats)
+        except TrainerStoppingError as e:
+            raise _StreamError(grpc.StatusCode.UNAVAILABLE, str(e)) from None
         except ExperienceError as e:
             code = grpc.StatusCode.INVALID_ARGUMENT if e.invalid else grpc.StatusCode.FAILED_PRECONDITION
             raise _StreamError(code, str(e)) from None

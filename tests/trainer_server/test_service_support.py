@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+import yaml
 
 from common import specs as specs_mod
 from common import trajectory as trajectory_mod
@@ -44,57 +44,46 @@ def test_support_module_has_no_tests() -> None:
 # --------------------------------------------------------------------------- options
 
 
-@dataclass(frozen=True)
-class BehaviorSettingsForTests:
-    trainer_type: str = "counting"
-    max_steps: int = 1000
-    time_horizon: int = 16
-    summary_freq: int = 40
-    checkpoint_interval: int = 50
-    keep_checkpoints: int = 2
-    init_path: str | None = None
-    buffer_size: int = 20
-    reward_signals: dict = field(default_factory=lambda: {"extrinsic": {"gamma": 0.99, "strength": 1.0}})
+def make_options(
+    results_dir: Path,
+    run_id: str = "test-run",
+    *,
+    resume: bool | None = None,
+    force: bool | None = None,
+    inference: bool | None = None,
+    initialize_from: str | None = None,
+    max_steps: int = 1000,
+    time_horizon: int = 16,
+    summary_freq: int = 40,
+    checkpoint_interval: int = 50,
+    keep_checkpoints: int = 2,
+    buffer_size: int = 20,
+    init_path: str | None = None,
+):
+    """Real ``RunOptions`` from an ML-Agents YAML (``default_settings``) and mlagents-learn flags."""
+    import argparse
 
+    from trainer_server.settings import load_run_options
 
-@dataclass(frozen=True)
-class CheckpointSettingsForTests:
-    run_id: str = "test-run"
-    initialize_from: str | None = None
-    resume: bool = False
-    force: bool = False
-    inference: bool = False
-    results_dir: str = "results"
-
-
-@dataclass(frozen=True)
-class EnvSettingsForTests:
-    seed: int = 7
-
-
-@dataclass(frozen=True)
-class RunOptionsForTests:
-    """The attributes of ``trainer_server.settings.RunOptions`` the app reads."""
-
-    checkpoint_settings: CheckpointSettingsForTests
-    default_settings: BehaviorSettingsForTests = field(default_factory=BehaviorSettingsForTests)
-    env_settings: EnvSettingsForTests = field(default_factory=EnvSettingsForTests)
-
-    def behavior_settings(self, name: str) -> BehaviorSettingsForTests:
-        return self.default_settings
-
-    def as_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return {"default_settings": asdict(self.default_settings), "checkpoint_settings": asdict(self.checkpoint_settings)}
-
-
-def make_options(results_dir: Path, run_id: str = "test-run", **behavior: Any) -> RunOptionsForTests:
-    flags = {k: behavior.pop(k) for k in ("resume", "force", "inference", "initialize_from") if k in behavior}
-    return RunOptionsForTests(
-        checkpoint_settings=CheckpointSettingsForTests(run_id=run_id, results_dir=str(results_dir), **flags),
-        default_settings=BehaviorSettingsForTests(**behavior),
+    section = {
+        "trainer_type": "ppo",
+        "hyperparameters": {"buffer_size": buffer_size, "batch_size": min(buffer_size, 16)},
+        "max_steps": max_steps,
+        "time_horizon": time_horizon,
+        "summary_freq": summary_freq,
+        "checkpoint_interval": checkpoint_interval,
+        "keep_checkpoints": keep_checkpoints,
+    }
+    if init_path:
+        section["init_path"] = init_path
+    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    config = Path(results_dir) / f".{run_id}-config.yaml"
+    config.write_text(yaml.safe_dump({"default_settings": section}))
+    args = argparse.Namespace(
+        run_id=run_id, results_dir=str(results_dir), resume=resume, force=force, inference=inference,
+        initialize_from=initialize_from, seed=7,
     )
+    return load_run_options(config, args)
 
 
 # --------------------------------------------------------------------------- learner
@@ -108,7 +97,7 @@ class CountingLearner:
 
     def __init__(self, spec: BehaviorSpec, settings: Any, seed: int) -> None:
         self.spec = spec
-        self.buffer_size = int(getattr(settings, "buffer_size", 20))
+        self.buffer_size = int(settings.hyperparameters.buffer_size)
         self.arch = PolicyArchitecture(behavior_spec=spec, hidden_units=8, num_layers=1, normalize=True)
         rng = np.random.default_rng(seed)
         self.params = {
