@@ -52,6 +52,11 @@ def configure_logging(json: bool | None = None, level: str | None = None) -> Non
     _configured = True
 
 
-def get_logger(name: str, **context: object) -> structlog.stdlib.BoundLogger:
-    """Returns a structlog logger bound to ``logger=name`` and any extra context."""
-    return structlog.get_logger(name).bind(logger=name, **context)
+def get_logger(name: str, **context: object):
+    """Returns a lazy structlog logger with ``component=name`` and any extra context.
+
+    Lazy on purpose: module-level loggers are created at import time, before the entry
+    point calls :func:`configure_logging`; binding happens on first use, so they still
+    get the configured renderer, level and stream.
+    """
+    return structlog.get_logger(name, component=name, **context)
