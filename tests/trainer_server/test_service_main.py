@@ -95,3 +95,56 @@ def test_gateway_command_passes_environment_and_engine_settings(tmp_path):
     assert parsed.chunk_steps == 256 and parsed.env_args == ["--task", "3dball"]
     assert parsed.listen == "127.0.0.1:0"
     assert os.path.basename(cmd[0]).startswith("tandem-gateway") or cmd[1:3] == ["-m", "gateway.cli"]
+
+
+def test_sigint_during_training_writes_a_final_checkpoint(tmp_path):
+    pytest.importorskip("trainer_server.ppo")
+    from test_service_support import BALL, GatewayClient, chunk_message, hello_message, make_trajectory
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "behaviors:\n  3DBall:\n    trainer_type: ppo\n"
+        "    hyperparameters: {batch_size: 16, buffer_size: 32}\n"
+        "    network_settings: {hidden_units: 16, num_layers: 1}\n"
+        "    checkpoint_interval: 100000\n    time_horizon: 16\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainer_server.cli", str(config), "--run-id", "r2", "--results-dir", str(tmp_path),
+         "--listen", "127.0.0.1:0", "--log-json"],
+        cwd=REPO, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    address: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        for line in process.stderr:
+            lines.append(line)
+            if '"trainer ready"' in line:
+                address.append(json.loads(line)["address"])
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        assert ready.wait(90), "".join(lines)
+        with grpc.insecure_channel(address[0]) as channel:
+            client = GatewayClient(channel)
+            client.send(hello_message("gw", BALL))
+            assert client.recv(60).HasField("welcome")
+            for seq in (1, 2, 3):
+                client.send(chunk_message(BALL, seq, [make_trajectory(BALL, 15, first_reward=seq)]))
+            client.recv_until(lambda m: m.HasField("ack") and m.ack.sequence == 3, timeout=60)
+            time.sleep(1.0)  # let the training thread take the last chunk
+            process.send_signal(signal.SIGINT)
+            assert process.wait(90) == 0, "".join(lines)
+            client.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    status = json.loads((tmp_path / "r2" / "run_logs" / "training_status.json").read_text())
+    assert status["3DBall"]["final_checkpoint"]["steps"] == 45
+    from trainer_server.checkpoints import load_file
+
+    state, meta = load_file(tmp_path / "r2" / "3DBall")
+    assert state["step"] == 45 and meta["step"] == 45 and state["update_count"] == 1
