@@ -86,7 +86,7 @@ def open_unity_environment(
     worker_id: int = 0,
     base_port: int | None = None,
     seed: int = 0,
-    no_graphics: bool = True,
+    no_graphics: bool = False,
     timeout_wait: int = 60,
     additional_args: Sequence[str] | None = None,
     side_channels: Sequence[SideChannel] | None = None,
@@ -101,7 +101,8 @@ def open_unity_environment(
         worker_id: offset added to ``base_port``; must be 0 when ``file_name`` is None.
         base_port: None: 5005 for builds, 5004 for the Editor (mlagents-envs defaults).
         seed: sent to Unity in the initialization input.
-        no_graphics: pass ``-nographics -batchmode`` to the build.
+        no_graphics: pass ``-nographics -batchmode`` to the build (camera sensors of a real
+            build then render nothing; the stand-in does not care).
         timeout_wait: seconds to wait for Unity; values below 10 are raised to 10.
         additional_args: extra command-line arguments for the build.
         side_channels: side channels to register (a training analytics one is added).

@@ -193,3 +193,21 @@ def test_num_areas_and_num_agents_multiply_agents(open_env):
     decision, _ = env.get_steps(BALL)
     assert len(decision) == 15
     assert len(set(decision.agent_id.tolist())) == 15
+
+
+def test_reset_mid_run_begins_new_episodes_without_terminal_steps(open_env):
+    env = open_env("3dball", args=["--decision-period", "1"])
+    env.reset()
+    spec = env.behavior_specs[BALL]
+    for _ in range(30):
+        decision, _ = env.get_steps(BALL)
+        env.set_actions(BALL, spec.action_spec.random_action(len(decision)))
+        env.step()
+    before = env.get_steps(BALL)[0].obs[0]
+    env.reset()
+    decision, terminal = env.get_steps(BALL)
+    assert len(terminal) == 0 and len(decision) == 12
+    assert np.all(decision.reward == 0)
+    assert sorted(decision.agent_id.tolist()) == list(range(12))  # Unity keeps agent ids
+    assert not np.array_equal(before, decision.obs[0])
+    assert np.all(np.abs(decision.obs[0][:, 5:]) < 1e-6)  # the balls start at rest
