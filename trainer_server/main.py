@@ -131,7 +131,8 @@ def run(options: Any, server: Any) -> int:
             results = RunResults.prepare(
                 cs.results_dir, cs.run_id, resume=cs.resume, force=cs.force, inference=cs.inference
             )
-            results.write_configuration(options)
+            if not (cs.inference and results.configuration_path.is_file()):  # keep the training run's
+                results.write_configuration(options)
     except RunDirectoryError as e:
         _log.error(str(e), run_id=cs.run_id)
         return EXIT_FAILED
