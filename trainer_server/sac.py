@@ -62,7 +62,6 @@ from common.logging import get_logger
 from common.policy import PolicyArchitecture, encoding_size
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
-from tandem.v1 import trainer_pb2
 from trainer_server import networks
 from trainer_server import normalizer as norm
 from trainer_server.replay_buffer import ReplayBuffer, Transitions
@@ -701,10 +700,15 @@ class SACLearner:
         return out
 
     # ------------------------------------------------------------------------ snapshots
-    def architecture(self) -> trainer_pb2.PolicyArchitecture:
-        """The snapshot's ``tandem.v1.PolicyArchitecture`` (``continuous_distribution="tanh_gaussian"``)."""
-        return self._arch.to_proto()
+    def architecture(self) -> dict[str, Any]:
+        """The ``PolicyArchitecture`` fields (``behavior_spec`` as ``common.specs.BehaviorSpec``,
+        ``continuous_distribution="tanh_gaussian"``), like ``PPOLearner.architecture()``.
 
+        ``common.policy.PolicyArchitecture.coerce(learner.architecture()).to_proto()`` fills the proto.
+        """
+        return self._arch.to_dict()
+
+    @property
     def policy_architecture(self) -> PolicyArchitecture:
         """The same as the domain type of ``common.policy``."""
         return self._arch
