@@ -434,8 +434,18 @@ class TrainingApp:
             _log.debug("policy lag", behavior=behavior.name, gateway_id=chunk.gateway_id, mean_lag=lag)
         for trajectory in chunk.trajectories:
             before = int(behavior.learner.step)
-            with self.timer.block("process_trajectory"):
-                behavior.learner.process_trajectory(trajectory)
+            try:
+                with self.timer.block("process_trajectory"):
+                    behavior.learner.process_trajectory(trajectory)
+            except ValueError as e:  # validated already; a learner's own check must not end the run
+                _log.error(
+                    "trajectory refused by the learner; skipped",
+                    behavior=behavior.name,
+                    gateway_id=chunk.gateway_id,
+                    sequence=chunk.sequence,
+                    error=str(e),
+                )
+                continue
             if trajectory.done:
                 behavior.stats.add(stats_mod.CUMULATIVE_REWARD, trajectory.episode_return)
                 behavior.stats.add(stats_mod.EPISODE_LENGTH, trajectory.episode_length)
