@@ -1,0 +1,345 @@
+"""Actor mode inside a worker process: act with the latest snapshots, build trajectories.
+
+Why: acting where the environment is stepped costs no pipe round trip per step, and
+with several instances the acting runs on several cores. The worker steps its Unity
+instance in a loop; the parent only forwards snapshots and takes finished
+trajectories (already serialized), so the hot path is numpy on CPU: no JAX, no GPU.
+
+Pipe protocol in actor mode (parent -> worker):
+    ("snapshot", behavior, version, snapshot bytes)   the latest policy of a behavior
+    ("credit",)        the parent took one "experience" message (flow control)
+    ("restart",) / ("give_up",)   after "failed"
+    ("close",)         flush finished trajectories, close Unity, answer ("closed",)
+(worker -> parent):
+    ("behaviors", [BehaviorSpec])   behaviors seen for the first time
+    ("experience", ExperienceBatch)
+    ("unity", pid)      the Unity process (after a start or restart)
+    ("failed", message) Unity crashed or hung; the worker waits for restart/give_up
+    ("episodes", behavior, returns, lengths)   finished episodes (for logs)
+    ("progress", env_steps, agent_steps)      totals, about every second
+
+Backpressure: at most ``max_outstanding`` experience messages may wait for the
+parent's credit; beyond that the worker stops stepping (Unity pauses) rather than
+dropping data. Behaviors with no snapshot yet: the worker waits up to
+``snapshot_wait_s`` for one; after that their agents act uniformly at random and
+their experience is not streamed. ``deterministic`` snapshots (trainer
+``--inference``) act with the mode and stream nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common import trajectory as trajectory_mod
+from common.logging import get_logger
+from gateway.environment import BehaviorActions, InstanceFailure
+from gateway.steps import StepBatch, Stat
+from gateway.trajectories import TrajectoryBuilder
+
+#: seconds between the worker's progress messages
+PROGRESS_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class ActorWorkerConfig:
+    """Actor settings a worker receives from the parent.
+
+    Attributes:
+        chunk_steps: send a behavior's finished trajectories once they hold this many steps.
+        flush_interval_s: or once the oldest of them waited this long.
+        snapshot_wait_s: wait this long for a behavior's first snapshot before acting randomly.
+        max_outstanding: experience messages that may await the parent's credit.
+        seed: seed of the worker's random generator (actions are sampled from it).
+    """
+
+    chunk_steps: int = 512
+    flush_interval_s: float = 1.0
+    snapshot_wait_s: float = 60.0
+    max_outstanding: int = 2
+    seed: int = 0
+
+
+@dataclass
+class ExperienceBatch:
+    """Finished trajectories of one behavior, ready to be put into a chunk.
+
+    Attributes:
+        instance: the instance index.
+        behavior: the behavior name.
+        trajectories: serialized ``tandem.v1.Trajectory`` messages.
+        steps: total steps in them.
+        min_version: oldest snapshot version that chose an action in them.
+        stats: stats side channel values since the last batch.
+    """
+
+    instance: int
+    behavior: str
+    trajectories: list[bytes]
+    steps: int
+    min_version: int
+    stats: list[Stat] = field(default_factory=list)
+
+
+@dataclass
+class _Policy:
+    policy: object
+    version: int
+    deterministic: bool
+    time_horizon: int
+
+
+class InstanceActor:
+    """The actor loop of one worker process (see the module docstring)."""
+
+    def __init__(self, worker, config: ActorWorkerConfig) -> None:
+        self.worker = worker
+        self.conn = worker.conn
+        self.instance = worker.instance
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+        self.policies: dict[str, _Policy] = {}
+        self.builders: dict[str, TrajectoryBuilder] = {}
+        self.finished: dict[str, list[bytes]] = {}
+        self.finished_steps: dict[str, int] = {}
+        self.finished_min_version: dict[str, int] = {}
+        self.first_finished_at: dict[str, float] = {}
+        self.stats: list[Stat] = []
+        self.outstanding = 0
+        self.closing = False
+        self.awaiting_restart = False
+        self.down = False
+        self.waiting_since: float | None = None
+        self.random_behaviors: set[str] = set()
+        self.current: dict[str, tuple[StepBatch, StepBatch]] = {}
+        self.env_steps = 0
+        self.agent_steps = 0
+        self.last_progress = time.monotonic()
+        self.log = get_logger("gateway.acting", instance=worker.index)
+
+    # -- messages from the parent ---------------------------------------------------------------
+
+    def _handle(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "snapshot":
+            self._set_snapshot(msg[1], msg[2], msg[3])
+        elif kind == "credit":
+            self.outstanding = max(0, self.outstanding - 1)
+        elif kind == "restart":
+            self.awaiting_restart = False
+            try:
+                self.current = self.worker.restart()
+                self.conn.send(("unity", self.instance.unity_pid))
+                self._announce()
+            except InstanceFailure as e:
+                self._fail(e)
+        elif kind == "give_up":
+            self.awaiting_restart = False
+            self.down = True
+        elif kind == "close":
+            self.closing = True
+        else:
+            self.log.warning("unknown message in actor mode", kind=kind)
+
+    def _drain(self, timeout_s: float | None) -> None:
+        """Handles every waiting message; waits up to ``timeout_s`` for the first (0 = poll)."""
+        if self.conn.poll(timeout_s):
+            self._handle(self.conn.recv())
+            while self.conn.poll(0):
+                self._handle(self.conn.recv())
+
+    def _set_snapshot(self, behavior: str, version: int, raw: bytes) -> None:
+        from common.policy import NumpyPolicy
+        from tandem.v1 import trainer_pb2
+
+        snapshot = trainer_pb2.PolicySnapshot.FromString(raw)
+        try:
+            policy = NumpyPolicy.from_snapshot(snapshot)
+        except ValueError as e:
+            self.log.error("snapshot rejected", behavior=behavior, version=version, error=str(e))
+            return
+        horizon = max(1, int(snapshot.time_horizon) or 1000)
+        previous = self.policies.get(behavior)
+        self.policies[behavior] = _Policy(policy, int(version), bool(snapshot.deterministic), horizon)
+        self.random_behaviors.discard(behavior)
+        if snapshot.deterministic:
+            self.builders.pop(behavior, None)  # nothing is streamed in inference
+        elif behavior in self.builders:
+            self.builders[behavior].set_time_horizon(horizon)
+        if previous is None:
+            self.log.info("first snapshot", behavior=behavior, version=version, deterministic=bool(snapshot.deterministic))
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _announce(self) -> None:
+        fresh = self.instance.new_behaviors()
+        if fresh:
+            self.conn.send(("behaviors", fresh))
+
+    def _fail(self, error: Exception) -> None:
+        """Ends every open trajectory as interrupted, sends them, and asks the parent to restart."""
+        for behavior, builder in self.builders.items():
+            self._finish(behavior, builder.interrupt_all())
+        self._flush(force=True)
+        self.current = {}
+        self.worker.last_decisions = {}
+        self.instance.kill()
+        self.awaiting_restart = True
+        self.log.warning("unity instance failed", error=str(error))
+        self.conn.send(("failed", str(error)))
+
+    def _ready_to_act(self) -> bool:
+        """False while a behavior with agents awaiting a decision has no snapshot (within the wait)."""
+        missing = [
+            b for b, (dec, _) in self.current.items()
+            if len(dec) and b not in self.policies and b not in self.random_behaviors
+        ]
+        if not missing:
+            self.waiting_since = None
+            return True
+        now = time.monotonic()
+        if self.waiting_since is None:
+            self.waiting_since = now
+            self.log.info("waiting for the first snapshots", behaviors=missing)
+        if now - self.waiting_since >= self.config.snapshot_wait_s:
+            self.log.warning("no snapshot in time: acting randomly, not streaming", behaviors=missing)
+            self.random_behaviors.update(missing)
+            return True
+        return False
+
+    def _act(self) -> dict[str, BehaviorActions]:
+        actions: dict[str, BehaviorActions] = {}
+        for behavior, (dec, _) in self.current.items():
+            if not len(dec):
+                continue
+            entry = self.policies.get(behavior)
+            if entry is None:
+                actions[behavior] = self._random_actions(behavior, dec)
+                continue
+            out = entry.policy.act(dec.observations, dec.action_mask, self.rng, deterministic=entry.deterministic)
+            actions[behavior] = BehaviorActions(continuous=out.env_continuous, discrete=out.discrete)
+            if not entry.deterministic:
+                builder = self.builders.get(behavior)
+                if builder is None:
+                    builder = self.builders[behavior] = TrajectoryBuilder(
+                        self.instance.specs[behavior], self.worker.index, entry.time_horizon, capacity=max(16, len(dec))
+                    )
+                builder.record(dec, out.continuous, out.discrete, out.log_probs, entry.version)
+        return actions
+
+    def _random_actions(self, behavior: str, dec: StepBatch) -> BehaviorActions:
+        a = self.instance.specs[behavior].action_spec
+        n = len(dec)
+        continuous = self.rng.uniform(-1, 1, (n, a.continuous_size)).astype(np.float32)
+        discrete = np.zeros((n, a.num_branches), np.int32)
+        start = 0
+        for b, size in enumerate(a.discrete_branches):
+            allowed = ~dec.action_mask[:, start : start + size]
+            scores = self.rng.random((n, size)) * allowed  # masked actions score 0
+            discrete[:, b] = np.argmax(scores, axis=1)
+            start += size
+        return BehaviorActions(continuous=continuous, discrete=discrete)
+
+    def _observe(self, out: dict[str, tuple[StepBatch, StepBatch]]) -> None:
+        for behavior, (dec, term) in out.items():
+            builder = self.builders.get(behavior)
+            if builder is not None:
+                self._finish(behavior, builder.observe(dec, term))
+        self.current = out
+        self.worker.last_decisions = {b: d for b, (d, _) in out.items()}
+        self.stats.extend(self.instance.drain_stats())
+
+    def _finish(self, behavior: str, trajectories: list) -> None:
+        if not trajectories:
+            return
+        done = [t for t in trajectories if t.done]
+        if done:
+            self.conn.send(
+                ("episodes", behavior, [t.episode_return for t in done], [t.episode_length for t in done])
+            )
+        bucket = self.finished.setdefault(behavior, [])
+        for t in trajectories:
+            bucket.append(trajectory_mod.to_proto(t).SerializeToString())
+            self.finished_steps[behavior] = self.finished_steps.get(behavior, 0) + len(t)
+            v = int(t.policy_versions.min())
+            self.finished_min_version[behavior] = min(self.finished_min_version.get(behavior, v), v)
+        self.first_finished_at.setdefault(behavior, time.monotonic())
+
+    def _flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        for behavior in list(self.finished):
+            steps = self.finished_steps.get(behavior, 0)
+            if not self.finished[behavior]:
+                continue
+            due = steps >= self.config.chunk_steps or now - self.first_finished_at[behavior] >= self.config.flush_interval_s
+            if not (due or force):
+                continue
+            batch = ExperienceBatch(
+                instance=self.worker.index,
+                behavior=behavior,
+                trajectories=self.finished.pop(behavior),
+                steps=steps,
+                min_version=self.finished_min_version.pop(behavior),
+                stats=self.stats,
+            )
+            self.stats = []
+            self.finished_steps.pop(behavior, None)
+            self.first_finished_at.pop(behavior, None)
+            self.conn.send(("experience", batch))
+            self.outstanding += 1
+
+    def run(self) -> None:
+        """Steps until the parent says close (or goes away)."""
+        try:
+            self.current = self.instance.reset()
+            self.worker.last_decisions = {b: d for b, (d, _) in self.current.items()}
+            self._announce()
+        except InstanceFailure as e:
+            self._fail(e)
+        while not self.closing:
+            if self.awaiting_restart or self.down:
+                self._drain(0.5)
+                continue
+            if self.outstanding >= self.config.max_outstanding:
+                self._drain(0.5)  # the parent's buffer is full: pause stepping
+                continue
+            self._drain(0)
+            if self.closing or self.awaiting_restart:
+                continue
+            if not self._ready_to_act():
+                self._drain(0.2)
+                continue
+            actions = self._act()
+            try:
+                out = self.instance.step(actions)
+            except InstanceFailure as e:
+                self._fail(e)
+                continue
+            self._observe(out)
+            self._announce()
+            self._flush()
+            self.env_steps += 1
+            self.agent_steps += sum(len(d) for d, _ in out.values())
+            now = time.monotonic()
+            if now - self.last_progress >= PROGRESS_EVERY_S:
+                self.last_progress = now
+                self.conn.send(("progress", self.env_steps, self.agent_steps))
+        self._flush(force=True)
+        self.conn.send(("progress", self.env_steps, self.agent_steps))
+
+
+def run_actor(worker, config: ActorWorkerConfig) -> None:
+    """Entry from ``gateway.workers``: runs actor mode until closed, then closes Unity."""
+    actor = InstanceActor(worker, config)
+    try:
+        actor.run()
+    except (EOFError, OSError, BrokenPipeError):
+        pass  # the parent is gone
+    finally:
+        worker.instance.close()
+        try:
+            worker.conn.send(("closed",))
+        except (OSError, ValueError):
+            pass

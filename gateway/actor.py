@@ -1,0 +1,373 @@
+"""Actor mode, parent side: workers act, the parent numbers chunks and talks to the trainer.
+
+Why: the workers (``gateway.acting``) step and act on their own cores; this process
+only does what must be shared: one ``gateway_id`` and one sequence of chunk numbers
+for the whole gateway, one connection to the trainer (``gateway.trainer_link``), the
+latest snapshot of each behavior forwarded to every worker, restart decisions, and
+flow control (a worker gets its credit back only while the unacked buffer has room,
+so a full buffer pauses stepping instead of dropping experience).
+
+Policy lag (the latest snapshot version minus the oldest version that chose an
+action in a chunk) is logged with the periodic progress line.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.connection as mpc
+import os
+import queue
+import random
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from common import specs as specs_mod
+from common.logging import get_logger
+from common.specs import BehaviorSpec
+from gateway.acting import ActorWorkerConfig, ExperienceBatch
+from gateway.options import GatewayOptions
+from gateway.steps import encode_stats
+from gateway.trainer_link import TrainerLink
+from gateway.workers import InstanceInfo, PoolError, WorkerHandle, WorkerLost
+from tandem.v1 import trainer_pb2
+
+#: seconds between progress log lines
+PROGRESS_EVERY_S = 10.0
+
+
+def new_gateway_id() -> str:
+    """A gateway id stable for this process and unique across machines and restarts."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class ActorProgress:
+    """Counters for logs, tests and the benchmark."""
+
+    chunks: int = 0
+    steps: int = 0
+    episodes: int = 0
+    episode_return_sum: float = 0.0
+    max_policy_lag: int = 0
+    paused_workers: int = 0
+
+
+class ActorRunner:
+    """Runs every instance in actor mode for one trainer.
+
+    Args:
+        options: validated gateway options with ``actor`` set.
+        log_json: workers log JSON lines too.
+    """
+
+    def __init__(self, options: GatewayOptions, log_json: bool = False) -> None:
+        assert options.actor is not None
+        self.options = options
+        self.env_options = options.environment
+        self.gateway_id = new_gateway_id()
+        self.workers = [WorkerHandle(self.env_options, i, log_json) for i in range(self.env_options.num_envs)]
+        self.progress = ActorProgress()
+        #: per instance: (environment steps, agent steps) as last reported by its worker
+        self.env_steps: dict[int, tuple[int, int]] = {}
+        self._specs: dict[str, BehaviorSpec] = {}
+        self._latest: dict[str, tuple[int, bytes]] = {}
+        self._sequence = 0
+        self._held_credits: list[WorkerHandle] = []
+        self._outboxes: dict[int, queue.Queue] = {}
+        self._senders: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = mpc.Pipe(duplex=False)
+        self._loop_thread: threading.Thread | None = None
+        self._base_seed = self.env_options.seed if self.env_options.seed >= 0 else random.randrange(1 << 30)
+        self.link = TrainerLink(
+            options.actor, self._hello, self._on_snapshot, self._wake, options.server.max_message_bytes * 4
+        )
+        self.log = get_logger("gateway.actor", gateway_id=self.gateway_id)
+
+    # -- EnvironmentView (Describe) -------------------------------------------------------------
+
+    @property
+    def specs(self) -> dict[str, BehaviorSpec]:
+        with self._lock:
+            return dict(self._specs)
+
+    def instances(self) -> list[InstanceInfo]:
+        return [
+            InstanceInfo(
+                index=w.index,
+                worker_id=self.env_options.worker_id(w.index),
+                port=self.env_options.port(w.index),
+                file_name=self.env_options.file_name or "",
+                restarts=w.quota.restarts,
+                alive=w.alive,
+            )
+            for w in self.workers
+        ]
+
+    def failure(self) -> str | None:
+        if not any(w.alive for w in self.workers):
+            return "every environment instance is down (restart limits reached)"
+        return None
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts the workers, waits for their behaviors, connects to the trainer, starts the loop.
+
+        Raises:
+            PoolError: an instance failed to start.
+        """
+        for w in self.workers:
+            w.start()
+        errors = []
+        for w in self.workers:
+            try:
+                msg = w.recv()
+            except WorkerLost as e:
+                errors.append(str(e))
+                continue
+            if msg[0] != "ready":
+                errors.append(msg[1])
+                continue
+            w.unity_pid = msg[1].unity_pid
+        if errors:
+            for w in self.workers:
+                w.close()
+            raise PoolError("environment instances failed to start: " + "; ".join(errors))
+        for w in self.workers:
+            self._outboxes[w.index] = queue.Queue()
+            sender = threading.Thread(target=self._sender, args=(w,), name=f"tandem-actor-send-{w.index}", daemon=True)
+            sender.start()
+            self._senders.append(sender)
+            self._to_worker(w, ("actor", self._worker_config(w.index)))
+        # the workers reset and announce their behaviors: wait for them so that Hello lists them
+        announced: set[int] = set()
+        deadline = time.monotonic() + self.env_options.timeout_wait + 30
+        while len(announced) < len(self.workers) and time.monotonic() < deadline:
+            for w in self.workers:
+                if w.index in announced or not w.conn.poll(0.05):
+                    continue
+                msg = w.conn.recv()
+                self._on_message(w, msg)
+                if msg[0] in ("behaviors", "failed"):
+                    announced.add(w.index)
+        self.log.info("actor instances ready", instances=len(self.workers), behaviors=sorted(self._specs))
+        self.link.start()
+        self._loop_thread = threading.Thread(target=self._loop, name="tandem-actor-loop", daemon=True)
+        self._loop_thread.start()
+
+    def stop(self) -> None:
+        """Stops stepping, disconnects from the trainer, closes every instance."""
+        self._stop.set()
+        self._wake()
+        if self._loop_thread is not None:
+            self._loop_thread.join(10)
+        self.link.stop()
+        for w in self.workers:  # "close" goes through the sender: one writer per pipe
+            box = self._outboxes.get(w.index)
+            if box is not None:
+                box.put(("close",))
+                box.put(None)
+        for sender in self._senders:
+            sender.join(5)
+        for w in self.workers:
+            w.close()
+        self.log.info(
+            "actor stopped",
+            chunks=self.progress.chunks,
+            steps=self.progress.steps,
+            acked=self.link.acks,
+            unacked=len(self.link.buffer),
+        )
+
+    def _worker_config(self, index: int) -> ActorWorkerConfig:
+        a = self.options.actor
+        return ActorWorkerConfig(
+            chunk_steps=a.chunk_steps,
+            flush_interval_s=a.flush_interval_s,
+            snapshot_wait_s=a.snapshot_wait_s,
+            seed=self._base_seed + 7919 * index,
+        )
+
+    # -- talking to workers ---------------------------------------------------------------------
+
+    def _sender(self, w: WorkerHandle) -> None:
+        """Sends to one worker from its own thread: a big snapshot never blocks the event loop."""
+        box = self._outboxes[w.index]
+        while True:
+            msg = box.get()
+            if msg is None:
+                return
+            try:
+                w.send(msg)
+            except WorkerLost:
+                pass  # the loop notices the dead worker and replaces it
+
+    def _to_worker(self, w: WorkerHandle, msg: tuple) -> None:
+        self._outboxes[w.index].put(msg)
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send_bytes(b"")
+        except OSError:
+            pass
+
+    # -- trainer callbacks (link thread) --------------------------------------------------------
+
+    def _hello(self) -> trainer_pb2.Hello:
+        hello = trainer_pb2.Hello(gateway_id=self.gateway_id, num_instances=len(self.workers))
+        for spec in self.specs.values():
+            specs_mod.to_proto(spec, hello.behaviors.add())
+        return hello
+
+    def _on_snapshot(self, snapshot: trainer_pb2.PolicySnapshot) -> None:
+        with self._lock:
+            current = self._latest.get(snapshot.behavior)
+            if current is not None and current[0] >= snapshot.version:
+                return  # the trainer resends its latest snapshot on every reconnect
+            raw = snapshot.SerializeToString()
+            self._latest[snapshot.behavior] = (snapshot.version, raw)
+        self.log.info(
+            "snapshot received",
+            behavior=snapshot.behavior,
+            version=snapshot.version,
+            deterministic=snapshot.deterministic,
+            time_horizon=snapshot.time_horizon,
+        )
+        for w in self.workers:
+            if w.alive:
+                self._to_worker(w, ("snapshot", snapshot.behavior, snapshot.version, raw))
+
+    # -- the event loop -------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        last_progress = time.monotonic()
+        while not self._stop.is_set():
+            conns = {w.conn: w for w in self.workers if w.conn is not None}
+            try:
+                ready = mpc.wait([*conns, self._wake_r], timeout=0.5)
+            except OSError:
+                ready = []
+            for c in ready:
+                if c is self._wake_r:
+                    while self._wake_r.poll(0):
+                        self._wake_r.recv_bytes()
+                    continue
+                w = conns[c]
+                try:
+                    while c.poll(0):
+                        self._on_message(w, c.recv())
+                except (EOFError, OSError):
+                    if not self._stop.is_set():
+                        self._replace(w, "worker process died")
+            self._grant_credits()
+            now = time.monotonic()
+            if now - last_progress >= PROGRESS_EVERY_S:
+                last_progress = now
+                self._log_progress()
+
+    def _on_message(self, w: WorkerHandle, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "experience":
+            self._on_experience(w, msg[1])
+        elif kind == "behaviors":
+            for spec in msg[1]:
+                with self._lock:
+                    known = spec.name in self._specs
+                    if not known:
+                        self._specs[spec.name] = spec
+                if not known:
+                    self.log.info("new behavior", behavior=spec.name, instance=w.index)
+                    self.link.announce(specs_mod.to_proto(spec))
+        elif kind == "episodes":
+            self.progress.episodes += len(msg[2])
+            self.progress.episode_return_sum += float(sum(msg[2]))
+        elif kind == "progress":
+            self.env_steps[w.index] = (msg[1], msg[2])
+        elif kind == "unity":
+            w.unity_pid = msg[1]
+        elif kind == "failed":
+            if w.quota.allowed():
+                w.quota.record()
+                self.log.warning("restarting unity instance", instance=w.index, error=msg[1], restarts=w.quota.restarts)
+                self._to_worker(w, ("restart",))
+            else:
+                self.log.error("unity instance down for good: restart limits reached", instance=w.index, error=msg[1])
+                w.alive = False
+                self._to_worker(w, ("give_up",))
+        elif kind == "closed":
+            pass
+        else:
+            self.log.warning("unknown worker message", kind=kind, instance=w.index)
+
+    def _on_experience(self, w: WorkerHandle, batch: ExperienceBatch) -> None:
+        self._sequence += 1
+        chunk = trainer_pb2.ExperienceChunk(sequence=self._sequence, behavior=batch.behavior)
+        for raw in batch.trajectories:
+            chunk.trajectories.add().MergeFromString(raw)
+        for s in batch.stats:
+            chunk.stats.add(key=s.key, value=s.value, aggregation=s.aggregation)
+        self.link.send_chunk(chunk)
+        self.progress.chunks += 1
+        self.progress.steps += batch.steps
+        latest = self._latest.get(batch.behavior)
+        if latest is not None:
+            self.progress.max_policy_lag = max(self.progress.max_policy_lag, latest[0] - batch.min_version)
+        if self.link.buffer.has_room():
+            self._to_worker(w, ("credit",))
+        else:
+            self._held_credits.append(w)
+
+    def _grant_credits(self) -> None:
+        while self._held_credits and self.link.buffer.has_room():
+            self._to_worker(self._held_credits.pop(0), ("credit",))
+        self.progress.paused_workers = len({w.index for w in self._held_credits})
+
+    def _replace(self, w: WorkerHandle, error: str) -> None:
+        """A worker process died: start another if the quota allows (its open trajectories are lost)."""
+        self.log.warning("worker process lost", instance=w.index, error=error)
+        self._held_credits = [h for h in self._held_credits if h is not w]
+        w.kill()
+        if not w.alive or not w.quota.allowed():
+            w.alive = False
+            return
+        w.quota.record()
+        w.start()
+        try:
+            msg = w.recv()
+        except WorkerLost as e:
+            w.kill()
+            w.alive = False
+            self.log.error("replacement worker lost too; instance down", instance=w.index, error=str(e))
+            return
+        if msg[0] == "ready":
+            w.unity_pid = msg[1].unity_pid
+        self._to_worker(w, ("actor", self._worker_config(w.index)))
+        if msg[0] == "failed":
+            self._on_message(w, msg)
+        with self._lock:
+            latest = list(self._latest.items())
+        for behavior, (version, raw) in latest:
+            self._to_worker(w, ("snapshot", behavior, version, raw))
+
+    def _log_progress(self) -> None:
+        p = self.progress
+        with self._lock:
+            versions = {b: v for b, (v, _) in self._latest.items()}
+        self.log.info(
+            "actor progress",
+            chunks=p.chunks,
+            agent_steps=p.steps,
+            episodes=p.episodes,
+            mean_return=round(p.episode_return_sum / p.episodes, 3) if p.episodes else None,
+            snapshot_versions=versions,
+            max_policy_lag=p.max_policy_lag,
+            unacked_chunks=len(self.link.buffer),
+            unacked_mb=round(self.link.buffer.bytes / 2**20, 2),
+            paused_workers=p.paused_workers,
+            env_steps={i: s for i, (s, _) in self.env_steps.items()},
+            connected=self.link.connected.is_set(),
+        )

@@ -1,0 +1,254 @@
+"""The actor-mode connection to the trainer: ``tandem.v1.Trainer/Connect`` with reconnects.
+
+Why: the trainer may restart or the network may drop; experience must arrive once
+and in order anyway. Every chunk carries a per-gateway sequence number and stays in a
+bounded buffer until the trainer acks it. After a reconnect, ``Welcome`` says the
+last sequence the trainer accepted from this ``gateway_id``: older chunks are
+dropped, newer ones are resent in order. Reconnects back off exponentially
+(``reconnect_min_s`` doubling up to ``reconnect_max_s``). When the buffer is full,
+``has_room()`` is false and the actor pauses stepping (nothing is dropped).
+
+A stream the trainer ends with OK (training complete, trainer shutting down) is
+treated like any other disconnect: the gateway keeps trying to reconnect until it is
+stopped, which is what the trainer's ``--with-gateway`` launcher does.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import grpc
+
+from common.logging import get_logger
+from gateway.options import ActorOptions
+from gateway.server import channel_options
+from tandem.v1 import trainer_pb2, trainer_pb2_grpc
+
+#: how long a connection may wait for Welcome before it is considered failed
+WELCOME_TIMEOUT_S = 30.0
+
+
+class ChunkBuffer:
+    """Chunks not yet acknowledged by the trainer, in sequence order, with a size bound.
+
+    Args:
+        max_chunks: ``has_room`` turns false at this many chunks.
+        max_bytes: or at this many serialized bytes.
+    """
+
+    def __init__(self, max_chunks: int, max_bytes: int) -> None:
+        self.max_chunks = max_chunks
+        self.max_bytes = max_bytes
+        self._chunks: OrderedDict[int, trainer_pb2.GatewayMessage] = OrderedDict()
+        self._sizes: dict[int, int] = {}
+        self._bytes = 0
+        self.lock = threading.RLock()
+
+    def add(self, sequence: int, message: trainer_pb2.GatewayMessage) -> None:
+        with self.lock:
+            size = message.ByteSize()
+            self._chunks[sequence] = message
+            self._sizes[sequence] = size
+            self._bytes += size
+
+    def ack(self, sequence: int) -> bool:
+        """Forgets chunk ``sequence``; True if it was buffered."""
+        with self.lock:
+            if self._chunks.pop(sequence, None) is None:
+                return False
+            self._bytes -= self._sizes.pop(sequence)
+            return True
+
+    def ack_through(self, sequence: int) -> int:
+        """Forgets every chunk up to ``sequence`` (the trainer accepted them); returns how many."""
+        with self.lock:
+            dropped = [s for s in self._chunks if s <= sequence]
+            for s in dropped:
+                self.ack(s)
+            return len(dropped)
+
+    def pending(self) -> list[trainer_pb2.GatewayMessage]:
+        with self.lock:
+            return list(self._chunks.values())
+
+    def has_room(self) -> bool:
+        with self.lock:
+            return len(self._chunks) < self.max_chunks and self._bytes < self.max_bytes
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self._chunks)
+
+    @property
+    def bytes(self) -> int:
+        with self.lock:
+            return self._bytes
+
+
+class TrainerLink:
+    """Keeps one stream to the trainer open, sends Hello/behaviors/chunks, receives snapshots and acks.
+
+    Args:
+        options: actor options (address, token, TLS CA, buffer bounds, reconnect delays).
+        hello: builds the Hello for each (re)connection (all behaviors known so far).
+        on_snapshot: called with every ``PolicySnapshot`` (from the link's thread).
+        on_ack: called after acks free buffer space.
+        max_message_bytes: gRPC message limit of the channel.
+    """
+
+    def __init__(
+        self,
+        options: ActorOptions,
+        hello: Callable[[], trainer_pb2.Hello],
+        on_snapshot: Callable[[trainer_pb2.PolicySnapshot], None],
+        on_ack: Callable[[], None],
+        max_message_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
+        self.options = options
+        self.buffer = ChunkBuffer(options.max_buffered_chunks, int(options.max_buffered_mb * 1024 * 1024))
+        self._hello = hello
+        self._on_snapshot = on_snapshot
+        self._on_ack = on_ack
+        self._max_message_bytes = max_message_bytes
+        self._live: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._call = None
+        self.connected = threading.Event()
+        self.connections = 0
+        self.chunks_sent = 0
+        self.chunks_resent = 0
+        self.acks = 0
+        self.last_welcome: trainer_pb2.Welcome | None = None
+        self.log = get_logger("gateway.trainer_link", trainer=options.trainer)
+
+    # -- used by the actor ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tandem-trainer-link", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def send_chunk(self, chunk: trainer_pb2.ExperienceChunk) -> None:
+        """Buffers ``chunk`` until acked, and sends it now if connected."""
+        message = trainer_pb2.GatewayMessage(chunk=chunk)
+        with self.buffer.lock:
+            self.buffer.add(chunk.sequence, message)
+            if self._live is not None:
+                self._live.put(message)
+                self.chunks_sent += 1
+
+    def announce(self, spec_message) -> None:
+        """Tells a connected trainer about a new behavior (later Hellos include it anyway)."""
+        with self.buffer.lock:
+            if self._live is not None:
+                self._live.put(trainer_pb2.GatewayMessage(new_behavior=spec_message))
+
+    # -- the connection loop --------------------------------------------------------------------
+
+    def _channel(self) -> grpc.Channel:
+        opts = channel_options(self._max_message_bytes, 30.0)
+        if self.options.tls_ca:
+            creds = grpc.ssl_channel_credentials(root_certificates=Path(self.options.tls_ca).read_bytes())
+            return grpc.secure_channel(self.options.trainer, creds, options=opts)
+        return grpc.insecure_channel(self.options.trainer, options=opts)
+
+    def _run(self) -> None:
+        delay = self.options.reconnect_min_s
+        while not self._stop.is_set():
+            welcomed = False
+            try:
+                welcomed = self._session()
+                if not self._stop.is_set():
+                    self.log.warning("trainer ended the stream; reconnecting")
+            except grpc.RpcError as e:
+                if not self._stop.is_set():
+                    self.log.warning(
+                        "trainer connection failed; reconnecting",
+                        code=e.code().name if hasattr(e, "code") else "?",
+                        error=e.details() if hasattr(e, "details") else str(e),
+                        retry_in_s=round(delay, 2),
+                    )
+            except Exception:
+                self.log.exception("trainer link error; reconnecting")
+            if welcomed:
+                delay = self.options.reconnect_min_s
+            if self._stop.wait(delay):
+                break
+            if not welcomed:
+                delay = min(delay * 2, self.options.reconnect_max_s)
+
+    def _session(self) -> bool:
+        """One connection: Hello, Welcome, resend, then snapshots/acks until the stream ends."""
+        outgoing: queue.Queue = queue.Queue()
+        outgoing.put(trainer_pb2.GatewayMessage(hello=self._hello()))
+        metadata = (("authorization", f"Bearer {self.options.token}"),) if self.options.token else ()
+        channel = self._channel()
+        welcomed = False
+        timer = None
+        try:
+            stub = trainer_pb2_grpc.TrainerStub(channel)
+            call = stub.Connect(iter(outgoing.get, None), metadata=metadata)
+            self._call = call
+            if self._stop.is_set():
+                call.cancel()
+            timer = threading.Timer(WELCOME_TIMEOUT_S, lambda: None if welcomed else call.cancel())
+            timer.daemon = True
+            timer.start()
+            for message in call:
+                kind = message.WhichOneof("message")
+                if kind == "welcome":
+                    welcomed = True
+                    self._welcome(message.welcome, outgoing)
+                elif kind == "snapshot":
+                    self._on_snapshot(message.snapshot)
+                elif kind == "ack":
+                    if self.buffer.ack(message.ack.sequence):
+                        self.acks += 1
+                    self._on_ack()
+            return welcomed
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with self.buffer.lock:
+                self._live = None
+            self.connected.clear()
+            outgoing.put(None)
+            self._call = None
+            channel.close()
+
+    def _welcome(self, welcome: trainer_pb2.Welcome, outgoing: queue.Queue) -> None:
+        self.last_welcome = welcome
+        self.connections += 1
+        with self.buffer.lock:
+            dropped = self.buffer.ack_through(welcome.last_accepted_sequence)
+            pending = self.buffer.pending()
+            for message in pending:
+                outgoing.put(message)
+            self.chunks_sent += len(pending)
+            if self.connections > 1:
+                self.chunks_resent += len(pending)
+            self._live = outgoing
+        self.connected.set()
+        self.log.info(
+            "connected to trainer",
+            run_id=welcome.run_id,
+            last_accepted_sequence=welcome.last_accepted_sequence,
+            already_accepted=dropped,
+            resending=len(pending),
+            connection=self.connections,
+        )
+        if dropped:
+            self._on_ack()

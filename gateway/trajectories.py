@@ -1,0 +1,241 @@
+"""Builds per-agent trajectory fragments from batched decision and terminal steps.
+
+Why: in actor mode the gateway turns what Unity reports (batches of agents, in any
+order, some agents skipping steps) into ML-Agents' unit of experience: one agent's
+consecutive steps, cut when its episode ends or after ``time_horizon`` steps.
+
+Step t of a trajectory holds o_t, the action a_t chosen on it, log pi(a_t|o_t), the
+snapshot version that chose it, the action mask, and r_t: the reward Unity reports
+at the agent's *next* decision or terminal step. A recorded step therefore waits for
+its reward ("pending") until the agent shows up again.
+
+Cost: per environment step the work is a few vectorized numpy operations per
+behavior, whatever the number of agents (each agent owns a "slot" row of
+preallocated ``[slots, time_horizon, ...]`` arrays); Python loops over agents only
+happen when a trajectory is emitted (once per ``time_horizon`` steps or episode).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common.specs import BehaviorSpec
+from common.trajectory import Trajectory
+from gateway.steps import StepBatch
+
+
+class TrajectoryBuilder:
+    """Open trajectories of every agent of one behavior in one environment instance.
+
+    Args:
+        spec: the behavior's spec.
+        instance: the instance index written into every trajectory.
+        time_horizon: cut an agent's trajectory after this many steps (>= 1).
+        capacity: initial number of agent slots (grows as needed).
+    """
+
+    def __init__(self, spec: BehaviorSpec, instance: int, time_horizon: int, capacity: int = 16) -> None:
+        if time_horizon < 1:
+            raise ValueError(f"time_horizon must be >= 1, got {time_horizon}")
+        self.spec = spec
+        self.instance = instance
+        self.time_horizon = int(time_horizon)
+        self._slot_of: dict[int, int] = {}
+        self._free: list[int] = []
+        self._allocate(max(1, capacity), self.time_horizon)
+
+    # -- storage ------------------------------------------------------------------------------
+
+    def _allocate(self, slots: int, steps: int) -> None:
+        a = self.spec.action_spec
+        old = getattr(self, "_length", None)
+        fresh = {
+            "_obs": [np.zeros((slots, steps, *o.shape), np.float32) for o in self.spec.observations],
+            "_continuous": np.zeros((slots, steps, a.continuous_size), np.float32),
+            "_discrete": np.zeros((slots, steps, a.num_branches), np.int32),
+            "_log_probs": np.zeros((slots, steps), np.float32),
+            "_rewards": np.zeros((slots, steps), np.float32),
+            "_masks": np.zeros((slots, steps, a.mask_size), bool),
+            "_versions": np.zeros((slots, steps), np.int64),
+            "_length": np.zeros(slots, np.int64),
+            "_pending": np.zeros(slots, bool),
+            "_episode_return": np.zeros(slots, np.float64),
+            "_episode_length": np.zeros(slots, np.int64),
+            "_agent": np.full(slots, -1, np.int64),
+        }
+        if old is not None:  # grow: copy the old contents into the new arrays
+            s0, t0 = self._rewards.shape
+            for name, arr in fresh.items():
+                if name == "_obs":
+                    for new, prev in zip(arr, self._obs):
+                        new[:s0, :t0] = prev
+                elif arr.ndim >= 2:
+                    arr[:s0, :t0] = getattr(self, name)
+                else:
+                    arr[:s0] = getattr(self, name)
+            self._free.extend(range(slots - 1, s0 - 1, -1))
+        else:
+            self._free = list(range(slots - 1, -1, -1))
+        for name, arr in fresh.items():
+            setattr(self, name, arr)
+
+    def set_time_horizon(self, time_horizon: int) -> None:
+        """A new snapshot may change the horizon; longer horizons grow the step dimension."""
+        if time_horizon < 1:
+            raise ValueError(f"time_horizon must be >= 1, got {time_horizon}")
+        self.time_horizon = int(time_horizon)
+        if time_horizon > self._rewards.shape[1]:
+            self._allocate(self._rewards.shape[0], time_horizon)
+
+    def _slots(self, agent_ids: np.ndarray, create: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Slot of each agent id, and a mask of the ids that have one (always true when ``create``)."""
+        slot_of = self._slot_of
+        ids = agent_ids.tolist()
+        if create:
+            missing = [a for a in ids if a not in slot_of]
+            if len(missing) > len(self._free):
+                size = self._rewards.shape[0]
+                self._allocate(max(2 * size, size + len(missing)), self._rewards.shape[1])
+            for a in missing:
+                s = self._free.pop()
+                slot_of[a] = s
+                self._agent[s] = a
+            return np.fromiter((slot_of[a] for a in ids), np.intp, len(ids)), np.ones(len(ids), bool)
+        slots = np.fromiter((slot_of.get(a, -1) for a in ids), np.intp, len(ids))
+        return slots, slots >= 0
+
+    def _release(self, slot: int) -> None:
+        del self._slot_of[int(self._agent[slot])]
+        self._agent[slot] = -1
+        self._length[slot] = 0
+        self._pending[slot] = False
+        self._episode_return[slot] = 0.0
+        self._episode_length[slot] = 0
+        self._free.append(slot)
+
+    def _reward_pending(self, slots: np.ndarray, rewards: np.ndarray) -> None:
+        """Gives each slot's pending step the reward that just arrived."""
+        pending = self._pending[slots]
+        if pending.any():
+            s = slots[pending]
+            r = rewards[pending]
+            self._rewards[s, self._length[s] - 1] = r
+            self._episode_return[s] += r
+            self._pending[s] = False
+
+    def _emit(self, slot: int, next_obs: list[np.ndarray], done: bool, interrupted: bool) -> Trajectory | None:
+        t = int(self._length[slot])
+        if t == 0:
+            return None
+        traj = Trajectory(
+            instance=self.instance,
+            agent_id=int(self._agent[slot]),
+            observations=[o[slot, :t].copy() for o in self._obs],
+            next_observations=[np.array(o, np.float32) for o in next_obs],
+            continuous_actions=self._continuous[slot, :t].copy(),
+            discrete_actions=self._discrete[slot, :t].copy(),
+            log_probs=self._log_probs[slot, :t].copy(),
+            rewards=self._rewards[slot, :t].copy(),
+            action_masks=self._masks[slot, :t].copy(),
+            policy_versions=self._versions[slot, :t].copy(),
+            done=done,
+            interrupted=interrupted,
+            episode_return=float(self._episode_return[slot]) if done else 0.0,
+            episode_length=int(self._episode_length[slot]) if done else 0,
+        )
+        self._length[slot] = 0
+        return traj
+
+    # -- the three events -----------------------------------------------------------------------
+
+    def observe(self, decisions: StepBatch, terminals: StepBatch) -> list[Trajectory]:
+        """Takes one step's batches; returns the trajectories that ended or reached the horizon.
+
+        Terminal steps come first: an agent may end an episode and start the next one
+        (same id) in the same step.
+        """
+        out: list[Trajectory] = []
+        if len(terminals):
+            slots, known = self._slots(terminals.agent_ids, create=False)
+            if known.any():
+                rows = np.flatnonzero(known)
+                self._reward_pending(slots[rows], terminals.rewards[rows])
+                for row in rows.tolist():
+                    slot = int(slots[row])
+                    traj = self._emit(
+                        slot,
+                        [o[row] for o in terminals.observations],
+                        done=True,
+                        interrupted=bool(terminals.interrupted[row]),
+                    )
+                    if traj is not None:
+                        out.append(traj)
+                    self._release(slot)
+        if len(decisions):
+            slots, _ = self._slots(decisions.agent_ids, create=True)
+            self._reward_pending(slots, decisions.rewards)
+            full = np.flatnonzero(self._length[slots] >= self.time_horizon)
+            for row in full.tolist():
+                traj = self._emit(int(slots[row]), [o[row] for o in decisions.observations], done=False, interrupted=False)
+                if traj is not None:
+                    out.append(traj)
+        return out
+
+    def record(
+        self,
+        decisions: StepBatch,
+        continuous: np.ndarray,
+        discrete: np.ndarray,
+        log_probs: np.ndarray,
+        version: int,
+    ) -> None:
+        """Records the actions chosen for ``decisions`` (after ``observe`` of the same batch).
+
+        Args:
+            decisions: the batch the actions were chosen for.
+            continuous: float32 ``[n, continuous_size]``, raw samples.
+            discrete: int32 ``[n, num_branches]``.
+            log_probs: float32 ``[n]``.
+            version: the snapshot version that chose them.
+        """
+        if not len(decisions):
+            return
+        slots, _ = self._slots(decisions.agent_ids, create=True)
+        idx = self._length[slots]
+        if (idx >= self._rewards.shape[1]).any():  # only when observe was skipped: cut nothing, grow
+            self._allocate(self._rewards.shape[0], int(idx.max()) + 1)
+        for buf, o in zip(self._obs, decisions.observations):
+            buf[slots, idx] = o
+        self._continuous[slots, idx] = continuous
+        self._discrete[slots, idx] = discrete
+        self._log_probs[slots, idx] = log_probs
+        self._masks[slots, idx] = decisions.action_mask
+        self._versions[slots, idx] = version
+        self._length[slots] = idx + 1
+        self._pending[slots] = True
+        self._episode_length[slots] += 1
+
+    def interrupt_all(self) -> list[Trajectory]:
+        """Ends every open trajectory as interrupted (the instance crashed or hung).
+
+        A step still waiting for its reward is dropped: its observation becomes the
+        trajectory's ``next_observations``, which is exactly what followed the step before.
+        """
+        out = []
+        for agent, slot in list(self._slot_of.items()):
+            t = int(self._length[slot])
+            if self._pending[slot] and t > 0:
+                next_obs = [o[slot, t - 1] for o in self._obs]
+                self._length[slot] = t - 1
+                self._episode_length[slot] -= 1
+            else:
+                next_obs = [o[slot, max(t - 1, 0)] for o in self._obs]
+            traj = self._emit(slot, next_obs, done=True, interrupted=True)
+            if traj is not None:
+                out.append(traj)
+            self._release(slot)
+        return out
+
+    @property
+    def open_agents(self) -> int:
+        return len(self._slot_of)
