@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +36,7 @@ from PIL import Image
 from common.logging import get_logger
 from mlagents_envs.communicator_objects.agent_info_pb2 import AgentInfoProto
 from mlagents_envs.communicator_objects.brain_parameters_pb2 import ActionSpecProto, BrainParametersProto
-from mlagents_envs.communicator_objects.command_pb2 import RESET
+from mlagents_envs.communicator_objects.command_pb2 import QUIT, RESET
 from mlagents_envs.communicator_objects.observation_pb2 import NONE, PNG, ObservationProto
 from mlagents_envs.communicator_objects.unity_input_pb2 import UnityInputProto
 from mlagents_envs.communicator_objects.unity_output_pb2 import UnityOutputProto
@@ -85,7 +86,13 @@ class Academy:
         new_id_per_episode: give every new episode a fresh agent id.
     """
 
-    def __init__(self, task: Task, side_channels: SideChannels, exchange, new_id_per_episode: bool = False):
+    def __init__(
+        self,
+        task: Task,
+        side_channels: SideChannels,
+        exchange: Callable[[UnityOutputProto], UnityInputProto | None],
+        new_id_per_episode: bool = False,
+    ):
         self.task = task
         self.side_channels = side_channels
         self._exchange = exchange
@@ -117,11 +124,17 @@ class Academy:
     # -- life cycle ---------------------------------------------------------------------
 
     def apply_input(self, unity_input: UnityInputProto | None) -> None:
-        """Applies an input's side channels and command (used for the first input too)."""
+        """Applies an input's side channels, then its command or actions (first input too).
+
+        Raises:
+            PlayerClosed: the input is None (Python closed) or a QUIT command.
+        """
         if unity_input is None:
             raise PlayerClosed()
         rl_input = unity_input.rl_input
         self.side_channels.process(rl_input.side_channel)
+        if rl_input.command == QUIT:
+            raise PlayerClosed()
         if rl_input.command == RESET:
             self.forced_full_reset()
             return
