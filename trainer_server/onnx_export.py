@@ -43,6 +43,7 @@ from common.policy import (
     LOG_STD_MIN,
     NORMALIZED_CLIP,
     SIMPLE_CONVS,
+    TANH_EPS,
     PolicyArchitecture,
 )
 from tandem.v1 import trainer_pb2
@@ -74,7 +75,12 @@ class ExportError(ValueError):
     """The architecture or parameters cannot be exported (the message names the bad key)."""
 
 
-def export_policy(architecture: Architecture, params: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -> None:
+def export_policy(
+    architecture: Architecture,
+    params: Mapping[str, np.ndarray],
+    path: str | os.PathLike[str],
+    training_outputs: bool = False,
+) -> None:
     """Writes the policy as an ML-Agents-contract ONNX model to ``path``.
 
     The file is written under a temporary name in the same folder and renamed, so a
@@ -87,13 +93,16 @@ def export_policy(architecture: Architecture, params: Mapping[str, np.ndarray], 
         params: flat float32 actor parameters named as in docs/ARCHITECTURE.md (what
             ``Learner.policy_parameters()`` returns); extra names (critic) are ignored.
         path: destination, e.g. ``results/<run-id>/<Behavior>/<Behavior>-<step>.onnx``.
+        training_outputs: also output what an actor collecting experience needs
+            (``tandem_raw_continuous``, ``tandem_log_probs``); Unity ignores them. Off
+            for the models in ``results/``.
 
     Raises:
         ExportError: a parameter is missing, mis-shaped or not finite, or the
             architecture is not supported (the message names it).
         OSError: the file cannot be written.
     """
-    data = export_policy_bytes(architecture, params)
+    data = export_policy_bytes(architecture, params, training_outputs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -107,12 +116,16 @@ def export_policy(architecture: Architecture, params: Mapping[str, np.ndarray], 
     _log.debug("onnx model written", path=str(path), bytes=len(data))
 
 
-def export_policy_bytes(architecture: Architecture, params: Mapping[str, np.ndarray]) -> bytes:
+def export_policy_bytes(
+    architecture: Architecture, params: Mapping[str, np.ndarray], training_outputs: bool = False
+) -> bytes:
     """Returns the serialized ONNX model (what ``export_policy`` writes)."""
-    return build_policy_model(architecture, params).SerializeToString()
+    return build_policy_model(architecture, params, training_outputs).SerializeToString()
 
 
-def build_policy_model(architecture: Architecture, params: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+def build_policy_model(
+    architecture: Architecture, params: Mapping[str, np.ndarray], training_outputs: bool = False
+) -> onnx.ModelProto:
     """Builds the ONNX model of the actor described by ``architecture`` and ``params``.
 
     Raises:
@@ -122,7 +135,7 @@ def build_policy_model(architecture: Architecture, params: Mapping[str, np.ndarr
         arch = PolicyArchitecture.coerce(architecture)
     except ValueError as e:
         raise ExportError(str(e) if str(e).startswith(("architecture", "behavior")) else f"architecture: {e}") from None
-    graph = _PolicyGraph(arch, _checked_params(arch, params)).build()
+    graph = _PolicyGraph(arch, _checked_params(arch, params), training_outputs).build()
     model = helper.make_model(
         graph,
         producer_name="tandem",
@@ -169,8 +182,11 @@ class _PolicyGraph:
     the snapshot in a viewer such as Netron.
     """
 
-    def __init__(self, arch: PolicyArchitecture, params: dict[str, np.ndarray]) -> None:
+    def __init__(self, arch: PolicyArchitecture, params: dict[str, np.ndarray], training_outputs: bool) -> None:
         self.arch = arch
+        self.training_outputs = training_outputs
+        #: per-agent log-probability terms of the sampled action, each float32 [batch]
+        self.log_prob_terms: list[str] = []
         self.spec = arch.behavior_spec
         self.params = params
         self.nodes: list[onnx.NodeProto] = []
@@ -194,6 +210,11 @@ class _PolicyGraph:
         if name not in self.initializers:
             array = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
             self.initializers[name] = numpy_helper.from_array(array, name=name)
+        return name
+
+    def _const_int(self, name: str, value: np.ndarray) -> str:
+        if name not in self.initializers:
+            self.initializers[name] = numpy_helper.from_array(np.asarray(value, dtype=np.int64), name=name)
         return name
 
     def _param(self, name: str) -> str:
@@ -243,6 +264,8 @@ class _PolicyGraph:
             self._continuous_head(hidden, action.continuous_size)
         if action.num_branches > 0:
             self._discrete_head(hidden, action.discrete_branches)
+        if self.training_outputs:
+            self._join_log_probs()
         return helper.make_graph(
             self.nodes,
             "tandem_policy",
@@ -305,6 +328,47 @@ class _PolicyGraph:
         self._output("continuous_actions", TensorProto.FLOAT, [BATCH, size])
         self._constant_output("continuous_action_output_shape", [size])
         self._output("deterministic_continuous_actions", TensorProto.FLOAT, [BATCH, size])
+        if self.training_outputs:
+            self._continuous_log_prob(sample, noise, log_std, size)
+
+    def _continuous_log_prob(self, sample: str, noise: str, log_std: str, size: int) -> None:
+        """``tandem_raw_continuous`` and the Gaussian (and tanh) log-density of the sample."""
+        self._node("Identity", [sample], output="tandem_raw_continuous")
+        # log N(sample; mu, std) = sum(-eps^2 / 2 - log_std - log(2 pi) / 2)
+        half_sq = self._node(
+            "Mul", [self._node("Mul", [noise, noise]), self._const("minus_half", np.float32(-0.5))], hint="half_sq"
+        )
+        density = self._node("Sub", [half_sq, log_std], hint="log_density")
+        density = self._node("Sub", [density, self._const("half_log_2pi", np.float32(0.5 * np.log(2 * np.pi)))])
+        self.log_prob_terms.append(self._node("ReduceSum", [density], hint="log_prob_continuous", axes=[1], keepdims=0))
+        if self.arch.continuous_distribution == "tanh_gaussian":
+            # change of variables: - sum log(1 - tanh(u)^2 + eps)
+            squashed = "continuous_actions"
+            one_minus = self._node(
+                "Sub", [self._const("one", np.float32(1.0)), self._node("Mul", [squashed, squashed])], hint="one_minus"
+            )
+            log_jac = self._node("Log", [self._node("Add", [one_minus, self._const("tanh_eps", np.float32(TANH_EPS))])])
+            correction = self._node("ReduceSum", [log_jac], hint="tanh_correction", axes=[1], keepdims=0)
+            self.log_prob_terms.append(self._node("Neg", [correction], hint="minus_tanh_correction"))
+
+    def _discrete_log_prob(self, branch_logits: str, choice: str, size: int, b: int) -> None:
+        """Log-probability [batch] of the sampled index ``choice`` [batch, 1] under one branch."""
+        log_probs = self._node("LogSoftmax", [branch_logits], hint=f"branch{b}/log_softmax", axis=1)
+        indices = self._const_int(f"branch_indices_{size}", np.arange(size, dtype=np.int64).reshape(1, size))
+        one_hot = self._node("Cast", [self._node("Equal", [choice, indices])], hint=f"branch{b}/one_hot", to=TensorProto.FLOAT)
+        picked = self._node("Mul", [log_probs, one_hot], hint=f"branch{b}/picked")
+        self.log_prob_terms.append(self._node("ReduceSum", [picked], hint=f"branch{b}/log_prob", axes=[1], keepdims=0))
+
+    def _join_log_probs(self) -> None:
+        """The training outputs, after all of the contract's."""
+        size = self.spec.action_spec.continuous_size
+        if size:
+            self._output("tandem_raw_continuous", TensorProto.FLOAT, [BATCH, size])
+        total = self.log_prob_terms[0]
+        for term in self.log_prob_terms[1:]:
+            total = self._node("Add", [total, term], hint="log_prob")
+        self._node("Identity", [total], output="tandem_log_probs")
+        self._output("tandem_log_probs", TensorProto.FLOAT, [BATCH])
 
     def _discrete_head(self, hidden: str, branches: tuple[int, ...]) -> None:
         total = int(sum(branches))
@@ -323,6 +387,8 @@ class _PolicyGraph:
             sampled.append(
                 self._node("Multinomial", [branch], hint=f"branch{b}/sample", dtype=TensorProto.INT64, sample_size=1)
             )
+            if self.training_outputs:
+                self._discrete_log_prob(branch, sampled[-1], size, b)
             greedy.append(self._node("ArgMax", [branch], hint=f"branch{b}/argmax", axis=1, keepdims=1))
         self._join(sampled, "discrete_actions")
         self._join(greedy, "deterministic_discrete_actions")

@@ -447,3 +447,45 @@ def test_exported_statistics_match_numpy_policy_sampling():
     assert onnx_freq[1] == 0
     np.testing.assert_allclose(out["continuous_actions"].mean(), ref.env_continuous.mean(), atol=0.02)
     np.testing.assert_allclose(out["continuous_actions"].std(), ref.env_continuous.std(), rtol=0.05)
+
+
+# ---- optional outputs for actors that collect experience --------------------------------
+
+
+def test_training_outputs_are_opt_in_and_leave_the_contract_untouched(behavior):
+    arch, params = behavior
+    action = specs.from_proto(arch.behavior_spec).action_spec
+    sess = ort.InferenceSession(export_policy_bytes(arch, params, training_outputs=True))
+    want_inputs, want_outputs = expected_io(arch)
+    if action.continuous_size:
+        want_outputs.append(("tandem_raw_continuous", "tensor(float)", ["batch", action.continuous_size]))
+    want_outputs.append(("tandem_log_probs", "tensor(float)", ["batch"]))
+    assert [(i.name, i.type, i.shape) for i in sess.get_inputs()] == want_inputs
+    assert [(o.name, o.type, o.shape) for o in sess.get_outputs()] == want_outputs
+    onnx.checker.check_model(onnx.load_from_string(export_policy_bytes(arch, params, True)), full_check=True)
+
+
+def test_training_outputs_give_the_raw_sample_and_its_log_prob_under_numpy_policy(behavior):
+    arch, params = behavior
+    domain = policy.PolicyArchitecture.coerce(arch)
+    action = domain.behavior_spec.action_spec
+    if domain.continuous_distribution == "tanh_gaussian":
+        # moderate spreads: near tanh saturation float32 rounding dominates log(1 - tanh^2 + eps)
+        params = dict(params, **{"policy/log_std/kernel": params["policy/log_std/kernel"] * 0.1})
+        params["policy/log_std/bias"] = np.full(action.continuous_size, -1.0, np.float32)
+    allowed = random_masks(action.discrete_branches, 256, seed=31) if action.discrete_branches else None
+    observations, feed = random_inputs(arch, batch=256, seed=32, masks=allowed)
+    sess = ort.InferenceSession(export_policy_bytes(arch, params, training_outputs=True))
+    out = run(sess, feed)
+    mask = None if allowed is None else allowed == 0
+    n = 256
+    raw = out.get("tandem_raw_continuous", np.zeros((n, 0), np.float32))
+    discrete = out.get("discrete_actions", np.zeros((n, 0), np.int64))
+    if action.continuous_size:
+        if domain.continuous_distribution == "gaussian":
+            np.testing.assert_allclose(out["continuous_actions"], np.clip(raw, -3, 3) / 3, atol=1e-6)
+        else:
+            np.testing.assert_allclose(out["continuous_actions"], np.tanh(raw), atol=1e-6)
+    reference = policy.NumpyPolicy(arch, params).log_prob(observations, mask, raw, discrete)
+    np.testing.assert_allclose(out["tandem_log_probs"], reference, atol=2e-4, rtol=1e-5)
+    assert np.all(np.isfinite(out["tandem_log_probs"]))
