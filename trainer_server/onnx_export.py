@@ -21,6 +21,10 @@ The contract (see docs/ONNX.md for the full table):
   ``deterministic_discrete_actions``.
 * observation normalization and action post-processing (PPO: ``clip(a, -3, 3) / 3``,
   SAC: ``tanh``) happen inside the graph, as ML-Agents' exported models do.
+
+With ``training_outputs=True`` two outputs follow the contract's, for actors that collect
+experience without Python: ``tandem_raw_continuous`` (the sample before clip/tanh) and
+``tandem_log_probs`` (its joint log-probability with the sampled discrete actions).
 """
 
 from __future__ import annotations
