@@ -28,8 +28,8 @@ from trainer_server.timers import HierarchicalTimer
 EXIT_OK = 0
 EXIT_FAILED = 1
 
-#: how long the gateway may take to leave on its own once its stream ended
-GATEWAY_EXIT_S = 15.0
+#: how long the gateway may take to leave on its own once its stream ended (OK = training complete)
+GATEWAY_EXIT_S = 3.0
 
 _log = get_logger("trainer_server.main")
 
