@@ -34,14 +34,13 @@ import numpy as np
 from PIL import Image
 
 from common.logging import get_logger
-from mlagents_envs.communicator_objects.agent_info_pb2 import AgentInfoProto
 from mlagents_envs.communicator_objects.brain_parameters_pb2 import ActionSpecProto, BrainParametersProto
 from mlagents_envs.communicator_objects.command_pb2 import QUIT, RESET
-from mlagents_envs.communicator_objects.observation_pb2 import NONE, PNG, ObservationProto
 from mlagents_envs.communicator_objects.unity_input_pb2 import UnityInputProto
 from mlagents_envs.communicator_objects.unity_output_pb2 import UnityOutputProto
 from unity_standin.side_channels import SideChannels
 from unity_standin.tasks.base import BehaviorDef, Task
+from unity_standin.wire import ObservationEncoder, agent_info
 
 _log = get_logger("unity_standin.academy")
 
@@ -72,7 +71,8 @@ class _Agents:
     continuous: np.ndarray  # stored actions [n, c]
     discrete: np.ndarray  # stored actions [n, b]
     requesting: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    queued: list = field(default_factory=list)  # terminal AgentInfoProtos for the next output
+    encoders: list = field(default_factory=list)  # one ObservationEncoder per sensor
+    queued: list = field(default_factory=list)  # encoded terminal infos for the next output
     params_sent: bool = False
 
 
@@ -110,6 +110,7 @@ class Academy:
                 pending_group_reward=np.zeros(n, dtype=np.float32),
                 continuous=np.zeros((n, spec.continuous_size), dtype=np.float32),
                 discrete=np.zeros((n, len(spec.discrete_branches)), dtype=np.int32),
+                encoders=[ObservationEncoder(o) for o in spec.observations],
             )
         self.step_count = 0
         self.had_first_reset = False
@@ -205,19 +206,20 @@ class Academy:
 
     def _end_episodes(self, name: str, agents: _Agents, idx: np.ndarray, interrupted: np.ndarray) -> None:
         """``NotifyAgentDone`` then ``_AgentReset`` for agents ``idx``."""
-        observations = self.task.observe(name, idx)
+        encoded = self._encode_observations(agents, self.task.observe(name, idx))
         group_ids = self.task.group_ids(name, idx)
         for row, agent in enumerate(idx):
-            info = AgentInfoProto(
-                reward=float(agents.pending_reward[agent]),
-                done=True,
-                max_step_reached=bool(interrupted[row]),
-                id=int(agents.ids[agent]),
-                group_id=int(group_ids[row]) if group_ids is not None else 0,
-                group_reward=float(agents.pending_group_reward[agent]),
+            agents.queued.append(
+                agent_info(
+                    int(agents.ids[agent]),
+                    float(agents.pending_reward[agent]),
+                    encoded[row],
+                    done=True,
+                    max_step_reached=bool(interrupted[row]),
+                    group_id=int(group_ids[row]) if group_ids is not None else 0,
+                    group_reward=float(agents.pending_group_reward[agent]),
+                )
             )
-            self._add_observations(info, agents.spec, observations, row)
-            agents.queued.append(info)
         agents.pending_reward[idx] = 0
         agents.pending_group_reward[idx] = 0
         agents.step_count[idx] = 0
@@ -235,29 +237,32 @@ class Academy:
         rl_output = output.rl_output
         new_params = []
         for name, agents in self.behaviors.items():
-            infos = rl_output.agentInfos[name].value
-            infos.extend(agents.queued)
-            agents.queued.clear()
+            parts = agents.queued
+            agents.queued = []
             idx = agents.requesting
             if len(idx):
-                observations = self.task.observe(name, idx)
+                encoded = self._encode_observations(agents, self.task.observe(name, idx))
                 masks = self.task.action_masks(name, idx) if agents.spec.discrete_branches else None
                 group_ids = self.task.group_ids(name, idx)
                 for row, agent in enumerate(idx):
-                    info = infos.add(
-                        reward=float(agents.pending_reward[agent]),
-                        id=int(agents.ids[agent]),
-                        group_id=int(group_ids[row]) if group_ids is not None else 0,
-                        group_reward=float(agents.pending_group_reward[agent]),
+                    parts.append(
+                        agent_info(
+                            int(agents.ids[agent]),
+                            float(agents.pending_reward[agent]),
+                            encoded[row],
+                            action_mask=masks[row] if masks is not None else None,
+                            group_id=int(group_ids[row]) if group_ids is not None else 0,
+                            group_reward=float(agents.pending_group_reward[agent]),
+                        )
                     )
-                    self._add_observations(info, agents.spec, observations, row)
-                    if masks is not None:
-                        info.action_mask.extend(masks[row].tolist())
                 agents.pending_reward[idx] = 0
                 agents.pending_group_reward[idx] = 0
-            if len(infos) and not agents.params_sent:
-                new_params.append(self._brain_parameters(agents.spec))
-                agents.params_sent = True
+            infos = rl_output.agentInfos[name]  # every subscribed behavior has a key, maybe empty
+            if parts:
+                infos.MergeFromString(b"".join(parts))
+                if not agents.params_sent:
+                    new_params.append(self._brain_parameters(agents.spec))
+                    agents.params_sent = True
         if new_params:
             output.rl_initialization_output.brain_parameters.extend(new_params)
         rl_output.side_channel = self.side_channels.take_outgoing()
@@ -276,17 +281,16 @@ class Academy:
         )
 
     @staticmethod
-    def _add_observations(info: AgentInfoProto, spec: BehaviorDef, observations: list[np.ndarray], row: int) -> None:
-        for obs_def, values in zip(spec.observations, observations):
-            if obs_def.compressed:
-                obs = ObservationProto(compression_type=PNG, compressed_data=encode_png(values[row]))
-            else:
-                obs = ObservationProto(compression_type=NONE)
-                obs.float_data.data.extend(values[row].ravel().tolist())
-            obs.shape.extend(obs_def.shape)
-            obs.dimension_properties.extend(obs_def.dimension_properties)
-            obs.name = obs_def.name
-            info.observations.append(obs)
+    def _encode_observations(agents: _Agents, observations: list[np.ndarray]) -> list[bytes]:
+        """The encoded observations of each agent (all sensors, in order)."""
+        per_sensor = []
+        for encoder, values in zip(agents.encoders, observations):
+            if encoder.definition.compressed:
+                values = [encode_png(image) for image in values]
+            per_sensor.append(encoder.rows(values))
+        if len(per_sensor) == 1:
+            return per_sensor[0]
+        return [b"".join(parts) for parts in zip(*per_sensor)]
 
     def _store_actions(self, agents: _Agents, actions) -> None:
         """Hands the i-th action to the i-th agent that requested a decision."""
@@ -299,13 +303,20 @@ class Academy:
                 behavior=agents.spec.name, actions=len(actions), agents=len(idx),
             )
         count = min(len(actions), len(idx))
-        c, b = agents.spec.continuous_size, len(agents.spec.discrete_branches)
-        for row in range(count):
-            action = actions[row]
-            if c and len(action.continuous_actions) == c:
-                agents.continuous[idx[row]] = action.continuous_actions
-            if b and len(action.discrete_actions) == b:
-                agents.discrete[idx[row]] = action.discrete_actions
+        spec = agents.spec
+        for size, field_name, store in (
+            (spec.continuous_size, "continuous_actions", agents.continuous),
+            (len(spec.discrete_branches), "discrete_actions", agents.discrete),
+        ):
+            if not size:
+                continue
+            rows = [getattr(actions[i], field_name) for i in range(count)]
+            fits = [len(r) == size for r in rows]
+            if not all(fits):
+                _log.warning("actions of the wrong size ignored", behavior=spec.name, field=field_name, expected=size)
+            keep = [i for i, ok in enumerate(fits) if ok]
+            if keep:
+                store[idx[keep]] = np.array([list(rows[i]) for i in keep], dtype=store.dtype)
 
     def _pace(self) -> None:
         """Honours a target frame rate set on the engine configuration channel."""
