@@ -159,3 +159,23 @@ def test_the_default_message_limit_rejects_the_same_outputs():
             env.reset()
     finally:
         env.close()
+
+
+def test_parser_defaults_to_the_editor_port_and_keeps_unknown_arguments():
+    from unity_standin.cli import build_parser
+
+    args, ignored = build_parser().parse_known_args(["-batchmode", "-nographics", "-screen-quality", "Fast"])
+    assert args.mlagents_port == 5004 and args.task is None and args.batchmode and args.nographics
+    assert ignored == ["-screen-quality", "Fast"]
+    args, _ = build_parser().parse_known_args(["--mlagents-port", "6000", "-logfile", "x.log", "--num-agents", "3"])
+    assert (args.mlagents_port, args.log_file, args.num_agents) == (6000, "x.log", 3)
+
+
+def test_log_file_dash_writes_the_log_to_stdout():
+    result = subprocess.run(
+        [unity_standin.executable_path(), "-logFile", "-", "--mlagents-port", str(free_port()),
+         "--connect-timeout", "0.2"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 1
+    assert "player starting" in result.stdout and result.stderr == ""
