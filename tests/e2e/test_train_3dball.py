@@ -108,7 +108,15 @@ def test_ppo_trains_3dball_through_gateway_and_trainer_processes(tmp_path):
     assert returncode == 0, _tail(log_path)
 
     run = tmp_path / "results" / "e2e"
-    rewards = read_scalars(run / "3DBall")["Environment/Cumulative Reward"]
+    scalars = read_scalars(run / "3DBall")
+    expected_tags = {
+        "Environment/Cumulative Reward", "Environment/Episode Length", "Policy/Entropy", "Policy/Learning Rate",
+        "Policy/Extrinsic Reward", "Policy/Extrinsic Value Estimate", "Losses/Policy Loss", "Losses/Value Loss",
+        "Policy/Epsilon", "Policy/Beta", "Policy/Lag",
+        "Environment/Drops",  # the stand-in's stats side channel (SUM), through the gateway
+    }
+    assert expected_tags <= set(scalars), sorted(scalars)
+    rewards = scalars["Environment/Cumulative Reward"]
     steps = [s for s, _ in rewards]
     assert steps and steps[-1] >= MAX_STEPS - 6000, rewards
     final = max(v for _, v in rewards[-2:])
