@@ -631,9 +631,14 @@ class SACLearner:
         # pad to a few fixed lengths so the jitted normalizer update compiles rarely
         t = obs[0].shape[0]
         length = self.config.time_horizon if t <= self.config.time_horizon else 1 << (t - 1).bit_length()
-        padded = [np.zeros((length, *o.shape[1:]), np.float32) for o in obs]
-        for p, o in zip(padded, obs):
+        padded = []
+        for o, spec in zip(obs, self.spec.observations):
+            if spec.is_visual:  # never normalized: a placeholder keeps the list's positions
+                padded.append(np.zeros((length, 1), np.float32))
+                continue
+            p = np.zeros((length, *o.shape[1:]), np.float32)
             p[:t] = o
+            padded.append(p)
         mask = np.arange(length) < t
         self._normalizer = self._normalizer_update(self._normalizer, padded, mask)
 
