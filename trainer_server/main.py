@@ -167,7 +167,9 @@ def run(options: Any, server: Any) -> int:
                 gateway = subprocess.Popen(cmd, env=env)
             while not app.wait(0.5):
                 if stopper.event.is_set():
-                    _log.info("stopping: saving final checkpoints", signal=stopper.signal_name)
+                    _log.info(
+                        "stopping" if cs.inference else "stopping: saving final checkpoints", signal=stopper.signal_name
+                    )
                     break
                 if gateway is not None and gateway.poll() is not None:
                     _log.error("the local gateway exited before training completed", returncode=gateway.returncode)
