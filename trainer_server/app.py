@@ -24,7 +24,7 @@ import random
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -137,7 +137,6 @@ class _Behavior:
     last_reward: float | None = None
     done: bool = False
     saved_step: int = -1
-    started: float = field(default_factory=time.monotonic)
 
 
 class TrainingApp:

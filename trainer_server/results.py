@@ -19,6 +19,7 @@ TensorBoard event files. This module owns that layout, the run-id checks
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import shutil
@@ -89,8 +90,8 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if hasattr(value, "value") and value.__class__.__module__ != "builtins" and hasattr(value, "name"):
-        return _plain(value.value)  # enums
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
     if isinstance(value, Path):
         return str(value)
     return value
