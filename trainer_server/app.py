@@ -429,7 +429,6 @@ class TrainingApp:
         if versions is not None and versions.size:
             lag = float(np.mean(behavior.version - versions))
             behavior.stats.add(stats_mod.POLICY_LAG, lag)
-            self.timer.set_gauge(f"{behavior_folder_name(behavior.name)}.Policy.Lag", lag)
             _log.debug("policy lag", behavior=behavior.name, gateway_id=chunk.gateway_id, mean_lag=lag)
         for trajectory in chunk.trajectories:
             before = int(behavior.learner.step)
@@ -489,7 +488,9 @@ class TrainingApp:
             reward = summaries.get(stats_mod.CUMULATIVE_REWARD)
             if reward is not None:
                 behavior.last_reward = reward.mean
-                self.timer.set_gauge(f"{behavior_folder_name(behavior.name)}.Environment.Cumulative Reward.mean", reward.mean)
+            folder = behavior_folder_name(behavior.name)
+            for tag, summary in summaries.items():  # timers.json gauges, named as ML-Agents names them
+                self.timer.set_gauge(f"{folder}.{tag.replace('/', '.')}.mean", summary.value)
             behavior.tensorboard.write(step, summaries)
             stats_mod.log_summary(
                 behavior_folder_name(behavior.name), step, time.monotonic() - self._started, summaries, not self.inference

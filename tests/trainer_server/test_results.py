@@ -96,7 +96,10 @@ def test_results_folder_has_what_mlagents_users_expect(tmp_path):
     chunk = loop["children"]["process_chunk"]
     assert chunk["count"] == 40 and chunk["total"] >= chunk["self"] >= 0
     assert "update_policy" in chunk["children"] and "save_checkpoint" in chunk["children"]
-    assert "3DBall.Policy.Lag" in timers["gauges"]
+    assert {"3DBall.Policy.Lag.mean", "3DBall.Environment.Cumulative Reward.mean", "Grid.Losses.Policy Loss.mean"} <= set(
+        timers["gauges"]
+    )
+    assert timers["gauges"]["3DBall.Environment.Cumulative Reward.mean"]["count"] == 5
 
     status = json.loads((run / "run_logs" / "training_status.json").read_text())
     assert status["metadata"]["stats_format_version"] == "0.3.0" and "jax_version" in status["metadata"]

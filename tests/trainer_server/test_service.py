@@ -162,6 +162,9 @@ def test_chunks_are_acked_and_updates_push_snapshots_to_every_gateway(harness):
     assert _snapshots(got_a)[-1].version == 2
     assert _snapshots(got_b)[-1].version == 2
     assert h.registry.learners[BALL.name].updates == 1
+    late = h.connect()  # a gateway joining later starts from the newest snapshot
+    late.send(hello_message("gw-late", BALL))
+    assert late.recv().HasField("welcome") and late.recv().snapshot.version == 2
     # the pushed parameters are the learner's new ones
     mu = tensor.from_proto(_snapshots(got_b)[-1].parameters["policy/mu/bias"])
     np.testing.assert_allclose(mu, h.registry.learners[BALL.name].params["policy/mu/bias"])
