@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from mlagents_envs.exception import UnityEnvironmentException, UnityWorkerInUseException
 
 import unity_standin
 from common.unity_env import open_unity_environment
-
-
-def free_port() -> int:
-    """A port the OS just handed out (bound to 0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
+from standin_helpers import free_port
 
 
 @pytest.fixture

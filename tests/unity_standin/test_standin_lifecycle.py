@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import free_port
+from standin_helpers import free_port
 from mlagents_envs.environment import UnityEnvironment
 from mlagents_envs.exception import (
     UnityCommunicatorStoppedException,

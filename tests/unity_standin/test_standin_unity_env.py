@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import free_port
+from standin_helpers import free_port
 
 import unity_standin
 from common.unity_env import LargeMessageRpcCommunicator, open_unity_environment
