@@ -148,7 +148,8 @@ class TrainingApp:
         timer: the run's hierarchical timer (written to ``timers.json``).
         learner_factory: maps (spec, trainer settings, seed) to a Learner; ``make_learner``.
         queue_size: validated chunks waiting for the training thread; a full queue makes
-            ``submit`` wait (backpressure to the gateways).
+            ``submit`` wait (backpressure to the gateways). Small on purpose: everything
+            queued was collected by an older policy, so the queue bounds PPO's policy lag.
     """
 
     def __init__(
@@ -157,7 +158,7 @@ class TrainingApp:
         results: RunResults,
         timer: HierarchicalTimer | None = None,
         learner_factory: LearnerFactory = make_learner,
-        queue_size: int = 64,
+        queue_size: int = 16,
     ) -> None:
         self.options = options
         self.results = results
