@@ -475,7 +475,10 @@ class TrainingApp:
         s = behavior.settings
         if after // max(int(s.summary_freq), 1) > before // max(int(s.summary_freq), 1):
             self._write_summary(behavior, after)
-        if after // max(int(s.checkpoint_interval), 1) > before // max(int(s.checkpoint_interval), 1):
+        interval = int(s.checkpoint_interval)
+        if getattr(s, "even_checkpoints", False):  # ML-Agents: keep_checkpoints spread over max_steps
+            interval = int(s.max_steps) // max(int(s.keep_checkpoints), 1)
+        if after // max(interval, 1) > before // max(interval, 1):
             self._save(behavior, final=False)
         if after >= int(s.max_steps):
             behavior.done = True

@@ -352,3 +352,10 @@ def test_resume_with_ppo_restores_step_optimizer_and_normalizer_exactly(tmp_path
         np.testing.assert_array_equal(np.asarray(restored_leaves[name]), np.asarray(value), err_msg=name)
     assert any(name.startswith("/opt_state") for name in saved_leaves)
     assert any(name.startswith("/normalizer") for name in saved_leaves)
+
+
+def test_even_checkpoints_spread_keep_checkpoints_over_max_steps(tmp_path):
+    options = make_options(tmp_path, max_steps=120, keep_checkpoints=3, even_checkpoints=True, checkpoint_interval=10)
+    _, results, _ = _train(options, steps_per_chunk=10, chunks=12)
+    status = json.loads(results.training_status_path.read_text())
+    assert [c["steps"] for c in status["3DBall"]["checkpoints"]] == [40, 80, 120]

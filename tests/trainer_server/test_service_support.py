@@ -59,6 +59,7 @@ def make_options(
     keep_checkpoints: int = 2,
     buffer_size: int = 20,
     init_path: str | None = None,
+    even_checkpoints: bool = False,
 ):
     """Real ``RunOptions`` from an ML-Agents YAML (``default_settings``) and mlagents-learn flags."""
     import argparse
@@ -73,6 +74,7 @@ def make_options(
         "summary_freq": summary_freq,
         "checkpoint_interval": checkpoint_interval,
         "keep_checkpoints": keep_checkpoints,
+        "even_checkpoints": even_checkpoints,
     }
     if init_path:
         section["init_path"] = init_path
