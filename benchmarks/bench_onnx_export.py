@@ -63,7 +63,7 @@ def _params(arch: trainer_pb2.PolicyArchitecture) -> dict[str, np.ndarray]:
 CASES = {
     "3DBall PPO (8 obs, 2 cont, 2x128)": _architecture([(8,)], continuous=2),
     "3DBall SAC (8 obs, 2 cont, 2x128)": _architecture([(8,)], continuous=2, distribution="tanh_gaussian"),
-    "visual (84x84x3 + 4 obs, 3x3 discrete, 2x128)": _architecture([(84, 84, 3), (4,)], branches=(3, 3, 3)),
+    "visual (84x84x3 + 4 obs, 3x3 discrete, 2x128)": _architecture([(3, 84, 84), (4,)], branches=(3, 3, 3)),
 }
 
 

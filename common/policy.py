@@ -11,7 +11,8 @@ Network (ML-Agents-like, ``vis_encode_type: simple``):
 
 * vector observation i: ``clip((x - normalizer/mean/{i}) / sqrt(normalizer/var/{i}), -5, 5)``
   when ``normalize`` (ML-Agents' Normalizer; var is the running variance), else x as is;
-* visual observation i (HWC, float in [0, 1], never normalized): conv 8x8 stride 4 with 16
+* visual observation i (channels-first ``(C, H, W)`` as mlagents-envs and Unity give it,
+  float in [0, 1], never normalized; moved to HWC inside): conv 8x8 stride 4 with 16
   filters, leaky ReLU (0.01), conv 4x4 stride 2 with 32 filters, leaky ReLU, flatten in
   HWC order, dense to ``hidden_units``, leaky ReLU; "valid" padding, kernels HWIO;
 * body: concatenation ``[vector obs in spec order..., visual encodings in spec order...]``
@@ -87,12 +88,12 @@ class PolicyArchitecture:
             if len(obs.shape) not in (1, 3):
                 raise ValueError(
                     f"behavior {self.behavior_spec.name}: observation {i} ({obs.name!r}) has shape "
-                    f"{obs.shape}; only vector (size,) and visual (height, width, channels) are supported yet"
+                    f"{obs.shape}; only vector (size,) and visual (channels, height, width) are supported yet"
                 )
-            if obs.is_visual and min(obs.shape[0], obs.shape[1]) < SIMPLE_MIN_SIZE:
+            if obs.is_visual and min(obs.shape[1], obs.shape[2]) < SIMPLE_MIN_SIZE:
                 raise ValueError(
                     f"behavior {self.behavior_spec.name}: visual observation {i} ({obs.name!r}) is "
-                    f"{obs.shape[0]}x{obs.shape[1]}; vis_encode_type simple needs at least "
+                    f"{obs.shape[1]}x{obs.shape[2]}; vis_encode_type simple needs at least "
                     f"{SIMPLE_MIN_SIZE}x{SIMPLE_MIN_SIZE}"
                 )
 
@@ -176,7 +177,7 @@ def parameter_shapes(arch: PolicyArchitecture) -> dict[str, tuple[int, ...]]:
             shapes[f"normalizer/mean/{i}"] = (size,)
             shapes[f"normalizer/var/{i}"] = (size,)
     for i in visual_indices(spec):
-        height, width, channels = spec.observations[i].shape
+        channels, height, width = spec.observations[i].shape
         in_ch = channels
         for j, (kernel, _, filters) in enumerate(SIMPLE_CONVS):
             shapes[f"encoder/{i}/conv{j}/kernel"] = (kernel, kernel, in_ch, filters)
@@ -333,7 +334,8 @@ class NumpyPolicy:
                 x = np.clip((x - p[f"normalizer/mean/{i}"]) * self._inv_std[i], -NORMALIZED_CLIP, NORMALIZED_CLIP)
             parts.append(x)
         for i in self._visual:
-            x = np.asarray(observations[i], dtype=np.float32)
+            # [n, C, H, W] (Unity's layout) -> [n, H, W, C] for the HWIO kernels
+            x = np.asarray(observations[i], dtype=np.float32).transpose(0, 2, 3, 1)
             for j, (_, stride, _) in enumerate(SIMPLE_CONVS):
                 x = _leaky_relu(conv2d_valid(x, p[f"encoder/{i}/conv{j}/kernel"], p[f"encoder/{i}/conv{j}/bias"], stride))
             x = x.reshape(x.shape[0], -1)

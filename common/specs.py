@@ -20,7 +20,8 @@ class ObservationSpec:
 
     Attributes:
         name: the sensor name Unity gave.
-        shape: per-agent shape; vector ``(size,)``, visual ``(height, width, channels)``.
+        shape: per-agent shape; vector ``(size,)``, visual ``(channels, height, width)``
+            (channels-first, as Unity sends it and mlagents-envs decodes it).
         dtype: always float32 as mlagents-envs decodes (visual in [0, 1]).
         observation_type: 0 default, 1 goal signal.
         dimension_properties: ML-Agents' DimensionProperty flag per dimension.

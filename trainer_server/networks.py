@@ -63,7 +63,7 @@ def _init_encoders(key: jax.Array, arch: PolicyArchitecture, prefix: str) -> Par
     params: Params = {}
     spec = arch.behavior_spec
     for i in visual_indices(spec):
-        height, width, channels = spec.observations[i].shape
+        channels, height, width = spec.observations[i].shape
         in_ch = channels
         for j, (kernel, _, filters) in enumerate(SIMPLE_CONVS):
             key, k_w, k_b = jax.random.split(key, 3)
@@ -164,7 +164,7 @@ def encode(params: Params, prefix: str, arch: PolicyArchitecture, observations: 
             x = normalizer_mod.normalize(x, norm[0][str(i)], norm[1][str(i)])
         parts.append(x)
     for i in visual_indices(spec):
-        x = observations[i]
+        x = jnp.transpose(observations[i], (0, 2, 3, 1))  # [n, C, H, W] -> [n, H, W, C]
         for j, (_, stride, _) in enumerate(SIMPLE_CONVS):
             x = _leaky_relu(_conv(x, params[f"{prefix}encoder/{i}/conv{j}/kernel"], params[f"{prefix}encoder/{i}/conv{j}/bias"], stride))
         x = x.reshape(x.shape[0], -1)

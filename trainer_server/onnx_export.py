@@ -249,8 +249,7 @@ class _PolicyGraph:
     def build(self) -> onnx.GraphProto:
         for i, obs in enumerate(self.spec.observations):
             if obs.is_visual:
-                height, width, channels = obs.shape
-                shape = [BATCH, channels, height, width]  # Unity feeds channels-first
+                shape = [BATCH, *obs.shape]  # (C, H, W): Unity feeds channels-first
             else:
                 shape = [BATCH, *obs.shape]
             self.inputs.append(helper.make_tensor_value_info(f"obs_{i}", TensorProto.FLOAT, shape))

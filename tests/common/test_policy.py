@@ -32,7 +32,7 @@ def _random_params(arch: PolicyArchitecture, rng: np.random.Generator) -> dict[s
 def _spec(continuous=2, branches=(), visual=False) -> BehaviorSpec:
     obs = [ObservationSpec("vector", (6,))]
     if visual:
-        obs.append(ObservationSpec("camera", (24, 28, 3)))
+        obs.append(ObservationSpec("camera", (3, 24, 28)))
     return BehaviorSpec("Test?team=0", tuple(obs), ActionSpec(continuous, tuple(branches)))
 
 
@@ -123,7 +123,7 @@ def test_snapshot_round_trip_and_clear_errors():
     policy = NumpyPolicy.from_snapshot(snapshot)
     assert policy.architecture == arch
     n = 4
-    obs = [rng.standard_normal((n, 6)).astype(np.float32), rng.random((n, 24, 28, 3)).astype(np.float32)]
+    obs = [rng.standard_normal((n, 6)).astype(np.float32), rng.random((n, 3, 24, 28)).astype(np.float32)]
     out = policy.act(obs, np.zeros((n, 2), bool), rng)
     assert out.continuous.shape == (n, 1) and out.discrete.shape == (n, 1) and out.log_probs.shape == (n,)
     # the dict form of the architecture works as well
@@ -135,7 +135,7 @@ def test_snapshot_round_trip_and_clear_errors():
     with pytest.raises(ValueError, match="not supported yet"):
         PolicyArchitecture(arch.behavior_spec, 16, 2, vis_encode_type="resnet")
     with pytest.raises(ValueError, match="at least 20x20"):
-        PolicyArchitecture(BehaviorSpec("S", (ObservationSpec("cam", (10, 10, 1)),), ActionSpec(1)), 8, 1)
+        PolicyArchitecture(BehaviorSpec("S", (ObservationSpec("cam", (1, 10, 10)),), ActionSpec(1)), 8, 1)
     with pytest.raises(ValueError, match="action_mask: shape"):
         policy.act(obs, np.zeros((n, 3), bool), rng)
 

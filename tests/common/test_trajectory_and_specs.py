@@ -6,7 +6,7 @@ from tandem.v1 import trainer_pb2
 
 SPEC = specs.BehaviorSpec(
     name="Hybrid?team=0",
-    observations=(specs.ObservationSpec("vec", (3,)), specs.ObservationSpec("cam", (4, 4, 1))),
+    observations=(specs.ObservationSpec("vec", (3,)), specs.ObservationSpec("cam", (1, 4, 4))),
     action_spec=specs.ActionSpec(continuous_size=2, discrete_branches=(3, 2)),
 )
 
@@ -16,8 +16,8 @@ def make_traj(t=5):
     return trajectory.Trajectory(
         instance=1,
         agent_id=7,
-        observations=[rng.random((t, 3), np.float32), rng.random((t, 4, 4, 1), np.float32)],
-        next_observations=[rng.random(3, np.float32), rng.random((4, 4, 1), np.float32)],
+        observations=[rng.random((t, 3), np.float32), rng.random((t, 1, 4, 4), np.float32)],
+        next_observations=[rng.random(3, np.float32), rng.random((1, 4, 4), np.float32)],
         continuous_actions=rng.standard_normal((t, 2)).astype(np.float32),
         discrete_actions=np.zeros((t, 2), np.int32),
         log_probs=np.full(t, -1.5, np.float32),

@@ -12,7 +12,7 @@ from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from trainer_server import distributions, networks, normalizer
 
 VECTOR = ObservationSpec("vector", (7,))
-CAMERA = ObservationSpec("camera", (36, 40, 3))
+CAMERA = ObservationSpec("camera", (3, 36, 40))
 
 CASES = {
     "vector-continuous": (BehaviorSpec("A", (VECTOR, ObservationSpec("extra", (3,))), ActionSpec(2)), "gaussian"),

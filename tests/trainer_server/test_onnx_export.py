@@ -70,7 +70,7 @@ def random_params(arch: trainer_pb2.PolicyArchitecture, seed: int = 0) -> dict[s
 def random_inputs(
     arch: trainer_pb2.PolicyArchitecture, batch: int, seed: int = 1, masks: np.ndarray | None = None
 ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-    """Observations as the trainer sees them (HWC) and the feed Unity would give (CHW)."""
+    """Observations as the trainer sees them and the feed Unity would give: both channels-first."""
     rng = np.random.default_rng(seed)
     spec = specs.from_proto(arch.behavior_spec)
     observations, feed = [], {}
@@ -80,7 +80,7 @@ def random_inputs(
             feed[f"obs_{i}"] = x
         else:
             x = rng.uniform(0, 1, (batch, *obs.shape)).astype(np.float32)
-            feed[f"obs_{i}"] = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            feed[f"obs_{i}"] = x
         observations.append(x)
     if spec.action_spec.discrete_branches:
         allowed = np.ones((batch, spec.action_spec.mask_size), np.float32) if masks is None else masks
@@ -101,11 +101,11 @@ BEHAVIORS = {
     # 3DBall-like: one vector observation, continuous actions (PPO)
     "vector_continuous": dict(observations=[(8,)], continuous=2),
     # a camera plus a vector, continuous actions (PPO)
-    "visual": dict(observations=[(36, 40, 3), (5,)], continuous=3),
+    "visual": dict(observations=[(3, 36, 40), (5,)], continuous=3),
     # GridWorld-like: discrete branches with action masks
     "discrete_masks": dict(observations=[(6,), (4,)], branches=(3, 2, 4)),
     # hybrid actions, camera and vector, SAC's tanh-squashed Gaussian
-    "hybrid_sac": dict(observations=[(7,), (40, 36, 1)], continuous=2, branches=(5,), distribution="tanh_gaussian"),
+    "hybrid_sac": dict(observations=[(7,), (1, 40, 36)], continuous=2, branches=(5,), distribution="tanh_gaussian"),
     # hybrid with a single branch and a single layer, not normalized
     "hybrid_ppo": dict(observations=[(9,)], continuous=1, branches=(2,), normalize=False, num_layers=1),
 }
@@ -122,7 +122,7 @@ def expected_io(arch: trainer_pb2.PolicyArchitecture) -> tuple[list, list]:
     spec = specs.from_proto(arch.behavior_spec)
     inputs = []
     for i, obs in enumerate(spec.observations):
-        shape = ["batch", *obs.shape] if len(obs.shape) == 1 else ["batch", obs.shape[2], obs.shape[0], obs.shape[1]]
+        shape = ["batch", *obs.shape]
         inputs.append((f"obs_{i}", "tensor(float)", shape))
     action = spec.action_spec
     if action.discrete_branches:
@@ -330,8 +330,8 @@ def test_bad_architecture_or_params_raise_a_clear_error(mutate, message):
 
 
 def test_too_small_image_for_the_simple_encoder_is_refused():
-    arch = make_architecture([(10, 10, 3)], continuous=1)
-    params = random_params(make_architecture([(36, 36, 3)], continuous=1))
+    arch = make_architecture([(3, 10, 10)], continuous=1)
+    params = random_params(make_architecture([(3, 36, 36)], continuous=1))
     with pytest.raises(ExportError, match="needs at least 20x20"):
         export_policy_bytes(arch, params)
 

@@ -145,7 +145,7 @@ def test_config_from_ml_agents_settings():
 # -- compile once --------------------------------------------------------------------------
 def test_update_and_value_estimation_compile_once():
     spec = BehaviorSpec(
-        "C?team=0", (ObservationSpec("v", (4,)), ObservationSpec("cam", (20, 20, 1))), ActionSpec(2, (3, 2))
+        "C?team=0", (ObservationSpec("v", (4,)), ObservationSpec("cam", (1, 20, 20))), ActionSpec(2, (3, 2))
     )
     config = PPOConfig(batch_size=16, buffer_size=48, num_epoch=2, time_horizon=10, hidden_units=8, num_layers=1, normalize=True)
     learner = PPOLearner(spec, config, seed=1)
@@ -154,7 +154,7 @@ def test_update_and_value_estimation_compile_once():
     for _ in range(2):
         while not learner.ready():
             t = next(lengths)
-            obs = [rng.standard_normal((t, 4)).astype(np.float32), rng.random((t, 20, 20, 1)).astype(np.float32)]
+            obs = [rng.standard_normal((t, 4)).astype(np.float32), rng.random((t, 1, 20, 20)).astype(np.float32)]
             masks = rng.random((t, 5)) < 0.3
             masks[:, 0] = masks[:, 3] = False
             # act as the gateway does: numpy, with the learner's snapshot (no JAX compile per length)
@@ -175,7 +175,7 @@ def test_update_and_value_estimation_compile_once():
         assert name in metrics
     # the snapshot drives the numpy actor to the same distribution as the JAX actor
     policy = NumpyPolicy(PolicyArchitecture.coerce(learner.architecture()), learner.policy_parameters())
-    obs = [rng.standard_normal((6, 4)).astype(np.float32), rng.random((6, 20, 20, 1)).astype(np.float32)]
+    obs = [rng.standard_normal((6, 4)).astype(np.float32), rng.random((6, 1, 20, 20)).astype(np.float32)]
     out = learner.act(obs)
     np.testing.assert_allclose(policy.log_prob(obs, None, out.continuous, out.discrete), out.log_probs, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="observation 0 has shape"):

@@ -340,7 +340,7 @@ def test_learns_a_discrete_corridor_with_masks():
 def test_snapshot_parameters_drive_numpy_policy_with_visual_and_hybrid_actions():
     spec = BehaviorSpec(
         "Visual?team=0",
-        (ObservationSpec("camera", (20, 20, 1)), ObservationSpec("vector", (3,))),
+        (ObservationSpec("camera", (1, 20, 20)), ObservationSpec("vector", (3,))),
         ActionSpec(1, (2,)),
     )
     learner = SACLearner(spec, SACConfig(**{**SMALL, "batch_size": 8}, normalize=True), seed=7)
@@ -355,7 +355,7 @@ def test_snapshot_parameters_drive_numpy_policy_with_visual_and_hybrid_actions()
     assert "policy/log_std/kernel" in params and "normalizer/var/1" in params
     assert not any(name.startswith("critic") for name in params)
     policy = NumpyPolicy(arch, params)
-    obs = [rng.uniform(size=(4, 20, 20, 1)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)]
+    obs = [rng.uniform(size=(4, 1, 20, 20)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)]
     out = policy.act(obs, np.array([[True, False]] * 4), rng)
     assert np.all(np.abs(out.env_continuous) <= 1.0) and np.all(out.discrete == 1)
 
