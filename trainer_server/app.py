@@ -25,6 +25,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -355,6 +356,12 @@ class TrainingApp:
             if manager.latest_path.is_file():
                 state, _ = ckpt.load_file(manager.latest_path)
                 learner.load_state_dict(state)
+                buffer_path = self._replay_buffer_path(learner, manager.latest_path.parent)
+                if buffer_path is not None:
+                    if buffer_path.is_file():
+                        learner.load_replay_buffer(buffer_path)
+                    else:
+                        _log.warning("--resume: no saved replay buffer, starting it empty", path=str(buffer_path))
                 return manager.latest_path
             _log.warning("--resume: no checkpoint for this behavior, starting it fresh", behavior=spec.name)
             return None
@@ -520,12 +527,29 @@ class TrainingApp:
                 "run_id": self.run_id,
             }
             saved, removed = behavior.checkpoints.save(step, behavior.learner.state_dict(), meta, time.time())
+            self._save_replay_buffer(behavior, saved.file_path.parent)
             model = self._export_onnx(behavior, saved.file_path.with_suffix(".onnx"), removed)
             self.results.record_checkpoint(behavior.name, saved, reward, removed, final=final, model_path=model)
             self.results.set_behavior_value(behavior.name, "policy_version", behavior.version)
             self.results.write_timers(self.timer)
             behavior.saved_step = step
         _log.info("checkpoint saved", behavior=behavior.name, step=step, path=str(saved.file_path), final=final)
+
+    @staticmethod
+    def _replay_buffer_path(learner: Learner, folder) -> Any:
+        """Where ``save_replay_buffer: true`` keeps an off-policy learner's buffer, else None."""
+        config = getattr(learner, "config", None)
+        if not getattr(config, "save_replay_buffer", False) or not hasattr(learner, "save_replay_buffer"):
+            return None
+        from trainer_server.sac import REPLAY_BUFFER_FILE
+
+        return Path(folder) / REPLAY_BUFFER_FILE
+
+    def _save_replay_buffer(self, behavior: _Behavior, folder) -> None:
+        path = self._replay_buffer_path(behavior.learner, folder)
+        if path is not None:
+            with self.timer.block("save_replay_buffer"):
+                behavior.learner.save_replay_buffer(path)
 
     def _export_onnx(self, behavior: _Behavior, path, removed_steps: list[int]):
         """Writes ``<Behavior>-<step>.onnx`` and ``<run>/<Behavior>.onnx`` for Unity, best effort.
@@ -537,12 +561,12 @@ class TrainingApp:
             behavior.checkpoints.step_path(step).with_suffix(".onnx").unlink(missing_ok=True)
         try:
             from common.policy import PolicyArchitecture
-            from trainer_server.onnx_export import export_policy
+            from trainer_server.onnx_export import export_policy_bytes
 
             arch = PolicyArchitecture.coerce(behavior.snapshot.architecture).to_proto()
-            params = behavior.learner.policy_parameters()
-            export_policy(arch, params, path)
-            export_policy(arch, params, self.results.run_dir / f"{behavior_folder_name(behavior.name)}.onnx")
+            model = export_policy_bytes(arch, behavior.learner.policy_parameters())  # built once, written twice
+            ckpt.atomic_write_bytes(path, model)
+            ckpt.atomic_write_bytes(self.results.run_dir / f"{behavior_folder_name(behavior.name)}.onnx", model)
             return path
         except Exception as e:  # an export problem must not stop training
             _log.warning("onnx export failed", behavior=behavior.name, error=str(e))

@@ -359,3 +359,54 @@ def test_even_checkpoints_spread_keep_checkpoints_over_max_steps(tmp_path):
     _, results, _ = _train(options, steps_per_chunk=10, chunks=12)
     status = json.loads(results.training_status_path.read_text())
     assert [c["steps"] for c in status["3DBall"]["checkpoints"]] == [40, 80, 120]
+
+
+def _sac_options(tmp_path: Path, **flags):
+    import argparse
+
+    from trainer_server.settings import load_run_options
+
+    config = tmp_path / "tiny-sac.yaml"
+    config.write_text(
+        textwrap.dedent(
+            """
+            behaviors:
+              3DBall:
+                trainer_type: sac
+                hyperparameters: {batch_size: 8, buffer_size: 500, buffer_init_steps: 0, steps_per_update: 10, save_replay_buffer: true}
+                network_settings: {normalize: false, hidden_units: 8, num_layers: 1}
+                max_steps: 100000
+                time_horizon: 16
+                checkpoint_interval: 1000
+            """
+        )
+    )
+    args = argparse.Namespace(run_id="sac-run", results_dir=str(tmp_path / "results"), seed=3, **flags)
+    return load_run_options(config, args)
+
+
+def test_sac_save_replay_buffer_is_written_with_checkpoints_and_restored_on_resume(tmp_path):
+    pytest.importorskip("trainer_server.sac")
+    from trainer_server.sac import REPLAY_BUFFER_FILE
+
+    options = _sac_options(tmp_path)
+    app = TrainingApp(options, _prepare(options))
+    app.start()
+    app.register_behavior(BALL)
+    for seq in range(1, 5):
+        app.submit("gw", seq, BALL.name, [make_trajectory(BALL, 10, first_reward=float(seq), agent_id=seq)], [])
+    deadline = time.monotonic() + 120
+    while app._behaviors[BALL.name].learner.step < 40 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    app.stop()
+    app.join(60)
+    assert app.error is None
+    buffer_file = tmp_path / "results" / "sac-run" / behavior_folder_name(BALL.name) / REPLAY_BUFFER_FILE
+    assert buffer_file.is_file()
+    saved_size = len(app._behaviors[BALL.name].learner.replay_buffer)
+    assert saved_size == 40
+
+    options2 = _sac_options(tmp_path, resume=True)
+    app2 = TrainingApp(options2, _prepare(options2))
+    app2.register_behavior(BALL)
+    assert len(app2._behaviors[BALL.name].learner.replay_buffer) == saved_size
