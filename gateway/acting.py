@@ -16,7 +16,7 @@ Pipe protocol in actor mode (parent -> worker):
     ("unity", pid)      the Unity process (after a start or restart)
     ("failed", message) Unity crashed or hung; the worker waits for restart/give_up
     ("episodes", behavior, returns, lengths)   finished episodes (for logs)
-    ("progress", env_steps, agent_steps)      totals, about every second
+    ("progress", env_steps, agent_steps)      totals, every quarter second
 
 Backpressure: at most ``max_outstanding`` experience messages may wait for the
 parent's credit; beyond that the worker stops stepping (Unity pauses) rather than
@@ -40,7 +40,7 @@ from gateway.steps import StepBatch, Stat
 from gateway.trajectories import TrajectoryBuilder
 
 #: seconds between the worker's progress messages
-PROGRESS_EVERY_S = 1.0
+PROGRESS_EVERY_S = 0.25
 
 
 @dataclass(frozen=True)

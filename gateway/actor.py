@@ -71,6 +71,8 @@ class ActorRunner:
         self.progress = ActorProgress()
         #: per instance: (environment steps, agent steps) as last reported by its worker
         self.env_steps: dict[int, tuple[int, int]] = {}
+        #: per instance: when that report arrived (time.monotonic)
+        self.progress_at: dict[int, float] = {}
         self._specs: dict[str, BehaviorSpec] = {}
         self._latest: dict[str, tuple[int, bytes]] = {}
         self._sequence = 0
@@ -287,6 +289,7 @@ class ActorRunner:
             self.progress.episode_return_sum += float(sum(msg[2]))
         elif kind == "progress":
             self.env_steps[w.index] = (msg[1], msg[2])
+            self.progress_at[w.index] = time.monotonic()
         elif kind == "unity":
             w.unity_pid = msg[1]
         elif kind == "failed":

@@ -163,7 +163,7 @@ class UnityInstance:
         return self._exchange(run)
 
     def _exchange(self, call) -> dict[str, tuple[StepBatch, StepBatch]]:
-        from mlagents_envs.exception import UnityException
+        from mlagents_envs.exception import UnityActionException, UnityException
 
         if self._env is None:
             raise InstanceFailure(f"instance {self.index}: Unity is not running")
@@ -178,6 +178,8 @@ class UnityInstance:
                     steps_mod.from_terminal_steps(terminals),
                 )
             return out
+        except UnityActionException as e:  # our bug, not Unity's: Unity is fine
+            raise ValueError(f"instance {self.index}: actions do not fit the decision steps: {e}") from e
         except UnityException as e:
             raise InstanceFailure(f"instance {self.index}: {type(e).__name__}: {e}") from e
         except (OSError, EOFError, BrokenPipeError) as e:

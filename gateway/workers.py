@@ -7,8 +7,8 @@ a pipe with small pickled tuples, and the worker does the expensive part (encodi
 ``tandem.v1.Steps``) itself, so the parent only concatenates bytes.
 
 Pipe protocol (parent -> worker, worker's answer):
-    ("reset", params)    -> ("steps", StepsResult) | ("failed", message)
-    ("step", actions)    -> ("steps", StepsResult) | ("failed", message)
+    ("reset", params)    -> ("steps", StepsResult) | ("failed", message) | ("error", message)
+    ("step", actions)    -> ("steps", StepsResult) | ("failed", message) | ("error", message)
     ("set_parameters", params)  (no answer; applied with the next reset or step)
     ("restart",)         after "failed": relaunch Unity and reset -> like "reset"
     ("give_up",)         after "failed": stay down -> ("steps", StepsResult) with the
@@ -192,6 +192,10 @@ class InstanceWorker:
                 raise ValueError(f"unknown worker command {kind!r}")
         except InstanceFailure as e:
             self.fail(e)
+            return
+        except ValueError as e:  # a request the instance cannot take; Unity keeps running
+            self.log.error("command refused", command=kind, error=str(e))
+            self.conn.send(("error", str(e)))
             return
         self.conn.send(("steps", self.result(out)))
 
@@ -439,6 +443,8 @@ class EnvironmentPool:
         """Environment parameters for every instance, applied with the next reset or step."""
         with self._op_lock:
             self._check_open()
+            if not parameters:
+                return
             self._parameters.update(parameters)
             for w in self.workers:
                 if w.alive:
@@ -475,6 +481,7 @@ class EnvironmentPool:
             except WorkerLost as e:
                 lost[index] = str(e)
         results: dict[int, StepsResult] = {}
+        refused: list[PoolError] = []
         for index in commands:
             w = self.workers[index]
             if index not in lost:
@@ -483,17 +490,25 @@ class EnvironmentPool:
                 except WorkerLost as e:
                     lost[index] = str(e)
                 else:
-                    results[index] = self._answer(w, msg)
+                    try:
+                        results[index] = self._answer(w, msg)
+                    except PoolError as e:  # read every other answer before raising: pipes stay in step
+                        refused.append(e)
+                        continue
             if index in lost:
                 if self._closed:
                     raise PoolError("the gateway is shutting down")
                 results[index] = self._replace_worker(w, lost[index])
         for index, result in results.items():
             self._record(self.workers[index], result)
+        if refused:
+            raise refused[0]
         return [results[i].steps for i in sorted(results)]
 
     def _answer(self, w: WorkerHandle, msg: tuple) -> StepsResult:
         """Follows a worker's answer through restarts until it yields steps."""
+        if msg[0] == "error":
+            raise PoolError(f"instance {w.index} refused the command: {msg[1]}")
         while msg[0] == "failed":
             if self._closed:
                 raise PoolError("the gateway is shutting down")

@@ -1,0 +1,477 @@
+"""Agent-steps/s through the gateway versus a direct ``UnityEnvironment`` loop.
+
+Scenes: the stand-in's 3DBall task with 1, 16 and 256 agents, 1 and 2 instances.
+Side by side in one run, for each scene:
+
+* direct: one Python loop over ``UnityEnvironment`` (2 instances: stepped one after
+  the other), random actions (``ActionSpec.random_action``);
+* remote control: a ``tandem-gateway`` process driven by the Python client
+  (``gateway.client``) over loopback gRPC, random actions; the per-step overhead is
+  compared with one loopback round trip on the same Play stream (an empty
+  ``set_environment_parameters`` request, answered without touching the instances);
+* actor mode: a gateway acting with a 2x128 MLP snapshot (``common.policy``) and
+  streaming experience to a trainer that acks and drops every chunk; agent-steps/s
+  from the workers' own step counters.
+
+Plus the per-step cost of acting (``NumpyPolicy.act`` + ``TrajectoryBuilder``).
+
+Goals (issue 4): actor >= 0.9x direct at one instance; remote control adds at most
+one loopback round trip per step; 2 instances >= 1.3x the aggregate of 1 instance.
+
+Run: ``make bench BENCH=bench_gateway`` (or ``python -m benchmarks.bench_gateway``);
+writes ``benchmarks/results/bench_gateway.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from common.logging import configure_logging, get_logger
+from common.policy import NumpyPolicy, PolicyArchitecture, make_snapshot, parameter_shapes
+from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
+from common import specs as specs_mod
+
+RESULTS = Path(__file__).parent / "results" / "bench_gateway.md"
+BALL = "3DBall?team=0"
+
+log = get_logger("benchmarks.bench_gateway")
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _port_free(port: int) -> bool:
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::")):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+
+
+def free_base_port(count: int) -> int:
+    rng = np.random.default_rng()
+    for _ in range(200):
+        base = int(rng.integers(20000, 60000))
+        if all(_port_free(base + i) for i in range(count)):
+            return base
+    raise RuntimeError("no free ports")
+
+
+def standin() -> str:
+    import unity_standin
+
+    return unity_standin.executable_path()
+
+
+def mlp_params(arch: PolicyArchitecture, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in parameter_shapes(arch).items():
+        if name == "policy/log_std":
+            out[name] = np.full(shape, -0.5, np.float32)
+        elif name.startswith("normalizer/var"):
+            out[name] = np.ones(shape, np.float32)
+        else:
+            out[name] = (rng.standard_normal(shape) / np.sqrt(max(shape[0], 1))).astype(np.float32)
+    return out
+
+
+BALL_SPEC = BehaviorSpec(BALL, (ObservationSpec("VectorSensor_size8", (8,)),), ActionSpec(continuous_size=2))
+
+
+def ball_architecture(spec: BehaviorSpec = BALL_SPEC) -> PolicyArchitecture:
+    return PolicyArchitecture(spec, hidden_units=128, num_layers=2, normalize=True)
+
+
+# ----------------------------------------------------------------------------------------- direct
+
+
+@dataclass
+class DirectResult:
+    agent_steps_per_s: float
+    step_s: float  # one loop iteration (every instance stepped once)
+
+
+def run_direct(agents: int, instances: int, seconds: float) -> DirectResult:
+    """Agent-steps/s of one Python loop over ``instances`` UnityEnvironments with random actions."""
+    from mlagents_envs.side_channel.stats_side_channel import StatsSideChannel
+
+    from common.unity_env import open_unity_environment
+
+    base = free_base_port(instances)
+    stats = [StatsSideChannel() for _ in range(instances)]  # as the gateway, read the stats channel
+    envs = [
+        open_unity_environment(
+            standin(), worker_id=i, base_port=base, seed=i, no_graphics=True, timeout_wait=60,
+            additional_args=["--num-agents", str(agents)], side_channels=[stats[i]],
+        )
+        for i in range(instances)
+    ]
+    try:
+        for env in envs:
+            env.reset()
+
+        def step_all() -> int:
+            n = 0
+            for env in envs:
+                for name, spec in env.behavior_specs.items():
+                    decisions, _ = env.get_steps(name)
+                    if len(decisions):
+                        env.set_actions(name, spec.action_spec.random_action(len(decisions)))
+                        n += len(decisions)
+                env.step()
+            return n
+
+        deadline = time.perf_counter() + 1.0
+        while time.perf_counter() < deadline:
+            step_all()
+        count, loops, start = 0, 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            count += step_all()
+            loops += 1
+            for channel in stats:
+                channel.get_and_reset_stats()
+        elapsed = time.perf_counter() - start
+        return DirectResult(count / elapsed, elapsed / loops)
+    finally:
+        for env in envs:
+            env.close()
+
+
+# ----------------------------------------------------------------------------------------- remote control
+
+
+def start_gateway_process(agents: int, instances: int, extra: list[str] | None = None) -> tuple[subprocess.Popen, int]:
+    exe = Path(sys.executable).with_name("tandem-gateway")
+    cmd = [
+        str(exe), "--listen", "127.0.0.1:0", "--log-json", "--num-envs", str(instances),
+        "--base-port", str(free_base_port(instances)), "--no-graphics", *(extra or []),
+        "--env-args", "--num-agents", str(agents),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    port: queue.Queue = queue.Queue()
+
+    def read():
+        for line in proc.stderr:
+            if '"gateway ready"' in line:
+                port.put(json.loads(line)["port"])
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        return proc, port.get(timeout=120)
+    except queue.Empty:
+        proc.kill()
+        raise RuntimeError("the gateway did not start") from None
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@dataclass
+class RemoteResult:
+    agent_steps_per_s: float
+    step_s: float
+    round_trip_s: float
+
+
+def run_remote(agents: int, instances: int, seconds: float) -> RemoteResult:
+    """Agent-steps/s of the Python client driving a gateway process; plus the stream's round trip."""
+    from gateway.client import GatewayClient, decode_steps
+    from common import tensor
+    from tandem.v1 import gateway_pb2
+
+    proc, port = start_gateway_process(agents, instances)
+    client = GatewayClient(f"127.0.0.1:{port}")
+    try:
+        specs = client.specs()
+        session = client.play()
+        rng = np.random.default_rng(0)
+
+        def actions_for(steps) -> tuple[list, int]:
+            out, n = [], 0
+            for view in decode_steps(steps, specs):
+                k = len(view.decisions)
+                if not k:
+                    continue
+                a = gateway_pb2.BehaviorActions(instance=view.instance, behavior=view.behavior)
+                tensor.to_proto(view.decisions.agent_ids, a.agent_ids)
+                c = specs[view.behavior].action_spec.continuous_size
+                tensor.to_proto(rng.uniform(-1, 1, (k, c)).astype(np.float32), a.continuous)
+                out.append(a)
+                n += k
+            return out, n
+
+        steps = session.reset()
+        deadline = time.perf_counter() + 1.0
+        while time.perf_counter() < deadline:
+            steps = session.step(actions_for(steps)[0])
+        count, n_steps, start = 0, 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            acts, n = actions_for(steps)
+            steps = session.step(acts)
+            count += n
+            n_steps += 1
+        elapsed = time.perf_counter() - start
+        # one loopback round trip on the same stream: a request the gateway answers without the instances
+        ping = gateway_pb2.PlayRequest(set_environment_parameters=gateway_pb2.SetEnvironmentParameters())
+        for _ in range(50):
+            session.request(ping)
+        t0, pings = time.perf_counter(), 0
+        while time.perf_counter() - t0 < min(2.0, seconds / 2):
+            session.request(ping)
+            pings += 1
+        rtt = (time.perf_counter() - t0) / pings
+        session.close()
+        return RemoteResult(count / elapsed, elapsed / n_steps, rtt)
+    finally:
+        client.close()
+        stop_process(proc)
+
+
+# ----------------------------------------------------------------------------------------- actor mode
+
+
+class DropTrainer:
+    """A ``tandem.v1.Trainer`` that welcomes, sends one 2x128 MLP snapshot per behavior, acks and drops chunks."""
+
+    def __init__(self) -> None:
+        from tandem.v1 import trainer_pb2, trainer_pb2_grpc
+
+        self.trainer_pb2 = trainer_pb2
+        self.chunks = 0
+        outer = self
+
+        class Servicer(trainer_pb2_grpc.TrainerServicer):
+            def Connect(self, request_iterator, context):
+                first = next(request_iterator)
+                yield trainer_pb2.TrainerMessage(welcome=trainer_pb2.Welcome(run_id="bench"))
+                for b in first.hello.behaviors:
+                    spec = specs_mod.from_proto(b)
+                    arch = ball_architecture(spec)
+                    snap = make_snapshot(spec.name, 1, arch, mlp_params(arch), time_horizon=64)
+                    yield trainer_pb2.TrainerMessage(snapshot=snap)
+                for message in request_iterator:
+                    if message.WhichOneof("message") == "chunk":
+                        outer.chunks += 1
+                        yield trainer_pb2.TrainerMessage(ack=trainer_pb2.ChunkAck(sequence=message.chunk.sequence))
+
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.max_receive_message_length", 256 << 20)]
+        )
+        trainer_pb2_grpc.add_TrainerServicer_to_server(Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(0)
+
+
+def run_actor(agents: int, instances: int, seconds: float) -> float:
+    """Agent-steps/s of a gateway acting with a 2x128 MLP and streaming to a dropping trainer."""
+    from gateway.app import Gateway
+    from gateway.options import ActorOptions, EnvironmentOptions, EngineSettings, GatewayOptions, ServerOptions, validate
+
+    trainer = DropTrainer()
+    options = validate(
+        GatewayOptions(
+            environment=EnvironmentOptions(
+                file_name=standin(), env_args=("--num-agents", str(agents)), num_envs=instances,
+                base_port=free_base_port(instances), seed=1, engine=EngineSettings(no_graphics=True),
+            ),
+            server=ServerOptions(listen="127.0.0.1:0"),
+            actor=ActorOptions(trainer=f"127.0.0.1:{trainer.port}"),
+        )
+    )
+    gateway = Gateway(options)
+    try:
+        gateway.start()
+        actor = gateway.actor
+
+        def totals() -> tuple[int, float]:
+            steps = sum(a for _, a in actor.env_steps.values())
+            return steps, max(actor.progress_at.values(), default=0.0)
+
+        deadline = time.monotonic() + 60
+        while len(actor.env_steps) < instances or min(a for _, a in actor.env_steps.values()) == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the actor never stepped")
+            time.sleep(0.05)
+        time.sleep(1.0)  # warm-up
+        s0, t0 = totals()
+        time.sleep(seconds)
+        s1, t1 = totals()
+        if trainer.chunks == 0:
+            raise RuntimeError("no experience reached the trainer")
+        return (s1 - s0) / (t1 - t0)
+    finally:
+        gateway.stop()
+        trainer.stop()
+
+
+# ----------------------------------------------------------------------------------------- acting cost
+
+
+def acting_cost(agents: int, repeats: int = 300) -> tuple[float, float]:
+    """Seconds per environment step of NumpyPolicy.act, and of TrajectoryBuilder observe+record."""
+    from gateway.steps import StepBatch, empty_terminals
+    from gateway.trajectories import TrajectoryBuilder
+
+    arch = ball_architecture()
+    policy = NumpyPolicy(arch, mlp_params(arch))
+    rng = np.random.default_rng(0)
+    obs = [rng.standard_normal((agents, 8)).astype(np.float32)]
+    mask = np.zeros((agents, 0), bool)
+    for _ in range(20):
+        policy.act(obs, mask, rng)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = policy.act(obs, mask, rng)
+    act_s = (time.perf_counter() - start) / repeats
+    builder = TrajectoryBuilder(BALL_SPEC, 0, time_horizon=64, capacity=agents)
+    batch = StepBatch(
+        observations=obs, rewards=np.full(agents, 0.1, np.float32), agent_ids=np.arange(agents, dtype=np.int32),
+        group_ids=np.zeros(agents, np.int32), group_rewards=np.zeros(agents, np.float32), action_mask=mask,
+    )
+    term = empty_terminals(BALL_SPEC)
+    start = time.perf_counter()
+    for i in range(repeats):
+        builder.observe(batch, term)
+        builder.record(batch, out.continuous, out.discrete, out.log_probs, 1)
+    build_s = (time.perf_counter() - start) / repeats
+    return act_s, build_s
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_gateway", description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per configuration")
+    parser.add_argument("--agents", type=int, nargs="+", default=[1, 16, 256])
+    parser.add_argument("--instances", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args([] if argv is None else argv)
+    configure_logging()
+    rows = []
+    for agents in args.agents:
+        for instances in args.instances:
+            log.info("measuring", agents=agents, instances=instances)
+            direct = run_direct(agents, instances, args.seconds)
+            remote = run_remote(agents, instances, args.seconds)
+            actor = run_actor(agents, instances, args.seconds)
+            rows.append(dict(agents=agents, instances=instances, direct=direct, remote=remote, actor=actor))
+            log.info(
+                "measured", agents=agents, instances=instances, direct=round(direct.agent_steps_per_s),
+                remote=round(remote.agent_steps_per_s),
+                actor=round(actor), rtt_us=round(remote.round_trip_s * 1e6),
+            )
+    costs = {n: acting_cost(n) for n in args.agents}
+    text = render(rows, costs, args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    log.info("results written", path=str(args.out))
+    return 0
+
+
+def render(rows: list[dict], costs: dict[int, tuple[float, float]], args) -> str:
+    by = {(r["agents"], r["instances"]): r for r in rows}
+    lines = [
+        "# bench_gateway: agent-steps/s through the gateway vs a direct UnityEnvironment loop",
+        "",
+        "Command: `make bench BENCH=bench_gateway` (`python -m benchmarks.run bench_gateway`), "
+        f"{args.seconds:g} s per configuration, all figures from one run.",
+        "",
+        f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}, {platform.python_implementation()} "
+        f"{platform.python_version()}), shared with other work while measuring; scene: the stand-in's 3DBall "
+        "task (8 observations, 2 continuous actions), `--num-agents` agents per instance; random actions for "
+        "direct and remote control, a 2x128 MLP (normalized observations) for the actor.",
+        "",
+        "| agents | instances | direct (agent-steps/s) | remote control | remote/direct | actor mode | actor/direct |"
+        " step time direct | step time remote | overhead per step | loopback round trip | overhead / round trip |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        d, rem = r["direct"], r["remote"]
+        overhead = rem.step_s - d.step_s
+        lines.append(
+            f"| {r['agents']} | {r['instances']} | {d.agent_steps_per_s:.0f} | {rem.agent_steps_per_s:.0f} | "
+            f"{_ratio(rem.agent_steps_per_s, d.agent_steps_per_s)} | {r['actor']:.0f} | "
+            f"{_ratio(r['actor'], d.agent_steps_per_s)} | "
+            f"{d.step_s * 1e6:.0f} us | {rem.step_s * 1e6:.0f} us | {overhead * 1e6:.0f} us | "
+            f"{rem.round_trip_s * 1e6:.0f} us | {overhead / rem.round_trip_s:.2f} |"
+        )
+    lines += ["", "## Scaling: 2 instances vs 1 (aggregate agent-steps/s)", "",
+              "| agents per instance | direct (sequential loop) | remote control | actor mode |", "|---:|---:|---:|---:|"]
+    for agents in args.agents:
+        one, two = by.get((agents, 1)), by.get((agents, 2))
+        if one and two:
+            lines.append(
+                f"| {agents} | {_ratio(two['direct'].agent_steps_per_s, one['direct'].agent_steps_per_s)} | "
+                f"{_ratio(two['remote'].agent_steps_per_s, one['remote'].agent_steps_per_s)} | "
+                f"{_ratio(two['actor'], one['actor'])} |"
+            )
+    lines += ["", "## Per-step cost of acting (2x128 MLP, numpy on CPU, one instance)", "",
+              "| agents | NumpyPolicy.act | TrajectoryBuilder observe+record | per agent-step (both) |", "|---:|---:|---:|---:|"]
+    for agents, (act_s, build_s) in costs.items():
+        lines.append(
+            f"| {agents} | {act_s * 1e6:.0f} us | {build_s * 1e6:.0f} us | {(act_s + build_s) / agents * 1e6:.2f} us |"
+        )
+    lines += ["", "## Goals", ""]
+    for agents in args.agents:
+        r = by.get((agents, 1))
+        if r:
+            ratio = r["actor"] / r["direct"].agent_steps_per_s
+            lines.append(f"- actor mode >= 0.9x direct at one instance, {agents} agents: "
+                         f"{ratio:.2f}x, {'met' if ratio >= 0.9 else 'NOT met'}")
+    for r in rows:
+        if r["instances"] != 1:
+            continue  # with 2 instances the gateway steps them in parallel, the direct loop in turn
+        rem = r["remote"]
+        over = rem.step_s - r["direct"].step_s
+        lines.append(
+            f"- remote control adds <= one loopback round trip per step, {r['agents']} agents x {r['instances']}: "
+            f"{over * 1e6:.0f} us vs {rem.round_trip_s * 1e6:.0f} us, {'met' if over <= rem.round_trip_s else 'NOT met'}"
+        )
+    for agents in args.agents:
+        one, two = by.get((agents, 1)), by.get((agents, 2))
+        if one and two:
+            for mode, a, b in (
+                ("actor mode", two["actor"], one["actor"]),
+                ("remote control", two["remote"].agent_steps_per_s, one["remote"].agent_steps_per_s),
+            ):
+                lines.append(f"- 2 instances >= 1.3x of 1 instance, {mode}, {agents} agents: "
+                             f"{a / b:.2f}x, {'met' if a / b >= 1.3 else 'NOT met'}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
