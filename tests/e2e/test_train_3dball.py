@@ -30,7 +30,7 @@ RANDOM_REWARD = 1.3
 MAX_STEPS = 60_000
 TIME_LIMIT_S = 540
 
-CONFIG = textwrap.dedent(
+PPO_CONFIG = textwrap.dedent(
     f"""
     behaviors:
       3DBall:
@@ -59,6 +59,44 @@ CONFIG = textwrap.dedent(
         summary_freq: 6000
     """
 )
+#: ML-Agents' SAC 3DBall settings, for fewer steps (SAC needs fewer samples than PPO)
+SAC_MAX_STEPS = 48_000
+SAC_CONFIG = textwrap.dedent(
+    f"""
+    behaviors:
+      3DBall:
+        trainer_type: sac
+        hyperparameters:
+          learning_rate: 0.0003
+          learning_rate_schedule: constant
+          batch_size: 64
+          buffer_size: 200000
+          buffer_init_steps: 0
+          tau: 0.005
+          steps_per_update: 10.0
+          save_replay_buffer: false
+          init_entcoef: 0.5
+        network_settings:
+          normalize: true
+          hidden_units: 64
+          num_layers: 2
+        reward_signals:
+          extrinsic:
+            gamma: 0.99
+            strength: 1.0
+        keep_checkpoints: 2
+        checkpoint_interval: 20000
+        max_steps: {SAC_MAX_STEPS}
+        time_horizon: 1000
+        summary_freq: 6000
+    """
+)
+#: tags every run writes; each algorithm adds its own losses
+COMMON_TAGS = {
+    "Environment/Cumulative Reward", "Environment/Episode Length", "Policy/Entropy", "Policy/Learning Rate",
+    "Policy/Extrinsic Reward", "Policy/Extrinsic Value Estimate", "Losses/Policy Loss", "Policy/Lag",
+    "Environment/Drops",  # the stand-in's stats side channel (SUM), through the gateway
+}
 
 
 def _free_port() -> int:
@@ -81,9 +119,27 @@ def _tool(name: str) -> list[str]:
 @pytest.mark.timeout(TIME_LIMIT_S + 60)
 def test_ppo_trains_3dball_through_gateway_and_trainer_processes(tmp_path):
     pytest.importorskip("trainer_server.ppo")
+    _train_and_check(
+        tmp_path, PPO_CONFIG, MAX_STEPS,
+        COMMON_TAGS | {"Losses/Value Loss", "Policy/Epsilon", "Policy/Beta"},
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TIME_LIMIT_S + 60)
+def test_sac_trains_3dball_through_gateway_and_trainer_processes(tmp_path):
+    pytest.importorskip("trainer_server.sac")
+    _train_and_check(
+        tmp_path, SAC_CONFIG, SAC_MAX_STEPS,
+        COMMON_TAGS | {"Losses/Q1 Loss", "Losses/Q2 Loss", "Policy/Entropy Coefficient"},
+    )
+
+
+def _train_and_check(tmp_path: Path, config_text: str, max_steps: int, expected_tags: set[str]) -> None:
+    """Runs ``tandem-trainer CONFIG --with-gateway`` to max_steps and checks what it learned and wrote."""
     pytest.importorskip("gateway.actor")  # the gateway's actor mode (--trainer)
     config = tmp_path / "3DBall-e2e.yaml"
-    config.write_text(CONFIG)
+    config.write_text(config_text)
     log_path = tmp_path / "trainer.log"
     cmd = [
         *_tool("tandem-trainer"), str(config),
@@ -100,7 +156,7 @@ def test_ppo_trains_3dball_through_gateway_and_trainer_processes(tmp_path):
         except subprocess.TimeoutExpired:
             process.terminate()
             process.wait(60)
-            pytest.fail(f"training did not finish {MAX_STEPS} steps in {TIME_LIMIT_S} s:\n{_tail(log_path)}")
+            pytest.fail(f"training did not finish {max_steps} steps in {TIME_LIMIT_S} s:\n{_tail(log_path)}")
         finally:
             if process.poll() is None:
                 process.kill()
@@ -109,27 +165,33 @@ def test_ppo_trains_3dball_through_gateway_and_trainer_processes(tmp_path):
 
     run = tmp_path / "results" / "e2e"
     scalars = read_scalars(run / "3DBall")
-    expected_tags = {
-        "Environment/Cumulative Reward", "Environment/Episode Length", "Policy/Entropy", "Policy/Learning Rate",
-        "Policy/Extrinsic Reward", "Policy/Extrinsic Value Estimate", "Losses/Policy Loss", "Losses/Value Loss",
-        "Policy/Epsilon", "Policy/Beta", "Policy/Lag",
-        "Environment/Drops",  # the stand-in's stats side channel (SUM), through the gateway
-    }
-    assert expected_tags <= set(scalars), sorted(scalars)
+    assert expected_tags <= set(scalars), sorted(expected_tags - set(scalars))
     rewards = scalars["Environment/Cumulative Reward"]
     steps = [s for s, _ in rewards]
-    assert steps and steps[-1] >= MAX_STEPS - 6000, rewards
+    assert steps and steps[-1] >= max_steps - 6000, rewards
     final = max(v for _, v in rewards[-2:])
-    summaries = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    summaries = _json_lines(log_path)
     lines = [str(e.get("event")) for e in summaries if str(e.get("event", "")).startswith("3DBall. Step: ")]
-    print(f"3DBall e2e: {MAX_STEPS} steps in {elapsed:.0f} s; rewards by step: {rewards}")
+    print(f"3DBall e2e: {max_steps} steps in {elapsed:.0f} s; rewards by step: {rewards}")
     assert final > 3 * RANDOM_REWARD, f"mean reward {final:.2f} after {steps[-1]} steps: {rewards}\n" + "\n".join(lines)
 
     status = json.loads((run / "run_logs" / "training_status.json").read_text())
-    assert status["3DBall"]["final_checkpoint"]["steps"] >= MAX_STEPS
+    assert status["3DBall"]["final_checkpoint"]["steps"] >= max_steps
     assert (run / "3DBall" / "checkpoint.npz").is_file()
+    assert (run / "3DBall.onnx").is_file()
     assert json.loads((run / "run_logs" / "timers.json").read_text())["children"]
     assert any(line.startswith("3DBall. Step: ") and "Mean Reward" in line for line in lines)
+
+
+def _json_lines(path: Path) -> list[dict]:
+    """The JSON log events; the trainer and the gateway share the file, so a line may be torn."""
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
 
 
 def _tail(path: Path, n: int = 60) -> str:
