@@ -368,13 +368,20 @@ def acting_cost(agents: int, repeats: int = 300) -> tuple[float, float]:
 # ----------------------------------------------------------------------------------------- report
 
 
+def _median(results: list, key):
+    """The result whose ``key`` is the median (the lower middle one for an even count)."""
+    ordered = sorted(results, key=key)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_gateway", description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per configuration")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per configuration")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per configuration (median kept)")
     parser.add_argument("--agents", type=int, nargs="+", default=[1, 16, 256])
     parser.add_argument("--instances", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -383,17 +390,37 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for agents in args.agents:
         for instances in args.instances:
-            log.info("measuring", agents=agents, instances=instances)
-            direct = run_direct(agents, instances, args.seconds)
-            remote = run_remote(agents, instances, args.seconds)
-            actor = run_actor(agents, instances, args.seconds)
-            rows.append(dict(agents=agents, instances=instances, direct=direct, remote=remote, actor=actor))
+            log.info("measuring", agents=agents, instances=instances, repeats=args.repeats)
+            directs, remotes, actors = [], [], []
+            for _ in range(args.repeats):  # interleaved, so that load changes hit every mode alike
+                directs.append(run_direct(agents, instances, args.seconds))
+                remotes.append(run_remote(agents, instances, args.seconds))
+                actors.append(run_actor(agents, instances, args.seconds))
+            direct = _median(directs, lambda d: d.agent_steps_per_s)
+            remote = _median(remotes, lambda r: r.agent_steps_per_s)
+            actor = float(np.median(actors))
+            rows.append(
+                dict(
+                    agents=agents, instances=instances, direct=direct, remote=remote, actor=actor,
+                    spread=dict(
+                        direct=[d.agent_steps_per_s for d in directs],
+                        remote=[r.agent_steps_per_s for r in remotes],
+                        actor=actors,
+                    ),
+                )
+            )
             log.info(
                 "measured", agents=agents, instances=instances, direct=round(direct.agent_steps_per_s),
                 remote=round(remote.agent_steps_per_s),
                 actor=round(actor), rtt_us=round(remote.round_trip_s * 1e6),
             )
-    costs = {n: acting_cost(n) for n in args.agents}
+    # acting cost as a worker pays it: one BLAS thread (gateway.workers sets this for its workers)
+    import multiprocessing as mp
+
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+    with mp.get_context("spawn").Pool(1) as pool:
+        costs = {n: pool.apply(acting_cost, (n,)) for n in args.agents}
     text = render(rows, costs, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
@@ -407,7 +434,8 @@ def render(rows: list[dict], costs: dict[int, tuple[float, float]], args) -> str
         "# bench_gateway: agent-steps/s through the gateway vs a direct UnityEnvironment loop",
         "",
         "Command: `make bench BENCH=bench_gateway` (`python -m benchmarks.run bench_gateway`), "
-        f"{args.seconds:g} s per configuration, all figures from one run.",
+        f"{args.seconds:g} s per measurement, {args.repeats} measurements per configuration interleaved "
+        "(direct, remote, actor, direct, ...), medians shown; all figures from one run.",
         "",
         f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}, {platform.python_implementation()} "
         f"{platform.python_version()}), shared with other work while measuring; scene: the stand-in's 3DBall "
@@ -427,6 +455,13 @@ def render(rows: list[dict], costs: dict[int, tuple[float, float]], args) -> str
             f"{_ratio(r['actor'], d.agent_steps_per_s)} | "
             f"{d.step_s * 1e6:.0f} us | {rem.step_s * 1e6:.0f} us | {overhead * 1e6:.0f} us | "
             f"{rem.round_trip_s * 1e6:.0f} us | {overhead / rem.round_trip_s:.2f} |"
+        )
+    lines += ["", "Every measurement (agent-steps/s), to judge the noise:", ""]
+    for r in rows:
+        sp = r["spread"]
+        lines.append(
+            f"- {r['agents']} agents x {r['instances']}: direct {', '.join(f'{v:.0f}' for v in sp['direct'])}; "
+            f"remote {', '.join(f'{v:.0f}' for v in sp['remote'])}; actor {', '.join(f'{v:.0f}' for v in sp['actor'])}"
         )
     lines += ["", "## Scaling: 2 instances vs 1 (aggregate agent-steps/s)", "",
               "| agents per instance | direct (sequential loop) | remote control | actor mode |", "|---:|---:|---:|---:|"]

@@ -29,7 +29,7 @@ their experience is not streamed. ``deterministic`` snapshots (trainer
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,7 +37,9 @@ from common import trajectory as trajectory_mod
 from common.logging import get_logger
 from gateway.environment import BehaviorActions, InstanceFailure
 from gateway.steps import StepBatch, Stat
+from gateway import wire
 from gateway.trajectories import TrajectoryBuilder
+from tandem.v1 import trainer_pb2
 
 #: seconds between the worker's progress messages
 PROGRESS_EVERY_S = 0.25
@@ -64,23 +66,23 @@ class ActorWorkerConfig:
 
 @dataclass
 class ExperienceBatch:
-    """Finished trajectories of one behavior, ready to be put into a chunk.
+    """Finished trajectories of one behavior, serialized, ready to become a chunk.
 
     Attributes:
         instance: the instance index.
         behavior: the behavior name.
-        trajectories: serialized ``tandem.v1.Trajectory`` messages.
+        body: the ``trajectories`` and ``stats`` fields of an ExperienceChunk (``gateway.wire``).
+        trajectories: how many trajectories the body holds.
         steps: total steps in them.
         min_version: oldest snapshot version that chose an action in them.
-        stats: stats side channel values since the last batch.
     """
 
     instance: int
     behavior: str
-    trajectories: list[bytes]
+    body: bytes
+    trajectories: int
     steps: int
     min_version: int
-    stats: list[Stat] = field(default_factory=list)
 
 
 @dataclass
@@ -276,13 +278,15 @@ class InstanceActor:
             due = steps >= self.config.chunk_steps or now - self.first_finished_at[behavior] >= self.config.flush_interval_s
             if not (due or force):
                 continue
+            trajectories = self.finished.pop(behavior)
+            stats = [trainer_pb2.StatSample(key=s.key, value=s.value, aggregation=s.aggregation) for s in self.stats]
             batch = ExperienceBatch(
                 instance=self.worker.index,
                 behavior=behavior,
-                trajectories=self.finished.pop(behavior),
+                body=wire.chunk_body(trajectories, stats),
+                trajectories=len(trajectories),
                 steps=steps,
                 min_version=self.finished_min_version.pop(behavior),
-                stats=self.stats,
             )
             self.stats = []
             self.finished_steps.pop(behavior, None)

@@ -28,7 +28,7 @@ from common.logging import get_logger
 from common.specs import BehaviorSpec
 from gateway.acting import ActorWorkerConfig, ExperienceBatch
 from gateway.options import GatewayOptions
-from gateway.steps import encode_stats
+from gateway import wire
 from gateway.trainer_link import TrainerLink
 from gateway.workers import InstanceInfo, PoolError, WorkerHandle, WorkerLost
 from tandem.v1 import trainer_pb2
@@ -228,8 +228,13 @@ class ActorRunner:
     def _on_snapshot(self, snapshot: trainer_pb2.PolicySnapshot) -> None:
         with self._lock:
             current = self._latest.get(snapshot.behavior)
-            if current is not None and current[0] >= snapshot.version:
+            if current is not None and current[0] == snapshot.version:
                 return  # the trainer resends its latest snapshot on every reconnect
+            if current is not None and snapshot.version < current[0]:
+                self.log.warning(
+                    "snapshot version went back (a new trainer run?)",
+                    behavior=snapshot.behavior, version=snapshot.version, previous=current[0],
+                )
             raw = snapshot.SerializeToString()
             self._latest[snapshot.behavior] = (snapshot.version, raw)
         self.log.info(
@@ -308,12 +313,7 @@ class ActorRunner:
 
     def _on_experience(self, w: WorkerHandle, batch: ExperienceBatch) -> None:
         self._sequence += 1
-        chunk = trainer_pb2.ExperienceChunk(sequence=self._sequence, behavior=batch.behavior)
-        for raw in batch.trajectories:
-            chunk.trajectories.add().MergeFromString(raw)
-        for s in batch.stats:
-            chunk.stats.add(key=s.key, value=s.value, aggregation=s.aggregation)
-        self.link.send_chunk(chunk)
+        self.link.send_chunk(self._sequence, wire.chunk_message(self._sequence, batch.behavior, batch.body))
         self.progress.chunks += 1
         self.progress.steps += batch.steps
         latest = self._latest.get(batch.behavior)

@@ -44,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Unity build path; '{EDITOR}' connects to the Unity Editor; default: the built-in stand-in",
     )
     env.add_argument("--num-envs", type=int, default=1, help="environment instances, one worker process each")
-    env.add_argument("--base-port", type=int, default=5005, help="instance i uses base-port + worker id i")
+    env.add_argument(
+        "--base-port",
+        type=int,
+        default=None,
+        help="instance i uses base-port + worker id i (default: 5005, or 5004 for the Editor, as mlagents)",
+    )
     env.add_argument("--seed", type=int, default=-1, help="environment seed (instance i gets seed + i); -1 = random")
     env.add_argument("--num-areas", type=int, default=1, help="training areas per instance")
     env.add_argument("--timeout-wait", type=int, default=60, help="seconds to wait for Unity (>= 10)")
@@ -120,7 +125,7 @@ def options_from_args(args: argparse.Namespace) -> GatewayOptions:
         file_name=file_name,
         env_args=tuple(args.env_args or ()),
         num_envs=args.num_envs,
-        base_port=args.base_port,
+        base_port=args.base_port if args.base_port is not None else (5004 if file_name is None else 5005),
         seed=args.seed,
         num_areas=args.num_areas,
         timeout_wait=args.timeout_wait,

@@ -27,10 +27,12 @@ import grpc
 from common.logging import get_logger
 from gateway.options import ActorOptions
 from gateway.server import channel_options
-from tandem.v1 import trainer_pb2, trainer_pb2_grpc
+from tandem.v1 import trainer_pb2
 
 #: how long a connection may wait for Welcome before it is considered failed
 WELCOME_TIMEOUT_S = 30.0
+#: the full method name of Trainer.Connect
+CONNECT_METHOD = "/{}/Connect".format(trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name)
 
 
 class ChunkBuffer:
@@ -44,24 +46,23 @@ class ChunkBuffer:
     def __init__(self, max_chunks: int, max_bytes: int) -> None:
         self.max_chunks = max_chunks
         self.max_bytes = max_bytes
-        self._chunks: OrderedDict[int, trainer_pb2.GatewayMessage] = OrderedDict()
-        self._sizes: dict[int, int] = {}
+        self._chunks: OrderedDict[int, bytes] = OrderedDict()
         self._bytes = 0
         self.lock = threading.RLock()
 
-    def add(self, sequence: int, message: trainer_pb2.GatewayMessage) -> None:
+    def add(self, sequence: int, message: bytes) -> None:
+        """Keeps a serialized ``GatewayMessage`` (holding chunk ``sequence``) until it is acked."""
         with self.lock:
-            size = message.ByteSize()
             self._chunks[sequence] = message
-            self._sizes[sequence] = size
-            self._bytes += size
+            self._bytes += len(message)
 
     def ack(self, sequence: int) -> bool:
         """Forgets chunk ``sequence``; True if it was buffered."""
         with self.lock:
-            if self._chunks.pop(sequence, None) is None:
+            message = self._chunks.pop(sequence, None)
+            if message is None:
                 return False
-            self._bytes -= self._sizes.pop(sequence)
+            self._bytes -= len(message)
             return True
 
     def ack_through(self, sequence: int) -> int:
@@ -72,7 +73,7 @@ class ChunkBuffer:
                 self.ack(s)
             return len(dropped)
 
-    def pending(self) -> list[trainer_pb2.GatewayMessage]:
+    def pending(self) -> list[bytes]:
         with self.lock:
             return list(self._chunks.values())
 
@@ -141,11 +142,13 @@ class TrainerLink:
         if self._thread is not None:
             self._thread.join(10)
 
-    def send_chunk(self, chunk: trainer_pb2.ExperienceChunk) -> None:
-        """Buffers ``chunk`` until acked, and sends it now if connected."""
-        message = trainer_pb2.GatewayMessage(chunk=chunk)
+    def send_chunk(self, sequence: int, message: bytes) -> None:
+        """Buffers a serialized ``GatewayMessage`` holding chunk ``sequence`` until acked; sends it now if connected.
+
+        Messages are passed as bytes (``gateway.wire.chunk_message``): the stream sends them as they are.
+        """
         with self.buffer.lock:
-            self.buffer.add(chunk.sequence, message)
+            self.buffer.add(sequence, message)
             if self._live is not None:
                 self._live.put(message)
                 self.chunks_sent += 1
@@ -154,7 +157,7 @@ class TrainerLink:
         """Tells a connected trainer about a new behavior (later Hellos include it anyway)."""
         with self.buffer.lock:
             if self._live is not None:
-                self._live.put(trainer_pb2.GatewayMessage(new_behavior=spec_message))
+                self._live.put(trainer_pb2.GatewayMessage(new_behavior=spec_message).SerializeToString())
 
     # -- the connection loop --------------------------------------------------------------------
 
@@ -193,14 +196,17 @@ class TrainerLink:
     def _session(self) -> bool:
         """One connection: Hello, Welcome, resend, then snapshots/acks until the stream ends."""
         outgoing: queue.Queue = queue.Queue()
-        outgoing.put(trainer_pb2.GatewayMessage(hello=self._hello()))
+        outgoing.put(trainer_pb2.GatewayMessage(hello=self._hello()).SerializeToString())
         metadata = (("authorization", f"Bearer {self.options.token}"),) if self.options.token else ()
         channel = self._channel()
         welcomed = False
         timer = None
         try:
-            stub = trainer_pb2_grpc.TrainerStub(channel)
-            call = stub.Connect(iter(outgoing.get, None), metadata=metadata)
+            # requests are serialized GatewayMessages already (chunks are assembled as bytes)
+            connect = channel.stream_stream(
+                CONNECT_METHOD, request_serializer=None, response_deserializer=trainer_pb2.TrainerMessage.FromString
+            )
+            call = connect(iter(outgoing.get, None), metadata=metadata)
             self._call = call
             if self._stop.is_set():
                 call.cancel()

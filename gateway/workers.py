@@ -24,6 +24,7 @@ worker process and a dead Unity process count against the same limits.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
@@ -43,6 +44,8 @@ from tandem.v1 import gateway_pb2
 
 #: seconds a worker may take beyond ``timeout_wait`` to answer before it is declared hung
 _ANSWER_MARGIN_S = 30.0
+#: thread-count variables of numpy's BLAS, set to 1 for worker processes unless already set
+_SINGLE_THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,10 @@ class WorkerHandle:
 
     def start(self, interrupted: dict[str, StepBatch] | None = None) -> None:
         """Spawns the worker process (it launches Unity and then says "ready" or "failed")."""
+        # One instance per core: BLAS threads in a worker would only fight the Unity processes
+        # for the same cores (spawned children read these when they import numpy).
+        for name in _SINGLE_THREAD_ENV:
+            os.environ.setdefault(name, "1")
         ctx = mp.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         config = WorkerConfig(self.options, self.index, self.log_json, dict(interrupted or {}))

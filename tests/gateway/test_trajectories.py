@@ -142,3 +142,30 @@ def test_growing_capacity_and_horizon_keep_open_trajectories():
     assert traj.agent_id == 1 and len(traj) == 1
     with pytest.raises(ValueError, match="time_horizon"):
         TrajectoryBuilder(SPEC, 0, 0)
+
+
+def test_chunks_assembled_from_bytes_equal_the_protobuf_serialization():
+    from gateway import wire
+    from tandem.v1 import trainer_pb2
+
+    b = TrajectoryBuilder(SPEC, instance=1, time_horizon=3)
+    trajectories = []
+    for t in range(7):
+        dec = decisions([5, 300], lambda a: a + t, rewards=[0.25, -1.0])
+        trajectories += b.observe(dec, empty_terminals())
+        act(b, dec)
+    raw = [trajectory_mod.to_proto(t).SerializeToString() for t in trajectories]
+    stats = [trainer_pb2.StatSample(key="Environment/Drops", value=2.0, aggregation="sum")]
+    for sequence in (1, 127, 128, 300_000, 2**40):
+        message = wire.chunk_message(sequence, "Test?team=0", wire.chunk_body(raw, stats))
+        expected = trainer_pb2.GatewayMessage(
+            chunk=trainer_pb2.ExperienceChunk(
+                sequence=sequence,
+                behavior="Test?team=0",
+                trajectories=[trajectory_mod.to_proto(t) for t in trajectories],
+                stats=stats,
+            )
+        )
+        assert message == expected.SerializeToString()
+        assert trainer_pb2.GatewayMessage.FromString(message) == expected
+    assert wire.varint(0) == b"\x00" and wire.varint(300) == b"\xac\x02"
