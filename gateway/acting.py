@@ -15,7 +15,6 @@ Pipe protocol in actor mode (parent -> worker):
     ("experience", ExperienceBatch)
     ("unity", pid)      the Unity process (after a start or restart)
     ("failed", message) Unity crashed or hung; the worker waits for restart/give_up
-    ("episodes", behavior, returns, lengths)   finished episodes (for logs)
     ("progress", env_steps, agent_steps)      totals, every quarter second
 
 Backpressure: at most ``max_outstanding`` experience messages may wait for the
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common import trajectory as trajectory_mod
+from common.trajectory import Trajectory
 from common.logging import get_logger
 from gateway.environment import BehaviorActions, InstanceFailure
 from gateway.steps import StepBatch, Stat
@@ -43,6 +43,8 @@ from tandem.v1 import trainer_pb2
 
 #: seconds between the worker's progress messages
 PROGRESS_EVERY_S = 0.25
+#: seconds between checks for the parent's messages while stepping (snapshots, credits)
+DRAIN_EVERY_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -66,23 +68,35 @@ class ActorWorkerConfig:
 
 @dataclass
 class ExperienceBatch:
-    """Finished trajectories of one behavior, serialized, ready to become a chunk.
+    """Finished trajectories of one behavior, ready to become a chunk.
+
+    They travel as numpy (pickled, cheap) and the parent serializes them: the worker's
+    core is the one stepping Unity, the parent's is mostly idle.
 
     Attributes:
         instance: the instance index.
         behavior: the behavior name.
-        body: the ``trajectories`` and ``stats`` fields of an ExperienceChunk (``gateway.wire``).
-        trajectories: how many trajectories the body holds.
+        trajectories: the finished fragments.
+        stats: stats side channel values since the last batch.
         steps: total steps in them.
         min_version: oldest snapshot version that chose an action in them.
     """
 
     instance: int
     behavior: str
-    body: bytes
-    trajectories: int
+    trajectories: list[Trajectory]
+    stats: list[Stat]
     steps: int
     min_version: int
+
+    def episodes(self) -> list[tuple[float, int]]:
+        """(return, length) of the episodes that ended in this batch."""
+        return [(t.episode_return, t.episode_length) for t in self.trajectories if t.done]
+
+    def chunk_body(self) -> bytes:
+        """The ``trajectories`` and ``stats`` fields of an ExperienceChunk (``gateway.wire``)."""
+        stats = [trainer_pb2.StatSample(key=s.key, value=s.value, aggregation=s.aggregation) for s in self.stats]
+        return wire.chunk_body((trajectory_mod.to_proto(t).SerializeToString() for t in self.trajectories), stats)
 
 
 @dataclass
@@ -104,7 +118,7 @@ class InstanceActor:
         self.rng = np.random.default_rng(config.seed)
         self.policies: dict[str, _Policy] = {}
         self.builders: dict[str, TrajectoryBuilder] = {}
-        self.finished: dict[str, list[bytes]] = {}
+        self.finished: dict[str, list[Trajectory]] = {}
         self.finished_steps: dict[str, int] = {}
         self.finished_min_version: dict[str, int] = {}
         self.first_finished_at: dict[str, float] = {}
@@ -119,6 +133,7 @@ class InstanceActor:
         self.env_steps = 0
         self.agent_steps = 0
         self.last_progress = time.monotonic()
+        self.last_drain = 0.0
         self.log = get_logger("gateway.acting", instance=worker.index)
 
     # -- messages from the parent ---------------------------------------------------------------
@@ -133,7 +148,7 @@ class InstanceActor:
             self.awaiting_restart = False
             try:
                 self.current = self.worker.restart()
-                self.conn.send(("unity", self.instance.unity_pid))
+                self._send(("unity", self.instance.unity_pid))
                 self._announce()
             except InstanceFailure as e:
                 self._fail(e)
@@ -145,8 +160,12 @@ class InstanceActor:
         else:
             self.log.warning("unknown message in actor mode", kind=kind)
 
+    def _send(self, msg: tuple) -> None:
+        self.conn.send(msg)
+
     def _drain(self, timeout_s: float | None) -> None:
         """Handles every waiting message; waits up to ``timeout_s`` for the first (0 = poll)."""
+        self.last_drain = time.monotonic()
         if self.conn.poll(timeout_s):
             self._handle(self.conn.recv())
             while self.conn.poll(0):
@@ -178,7 +197,7 @@ class InstanceActor:
     def _announce(self) -> None:
         fresh = self.instance.new_behaviors()
         if fresh:
-            self.conn.send(("behaviors", fresh))
+            self._send(("behaviors", fresh))
 
     def _fail(self, error: Exception) -> None:
         """Ends every open trajectory as interrupted, sends them, and asks the parent to restart."""
@@ -186,11 +205,10 @@ class InstanceActor:
             self._finish(behavior, builder.interrupt_all())
         self._flush(force=True)
         self.current = {}
-        self.worker.last_decisions = {}
         self.instance.kill()
         self.awaiting_restart = True
         self.log.warning("unity instance failed", error=str(error))
-        self.conn.send(("failed", str(error)))
+        self._send(("failed", str(error)))
 
     def _ready_to_act(self) -> bool:
         """False while a behavior with agents awaiting a decision has no snapshot (within the wait)."""
@@ -212,6 +230,7 @@ class InstanceActor:
         return False
 
     def _act(self) -> dict[str, BehaviorActions]:
+        """Actions for every agent awaiting a decision, recorded into the trajectories."""
         actions: dict[str, BehaviorActions] = {}
         for behavior, (dec, _) in self.current.items():
             if not len(dec):
@@ -250,26 +269,22 @@ class InstanceActor:
             if builder is not None:
                 self._finish(behavior, builder.observe(dec, term))
         self.current = out
-        self.worker.last_decisions = {b: d for b, (d, _) in out.items()}
         self.stats.extend(self.instance.drain_stats())
 
     def _finish(self, behavior: str, trajectories: list) -> None:
         if not trajectories:
             return
-        done = [t for t in trajectories if t.done]
-        if done:
-            self.conn.send(
-                ("episodes", behavior, [t.episode_return for t in done], [t.episode_length for t in done])
-            )
         bucket = self.finished.setdefault(behavior, [])
-        for t in trajectories:
-            bucket.append(trajectory_mod.to_proto(t).SerializeToString())
-            self.finished_steps[behavior] = self.finished_steps.get(behavior, 0) + len(t)
-            v = int(t.policy_versions.min())
-            self.finished_min_version[behavior] = min(self.finished_min_version.get(behavior, v), v)
+        bucket.extend(trajectories)
+        steps = sum(len(t) for t in trajectories)
+        self.finished_steps[behavior] = self.finished_steps.get(behavior, 0) + steps
+        v = min(int(t.policy_versions.min()) for t in trajectories)
+        self.finished_min_version[behavior] = min(self.finished_min_version.get(behavior, v), v)
         self.first_finished_at.setdefault(behavior, time.monotonic())
 
     def _flush(self, force: bool = False) -> None:
+        if not self.finished:
+            return
         now = time.monotonic()
         for behavior in list(self.finished):
             steps = self.finished_steps.get(behavior, 0)
@@ -278,27 +293,24 @@ class InstanceActor:
             due = steps >= self.config.chunk_steps or now - self.first_finished_at[behavior] >= self.config.flush_interval_s
             if not (due or force):
                 continue
-            trajectories = self.finished.pop(behavior)
-            stats = [trainer_pb2.StatSample(key=s.key, value=s.value, aggregation=s.aggregation) for s in self.stats]
             batch = ExperienceBatch(
                 instance=self.worker.index,
                 behavior=behavior,
-                body=wire.chunk_body(trajectories, stats),
-                trajectories=len(trajectories),
+                trajectories=self.finished.pop(behavior),
+                stats=self.stats,
                 steps=steps,
                 min_version=self.finished_min_version.pop(behavior),
             )
             self.stats = []
             self.finished_steps.pop(behavior, None)
             self.first_finished_at.pop(behavior, None)
-            self.conn.send(("experience", batch))
+            self._send(("experience", batch))
             self.outstanding += 1
 
     def run(self) -> None:
         """Steps until the parent says close (or goes away)."""
         try:
             self.current = self.instance.reset()
-            self.worker.last_decisions = {b: d for b, (d, _) in self.current.items()}
             self._announce()
         except InstanceFailure as e:
             self._fail(e)
@@ -309,7 +321,8 @@ class InstanceActor:
             if self.outstanding >= self.config.max_outstanding:
                 self._drain(0.5)  # the parent's buffer is full: pause stepping
                 continue
-            self._drain(0)
+            if time.monotonic() - self.last_drain >= DRAIN_EVERY_S:  # a poll costs ~15 us: not every step
+                self._drain(0)
             if self.closing or self.awaiting_restart:
                 continue
             if not self._ready_to_act():
@@ -329,9 +342,9 @@ class InstanceActor:
             now = time.monotonic()
             if now - self.last_progress >= PROGRESS_EVERY_S:
                 self.last_progress = now
-                self.conn.send(("progress", self.env_steps, self.agent_steps))
+                self._send(("progress", self.env_steps, self.agent_steps))
         self._flush(force=True)
-        self.conn.send(("progress", self.env_steps, self.agent_steps))
+        self._send(("progress", self.env_steps, self.agent_steps))
 
 
 def run_actor(worker, config: ActorWorkerConfig) -> None:

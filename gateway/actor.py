@@ -289,9 +289,6 @@ class ActorRunner:
                 if not known:
                     self.log.info("new behavior", behavior=spec.name, instance=w.index)
                     self.link.announce(specs_mod.to_proto(spec))
-        elif kind == "episodes":
-            self.progress.episodes += len(msg[2])
-            self.progress.episode_return_sum += float(sum(msg[2]))
         elif kind == "progress":
             self.env_steps[w.index] = (msg[1], msg[2])
             self.progress_at[w.index] = time.monotonic()
@@ -313,7 +310,10 @@ class ActorRunner:
 
     def _on_experience(self, w: WorkerHandle, batch: ExperienceBatch) -> None:
         self._sequence += 1
-        self.link.send_chunk(self._sequence, wire.chunk_message(self._sequence, batch.behavior, batch.body))
+        self.link.send_chunk(self._sequence, wire.chunk_message(self._sequence, batch.behavior, batch.chunk_body()))
+        for episode_return, _ in batch.episodes():
+            self.progress.episodes += 1
+            self.progress.episode_return_sum += episode_return
         self.progress.chunks += 1
         self.progress.steps += batch.steps
         latest = self._latest.get(batch.behavior)

@@ -186,7 +186,10 @@ class UnityInstance:
             raise InstanceFailure(f"instance {self.index}: connection lost: {e}") from e
 
     def _refresh_specs(self) -> None:
-        for name, spec in self._env.behavior_specs.items():
+        current = self._env.behavior_specs
+        if len(current) == len(self.specs):
+            return  # mlagents only ever adds behaviors
+        for name, spec in current.items():
             if name not in self.specs:
                 self.specs[name] = from_mlagents(name, spec)
 
@@ -198,7 +201,7 @@ class UnityInstance:
 
     def drain_stats(self) -> list[Stat]:
         """Values received on the stats side channel since the last call."""
-        if self._stats_channel is None:
+        if self._stats_channel is None or not self._stats_channel.stats:
             return []
         out = []
         for key, values in self._stats_channel.get_and_reset_stats().items():

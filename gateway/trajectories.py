@@ -42,6 +42,7 @@ class TrajectoryBuilder:
         self.time_horizon = int(time_horizon)
         self._slot_of: dict[int, int] = {}
         self._free: list[int] = []
+        self._observed: tuple[object, np.ndarray] = (None, np.zeros(0, np.intp))
         self._allocate(max(1, capacity), self.time_horizon)
 
     # -- storage ------------------------------------------------------------------------------
@@ -173,6 +174,7 @@ class TrajectoryBuilder:
                     self._release(slot)
         if len(decisions):
             slots, _ = self._slots(decisions.agent_ids, create=True)
+            self._observed = (decisions.agent_ids, slots)  # record() of the same batch reuses them
             self._reward_pending(slots, decisions.rewards)
             full = np.flatnonzero(self._length[slots] >= self.time_horizon)
             for row in full.tolist():
@@ -200,7 +202,9 @@ class TrajectoryBuilder:
         """
         if not len(decisions):
             return
-        slots, _ = self._slots(decisions.agent_ids, create=True)
+        observed_ids, slots = self._observed
+        if observed_ids is not decisions.agent_ids:
+            slots, _ = self._slots(decisions.agent_ids, create=True)
         idx = self._length[slots]
         if (idx >= self._rewards.shape[1]).any():  # only when observe was skipped: cut nothing, grow
             self._allocate(self._rewards.shape[0], int(idx.max()) + 1)
