@@ -16,6 +16,25 @@ import structlog
 _configured = False
 
 
+class _StderrLogger:
+    """Writes each rendered event to whatever ``sys.stderr`` is *now*.
+
+    Why: loggers are cached on first use; holding the stream object of that moment
+    breaks when it is later replaced (test capture, daemonized processes).
+    """
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _stderr_logger_factory(*_args: object) -> _StderrLogger:
+    return _StderrLogger()
+
+
 def configure_logging(json: bool | None = None, level: str | None = None) -> None:
     """Configures structlog and the stdlib root logger once per process.
 
@@ -45,7 +64,7 @@ def configure_logging(json: bool | None = None, level: str | None = None) -> Non
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger_factory,
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
