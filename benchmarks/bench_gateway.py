@@ -504,8 +504,25 @@ def render(rows: list[dict], costs: dict[int, tuple[float, float]], args) -> str
             ):
                 lines.append(f"- 2 instances >= 1.3x of 1 instance, {mode}, {agents} agents: "
                              f"{a / b:.2f}x, {'met' if a / b >= 1.3 else 'NOT met'}")
-    lines.append("")
+    lines += ["", "## Where the time goes", "", *NOTES, ""]
     return "\n".join(lines)
+
+
+NOTES = [
+    "- Remote control, one step: client -> gRPC over loopback (the measured round trip) -> the servicer "
+    "validates the actions -> pipe to the instance's worker process -> mlagents steps Unity -> the worker "
+    "encodes `Steps` -> pipe back -> the servicer concatenates the instances' bytes -> the client decodes. "
+    "Beyond the round trip, the worker hop (two more process wake-ups; on 2 cores the client, gateway, "
+    "worker and stand-in take turns) and the encoding cost the rest. With one instance this is more than "
+    "one round trip; with two, stepping them in parallel pays for it.",
+    "- Actor mode, one step: the worker acts (`NumpyPolicy.act`) and records trajectories on the core that "
+    "also runs the mlagents client, so both add to the step time (table above); trajectories are "
+    "serialized by the parent process, chunks are assembled from bytes (`gateway.wire`). Moving the "
+    "bookkeeping to a helper thread was tried and lost to GIL contention with mlagents' own Python work. "
+    "Several instances act on several cores: 2 instances give well above 1.3x.",
+    "- The direct loop with 2 instances steps them one after the other, so it does not scale; the gateway's "
+    "workers step them in parallel.",
+]
 
 
 if __name__ == "__main__":
