@@ -178,3 +178,22 @@ def test_two_behaviors_two_instances_and_a_killed_unity():
     assert {t.instance for _, ts in chunks for t in ts} == {0, 1}
     runner = [t for c, ts in chunks if c.behavior.startswith("Runner") for t in ts]
     assert runner and all(t.discrete_actions.shape[1] == 1 for t in runner)
+
+
+@pytest.mark.slow
+def test_visual_observations_and_masks_in_actor_mode():
+    state = TrainerState(time_horizon=16, hidden_units=16, num_layers=1)
+    trainer = FakeTrainerServer(state)
+    try:
+        env = environment_options(env_args=("--task", "gridworld"))
+        with running_gateway(env, actor=actor_options(trainer.address)) as gw:
+            assert state.wait_for(lambda s: len(s.chunks) >= 3, 60)
+    finally:
+        trainer.stop()
+    trajectories = [t for _, ts in decoded(state) for t in ts]
+    assert trajectories
+    for t in trajectories:
+        visual = next(o for o in t.observations if o.ndim == 4)
+        assert visual.shape[1:] == (3, 24, 24) and 0.0 <= visual.min() and visual.max() <= 1.0
+        chosen = np.take_along_axis(t.action_masks[:, :5], t.discrete_actions[:, :1].astype(int), axis=1)
+        assert not chosen.any(), "the policy never picks a masked move"
