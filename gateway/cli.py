@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-port",
         type=int,
         default=None,
-        help="instance i uses base-port + worker id i (default: 5005, or 5004 for the Editor, as mlagents)",
+        help="instance i uses base-port + worker id i (None: 5005, or 5004 for the Editor, as mlagents)",
     )
     env.add_argument("--seed", type=int, default=-1, help="environment seed (instance i gets seed + i); -1 = random")
     env.add_argument("--num-areas", type=int, default=1, help="training areas per instance")
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument(
         "--token",
         default=os.environ.get("TANDEM_TOKEN") or None,
-        help="bearer token clients must send (default: $TANDEM_TOKEN; none = no authentication)",
+        help="bearer token clients must send (from $TANDEM_TOKEN when set; None = no authentication)",
     )
     srv.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message")
     act = p.add_argument_group("actor mode")
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument(
         "--trainer-token",
         default=os.environ.get("TANDEM_TRAINER_TOKEN") or None,
-        help="bearer token for the trainer (default: $TANDEM_TRAINER_TOKEN)",
+        help="bearer token for the trainer (from $TANDEM_TRAINER_TOKEN when set)",
     )
     act.add_argument("--trainer-tls-ca", default=None, help="PEM CA certificate: connect to the trainer over TLS")
     act.add_argument("--chunk-steps", type=int, default=512, help="agent steps per experience chunk")
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     log = p.add_argument_group("logging")
     log.add_argument("--log-json", action="store_true", help="JSON log lines (also TANDEM_LOG_JSON=1)")
-    log.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING... (default: $TANDEM_LOG_LEVEL or INFO)")
+    log.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING... (None: $TANDEM_LOG_LEVEL or INFO)")
     p.add_argument(
         "--env-args",
         nargs=argparse.REMAINDER,
