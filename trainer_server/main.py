@@ -28,9 +28,6 @@ from trainer_server.timers import HierarchicalTimer
 EXIT_OK = 0
 EXIT_FAILED = 1
 
-#: how long the gateway may take to leave on its own once its stream ended (OK = training complete)
-GATEWAY_EXIT_S = 3.0
-
 _log = get_logger("trainer_server.main")
 
 
@@ -178,11 +175,12 @@ def run(options: Any, server: Any) -> int:
         except KeyboardInterrupt:
             _log.warning("interrupted again: stopping now")
         finally:
+            # the local gateway first: it would otherwise keep reconnecting to a server that is going away
+            if gateway is not None and gateway.poll() is None:
+                _stop_gateway(gateway, 0.0)
             app.stop()
             app.join(120)
             running.stop(5.0)
-            if gateway is not None and gateway.poll() is None:
-                _stop_gateway(gateway, GATEWAY_EXIT_S if app.completed else 0.0)
     if app.error is not None:
         return EXIT_FAILED
     if app.completed:
