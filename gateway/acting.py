@@ -16,13 +16,20 @@ Pipe protocol in actor mode (parent -> worker):
     ("unity", pid)      the Unity process (after a start or restart)
     ("failed", message) Unity crashed or hung; the worker waits for restart/give_up
     ("progress", env_steps, agent_steps)      totals, every quarter second
+    ("inference", {behavior: [(return, length)]}, [Stat])   with the progress message, while
+                        behaviors act deterministically: their finished episodes, and the
+                        stats when nothing streams
 
 Backpressure: at most ``max_outstanding`` experience messages may wait for the
 parent's credit; beyond that the worker stops stepping (Unity pauses) rather than
 dropping data. Behaviors with no snapshot yet: the worker waits up to
 ``snapshot_wait_s`` for one; after that their agents act uniformly at random and
 their experience is not streamed. ``deterministic`` snapshots (trainer
-``--inference``) act with the mode and stream nothing.
+``--inference``, or ``--policy`` models) act with the mode and stream nothing; their
+episodes are tallied for the parent's reward summary.
+
+Snapshots carry either ``parameters`` (acted with ``common.policy.NumpyPolicy``) or only
+``onnx_model`` (acted with ``gateway.onnx_policy.OnnxPolicy``, checked against the spec).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from common.logging import get_logger
 from gateway.environment import BehaviorActions, InstanceFailure
 from gateway.steps import StepBatch, Stat
 from gateway import wire
-from gateway.trajectories import TrajectoryBuilder
+from gateway.trajectories import EpisodeTally, TrajectoryBuilder
 from tandem.v1 import trainer_pb2
 
 #: seconds between the worker's progress messages
@@ -118,6 +125,7 @@ class InstanceActor:
         self.rng = np.random.default_rng(config.seed)
         self.policies: dict[str, _Policy] = {}
         self.builders: dict[str, TrajectoryBuilder] = {}
+        self.tallies: dict[str, EpisodeTally] = {}
         self.finished: dict[str, list[Trajectory]] = {}
         self.finished_steps: dict[str, int] = {}
         self.finished_min_version: dict[str, int] = {}
@@ -177,7 +185,12 @@ class InstanceActor:
 
         snapshot = trainer_pb2.PolicySnapshot.FromString(raw)
         try:
-            policy = NumpyPolicy.from_snapshot(snapshot)
+            if not snapshot.parameters and snapshot.onnx_model:
+                from gateway.onnx_policy import OnnxPolicy
+
+                policy = OnnxPolicy.from_snapshot(snapshot, spec=self.instance.specs.get(behavior))
+            else:
+                policy = NumpyPolicy.from_snapshot(snapshot)
         except ValueError as e:
             self.log.error("snapshot rejected", behavior=behavior, version=version, error=str(e))
             return
@@ -187,6 +200,7 @@ class InstanceActor:
         self.random_behaviors.discard(behavior)
         if snapshot.deterministic:
             self.builders.pop(behavior, None)  # nothing is streamed in inference
+            self.tallies.setdefault(behavior, EpisodeTally())
         elif behavior in self.builders:
             self.builders[behavior].set_time_horizon(horizon)
         if previous is None:
@@ -203,6 +217,8 @@ class InstanceActor:
         """Ends every open trajectory as interrupted, sends them, and asks the parent to restart."""
         for behavior, builder in self.builders.items():
             self._finish(behavior, builder.interrupt_all())
+        for tally in self.tallies.values():
+            tally.forget_open()
         self._flush(force=True)
         self.current = {}
         self.instance.kill()
@@ -241,7 +257,12 @@ class InstanceActor:
                 continue
             out = entry.policy.act(dec.observations, dec.action_mask, self.rng, deterministic=entry.deterministic)
             actions[behavior] = BehaviorActions(continuous=out.env_continuous, discrete=out.discrete)
-            if not entry.deterministic:
+            if entry.deterministic:
+                tally = self.tallies.get(behavior)
+                if tally is not None:
+                    tally.acted(dec)
+            else:
+                self.tallies.pop(behavior, None)
                 builder = self.builders.get(behavior)
                 if builder is None:
                     builder = self.builders[behavior] = TrajectoryBuilder(
@@ -268,8 +289,21 @@ class InstanceActor:
             builder = self.builders.get(behavior)
             if builder is not None:
                 self._finish(behavior, builder.observe(dec, term))
+            tally = self.tallies.get(behavior)
+            if tally is not None:
+                tally.observe(dec, term)
         self.current = out
         self.stats.extend(self.instance.drain_stats())
+
+    def _report_inference(self) -> None:
+        """Finished episodes of deterministic behaviors; the stats too when no trajectory carries them."""
+        if not self.tallies:
+            return
+        episodes = {behavior: tally.take() for behavior, tally in self.tallies.items()}
+        stats: list[Stat] = []
+        if not self.builders:
+            stats, self.stats = self.stats, []
+        self._send(("inference", episodes, stats))
 
     def _finish(self, behavior: str, trajectories: list) -> None:
         if not trajectories:
@@ -342,8 +376,10 @@ class InstanceActor:
             now = time.monotonic()
             if now - self.last_progress >= PROGRESS_EVERY_S:
                 self.last_progress = now
+                self._report_inference()
                 self._send(("progress", self.env_steps, self.agent_steps))
         self._flush(force=True)
+        self._report_inference()
         self._send(("progress", self.env_steps, self.agent_steps))
 
 

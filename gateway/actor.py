@@ -9,6 +9,14 @@ so a full buffer pauses stepping instead of dropping experience).
 
 Policy lag (the latest snapshot version minus the oldest version that chose an
 action in a chunk) is logged with the periodic progress line.
+
+Local inference (``--policy BEHAVIOR=PATH.onnx``) runs the same way with
+``gateway.trainer_link.LocalModels`` in place of the trainer link: deterministic
+snapshots from the model files, nothing streamed. Whenever behaviors act
+deterministically (local models, or a trainer's ``--inference``), the workers report
+finished episodes and environment stats, and an "inference summary" line per behavior
+(episodes, mean and std of the reward, mean episode length, stats) is logged every
+summary interval, like ML-Agents' console during inference.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from common.specs import BehaviorSpec
 from gateway.acting import ActorWorkerConfig, ExperienceBatch
 from gateway.options import GatewayOptions
 from gateway import wire
-from gateway.trainer_link import TrainerLink
+from gateway.trainer_link import LocalModels, TrainerLink
 from gateway.workers import InstanceInfo, PoolError, WorkerHandle, WorkerLost
 from tandem.v1 import trainer_pb2
 
@@ -54,6 +62,33 @@ class ActorProgress:
     paused_workers: int = 0
 
 
+@dataclass
+class EpisodeSummary:
+    """Episodes of one behavior over a summary interval (or over the whole run)."""
+
+    episodes: int = 0
+    return_sum: float = 0.0
+    return_sq_sum: float = 0.0
+    length_sum: int = 0
+
+    def add(self, episode_return: float, length: int) -> None:
+        self.episodes += 1
+        self.return_sum += episode_return
+        self.return_sq_sum += episode_return * episode_return
+        self.length_sum += length
+
+    @property
+    def mean_return(self) -> float | None:
+        return self.return_sum / self.episodes if self.episodes else None
+
+    @property
+    def std_return(self) -> float | None:
+        if not self.episodes:
+            return None
+        mean = self.return_sum / self.episodes
+        return max(0.0, self.return_sq_sum / self.episodes - mean * mean) ** 0.5
+
+
 class ActorRunner:
     """Runs every instance in actor mode for one trainer.
 
@@ -63,7 +98,7 @@ class ActorRunner:
     """
 
     def __init__(self, options: GatewayOptions, log_json: bool = False) -> None:
-        assert options.actor is not None
+        assert options.is_actor
         self.options = options
         self.env_options = options.environment
         self.gateway_id = new_gateway_id()
@@ -84,9 +119,21 @@ class ActorRunner:
         self._wake_r, self._wake_w = mpc.Pipe(duplex=False)
         self._loop_thread: threading.Thread | None = None
         self._base_seed = self.env_options.seed if self.env_options.seed >= 0 else random.randrange(1 << 30)
-        self.link = TrainerLink(
-            options.actor, self._hello, self._on_snapshot, self._wake, options.server.max_message_bytes * 4
-        )
+        #: deterministic acting, per behavior: episodes since the last summary, and since the start
+        self.inference_window: dict[str, EpisodeSummary] = {}
+        self.inference_totals: dict[str, EpisodeSummary] = {}
+        #: environment stats reported while nothing streams: key -> [sum, count, aggregation]
+        self._stats_window: dict[str, list] = {}
+        #: the same since the start (sum of values), for tests and users of the runner
+        self.stat_totals: dict[str, float] = {}
+        if options.inference is not None:
+            self.summary_interval_s = options.inference.summary_interval_s
+            self.link = LocalModels(options.inference, self._on_snapshot)
+        else:
+            self.summary_interval_s = PROGRESS_EVERY_S
+            self.link = TrainerLink(
+                options.actor, self._hello, self._on_snapshot, self._wake, options.server.max_message_bytes * 4
+            )
         self.log = get_logger("gateway.actor", gateway_id=self.gateway_id)
 
     # -- EnvironmentView (Describe) -------------------------------------------------------------
@@ -186,6 +233,11 @@ class ActorRunner:
         )
 
     def _worker_config(self, index: int) -> ActorWorkerConfig:
+        if self.options.inference is not None:
+            return ActorWorkerConfig(
+                snapshot_wait_s=self.options.inference.unknown_behavior_wait_s,
+                seed=self._base_seed + 7919 * index,
+            )
         a = self.options.actor
         return ActorWorkerConfig(
             chunk_steps=a.chunk_steps,
@@ -251,7 +303,7 @@ class ActorRunner:
     # -- the event loop -------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        last_progress = time.monotonic()
+        last_progress = last_summary = time.monotonic()
         while not self._stop.is_set():
             conns = {w.conn: w for w in self.workers if w.conn is not None}
             try:
@@ -275,6 +327,9 @@ class ActorRunner:
             if now - last_progress >= PROGRESS_EVERY_S:
                 last_progress = now
                 self._log_progress()
+            if now - last_summary >= self.summary_interval_s:
+                last_summary = now
+                self._log_inference_summary()
 
     def _on_message(self, w: WorkerHandle, msg: tuple) -> None:
         kind = msg[0]
@@ -303,6 +358,8 @@ class ActorRunner:
                 self.log.error("unity instance down for good: restart limits reached", instance=w.index, error=msg[1])
                 w.alive = False
                 self._to_worker(w, ("give_up",))
+        elif kind == "inference":
+            self._on_inference(msg[1], msg[2])
         elif kind == "closed":
             pass
         else:
@@ -323,6 +380,43 @@ class ActorRunner:
             self._to_worker(w, ("credit",))
         else:
             self._held_credits.append(w)
+
+    def _on_inference(self, episodes: dict[str, list[tuple[float, int]]], stats: list) -> None:
+        """Episodes of deterministically acting behaviors and stats nobody streams, from a worker."""
+        with self._lock:
+            for behavior, finished in episodes.items():
+                window = self.inference_window.setdefault(behavior, EpisodeSummary())
+                total = self.inference_totals.setdefault(behavior, EpisodeSummary())
+                for episode_return, length in finished:
+                    window.add(episode_return, length)
+                    total.add(episode_return, length)
+            for stat in stats:
+                entry = self._stats_window.setdefault(stat.key, [0.0, 0, stat.aggregation])
+                entry[0] += stat.value
+                entry[1] += 1
+                self.stat_totals[stat.key] = self.stat_totals.get(stat.key, 0.0) + stat.value
+
+    def _log_inference_summary(self) -> None:
+        """One line per deterministically acting behavior, like ML-Agents' inference console."""
+        with self._lock:
+            deterministic = sorted(self.inference_window)
+            windows = {b: self.inference_window.pop(b) for b in deterministic}
+            stats_window, self._stats_window = self._stats_window, {}
+        stats = {
+            key: round(total if aggregation == "sum" else total / max(count, 1), 4)
+            for key, (total, count, aggregation) in sorted(stats_window.items())
+        }
+        for behavior in deterministic:
+            w = windows[behavior]
+            self.log.info(
+                "inference summary",
+                behavior=behavior,
+                episodes=w.episodes,
+                mean_reward=None if w.mean_return is None else round(w.mean_return, 4),
+                std_reward=None if w.std_return is None else round(w.std_return, 4),
+                mean_episode_length=round(w.length_sum / w.episodes, 1) if w.episodes else None,
+                stats=stats,
+            )
 
     def _grant_credits(self) -> None:
         while self._held_credits and self.link.buffer.has_room():

@@ -3,11 +3,14 @@
 Remote-control mode (default): any gRPC client drives the environments with Play.
 Actor mode (``--trainer host:port``): the gateway acts with the trainer's policy
 snapshots and streams experience to it.
+Local inference (``--policy BEHAVIOR=PATH.onnx``): the gateway acts with exported
+models, deterministically, and logs the mean reward per behavior (no trainer, no Unity Editor needed).
 
 Examples:
     tandem-gateway                                   # the built-in stand-in (3DBall-like)
     tandem-gateway --env builds/3DBall --num-envs 2 --no-graphics
     tandem-gateway --trainer 127.0.0.1:5757 --env-args --task gridworld
+    tandem-gateway --policy 3DBall=results/tandem-3dball/3DBall.onnx
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from gateway.options import (
     EngineSettings,
     EnvironmentOptions,
     GatewayOptions,
+    InferenceOptions,
     OptionsError,
     RestartLimits,
     ServerOptions,
@@ -90,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         help="wait this long for a behavior's first snapshot, then act randomly without streaming",
+    )
+    inf = p.add_argument_group("local inference (no trainer)")
+    inf.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="BEHAVIOR=PATH.onnx",
+        help="act with this exported model for BEHAVIOR (name without ?team=), deterministically; "
+        "repeat for each behavior; logs the mean reward, streams nothing (default: none)",
+    )
+    inf.add_argument(
+        "--summary-interval-s", type=float, default=10.0, help="seconds between reward summaries with --policy"
     )
     log = p.add_argument_group("logging")
     log.add_argument("--log-json", action="store_true", help="JSON log lines (also TANDEM_LOG_JSON=1)")
@@ -162,9 +178,36 @@ def options_from_args(args: argparse.Namespace) -> GatewayOptions:
             max_buffered_mb=args.max_buffered_mb,
             snapshot_wait_s=args.snapshot_wait_s,
         )
+    inference = None
+    if args.policy:
+        inference = InferenceOptions(
+            policies=tuple(_parse_policy(text) for text in args.policy),
+            summary_interval_s=args.summary_interval_s,
+        )
     if file_name is not None and not os.path.exists(file_name) and not _looks_like_build(file_name):
         raise OptionsError(f"--env: no Unity build at {file_name!r}")
-    return validate(GatewayOptions(environment=environment, server=server, actor=actor))
+    options = validate(GatewayOptions(environment=environment, server=server, actor=actor, inference=inference))
+    if inference is not None:
+        _check_models(inference)
+    return options
+
+
+def _parse_policy(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise OptionsError(f"--policy {text!r}: expected BEHAVIOR=PATH.onnx, e.g. 3DBall=results/run/3DBall.onnx")
+    return name.strip(), path.strip()
+
+
+def _check_models(inference: InferenceOptions) -> None:
+    """Loads every model once before Unity starts: a bad file fails fast (its fit is checked at start-up)."""
+    from gateway.onnx_policy import OnnxModelError, OnnxPolicy
+
+    for name, path in inference.policies:
+        try:
+            OnnxPolicy.from_file(path)
+        except OnnxModelError as e:
+            raise OptionsError(f"--policy {name}: {e}") from None
 
 
 def _looks_like_build(path: str) -> bool:
@@ -194,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("gateway failed to start", error=str(e))
         return 2
     except Exception as e:
+        from gateway.onnx_policy import OnnxModelError
+
+        if isinstance(e, OnnxModelError):
+            log.error("gateway failed to start: a --policy model does not fit", error=str(e))
+            return 2
         from gateway.workers import PoolError
 
         if isinstance(e, PoolError):

@@ -112,6 +112,27 @@ class ActorOptions:
 
 
 @dataclass(frozen=True)
+class InferenceOptions:
+    """Local inference (``--policy``): act with exported ONNX models, no trainer, nothing streamed.
+
+    Attributes:
+        policies: (behavior name without ``?team=``, path of its ``.onnx`` model) pairs.
+        summary_interval_s: seconds between the per-behavior reward summaries in the log.
+        unknown_behavior_wait_s: a behavior that appears after start-up without a model
+            acts randomly after this long (with a warning).
+    """
+
+    policies: tuple[tuple[str, str], ...]
+    summary_interval_s: float = 10.0
+    unknown_behavior_wait_s: float = 5.0
+
+    def model_for(self, behavior: str) -> str | None:
+        """The model path for a fully qualified behavior name (``3DBall?team=0``), or None."""
+        base = behavior.split("?", 1)[0]
+        return next((path for name, path in self.policies if name == base), None)
+
+
+@dataclass(frozen=True)
 class ServerOptions:
     """The gRPC server the gateway exposes.
 
@@ -143,10 +164,12 @@ class GatewayOptions:
     environment: EnvironmentOptions
     server: ServerOptions = field(default_factory=ServerOptions)
     actor: ActorOptions | None = None
+    inference: InferenceOptions | None = None
 
     @property
     def is_actor(self) -> bool:
-        return self.actor is not None
+        """The gateway acts itself (with a trainer's snapshots, or locally with ``--policy``); no Play."""
+        return self.actor is not None or self.inference is not None
 
 
 def _check_host_port(name: str, value: str) -> None:
@@ -223,4 +246,23 @@ def validate(options: GatewayOptions) -> GatewayOptions:
             raise OptionsError("--snapshot-wait-s: must be >= 0")
         if not 0 < act.reconnect_min_s <= act.reconnect_max_s:
             raise OptionsError("reconnect delays: need 0 < min <= max")
+    inf = options.inference
+    if inf is not None:
+        if act is not None:
+            raise OptionsError("--policy: runs without a trainer; give --policy or --trainer, not both")
+        if not inf.policies:
+            raise OptionsError("--policy: give at least one BEHAVIOR=PATH.onnx")
+        seen = set()
+        for name, path in inf.policies:
+            if not name or "?" in name:
+                raise OptionsError(f"--policy {name}={path}: BEHAVIOR is the name without ?team=, e.g. 3DBall")
+            if name in seen:
+                raise OptionsError(f"--policy {name}: given twice")
+            seen.add(name)
+            if not os.path.isfile(path):
+                raise OptionsError(f"--policy {name}={path}: no such file")
+        if inf.summary_interval_s <= 0:
+            raise OptionsError("--summary-interval-s: must be positive")
+        if inf.unknown_behavior_wait_s < 0:
+            raise OptionsError("unknown_behavior_wait_s: must be >= 0")
     return options

@@ -243,3 +243,42 @@ class TrajectoryBuilder:
     @property
     def open_agents(self) -> int:
         return len(self._slot_of)
+
+
+class EpisodeTally:
+    """Returns and lengths of the episodes of agents acting deterministically (nothing is streamed).
+
+    Why: with ``--policy`` (or a trainer's ``--inference``) no trajectories are built,
+    yet the user wants the mean reward per behavior. This keeps a running return per
+    agent id: rewards of decision steps accumulate, a terminal step adds its reward
+    and finishes the episode. Lengths count the decisions the agent acted on.
+    """
+
+    def __init__(self) -> None:
+        self._returns: dict[int, float] = {}
+        self._lengths: dict[int, int] = {}
+        #: (return, length) of episodes finished since the last ``take``
+        self.finished: list[tuple[float, int]] = []
+
+    def acted(self, decisions: StepBatch) -> None:
+        """The agents of ``decisions`` took one action each."""
+        lengths = self._lengths
+        for agent in decisions.agent_ids.tolist():
+            lengths[agent] = lengths.get(agent, 0) + 1
+
+    def observe(self, decisions: StepBatch, terminals: StepBatch) -> None:
+        """One step's batches: terminal steps first (an agent may end and restart in one step)."""
+        returns = self._returns
+        for agent, reward in zip(terminals.agent_ids.tolist(), terminals.rewards.tolist()):
+            self.finished.append((returns.pop(agent, 0.0) + reward, self._lengths.pop(agent, 0)))
+        for agent, reward in zip(decisions.agent_ids.tolist(), decisions.rewards.tolist()):
+            returns[agent] = returns.get(agent, 0.0) + reward
+
+    def forget_open(self) -> None:
+        """Drops the open episodes (the Unity instance failed; they will not finish)."""
+        self._returns.clear()
+        self._lengths.clear()
+
+    def take(self) -> list[tuple[float, int]]:
+        finished, self.finished = self.finished, []
+        return finished
