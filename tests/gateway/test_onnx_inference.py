@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import unity_standin
 from common import policy, specs
+from common import trajectory as trajectory_mod
 from gateway.app import Gateway
 from gateway.onnx_policy import OnnxModelError, OnnxPolicy
-from gateway.options import GatewayOptions, InferenceOptions, ServerOptions, validate
+from gateway.options import ActorOptions, GatewayOptions, InferenceOptions, ServerOptions, validate
 from trainer_server.onnx_export import export_policy, export_policy_bytes
-from gateway_helpers import environment_options, free_ports, wait_until
+from fake_trainer import FakeTrainerServer, TrainerState
+from gateway_helpers import environment_options, free_ports, running_gateway, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -250,3 +251,49 @@ def test_gridworld_model_never_takes_masked_actions(tmp_path):
     assert runner.stat_totals.get("Environment/MaskedActionsIgnored", 0.0) == 0.0, runner.stat_totals
     total = runner.inference_totals[GRID_SPEC.name]
     assert total.mean_return is not None and total.length_sum >= total.episodes
+
+
+class OnnxOnlyTrainerState(TrainerState):
+    """A trainer that sends snapshots carrying only ``onnx_model`` (with training outputs): no parameters."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.params: dict[str, dict[str, np.ndarray]] = {}
+        self.architectures: dict[str, policy.PolicyArchitecture] = {}
+
+    def snapshot(self, spec_msg):
+        spec = specs.from_proto(spec_msg)
+        arch = policy.PolicyArchitecture(spec, hidden_units=self.hidden_units, num_layers=self.num_layers)
+        params = self.params.setdefault(spec.name, known_params(arch, seed=5))
+        self.architectures[spec.name] = arch
+        snapshot = policy.make_snapshot(spec.name, self.version, arch, {}, self.time_horizon)
+        snapshot.onnx_model = export_policy_bytes(arch, params, training_outputs=True)
+        return snapshot
+
+
+@pytest.mark.slow
+def test_actor_mode_acts_with_onnx_only_snapshots():
+    """What a non-Python gateway does: act with the model's sampled and training outputs, stream trajectories."""
+    state = OnnxOnlyTrainerState(time_horizon=16, hidden_units=16, num_layers=1)
+    trainer = FakeTrainerServer(state)
+    try:
+        actor = ActorOptions(trainer=trainer.address, chunk_steps=64, flush_interval_s=0.2,
+                             reconnect_min_s=0.1, reconnect_max_s=0.5)
+        with running_gateway(environment_options(), actor=actor):
+            assert state.wait_for(lambda s: len(s.chunks) >= 6, 45)
+    finally:
+        trainer.stop()
+    [spec_msg] = state.hellos[0].behaviors
+    spec = specs.from_proto(spec_msg)
+    reference = policy.NumpyPolicy(state.architectures[spec.name], state.params[spec.name])
+    with state.lock:
+        chunks = [state.chunks[k] for k in sorted(state.chunks)]
+    trajectories = [trajectory_mod.from_proto(t, spec, name="chunk") for c in chunks for t in c.trajectories]
+    assert sum(len(t) for t in trajectories) >= 64
+    for t in trajectories:
+        assert (t.policy_versions == 1).all()
+        assert np.all(np.abs(t.continuous_actions).max() < 50)
+        want = reference.log_prob(t.observations, None, t.continuous_actions, t.discrete_actions)
+        np.testing.assert_allclose(t.log_probs, want, atol=1e-3)
+    spread = np.concatenate([t.continuous_actions for t in trajectories])
+    assert spread.std(axis=0).min() > 0.05, "sampled, not the mean"
