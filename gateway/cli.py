@@ -99,10 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument(
         "--policy",
         action="append",
-        default=[],
+        default=None,
         metavar="BEHAVIOR=PATH.onnx",
-        help="act with this exported model for BEHAVIOR (name without ?team=), deterministically; "
-        "repeat for each behavior; logs the mean reward, streams nothing (default: none)",
+        help="act with this exported model for BEHAVIOR (name without ?team=), deterministically, without a "
+        "trainer; repeat for each behavior; logs the mean reward, streams nothing",
     )
     inf.add_argument(
         "--summary-interval-s", type=float, default=10.0, help="seconds between reward summaries with --policy"
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.onnx_policy import OnnxModelError
 
         if isinstance(e, OnnxModelError):
-            log.error("gateway failed to start: a --policy model does not fit", error=str(e))
+            log.error("gateway failed to start: the --policy models do not fit the environment", error=str(e))
             return 2
         from gateway.workers import PoolError
 

@@ -209,6 +209,13 @@ def test_cli_refuses_a_model_that_does_not_fit_the_behavior(tmp_path):
     [error] = [e for e in _log_lines(proc.stderr + proc.stdout) if e.get("level") == "error"]
     assert "grid.onnx does not fit behavior 3DBall?team=0" in error["error"]
     assert "the model takes 2 observations" in error["error"]
+    # a behavior of the scene without a model (here: a typo) is named, with the models given
+    proc = subprocess.run(
+        _gateway_command("--policy", f"3dball={model}"), cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    [error] = [e for e in _log_lines(proc.stderr + proc.stdout) if e.get("level") == "error"]
+    assert "behaviors ['3DBall'] have no model" in error["error"] and "['3dball']" in error["error"]
     # a file that is not a model never starts Unity: a usage error naming the option and file
     garbage = tmp_path / "notes.onnx"
     garbage.write_text("hello")
