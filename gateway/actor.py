@@ -122,7 +122,7 @@ class ActorRunner:
         #: deterministic acting, per behavior: episodes since the last summary, and since the start
         self.inference_window: dict[str, EpisodeSummary] = {}
         self.inference_totals: dict[str, EpisodeSummary] = {}
-        #: environment stats reported while nothing streams: key -> [sum, count, aggregation]
+        #: environment stats reported while nothing streams: key -> [sum, count, aggregation, last value]
         self._stats_window: dict[str, list] = {}
         #: the same since the start (sum of values), for tests and users of the runner
         self.stat_totals: dict[str, float] = {}
@@ -224,6 +224,17 @@ class ActorRunner:
             sender.join(5)
         for w in self.workers:
             w.close()
+        with self._lock:
+            totals = dict(self.inference_totals)
+        for behavior, total in sorted(totals.items()):
+            self.log.info(
+                "inference totals",
+                behavior=behavior,
+                episodes=total.episodes,
+                mean_reward=None if total.mean_return is None else round(total.mean_return, 4),
+                std_reward=None if total.std_return is None else round(total.std_return, 4),
+                mean_episode_length=round(total.length_sum / total.episodes, 1) if total.episodes else None,
+            )
         self.log.info(
             "actor stopped",
             chunks=self.progress.chunks,
@@ -391,9 +402,10 @@ class ActorRunner:
                     window.add(episode_return, length)
                     total.add(episode_return, length)
             for stat in stats:
-                entry = self._stats_window.setdefault(stat.key, [0.0, 0, stat.aggregation])
+                entry = self._stats_window.setdefault(stat.key, [0.0, 0, stat.aggregation, 0.0])
                 entry[0] += stat.value
                 entry[1] += 1
+                entry[3] = stat.value
                 self.stat_totals[stat.key] = self.stat_totals.get(stat.key, 0.0) + stat.value
 
     def _log_inference_summary(self) -> None:
@@ -403,8 +415,8 @@ class ActorRunner:
             windows = {b: self.inference_window.pop(b) for b in deterministic}
             stats_window, self._stats_window = self._stats_window, {}
         stats = {
-            key: round(total if aggregation == "sum" else total / max(count, 1), 4)
-            for key, (total, count, aggregation) in sorted(stats_window.items())
+            key: round(total if aggregation == "sum" else last if aggregation == "most_recent" else total / max(count, 1), 4)
+            for key, (total, count, aggregation, last) in sorted(stats_window.items())
         }
         for behavior in deterministic:
             w = windows[behavior]

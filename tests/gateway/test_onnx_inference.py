@@ -22,6 +22,8 @@ from common import policy, specs
 from common import trajectory as trajectory_mod
 from gateway.app import Gateway
 from gateway.onnx_policy import OnnxModelError, OnnxPolicy
+from gateway.steps import StepBatch
+from gateway.trajectories import EpisodeTally
 from gateway.options import ActorOptions, GatewayOptions, InferenceOptions, ServerOptions, validate
 from trainer_server.onnx_export import export_policy, export_policy_bytes
 from fake_trainer import FakeTrainerServer, TrainerState
@@ -156,6 +158,32 @@ def test_bad_models_are_refused_naming_file_and_mismatch(tmp_path):
                                         action_spec=specs.ActionSpec(discrete_branches=(4, 3)))
     with pytest.raises(OnnxModelError, match=r"discrete_action_output_shape is \[5, 2\].*\[4, 3\]"):
         OnnxPolicy.from_file(grid, spec=other_branches)
+
+
+def _steps(ids, rewards) -> StepBatch:
+    n = len(ids)
+    return StepBatch(
+        observations=[np.zeros((n, 1), np.float32)],
+        rewards=np.asarray(rewards, np.float32),
+        agent_ids=np.asarray(ids, np.int32),
+        group_ids=np.zeros(n, np.int32),
+        group_rewards=np.zeros(n, np.float32),
+    )
+
+
+def test_episode_tally_sums_rewards_per_agent_until_its_terminal_step():
+    tally = EpisodeTally()
+    tally.observe(_steps([0, 1], [0.0, 0.0]), _steps([], []))
+    tally.acted(_steps([0, 1], [0, 0]))
+    tally.observe(_steps([0, 1], [1.0, 0.5]), _steps([], []))
+    tally.acted(_steps([0, 1], [0, 0]))
+    # agent 0 ends (reward 2) and starts again in the same step; agent 1 goes on
+    tally.observe(_steps([0, 1], [0.0, 0.25]), _steps([0], [2.0]))
+    assert tally.take() == [(3.0, 2)]
+    tally.acted(_steps([0, 1], [0, 0]))
+    tally.observe(_steps([], []), _steps([1, 0], [1.0, -1.0]))
+    assert tally.take() == [(1.75, 3), (-1.0, 1)]
+    assert tally.take() == []
 
 
 def _gateway_command(*args: str) -> list[str]:
