@@ -16,7 +16,10 @@ import numpy as np
 from common import tensor
 from common.specs import BehaviorSpec
 from gateway.environment import BehaviorActions
+from gateway.steps import read_tensor
 from tandem.v1 import gateway_pb2
+
+_F32, _I32 = np.dtype("<f4"), np.dtype("<i4")
 
 
 class InvalidArgument(ValueError):
@@ -85,35 +88,34 @@ def _decode_entry(
         decision_ids = np.zeros(0, np.int32)
     if not entry.HasField("agent_ids"):
         raise InvalidArgument(f"{field}.agent_ids: required")
-    agent_ids = tensor.from_proto(entry.agent_ids, name=f"{field}.agent_ids", dtype=np.int32, shape=(None,))
+    agent_ids = read_tensor(entry.agent_ids, f"{field}.agent_ids", _I32, (None,))
     n = agent_ids.shape[0]
-    if np.unique(agent_ids).size != n:
-        raise InvalidArgument(f"{field}.agent_ids: an agent id appears more than once")
-    positions, found = _positions(decision_ids, agent_ids)
-    if not found.all():
-        missing = agent_ids[~found][:10].tolist()
-        raise InvalidArgument(
-            f"{field}.agent_ids: agents {missing} of behavior {spec.name!r} did not request a decision "
-            f"in instance {entry.instance}"
-        )
+    # The usual request answers every agent in the order of the decision steps: then the
+    # client's arrays are the actions as they are (no duplicate check, no reordering).
+    in_order = n == decision_ids.size and np.array_equal(agent_ids, decision_ids)
+    if not in_order:
+        if np.unique(agent_ids).size != n:
+            raise InvalidArgument(f"{field}.agent_ids: an agent id appears more than once")
+        positions, found = _positions(decision_ids, agent_ids)
+        if not found.all():
+            missing = agent_ids[~found][:10].tolist()
+            raise InvalidArgument(
+                f"{field}.agent_ids: agents {missing} of behavior {spec.name!r} did not request a decision "
+                f"in instance {entry.instance}"
+            )
     a = spec.action_spec
-    continuous = np.zeros((decision_ids.size, a.continuous_size), np.float32)
-    discrete = np.zeros((decision_ids.size, a.num_branches), np.int32)
+    continuous = discrete = None
     if a.continuous_size or entry.HasField("continuous"):
         if not entry.HasField("continuous"):
             raise InvalidArgument(f"{field}.continuous: required, float32 [{n}, {a.continuous_size}]")
-        values = tensor.from_proto(
-            entry.continuous, name=f"{field}.continuous", dtype=np.float32, shape=(n, a.continuous_size)
-        )
+        values = read_tensor(entry.continuous, f"{field}.continuous", _F32, (n, a.continuous_size))
         if not np.isfinite(values).all():
             raise InvalidArgument(f"{field}.continuous: contains NaN or infinity")
-        continuous[positions] = values
+        continuous = values
     if a.num_branches or entry.HasField("discrete"):
         if not entry.HasField("discrete"):
             raise InvalidArgument(f"{field}.discrete: required, int32 [{n}, {a.num_branches}]")
-        values = tensor.from_proto(
-            entry.discrete, name=f"{field}.discrete", dtype=np.int32, shape=(n, a.num_branches)
-        )
+        values = read_tensor(entry.discrete, f"{field}.discrete", _I32, (n, a.num_branches))
         if a.num_branches:
             bad = (values < 0) | (values >= np.asarray(a.discrete_branches, np.int32))
             if bad.any():
@@ -123,5 +125,17 @@ def _decode_entry(
                     f"{int(agent_ids[row])} is out of branch {branch}'s range "
                     f"[0, {a.discrete_branches[branch]})"
                 )
-        discrete[positions] = values
-    return BehaviorActions(continuous=continuous, discrete=discrete)
+        discrete = values
+    if in_order:
+        if continuous is None:
+            continuous = np.zeros((n, a.continuous_size), np.float32)
+        if discrete is None:
+            discrete = np.zeros((n, a.num_branches), np.int32)
+        return BehaviorActions(continuous=continuous, discrete=discrete)
+    full_continuous = np.zeros((decision_ids.size, a.continuous_size), np.float32)
+    full_discrete = np.zeros((decision_ids.size, a.num_branches), np.int32)
+    if continuous is not None:
+        full_continuous[positions] = continuous
+    if discrete is not None:
+        full_discrete[positions] = discrete
+    return BehaviorActions(continuous=full_continuous, discrete=full_discrete)

@@ -4,11 +4,15 @@ Why: mlagents-envs steps one Unity process at a time and spends its time in Pyth
 (protobuf decoding, numpy); one process per instance steps instances in parallel on
 separate cores. Each worker owns its ``UnityInstance``; the parent talks to it over
 a pipe with small pickled tuples, and the worker does the expensive part (encoding
-``tandem.v1.Steps``) itself, so the parent only concatenates bytes.
+``tandem.v1.Steps``) itself, so the parent only concatenates bytes. On the hot path
+(step and its answer) the tuples hold only ``bytes``, ints and strings: numpy arrays
+and dataclasses cost ten times more to pickle and unpickle than the copy they carry.
 
 Pipe protocol (parent -> worker, worker's answer):
     ("reset", params)    -> ("steps", StepsResult) | ("failed", message) | ("error", message)
     ("step", actions)    -> ("steps", StepsResult) | ("failed", message) | ("error", message)
+                         actions: ``{behavior: (agents, continuous bytes, discrete bytes)}``, see
+                         ``pack_actions``; StepsResult travels as ``StepsResult.pack()``
     ("set_parameters", params)  (no answer; applied with the next reset or step)
     ("restart",)         after "failed": relaunch Unity and reset -> like "reset"
     ("give_up",)         after "failed": stay down -> ("steps", StepsResult) with the
@@ -91,6 +95,49 @@ class StepsResult:
     new_specs: list[BehaviorSpec]
     unity_pid: int | None
     alive: bool = True
+
+    def pack(self) -> tuple:
+        """The result as a tuple of plain values (cheap to pickle): decisions as int32 bytes."""
+        decisions = {name: ids.astype(np.int32, copy=False).tobytes() for name, ids in self.decisions.items()}
+        return (self.index, self.steps, decisions, self.new_specs, self.unity_pid, self.alive)
+
+    @classmethod
+    def unpack(cls, packed: tuple) -> "StepsResult":
+        index, steps, decisions, new_specs, unity_pid, alive = packed
+        return cls(
+            index=index,
+            steps=steps,
+            decisions={name: np.frombuffer(ids, np.int32) for name, ids in decisions.items()},
+            new_specs=new_specs,
+            unity_pid=unity_pid,
+            alive=alive,
+        )
+
+
+def pack_actions(actions: dict[str, BehaviorActions]) -> dict[str, tuple[int, bytes, bytes]]:
+    """``{behavior: BehaviorActions}`` -> ``{behavior: (agents, float32 bytes, int32 bytes)}`` for the pipe."""
+    return {
+        name: (
+            len(a.continuous),
+            np.ascontiguousarray(a.continuous, np.float32).tobytes(),
+            np.ascontiguousarray(a.discrete, np.int32).tobytes(),
+        )
+        for name, a in actions.items()
+    }
+
+
+def unpack_actions(
+    packed: dict[str, tuple[int, bytes, bytes]], specs: dict[str, BehaviorSpec]
+) -> dict[str, BehaviorActions]:
+    """The inverse of ``pack_actions``; the row sizes come from the behaviors' action specs."""
+    out = {}
+    for name, (n, continuous, discrete) in packed.items():
+        a = specs[name].action_spec
+        out[name] = BehaviorActions(
+            continuous=np.frombuffer(continuous, np.float32).reshape(n, a.continuous_size),
+            discrete=np.frombuffer(discrete, np.int32).reshape(n, a.num_branches),
+        )
+    return out
 
 
 class WorkerLost(RuntimeError):
@@ -176,11 +223,8 @@ class InstanceWorker:
         if kind == "set_parameters":
             self.instance.set_parameters(payload)
             return
-        if kind == "give_up":
-            self.conn.send(("steps", self.give_up()))
-            return
-        if not self.alive:
-            self.conn.send(("steps", self.give_up()))
+        if kind == "give_up" or not self.alive:
+            self.conn.send(("steps", self.give_up().pack()))
             return
         try:
             if kind == "reset":
@@ -188,7 +232,7 @@ class InstanceWorker:
                     self.instance.set_parameters(payload)
                 out = self.instance.reset()
             elif kind == "step":
-                out = self.instance.step(payload)
+                out = self.instance.step(unpack_actions(payload, self.instance.specs))
             elif kind == "restart":
                 out = self.restart()
             else:
@@ -200,7 +244,7 @@ class InstanceWorker:
             self.log.error("command refused", command=kind, error=str(e))
             self.conn.send(("error", str(e)))
             return
-        self.conn.send(("steps", self.result(out)))
+        self.conn.send(("steps", self.result(out).pack()))
 
 
 def _worker_main(config: WorkerConfig, conn: Connection) -> None:
@@ -472,7 +516,9 @@ class EnvironmentPool:
         """Steps every instance once with ``actions`` (see ``gateway.actions``); returns ``Steps`` bytes."""
         with self._op_lock:
             self._check_open()
-            return self._run_all({w.index: ("step", actions.get(w.index, {})) for w in self.workers if w.alive})
+            return self._run_all(
+                {w.index: ("step", pack_actions(actions.get(w.index, {}))) for w in self.workers if w.alive}
+            )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -531,7 +577,7 @@ class EnvironmentPool:
                 msg = w.recv()
             except WorkerLost as e:
                 return self._replace_worker(w, str(e))
-        return msg[1]
+        return StepsResult.unpack(msg[1])
 
     def _replace_worker(self, w: WorkerHandle, error: str) -> StepsResult:
         """A worker process died or hung: end its agents' episodes and start a new one if allowed."""
