@@ -619,9 +619,11 @@ NOTES = [
     "dataclasses cost ~10x more to pickle than the copy), tensors are encoded and decoded with short "
     "paths for the step dtypes (`gateway.steps.put_tensor` / `read_tensor`, errors still from "
     "`common.tensor`), and actions that answer every agent in decision order are passed through without "
-    "the duplicate check, search and scatter. That roughly halves the gateway's and the client's CPU per "
-    "step, which is what lets 2 instances scale on 2 cores; the remaining one-instance overhead is "
-    "wake-up latency of the extra process hop and of Python gRPC's thread hand-offs, not CPU.",
+    "the duplicate check, search and scatter. Micro-benchmarks: the client's decoding of a step ~110 -> ~35 us, "
+    "the servicer's validation 40-80 -> ~15 us, pickling both ways ~25 -> ~3 us. Less CPU per step is "
+    "what lets 2 instances scale on 2 cores (remote control at 256 agents: 1.15x before, see the table "
+    "now); the one-instance overhead hardly moved, because what remains is the wake-up latency of the "
+    "extra process hop and of Python gRPC's thread hand-offs, not CPU.",
     "- Actor mode, one step: the worker acts (`NumpyPolicy.act`) and records trajectories on the core that "
     "also runs the mlagents client, so both add to the step time (table above); trajectories are "
     "serialized by the parent process, chunks are assembled from bytes (`gateway.wire`). "
