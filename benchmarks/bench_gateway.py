@@ -626,7 +626,8 @@ NOTES = [
     "extra process hop and of Python gRPC's thread hand-offs, not CPU.",
     "- Actor mode, one step: the worker acts (`NumpyPolicy.act`) and records trajectories on the core that "
     "also runs the mlagents client, so both add to the step time (table above); trajectories are "
-    "serialized by the parent process, chunks are assembled from bytes (`gateway.wire`). "
+    "serialized by the parent process, chunks are assembled from bytes (`gateway.wire`). Moving the "
+    "bookkeeping to a helper thread was tried and lost to GIL contention with mlagents' own Python work. "
     "Several instances act on several cores: 2 instances give well above 1.3x.",
     "- The direct loop with 2 instances steps them one after the other, so it does not scale; the gateway's "
     "workers step them in parallel.",
