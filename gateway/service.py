@@ -23,6 +23,8 @@ from gateway.workers import EnvironmentPool, InstanceInfo, PoolError
 from tandem.v1 import gateway_pb2, gateway_pb2_grpc
 
 API_VERSION = "v1"
+#: how long a new Play stream waits for a departed client's stream to finish unwinding
+PLAY_HANDOVER_S = 5.0
 
 
 class EnvironmentView(Protocol):
@@ -58,6 +60,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._actor_mode = actor_mode
         self._view: EnvironmentView | None = None
         self._play_lock = threading.Lock()
+        self._play_holder = None  # the grpc context of the stream holding _play_lock
         self._stream_ids = itertools.count(1)
         self.log = get_logger("gateway.service")
 
@@ -110,7 +113,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             )
         pool = self._require_view(context)
         assert isinstance(pool, EnvironmentPool)
-        if not self._play_lock.acquire(blocking=False):
+        if not self._acquire_play(context):
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "another client is driving the environments (one Play stream at a time)",
@@ -129,8 +132,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             log.warning("play request failed", error=str(e), request=requests)
             context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         finally:
+            self._play_holder = None
             self._play_lock.release()
             log.info("play stream closed", requests=requests)
+
+    def _acquire_play(self, context) -> bool:
+        """Takes the one-stream-at-a-time lock for ``context``.
+
+        A stream whose client has gone (cancelled, deadline passed) may still hold the lock
+        for a moment while its handler unwinds; a new client then waits for it, up to
+        PLAY_HANDOVER_S, rather than being refused. A live holder means refusal at once.
+        """
+        if not self._play_lock.acquire(blocking=False):
+            holder = self._play_holder
+            if holder is not None and holder.is_active():
+                return False
+            if not self._play_lock.acquire(timeout=PLAY_HANDOVER_S):
+                return False
+        self._play_holder = context
+        return True
 
     def _answer(self, pool: EnvironmentPool, request, context) -> gateway_pb2.PlayResponse:
         kind = request.WhichOneof("request")

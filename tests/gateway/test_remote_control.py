@@ -306,3 +306,13 @@ def test_two_instances_step_in_parallel(rng):
     for views in seen:
         assert sorted(v.instance for v in views) == [0, 1]
         assert all(len(v.decisions) + len(v.terminals) > 0 for v in views)
+
+
+def test_a_new_client_right_after_a_cancelled_stream_is_not_refused(ball_gateway):
+    """A departed client's stream may still be unwinding on the server; the next client
+    waits for it rather than getting FAILED_PRECONDITION."""
+    with GatewayClient(ball_gateway.address) as client:
+        for _ in range(20):
+            session = client.play(timeout_s=60)
+            session.reset()
+            session.close()  # half-close and cancel at once, then straight to the next stream
