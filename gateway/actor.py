@@ -144,17 +144,7 @@ class ActorRunner:
             return dict(self._specs)
 
     def instances(self) -> list[InstanceInfo]:
-        return [
-            InstanceInfo(
-                index=w.index,
-                worker_id=self.env_options.worker_id(w.index),
-                port=self.env_options.port(w.index),
-                file_name=self.env_options.file_name or "",
-                restarts=w.quota.restarts,
-                alive=w.alive,
-            )
-            for w in self.workers
-        ]
+        return [InstanceInfo.of(w, self.env_options) for w in self.workers]
 
     def failure(self) -> str | None:
         if not any(w.alive for w in self.workers):

@@ -385,6 +385,18 @@ class InstanceInfo:
     restarts: int
     alive: bool
 
+    @classmethod
+    def of(cls, worker: "WorkerHandle", options: EnvironmentOptions) -> "InstanceInfo":
+        """What ``Describe`` says of one worker's environment instance."""
+        return cls(
+            index=worker.index,
+            worker_id=options.worker_id(worker.index),
+            port=options.port(worker.index),
+            file_name=options.file_name or "",
+            restarts=worker.quota.restarts,
+            alive=worker.alive,
+        )
+
 
 class PoolError(RuntimeError):
     """The pool cannot serve: it failed to start, every instance is down, or it is closed."""
@@ -472,17 +484,7 @@ class EnvironmentPool:
 
     def instances(self) -> list[InstanceInfo]:
         with self._info_lock:
-            return [
-                InstanceInfo(
-                    index=w.index,
-                    worker_id=self.options.worker_id(w.index),
-                    port=self.options.port(w.index),
-                    file_name=self.options.file_name or "",
-                    restarts=w.quota.restarts,
-                    alive=w.alive,
-                )
-                for w in self.workers
-            ]
+            return [InstanceInfo.of(w, self.options) for w in self.workers]
 
     @property
     def any_alive(self) -> bool:
