@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from common.protowire import VARINT, length_delimited, tag, varint
 from tandem.v1 import trainer_pb2
-
-_LEN = 2  # wire type of length-delimited fields
-_VARINT = 0
 
 # field numbers (tandem/v1/trainer.proto)
 _GATEWAY_MESSAGE_CHUNK = trainer_pb2.GatewayMessage.DESCRIPTOR.fields_by_name["chunk"].number
@@ -26,38 +24,19 @@ _CHUNK_TRAJECTORIES = trainer_pb2.ExperienceChunk.DESCRIPTOR.fields_by_name["tra
 _CHUNK_STATS = trainer_pb2.ExperienceChunk.DESCRIPTOR.fields_by_name["stats"].number
 
 
-def varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative integer."""
-    if value < 0:
-        raise ValueError("varint: negative value")
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _len_field(number: int, payload: bytes) -> bytes:
-    return varint((number << 3) | _LEN) + varint(len(payload)) + payload
-
-
 def chunk_body(trajectories: Iterable[bytes], stats: Iterable[trainer_pb2.StatSample] = ()) -> bytes:
     """The ``trajectories`` and ``stats`` fields of an ExperienceChunk, from serialized Trajectory messages."""
-    parts = [_len_field(_CHUNK_TRAJECTORIES, t) for t in trajectories]
-    parts += [_len_field(_CHUNK_STATS, s.SerializeToString()) for s in stats]
+    parts = [length_delimited(_CHUNK_TRAJECTORIES, t) for t in trajectories]
+    parts += [length_delimited(_CHUNK_STATS, s.SerializeToString()) for s in stats]
     return b"".join(parts)
 
 
 def chunk_message(sequence: int, behavior: str, body: bytes) -> bytes:
     """A serialized ``GatewayMessage`` holding ``ExperienceChunk(sequence, behavior, <body>)``."""
     chunk = (
-        varint((_CHUNK_SEQUENCE << 3) | _VARINT)
+        tag(_CHUNK_SEQUENCE, VARINT)
         + varint(sequence)
-        + _len_field(_CHUNK_BEHAVIOR, behavior.encode("utf-8"))
+        + length_delimited(_CHUNK_BEHAVIOR, behavior.encode("utf-8"))
         + body
     )
-    return _len_field(_GATEWAY_MESSAGE_CHUNK, chunk)
+    return length_delimited(_GATEWAY_MESSAGE_CHUNK, chunk)

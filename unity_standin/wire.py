@@ -21,41 +21,17 @@ import numpy as np
 from mlagents_envs.communicator_objects.agent_info_pb2 import AgentInfoProto
 from mlagents_envs.communicator_objects.observation_pb2 import NONE, PNG, ObservationProto
 
+from common.protowire import FIXED32 as _FIXED32
+from common.protowire import LENGTH_DELIMITED as _LENGTH
+from common.protowire import VARINT as _VARINT
+from common.protowire import length_delimited as _length_delimited
+from common.protowire import tag as _tag
+from common.protowire import varint
 from unity_standin.tasks.base import ObservationDef
-
-_VARINT, _FIXED32, _LENGTH = 0, 5, 2
 
 
 def _number(message, field: str) -> int:
     return message.DESCRIPTOR.fields_by_name[field].number
-
-
-_ONE_BYTE = [bytes((i,)) for i in range(128)]
-
-
-def varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
-    if 0 <= value < 128:
-        return _ONE_BYTE[value]
-    if value < 0:
-        raise ValueError(f"negative varint {value}")
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def _tag(number: int, wire_type: int) -> bytes:
-    return varint(number << 3 | wire_type)
-
-
-def _length_delimited(number: int, payload: bytes) -> bytes:
-    return _tag(number, _LENGTH) + varint(len(payload)) + payload
 
 
 def _packed_varints(number: int, values) -> bytes:
