@@ -17,7 +17,6 @@ import argparse
 import datetime
 import os
 import platform
-import socket
 import sys
 import time
 from pathlib import Path
@@ -27,18 +26,13 @@ from mlagents_envs.side_channel.stats_side_channel import StatsSideChannel
 import unity_standin
 from common.logging import configure_logging, get_logger
 from common.unity_env import open_unity_environment
+from common.ports import free_base_port
 
 RESULTS = Path(__file__).parent / "results" / "bench_env.md"
 BEHAVIOR = "3DBall?team=0"
 # (agents, env.step() calls): a few seconds each on a small machine
 CASES = ((1, 3000), (16, 2000), (256, 1000))
 WARMUP_STEPS = 20
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
 
 
 def _cpu_name() -> str:
@@ -56,7 +50,7 @@ def measure(num_agents: int, steps: int) -> dict[str, float]:
     env = open_unity_environment(
         unity_standin.executable_path(),
         worker_id=0,
-        base_port=_free_port(),
+        base_port=free_base_port(),
         seed=0,
         timeout_wait=30,
         additional_args=["--task", "3dball", "--num-agents", str(num_agents), "--decision-period", "1"],

@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import queue
-import socket
 import subprocess
 import sys
 import threading
@@ -49,6 +48,7 @@ from common.logging import configure_logging, get_logger
 from common.policy import NumpyPolicy, PolicyArchitecture, make_snapshot, parameter_shapes
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common import specs as specs_mod
+from common.ports import free_base_port
 
 RESULTS = Path(__file__).parent / "results" / "bench_gateway.md"
 BALL = "3DBall?team=0"
@@ -57,27 +57,6 @@ log = get_logger("benchmarks.bench_gateway")
 
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def _port_free(port: int) -> bool:
-    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::")):
-        s = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
-
-
-def free_base_port(count: int) -> int:
-    rng = np.random.default_rng()
-    for _ in range(200):
-        base = int(rng.integers(20000, 60000))
-        if all(_port_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free ports")
 
 
 def standin() -> str:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from common.logging import configure_logging, get_logger
+from common.ports import free_base_port
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "bench_time_to_solved.md"
@@ -57,7 +58,7 @@ def run_one(config: str, seed: int, time_limit_s: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
             _trainer(), str(REPO / config), "--run-id", "bench", "--results-dir", tmp, "--seed", str(seed),
-            "--with-gateway", "--listen", "127.0.0.1:0", "--base-port", "6305", "--log-json",
+            "--with-gateway", "--listen", "127.0.0.1:0", "--base-port", str(free_base_port()), "--log-json",
         ]
         log_path = Path(tmp) / "log.jsonl"
         started = time.monotonic()

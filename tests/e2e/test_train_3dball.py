@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from trainer_server.stats import read_scalars
+from common.ports import free_base_port
 
 REPO = Path(__file__).resolve().parents[2]
 #: mean episode reward of uniformly random actions on the stand-in's 3dball (measured)
@@ -99,12 +99,6 @@ COMMON_TAGS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _tool(name: str) -> list[str]:
     exe = Path(sys.executable).parent / name
     if exe.exists():
@@ -144,7 +138,7 @@ def _train_and_check(tmp_path: Path, config_text: str, max_steps: int, expected_
     cmd = [
         *_tool("tandem-trainer"), str(config),
         "--run-id", "e2e", "--results-dir", str(tmp_path / "results"),
-        "--listen", "127.0.0.1:0", "--base-port", str(_free_port()), "--seed", "1",
+        "--listen", "127.0.0.1:0", "--base-port", str(free_base_port()), "--seed", "1",
         "--with-gateway", "--log-json",
     ]
     env = dict(os.environ, TANDEM_LOG_JSON="1")

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
-import socket
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import unity_standin
+from common.ports import free_base_port as free_ports
 from gateway.app import Gateway
 from gateway.options import (
     ActorOptions,
@@ -24,27 +23,6 @@ from gateway.options import (
     ServerOptions,
     validate,
 )
-
-
-def _bindable(port: int) -> bool:
-    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::")):
-        s = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
-
-
-def free_ports(count: int = 1) -> int:
-    """A base port such that ``count`` consecutive ports are free (mlagents uses base + worker id)."""
-    for _ in range(200):
-        base = random.randint(20000, 60000)
-        if all(_bindable(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free consecutive ports")
 
 
 def environment_options(

@@ -9,7 +9,6 @@ a shorter ``time_horizon`` so that fresh experience arrives sooner in this short
 
 from __future__ import annotations
 
-import socket
 
 import numpy as np
 import pytest
@@ -22,17 +21,12 @@ from common.specs import from_mlagents
 from common.trajectory import Trajectory
 from common.unity_env import open_unity_environment
 from trainer_server.sac import SACConfig, SACLearner
+from common.ports import free_base_port
 
 BALL = "3DBall?team=0"
 #: mean episode reward of uniformly random actions on the stand-in's 3dball (about 1.3)
 RANDOM_REWARD = 1.3  # this run: about 1.1 over its first 24 episodes, about 37 over its last 24
 MAX_STEPS = 40_000
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -42,7 +36,7 @@ def env():
             opened = open_unity_environment(
                 unity_standin.executable_path(),
                 worker_id=0,
-                base_port=_free_port(),
+                base_port=free_base_port(),
                 timeout_wait=30,
                 additional_args=["--task", "3dball", "--seed", "1"],
             )
