@@ -25,6 +25,8 @@ from tandem.v1 import gateway_pb2, gateway_pb2_grpc
 API_VERSION = "v1"
 #: how long a new Play stream waits for a departed client's stream to finish unwinding
 PLAY_HANDOVER_S = 5.0
+#: how long a new Play stream waits while the holder's client still looks connected
+PLAY_BUSY_WAIT_S = 1.0
 
 
 class EnvironmentView(Protocol):
@@ -139,16 +141,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def _acquire_play(self, context) -> bool:
         """Takes the one-stream-at-a-time lock for ``context``.
 
-        A stream whose client has gone (cancelled, deadline passed) may still hold the lock
-        for a moment while its handler unwinds; a new client then waits for it, up to
-        PLAY_HANDOVER_S, rather than being refused. A live holder means refusal at once.
+        A client that just ended or cancelled its stream may start the next one before
+        the server has unwound the old one (frames are ordered, handler threads are not).
+        So a new stream waits for the lock: up to PLAY_HANDOVER_S when the holder's
+        client is gone, up to PLAY_BUSY_WAIT_S otherwise, and only then is refused.
         """
-        if not self._play_lock.acquire(blocking=False):
-            holder = self._play_holder
-            if holder is not None and holder.is_active():
-                return False
-            if not self._play_lock.acquire(timeout=PLAY_HANDOVER_S):
-                return False
+        if self._play_lock.acquire(blocking=False):
+            self._play_holder = context
+            return True
+        holder = self._play_holder
+        wait_s = PLAY_BUSY_WAIT_S if holder is not None and holder.is_active() else PLAY_HANDOVER_S
+        if not self._play_lock.acquire(timeout=wait_s):
+            return False
         self._play_holder = context
         return True
 

@@ -316,3 +316,13 @@ def test_a_new_client_right_after_a_cancelled_stream_is_not_refused(ball_gateway
             session = client.play(timeout_s=60)
             session.reset()
             session.close()  # half-close and cancel at once, then straight to the next stream
+
+
+def test_a_new_client_right_after_a_half_closed_stream_is_not_refused(ball_gateway):
+    """Ending the request stream without waiting for the status, then reconnecting at
+    once (what the Node client does), must not race the server's unwinding."""
+    with GatewayClient(ball_gateway.address) as client:
+        for _ in range(20):
+            session = client.play(timeout_s=60)
+            session.reset()
+            session._requests.put(None)  # half-close only; no wait for the status
