@@ -11,6 +11,8 @@ This module never imports ``mlagents_envs.envs`` (gym/pettingzoo are not install
 
 from __future__ import annotations
 
+import atexit
+
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -75,9 +77,15 @@ class LargeMessageUnityEnvironment(UnityEnvironment):
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
 
     def _get_communicator(self, worker_id, base_port, timeout_wait):  # noqa: D102 - mlagents hook
-        return LargeMessageRpcCommunicator(
-            worker_id, base_port, timeout_wait, max_message_bytes=self.max_message_mb * 1024 * 1024
-        )
+        try:
+            return LargeMessageRpcCommunicator(
+                worker_id, base_port, timeout_wait, max_message_bytes=self.max_message_mb * 1024 * 1024
+            )
+        except BaseException:
+            # mlagents registered ``atexit(self._close)`` before asking for the communicator;
+            # on a half-built environment that hook fails noisily at exit, once per attempt.
+            atexit.unregister(self._close)
+            raise
 
 
 def open_unity_environment(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,9 @@ from common.specs import BehaviorSpec, from_mlagents
 from gateway import steps as steps_mod
 from gateway.options import EnvironmentOptions
 from gateway.steps import Stat, StepBatch
+
+#: how long a (re)start waits for this instance's port, held by its previous mlagents server
+PORT_RELEASE_WAIT_S = 10.0
 
 
 class InstanceFailure(RuntimeError):
@@ -72,7 +76,7 @@ class UnityInstance:
         Raises:
             InstanceFailure: when Unity cannot be launched or does not answer in time.
         """
-        from mlagents_envs.exception import UnityException
+        from mlagents_envs.exception import UnityException, UnityWorkerInUseException
         from mlagents_envs.side_channel.engine_configuration_channel import EngineConfigurationChannel
         from mlagents_envs.side_channel.environment_parameters_channel import EnvironmentParametersChannel
         from mlagents_envs.side_channel.stats_side_channel import StatsSideChannel
@@ -81,20 +85,29 @@ class UnityInstance:
         self._params_channel = EnvironmentParametersChannel()
         self._stats_channel = StatsSideChannel()
         seed = self.options.seed + self.index if self.options.seed >= 0 else random.randrange(0, 1 << 30)
-        try:
-            self._env = open_unity_environment(
-                file_name=self.options.file_name,
-                worker_id=self.worker_id,
-                base_port=self.options.base_port,
-                seed=seed,
-                no_graphics=self.options.engine.no_graphics,
-                timeout_wait=self.options.timeout_wait,
-                additional_args=list(self.options.env_args),
-                side_channels=[engine_channel, self._params_channel, self._stats_channel],
-                num_areas=self.options.num_areas,
-            )
-        except UnityException as e:
-            raise InstanceFailure(f"instance {self.index}: Unity did not start: {e}") from e
+        # After a crash, the previous mlagents server of this instance may still be
+        # releasing the port for a moment: retry "in use" briefly before giving up.
+        deadline = time.monotonic() + PORT_RELEASE_WAIT_S
+        while True:
+            try:
+                self._env = open_unity_environment(
+                    file_name=self.options.file_name,
+                    worker_id=self.worker_id,
+                    base_port=self.options.base_port,
+                    seed=seed,
+                    no_graphics=self.options.engine.no_graphics,
+                    timeout_wait=self.options.timeout_wait,
+                    additional_args=list(self.options.env_args),
+                    side_channels=[engine_channel, self._params_channel, self._stats_channel],
+                    num_areas=self.options.num_areas,
+                )
+                break
+            except UnityWorkerInUseException as e:
+                if time.monotonic() >= deadline:
+                    raise InstanceFailure(f"instance {self.index}: Unity did not start: {e}") from e
+                time.sleep(0.2)
+            except UnityException as e:
+                raise InstanceFailure(f"instance {self.index}: Unity did not start: {e}") from e
         self._process = getattr(self._env, "_process", None)  # mlagents keeps the Popen privately
         self.unity_pid = self._process.pid if self._process is not None else None
         eng = self.options.engine

@@ -1,0 +1,42 @@
+"""UnityInstance (re)starts against the real stand-in while its port is briefly held."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from gateway import environment
+from gateway.environment import InstanceFailure, UnityInstance
+from gateway_helpers import environment_options
+
+
+def _hold(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("localhost", port))
+    sock.listen()
+    return sock
+
+
+def test_open_waits_for_a_port_still_held_by_the_previous_server():
+    options = environment_options()
+    holder = _hold(options.port(0))
+    threading.Timer(1.0, holder.close).start()  # released a moment later, as after a crash
+    instance = UnityInstance(options, 0)
+    try:
+        instance.open()
+        assert instance.unity_pid is not None
+    finally:
+        instance.close()
+
+
+def test_a_port_that_stays_in_use_is_a_clear_failure(monkeypatch):
+    monkeypatch.setattr(environment, "PORT_RELEASE_WAIT_S", 0.5)
+    options = environment_options()
+    holder = _hold(options.port(0))
+    try:
+        with pytest.raises(InstanceFailure, match="instance 0: Unity did not start: .*worker number 0 is still in use"):
+            UnityInstance(options, 0).open()
+    finally:
+        holder.close()
