@@ -47,7 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"Unity build path; '{EDITOR}' connects to the Unity Editor; default: the built-in stand-in",
     )
-    env.add_argument("--num-envs", type=int, default=1, help="environment instances, one worker process each")
+    env.add_argument(
+        "--num-envs", type=int, default=1,
+        help="environment instances, one worker process each (a single one in remote control is stepped "
+        "inside the gateway process unless --worker-process)",
+    )
+    env.add_argument(
+        "--worker-process", action="store_true",
+        help="remote control with one instance: step it in a worker process too (isolation over latency)",
+    )
     env.add_argument(
         "--base-port",
         type=int,
@@ -141,6 +149,7 @@ def options_from_args(args: argparse.Namespace) -> GatewayOptions:
         file_name=file_name,
         env_args=tuple(args.env_args or ()),
         num_envs=args.num_envs,
+        single_in_process=not args.worker_process,
         base_port=args.base_port if args.base_port is not None else (5004 if file_name is None else 5005),
         seed=args.seed,
         num_areas=args.num_areas,

@@ -54,6 +54,9 @@ class EnvironmentOptions:
         file_name: the Unity build path; ``None`` = the Editor (worker 0 only).
         env_args: extra command-line arguments for the Unity process.
         num_envs: how many instances (one worker process each).
+        single_in_process: in remote control, step a single instance inside the gateway
+            process (no pipe hop per step); several instances, and actor mode, always use
+            worker processes.
         base_port: instance i listens on ``base_port + worker_id(i)``.
         seed: the environment seed; -1 = random. Instance i gets ``seed + i``.
         num_areas: training areas per instance (``num_areas`` of mlagents).
@@ -65,6 +68,7 @@ class EnvironmentOptions:
     file_name: str | None
     env_args: tuple[str, ...] = ()
     num_envs: int = 1
+    single_in_process: bool = True
     base_port: int = 5005
     seed: int = -1
     num_areas: int = 1

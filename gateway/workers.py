@@ -32,6 +32,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -376,6 +377,98 @@ class WorkerHandle:
         self.process = None
 
 
+class _Answers:
+    """The in-process worker's end of its "pipe": answers wait here until the pool reads them."""
+
+    def __init__(self) -> None:
+        self.messages: deque[tuple] = deque()
+
+    def send(self, msg: tuple) -> None:
+        self.messages.append(msg)
+
+
+class InProcessWorkerHandle:
+    """One instance stepped inside the gateway process, behind the same interface as ``WorkerHandle``.
+
+    Why: with a single instance there is nothing to step in parallel, and the pipe hop to
+    a worker process (two process wake-ups per step) is most of what remote control adds
+    to a step besides the gRPC round trip. Commands run synchronously in ``send`` (in
+    the Play stream's thread); their answers are read back with ``recv``. A Unity crash
+    or hang is handled exactly as in a worker process (``InstanceWorker``); an
+    unexpected error in the worker code counts as a lost worker (restart quota, the
+    agents' episodes end interrupted).
+    """
+
+    process = None  # no worker process: nothing for ``kill`` to kill besides Unity
+
+    def __init__(self, options: EnvironmentOptions, index: int, log_json: bool = False) -> None:
+        self.options = options
+        self.index = index
+        self.log_json = log_json
+        self.quota = RestartQuota(options.restarts)
+        self.alive = True
+        self.unity_pid: int | None = None
+        self._worker: InstanceWorker | None = None
+        self._answers: _Answers | None = None
+        self.log = get_logger("gateway.workers", instance=index, in_process=True)
+
+    @property
+    def answer_timeout_s(self) -> float:
+        return self.options.timeout_wait + _ANSWER_MARGIN_S
+
+    def start(self, interrupted: dict[str, StepBatch] | None = None) -> None:
+        """Opens Unity now (the pool then reads "ready" or "failed")."""
+        self._answers = _Answers()
+        config = WorkerConfig(self.options, self.index, self.log_json, dict(interrupted or {}))
+        self._worker = InstanceWorker(config, self._answers)
+        try:
+            self._worker.instance.open()
+        except InstanceFailure as e:
+            self._answers.send(("failed", str(e)))
+        else:
+            instance = self._worker.instance
+            self._answers.send(("ready", ReadyInfo(list(instance.specs.values()), instance.unity_pid)))
+
+    def send(self, msg: tuple) -> None:
+        """Runs the command now; its answer (if any) waits for ``recv``."""
+        worker = self._worker
+        if worker is None:
+            raise WorkerLost(f"instance {self.index}: the in-process worker is closed")
+        kind = msg[0]
+        try:
+            if kind == "close":
+                worker.instance.close()
+                self._answers.send(("closed",))
+            elif kind == "actor":
+                raise ValueError("actor mode runs its instances in worker processes")
+            else:
+                worker.run_command(kind, msg[1] if len(msg) > 1 else None)
+        except Exception as e:  # a bug in the worker code: treated like a dead worker process
+            self.log.error("in-process worker failed", command=kind, error=repr(e))
+            raise WorkerLost(f"instance {self.index}: worker failed: {e!r}") from e
+
+    def recv(self, timeout_s: float | None = None) -> tuple:
+        if self._answers is None or not self._answers.messages:
+            raise WorkerLost(f"instance {self.index}: the in-process worker has no answer")
+        return self._answers.messages.popleft()
+
+    def kill(self) -> None:
+        """Kills Unity and forgets the worker (``start`` makes a new one)."""
+        worker, self._worker, self._answers = self._worker, None, None
+        if worker is not None:
+            worker.instance.kill()
+            worker.instance.close()  # Unity is gone; this releases mlagents' server and port
+        elif self.unity_pid is not None:
+            kill_process(self.unity_pid)
+        self.unity_pid = None
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        worker = self._worker
+        if worker is not None:
+            worker.instance.close()
+        self.kill()
+
+
 @dataclass(frozen=True)
 class InstanceInfo:
     index: int
@@ -411,7 +504,9 @@ class EnvironmentPool:
 
     def __init__(self, options: EnvironmentOptions, log_json: bool = False) -> None:
         self.options = options
-        self.workers = [WorkerHandle(options, i, log_json) for i in range(options.num_envs)]
+        in_process = options.num_envs == 1 and options.single_in_process
+        handle = InProcessWorkerHandle if in_process else WorkerHandle
+        self.workers = [handle(options, i, log_json) for i in range(options.num_envs)]
         self._specs: dict[str, BehaviorSpec] = {}
         self._decisions: dict[int, dict[str, np.ndarray]] = {}
         self._last_steps: dict[int, bytes] = {}

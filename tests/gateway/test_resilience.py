@@ -57,7 +57,7 @@ def test_killed_unity_is_restarted_and_its_agents_end_interrupted(rng):
 
 @pytest.mark.slow
 def test_killed_worker_process_is_replaced_and_its_agents_end_interrupted(rng):
-    with running_gateway(environment_options()) as gw:
+    with running_gateway(environment_options(single_in_process=False)) as gw:
         with GatewayClient(gw.address) as client:
             specs = client.specs()
             session = client.play(timeout_s=90)

@@ -26,3 +26,67 @@ def test_timeout_wait_is_clamped_and_the_server_takes_large_messages():
 def test_bad_message_limit_is_refused():
     with pytest.raises(ValueError, match="max_message_mb"):
         open_unity_environment(unity_standin.executable_path(), max_message_mb=0)
+
+
+def test_the_handoff_communicator_follows_the_unity_protocol():
+    """A real gRPC client plays Unity: academy output, the empty acknowledgement, steps, the closing 400."""
+    import threading
+
+    import grpc
+    from mlagents_envs.communicator_objects.unity_input_pb2 import UnityInputProto
+    from mlagents_envs.communicator_objects.unity_message_pb2 import UnityMessageProto
+    from mlagents_envs.communicator_objects.unity_to_external_pb2_grpc import UnityToExternalProtoStub
+
+    port = free_port()
+    communicator = LargeMessageRpcCommunicator(0, port, timeout_wait=10, max_message_bytes=8 << 20)
+    seen: list[UnityMessageProto] = []
+
+    def unity() -> None:
+        with grpc.insecure_channel(f"localhost:{port}") as channel:
+            stub = UnityToExternalProtoStub(channel)
+            hello = UnityMessageProto()
+            hello.header.status = 200
+            hello.unity_output.rl_initialization_output.name = "academy"
+            seen.append(stub.Exchange(hello, timeout=10))  # Unity starts with Exchange, as the stand-in
+            ack = UnityMessageProto()
+            ack.header.status = 200
+            reply = stub.Exchange(ack, timeout=10)
+            for step in range(3):
+                seen.append(reply)
+                out = UnityMessageProto()
+                out.header.status = 200
+                out.unity_output.rl_output.side_channel = bytes([step])
+                reply = stub.Exchange(out, timeout=10)
+            seen.append(reply)  # the closing message
+
+    thread = threading.Thread(target=unity)
+    thread.start()
+    inputs = UnityInputProto()
+    inputs.rl_initialization_input.seed = 7
+    academy = communicator.initialize(inputs)
+    assert academy.rl_initialization_output.name == "academy"
+    for step in range(3):
+        step_input = UnityInputProto()
+        step_input.rl_input.side_channel = bytes([10 + step])
+        output = communicator.exchange(step_input)
+        assert output.rl_output.side_channel == bytes([step])
+    communicator.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert seen[0].unity_input.rl_initialization_input.seed == 7
+    assert [m.unity_input.rl_input.side_channel for m in seen[1:4]] == [b"\n", b"\x0b", b"\x0c"]
+    assert seen[4].header.status == 400
+
+
+def test_the_handoff_communicator_times_out_when_unity_stops_answering():
+    from mlagents_envs.communicator_objects.unity_input_pb2 import UnityInputProto
+    from mlagents_envs.exception import UnityTimeOutException
+
+    communicator = LargeMessageRpcCommunicator(0, free_port(), timeout_wait=3, max_message_bytes=1 << 20)
+    checks = []
+    try:
+        with pytest.raises(UnityTimeOutException, match="timeout_wait"):
+            communicator.exchange(UnityInputProto(), poll_callback=lambda: checks.append(1))
+        assert checks  # the process check ran while waiting
+    finally:
+        communicator.close()
