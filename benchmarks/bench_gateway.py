@@ -3,8 +3,10 @@
 Scenes: the stand-in's 3DBall task with 1, 16 and 256 agents, 1 and 2 instances.
 Side by side in one run, for each scene:
 
-* direct: one Python loop over ``UnityEnvironment`` (2 instances: stepped one after
-  the other), random actions (``ActionSpec.random_action``);
+* direct: one Python loop over mlagents-envs' own ``UnityEnvironment`` (2 instances:
+  stepped one after the other), random actions (``ActionSpec.random_action``); the
+  gateway opens its instances through ``common.unity_env`` (an in-memory hand-off
+  between mlagents' gRPC thread and the stepping thread instead of its pipe);
 * remote control: a ``tandem-gateway`` process driven by the Python client
   (``gateway.client``) over loopback gRPC, random actions; the per-step overhead is
   compared with one loopback round trip: a bidirectional-stream ping-pong between the
@@ -96,14 +98,14 @@ class DirectResult:
 
 def run_direct(agents: int, instances: int, seconds: float) -> DirectResult:
     """Agent-steps/s of one Python loop over ``instances`` UnityEnvironments with random actions."""
+    from mlagents_envs.environment import UnityEnvironment
     from mlagents_envs.side_channel.stats_side_channel import StatsSideChannel
 
-    from common.unity_env import open_unity_environment
-
     base = free_base_port(instances)
-    stats = [StatsSideChannel() for _ in range(instances)]  # as the gateway, read the stats channel
-    envs = [
-        open_unity_environment(
+    # As the gateway, read the stats channel (without it mlagents-envs logs a warning per step).
+    stats = [StatsSideChannel() for _ in range(instances)]
+    envs = [  # mlagents-envs' own UnityEnvironment, as a user's loop would open it
+        UnityEnvironment(
             standin(), worker_id=i, base_port=base, seed=i, no_graphics=True, timeout_wait=60,
             additional_args=["--num-agents", str(agents)], side_channels=[stats[i]],
         )

@@ -19,17 +19,13 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Callable, Sequence
 
 import grpc
 from mlagents_envs.communicator import PollCallback
 from mlagents_envs.communicator_objects.unity_input_pb2 import UnityInputProto
 from mlagents_envs.communicator_objects.unity_message_pb2 import UnityMessageProto
 from mlagents_envs.communicator_objects.unity_output_pb2 import UnityOutputProto
-from mlagents_envs.communicator_objects.unity_to_external_pb2_grpc import (
-    UnityToExternalProtoServicer,
-    add_UnityToExternalProtoServicer_to_server,
-)
 from mlagents_envs.environment import UnityEnvironment
 from mlagents_envs.exception import UnityTimeOutException, UnityWorkerInUseException
 from mlagents_envs.rpc_communicator import RpcCommunicator
@@ -38,45 +34,58 @@ from mlagents_envs.side_channel.side_channel import SideChannel
 from common.logging import get_logger
 
 MIN_TIMEOUT_WAIT = 10
+#: longest wait for the gRPC thread to take Python's answer before working alongside Unity
+#: (microseconds normally; bounded in case Unity's call is already gone)
+_TAKE_WAIT_S = 0.05
 DEFAULT_MAX_MESSAGE_MB = 256
 
 _log = get_logger("common.unity_env")
 
 
-class _Handoff(UnityToExternalProtoServicer):
-    """Passes Unity's messages to the Python side and the answers back, within one process.
+class _Handoff:
+    """Relays Unity's messages to the stepping thread and the answers back, within one process.
 
     Why: mlagents-envs hands each message between its gRPC handler thread and the
     stepping thread through a ``multiprocessing.Pipe``, which pickles the protobuf (a
     serialize and a parse per message, both ways) and costs OS round trips. Both ends
-    live in the same process, so two ``SimpleQueue``s do: the objects pass as they are.
+    live in the same process, so two ``SimpleQueue``s do. Messages cross as raw bytes:
+    the stepping thread parses and serializes them, so the gRPC thread holds the GIL
+    only briefly and Unity gets Python's answer as soon as it is queued, even while the
+    stepping thread goes on working (``LargeMessageRpcCommunicator.while_unity_steps``).
 
-    Unity calls ``Initialize`` once and then ``Exchange`` per step; each call delivers
-    Unity's message and blocks until Python's answer (or the communicator closes).
+    Unity calls ``Exchange`` once per step (its first call carries the academy
+    parameters; ``Initialize`` is served too, as mlagents-envs does); each call
+    delivers Unity's message and blocks until Python's answer or until the
+    communicator closes.
     """
 
+    SERVICE = "communicator_objects.UnityToExternalProto"
     #: seconds between checks of ``closed`` while a call waits for Python's answer
     _CHECK_EVERY_S = 1.0
 
     def __init__(self) -> None:
-        self.from_unity: queue.SimpleQueue = queue.SimpleQueue()
-        self.to_unity: queue.SimpleQueue = queue.SimpleQueue()
+        self.from_unity: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.to_unity: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        #: set by the gRPC thread once it took Python's answer (cleared by the stepping thread)
+        self.taken = threading.Event()
         self.closed = threading.Event()
 
-    def _call(self, request, context):
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        """The service with bytes in and out (no (de)serializers: the stepping thread does that)."""
+        relay = grpc.unary_unary_rpc_method_handler(self._call)
+        return grpc.method_handlers_generic_handler(self.SERVICE, {"Exchange": relay, "Initialize": relay})
+
+    def _call(self, request: bytes, context) -> bytes:
         self.from_unity.put(request)
         while True:
             try:
-                return self.to_unity.get(timeout=self._CHECK_EVERY_S)
+                answer = self.to_unity.get(timeout=self._CHECK_EVERY_S)
             except queue.Empty:
                 if self.closed.is_set() or not context.is_active():
-                    return _status_message(400)  # Python is gone: tell Unity to quit
-
-    def Initialize(self, request, context):  # noqa: N802 - gRPC method name
-        return self._call(request, context)
-
-    def Exchange(self, request, context):  # noqa: N802 - gRPC method name
-        return self._call(request, context)
+                    return _status_message(400).SerializeToString()  # Python is gone: tell Unity to quit
+                continue
+            self.taken.set()
+            return answer
 
 
 def _status_message(status: int) -> UnityMessageProto:
@@ -103,6 +112,9 @@ class LargeMessageRpcCommunicator(RpcCommunicator):
     def __init__(self, worker_id: int, base_port: int, timeout_wait: int, max_message_bytes: int) -> None:
         self._max_message_bytes = max_message_bytes
         self.handoff = _Handoff()
+        #: called once per ``exchange`` after Python's message went to Unity and before waiting
+        #: for Unity's answer: work that overlaps with Unity's step (see ``gateway.acting``)
+        self.while_unity_steps: Callable[[], None] | None = None
         super().__init__(worker_id, base_port, timeout_wait)
 
     def create_server(self) -> None:
@@ -117,7 +129,7 @@ class LargeMessageRpcCommunicator(RpcCommunicator):
                     ("grpc.max_send_message_length", self._max_message_bytes),
                 ),
             )
-            add_UnityToExternalProtoServicer_to_server(self.handoff, self.server)
+            self.server.add_generic_rpc_handlers((self.handoff.generic_handler(),))
             self.server.add_insecure_port(f"[::]:{self.port}")
             self.server.start()
             self.is_open = True
@@ -134,7 +146,8 @@ class LargeMessageRpcCommunicator(RpcCommunicator):
         slice_s = max(1, self.timeout_wait // 10)
         while True:
             try:
-                return self.handoff.from_unity.get(timeout=max(0.0, min(slice_s, deadline - time.monotonic())))
+                raw = self.handoff.from_unity.get(timeout=max(0.0, min(slice_s, deadline - time.monotonic())))
+                return UnityMessageProto.FromString(raw)
             except queue.Empty:
                 pass
             if time.monotonic() >= deadline:
@@ -146,18 +159,25 @@ class LargeMessageRpcCommunicator(RpcCommunicator):
             if poll_callback:
                 poll_callback()  # raises when the Unity process died
 
-    def initialize(self, inputs: UnityInputProto, poll_callback: PollCallback | None = None) -> UnityOutputProto:
-        academy = self._from_unity(poll_callback).unity_output
+    def _to_unity(self, inputs: UnityInputProto) -> None:
         message = _status_message(200)
         message.unity_input.CopyFrom(inputs)
-        self.handoff.to_unity.put(message)
-        self._from_unity(poll_callback)  # Unity's first Exchange: an empty acknowledgement
+        self.handoff.taken.clear()
+        self.handoff.to_unity.put(message.SerializeToString())
+
+    def initialize(self, inputs: UnityInputProto, poll_callback: PollCallback | None = None) -> UnityOutputProto:
+        academy = self._from_unity(poll_callback).unity_output
+        self._to_unity(inputs)
+        self._from_unity(poll_callback)  # Unity's next Exchange: an empty acknowledgement
         return academy
 
     def exchange(self, inputs: UnityInputProto, poll_callback: PollCallback | None = None) -> UnityOutputProto | None:
-        message = _status_message(200)
-        message.unity_input.CopyFrom(inputs)
-        self.handoff.to_unity.put(message)
+        self._to_unity(inputs)
+        if self.while_unity_steps is not None:
+            # Let the gRPC thread pass the answer on before working alongside Unity: while
+            # this thread holds the GIL, that one could not send it.
+            self.handoff.taken.wait(_TAKE_WAIT_S)
+            self.while_unity_steps()
         output = self._from_unity(poll_callback)
         if output.header.status != 200:
             return None
@@ -166,7 +186,7 @@ class LargeMessageRpcCommunicator(RpcCommunicator):
     def close(self) -> None:
         """Tells Unity to quit (status 400) and stops the server."""
         if self.is_open:
-            self.handoff.to_unity.put(_status_message(400))
+            self.handoff.to_unity.put(_status_message(400).SerializeToString())
             self.handoff.closed.set()
             self.server.stop(False)
             self.is_open = False

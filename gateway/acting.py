@@ -3,7 +3,10 @@
 Why: acting where the environment is stepped costs no pipe round trip per step, and
 with several instances the acting runs on several cores. The worker steps its Unity
 instance in a loop; the parent only forwards snapshots and takes finished
-trajectories (already serialized), so the hot path is numpy on CPU: no JAX, no GPU.
+trajectories, so the hot path is numpy on CPU: no JAX, no GPU. Per step only acting
+is on the critical path: observing the previous answer, recording the actions and
+flushing finished trajectories run while Unity computes the step
+(``UnityInstance.step(..., while_unity_steps=...)``).
 
 Pipe protocol in actor mode (parent -> worker):
     ("snapshot", behavior, version, snapshot bytes)   the latest policy of a behavior
@@ -138,6 +141,8 @@ class InstanceActor:
         self.waiting_since: float | None = None
         self.random_behaviors: set[str] = set()
         self.current: dict[str, tuple[StepBatch, StepBatch]] = {}
+        #: the last step's answer until ``_bookkeeping`` observed it (during the next step)
+        self.unobserved: dict[str, tuple[StepBatch, StepBatch]] | None = None
         self.env_steps = 0
         self.agent_steps = 0
         self.last_progress = time.monotonic()
@@ -215,6 +220,7 @@ class InstanceActor:
 
     def _fail(self, error: Exception) -> None:
         """Ends every open trajectory as interrupted, sends them, and asks the parent to restart."""
+        self._catch_up()
         for behavior, builder in self.builders.items():
             self._finish(behavior, builder.interrupt_all())
         for tally in self.tallies.values():
@@ -245,9 +251,15 @@ class InstanceActor:
             return True
         return False
 
-    def _act(self) -> dict[str, BehaviorActions]:
-        """Actions for every agent awaiting a decision, recorded into the trajectories."""
+    def _act(self) -> tuple[dict[str, BehaviorActions], list[tuple]]:
+        """Actions for every agent awaiting a decision.
+
+        Returns:
+            The actions per behavior, and ``(behavior, policy entry, decisions, output)``
+            of every behavior that acted with a snapshot, for ``_bookkeeping`` to record.
+        """
         actions: dict[str, BehaviorActions] = {}
+        acted: list[tuple] = []
         for behavior, (dec, _) in self.current.items():
             if not len(dec):
                 continue
@@ -257,19 +269,36 @@ class InstanceActor:
                 continue
             out = entry.policy.act(dec.observations, dec.action_mask, self.rng, deterministic=entry.deterministic)
             actions[behavior] = BehaviorActions(continuous=out.env_continuous, discrete=out.discrete)
+            acted.append((behavior, entry, dec, out))
+        return actions, acted
+
+    def _bookkeeping(self, acted: list[tuple]) -> None:
+        """The trajectory work of one step: runs while Unity computes the step (off the critical path).
+
+        First the previous step's answer is observed (rewards, ends of episodes), then the
+        actions just sent are recorded, then finished trajectories are flushed to the parent.
+        """
+        self._catch_up()
+        for behavior, entry, dec, out in acted:
             if entry.deterministic:
                 tally = self.tallies.get(behavior)
                 if tally is not None:
                     tally.acted(dec)
-            else:
-                self.tallies.pop(behavior, None)
-                builder = self.builders.get(behavior)
-                if builder is None:
-                    builder = self.builders[behavior] = TrajectoryBuilder(
-                        self.instance.specs[behavior], self.worker.index, entry.time_horizon, capacity=max(16, len(dec))
-                    )
-                builder.record(dec, out.continuous, out.discrete, out.log_probs, entry.version)
-        return actions
+                continue
+            self.tallies.pop(behavior, None)
+            builder = self.builders.get(behavior)
+            if builder is None:
+                builder = self.builders[behavior] = TrajectoryBuilder(
+                    self.instance.specs[behavior], self.worker.index, entry.time_horizon, capacity=max(16, len(dec))
+                )
+            builder.record(dec, out.continuous, out.discrete, out.log_probs, entry.version)
+        self._flush()
+
+    def _catch_up(self) -> None:
+        """Observes the last step's answer if that has not happened yet."""
+        if self.unobserved is not None:
+            out, self.unobserved = self.unobserved, None
+            self._observe(out)
 
     def _random_actions(self, behavior: str, dec: StepBatch) -> BehaviorActions:
         a = self.instance.specs[behavior].action_spec
@@ -292,7 +321,6 @@ class InstanceActor:
             tally = self.tallies.get(behavior)
             if tally is not None:
                 tally.observe(dec, term)
-        self.current = out
         self.stats.extend(self.instance.drain_stats())
 
     def _report_inference(self) -> None:
@@ -362,15 +390,14 @@ class InstanceActor:
             if not self._ready_to_act():
                 self._drain(0.2)
                 continue
-            actions = self._act()
+            actions, acted = self._act()
             try:
-                out = self.instance.step(actions)
+                out = self.instance.step(actions, while_unity_steps=lambda: self._bookkeeping(acted))
             except InstanceFailure as e:
                 self._fail(e)
                 continue
-            self._observe(out)
+            self.current = self.unobserved = out
             self._announce()
-            self._flush()
             self.env_steps += 1
             self.agent_steps += sum(len(d) for d, _ in out.values())
             now = time.monotonic()
@@ -378,6 +405,7 @@ class InstanceActor:
                 self.last_progress = now
                 self._report_inference()
                 self._send(("progress", self.env_steps, self.agent_steps))
+        self._catch_up()
         self._flush(force=True)
         self._report_inference()
         self._send(("progress", self.env_steps, self.agent_steps))

@@ -14,6 +14,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -161,19 +162,44 @@ class UnityInstance:
         """Resets the instance; returns ``{behavior: (decisions, terminals)}``."""
         return self._exchange(lambda env: env.reset())
 
-    def step(self, actions: dict[str, BehaviorActions]) -> dict[str, tuple[StepBatch, StepBatch]]:
+    def step(
+        self, actions: dict[str, BehaviorActions], while_unity_steps: Callable[[], None] | None = None
+    ) -> dict[str, tuple[StepBatch, StepBatch]]:
         """Sets actions for the last decision steps and steps once.
 
         Behaviors missing from ``actions`` get zero actions (as mlagents-envs does).
+
+        Args:
+            actions: per behavior, actions for its last decision steps.
+            while_unity_steps: work to run while Unity computes the step (after the
+                actions were handed to Unity, before waiting for its answer). It runs
+                exactly once, also when the step fails.
         """
         from mlagents_envs.base_env import ActionTuple
+
+        pending = [while_unity_steps] if while_unity_steps is not None else []
+
+        def run_hook() -> None:
+            if pending:
+                pending.pop()()
 
         def run(env):
             for behavior, a in actions.items():
                 env.set_actions(behavior, ActionTuple(continuous=a.continuous, discrete=a.discrete))
-            env.step()
+            communicator = env._communicator
+            overlap = pending and hasattr(communicator, "while_unity_steps")  # common.unity_env's communicator
+            if overlap:
+                communicator.while_unity_steps = run_hook
+            try:
+                env.step()
+            finally:
+                if overlap:
+                    communicator.while_unity_steps = None
 
-        return self._exchange(run)
+        try:
+            return self._exchange(run)
+        finally:
+            run_hook()  # when the step failed before reaching Unity, or no overlap was possible
 
     def _exchange(self, call) -> dict[str, tuple[StepBatch, StepBatch]]:
         from mlagents_envs.exception import UnityActionException, UnityException

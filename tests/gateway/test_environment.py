@@ -40,3 +40,40 @@ def test_a_port_that_stays_in_use_is_a_clear_failure(monkeypatch):
             UnityInstance(options, 0).open()
     finally:
         holder.close()
+
+
+def test_work_alongside_a_step_runs_once_before_unity_answers_and_also_when_the_step_fails():
+    import os
+    import signal
+
+    import numpy as np
+
+    from gateway.environment import BehaviorActions
+
+    instance = UnityInstance(environment_options(env_args=("--num-agents", "2")), 0)
+    try:
+        instance.open()
+        out = instance.reset()
+        communicator = instance._env._communicator
+        calls = []
+
+        def alongside():
+            # Unity has the actions but its answer has not been read yet
+            calls.append(communicator.handoff.taken.is_set())
+
+        for _ in range(3):
+            actions = {
+                name: BehaviorActions(np.zeros((len(dec), 2), np.float32), np.zeros((len(dec), 0), np.int32))
+                for name, (dec, _) in out.items()
+            }
+            out = instance.step(actions, while_unity_steps=alongside)
+        assert calls == [True, True, True]
+        os.kill(instance.unity_pid, signal.SIGKILL)
+        attempts = 0
+        with pytest.raises(InstanceFailure):
+            for _ in range(50):  # the kill may land between steps
+                attempts += 1
+                instance.step({}, while_unity_steps=alongside)
+        assert len(calls) == 3 + attempts  # once per step, the failed one included
+    finally:
+        instance.close()
