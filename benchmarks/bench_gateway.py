@@ -268,8 +268,7 @@ def run_remote(agents: int, instances: int, seconds: float, step_s: float) -> Re
 
     ``step_s`` (the direct loop's step time) is the idle gap of the second echo baseline.
     """
-    from gateway.client import GatewayClient, decode_steps
-    from common import tensor
+    from gateway.client import GatewayClient, decode_steps, random_actions
     from tandem.v1 import gateway_pb2
 
     proc, port = start_gateway_process(agents, instances)
@@ -282,15 +281,9 @@ def run_remote(agents: int, instances: int, seconds: float, step_s: float) -> Re
         def actions_for(steps) -> tuple[list, int]:
             out, n = [], 0
             for view in decode_steps(steps, specs):
-                k = len(view.decisions)
-                if not k:
-                    continue
-                a = gateway_pb2.BehaviorActions(instance=view.instance, behavior=view.behavior)
-                tensor.to_proto(view.decisions.agent_ids, a.agent_ids)
-                c = specs[view.behavior].action_spec.continuous_size
-                tensor.to_proto(rng.uniform(-1, 1, (k, c)).astype(np.float32), a.continuous)
-                out.append(a)
-                n += k
+                if len(view.decisions):
+                    out.append(random_actions(view, specs[view.behavior], rng, gateway_pb2.BehaviorActions()))
+                    n += len(view.decisions)
             return out, n
 
         steps = session.reset()

@@ -15,7 +15,6 @@ import grpc
 import numpy as np
 
 from common import specs as specs_mod
-from common import tensor
 from common.specs import BehaviorSpec
 from gateway import steps as steps_mod
 from gateway.server import channel_options
@@ -57,9 +56,9 @@ def random_actions(
     a = spec.action_spec
     out.instance = view.instance
     out.behavior = view.behavior
-    tensor.to_proto(view.decisions.agent_ids, out.agent_ids)
+    steps_mod.put_tensor(view.decisions.agent_ids, out.agent_ids)
     if a.continuous_size:
-        tensor.to_proto(rng.uniform(-1, 1, (n, a.continuous_size)).astype(np.float32), out.continuous)
+        steps_mod.put_tensor(rng.uniform(-1, 1, (n, a.continuous_size)).astype(np.float32), out.continuous)
     if a.num_branches:
         disc = np.zeros((n, a.num_branches), np.int32)
         start = 0
@@ -70,7 +69,7 @@ def random_actions(
                 choices = np.flatnonzero(allowed[row])
                 disc[row, b] = rng.choice(choices) if choices.size else 0
             start += size
-        tensor.to_proto(disc, out.discrete)
+        steps_mod.put_tensor(disc, out.discrete)
     return out
 
 
