@@ -173,15 +173,22 @@ class UnityInstance:
             actions: per behavior, actions for its last decision steps.
             while_unity_steps: work to run while Unity computes the step (after the
                 actions were handed to Unity, before waiting for its answer). It runs
-                exactly once, also when the step fails.
+                exactly once, also when the step fails; an exception it raises is
+                raised after the step.
         """
         from mlagents_envs.base_env import ActionTuple
 
         pending = [while_unity_steps] if while_unity_steps is not None else []
+        hook_errors: list[BaseException] = []
 
         def run_hook() -> None:
+            # Runs inside mlagents' step: an error of the caller's work must not pass for
+            # a Unity failure there, so it is kept and raised once the step is over.
             if pending:
-                pending.pop()()
+                try:
+                    pending.pop()()
+                except Exception as e:
+                    hook_errors.append(e)
 
         def run(env):
             for behavior, a in actions.items():
@@ -197,9 +204,12 @@ class UnityInstance:
                     communicator.while_unity_steps = None
 
         try:
-            return self._exchange(run)
+            out = self._exchange(run)
         finally:
             run_hook()  # when the step failed before reaching Unity, or no overlap was possible
+        if hook_errors:
+            raise hook_errors[0]
+        return out
 
     def _exchange(self, call) -> dict[str, tuple[StepBatch, StepBatch]]:
         from mlagents_envs.exception import UnityActionException, UnityException

@@ -77,3 +77,27 @@ def test_work_alongside_a_step_runs_once_before_unity_answers_and_also_when_the_
         assert len(calls) == 3 + attempts  # once per step, the failed one included
     finally:
         instance.close()
+
+
+def test_an_error_of_the_work_alongside_is_raised_after_the_step_not_taken_for_a_unity_failure():
+    import numpy as np
+
+    from gateway.environment import BehaviorActions
+
+    instance = UnityInstance(environment_options(env_args=("--num-agents", "1")), 0)
+    try:
+        instance.open()
+        out = instance.reset()
+
+        def broken():
+            raise BrokenPipeError("the parent is gone")
+
+        actions = {
+            name: BehaviorActions(np.zeros((len(dec), 2), np.float32), np.zeros((len(dec), 0), np.int32))
+            for name, (dec, _) in out.items()
+        }
+        with pytest.raises(BrokenPipeError, match="the parent is gone"):
+            instance.step(actions, while_unity_steps=broken)
+        assert instance.step({})  # Unity is fine and answers the next step
+    finally:
+        instance.close()

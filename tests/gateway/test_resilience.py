@@ -204,3 +204,16 @@ def test_cli_reports_a_taken_listen_port():
         assert "--listen" in out.stderr
     finally:
         s.close()
+
+
+def test_a_single_instance_steps_in_process_unless_worker_process_is_asked():
+    from gateway.cli import build_parser, options_from_args
+    from gateway.workers import EnvironmentPool, InProcessWorkerHandle, WorkerHandle
+
+    default = options_from_args(build_parser().parse_args([])).environment
+    isolated = options_from_args(build_parser().parse_args(["--worker-process"])).environment
+    assert default.single_in_process and not isolated.single_in_process
+    assert isinstance(EnvironmentPool(default).workers[0], InProcessWorkerHandle)
+    assert isinstance(EnvironmentPool(isolated).workers[0], WorkerHandle)
+    two = options_from_args(build_parser().parse_args(["--num-envs", "2"])).environment
+    assert all(isinstance(w, WorkerHandle) for w in EnvironmentPool(two).workers)
