@@ -599,32 +599,35 @@ def render(rows: list[dict], costs: dict[int, tuple[float, float]], args) -> str
 
 
 NOTES = [
-    "- Remote control, one step: client -> gRPC over loopback (the round trip) -> the servicer "
-    "validates the actions -> pipe to the instance's worker process -> mlagents steps Unity -> the worker "
-    "encodes `Steps` -> pipe back -> the servicer concatenates the instances' bytes -> the client decodes. "
-    "Measured inside the gateway at 1 agent x 1 instance (perf_counter around each part, quiet machine): "
-    "the worker's mlagents step ~1650 us (as long as the direct loop's whole step), encoding the answer "
-    "~55 us, the pipe hop there and back ~170 us, the servicer's validation and response ~90 us, the "
-    "client's decoding and random actions ~110 us, and the gRPC transport ~570 us: more than the hot "
-    "ping-pong's ~350 us, because after a 2 ms wait for the instance every thread on the path (client "
-    "request consumer, server poller, handler) wakes up cold. The overhead is thus about 2.5-3 round "
-    "trips, made of fixed per-step costs (it barely grows with the agents).",
-    "- What was cut (this round): the pipe carries only bytes, ints and strings (numpy arrays and "
-    "dataclasses cost ~10x more to pickle than the copy), tensors are encoded and decoded with short "
-    "paths for the step dtypes (`gateway.steps.put_tensor` / `read_tensor`, errors still from "
-    "`common.tensor`), and actions that answer every agent in decision order are passed through without "
-    "the duplicate check, search and scatter. Micro-benchmarks: the client's decoding of a step ~110 -> ~35 us, "
-    "the servicer's validation 40-80 -> ~15 us, pickling both ways ~25 -> ~3 us. Less CPU per step is "
-    "what lets 2 instances scale on 2 cores (remote control at 256 agents: 1.15x before, see the table "
-    "now); the one-instance overhead hardly moved, because what remains is the wake-up latency of the "
-    "extra process hop and of Python gRPC's thread hand-offs, not CPU.",
-    "- Actor mode, one step: the worker acts (`NumpyPolicy.act`) and records trajectories on the core that "
-    "also runs the mlagents client, so both add to the step time (table above); trajectories are "
-    "serialized by the parent process, chunks are assembled from bytes (`gateway.wire`). Moving the "
-    "bookkeeping to a helper thread was tried and lost to GIL contention with mlagents' own Python work. "
-    "Several instances act on several cores: 2 instances give well above 1.3x.",
+    "- Remote control, one step (one instance): client -> gRPC over loopback -> the servicer validates "
+    "the actions -> the instance, stepped inside the gateway process (no worker process for a single "
+    "instance unless `--worker-process`) -> mlagents steps Unity -> `Steps` encoded -> the client "
+    "decodes. Inside the gateway at 1 agent (perf_counter around each part): the mlagents step ~1280 us "
+    "(below the direct loop's whole step: the gateway's communicator hands messages to mlagents in memory, "
+    "where mlagents' own pickles them through a pipe), validating the request ~25-60 us, encoding the "
+    "answer ~45 us; in the client, decoding ~60 us and building the random actions ~10-35 us. Hot, the "
+    "same work takes ~65 us in all (micro-benchmark); in a step it runs after ~1.3 ms of waiting, on "
+    "cold caches, and costs two to three times more. The rest is the transport, whose cost is the round "
+    "trip 'after a step's idle gap': every thread on the path (client request consumer, server poller, "
+    "handler) has gone to sleep during the step and must be woken.",
+    "- Remote control, what this round changed: the single instance moved into the gateway process "
+    "(-150 to -180 us per step, measured side by side with `--worker-process`), and the communicator's "
+    "in-memory hand-off (-100 to -250 us per mlagents step). Tried and dropped: a smaller GIL switch "
+    "interval in the gateway (no change), grpc.aio for the server (an echo after a 1.6 ms idle gap, same sync "
+    "client: ~590 us with the sync server, ~600-615 us with aio). An aio client is ~90 us faster against "
+    "either server, but it would shorten the baseline round trip as much as the step.",
+    "- Actor mode, one step: the worker acts (`NumpyPolicy.act`) on the critical path, then hands the "
+    "actions to Unity and, while Unity computes the step, observes the previous answer, records the "
+    "actions and flushes finished trajectories (`UnityInstance.step(while_unity_steps=...)`). The "
+    "communicator relays raw bytes, so its gRPC thread needs the GIL only briefly: the worker waits until "
+    "that thread has taken the actions before starting this work, else Unity would get them only once the "
+    "work is done. Measured in one process at 256 agents: the overlap saves ~100 us per step, the "
+    "in-place swish and precomputed Gaussian std ~20-40 us of acting. What remains of the gap at 256 "
+    "agents: acting (~60-80 us for the ~60 agents that decide per step) and a different workload (the "
+    "MLP's actions instead of uniform random ones make Unity's step itself ~100 us slower).",
     "- The direct loop with 2 instances steps them one after the other, so it does not scale; the gateway's "
-    "workers step them in parallel.",
+    "workers step them in parallel. Remote control's 2-instance scaling is lower than before this round "
+    "because its 1-instance baseline got faster (in-process); it stays above 1.3x.",
 ]
 
 
