@@ -58,8 +58,9 @@ def test_work_alongside_a_step_runs_once_before_unity_answers_and_also_when_the_
         calls = []
 
         def alongside():
-            # Unity has the actions but its answer has not been read yet
-            calls.append(communicator.handoff.taken.is_set())
+            # called by the communicator inside the exchange (Unity has the actions, its answer
+            # is not read yet), not by the fallback after the step
+            calls.append(communicator.while_unity_steps is not None)
 
         for _ in range(3):
             actions = {
