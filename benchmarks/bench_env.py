@@ -21,11 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+from mlagents_envs.environment import UnityEnvironment
 from mlagents_envs.side_channel.stats_side_channel import StatsSideChannel
 
 import unity_standin
 from common.logging import configure_logging, get_logger
-from common.unity_env import open_unity_environment
 from common.ports import free_base_port
 
 RESULTS = Path(__file__).parent / "results" / "bench_env.md"
@@ -47,7 +47,7 @@ def _cpu_name() -> str:
 
 def measure(num_agents: int, steps: int) -> dict[str, float]:
     """Runs one case; returns decisions/s, steps/s and counts."""
-    env = open_unity_environment(
+    env = UnityEnvironment(  # mlagents-envs' own class: the gateway's communicator is not the baseline
         unity_standin.executable_path(),
         worker_id=0,
         base_port=free_base_port(),
