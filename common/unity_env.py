@@ -97,8 +97,8 @@ def _status_message(status: int) -> UnityMessageProto:
 class LargeMessageRpcCommunicator(RpcCommunicator):
     """mlagents-envs' communicator with large message limits and an in-process hand-off.
 
-    The same protocol as ``RpcCommunicator`` (Python serves, Unity calls ``Initialize``
-    then ``Exchange``; the same timeouts, process checks and closing message), with two
+    The same protocol as ``RpcCommunicator`` (Python serves, Unity calls ``Exchange``;
+    the same timeouts, process checks and closing message), with two
     differences: the gRPC server accepts and sends messages up to
     ``max_message_bytes``, and messages pass between the gRPC thread and the stepping
     thread through :class:`_Handoff` instead of a pipe (about 0.1-0.2 ms less per step

@@ -23,6 +23,10 @@ A worker first says ("ready", ReadyInfo) or ("failed", message) after start.
 
 Restarts are decided by the parent (``RestartQuota`` per instance) so that a dead
 worker process and a dead Unity process count against the same limits.
+
+A single instance in remote control runs in the gateway process instead
+(``InProcessWorkerHandle``: the same commands and answers, without the pipe), unless
+``EnvironmentOptions.single_in_process`` is off (``--worker-process``).
 """
 
 from __future__ import annotations
@@ -391,8 +395,9 @@ class InProcessWorkerHandle:
     """One instance stepped inside the gateway process, behind the same interface as ``WorkerHandle``.
 
     Why: with a single instance there is nothing to step in parallel, and the pipe hop to
-    a worker process (two process wake-ups per step) is most of what remote control adds
-    to a step besides the gRPC round trip. Commands run synchronously in ``send`` (in
+    a worker process costs two process wake-ups per step (0.15-0.18 ms of remote
+    control's per-step overhead, measured side by side with ``--worker-process``; see
+    ``benchmarks/results/bench_gateway.md``). Commands run synchronously in ``send`` (in
     the Play stream's thread); their answers are read back with ``recv``. A Unity crash
     or hang is handled exactly as in a worker process (``InstanceWorker``); an
     unexpected error in the worker code counts as a lost worker (restart quota, the
