@@ -154,13 +154,14 @@ def _start_cli(*args: str, env=None) -> tuple[subprocess.Popen, dict, list[str]]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("num_envs", [1, 2])  # 1: the instance steps inside the gateway process
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_shuts_down_leaving_no_unity_process(signum):
-    base = free_ports(2)
-    proc, ready, lines = _start_cli("--num-envs", "2", "--base-port", str(base), "--timeout-wait", "10")
+def test_signal_shuts_down_leaving_no_unity_process(signum, num_envs):
+    base = free_ports(num_envs)
+    proc, ready, lines = _start_cli("--num-envs", str(num_envs), "--base-port", str(base), "--timeout-wait", "10")
     try:
-        unity = pids_with_arg("--mlagents-port", str(base)) + pids_with_arg("--mlagents-port", str(base + 1))
-        assert len(unity) == 2
+        unity = [pid for i in range(num_envs) for pid in pids_with_arg("--mlagents-port", str(base + i))]
+        assert len(unity) == num_envs
         with GatewayClient(f"127.0.0.1:{ready['port']}") as client:
             session = client.play(timeout_s=30)
             session.reset()
