@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 
 import grpc
 from mlagents_envs.communicator import PollCallback
+from mlagents_envs.communicator_objects.command_pb2 import STEP
+from mlagents_envs.communicator_objects.unity_rl_input_pb2 import UnityRLInputProto
 from mlagents_envs.communicator_objects.unity_input_pb2 import UnityInputProto
 from mlagents_envs.communicator_objects.unity_message_pb2 import UnityMessageProto
 from mlagents_envs.communicator_objects.unity_output_pb2 import UnityOutputProto
@@ -201,6 +203,34 @@ class LargeMessageUnityEnvironment(UnityEnvironment):
     """
 
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
+
+    def _generate_step_input(self, vector_action) -> UnityInputProto:
+        """The step message, built as mlagents-envs builds it (the same bytes), in a fraction of the time.
+
+        Why: mlagents-envs fills each agent's ``AgentActionProto`` by iterating numpy rows
+        element by element (a numpy scalar per action value): ~0.4 ms per step at 256
+        agents. Converting each behavior's actions to Python lists once and adding the
+        agents' messages in place gives the same message (a test compares the bytes).
+        """
+        rl_in = UnityRLInputProto()
+        for behavior, actions in vector_action.items():
+            n_agents = len(self._env_state[behavior][0])
+            if n_agents == 0:
+                continue
+            continuous = actions.continuous.tolist() if actions.continuous is not None else None
+            discrete = actions.discrete.tolist() if actions.discrete is not None else None
+            agents = rl_in.agent_actions[behavior].value
+            for i in range(n_agents):
+                action = agents.add()
+                if continuous is not None:
+                    action.vector_actions_deprecated.extend(continuous[i])
+                    action.continuous_actions.extend(continuous[i])
+                if discrete is not None:
+                    action.vector_actions_deprecated.extend(discrete[i])
+                    action.discrete_actions.extend(discrete[i])
+            rl_in.command = STEP
+        rl_in.side_channel = bytes(self._side_channel_manager.generate_side_channel_messages())
+        return self._wrap_unity_input(rl_in)
 
     def _get_communicator(self, worker_id, base_port, timeout_wait):  # noqa: D102 - mlagents hook
         try:
