@@ -611,8 +611,10 @@ NOTES = [
     "trip 'after a step's idle gap': every thread on the path (client request consumer, server poller, "
     "handler) has gone to sleep during the step and must be woken.",
     "- Remote control, what this round changed: the single instance moved into the gateway process "
-    "(-150 to -180 us per step, measured side by side with `--worker-process`), and the communicator's "
-    "in-memory hand-off (-100 to -250 us per mlagents step). Tried and dropped: a smaller GIL switch "
+    "(-150 to -180 us per step, measured side by side with `--worker-process`), the communicator's "
+    "in-memory hand-off (-100 to -250 us per mlagents step), and the step message to Unity built "
+    "without mlagents' element-by-element loop (same bytes; 393 -> 90 us per step at 256 agents, "
+    "33 -> 20 us at 1). At 256 agents the gateway now adds less than a back-to-back round trip. Tried and dropped: a smaller GIL switch "
     "interval in the gateway (no change), grpc.aio for the server (an echo after a 1.6 ms idle gap, same sync "
     "client: ~590 us with the sync server, ~600-615 us with aio). An aio client is ~90 us faster against "
     "either server, but it would shorten the baseline round trip as much as the step.",
@@ -622,12 +624,16 @@ NOTES = [
     "communicator relays raw bytes, so its gRPC thread needs the GIL only briefly: the worker waits until "
     "that thread has taken the actions before starting this work, else Unity would get them only once the "
     "work is done. Measured in one process at 256 agents: the overlap saves ~100 us per step, the "
-    "in-place swish and precomputed Gaussian std ~20-40 us of acting. What remains of the gap at 256 "
-    "agents: acting (~60-80 us for the ~60 agents that decide per step) and a different workload (the "
-    "MLP's actions instead of uniform random ones make Unity's step itself ~100 us slower).",
+    "in-place swish and precomputed Gaussian std ~20-40 us of acting, the faster step message ~300 us "
+    "at 256 agents (where actor mode now beats the direct loop). What remains at 1-16 agents: acting "
+    "(~30-50 us) on the critical path.",
     "- The direct loop with 2 instances steps them one after the other, so it does not scale; the gateway's "
-    "workers step them in parallel. Remote control's 2-instance scaling is lower than before this round "
-    "because its 1-instance baseline got faster (in-process); it stays above 1.3x.",
+    "workers step them in parallel.",
+    "- Not done, the next lever: mlagents-envs' `steps_from_proto` costs ~130 / 165 / 305 us per step at "
+    "1 / 16 / 256 agents in the direct loop (43 us hot at 1 agent); converting observations with one "
+    "`np.fromiter` over the agents instead of `np.array` of protobuf containers halves it at 64 agents "
+    "(micro-benchmark). It needs mlagents' own function as the fallback (visual observations, errors) "
+    "and equivalence tests on every stand-in task.",
 ]
 
 
