@@ -5,7 +5,8 @@ output with many visual observations is rejected on the Unity side; and it passe
 every message between its gRPC thread and the stepping thread through a pipe, which
 pickles it both ways. The communicator here, plugged in through
 ``UnityEnvironment._get_communicator`` (the hook mlagents-envs provides), serves with a
-configurable limit and hands messages over in memory. It also keeps ``timeout_wait``
+configurable limit and hands messages over in memory; the environment subclass builds
+the step message without mlagents' element-by-element loop. It also keeps ``timeout_wait``
 at 10 seconds or more: mlagents-envs checks the Unity process every
 ``timeout_wait // 10`` seconds, so below 10 it busy-spins.
 
