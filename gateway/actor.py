@@ -38,7 +38,7 @@ from gateway.acting import ActorWorkerConfig, ExperienceBatch
 from gateway.options import GatewayOptions
 from gateway import wire
 from gateway.trainer_link import LocalModels, TrainerLink
-from gateway.workers import InstanceInfo, PoolError, WorkerHandle, WorkerLost
+from gateway.workers import InstanceInfo, WorkerHandle, WorkerLost, start_workers
 from tandem.v1 import trainer_pb2
 
 #: seconds between progress log lines
@@ -159,23 +159,7 @@ class ActorRunner:
         Raises:
             PoolError: an instance failed to start.
         """
-        for w in self.workers:
-            w.start()
-        errors = []
-        for w in self.workers:
-            try:
-                msg = w.recv()
-            except WorkerLost as e:
-                errors.append(str(e))
-                continue
-            if msg[0] != "ready":
-                errors.append(msg[1])
-                continue
-            w.unity_pid = msg[1].unity_pid
-        if errors:
-            for w in self.workers:
-                w.close()
-            raise PoolError("environment instances failed to start: " + "; ".join(errors))
+        start_workers(self.workers)
         for w in self.workers:
             self._outboxes[w.index] = queue.Queue()
             sender = threading.Thread(target=self._sender, args=(w,), name=f"tandem-actor-send-{w.index}", daemon=True)

@@ -290,8 +290,8 @@ def _worker_main(config: WorkerConfig, conn: Connection) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class WorkerHandle:
-    """The parent's end of one worker process.
+class _InstanceHandle:
+    """What the parent keeps of one instance, whichever process steps it.
 
     Attributes:
         index: the instance index.
@@ -300,20 +300,27 @@ class WorkerHandle:
         unity_pid: the Unity process the worker reported (killed if the worker dies).
     """
 
-    def __init__(self, options: EnvironmentOptions, index: int, log_json: bool = False) -> None:
+    def __init__(self, options: EnvironmentOptions, index: int, log_json: bool = False, **log_context) -> None:
         self.options = options
         self.index = index
         self.log_json = log_json
         self.quota = RestartQuota(options.restarts)
         self.alive = True
         self.unity_pid: int | None = None
-        self.process: mp.process.BaseProcess | None = None
-        self.conn: Connection | None = None
-        self.log = get_logger("gateway.workers", instance=index)
+        self.log = get_logger("gateway.workers", instance=index, **log_context)
 
     @property
     def answer_timeout_s(self) -> float:
         return self.options.timeout_wait + _ANSWER_MARGIN_S
+
+
+class WorkerHandle(_InstanceHandle):
+    """The parent's end of one worker process (attributes: see ``_InstanceHandle``)."""
+
+    def __init__(self, options: EnvironmentOptions, index: int, log_json: bool = False) -> None:
+        super().__init__(options, index, log_json)
+        self.process: mp.process.BaseProcess | None = None
+        self.conn: Connection | None = None
 
     def start(self, interrupted: dict[str, StepBatch] | None = None) -> None:
         """Spawns the worker process (it launches Unity and then says "ready" or "failed")."""
@@ -391,7 +398,7 @@ class _Answers:
         self.messages.append(msg)
 
 
-class InProcessWorkerHandle:
+class InProcessWorkerHandle(_InstanceHandle):
     """One instance stepped inside the gateway process, behind the same interface as ``WorkerHandle``.
 
     Why: with a single instance there is nothing to step in parallel, and the pipe hop to
@@ -407,19 +414,9 @@ class InProcessWorkerHandle:
     process = None  # no worker process: nothing for ``kill`` to kill besides Unity
 
     def __init__(self, options: EnvironmentOptions, index: int, log_json: bool = False) -> None:
-        self.options = options
-        self.index = index
-        self.log_json = log_json
-        self.quota = RestartQuota(options.restarts)
-        self.alive = True
-        self.unity_pid: int | None = None
+        super().__init__(options, index, log_json, in_process=True)
         self._worker: InstanceWorker | None = None
         self._answers: _Answers | None = None
-        self.log = get_logger("gateway.workers", instance=index, in_process=True)
-
-    @property
-    def answer_timeout_s(self) -> float:
-        return self.options.timeout_wait + _ANSWER_MARGIN_S
 
     def start(self, interrupted: dict[str, StepBatch] | None = None) -> None:
         """Opens Unity now (the pool then reads "ready" or "failed")."""
@@ -500,6 +497,37 @@ class PoolError(RuntimeError):
     """The pool cannot serve: it failed to start, every instance is down, or it is closed."""
 
 
+def start_workers(workers: list) -> dict[int, ReadyInfo]:
+    """Starts every worker in parallel and waits until each Unity instance is up.
+
+    Returns:
+        ``{instance index: ReadyInfo}``; each handle's ``unity_pid`` is set.
+
+    Raises:
+        PoolError: naming every instance that failed (all of them are closed first).
+    """
+    for w in workers:
+        w.start()
+    ready: dict[int, ReadyInfo] = {}
+    errors = []
+    for w in workers:
+        try:
+            msg = w.recv()
+        except WorkerLost as e:
+            errors.append(str(e))
+            continue
+        if msg[0] == "ready":
+            w.unity_pid = msg[1].unity_pid
+            ready[w.index] = msg[1]
+        else:
+            errors.append(msg[1])
+    if errors:
+        for w in workers:
+            w.close()
+        raise PoolError("environment instances failed to start: " + "; ".join(errors))
+    return ready
+
+
 class EnvironmentPool:
     """The parent's view of every instance in remote-control mode: reset and step them all in parallel.
 
@@ -529,34 +557,24 @@ class EnvironmentPool:
         Raises:
             PoolError: when an instance fails to start (the others are closed).
         """
-        for w in self.workers:
-            w.start()
-        errors = []
-        for w in self.workers:
-            try:
-                msg = w.recv()
-            except WorkerLost as e:
-                errors.append(str(e))
-                continue
-            if msg[0] == "ready":
-                self._on_ready(w, msg[1])
-            else:
-                errors.append(msg[1])
-        if errors:
-            self.close()
-            raise PoolError("environment instances failed to start: " + "; ".join(errors))
+        try:
+            ready = start_workers(self.workers)
+        except PoolError:
+            self._closed = True
+            raise
+        for index, info in ready.items():
+            self._on_ready(index, info)
         # Unity announces its behaviors with the first reset: do it now, so that Describe
         # lists them before any client connects.
         with self._op_lock:
             self._run_all({w.index: ("reset", {}) for w in self.workers})
         self.log.info("environment instances ready", instances=len(self.workers), behaviors=sorted(self._specs))
 
-    def _on_ready(self, w: WorkerHandle, info: ReadyInfo) -> None:
-        w.unity_pid = info.unity_pid
+    def _on_ready(self, index: int, info: ReadyInfo) -> None:
         with self._info_lock:
             for spec in info.specs:
                 self._specs.setdefault(spec.name, spec)
-            self._decisions[w.index] = {}
+            self._decisions[index] = {}
 
     def close(self) -> None:
         """Closes every instance; waits for a reset/step in progress at most a few seconds."""

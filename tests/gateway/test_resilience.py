@@ -218,3 +218,18 @@ def test_a_single_instance_steps_in_process_unless_worker_process_is_asked():
     assert isinstance(EnvironmentPool(isolated).workers[0], WorkerHandle)
     two = options_from_args(build_parser().parse_args(["--num-envs", "2"])).environment
     assert all(isinstance(w, WorkerHandle) for w in EnvironmentPool(two).workers)
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])  # 1: the in-process instance; 2: worker processes
+def test_instances_that_cannot_start_are_one_clear_error_and_nothing_is_left_running(tmp_path, num_envs):
+    import dataclasses
+
+    from gateway.workers import EnvironmentPool, PoolError
+
+    missing = str(tmp_path / "NoSuchBuild.x86_64")
+    pool = EnvironmentPool(dataclasses.replace(environment_options(num_envs=num_envs), file_name=missing))
+    with pytest.raises(PoolError, match="environment instances failed to start: instance 0: Unity did not start"):
+        pool.start()
+    assert all(getattr(w, "process", None) is None and w.unity_pid is None for w in pool.workers)
+    with pytest.raises(PoolError, match="shutting down"):
+        pool.reset()
