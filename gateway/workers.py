@@ -11,8 +11,9 @@ and dataclasses cost ten times more to pickle and unpickle than the copy they ca
 Pipe protocol (parent -> worker, worker's answer):
     ("reset", params)    -> ("steps", StepsResult) | ("failed", message) | ("error", message)
     ("step", actions)    -> ("steps", StepsResult) | ("failed", message) | ("error", message)
-                         actions: ``{behavior: (agents, continuous bytes, discrete bytes)}``, see
-                         ``pack_actions``; StepsResult travels as ``StepsResult.pack()``
+                         actions: ``{behavior: BehaviorActions}``; through the pipe they travel
+                         as ``pack_actions`` bytes (``WorkerHandle.send`` packs, the worker
+                         unpacks), and StepsResult as ``StepsResult.pack()``
     ("set_parameters", params)  (no answer; applied with the next reset or step)
     ("restart",)         after "failed": relaunch Unity and reset -> like "reset"
     ("give_up",)         after "failed": stay down -> ("steps", StepsResult) with the
@@ -237,7 +238,7 @@ class InstanceWorker:
                     self.instance.set_parameters(payload)
                 out = self.instance.reset()
             elif kind == "step":
-                out = self.instance.step(unpack_actions(payload, self.instance.specs))
+                out = self.instance.step(payload)
             elif kind == "restart":
                 out = self.restart()
             else:
@@ -280,7 +281,10 @@ def _worker_main(config: WorkerConfig, conn: Connection) -> None:
 
                 acting.run_actor(worker, msg[1])
                 break
-            worker.run_command(kind, msg[1] if len(msg) > 1 else None)
+            payload = msg[1] if len(msg) > 1 else None
+            if kind == "step":  # actions cross the pipe packed (see WorkerHandle.send)
+                payload = unpack_actions(payload, worker.instance.specs)
+            worker.run_command(kind, payload)
     finally:
         worker.instance.close()
 
@@ -339,6 +343,8 @@ class WorkerHandle(_InstanceHandle):
         self.conn = parent_conn
 
     def send(self, msg: tuple) -> None:
+        if msg[0] == "step":  # numpy arrays pickle slowly: actions cross the pipe as bytes
+            msg = ("step", pack_actions(msg[1]))
         try:
             self.conn.send(msg)
         except (OSError, ValueError, AttributeError) as e:
@@ -637,7 +643,7 @@ class EnvironmentPool:
         with self._op_lock:
             self._check_open()
             return self._run_all(
-                {w.index: ("step", pack_actions(actions.get(w.index, {}))) for w in self.workers if w.alive}
+                {w.index: ("step", actions.get(w.index, {})) for w in self.workers if w.alive}
             )
 
     def _check_open(self) -> None:
