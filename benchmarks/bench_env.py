@@ -25,6 +25,7 @@ from mlagents_envs.environment import UnityEnvironment
 from mlagents_envs.side_channel.stats_side_channel import StatsSideChannel
 
 import unity_standin
+from benchmarks import report
 from common.logging import configure_logging, get_logger
 from common.ports import free_base_port
 
@@ -33,16 +34,6 @@ BEHAVIOR = "3DBall?team=0"
 # (agents, env.step() calls): a few seconds each on a small machine
 CASES = ((1, 3000), (16, 2000), (256, 1000))
 WARMUP_STEPS = 20
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def measure(num_agents: int, steps: int) -> dict[str, float]:
@@ -123,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Command: `make bench BENCH=bench_env` (`python -m benchmarks.run bench_env`).",
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
-        f"Machine: {_cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured), "
+        f"Machine: {report.cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured), "
         f"Python {platform.python_version()}; client and stand-in on the same machine, CPU only; "
         f"load average before the run: {load:.1f}.",
         "",
@@ -147,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "building) at 256 agents.",
         "",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines))
-    log.warning("results written", path=str(args.output))
+    report.write_results(args.output, "\n".join(lines))
     return 0
 
 

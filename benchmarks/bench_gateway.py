@@ -46,6 +46,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from benchmarks import report
 from common.logging import configure_logging, get_logger
 from common.policy import NumpyPolicy, PolicyArchitecture, make_snapshot, parameter_shapes
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
@@ -496,9 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     with mp.get_context("spawn").Pool(1) as pool:
         costs = {n: pool.apply(acting_cost, (n,)) for n in args.agents}
     text = render(rows, costs, args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    log.info("results written", path=str(args.out))
+    report.write_results(args.out, text)
     return 0
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks import report
 from common import policy, specs
 from common.logging import configure_logging, get_logger
 from tandem.v1 import trainer_pb2
@@ -65,16 +66,6 @@ CASES = {
     "3DBall SAC (8 obs, 2 cont, 2x128)": _architecture([(8,)], continuous=2, distribution="tanh_gaussian"),
     "visual (84x84x3 + 4 obs, 3x3 discrete, 2x128)": _architecture([(3, 84, 84), (4,)], branches=(3, 3, 3)),
 }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _time(fn, repeats: int) -> list[float]:
@@ -136,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Command: `make bench BENCH=bench_onnx_export` "
         f"(`python -m benchmarks.run bench_onnx_export`), {args.repeats} exports per case.",
-        f"Machine: {_cpu_name()} ({os.cpu_count()} cores visible), Python {platform.python_version()}, "
+        f"Machine: {report.cpu_name()} ({os.cpu_count()} cores visible), Python {platform.python_version()}, "
         f"onnxruntime {ort.__version__}; CPU only (export never touches the accelerator).",
         "",
         "| policy | parameters | model size | `export_policy` median (max) | `export_policy_bytes` median "
@@ -157,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "costs milliseconds, negligible next to one PPO update.",
         "",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines))
-    log.info("results written", path=str(args.output))
+    report.write_results(args.output, "\n".join(lines))
     return 0
 
 

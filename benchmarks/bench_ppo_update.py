@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import report
 from common.logging import configure_logging, get_logger
 from common.policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
@@ -32,16 +33,6 @@ from common.trajectory import Trajectory
 RESULTS = Path(__file__).parent / "results" / "bench_ppo_update.md"
 SPEC = BehaviorSpec("3DBall?team=0", (ObservationSpec("VectorSensor_size8", (8,)),), ActionSpec(continuous_size=2))
 TRAJECTORY_LENGTH = 1000
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _fill(learner, rng: np.random.Generator) -> float:
@@ -181,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Command: `make bench BENCH=bench_ppo_update` (`python -m benchmarks.run bench_ppo_update`).",
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
-        f"Machine: {_cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured), "
+        f"Machine: {report.cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured), "
         f"Python {platform.python_version()}, numpy {np.__version__}; JAX backend: {update['backend']}.",
         "",
         "## One full PPO update (`PPOLearner.update`)",
@@ -214,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "with `OPENBLAS_NUM_THREADS=1` (set before numpy is imported).",
         "",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines))
-    log.warning("results written", path=str(args.output))
+    report.write_results(args.output, "\n".join(lines))
     return 0
 
 

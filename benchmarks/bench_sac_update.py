@@ -23,6 +23,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from benchmarks import report
 from common.logging import configure_logging, get_logger
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
@@ -48,16 +49,6 @@ def _fragment(rng: np.random.Generator, t: int) -> Trajectory:
         policy_versions=np.zeros(t, np.int64),
         done=True,
     )
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def measure(batch_size: int, hidden_units: int, steps: int, steps_per_call: int) -> dict[str, float]:
@@ -129,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Command: `make bench BENCH=bench_sac_update` (`python -m benchmarks.run bench_sac_update`), "
         f"{args.steps} gradient steps timed per case after two warm calls.",
-        f"Machine: {_cpu_name()} ({os.cpu_count()} cores visible, shared with other jobs while measured), "
+        f"Machine: {report.cpu_name()} ({os.cpu_count()} cores visible, shared with other jobs while measured), "
         f"Python {platform.python_version()}, JAX {jax.__version__} on {backend}.",
         "",
         "| batch | MLP | gradient steps/s | ms per step | transitions/s | compile (first call) |",
@@ -148,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "GPU: not measured, this task had no accelerator.",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n")
-    log.info("results written", path=str(args.output))
+    report.write_results(args.output, "\n".join(lines) + "\n")
     return 0
 
 

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import report
 from common.logging import configure_logging, get_logger
 from common.ports import free_base_port
 
@@ -135,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['wall_s']:.0f} s |"
         )
     lines.append("")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines))
-    _log.info("results written", path=str(args.output))
+    report.write_results(args.output, "\n".join(lines))
     solved = all(SOLVED_REWARD in r["milestones"] for _, r in rows)
     return 0 if solved else 1
 
