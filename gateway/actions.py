@@ -69,12 +69,18 @@ def decode_step_request(
             raise InvalidArgument(
                 f"{field}.behavior: unknown behavior {entry.behavior!r} (known: {sorted(specs)})"
             )
+        decision_ids = decisions[entry.instance].get(entry.behavior)
+        if decision_ids is None:  # mlagents-envs would refuse actions for it
+            raise InvalidArgument(
+                f"{field}.behavior: instance {entry.instance} has no agents of behavior {entry.behavior!r} "
+                f"(its behaviors: {sorted(decisions[entry.instance])})"
+            )
         if entry.behavior in out.get(entry.instance, {}):
             raise InvalidArgument(
                 f"{field}: a second entry for behavior {entry.behavior!r} in instance {entry.instance}"
             )
         try:
-            actions = _decode_entry(entry, field, spec, decisions[entry.instance].get(entry.behavior))
+            actions = _decode_entry(entry, field, spec, decision_ids)
         except tensor.TensorError as e:
             raise InvalidArgument(str(e)) from None
         out.setdefault(entry.instance, {})[entry.behavior] = actions
@@ -82,10 +88,8 @@ def decode_step_request(
 
 
 def _decode_entry(
-    entry: gateway_pb2.BehaviorActions, field: str, spec: BehaviorSpec, decision_ids: np.ndarray | None
+    entry: gateway_pb2.BehaviorActions, field: str, spec: BehaviorSpec, decision_ids: np.ndarray
 ) -> BehaviorActions:
-    if decision_ids is None:
-        decision_ids = np.zeros(0, np.int32)
     if not entry.HasField("agent_ids"):
         raise InvalidArgument(f"{field}.agent_ids: required")
     agent_ids = read_tensor(entry.agent_ids, f"{field}.agent_ids", _I32, (None,))

@@ -124,3 +124,14 @@ def test_actions_in_decision_order_and_reordered_give_the_same_actions():
         decode_step_request(_request([10, 11, 12], cont, disc + 1), decisions, specs)
     with pytest.raises(InvalidArgument, match="more than once"):
         decode_step_request(_request([10, 10, 12], cont, disc), decisions, specs)
+
+
+def test_actions_for_a_behavior_the_instance_never_had_are_refused():
+    """A behavior seen in another instance only (its agents spawned there) is known to the gateway,
+    but the instance without it cannot take actions for it, not even for zero agents."""
+    decisions = {0: {"Mixed": np.array([10], np.int32)}, 1: {}}
+    request = _request(np.zeros(0, np.int32), np.zeros((0, 2)), np.zeros((0, 2)))
+    request.actions[0].instance = 1
+    expected = r"step.actions\[0\].behavior: instance 1 has no agents of behavior 'Mixed'"
+    with pytest.raises(InvalidArgument, match=expected):
+        decode_step_request(request, decisions, {"Mixed": SPEC})
