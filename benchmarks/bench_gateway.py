@@ -604,12 +604,12 @@ NOTES = [
     "decodes. The timeline of every hand-over (`python -m benchmarks.trace_step`, "
     "`benchmarks/results/trace_step.md`, 1 agent): the gateway's own work around the Unity exchange "
     "(validating the request, handing the input over, mlagents reading Unity's output, encoding `Steps`) "
-    "takes about as long as the direct loop's mlagents work around the same exchange (~490 vs ~500 us): "
-    "the communicator's in-memory hand-off pays for the validation and the encoding. What remote control "
-    "adds is the client-gateway round trip (two legs of ~290 us, as the echo 'after a step's idle gap') "
-    "and the client's own work, decoding the answer and picking actions (~115 us, against ~30 us in the "
-    "direct loop, whose steps mlagents has already decoded inside `env.step`). Hot, the client's part "
-    "takes ~45 us; in a step it runs after ~1.3 ms of waiting, on cold caches, as does every part.",
+    "takes no longer than the direct loop's mlagents work around the same exchange (~430 vs ~470 us at 1 "
+    "agent): the communicator's in-memory hand-off pays for the validation and the encoding. What remote "
+    "control adds is the client-gateway round trip (two legs of ~270 us, as the echo 'after a step's idle "
+    "gap') and the client's own work, decoding the answer and picking actions (~110 us, against ~30 us in "
+    "the direct loop, whose steps mlagents has already decoded inside `env.step`). Hot, the client's part "
+    "takes ~45 us; in a step it runs after ~1.5 ms of waiting, on cold caches, as does every part.",
     "- Remote control, what this round changed: the single instance moved into the gateway process "
     "(-150 to -180 us per step, measured side by side with `--worker-process`), the communicator's "
     "in-memory hand-off (-100 to -250 us per mlagents step), and the step message to Unity built "

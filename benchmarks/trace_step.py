@@ -13,7 +13,7 @@ through this module (``--probe ROLE -- ARGS``), which installs the probes, runs 
 real entry point and writes the timestamps to a file every second. A renamed
 function makes the probe fail loudly.
 
-Run: ``python -m benchmarks.trace_step [--agents 1] [--seconds 3]`` (not part of ``make bench``).
+Run: ``python -m benchmarks.trace_step [--agents 1 16] [--seconds 3]`` (not part of ``make bench``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import importlib
 import json
 import os
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -135,6 +136,11 @@ def _standin_wrapper(directory: str) -> str:
     return path
 
 
+def _drain(stream) -> None:
+    for _ in stream:
+        pass
+
+
 def _segments(marks: list[tuple[int, list[tuple[str, int]]]]) -> list[tuple[str, float]]:
     """Median duration of each segment between consecutive events, over the steps whose
     event sequence is the most common one (a step with a GC pause or a log line in between
@@ -157,8 +163,6 @@ def _load(paths: list[str]) -> list[tuple[str, int]]:
 
 def trace_remote(agents: int, seconds: float, directory: str) -> tuple[list[tuple[str, float]], float]:
     """Timeline of remote-control steps (the Python client of ``bench_gateway``)."""
-    import subprocess
-
     from benchmarks.bench_gateway import stop_process
     from common.ports import free_base_port
     from gateway.client import GatewayClient, decode_steps, random_actions
@@ -178,7 +182,7 @@ def trace_remote(agents: int, seconds: float, directory: str) -> tuple[list[tupl
     if port is None:
         proc.wait()
         raise RuntimeError("the probed gateway did not start")
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    threading.Thread(target=_drain, args=(proc.stderr,), daemon=True).start()  # else the gateway blocks on a full pipe
     client = GatewayClient(f"127.0.0.1:{port}")
     marks = []
     try:
@@ -265,42 +269,54 @@ def trace_direct(agents: int, seconds: float, directory: str) -> tuple[list[tupl
     return _segments(marks), step_us
 
 
-def render(agents: int, remote, direct) -> str:
+def render(traces: dict[int, tuple]) -> str:
+    """``traces``: agents -> (remote timeline, direct timeline), each (segments, median step us)."""
+    counts = " ".join(str(n) for n in traces)
     lines = [
-        f"# trace_step: one step's timeline at {agents} agent(s), remote control vs the direct loop",
+        "# trace_step: one step's timeline, remote control vs the direct loop",
         "",
-        f"Command: `python -m benchmarks.trace_step --agents {agents}` (a diagnostic, not part of `make bench`). "
+        f"Command: `python -m benchmarks.trace_step --agents {counts}` (a diagnostic, not part of `make bench`). "
         "Medians over every step of each segment between consecutive timestamps (CLOCK_MONOTONIC, shared by "
         "the processes); the probes themselves add about a microsecond each. One instance, the stand-in's "
         "3DBall, random actions; client = `gateway.client`, direct = mlagents-envs' own `UnityEnvironment`.",
         "",
     ]
-    for title, (segments, step_us) in (("Remote control", remote), ("Direct loop", direct)):
-        lines += [f"## {title}: median step {step_us:.0f} us", "", "| segment | median (us) |", "|---|---:|"]
-        lines += [f"| {name} | {us:.1f} |" for name, us in segments]
-        lines += [f"| sum of the medians | {sum(us for _, us in segments):.0f} |", ""]
+    for agents, (remote, direct) in traces.items():
+        for title, (segments, step_us) in (("remote control", remote), ("direct loop", direct)):
+            lines += [
+                f"## {agents} agent(s), {title}: median step {step_us:.0f} us",
+                "",
+                "| segment | median (us) |",
+                "|---|---:|",
+                *(f"| {name} | {us:.1f} |" for name, us in segments),
+                f"| sum of the medians | {sum(us for _, us in segments):.0f} |",
+                "",
+            ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--probe"]:
-        split = argv.index("--")
+    if argv[:1] == ["--probe"]:  # a probed gateway or stand-in: --probe ROLE --out FILE -- ARGS
+        split = argv.index("--") if "--" in argv else len(argv)
         parser = argparse.ArgumentParser()
         parser.add_argument("--probe", choices=("gateway", "standin"))
         parser.add_argument("--out", required=True)
         args = parser.parse_args(argv[:split])
         return run_probed(args.probe, args.out, argv[split + 1 :])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--agents", type=int, default=1)
+    parser.add_argument("--agents", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
     configure_logging()
-    with tempfile.TemporaryDirectory() as directory:
-        remote = trace_remote(args.agents, args.seconds, directory)
-    with tempfile.TemporaryDirectory() as directory:
-        direct = trace_direct(args.agents, args.seconds, directory)
-    RESULTS.write_text(render(args.agents, remote, direct))
+    traces = {}
+    for agents in args.agents:
+        with tempfile.TemporaryDirectory() as directory:
+            remote = trace_remote(agents, args.seconds, directory)
+        with tempfile.TemporaryDirectory() as directory:
+            direct = trace_direct(agents, args.seconds, directory)
+        traces[agents] = (remote, direct)
+    RESULTS.write_text(render(traces))
     log.info("results written", path=str(RESULTS))
     return 0
 
