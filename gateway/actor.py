@@ -88,6 +88,15 @@ class EpisodeSummary:
         mean = self.return_sum / self.episodes
         return max(0.0, self.return_sq_sum / self.episodes - mean * mean) ** 0.5
 
+    def log_fields(self) -> dict:
+        """The summary as log fields, named as ML-Agents' console summary names them."""
+        return {
+            "episodes": self.episodes,
+            "mean_reward": None if self.mean_return is None else round(self.mean_return, 4),
+            "std_reward": None if self.std_return is None else round(self.std_return, 4),
+            "mean_episode_length": round(self.length_sum / self.episodes, 1) if self.episodes else None,
+        }
+
 
 class ActorRunner:
     """Runs every instance in actor mode for one trainer.
@@ -201,14 +210,7 @@ class ActorRunner:
         with self._lock:
             totals = dict(self.inference_totals)
         for behavior, total in sorted(totals.items()):
-            self.log.info(
-                "inference totals",
-                behavior=behavior,
-                episodes=total.episodes,
-                mean_reward=None if total.mean_return is None else round(total.mean_return, 4),
-                std_reward=None if total.std_return is None else round(total.std_return, 4),
-                mean_episode_length=round(total.length_sum / total.episodes, 1) if total.episodes else None,
-            )
+            self.log.info("inference totals", behavior=behavior, **total.log_fields())
         self.log.info(
             "actor stopped",
             chunks=self.progress.chunks,
@@ -393,16 +395,7 @@ class ActorRunner:
             for key, (total, count, aggregation, last) in sorted(stats_window.items())
         }
         for behavior in deterministic:
-            w = windows[behavior]
-            self.log.info(
-                "inference summary",
-                behavior=behavior,
-                episodes=w.episodes,
-                mean_reward=None if w.mean_return is None else round(w.mean_return, 4),
-                std_reward=None if w.std_return is None else round(w.std_return, 4),
-                mean_episode_length=round(w.length_sum / w.episodes, 1) if w.episodes else None,
-                stats=stats,
-            )
+            self.log.info("inference summary", behavior=behavior, **windows[behavior].log_fields(), stats=stats)
 
     def _grant_credits(self) -> None:
         while self._held_credits and self.link.buffer.has_room():
