@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 
+import numpy as np
 import pytest
 
 from gateway import environment
-from gateway.environment import InstanceFailure, UnityInstance
+from gateway.environment import BehaviorActions, InstanceFailure, UnityInstance
 from gateway_helpers import environment_options
+
+
+def _zero_actions(out) -> dict[str, BehaviorActions]:
+    """Zero actions for every agent awaiting a decision in ``out`` (3DBall: 2 continuous, no discrete)."""
+    return {
+        name: BehaviorActions(np.zeros((len(dec), 2), np.float32), np.zeros((len(dec), 0), np.int32))
+        for name, (dec, _) in out.items()
+    }
 
 
 def _hold(port: int) -> socket.socket:
@@ -43,13 +54,6 @@ def test_a_port_that_stays_in_use_is_a_clear_failure(monkeypatch):
 
 
 def test_work_alongside_a_step_runs_once_before_unity_answers_and_also_when_the_step_fails():
-    import os
-    import signal
-
-    import numpy as np
-
-    from gateway.environment import BehaviorActions
-
     instance = UnityInstance(environment_options(env_args=("--num-agents", "2")), 0)
     try:
         instance.open()
@@ -63,11 +67,7 @@ def test_work_alongside_a_step_runs_once_before_unity_answers_and_also_when_the_
             calls.append(communicator.while_unity_steps is not None)
 
         for _ in range(3):
-            actions = {
-                name: BehaviorActions(np.zeros((len(dec), 2), np.float32), np.zeros((len(dec), 0), np.int32))
-                for name, (dec, _) in out.items()
-            }
-            out = instance.step(actions, while_unity_steps=alongside)
+            out = instance.step(_zero_actions(out), while_unity_steps=alongside)
         assert calls == [True, True, True]
         os.kill(instance.unity_pid, signal.SIGKILL)
         attempts = 0
@@ -81,10 +81,6 @@ def test_work_alongside_a_step_runs_once_before_unity_answers_and_also_when_the_
 
 
 def test_an_error_of_the_work_alongside_is_raised_after_the_step_not_taken_for_a_unity_failure():
-    import numpy as np
-
-    from gateway.environment import BehaviorActions
-
     instance = UnityInstance(environment_options(env_args=("--num-agents", "1")), 0)
     try:
         instance.open()
@@ -93,12 +89,8 @@ def test_an_error_of_the_work_alongside_is_raised_after_the_step_not_taken_for_a
         def broken():
             raise BrokenPipeError("the parent is gone")
 
-        actions = {
-            name: BehaviorActions(np.zeros((len(dec), 2), np.float32), np.zeros((len(dec), 0), np.int32))
-            for name, (dec, _) in out.items()
-        }
         with pytest.raises(BrokenPipeError, match="the parent is gone"):
-            instance.step(actions, while_unity_steps=broken)
+            instance.step(_zero_actions(out), while_unity_steps=broken)
         assert instance.step({})  # Unity is fine and answers the next step
     finally:
         instance.close()
