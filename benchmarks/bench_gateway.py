@@ -15,7 +15,7 @@ Side by side in one run, for each scene:
   configuration's step requests and responses. For reference, the round trip of an
   empty ``set_environment_parameters`` request on the gateway's own Play stream
   (answered without touching the instances) is reported too;
-* actor mode: a gateway acting with a 2x128 MLP snapshot (``common.policy``) and
+* actor mode: a gateway acting with a 2x128 MLP snapshot (``common.architecture``) and
   streaming experience to a trainer that acks and drops every chunk; agent-steps/s
   from the workers' own step counters.
 
@@ -48,7 +48,8 @@ import numpy as np
 
 from benchmarks import report
 from common.logging import configure_logging, get_logger
-from common.policy import NumpyPolicy, PolicyArchitecture, make_snapshot, parameter_shapes
+from common.architecture import PolicyArchitecture, make_snapshot, parameter_shapes
+from gateway.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common import specs as specs_mod
 from common.ports import free_base_port

@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks import report
-from common import policy, specs
+from common import architecture as arch_mod, specs
 from common.logging import configure_logging, get_logger
 from tandem.v1 import trainer_pb2
 from trainer_server.onnx_export import OPSET, export_policy, export_policy_bytes
@@ -53,7 +53,7 @@ def _architecture(observations, continuous=0, branches=(), distribution="gaussia
 def _params(arch: trainer_pb2.PolicyArchitecture) -> dict[str, np.ndarray]:
     """Random parameters with the reference's names and shapes (values do not affect timing)."""
     rng = np.random.default_rng(0)
-    shapes = policy.parameter_shapes(policy.PolicyArchitecture.coerce(arch))
+    shapes = arch_mod.parameter_shapes(arch_mod.PolicyArchitecture.from_proto(arch))
     params = {name: rng.normal(0.0, 0.1, shape).astype(np.float32) for name, shape in shapes.items()}
     for name, shape in shapes.items():
         if name.startswith("normalizer/var/"):

@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks import report
 from common.logging import configure_logging, get_logger
-from common.policy import NumpyPolicy
+from gateway.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
 
@@ -105,7 +105,7 @@ def bench_update(updates: int) -> dict[str, float]:
 def bench_acting(agents: int, calls: int) -> dict[str, float]:
     import jax
 
-    from common.policy import PolicyArchitecture
+    from common.architecture import PolicyArchitecture
     from trainer_server import networks
 
     arch = PolicyArchitecture(SPEC, hidden_units=128, num_layers=2, normalize=True)

@@ -31,7 +31,7 @@ their experience is not streamed. ``deterministic`` snapshots (trainer
 ``--inference``, or ``--policy`` models) act with the mode and stream nothing; their
 episodes are tallied for the parent's reward summary.
 
-Snapshots carry either ``parameters`` (acted with ``common.policy.NumpyPolicy``) or only
+Snapshots carry either ``parameters`` (acted with ``gateway.numpy_policy.NumpyPolicy``) or only
 ``onnx_model`` (acted with ``gateway.onnx_policy.OnnxPolicy``, checked against the spec).
 """
 
@@ -185,7 +185,7 @@ class InstanceActor:
                 self._handle(self.conn.recv())
 
     def _set_snapshot(self, behavior: str, version: int, raw: bytes) -> None:
-        from common.policy import NumpyPolicy
+        from gateway.numpy_policy import NumpyPolicy
         from tandem.v1 import trainer_pb2
 
         snapshot = trainer_pb2.PolicySnapshot.FromString(raw)

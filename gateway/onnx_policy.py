@@ -6,7 +6,7 @@ so the user sees the mean reward it earns before putting it into the Unity proje
 Snapshots that carry only ``onnx_model`` (no ``parameters``) are acted with here too,
 which is the path a non-Python gateway follows with any ONNX runtime (docs/ONNX.md).
 
-``OnnxPolicy`` has ``common.policy.NumpyPolicy``'s ``act`` interface and runs the
+``OnnxPolicy`` has ``gateway.numpy_policy.NumpyPolicy``'s ``act`` interface and runs the
 model with onnxruntime on CPU (one thread: a gateway worker steps one Unity instance
 on one core). Conventions it bridges:
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.policy import PolicyOutput
+from common.architecture import PolicyOutput
 from common.specs import BehaviorSpec
 
 #: the model API version of com.unity.ml-agents 2.x+ ("MLAgents2_0"), what the exporter writes

@@ -380,12 +380,9 @@ class TrainingApp:
         return init
 
     def _build_snapshot(self, behavior: _Behavior) -> trainer_pb2.PolicySnapshot:
-        from common.policy import PolicyArchitecture, make_snapshot
+        from common.architecture import make_snapshot
 
         arch = behavior.learner.architecture()
-        if isinstance(arch, dict) and "behavior_spec" not in arch:
-            arch = {**arch, "behavior_spec": behavior.spec}
-        arch = PolicyArchitecture.coerce(arch)
         return make_snapshot(
             behavior.name,
             behavior.version,
@@ -560,10 +557,9 @@ class TrainingApp:
         for step in removed_steps:
             behavior.checkpoints.step_path(step).with_suffix(".onnx").unlink(missing_ok=True)
         try:
-            from common.policy import PolicyArchitecture
             from trainer_server.onnx_export import export_policy_bytes
 
-            arch = PolicyArchitecture.coerce(behavior.snapshot.architecture).to_proto()
+            arch = behavior.learner.architecture()
             model = export_policy_bytes(arch, behavior.learner.policy_parameters())  # built once, written twice
             ckpt.atomic_write_bytes(path, model)
             ckpt.atomic_write_bytes(self.results.run_dir / f"{behavior_folder_name(behavior.name)}.onnx", model)

@@ -1,7 +1,7 @@
 """Action distributions in JAX: log-probabilities, entropies, sampling.
 
 Why: PPO's ratio and entropy bonus, and acting in tests, need the same numbers as the
-gateway's numpy actor (``common/policy.py``). Conventions (ML-Agents'):
+gateway's numpy actor (``common/architecture.py``). Conventions (ML-Agents'):
 
 * continuous ``gaussian``: N(mu, exp(log_std)), log-prob of the raw sample, the environment
   gets ``clip(a, -3, 3) / 3``; entropy is the *mean* over action dimensions;
@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from common.policy import CONTINUOUS_CLIP, MASKED_LOGIT, TANH_EPS
+from common.architecture import CONTINUOUS_CLIP, MASKED_LOGIT, TANH_EPS
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _HALF_LOG_2PI_E = 0.5 * math.log(2.0 * math.pi * math.e)

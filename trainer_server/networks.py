@@ -2,7 +2,7 @@
 
 Why flat dicts rather than flax modules: the snapshot a gateway acts with is a flat
 ``name -> float32 array`` dict whose names are a public contract (``docs/ARCHITECTURE.md``,
-"Policy parameter names"; ``common/policy.py`` is the reference forward). Keeping the
+"Policy parameter names"; ``common/architecture.py`` is the reference forward). Keeping the
 parameters in exactly that form during training means there is no translation layer to
 get wrong: ``policy_parameters()`` is ``{name: np.asarray(value)}`` plus the normalizer.
 A flat dict is a pytree, so optax and ``jax.grad`` work on it as on any flax tree.
@@ -30,17 +30,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from common.policy import (
-    LEAKY_SLOPE,
-    LOG_STD_MAX,
-    LOG_STD_MIN,
-    SIMPLE_CONVS,
-    PolicyArchitecture,
-    conv_output_hw,
-    encoding_size,
-    vector_indices,
-    visual_indices,
-)
+from common.architecture import LEAKY_SLOPE, LOG_STD_MAX, LOG_STD_MIN, SIMPLE_CONVS, PolicyArchitecture, conv_output_hw, encoding_size, vector_indices, visual_indices
 from trainer_server import normalizer as normalizer_mod
 from trainer_server.distributions import DistParams, mask_logits
 
@@ -192,7 +182,7 @@ def actor_heads(params: Params, arch: PolicyArchitecture, h: jax.Array, action_m
 def actor_forward(
     params: Params, arch: PolicyArchitecture, observations: list[jax.Array], norm: NormStats, action_mask: jax.Array | None = None
 ) -> DistParams:
-    """The policy: distribution parameters for n agents (see ``common.policy.NumpyPolicy.distribution``)."""
+    """The policy: distribution parameters for n agents (see ``gateway.numpy_policy.NumpyPolicy.distribution``)."""
     return actor_heads(params, arch, encode(params, "", arch, observations, norm), action_mask)
 
 

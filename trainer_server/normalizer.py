@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from common.policy import NORMALIZED_CLIP, vector_indices
+from common.architecture import NORMALIZED_CLIP, vector_indices
 from common.specs import BehaviorSpec
 
 

@@ -5,7 +5,7 @@ run it with Sentis / Inference Engine (or Barracuda in com.unity.ml-agents 2.x).
 package only accepts models that follow its model contract (model API version 3,
 "MLAgents2_0"), so this module builds exactly that graph, with ``onnx.helper``, from
 the same input the gateway acts with: a ``tandem.v1.PolicyArchitecture`` plus the
-flat parameter dictionary of ``common.policy.NumpyPolicy``. One exporter thus serves
+flat parameter dictionary of ``gateway.numpy_NumpyPolicy``. One exporter thus serves
 PPO ("gaussian") and SAC ("tanh_gaussian") and needs neither JAX nor torch.
 
 The contract (see docs/ONNX.md for the full table):
@@ -38,18 +38,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from common import policy
+from common import architecture as arch_mod
 from common.logging import get_logger
-from common.policy import (
-    CONTINUOUS_CLIP,
-    LEAKY_SLOPE,
-    LOG_STD_MAX,
-    LOG_STD_MIN,
-    NORMALIZED_CLIP,
-    SIMPLE_CONVS,
-    TANH_EPS,
-    PolicyArchitecture,
-)
+from common.architecture import CONTINUOUS_CLIP, LEAKY_SLOPE, LOG_STD_MAX, LOG_STD_MIN, NORMALIZED_CLIP, SIMPLE_CONVS, TANH_EPS, PolicyArchitecture
 from tandem.v1 import trainer_pb2
 
 #: ONNX operator set of the exported graph. 9 is what ML-Agents' own exporter writes
@@ -93,7 +84,7 @@ def export_policy(
 
     Args:
         architecture: the snapshot's ``tandem.v1.PolicyArchitecture`` (or its
-            ``common.policy.PolicyArchitecture`` form); carries the behavior spec.
+            ``common.architecture.PolicyArchitecture`` form); carries the behavior spec.
         params: flat float32 actor parameters named as in docs/ARCHITECTURE.md (what
             ``Learner.policy_parameters()`` returns); extra names (critic) are ignored.
         path: destination, e.g. ``results/<run-id>/<Behavior>/<Behavior>-<step>.onnx``.
@@ -136,7 +127,7 @@ def build_policy_model(
         ExportError: see ``export_policy``.
     """
     try:
-        arch = PolicyArchitecture.coerce(architecture)
+        arch = architecture if isinstance(architecture, PolicyArchitecture) else PolicyArchitecture.from_proto(architecture)
     except ValueError as e:
         raise ExportError(str(e) if str(e).startswith(("architecture", "behavior")) else f"architecture: {e}") from None
     graph = _PolicyGraph(arch, _checked_params(arch, params), training_outputs).build()
@@ -155,14 +146,14 @@ def build_policy_model(
 
 
 def _checked_params(arch: PolicyArchitecture, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The actor's parameters as float32, checked against ``common.policy.parameter_shapes``."""
+    """The actor's parameters as float32, checked against ``common.architecture.parameter_shapes``."""
     spec = arch.behavior_spec
     if spec.action_spec.continuous_size == 0 and spec.action_spec.num_branches == 0:
         raise ExportError(f"behavior {spec.name}: has no actions")
     if not spec.observations:
         raise ExportError(f"behavior {spec.name}: has no observations")
     checked = {}
-    for name, shape in policy.parameter_shapes(arch).items():
+    for name, shape in arch_mod.parameter_shapes(arch).items():
         if name not in params:
             raise ExportError(f"params: missing {name!r}")
         value = np.asarray(params[name])
@@ -254,8 +245,8 @@ class _PolicyGraph:
                 shape = [BATCH, *obs.shape]
             self.inputs.append(helper.make_tensor_value_info(f"obs_{i}", TensorProto.FLOAT, shape))
         # the body's input: [vector obs in spec order..., visual encodings in spec order...]
-        features = [self._normalized(i) for i in policy.vector_indices(self.spec)]
-        features += [self._simple_encoder(i) for i in policy.visual_indices(self.spec)]
+        features = [self._normalized(i) for i in arch_mod.vector_indices(self.spec)]
+        features += [self._simple_encoder(i) for i in arch_mod.visual_indices(self.spec)]
         hidden = features[0] if len(features) == 1 else self._node("Concat", features, hint="features", axis=1)
         for j in range(self.arch.num_layers):
             hidden = self._swish(self._dense(hidden, f"body/dense{j}"))

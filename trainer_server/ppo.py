@@ -44,7 +44,7 @@ import optax
 from flax import serialization
 
 from common.logging import get_logger
-from common.policy import PolicyArchitecture, PolicyOutput, vector_indices
+from common.architecture import PolicyArchitecture, PolicyOutput, vector_indices
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from trainer_server import distributions, networks
@@ -606,12 +606,9 @@ class PPOLearner:
                 params[f"normalizer/var/{key}"] = np.asarray(var[key], np.float32)
         return params
 
-    def architecture(self) -> dict[str, Any]:
-        """The ``PolicyArchitecture`` fields (``behavior_spec`` as ``common.specs.BehaviorSpec``).
-
-        ``common.policy.PolicyArchitecture.coerce(learner.architecture()).to_proto()`` fills the proto.
-        """
-        return self.policy_architecture.to_dict()
+    def architecture(self) -> PolicyArchitecture:
+        """What the snapshot's parameters mean."""
+        return self.policy_architecture
 
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

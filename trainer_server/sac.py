@@ -14,7 +14,7 @@ compiles once per learner, never again.
 
 What is learned (ML-Agents' SAC, with one deliberate difference):
 
-* actor: the shared encoders + swish MLP body of ``common/policy.py``; continuous actions
+* actor: the shared encoders + swish MLP body of ``common/architecture.py``; continuous actions
   from a tanh-squashed Gaussian with a state-dependent log-std head clipped to
   [-20, 2] (the environment receives ``tanh(u)``, the replay buffer stores ``tanh(u)``);
   discrete actions from one masked categorical per branch (masked actions have
@@ -59,7 +59,7 @@ import optax
 from flax import serialization
 
 from common.logging import get_logger
-from common.policy import PolicyArchitecture, encoding_size
+from common.architecture import PolicyArchitecture, encoding_size
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from trainer_server import networks
@@ -229,7 +229,7 @@ class SACConfig:
 # ============================================================================= networks
 # The actor is ``trainer_server.networks``' (flat parameter dict with the snapshot names of
 # docs/ARCHITECTURE.md, tanh_gaussian heads), so ``policy_parameters()`` is what
-# ``common.policy.NumpyPolicy`` reads. Each Q critic reuses the same encoders (under
+# ``gateway.numpy_policy.NumpyPolicy`` reads. Each Q critic reuses the same encoders (under
 # ``critic/``) and adds the continuous action to the body's input, as ML-Agents' SAC
 # critics do: ``critic/body/dense{j}`` over ``[encoding, action]`` with swish, then
 # ``critic/q`` with one output per discrete action of every branch (or one output).
@@ -705,17 +705,13 @@ class SACLearner:
         return out
 
     # ------------------------------------------------------------------------ snapshots
-    def architecture(self) -> dict[str, Any]:
-        """The ``PolicyArchitecture`` fields (``behavior_spec`` as ``common.specs.BehaviorSpec``,
-        ``continuous_distribution="tanh_gaussian"``), like ``PPOLearner.architecture()``.
-
-        ``common.policy.PolicyArchitecture.coerce(learner.architecture()).to_proto()`` fills the proto.
-        """
-        return self._arch.to_dict()
+    def architecture(self) -> PolicyArchitecture:
+        """What the snapshot's parameters mean (``continuous_distribution="tanh_gaussian"``)."""
+        return self._arch
 
     @property
     def policy_architecture(self) -> PolicyArchitecture:
-        """The same as the domain type of ``common.policy``."""
+        """The same as the domain type of ``common.architecture``."""
         return self._arch
 
     def policy_parameters(self) -> dict[str, np.ndarray]:

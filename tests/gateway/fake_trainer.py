@@ -2,7 +2,7 @@
 
 It records every chunk, deduplicates by (gateway_id, sequence) the way the trainer
 contract says, answers Welcome with the last accepted sequence, sends a snapshot
-built with ``common.policy`` for every announced behavior, and acks chunks (or,
+built with ``common.architecture`` for every announced behavior, and acks chunks (or,
 when told, holds its acks back to fill the gateway's buffer). Its state outlives
 its server, so a test can stop the server and start another on the same port: the
 trainer "goes away and comes back".
@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 
 from common import specs as specs_mod
-from common.policy import PolicyArchitecture, make_snapshot, parameter_shapes
+from common.architecture import PolicyArchitecture, make_snapshot, parameter_shapes
 from tandem.v1 import trainer_pb2, trainer_pb2_grpc
 
 

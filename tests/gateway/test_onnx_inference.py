@@ -2,7 +2,7 @@
 
 Nothing is trained: models are exported from random parameters with known values for
 the stand-in's 3DBall and GridWorld specs, so the expected actions are those of
-``common.policy.NumpyPolicy`` with the same parameters.
+``gateway.numpy_NumpyPolicy`` with the same parameters.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import policy, specs
+from common import architecture as arch_mod, specs
+from gateway.numpy_policy import NumpyPolicy
 from common import trajectory as trajectory_mod
 from gateway.app import Gateway
 from gateway.onnx_policy import OnnxModelError, OnnxPolicy
@@ -46,17 +47,17 @@ GRID_SPEC = specs.BehaviorSpec(
 )
 
 
-def architecture(spec: specs.BehaviorSpec, distribution: str = "gaussian") -> policy.PolicyArchitecture:
-    return policy.PolicyArchitecture(
+def architecture(spec: specs.BehaviorSpec, distribution: str = "gaussian") -> arch_mod.PolicyArchitecture:
+    return arch_mod.PolicyArchitecture(
         behavior_spec=spec, hidden_units=16, num_layers=1, normalize=True, continuous_distribution=distribution
     )
 
 
-def known_params(arch: policy.PolicyArchitecture, seed: int = 0) -> dict[str, np.ndarray]:
+def known_params(arch: arch_mod.PolicyArchitecture, seed: int = 0) -> dict[str, np.ndarray]:
     """Random parameters with the contract's names and shapes (varied, well-separated actions)."""
     rng = np.random.default_rng(seed)
     params = {}
-    for name, shape in policy.parameter_shapes(arch).items():
+    for name, shape in arch_mod.parameter_shapes(arch).items():
         if name.startswith("normalizer/var/"):
             value = rng.uniform(0.5, 2.0, shape)
         elif name.endswith("/kernel"):
@@ -91,7 +92,7 @@ def test_deterministic_actions_equal_numpy_policy(spec, distribution):
     arch = architecture(spec, distribution)
     params = known_params(arch)
     onnx_policy = OnnxPolicy(export_policy_bytes(arch, params), spec=spec)
-    reference = policy.NumpyPolicy(arch, params)
+    reference = NumpyPolicy(arch, params)
     obs = observations(spec, 64)
     mask = random_mask(64, spec.action_spec.discrete_branches) if spec.action_spec.num_branches else None
     got = onnx_policy.act(obs, mask, None, deterministic=True)
@@ -112,7 +113,7 @@ def test_training_snapshot_samples_with_log_probs():
     """A snapshot with only onnx_model (training outputs) acts like NumpyPolicy would score it."""
     arch = architecture(GRID_SPEC)
     params = known_params(arch)
-    snapshot = policy.make_snapshot(GRID_SPEC.name, 3, arch, {})
+    snapshot = arch_mod.make_snapshot(GRID_SPEC.name, 3, arch, {})
     snapshot.onnx_model = export_policy_bytes(arch, params, training_outputs=True)
     onnx_policy = OnnxPolicy.from_snapshot(snapshot, spec=GRID_SPEC)
     obs = observations(GRID_SPEC, 256)
@@ -120,7 +121,7 @@ def test_training_snapshot_samples_with_log_probs():
     out = onnx_policy.act(obs, mask, None, deterministic=False)
     assert not mask[np.arange(256), out.discrete[:, 0]].any()
     assert not mask[np.arange(256), 5 + out.discrete[:, 1]].any()
-    want = policy.NumpyPolicy(arch, params).log_prob(obs, mask, out.continuous, out.discrete)
+    want = NumpyPolicy(arch, params).log_prob(obs, mask, out.continuous, out.discrete)
     np.testing.assert_allclose(out.log_probs, want, atol=1e-4)
     # without training outputs a snapshot to learn from is refused, a deterministic one is fine
     snapshot.onnx_model = export_policy_bytes(arch, params)
@@ -294,14 +295,14 @@ class OnnxOnlyTrainerState(TrainerState):
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.params: dict[str, dict[str, np.ndarray]] = {}
-        self.architectures: dict[str, policy.PolicyArchitecture] = {}
+        self.architectures: dict[str, arch_mod.PolicyArchitecture] = {}
 
     def snapshot(self, spec_msg):
         spec = specs.from_proto(spec_msg)
-        arch = policy.PolicyArchitecture(spec, hidden_units=self.hidden_units, num_layers=self.num_layers)
+        arch = arch_mod.PolicyArchitecture(spec, hidden_units=self.hidden_units, num_layers=self.num_layers)
         params = self.params.setdefault(spec.name, known_params(arch, seed=5))
         self.architectures[spec.name] = arch
-        snapshot = policy.make_snapshot(spec.name, self.version, arch, {}, self.time_horizon)
+        snapshot = arch_mod.make_snapshot(spec.name, self.version, arch, {}, self.time_horizon)
         snapshot.onnx_model = export_policy_bytes(arch, params, training_outputs=True)
         return snapshot
 
@@ -320,7 +321,7 @@ def test_actor_mode_acts_with_onnx_only_snapshots():
         trainer.stop()
     [spec_msg] = state.hellos[0].behaviors
     spec = specs.from_proto(spec_msg)
-    reference = policy.NumpyPolicy(state.architectures[spec.name], state.params[spec.name])
+    reference = NumpyPolicy(state.architectures[spec.name], state.params[spec.name])
     with state.lock:
         chunks = [state.chunks[k] for k in sorted(state.chunks)]
     trajectories = [trajectory_mod.from_proto(t, spec, name="chunk") for c in chunks for t in c.trajectories]

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common.policy import NumpyPolicy, PolicyArchitecture, parameter_shapes
+from common.architecture import PolicyArchitecture, parameter_shapes
+from gateway.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from trainer_server import distributions, networks, normalizer
 
@@ -48,7 +49,7 @@ def _setup(spec, continuous_distribution, n=16, seed=0):
 def test_numpy_policy_matches_the_jax_actor(case):
     spec, dist_kind = CASES[case]
     arch, params, norm, flat, obs, mask = _setup(spec, dist_kind)
-    assert set(flat) == set(parameter_shapes(arch)), "networks.py and common/policy.py disagree on names"
+    assert set(flat) == set(parameter_shapes(arch)), "networks.py and common/architecture.py disagree on names"
     jmask = None if mask is None else jnp.asarray(mask)
     dist = networks.actor_forward(params, arch, [jnp.asarray(o) for o in obs], norm, jmask)
     policy = NumpyPolicy(arch, flat)

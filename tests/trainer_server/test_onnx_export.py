@@ -12,7 +12,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from common import policy, specs
+from common import architecture as arch_mod, specs
+from gateway.numpy_policy import NumpyPolicy
 from tandem.v1 import trainer_pb2
 from trainer_server import onnx_export
 from trainer_server.onnx_export import ExportError, export_policy, export_policy_bytes
@@ -49,7 +50,7 @@ def random_params(arch: trainer_pb2.PolicyArchitecture, seed: int = 0) -> dict[s
     """Random parameters with the reference's names and shapes, scaled to give varied actions."""
     rng = np.random.default_rng(seed)
     params = {}
-    for name, shape in policy.parameter_shapes(policy.PolicyArchitecture.coerce(arch)).items():
+    for name, shape in arch_mod.parameter_shapes(arch_mod.PolicyArchitecture.from_proto(arch)).items():
         if name.startswith("normalizer/var/"):
             value = rng.uniform(0.2, 3.0, shape)
         elif name.startswith("normalizer/mean/"):
@@ -356,7 +357,7 @@ def jax_initialized_params(arch: trainer_pb2.PolicyArchitecture, seed: int = 0) 
     jax = pytest.importorskip("jax")
     from trainer_server import networks, normalizer
 
-    domain = policy.PolicyArchitecture.coerce(arch)
+    domain = arch_mod.PolicyArchitecture.from_proto(arch)
     params = {k: np.asarray(v) for k, v in networks.init_actor(jax.random.key(seed), domain).items()}
     if domain.normalize:
         observations, _ = random_inputs(arch, batch=64, seed=seed + 100)
@@ -386,7 +387,7 @@ def test_deterministic_actions_match_numpy_policy(behavior, init):
     allowed = random_masks(action.discrete_branches, 64, seed=11) if action.discrete_branches else None
     observations, feed = random_inputs(arch, batch=64, seed=12, masks=allowed)
     continuous, discrete = deterministic_onnx(arch, params, feed)
-    reference = policy.NumpyPolicy(arch, params).act(
+    reference = NumpyPolicy(arch_mod.PolicyArchitecture.from_proto(arch), params).act(
         observations, None if allowed is None else allowed == 0, np.random.default_rng(0), deterministic=True
     )
     if action.continuous_size:
@@ -404,7 +405,7 @@ def test_deterministic_actions_match_the_jax_actor(behavior):
 
     arch, _ = behavior
     params = jax_initialized_params(arch, seed=5)
-    domain = policy.PolicyArchitecture.coerce(arch)
+    domain = arch_mod.PolicyArchitecture.from_proto(arch)
     action = domain.behavior_spec.action_spec
     allowed = random_masks(action.discrete_branches, 32, seed=13) if action.discrete_branches else None
     observations, feed = random_inputs(arch, batch=32, seed=14, masks=allowed)
@@ -413,7 +414,7 @@ def test_deterministic_actions_match_the_jax_actor(behavior):
     jparams = {k: jnp.asarray(v) for k, v in params.items() if not k.startswith("normalizer/")}
     norm = None
     if domain.normalize:
-        idx = policy.vector_indices(domain.behavior_spec)
+        idx = arch_mod.vector_indices(domain.behavior_spec)
         norm = (
             {str(i): jnp.asarray(params[f"normalizer/mean/{i}"]) for i in idx},
             {str(i): jnp.asarray(params[f"normalizer/var/{i}"]) for i in idx},
@@ -440,7 +441,7 @@ def test_exported_statistics_match_numpy_policy_sampling():
     observations = [np.repeat(o, n, axis=0) for o in observations]
     feed = {k: np.repeat(v, n, axis=0) for k, v in feed.items()}
     out = run(session(arch, params), feed)
-    ref = policy.NumpyPolicy(arch, params).act(observations, feed["action_masks"] == 0, np.random.default_rng(1))
+    ref = NumpyPolicy(arch_mod.PolicyArchitecture.from_proto(arch), params).act(observations, feed["action_masks"] == 0, np.random.default_rng(1))
     onnx_freq = np.bincount(out["discrete_actions"][:, 0], minlength=3) / n
     ref_freq = np.bincount(ref.discrete[:, 0], minlength=3) / n
     np.testing.assert_allclose(onnx_freq, ref_freq, atol=0.02)
@@ -467,7 +468,7 @@ def test_training_outputs_are_opt_in_and_leave_the_contract_untouched(behavior):
 
 def test_training_outputs_give_the_raw_sample_and_its_log_prob_under_numpy_policy(behavior):
     arch, params = behavior
-    domain = policy.PolicyArchitecture.coerce(arch)
+    domain = arch_mod.PolicyArchitecture.from_proto(arch)
     action = domain.behavior_spec.action_spec
     if domain.continuous_distribution == "tanh_gaussian":
         # moderate spreads: near tanh saturation float32 rounding dominates log(1 - tanh^2 + eps)
@@ -486,6 +487,6 @@ def test_training_outputs_give_the_raw_sample_and_its_log_prob_under_numpy_polic
             np.testing.assert_allclose(out["continuous_actions"], np.clip(raw, -3, 3) / 3, atol=1e-6)
         else:
             np.testing.assert_allclose(out["continuous_actions"], np.tanh(raw), atol=1e-6)
-    reference = policy.NumpyPolicy(arch, params).log_prob(observations, mask, raw, discrete)
+    reference = NumpyPolicy(arch_mod.PolicyArchitecture.from_proto(arch), params).log_prob(observations, mask, raw, discrete)
     np.testing.assert_allclose(out["tandem_log_probs"], reference, atol=2e-4, rtol=1e-5)
     assert np.all(np.isfinite(out["tandem_log_probs"]))

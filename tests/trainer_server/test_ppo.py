@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from common.policy import NumpyPolicy, PolicyArchitecture
+from common.architecture import PolicyArchitecture
+from gateway.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
 from trainer_server import ppo
@@ -174,7 +175,7 @@ def test_update_and_value_estimation_compile_once():
                  "Policy/Epsilon", "Policy/Beta", "Policy/Extrinsic Value Estimate"):
         assert name in metrics
     # the snapshot drives the numpy actor to the same distribution as the JAX actor
-    policy = NumpyPolicy(PolicyArchitecture.coerce(learner.architecture()), learner.policy_parameters())
+    policy = NumpyPolicy(learner.architecture(), learner.policy_parameters())
     obs = [rng.standard_normal((6, 4)).astype(np.float32), rng.random((6, 1, 20, 20)).astype(np.float32)]
     out = learner.act(obs)
     np.testing.assert_allclose(policy.log_prob(obs, None, out.continuous, out.discrete), out.log_probs, rtol=1e-4, atol=1e-4)

@@ -1,6 +1,6 @@
 """SAC learner: ML-Agents' settings and update ratio, the maths, compilation, learning, resume.
 
-Experience is produced the way a gateway produces it: ``common.policy.NumpyPolicy`` acts
+Experience is produced the way a gateway produces it: ``gateway.numpy_policy.NumpyPolicy`` acts
 with the learner's ``policy_parameters()`` and its raw samples go into ``Trajectory``
 fragments that the learner consumes.
 """
@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common.policy import NumpyPolicy, PolicyArchitecture
+from common.architecture import PolicyArchitecture
+from gateway.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
 from trainer_server import checkpoints
@@ -349,8 +350,8 @@ def test_snapshot_parameters_drive_numpy_policy_with_visual_and_hybrid_actions()
         learner.process_trajectory(traj)
     assert learner.update()["Policy/Learning Rate"] > 0
     arch = learner.architecture()
-    assert arch["continuous_distribution"] == "tanh_gaussian" and arch["normalize"] and arch["hidden_units"] == 32
-    assert PolicyArchitecture.coerce(arch).to_proto().behavior_spec.name == "Visual?team=0"
+    assert arch.continuous_distribution == "tanh_gaussian" and arch.normalize and arch.hidden_units == 32
+    assert arch.to_proto().behavior_spec.name == "Visual?team=0"
     params = learner.policy_parameters()
     assert "policy/log_std/kernel" in params and "normalizer/var/1" in params
     assert not any(name.startswith("critic") for name in params)

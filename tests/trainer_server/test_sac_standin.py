@@ -16,7 +16,7 @@ from mlagents_envs.base_env import ActionTuple
 from mlagents_envs.exception import UnityEnvironmentException, UnityWorkerInUseException
 
 import unity_standin
-from common.policy import NumpyPolicy
+from gateway.numpy_policy import NumpyPolicy
 from common.specs import from_mlagents
 from common.trajectory import Trajectory
 from common.unity_env import open_unity_environment

@@ -20,7 +20,7 @@ import yaml
 
 from common import specs as specs_mod
 from common import trajectory as trajectory_mod
-from common.policy import PolicyArchitecture, parameter_shapes
+from common.architecture import PolicyArchitecture, parameter_shapes
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
 from tandem.v1 import trainer_pb2, trainer_pb2_grpc
@@ -134,8 +134,8 @@ class CountingLearner:
     def policy_parameters(self) -> dict[str, np.ndarray]:
         return dict(self.params)
 
-    def architecture(self) -> dict[str, Any]:
-        return {"hidden_units": 8, "num_layers": 1, "normalize": True}
+    def architecture(self) -> PolicyArchitecture:
+        return self.arch
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -9,13 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from common.policy import (
-    NumpyPolicy,
-    PolicyArchitecture,
-    conv2d_valid,
-    make_snapshot,
-    parameter_shapes,
-)
+from common.architecture import PolicyArchitecture, make_snapshot, parameter_shapes
+from gateway.numpy_policy import NumpyPolicy, conv2d_valid
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 
 
@@ -126,8 +121,8 @@ def test_snapshot_round_trip_and_clear_errors():
     obs = [rng.standard_normal((n, 6)).astype(np.float32), rng.random((n, 3, 24, 28)).astype(np.float32)]
     out = policy.act(obs, np.zeros((n, 2), bool), rng)
     assert out.continuous.shape == (n, 1) and out.discrete.shape == (n, 1) and out.log_probs.shape == (n,)
-    # the dict form of the architecture works as well
-    NumpyPolicy({**arch.to_dict(), "behavior_spec": arch.behavior_spec}, params)
+    # the proto form round-trips to the same architecture
+    assert PolicyArchitecture.from_proto(arch.to_proto()) == arch
     with pytest.raises(ValueError, match="missing.*body/dense1/kernel"):
         NumpyPolicy(arch, {k: v for k, v in params.items() if k != "body/dense1/kernel"})
     with pytest.raises(ValueError, match="policy/mu/kernel: shape"):
@@ -140,6 +135,6 @@ def test_snapshot_round_trip_and_clear_errors():
         policy.act(obs, np.zeros((n, 3), bool), rng)
 
 
-def test_policy_module_does_not_import_jax():
-    code = "import sys, common.policy; sys.exit(1 if 'jax' in sys.modules else 0)"
+def test_numpy_policy_module_does_not_import_jax():
+    code = "import sys, gateway.numpy_policy; sys.exit(1 if 'jax' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

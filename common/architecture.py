@@ -1,0 +1,234 @@
+"""What a policy snapshot is: its architecture, its parameter names and shapes, its wire form.
+
+Why: the trainer (JAX learners, ONNX export) and the gateway (numpy and ONNX actors) must
+agree on what every parameter of a snapshot means. This module is that contract, shared by
+both services (``docs/ARCHITECTURE.md``, "Policy parameter names"). The numbers are
+computed by ``gateway/numpy_policy.py`` (numpy, the reference forward) and by
+``trainer_server/networks.py`` / ``distributions.py`` (JAX); tests hold them equal to ~1e-5.
+
+Network (ML-Agents-like, ``vis_encode_type: simple``):
+
+* vector observation i: ``clip((x - normalizer/mean/{i}) / sqrt(normalizer/var/{i}), -5, 5)``
+  when ``normalize`` (ML-Agents' Normalizer; var is the running variance), else x as is;
+* visual observation i (channels-first ``(C, H, W)`` as mlagents-envs and Unity give it,
+  float in [0, 1], never normalized; moved to HWC inside): conv 8x8 stride 4 with 16
+  filters, leaky ReLU (0.01), conv 4x4 stride 2 with 32 filters, leaky ReLU, flatten in
+  HWC order, dense to ``hidden_units``, leaky ReLU; "valid" padding, kernels HWIO;
+* body: concatenation ``[vector obs in spec order..., visual encodings in spec order...]``
+  through ``num_layers`` dense layers of ``hidden_units`` with swish;
+* heads: Gaussian mean ``policy/mu``; ``policy/log_std`` [c] (``gaussian``, PPO) or a dense
+  ``policy/log_std`` head clipped to [-20, 2] (``tanh_gaussian``, SAC); discrete logits
+  ``policy/logits`` [h, sum(branches)], masked entries (true = not allowed) set to
+  ``MASKED_LOGIT`` before a per-branch softmax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from common import specs as specs_mod
+from common import tensor
+from common.specs import BehaviorSpec
+
+#: logit given to actions the mask forbids (true = not allowed); exp() of it is 0 in float32
+MASKED_LOGIT = -1.0e9
+#: ML-Agents' normalized observations are clipped to [-NORMALIZED_CLIP, NORMALIZED_CLIP]
+NORMALIZED_CLIP = 5.0
+#: PPO's continuous actions reach the environment as clip(a, -CONTINUOUS_CLIP, CONTINUOUS_CLIP) / CONTINUOUS_CLIP
+CONTINUOUS_CLIP = 3.0
+#: tanh_gaussian: log_std head output is clipped to this range (ML-Agents' conditional sigma)
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+#: tanh_gaussian: log(1 - tanh(u)^2 + TANH_EPS) in the change-of-variables correction
+TANH_EPS = 1.0e-6
+#: leaky ReLU slope of the visual encoder (torch's default, as ML-Agents uses)
+LEAKY_SLOPE = 0.01
+#: simple visual encoder: (kernel, stride, filters) of its two convolutions
+SIMPLE_CONVS = ((8, 4, 16), (4, 2, 32))
+#: smallest image the simple encoder accepts (ML-Agents' minimum for "simple")
+SIMPLE_MIN_SIZE = 20
+
+CONTINUOUS_DISTRIBUTIONS = ("gaussian", "tanh_gaussian")
+VIS_ENCODE_TYPES = ("simple",)
+
+
+@dataclass(frozen=True)
+class PolicyArchitecture:
+    """What a snapshot's parameters mean: the domain form of ``tandem.v1.PolicyArchitecture``."""
+
+    behavior_spec: BehaviorSpec
+    hidden_units: int
+    num_layers: int
+    normalize: bool = False
+    vis_encode_type: str = "simple"
+    continuous_distribution: str = "gaussian"
+
+    def __post_init__(self) -> None:
+        if self.hidden_units <= 0:
+            raise ValueError(f"architecture.hidden_units: must be positive, got {self.hidden_units}")
+        if self.num_layers < 0:
+            raise ValueError(f"architecture.num_layers: must be >= 0, got {self.num_layers}")
+        if self.vis_encode_type not in VIS_ENCODE_TYPES:
+            raise ValueError(
+                f"architecture.vis_encode_type: {self.vis_encode_type!r} is not supported yet "
+                f"(supported: {', '.join(VIS_ENCODE_TYPES)})"
+            )
+        if self.continuous_distribution not in CONTINUOUS_DISTRIBUTIONS:
+            raise ValueError(
+                f"architecture.continuous_distribution: {self.continuous_distribution!r} is unknown "
+                f"(known: {', '.join(CONTINUOUS_DISTRIBUTIONS)})"
+            )
+        for i, obs in enumerate(self.behavior_spec.observations):
+            if len(obs.shape) not in (1, 3):
+                raise ValueError(
+                    f"behavior {self.behavior_spec.name}: observation {i} ({obs.name!r}) has shape "
+                    f"{obs.shape}; only vector (size,) and visual (channels, height, width) are supported yet"
+                )
+            if obs.is_visual and min(obs.shape[1], obs.shape[2]) < SIMPLE_MIN_SIZE:
+                raise ValueError(
+                    f"behavior {self.behavior_spec.name}: visual observation {i} ({obs.name!r}) is "
+                    f"{obs.shape[1]}x{obs.shape[2]}; vis_encode_type simple needs at least "
+                    f"{SIMPLE_MIN_SIZE}x{SIMPLE_MIN_SIZE}"
+                )
+
+    @classmethod
+    def from_proto(cls, msg) -> "PolicyArchitecture":
+        """The domain form of a ``tandem.v1.PolicyArchitecture`` (validated).
+
+        Raises:
+            ValueError: the architecture or its behavior spec is invalid (naming the field).
+        """
+        return cls(
+            behavior_spec=specs_mod.from_proto(msg.behavior_spec),
+            hidden_units=int(msg.hidden_units),
+            num_layers=int(msg.num_layers),
+            normalize=bool(msg.normalize),
+            vis_encode_type=msg.vis_encode_type or "simple",
+            continuous_distribution=msg.continuous_distribution or "gaussian",
+        )
+
+    def to_proto(self, out=None):
+        """Fills (or creates) a ``tandem.v1.PolicyArchitecture``."""
+        from tandem.v1 import trainer_pb2
+
+        msg = out if out is not None else trainer_pb2.PolicyArchitecture()
+        msg.hidden_units = self.hidden_units
+        msg.num_layers = self.num_layers
+        msg.normalize = self.normalize
+        msg.vis_encode_type = self.vis_encode_type
+        msg.continuous_distribution = self.continuous_distribution
+        specs_mod.to_proto(self.behavior_spec, msg.behavior_spec)
+        return msg
+
+
+
+def vector_indices(spec: BehaviorSpec) -> list[int]:
+    """Indices of the vector observations, in spec order."""
+    return [i for i, o in enumerate(spec.observations) if not o.is_visual]
+
+
+def visual_indices(spec: BehaviorSpec) -> list[int]:
+    """Indices of the visual observations, in spec order."""
+    return [i for i, o in enumerate(spec.observations) if o.is_visual]
+
+
+def conv_output_hw(height: int, width: int) -> tuple[int, int]:
+    """Height and width after the simple encoder's two valid convolutions."""
+    for kernel, stride, _ in SIMPLE_CONVS:
+        height = (height - kernel) // stride + 1
+        width = (width - kernel) // stride + 1
+    return height, width
+
+
+def encoding_size(arch: PolicyArchitecture) -> int:
+    """Width of the body's input: vector sizes plus hidden_units per visual observation."""
+    spec = arch.behavior_spec
+    size = sum(int(np.prod(spec.observations[i].shape)) for i in vector_indices(spec))
+    return size + arch.hidden_units * len(visual_indices(spec))
+
+
+def parameter_shapes(arch: PolicyArchitecture) -> dict[str, tuple[int, ...]]:
+    """Every actor parameter name of a snapshot with its shape: the naming contract."""
+    spec = arch.behavior_spec
+    h = arch.hidden_units
+    shapes: dict[str, tuple[int, ...]] = {}
+    if arch.normalize:
+        for i in vector_indices(spec):
+            size = spec.observations[i].shape[0]
+            shapes[f"normalizer/mean/{i}"] = (size,)
+            shapes[f"normalizer/var/{i}"] = (size,)
+    for i in visual_indices(spec):
+        channels, height, width = spec.observations[i].shape
+        in_ch = channels
+        for j, (kernel, _, filters) in enumerate(SIMPLE_CONVS):
+            shapes[f"encoder/{i}/conv{j}/kernel"] = (kernel, kernel, in_ch, filters)
+            shapes[f"encoder/{i}/conv{j}/bias"] = (filters,)
+            in_ch = filters
+        oh, ow = conv_output_hw(height, width)
+        shapes[f"encoder/{i}/dense/kernel"] = (oh * ow * in_ch, h)
+        shapes[f"encoder/{i}/dense/bias"] = (h,)
+    width_in = encoding_size(arch)
+    for j in range(arch.num_layers):
+        shapes[f"body/dense{j}/kernel"] = (width_in, h)
+        shapes[f"body/dense{j}/bias"] = (h,)
+        width_in = h
+    c = spec.action_spec.continuous_size
+    if c:
+        shapes["policy/mu/kernel"] = (width_in, c)
+        shapes["policy/mu/bias"] = (c,)
+        if arch.continuous_distribution == "gaussian":
+            shapes["policy/log_std"] = (c,)
+        else:
+            shapes["policy/log_std/kernel"] = (width_in, c)
+            shapes["policy/log_std/bias"] = (c,)
+    m = spec.action_spec.mask_size
+    if m:
+        shapes["policy/logits/kernel"] = (width_in, m)
+        shapes["policy/logits/bias"] = (m,)
+    return shapes
+
+
+@dataclass(frozen=True)
+class PolicyOutput:
+    """Actions for n agents.
+
+    Attributes:
+        continuous: float32 ``[n, c]``, the raw samples (what trajectories carry).
+        discrete: int32 ``[n, branches]``.
+        log_probs: float32 ``[n]``, joint log-probability of (continuous, discrete): the
+            quantity the PPO ratio uses.
+        env_continuous: float32 ``[n, c]``, what the environment receives
+            (``clip(a, -3, 3) / 3`` for gaussian, ``tanh(a)`` for tanh_gaussian).
+    """
+
+    continuous: np.ndarray
+    discrete: np.ndarray
+    log_probs: np.ndarray
+    env_continuous: np.ndarray
+
+
+def make_snapshot(
+    behavior: str,
+    version: int,
+    architecture: PolicyArchitecture,
+    params: Mapping[str, np.ndarray],
+    time_horizon: int = 0,
+    deterministic: bool = False,
+):
+    """Builds a ``tandem.v1.PolicySnapshot`` from an architecture and flat float32 parameters.
+
+    Args:
+        params: name -> array (``parameter_shapes``); empty for a snapshot whose actor is an
+            ONNX model.
+    """
+    from tandem.v1 import trainer_pb2
+
+    msg = trainer_pb2.PolicySnapshot(
+        behavior=behavior, version=int(version), time_horizon=int(time_horizon), deterministic=deterministic
+    )
+    architecture.to_proto(msg.architecture)
+    for name, value in params.items():
+        tensor.to_proto(np.asarray(value, dtype=np.float32), msg.parameters[name])
+    return msg
