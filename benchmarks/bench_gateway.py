@@ -206,7 +206,7 @@ def serve_echo() -> int:
                 time.sleep(hold_us / 1e6)  # as the gateway waits for Unity: the threads go idle
             yield bytes(int.from_bytes(request[:8], "little"))
 
-    from gateway.server import channel_options
+    from common.grpc_server import channel_options
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4), options=channel_options(64 << 20, 30.0)
@@ -230,7 +230,7 @@ def echo_round_trip(request_bytes: int, response_bytes: int, seconds: float, hol
     idle gap: every thread on the path goes to sleep, as while the gateway waits for
     Unity); the hold is not counted.
     """
-    from gateway.server import channel_options
+    from common.grpc_server import channel_options
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.bench_gateway", "--echo-server"],

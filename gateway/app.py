@@ -11,9 +11,10 @@ from __future__ import annotations
 import signal
 import threading
 
+from common.grpc_server import GrpcServer
 from common.logging import get_logger
 from gateway.options import GatewayOptions
-from gateway.server import ServerHandle, start_server
+from gateway.server import start_server
 from gateway.service import GatewayServicer
 from gateway.workers import EnvironmentPool
 
@@ -35,7 +36,7 @@ class Gateway:
         self.options = options
         self.log_json = log_json
         self.servicer = GatewayServicer(options.environment.engine, actor_mode=options.is_actor)
-        self.server: ServerHandle | None = None
+        self.server: GrpcServer | None = None
         self.pool: EnvironmentPool | None = None
         self.actor = None
         self.log = get_logger("gateway")

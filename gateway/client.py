@@ -17,7 +17,7 @@ import numpy as np
 from common import specs as specs_mod
 from common.specs import BehaviorSpec
 from gateway import steps as steps_mod
-from gateway.server import channel_options
+from common.grpc_server import channel_options
 from gateway.steps import StepBatch
 from tandem.v1 import gateway_pb2, gateway_pb2_grpc
 

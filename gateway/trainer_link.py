@@ -31,7 +31,7 @@ import grpc
 from common.logging import get_logger
 from common import specs as specs_mod
 from gateway.options import ActorOptions, InferenceOptions
-from gateway.server import channel_options
+from common.grpc_server import channel_options
 from tandem.v1 import trainer_pb2
 
 #: how long a connection may wait for Welcome before it is considered failed

@@ -22,7 +22,7 @@ from typing import Any
 from common.logging import get_logger
 from trainer_server.app import TrainingApp
 from trainer_server.results import RunDirectoryError, RunResults
-from trainer_server.service import start_server
+from trainer_server.server import start_server
 from trainer_server.timers import HierarchicalTimer
 
 EXIT_OK = 0

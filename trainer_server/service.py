@@ -18,26 +18,17 @@ in and receive policy snapshots. This module only translates between messages an
   one per behavior is kept for a slow gateway);
 * when training completes the streams end with OK.
 
-``start_server`` builds the grpc server with the same conventions as the gateway:
-127.0.0.1 by default, health (SERVING only while the trainer accepts experience),
-reflection, optional TLS and bearer token (``authorization: Bearer <token>``;
-UNAUTHENTICATED otherwise; health checks need no token), large message limits,
-keepalive, graceful stop.
+The server around it (TLS, bearer token, health, reflection, limits) is
+``trainer_server.server.start_server``.
 """
 
 from __future__ import annotations
 
-import hmac
 import threading
 from collections import OrderedDict
-from concurrent import futures
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from common import specs as specs_mod
 from common import trajectory as trajectory_mod
@@ -47,9 +38,6 @@ from trainer_server.app import ExperienceError, TrainerStoppingError, TrainingAp
 from tandem.v1 import trainer_pb2, trainer_pb2_grpc
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-KEEPALIVE_S = 30.0
-_HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 _log = get_logger("trainer_server.service")
 
@@ -279,118 +267,3 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
             code = grpc.StatusCode.INVALID_ARGUMENT if e.invalid else grpc.StatusCode.FAILED_PRECONDITION
             raise _StreamError(code, str(e)) from None
         conn.push_ack(chunk.sequence)
-
-
-# --------------------------------------------------------------------------- server set-up
-
-
-@dataclass(frozen=True)
-class RunningServer:
-    """A started server: its bound address and its health servicer."""
-
-    server: grpc.Server
-    address: str
-    port: int
-    health: health.HealthServicer
-    service: TrainerService
-
-    def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, status)
-
-    def stop(self, grace_s: float = 5.0) -> None:
-        """Health NOT_SERVING, streams ended with OK, then the server stops within ``grace_s``."""
-        self.set_serving(False)
-        self.service.shutdown()
-        self.server.stop(grace_s).wait(grace_s + 1.0)
-
-
-class _TokenInterceptor(grpc.ServerInterceptor):
-    """Refuses calls without ``authorization: Bearer <token>`` (health checks excepted)."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
-
-    def intercept_service(self, continuation, handler_call_details):
-        if handler_call_details.method.startswith(_HEALTH_PREFIX):
-            return continuation(handler_call_details)
-        given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(given.encode(), self._expected):
-            return continuation(handler_call_details)
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-
-        def refuse(_request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (authorization metadata)")
-
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(refuse)
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(refuse)
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(refuse)
-        return grpc.unary_unary_rpc_method_handler(refuse)
-
-
-def start_server(
-    app: TrainingApp,
-    listen: str = "127.0.0.1:5755",
-    *,
-    tls_cert: str | None = None,
-    tls_key: str | None = None,
-    token: str | None = None,
-    max_workers: int = 64,
-) -> RunningServer:
-    """Starts the Trainer service (health NOT_SERVING until ``set_serving(True)``).
-
-    Args:
-        app: the training app the service feeds.
-        listen: ``host:port``; port 0 picks a free port (see ``RunningServer.port``).
-        tls_cert: PEM certificate chain file; with ``tls_key``, the server speaks TLS.
-        tls_key: PEM private key file.
-        token: when set, every call but health checks needs ``authorization: Bearer <token>``.
-        max_workers: handler threads (each gateway stream uses two).
-
-    Raises:
-        ValueError: only one of ``tls_cert``/``tls_key``, or the address cannot be bound.
-    """
-    if bool(tls_cert) != bool(tls_key):
-        raise ValueError("--tls-cert and --tls-key must be given together")
-    options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.keepalive_time_ms", int(KEEPALIVE_S * 1000)),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.so_reuseport", 0),
-    ]
-    interceptors = [_TokenInterceptor(token)] if token else []
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="trainer-grpc"),
-        options=options,
-        interceptors=interceptors,
-    )
-    service = TrainerService(app)
-    trainer_pb2_grpc.add_TrainerServicer_to_server(service, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
-    if tls_cert:
-        credentials = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())])
-        port = server.add_secure_port(listen, credentials)
-    else:
-        port = server.add_insecure_port(listen)
-    if not port:
-        raise ValueError(f"cannot listen on {listen}")
-    host = listen.rsplit(":", 1)[0]
-    running = RunningServer(server=server, address=f"{host}:{port}", port=port, health=health_servicer, service=service)
-    running.set_serving(False)
-    server.start()
-    _log.info("trainer listening", address=running.address, tls=bool(tls_cert), token=bool(token))
-    return running

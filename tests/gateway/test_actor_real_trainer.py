@@ -51,7 +51,7 @@ def _app(tmp_path):
 
 @pytest.mark.slow
 def test_real_trainer_learns_from_the_gateway_and_survives_a_restart(tmp_path):
-    from trainer_server.service import start_server
+    from trainer_server.server import start_server
 
     app = _app(tmp_path)
     server = start_server(app, "127.0.0.1:0")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -12,6 +9,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.client import GatewayClient
 from gateway.options import ServerOptions
 from gateway_helpers import environment_options, running_gateway
+from tandem.v1 import gateway_pb2, gateway_pb2_grpc
+from tls_certificate import self_signed
 
 TOKEN = "s3cret-token"
 
@@ -37,6 +36,16 @@ def test_missing_or_wrong_token_is_unauthenticated(token_gateway, token):
         client.close()
 
 
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_the_bearer_scheme_is_case_insensitive(token_gateway, scheme):
+    with grpc.insecure_channel(token_gateway.address) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        reply = stub.Describe(
+            gateway_pb2.DescribeRequest(), metadata=(("authorization", f"{scheme} {TOKEN}"),), timeout=10
+        )
+        assert reply.behaviors
+
+
 def test_right_token_drives_and_health_needs_none(token_gateway):
     with GatewayClient(token_gateway.address, token=TOKEN) as client:
         assert client.describe().behaviors
@@ -51,29 +60,8 @@ def test_right_token_drives_and_health_needs_none(token_gateway):
         channel.close()
 
 
-def _self_signed(tmp_path):
-    """A self-signed certificate for localhost/127.0.0.1, made with the openssl CLI."""
-    try:
-        from cryptography import x509  # noqa: F401 - not installed in this project; openssl is
-    except ImportError:
-        pass
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 def test_tls_with_token(tmp_path):
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server = ServerOptions(listen="127.0.0.1:0", tls_cert=str(cert), tls_key=str(key), token=TOKEN)
     with running_gateway(environment_options(), server) as gw:
         with GatewayClient(gw.address, token=TOKEN, root_certificates=cert.read_bytes()) as client:

@@ -28,7 +28,8 @@ from test_service_support import (
 )
 from trainer_server.app import TrainingApp
 from trainer_server.results import RunResults
-from trainer_server.service import SERVICE_NAME, start_server
+from trainer_server.server import start_server
+from trainer_server.service import SERVICE_NAME
 from tandem.v1 import trainer_pb2
 
 
@@ -334,6 +335,12 @@ def test_bearer_token_required(harness):
     assert wrong.wait_end().code() == grpc.StatusCode.UNAUTHENTICATED
     good = h.connect(metadata=(("authorization", "Bearer s3cret"),))
     _handshake(good, "gw", BALL)
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER"])
+def test_the_bearer_scheme_is_case_insensitive(harness, scheme):
+    h = harness(token="s3cret")
+    _handshake(h.connect(metadata=(("authorization", f"{scheme} s3cret"),)), "gw", BALL)
 
 
 def test_tls(harness, tmp_path):
