@@ -28,7 +28,7 @@ from trainer_server import stats as stats_mod
 from trainer_server.app import TrainingApp
 from trainer_server.behavior_run import extrinsic_strength
 from trainer_server.results import behavior_folder_name
-from trainer_server.settings import load_run_options
+from trainer_server.settings import CuriositySettings, RewardSignalSettings, TrainerSettings, load_run_options
 
 
 # --------------------------------------------------------------------------- the whole folder
@@ -135,28 +135,94 @@ def test_initialize_from_loads_weights_and_starts_at_step_zero(tmp_path):
     np.testing.assert_array_equal(other.learners[BALL.name].params["policy/mu/bias"], trained["params"]["policy/mu/bias"])
 
 
+def test_the_learners_extra_files_are_saved_beside_each_checkpoint_and_loaded_on_resume(tmp_path):
+    options = make_options(tmp_path, checkpoint_interval=1000, max_steps=10_000)
+    train_app(options, steps_per_chunk=10, chunks=3)
+    assert (tmp_path / "test-run" / "3DBall" / CountingLearner.EXTRA_FILE).read_text() == "30"
+
+    resumed = LearnerRegistry()
+    options2 = make_options(tmp_path, resume=True, checkpoint_interval=1000, max_steps=10_000)
+    TrainingApp(options2, prepare_results(options2), learner_factory=resumed).register_behavior(BALL)
+    assert resumed.learners[BALL.name].loaded_extra == 30
+
+    initialized = LearnerRegistry()  # --initialize-from takes weights only, not the extra files
+    options3 = make_options(tmp_path, run_id="finetune", initialize_from="test-run", max_steps=10_000)
+    TrainingApp(options3, prepare_results(options3), learner_factory=initialized).register_behavior(BALL)
+    assert initialized.learners[BALL.name].loaded_extra is None and initialized.learners[BALL.name].step == 0
+
+
+def _model_initializer(path: Path, name: str) -> np.ndarray:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
+
+
+def test_a_snapshot_is_built_once_per_version_and_checkpoints_export_the_latest_one(tmp_path):
+    # updates at 20, 40 and 60 steps; checkpoints at 30 and 60
+    options = make_options(tmp_path, buffer_size=20, checkpoint_interval=30, max_steps=10_000)
+    app, _, registry = train_app(options, steps_per_chunk=10, chunks=6)
+    assert app.error is None
+    learner = registry.learners[BALL.name]
+    assert learner.updates == 3
+    assert learner.parameter_calls == 1 + learner.updates  # version 1, then one per update; exports fetch nothing
+    folder = tmp_path / "test-run" / "3DBall"
+    final = learner.params["policy/mu/bias"]
+    # step 30 exported version 2 (after the update at 20): two updates of +0.01 behind the end
+    np.testing.assert_allclose(_model_initializer(folder / "3DBall-30.onnx", "policy/mu/bias") + 0.02, final, atol=1e-6)
+    np.testing.assert_allclose(_model_initializer(folder / "3DBall-60.onnx", "policy/mu/bias"), final, atol=1e-6)
+
+
+def test_extrinsic_strength_reads_the_extrinsic_signal():
+    assert extrinsic_strength(TrainerSettings(reward_signals={"extrinsic": RewardSignalSettings(strength=0.5)})) == 0.5
+    assert extrinsic_strength(TrainerSettings(reward_signals={"curiosity": CuriositySettings()})) == 1.0
+
+
 # --------------------------------------------------------------------------- with the real learners
 
 
-def _ppo_options(tmp_path: Path, **flags):
-    config = tmp_path / "tiny-ppo.yaml"
-    config.write_text(
-        textwrap.dedent(
-            """
-            behaviors:
-              3DBall:
-                trainer_type: ppo
-                hyperparameters: {batch_size: 16, buffer_size: 48, num_epoch: 2, learning_rate: 0.001}
-                network_settings: {normalize: true, hidden_units: 16, num_layers: 1}
-                max_steps: 100000
-                time_horizon: 16
-                summary_freq: 1000
-                checkpoint_interval: 1000
-            """
-        )
-    )
-    args = argparse.Namespace(run_id="ppo-run", results_dir=str(tmp_path / "results"), seed=3, **flags)
+def _real_options(tmp_path: Path, run_id: str, behavior_yaml: str, **flags):
+    """RunOptions of a tiny run of a real learner: ``behavior_yaml`` is the 3DBall section."""
+    config = tmp_path / f"{run_id}.yaml"
+    config.write_text("behaviors:\n  3DBall:\n" + textwrap.indent(textwrap.dedent(behavior_yaml), "    "))
+    args = argparse.Namespace(run_id=run_id, results_dir=str(tmp_path / "results"), seed=3, **flags)
     return load_run_options(config, args)
+
+
+def _train_real(options, chunks: int) -> TrainingApp:
+    """Feeds ``chunks`` chunks of 10 steps to a real learner, waits for them, then stops."""
+    app = TrainingApp(options, prepare_results(options))
+    app.start()
+    app.register_behavior(BALL)
+    for seq in range(1, chunks + 1):
+        app.submit("gw", seq, BALL.name, [make_trajectory(BALL, 10, first_reward=float(seq), agent_id=seq)], [])
+    deadline = time.monotonic() + 120
+    while app._behaviors[BALL.name].learner.step < 10 * chunks and time.monotonic() < deadline:
+        time.sleep(0.05)
+    app.stop()
+    app.join(60)
+    assert app.error is None
+    return app
+
+
+_TINY_PPO = """
+    trainer_type: ppo
+    hyperparameters: {batch_size: 16, buffer_size: 48, num_epoch: 2, learning_rate: 0.001}
+    network_settings: {normalize: true, hidden_units: 16, num_layers: 1}
+    max_steps: 100000
+    time_horizon: 16
+    summary_freq: 1000
+    checkpoint_interval: 1000
+"""
+_TINY_SAC = """
+    trainer_type: sac
+    hyperparameters: {batch_size: 8, buffer_size: 500, buffer_init_steps: 0, steps_per_update: 10, save_replay_buffer: true}
+    network_settings: {normalize: false, hidden_units: 8, num_layers: 1}
+    max_steps: 100000
+    time_horizon: 16
+    checkpoint_interval: 1000
+"""
 
 
 def _leaves(tree, prefix=""):
@@ -172,23 +238,11 @@ def _leaves(tree, prefix=""):
 
 def test_resume_with_ppo_restores_step_optimizer_and_normalizer_exactly(tmp_path):
     pytest.importorskip("trainer_server.ppo")
-    options = _ppo_options(tmp_path)
-    results = prepare_results(options)
-    app = TrainingApp(options, results)
-    app.start()
-    app.register_behavior(BALL)
-    for seq in range(1, 8):  # 7 x 10 steps: one update at 48, 22 steps left in the buffer
-        app.submit("gw", seq, BALL.name, [make_trajectory(BALL, 10, first_reward=float(seq), agent_id=seq)], [])
-    deadline = time.monotonic() + 120
-    while app._behaviors[BALL.name].learner.step < 70 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    app.stop()
-    app.join(60)
-    assert app.error is None
+    app = _train_real(_real_options(tmp_path, "ppo-run", _TINY_PPO), chunks=7)  # one update at 48, 22 steps left
     saved = app._behaviors[BALL.name].learner.state_dict()
     assert saved["step"] == 70 and saved["update_count"] == 1
 
-    options2 = _ppo_options(tmp_path, resume=True)
+    options2 = _real_options(tmp_path, "ppo-run", _TINY_PPO, resume=True)
     app2 = TrainingApp(options2, prepare_results(options2))
     app2.register_behavior(BALL)
     restored = app2._behaviors[BALL.name].learner.state_dict()
@@ -207,48 +261,17 @@ def test_even_checkpoints_spread_keep_checkpoints_over_max_steps(tmp_path):
     assert [c["steps"] for c in status["3DBall"]["checkpoints"]] == [40, 80, 120]
 
 
-def _sac_options(tmp_path: Path, **flags):
-    config = tmp_path / "tiny-sac.yaml"
-    config.write_text(
-        textwrap.dedent(
-            """
-            behaviors:
-              3DBall:
-                trainer_type: sac
-                hyperparameters: {batch_size: 8, buffer_size: 500, buffer_init_steps: 0, steps_per_update: 10, save_replay_buffer: true}
-                network_settings: {normalize: false, hidden_units: 8, num_layers: 1}
-                max_steps: 100000
-                time_horizon: 16
-                checkpoint_interval: 1000
-            """
-        )
-    )
-    args = argparse.Namespace(run_id="sac-run", results_dir=str(tmp_path / "results"), seed=3, **flags)
-    return load_run_options(config, args)
-
-
 def test_sac_save_replay_buffer_is_written_with_checkpoints_and_restored_on_resume(tmp_path):
     pytest.importorskip("trainer_server.sac")
     from trainer_server.sac import REPLAY_BUFFER_FILE
 
-    options = _sac_options(tmp_path)
-    app = TrainingApp(options, prepare_results(options))
-    app.start()
-    app.register_behavior(BALL)
-    for seq in range(1, 5):
-        app.submit("gw", seq, BALL.name, [make_trajectory(BALL, 10, first_reward=float(seq), agent_id=seq)], [])
-    deadline = time.monotonic() + 120
-    while app._behaviors[BALL.name].learner.step < 40 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    app.stop()
-    app.join(60)
-    assert app.error is None
+    app = _train_real(_real_options(tmp_path, "sac-run", _TINY_SAC), chunks=4)
     buffer_file = tmp_path / "results" / "sac-run" / behavior_folder_name(BALL.name) / REPLAY_BUFFER_FILE
     assert buffer_file.is_file()
     saved_size = len(app._behaviors[BALL.name].learner.replay_buffer)
     assert saved_size == 40
 
-    options2 = _sac_options(tmp_path, resume=True)
+    options2 = _real_options(tmp_path, "sac-run", _TINY_SAC, resume=True)
     app2 = TrainingApp(options2, prepare_results(options2))
     app2.register_behavior(BALL)
     assert len(app2._behaviors[BALL.name].learner.replay_buffer) == saved_size
