@@ -1,12 +1,14 @@
-"""TrainingApp: the training thread's end (max_steps) and --inference, without a server."""
+"""TrainingApp without a server: the training thread's end (max_steps), --inference, behaviors it cannot train."""
 
 from __future__ import annotations
 
 import json
 import time
 
+import pytest
+
 from test_service_support import BALL, LearnerRegistry, make_options, make_trajectory, prepare_results, train_app
-from trainer_server.app import TrainingApp
+from trainer_server.app import TrainingApp, UnsupportedBehaviorError
 
 
 def test_training_stops_at_max_steps_with_a_final_checkpoint(tmp_path):
@@ -30,3 +32,22 @@ def test_inference_never_updates_and_marks_snapshots_deterministic(tmp_path):
     app.join(10)
     assert registry.learners[BALL.name].updates == 0 and registry.learners[BALL.name].step == 0
     assert not list((tmp_path / "test-run" / "3DBall").glob("*.npz"))
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        ("behavior 3DBall: trainer_type poca is not supported yet", "behavior 3DBall: trainer_type poca is not supported yet"),
+        ("hidden_units: must be positive", "behavior 3DBall?team=0: hidden_units: must be positive"),
+    ],
+)
+def test_a_learner_the_factory_cannot_make_is_an_unsupported_behavior(tmp_path, error, message):
+    def refuse(spec, settings, seed):
+        raise ValueError(error)
+
+    options = make_options(tmp_path)
+    app = TrainingApp(options, prepare_results(options), learner_factory=refuse)
+    with pytest.raises(UnsupportedBehaviorError) as refused:
+        app.register_behavior(BALL)
+    assert str(refused.value) == message
+    assert app.behaviors() == []
