@@ -27,7 +27,6 @@ import onnxruntime as ort
 from benchmarks import report
 from common import architecture as arch_mod, specs
 from common.logging import configure_logging, get_logger
-from tandem.v1 import trainer_pb2
 from trainer_server.onnx_export import OPSET, export_policy, export_policy_bytes
 
 RESULTS = Path(__file__).parent / "results" / "bench_onnx_export.md"
@@ -39,21 +38,20 @@ def _architecture(observations, continuous=0, branches=(), distribution="gaussia
         observations=tuple(specs.ObservationSpec(name=f"obs{i}", shape=s) for i, s in enumerate(observations)),
         action_spec=specs.ActionSpec(continuous_size=continuous, discrete_branches=tuple(branches)),
     )
-    arch = trainer_pb2.PolicyArchitecture(
+    return arch_mod.PolicyArchitecture(
+        behavior_spec=spec,
         hidden_units=hidden,
         num_layers=layers,
         normalize=True,
         vis_encode_type="simple",
         continuous_distribution=distribution,
     )
-    specs.to_proto(spec, arch.behavior_spec)
-    return arch
 
 
-def _params(arch: trainer_pb2.PolicyArchitecture) -> dict[str, np.ndarray]:
+def _params(arch: arch_mod.PolicyArchitecture) -> dict[str, np.ndarray]:
     """Random parameters with the reference's names and shapes (values do not affect timing)."""
     rng = np.random.default_rng(0)
-    shapes = arch_mod.parameter_shapes(arch_mod.PolicyArchitecture.from_proto(arch))
+    shapes = arch_mod.parameter_shapes(arch)
     params = {name: rng.normal(0.0, 0.1, shape).astype(np.float32) for name, shape in shapes.items()}
     for name, shape in shapes.items():
         if name.startswith("normalizer/var/"):

@@ -1,8 +1,10 @@
-"""Orchestration: validated experience in, updates, versioned snapshots and results out.
+"""Orchestration: validated experience in, a registry of behaviors, one training thread.
 
 Why: the gRPC service only translates messages; everything stateful happens here, on
 one training thread, so learners (JAX state) are touched by a single thread and the
-order of experience is the order of a bounded queue:
+order of experience is the order of a bounded queue. What happens to one behavior's
+experience (updates, snapshots, summaries, checkpoints, restore) is
+``trainer_server.behavior_run.BehaviorRun``'s:
 
 * gRPC handlers call ``register_behavior`` (a behavior seen for the first time gets its
   learner then, restored from ``--resume``/``--initialize-from``/``init_path``) and
@@ -25,25 +27,24 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import Callable
 
 from common.logging import get_logger
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
-from trainer_server import checkpoints as ckpt
 from trainer_server import stats as stats_mod
-from trainer_server.learner import Learner
-from trainer_server.results import RunResults, behavior_folder_name
+from trainer_server.behavior_run import BehaviorRun, RunContext, SnapshotListener
+from trainer_server.learning.learner import Learner
+from trainer_server.learning.registry import make_learner
+from trainer_server.results import RunResults
+from trainer_server.settings import RunOptions, TrainerSettings
 from trainer_server.timers import HierarchicalTimer
 from tandem.v1 import trainer_pb2
 
 _log = get_logger("trainer_server.app")
 
 #: (spec, trainer settings, seed) -> a Learner. See ``make_learner``.
-LearnerFactory = Callable[[BehaviorSpec, Any, int], Learner]
+LearnerFactory = Callable[[BehaviorSpec, TrainerSettings, int], Learner]
 
 
 class ExperienceError(Exception):
@@ -76,42 +77,6 @@ class UnsupportedBehaviorError(ExperienceError):
         super().__init__(message, invalid=False)
 
 
-def _enum_value(value: Any) -> Any:
-    return getattr(value, "value", value)
-
-
-def make_learner(spec: BehaviorSpec, settings: Any, seed: int) -> Learner:
-    """The one place that maps ``trainer_type`` to an algorithm.
-
-    Raises:
-        UnsupportedBehaviorError: for a trainer type without a learner yet.
-    """
-    trainer_type = str(_enum_value(settings.trainer_type)).lower()
-    if trainer_type == "ppo":
-        from trainer_server.ppo import PPOConfig, PPOLearner
-
-        return PPOLearner(spec, PPOConfig.from_settings(settings), seed)
-    if trainer_type == "sac":
-        try:
-            from trainer_server.sac import SACConfig, SACLearner
-        except ImportError:
-            raise UnsupportedBehaviorError(
-                f"behavior {spec.brain_name}: trainer_type sac is not supported yet"
-            ) from None
-        return SACLearner(spec, SACConfig.from_settings(settings), seed)
-    raise UnsupportedBehaviorError(f"behavior {spec.brain_name}: trainer_type {trainer_type} is not supported yet")
-
-
-def extrinsic_strength(settings: Any) -> float:
-    """``reward_signals.extrinsic.strength`` (1.0 when absent), however the settings store it."""
-    signals = getattr(settings, "reward_signals", None) or {}
-    for key, value in signals.items():
-        if str(_enum_value(key)).lower() == "extrinsic":
-            strength = value.get("strength", 1.0) if isinstance(value, dict) else getattr(value, "strength", 1.0)
-            return float(strength)
-    return 1.0
-
-
 @dataclass
 class _Chunk:
     gateway_id: str
@@ -121,41 +86,24 @@ class _Chunk:
     stats: list[tuple[str, float, stats_mod.Aggregation]]
 
 
-@dataclass
-class _Behavior:
-    """Everything the trainer keeps for one behavior (touched by the training thread only,
-    except ``spec``/``snapshot``, which are immutable once published)."""
-
-    name: str
-    spec: BehaviorSpec
-    settings: Any
-    learner: Learner
-    version: int
-    snapshot: trainer_pb2.PolicySnapshot
-    stats: stats_mod.BehaviorStats
-    tensorboard: stats_mod.TensorBoardWriter
-    checkpoints: ckpt.CheckpointManager
-    last_reward: float | None = None
-    done: bool = False
-    saved_step: int = -1
-
-
 class TrainingApp:
-    """The trainer's state and its training thread.
+    """The trainer's intake, its registry of behaviors and its training thread.
 
     Args:
-        options: ``trainer_server.settings.RunOptions``.
+        options: the run's resolved options.
         results: the prepared results folder.
         timer: the run's hierarchical timer (written to ``timers.json``).
-        learner_factory: maps (spec, trainer settings, seed) to a Learner; ``make_learner``.
+        learner_factory: maps (spec, trainer settings, seed) to a Learner; ``make_learner``
+            (``trainer_server.learning.registry``) unless a test gives its own.
         queue_size: validated chunks waiting for the training thread; a full queue makes
             ``submit`` wait (backpressure to the gateways). Small on purpose: everything
-            queued was collected by an older policy, so the queue bounds PPO's policy lag.
+            queued was collected by an older policy, so the queue bounds an on-policy
+            learner's policy lag.
     """
 
     def __init__(
         self,
-        options: Any,
+        options: RunOptions,
         results: RunResults,
         timer: HierarchicalTimer | None = None,
         learner_factory: LearnerFactory = make_learner,
@@ -167,27 +115,33 @@ class TrainingApp:
         self._factory = learner_factory
         cs = options.checkpoint_settings
         self.run_id: str = cs.run_id
-        self.inference: bool = bool(cs.inference)
-        self._resume = bool(cs.resume)
-        self._initialize_from = getattr(cs, "initialize_from", None)
-        seed = int(getattr(options.env_settings, "seed", -1))
+        self.inference: bool = cs.inference
+        seed = options.env_settings.seed
         self._seed = seed if seed >= 0 else random.SystemRandom().randrange(2**31)
+        self._context = RunContext(
+            run_id=cs.run_id,
+            results=results,
+            timer=self.timer,
+            inference=cs.inference,
+            resume=cs.resume,
+            initialize_from=cs.initialize_from,
+            started=time.monotonic(),
+        )
         self._lock = threading.Lock()
-        self._behaviors: dict[str, _Behavior] = {}
+        self._behaviors: dict[str, BehaviorRun] = {}
         self._gateway_locks: dict[str, threading.Lock] = {}
         self._last_sequence: dict[str, int] = {}
         self._queue: queue.Queue[_Chunk] = queue.Queue(maxsize=queue_size)
-        self._listeners: list[Callable[[trainer_pb2.PolicySnapshot], None]] = []
+        self._listeners: list[SnapshotListener] = []
         self._stop = threading.Event()
         self.finished = threading.Event()
         self.completed = False  # every behavior reached max_steps
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="training-loop", daemon=True)
-        self._started = time.monotonic()
 
     # ------------------------------------------------------------------ gateway side (any thread)
 
-    def add_snapshot_listener(self, listener: Callable[[trainer_pb2.PolicySnapshot], None]) -> None:
+    def add_snapshot_listener(self, listener: SnapshotListener) -> None:
         """``listener(snapshot)`` is called on the training thread after every update."""
         with self._lock:
             self._listeners.append(listener)
@@ -302,95 +256,22 @@ class TrainingApp:
 
     # ------------------------------------------------------------------ behaviors
 
-    def _create_behavior(self, spec: BehaviorSpec) -> _Behavior:
+    def _create_behavior(self, spec: BehaviorSpec) -> BehaviorRun:
         settings = self.options.behavior_settings(spec.brain_name)
         seed = (self._seed + zlib.crc32(spec.name.encode())) % (2**31)
         try:
             learner = self._factory(spec, settings, seed)
-        except ExperienceError:
-            raise
-        except (ValueError, NotImplementedError) as e:
-            raise UnsupportedBehaviorError(f"behavior {spec.name}: {e}") from None
-        folder = self.results.behavior_dir(spec.name)
-        manager = ckpt.CheckpointManager(folder, behavior_folder_name(spec.name), int(settings.keep_checkpoints))
-        version = 1
-        restored_from = self._restore(spec, settings, learner, manager)
-        if restored_from is not None and self._resume:
-            version = int(self.results.behavior_status(spec.name).get("policy_version", 0)) + 1
-        tensorboard = stats_mod.TensorBoardWriter(folder)
-        behavior = _Behavior(
-            name=spec.name,
-            spec=spec,
-            settings=settings,
-            learner=learner,
-            version=version,
-            snapshot=trainer_pb2.PolicySnapshot(),
-            stats=stats_mod.BehaviorStats(),
-            tensorboard=tensorboard,
-            checkpoints=manager,
-            saved_step=int(learner.step) if restored_from is not None and self._resume else -1,
-        )
-        behavior.snapshot = self._build_snapshot(behavior)
-        behavior.done = not self.inference and int(learner.step) >= int(settings.max_steps)
-        if self.inference and restored_from is None:
-            _log.warning(
-                "--inference without --resume, --initialize-from or init_path: acting with an untrained policy",
-                behavior=spec.name,
-            )
-        tensorboard.write_text("Hyperparameters", _settings_markdown(settings), int(learner.step))
-        _log.info(
-            "new behavior",
-            behavior=spec.name,
-            trainer_type=str(_enum_value(settings.trainer_type)),
-            observations=[list(o.shape) for o in spec.observations],
-            continuous_actions=spec.action_spec.continuous_size,
-            discrete_branches=list(spec.action_spec.discrete_branches),
-            step=int(learner.step),
-            restored_from=str(restored_from) if restored_from else None,
-        )
-        return behavior
+        except (ValueError, NotImplementedError) as e:  # the registry's errors name the behavior already
+            message = str(e) if str(e).startswith("behavior ") else f"behavior {spec.name}: {e}"
+            raise UnsupportedBehaviorError(message) from None
+        return BehaviorRun(spec, settings, learner, self._context, self._publish)
 
-    def _restore(self, spec: BehaviorSpec, settings: Any, learner: Learner, manager: ckpt.CheckpointManager):
-        """Loads ``--resume`` (exact state) or ``init_path``/``--initialize-from`` (weights, step 0)."""
-        if self._resume:
-            if manager.latest_path.is_file():
-                state, _ = ckpt.load_file(manager.latest_path)
-                learner.load_state_dict(state)
-                buffer_path = self._replay_buffer_path(learner, manager.latest_path.parent)
-                if buffer_path is not None:
-                    if buffer_path.is_file():
-                        learner.load_replay_buffer(buffer_path)
-                    else:
-                        _log.warning("--resume: no saved replay buffer, starting it empty", path=str(buffer_path))
-                return manager.latest_path
-            _log.warning("--resume: no checkpoint for this behavior, starting it fresh", behavior=spec.name)
-            return None
-        init = getattr(settings, "init_path", None)
-        if not init and self._initialize_from:
-            init = self.results.run_dir.parent / self._initialize_from / behavior_folder_name(spec.name)
-        if not init:
-            return None
-        state, _ = ckpt.load_file(init)
-        if isinstance(state, dict):  # weights (and optimizer) only: a new run counts from 0
-            state = {k: v for k, v in state.items() if k != "buffer"}
-            if "step" in state:
-                state["step"] = 0
-        learner.load_state_dict(state)
-        learner.step = 0
-        return init
-
-    def _build_snapshot(self, behavior: _Behavior) -> trainer_pb2.PolicySnapshot:
-        from common.architecture import make_snapshot
-
-        arch = behavior.learner.architecture()
-        return make_snapshot(
-            behavior.name,
-            behavior.version,
-            arch,
-            behavior.learner.policy_parameters(),
-            time_horizon=int(behavior.settings.time_horizon),
-            deterministic=self.inference,
-        )
+    def _publish(self, snapshot: trainer_pb2.PolicySnapshot) -> None:
+        """Hands a behavior's new snapshot to every listener (training thread)."""
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(snapshot)
 
     # ------------------------------------------------------------------ training thread
 
@@ -425,148 +306,8 @@ class TrainingApp:
     def _process(self, chunk: _Chunk) -> None:
         with self._lock:
             behavior = self._behaviors[chunk.behavior]
-        for key, value, aggregation in chunk.stats:
-            behavior.stats.add(key, value, aggregation)
-        if self.inference or behavior.done:
-            return
-        strength = extrinsic_strength(behavior.settings)
-        versions = np.concatenate([t.policy_versions for t in chunk.trajectories]) if chunk.trajectories else None
-        if versions is not None and versions.size:
-            lag = float(np.mean(behavior.version - versions))
-            behavior.stats.add(stats_mod.POLICY_LAG, lag)
-            _log.debug("policy lag", behavior=behavior.name, gateway_id=chunk.gateway_id, mean_lag=lag)
-        for trajectory in chunk.trajectories:
-            before = int(behavior.learner.step)
-            try:
-                with self.timer.block("process_trajectory"):
-                    behavior.learner.process_trajectory(trajectory)
-            except ValueError as e:  # validated already; a learner's own check must not end the run
-                _log.error(
-                    "trajectory refused by the learner; skipped",
-                    behavior=behavior.name,
-                    gateway_id=chunk.gateway_id,
-                    sequence=chunk.sequence,
-                    error=str(e),
-                )
-                continue
-            if trajectory.done:
-                behavior.stats.add(stats_mod.CUMULATIVE_REWARD, trajectory.episode_return)
-                behavior.stats.add(stats_mod.EPISODE_LENGTH, trajectory.episode_length)
-                behavior.stats.add(stats_mod.EXTRINSIC_REWARD, trajectory.episode_return * strength)
-            if behavior.learner.ready():
-                self._update(behavior)
-            self._after_steps(behavior, before, int(behavior.learner.step))
-            if behavior.done:
-                break
-
-    def _update(self, behavior: _Behavior) -> None:
-        with self.timer.block("update_policy"):
-            metrics = behavior.learner.update()
-        for tag, value in metrics.items():
-            if tag != stats_mod.EXTRINSIC_REWARD:  # recorded per episode, as ML-Agents does
-                behavior.stats.add(tag, float(value))
-        behavior.version += 1
-        with self.timer.block("build_snapshot"):
-            snapshot = self._build_snapshot(behavior)
-        with self._lock:
-            behavior.snapshot = snapshot
-            listeners = list(self._listeners)
-        with self.timer.block("push_snapshot"):
-            for listener in listeners:
-                listener(snapshot)
-
-    def _after_steps(self, behavior: _Behavior, before: int, after: int) -> None:
-        s = behavior.settings
-        if after // max(int(s.summary_freq), 1) > before // max(int(s.summary_freq), 1):
-            self._write_summary(behavior, after)
-        interval = int(s.checkpoint_interval)
-        if getattr(s, "even_checkpoints", False):  # ML-Agents: keep_checkpoints spread over max_steps
-            interval = int(s.max_steps) // max(int(s.keep_checkpoints), 1)
-        if after // max(interval, 1) > before // max(interval, 1):
-            self._save(behavior, final=False)
-        if after >= int(s.max_steps):
-            behavior.done = True
-            self._save(behavior, final=True)
-            _log.info("behavior reached max_steps", behavior=behavior.name, step=after, max_steps=int(s.max_steps))
-
-    def _write_summary(self, behavior: _Behavior, step: int) -> None:
-        with self.timer.block("write_summary"):
-            behavior.stats.add(stats_mod.IS_TRAINING, 0.0 if self.inference else 1.0, stats_mod.Aggregation.MOST_RECENT)
-            summaries = behavior.stats.summarize()
-            reward = summaries.get(stats_mod.CUMULATIVE_REWARD)
-            if reward is not None:
-                behavior.last_reward = reward.mean
-            folder = behavior_folder_name(behavior.name)
-            for tag, summary in summaries.items():  # timers.json gauges, named as ML-Agents names them
-                self.timer.set_gauge(f"{folder}.{tag.replace('/', '.')}.mean", summary.value)
-            behavior.tensorboard.write(step, summaries)
-            stats_mod.log_summary(
-                behavior_folder_name(behavior.name), step, time.monotonic() - self._started, summaries, not self.inference
-            )
-
-    def _save(self, behavior: _Behavior, final: bool) -> None:
-        """Writes the learner's state (atomically) and records it in training_status.json."""
-        step = int(behavior.learner.step)
-        if self.inference:
-            return
-        if step == behavior.saved_step:  # already on disk: at most mark it final
-            if final:
-                self.results.mark_final(behavior.name, step)
-            return
-        with self.timer.block("save_checkpoint"):
-            reward = behavior.stats.peek_mean(stats_mod.CUMULATIVE_REWARD)
-            reward = behavior.last_reward if reward is None else reward
-            meta = {
-                "behavior": behavior.name,
-                "step": step,
-                "policy_version": behavior.version,
-                "trainer_type": str(_enum_value(behavior.settings.trainer_type)),
-                "run_id": self.run_id,
-            }
-            saved, removed = behavior.checkpoints.save(step, behavior.learner.state_dict(), meta, time.time())
-            self._save_replay_buffer(behavior, saved.file_path.parent)
-            model = self._export_onnx(behavior, saved.file_path.with_suffix(".onnx"), removed)
-            self.results.record_checkpoint(behavior.name, saved, reward, removed, final=final, model_path=model)
-            self.results.set_behavior_value(behavior.name, "policy_version", behavior.version)
-            self.results.write_timers(self.timer)
-            behavior.saved_step = step
-        _log.info("checkpoint saved", behavior=behavior.name, step=step, path=str(saved.file_path), final=final)
-
-    @staticmethod
-    def _replay_buffer_path(learner: Learner, folder) -> Any:
-        """Where ``save_replay_buffer: true`` keeps an off-policy learner's buffer, else None."""
-        config = getattr(learner, "config", None)
-        if not getattr(config, "save_replay_buffer", False) or not hasattr(learner, "save_replay_buffer"):
-            return None
-        from trainer_server.sac import REPLAY_BUFFER_FILE
-
-        return Path(folder) / REPLAY_BUFFER_FILE
-
-    def _save_replay_buffer(self, behavior: _Behavior, folder) -> None:
-        path = self._replay_buffer_path(behavior.learner, folder)
-        if path is not None:
-            with self.timer.block("save_replay_buffer"):
-                behavior.learner.save_replay_buffer(path)
-
-    def _export_onnx(self, behavior: _Behavior, path, removed_steps: list[int]):
-        """Writes ``<Behavior>-<step>.onnx`` and ``<run>/<Behavior>.onnx`` for Unity, best effort.
-
-        Returns:
-            the step's model path, or None when the export failed (logged).
-        """
-        for step in removed_steps:
-            behavior.checkpoints.step_path(step).with_suffix(".onnx").unlink(missing_ok=True)
-        try:
-            from trainer_server.onnx_export import export_policy_bytes
-
-            arch = behavior.learner.architecture()
-            model = export_policy_bytes(arch, behavior.learner.policy_parameters())  # built once, written twice
-            ckpt.atomic_write_bytes(path, model)
-            ckpt.atomic_write_bytes(self.results.run_dir / f"{behavior_folder_name(behavior.name)}.onnx", model)
-            return path
-        except Exception as e:  # an export problem must not stop training
-            _log.warning("onnx export failed", behavior=behavior.name, error=str(e))
-            return None
+        behavior.add_stats(chunk.stats)
+        behavior.consume(chunk.trajectories, chunk.gateway_id, chunk.sequence)
 
     def _finish(self) -> None:
         """Final checkpoints, TensorBoard flush, training_status.json and timers.json."""
@@ -574,9 +315,7 @@ class TrainingApp:
             behaviors = list(self._behaviors.values())
         for behavior in behaviors:
             try:
-                if not self.inference:
-                    self._save(behavior, final=True)
-                behavior.tensorboard.close()
+                behavior.finish()
             except Exception:
                 _log.exception("could not finish behavior", behavior=behavior.name)
         try:
@@ -592,16 +331,3 @@ def _describe(spec: BehaviorSpec) -> str:
         f"observations [{obs}], continuous {spec.action_spec.continuous_size}, "
         f"discrete {list(spec.action_spec.discrete_branches)}"
     )
-
-
-def _settings_markdown(settings: Any) -> str:
-    """The behavior's settings as the TensorBoard "Hyperparameters" text."""
-    import yaml
-
-    from trainer_server.results import _plain
-
-    try:
-        body = yaml.safe_dump(_plain(settings), sort_keys=False)
-    except Exception:
-        body = repr(settings)
-    return "\n".join(f"    {line}" for line in body.splitlines())

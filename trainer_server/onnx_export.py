@@ -4,8 +4,8 @@ Why: ML-Agents users put the trained ``<Behavior>.onnx`` into their Unity projec
 run it with Sentis / Inference Engine (or Barracuda in com.unity.ml-agents 2.x). The
 package only accepts models that follow its model contract (model API version 3,
 "MLAgents2_0"), so this module builds exactly that graph, with ``onnx.helper``, from
-the same input the gateway acts with: a ``tandem.v1.PolicyArchitecture`` plus the
-flat parameter dictionary of ``gateway.numpy_NumpyPolicy``. One exporter thus serves
+the same input the gateway acts with: a ``common.architecture.PolicyArchitecture`` plus
+the flat parameter dictionary of ``gateway.numpy_policy.NumpyPolicy``. One exporter thus serves
 PPO ("gaussian") and SAC ("tanh_gaussian") and needs neither JAX nor torch.
 
 The contract (see docs/ONNX.md for the full table):
@@ -41,7 +41,6 @@ from onnx import TensorProto, helper, numpy_helper
 from common import architecture as arch_mod
 from common.logging import get_logger
 from common.architecture import CONTINUOUS_CLIP, LEAKY_SLOPE, LOG_STD_MAX, LOG_STD_MIN, NORMALIZED_CLIP, SIMPLE_CONVS, TANH_EPS, PolicyArchitecture
-from tandem.v1 import trainer_pb2
 
 #: ONNX operator set of the exported graph. 9 is what ML-Agents' own exporter writes
 #: (``SerializationSettings.onnx_opset``); Barracuda (com.unity.ml-agents 2.x) and
@@ -61,8 +60,6 @@ MASK_PENALTY = 1e8
 
 BATCH = "batch"
 
-Architecture = trainer_pb2.PolicyArchitecture | PolicyArchitecture
-
 _log = get_logger(__name__)
 
 
@@ -71,7 +68,7 @@ class ExportError(ValueError):
 
 
 def export_policy(
-    architecture: Architecture,
+    architecture: PolicyArchitecture,
     params: Mapping[str, np.ndarray],
     path: str | os.PathLike[str],
     training_outputs: bool = False,
@@ -83,8 +80,9 @@ def export_policy(
     created; an existing file is replaced.
 
     Args:
-        architecture: the snapshot's ``tandem.v1.PolicyArchitecture`` (or its
-            ``common.architecture.PolicyArchitecture`` form); carries the behavior spec.
+        architecture: what the parameters mean (a snapshot's architecture, validated when
+            it was built: ``PolicyArchitecture.from_proto`` for a received one); carries the
+            behavior spec.
         params: flat float32 actor parameters named as in docs/ARCHITECTURE.md (what
             ``Learner.policy_parameters()`` returns); extra names (critic) are ignored.
         path: destination, e.g. ``results/<run-id>/<Behavior>/<Behavior>-<step>.onnx``.
@@ -112,24 +110,20 @@ def export_policy(
 
 
 def export_policy_bytes(
-    architecture: Architecture, params: Mapping[str, np.ndarray], training_outputs: bool = False
+    architecture: PolicyArchitecture, params: Mapping[str, np.ndarray], training_outputs: bool = False
 ) -> bytes:
     """Returns the serialized ONNX model (what ``export_policy`` writes)."""
     return build_policy_model(architecture, params, training_outputs).SerializeToString()
 
 
 def build_policy_model(
-    architecture: Architecture, params: Mapping[str, np.ndarray], training_outputs: bool = False
+    arch: PolicyArchitecture, params: Mapping[str, np.ndarray], training_outputs: bool = False
 ) -> onnx.ModelProto:
-    """Builds the ONNX model of the actor described by ``architecture`` and ``params``.
+    """Builds the ONNX model of the actor described by ``arch`` and ``params``.
 
     Raises:
         ExportError: see ``export_policy``.
     """
-    try:
-        arch = architecture if isinstance(architecture, PolicyArchitecture) else PolicyArchitecture.from_proto(architecture)
-    except ValueError as e:
-        raise ExportError(str(e) if str(e).startswith(("architecture", "behavior")) else f"architecture: {e}") from None
     graph = _PolicyGraph(arch, _checked_params(arch, params), training_outputs).build()
     model = helper.make_model(
         graph,

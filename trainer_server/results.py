@@ -80,18 +80,22 @@ def behavior_folder_name(behavior: str) -> str:
     return name
 
 
-def _plain(value: Any) -> Any:
-    """Turns settings objects into YAML-friendly builtins."""
+def to_plain(value: Any) -> Any:
+    """Settings objects (dataclasses, enums, paths, nested containers) as YAML-friendly builtins.
+
+    Why: ``configuration.yaml`` and the TensorBoard "Hyperparameters" text show the same
+    plain form of the settings.
+    """
     if hasattr(value, "as_dict"):
-        return _plain(value.as_dict())
+        return to_plain(value.as_dict())
     if is_dataclass(value) and not isinstance(value, type):
-        return _plain(asdict(value))
+        return to_plain(asdict(value))
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     if isinstance(value, enum.Enum):
-        return _plain(value.value)
+        return to_plain(value.value)
     if isinstance(value, Path):
         return str(value)
     return value
@@ -165,7 +169,7 @@ class RunResults:
 
     def write_configuration(self, config: Any) -> None:
         """Writes the resolved configuration (``RunOptions.as_dict()`` or a dict) as YAML."""
-        text = yaml.safe_dump(_plain(config), sort_keys=False, default_flow_style=False)
+        text = yaml.safe_dump(to_plain(config), sort_keys=False, default_flow_style=False)
         atomic_write_text(self.configuration_path, text)
 
     def write_timers(self, timer: HierarchicalTimer) -> None:

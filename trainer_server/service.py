@@ -64,6 +64,11 @@ class _Connection:
         self.reader_done = False
         self.closed = False
 
+    def announce(self, behavior: str) -> None:
+        """From now on, this gateway receives ``behavior``'s snapshots."""
+        with self._cond:
+            self.announced.add(behavior)
+
     def push_snapshot(self, snapshot: trainer_pb2.PolicySnapshot) -> None:
         with self._cond:
             if snapshot.behavior not in self.announced:
@@ -205,8 +210,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
         except ExperienceError as e:
             code = grpc.StatusCode.INVALID_ARGUMENT if e.invalid else grpc.StatusCode.FAILED_PRECONDITION
             raise _StreamError(code, str(e)) from None
-        with conn._cond:
-            conn.announced.add(spec.name)
+        conn.announce(spec.name)
         return snapshot
 
     def _read(self, request_iterator, conn: _Connection, log) -> None:

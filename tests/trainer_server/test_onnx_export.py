@@ -13,8 +13,8 @@ import onnxruntime as ort
 import pytest
 
 from common import architecture as arch_mod, specs
+from common.architecture import PolicyArchitecture
 from gateway.numpy_policy import NumpyPolicy
-from tandem.v1 import trainer_pb2
 from trainer_server import onnx_export
 from trainer_server.onnx_export import ExportError, export_policy, export_policy_bytes
 
@@ -29,28 +29,27 @@ def make_architecture(
     normalize: bool = True,
     num_layers: int = 2,
     hidden_units: int = HIDDEN,
-) -> trainer_pb2.PolicyArchitecture:
+) -> PolicyArchitecture:
     spec = specs.BehaviorSpec(
         name="Test?team=0",
         observations=tuple(specs.ObservationSpec(name=f"sensor{i}", shape=s) for i, s in enumerate(observations)),
         action_spec=specs.ActionSpec(continuous_size=continuous, discrete_branches=branches),
     )
-    arch = trainer_pb2.PolicyArchitecture(
+    return PolicyArchitecture(
+        behavior_spec=spec,
         hidden_units=hidden_units,
         num_layers=num_layers,
         normalize=normalize,
         vis_encode_type="simple",
         continuous_distribution=distribution,
     )
-    specs.to_proto(spec, arch.behavior_spec)
-    return arch
 
 
-def random_params(arch: trainer_pb2.PolicyArchitecture, seed: int = 0) -> dict[str, np.ndarray]:
+def random_params(arch: PolicyArchitecture, seed: int = 0) -> dict[str, np.ndarray]:
     """Random parameters with the reference's names and shapes, scaled to give varied actions."""
     rng = np.random.default_rng(seed)
     params = {}
-    for name, shape in arch_mod.parameter_shapes(arch_mod.PolicyArchitecture.from_proto(arch)).items():
+    for name, shape in arch_mod.parameter_shapes(arch).items():
         if name.startswith("normalizer/var/"):
             value = rng.uniform(0.2, 3.0, shape)
         elif name.startswith("normalizer/mean/"):
@@ -69,11 +68,11 @@ def random_params(arch: trainer_pb2.PolicyArchitecture, seed: int = 0) -> dict[s
 
 
 def random_inputs(
-    arch: trainer_pb2.PolicyArchitecture, batch: int, seed: int = 1, masks: np.ndarray | None = None
+    arch: PolicyArchitecture, batch: int, seed: int = 1, masks: np.ndarray | None = None
 ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Observations as the trainer sees them and the feed Unity would give: both channels-first."""
     rng = np.random.default_rng(seed)
-    spec = specs.from_proto(arch.behavior_spec)
+    spec = arch.behavior_spec
     observations, feed = [], {}
     for i, obs in enumerate(spec.observations):
         if len(obs.shape) == 1:
@@ -89,7 +88,7 @@ def random_inputs(
     return observations, feed
 
 
-def session(arch: trainer_pb2.PolicyArchitecture, params: dict[str, np.ndarray]) -> ort.InferenceSession:
+def session(arch: PolicyArchitecture, params: dict[str, np.ndarray]) -> ort.InferenceSession:
     return ort.InferenceSession(export_policy_bytes(arch, params), providers=["CPUExecutionProvider"])
 
 
@@ -113,14 +112,14 @@ BEHAVIORS = {
 
 
 @pytest.fixture(params=sorted(BEHAVIORS))
-def behavior(request) -> tuple[trainer_pb2.PolicyArchitecture, dict[str, np.ndarray]]:
+def behavior(request) -> tuple[PolicyArchitecture, dict[str, np.ndarray]]:
     arch = make_architecture(**BEHAVIORS[request.param])
     return arch, random_params(arch)
 
 
-def expected_io(arch: trainer_pb2.PolicyArchitecture) -> tuple[list, list]:
+def expected_io(arch: PolicyArchitecture) -> tuple[list, list]:
     """The ML-Agents contract: (name, element type, shape) of inputs and outputs, in order."""
-    spec = specs.from_proto(arch.behavior_spec)
+    spec = arch.behavior_spec
     inputs = []
     for i, obs in enumerate(spec.observations):
         shape = ["batch", *obs.shape]
@@ -154,7 +153,7 @@ def test_inputs_and_outputs_follow_the_mlagents_contract(behavior):
 
 def test_constant_outputs_tell_unity_the_version_memory_and_action_sizes(behavior):
     arch, params = behavior
-    action = specs.from_proto(arch.behavior_spec).action_spec
+    action = arch.behavior_spec.action_spec
     _, feed = random_inputs(arch, batch=3)
     out = run(session(arch, params), feed)
     np.testing.assert_array_equal(out["version_number"], np.array([3], np.float32))
@@ -183,7 +182,7 @@ def test_model_passes_the_full_onnx_checker_at_the_chosen_opset(behavior):
 def test_one_model_serves_batch_sizes_1_and_7(behavior):
     arch, params = behavior
     sess = session(arch, params)
-    action = specs.from_proto(arch.behavior_spec).action_spec
+    action = arch.behavior_spec.action_spec
     _, feed7 = random_inputs(arch, batch=7)
     out7 = run(sess, feed7)
     for row in (0, 6):
@@ -309,32 +308,48 @@ def test_export_policy_writes_the_same_model_to_a_file(tmp_path):
     assert path.read_bytes() == export_policy_bytes(arch, params)
 
 
+def _match(message: str) -> str:
+    return message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda a, p: p.pop("body/dense1/kernel"), "missing 'body/dense1/kernel'"),
-        (lambda a, p: p.update({"policy/mu/bias": np.zeros(5, np.float32)}), "params['policy/mu/bias']: shape"),
-        (lambda a, p: p.update({"normalizer/var/0": -np.ones(8, np.float32)}), "normalizer/var/0"),
-        (lambda a, p: p.update({"policy/log_std": np.full(2, np.nan, np.float32)}), "NaN"),
-        (lambda a, p: setattr(a, "continuous_distribution", "beta"), "continuous_distribution"),
-        (lambda a, p: setattr(a, "vis_encode_type", "resnet"), "vis_encode_type"),
-        (lambda a, p: a.behavior_spec.ClearField("name"), "behavior_spec.name"),
-        (lambda a, p: a.behavior_spec.observations[0].shape.append(2), "only vector"),
+        (lambda p: p.pop("body/dense1/kernel"), "missing 'body/dense1/kernel'"),
+        (lambda p: p.update({"policy/mu/bias": np.zeros(5, np.float32)}), "params['policy/mu/bias']: shape"),
+        (lambda p: p.update({"normalizer/var/0": -np.ones(8, np.float32)}), "normalizer/var/0"),
+        (lambda p: p.update({"policy/log_std": np.full(2, np.nan, np.float32)}), "NaN"),
     ],
 )
-def test_bad_architecture_or_params_raise_a_clear_error(mutate, message):
+def test_bad_params_raise_a_clear_error(mutate, message):
     arch = make_architecture([(8,)], continuous=2)
     params = random_params(arch)
-    mutate(arch, params)
-    with pytest.raises(ExportError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+    mutate(params)
+    with pytest.raises(ExportError, match=_match(message)):
         export_policy_bytes(arch, params)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda a: setattr(a, "continuous_distribution", "beta"), "continuous_distribution"),
+        (lambda a: setattr(a, "vis_encode_type", "resnet"), "vis_encode_type"),
+        (lambda a: a.behavior_spec.ClearField("name"), "behavior_spec.name"),
+        (lambda a: a.behavior_spec.observations[0].shape.append(2), "only vector"),
+    ],
+)
+def test_an_architecture_the_exporter_cannot_take_is_refused_with_a_clear_error(mutate, message):
+    """The exporter takes a ``PolicyArchitecture`` only: a bad one is refused when it is built
+    (here from the wire form a gateway receives), so no export ever sees it."""
+    wire = make_architecture([(8,)], continuous=2).to_proto()
+    mutate(wire)
+    with pytest.raises(ValueError, match=_match(message)):
+        PolicyArchitecture.from_proto(wire)
 
 
 def test_too_small_image_for_the_simple_encoder_is_refused():
-    arch = make_architecture([(3, 10, 10)], continuous=1)
-    params = random_params(make_architecture([(3, 36, 36)], continuous=1))
-    with pytest.raises(ExportError, match="needs at least 20x20"):
-        export_policy_bytes(arch, params)
+    with pytest.raises(ValueError, match="needs at least 20x20"):
+        make_architecture([(3, 10, 10)], continuous=1)
 
 
 # ---- parity with the policy the trainer and the gateway act with ----------------------
@@ -352,12 +367,12 @@ def random_masks(branches: tuple[int, ...], batch: int, seed: int) -> np.ndarray
     return allowed
 
 
-def jax_initialized_params(arch: trainer_pb2.PolicyArchitecture, seed: int = 0) -> dict[str, np.ndarray]:
+def jax_initialized_params(arch: PolicyArchitecture, seed: int = 0) -> dict[str, np.ndarray]:
     """Parameters from the real JAX actor initializer, with normalizer statistics folded from data."""
     jax = pytest.importorskip("jax")
     from trainer_server import networks, normalizer
 
-    domain = arch_mod.PolicyArchitecture.from_proto(arch)
+    domain = arch
     params = {k: np.asarray(v) for k, v in networks.init_actor(jax.random.key(seed), domain).items()}
     if domain.normalize:
         observations, _ = random_inputs(arch, batch=64, seed=seed + 100)
@@ -383,11 +398,11 @@ def test_deterministic_actions_match_numpy_policy(behavior, init):
     arch, params = behavior
     if init == "jax":
         params = jax_initialized_params(arch)
-    action = specs.from_proto(arch.behavior_spec).action_spec
+    action = arch.behavior_spec.action_spec
     allowed = random_masks(action.discrete_branches, 64, seed=11) if action.discrete_branches else None
     observations, feed = random_inputs(arch, batch=64, seed=12, masks=allowed)
     continuous, discrete = deterministic_onnx(arch, params, feed)
-    reference = NumpyPolicy(arch_mod.PolicyArchitecture.from_proto(arch), params).act(
+    reference = NumpyPolicy(arch, params).act(
         observations, None if allowed is None else allowed == 0, np.random.default_rng(0), deterministic=True
     )
     if action.continuous_size:
@@ -405,7 +420,7 @@ def test_deterministic_actions_match_the_jax_actor(behavior):
 
     arch, _ = behavior
     params = jax_initialized_params(arch, seed=5)
-    domain = arch_mod.PolicyArchitecture.from_proto(arch)
+    domain = arch
     action = domain.behavior_spec.action_spec
     allowed = random_masks(action.discrete_branches, 32, seed=13) if action.discrete_branches else None
     observations, feed = random_inputs(arch, batch=32, seed=14, masks=allowed)
@@ -441,7 +456,7 @@ def test_exported_statistics_match_numpy_policy_sampling():
     observations = [np.repeat(o, n, axis=0) for o in observations]
     feed = {k: np.repeat(v, n, axis=0) for k, v in feed.items()}
     out = run(session(arch, params), feed)
-    ref = NumpyPolicy(arch_mod.PolicyArchitecture.from_proto(arch), params).act(observations, feed["action_masks"] == 0, np.random.default_rng(1))
+    ref = NumpyPolicy(arch, params).act(observations, feed["action_masks"] == 0, np.random.default_rng(1))
     onnx_freq = np.bincount(out["discrete_actions"][:, 0], minlength=3) / n
     ref_freq = np.bincount(ref.discrete[:, 0], minlength=3) / n
     np.testing.assert_allclose(onnx_freq, ref_freq, atol=0.02)
@@ -455,7 +470,7 @@ def test_exported_statistics_match_numpy_policy_sampling():
 
 def test_training_outputs_are_opt_in_and_leave_the_contract_untouched(behavior):
     arch, params = behavior
-    action = specs.from_proto(arch.behavior_spec).action_spec
+    action = arch.behavior_spec.action_spec
     sess = ort.InferenceSession(export_policy_bytes(arch, params, training_outputs=True))
     want_inputs, want_outputs = expected_io(arch)
     if action.continuous_size:
@@ -468,7 +483,7 @@ def test_training_outputs_are_opt_in_and_leave_the_contract_untouched(behavior):
 
 def test_training_outputs_give_the_raw_sample_and_its_log_prob_under_numpy_policy(behavior):
     arch, params = behavior
-    domain = arch_mod.PolicyArchitecture.from_proto(arch)
+    domain = arch
     action = domain.behavior_spec.action_spec
     if domain.continuous_distribution == "tanh_gaussian":
         # moderate spreads: near tanh saturation float32 rounding dominates log(1 - tanh^2 + eps)
@@ -487,6 +502,6 @@ def test_training_outputs_give_the_raw_sample_and_its_log_prob_under_numpy_polic
             np.testing.assert_allclose(out["continuous_actions"], np.clip(raw, -3, 3) / 3, atol=1e-6)
         else:
             np.testing.assert_allclose(out["continuous_actions"], np.tanh(raw), atol=1e-6)
-    reference = NumpyPolicy(arch_mod.PolicyArchitecture.from_proto(arch), params).log_prob(observations, mask, raw, discrete)
+    reference = NumpyPolicy(arch, params).log_prob(observations, mask, raw, discrete)
     np.testing.assert_allclose(out["tandem_log_probs"], reference, atol=2e-4, rtol=1e-5)
     assert np.all(np.isfinite(out["tandem_log_probs"]))

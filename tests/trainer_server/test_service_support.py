@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ from common import trajectory as trajectory_mod
 from common.architecture import PolicyArchitecture, parameter_shapes
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
+from trainer_server.app import TrainingApp
+from trainer_server.results import RunResults
+from trainer_server.settings import TrainerSettings
+from trainer_server.timers import HierarchicalTimer
 from tandem.v1 import trainer_pb2, trainer_pb2_grpc
 
 BALL = BehaviorSpec(
@@ -92,12 +97,18 @@ def make_options(
 
 
 class CountingLearner:
-    """A deterministic Learner: buffers trajectories, "updates" by shifting its parameters.
+    """A deterministic Learner (the whole protocol): buffers trajectories, "updates" by
+    shifting its parameters.
 
-    ``seen`` keeps (instance, agent_id, first reward) of every trajectory it was given.
+    ``seen`` keeps (instance, agent_id, first reward) of every trajectory it was given;
+    ``parameter_calls`` counts ``policy_parameters()`` calls; ``save_extra`` writes
+    ``EXTRA_FILE`` (its step) beside each checkpoint and ``load_extra`` reads it back
+    into ``loaded_extra`` (None when missing).
     """
 
-    def __init__(self, spec: BehaviorSpec, settings: Any, seed: int) -> None:
+    EXTRA_FILE = "counting_extra.txt"
+
+    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, seed: int) -> None:
         self.spec = spec
         self.buffer_size = int(settings.hyperparameters.buffer_size)
         self.arch = PolicyArchitecture(behavior_spec=spec, hidden_units=8, num_layers=1, normalize=True)
@@ -113,6 +124,8 @@ class CountingLearner:
         self.buffered = 0
         self.seen: list[tuple[int, int, float]] = []
         self.optimizer = {"count": np.zeros((), np.int64), "mu": np.zeros(3, np.float32)}
+        self.parameter_calls = 0
+        self.loaded_extra: int | None = None
 
     def process_trajectory(self, trajectory: Trajectory) -> None:
         self.seen.append((trajectory.instance, trajectory.agent_id, float(trajectory.rewards[0])))
@@ -132,6 +145,7 @@ class CountingLearner:
         return {"Losses/Policy Loss": 0.5 / self.updates, "Losses/Value Loss": 1.0, "Policy/Learning Rate": 3e-4}
 
     def policy_parameters(self) -> dict[str, np.ndarray]:
+        self.parameter_calls += 1
         return dict(self.params)
 
     def architecture(self) -> PolicyArchitecture:
@@ -151,6 +165,18 @@ class CountingLearner:
         self.step = int(state["step"])
         self.updates = int(state["updates"])
 
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """Weights and optimizer of a checkpoint; the step and update count start over."""
+        self.params = {k: np.asarray(v, np.float32) for k, v in state["params"].items()}
+        self.optimizer = dict(state["optimizer"])
+
+    def save_extra(self, folder: Path) -> None:
+        (Path(folder) / self.EXTRA_FILE).write_text(str(self.step))
+
+    def load_extra(self, folder: Path) -> None:
+        path = Path(folder) / self.EXTRA_FILE
+        self.loaded_extra = int(path.read_text()) if path.is_file() else None
+
 
 class LearnerRegistry:
     """A learner factory that remembers the learners it made (by behavior name)."""
@@ -158,7 +184,7 @@ class LearnerRegistry:
     def __init__(self) -> None:
         self.learners: dict[str, CountingLearner] = {}
 
-    def __call__(self, spec: BehaviorSpec, settings: Any, seed: int) -> CountingLearner:
+    def __call__(self, spec: BehaviorSpec, settings: TrainerSettings, seed: int) -> CountingLearner:
         learner = CountingLearner(spec, settings, seed)
         self.learners[spec.name] = learner
         return learner
@@ -208,6 +234,43 @@ def hello_message(gateway_id: str, *behaviors: BehaviorSpec) -> trainer_pb2.Gate
     for b in behaviors:
         specs_mod.to_proto(b, hello.behaviors.add())
     return trainer_pb2.GatewayMessage(hello=hello)
+
+
+# --------------------------------------------------------------------------- a run without a server
+
+
+def prepare_results(options) -> RunResults:
+    """The results folder of ``options`` (run-id rules applied), as ``trainer_server.main`` prepares it."""
+    cs = options.checkpoint_settings
+    return RunResults.prepare(cs.results_dir, cs.run_id, resume=cs.resume, force=cs.force, inference=cs.inference)
+
+
+def train_app(options, steps_per_chunk: int, chunks: int, *, registry=None, behaviors=(BALL,), episode_every: int = 2):
+    """Runs a ``TrainingApp`` (no server) on ``chunks`` chunks per behavior, then stops it.
+
+    Returns:
+        (the app, its results, the learner registry).
+    """
+    registry = registry or LearnerRegistry()
+    results = prepare_results(options)
+    results.write_configuration(options)
+    app = TrainingApp(options, results, HierarchicalTimer(), learner_factory=registry)
+    app.start()
+    for b in behaviors:
+        app.register_behavior(b)
+    for seq in range(1, chunks + 1):
+        for b in behaviors:
+            done = seq % episode_every == 0
+            t = make_trajectory(b, steps_per_chunk, first_reward=float(seq), done=done, episode_return=float(seq))
+            app.submit(f"gw-{b.name}", seq, b.name, [t], [("Custom/Speed", seq, "most_recent")])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not app.finished.is_set():
+        if all(registry.learners[b.name].step >= min(options.default_settings.max_steps, steps_per_chunk * chunks) for b in behaviors):
+            break
+        time.sleep(0.02)
+    app.stop()
+    app.join(20)
+    return app, results, registry
 
 
 # --------------------------------------------------------------------------- gRPC client

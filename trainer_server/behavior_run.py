@@ -1,0 +1,329 @@
+"""One behavior's life in a run: learner, policy version, snapshot, statistics and results.
+
+Why: ``TrainingApp`` takes experience in and owns the training thread; what happens to one
+behavior's experience (learner steps and updates, snapshots, summaries, checkpoints,
+ONNX models, restore) is the same for every behavior and every algorithm, and lives here.
+Everything algorithm-specific stays behind the Learner protocol
+(``trainer_server.learning.learner``): this module never names an algorithm.
+
+A ``BehaviorRun`` is touched by the training thread only, except ``spec`` and
+``snapshot``: a published snapshot is never modified (each update builds a new one), so
+gRPC handler threads may read the latest one at any time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import yaml
+
+from common.architecture import PolicyArchitecture, make_snapshot
+from common.logging import get_logger
+from common.specs import BehaviorSpec
+from common.trajectory import Trajectory
+from trainer_server import checkpoints as ckpt
+from trainer_server import stats as stats_mod
+from trainer_server.learning.learner import Learner
+from trainer_server.onnx_export import export_policy_bytes
+from trainer_server.results import RunResults, behavior_folder_name, to_plain
+from trainer_server.settings import TrainerSettings
+from trainer_server.timers import HierarchicalTimer
+from tandem.v1 import trainer_pb2
+
+#: the events keep the component they had before BehaviorRun left app.py (log filters, console lines)
+_log = get_logger("trainer_server.app")
+
+#: ``listener(snapshot)``: called on the training thread with every new snapshot.
+SnapshotListener = Callable[[trainer_pb2.PolicySnapshot], None]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every behavior of a run shares.
+
+    Attributes:
+        run_id: ``--run-id`` (recorded in checkpoint metadata).
+        results: the run's results folder.
+        timer: the run's hierarchical timer (``timers.json``).
+        inference: ``--inference``: no updates, no checkpoints, deterministic snapshots.
+        resume: ``--resume``: restore each behavior's latest checkpoint exactly.
+        initialize_from: ``--initialize-from``: a previous run-id whose weights start
+            each behavior (unless its ``init_path`` is set).
+        started: ``time.monotonic()`` at the run's start (the console's elapsed time).
+    """
+
+    run_id: str
+    results: RunResults
+    timer: HierarchicalTimer
+    inference: bool
+    resume: bool
+    initialize_from: str | None
+    started: float
+
+
+def extrinsic_strength(settings: TrainerSettings) -> float:
+    """``reward_signals.extrinsic.strength``; 1.0 when the behavior has no extrinsic signal."""
+    extrinsic = settings.reward_signals.get("extrinsic")
+    return 1.0 if extrinsic is None else extrinsic.strength
+
+
+class BehaviorRun:
+    """One behavior: its learner and everything the run records about it.
+
+    Args:
+        spec: the behavior's spec (as first registered).
+        settings: the behavior's trainer settings.
+        learner: a new learner for ``spec``; restored here from ``--resume``,
+            ``init_path`` or ``--initialize-from``.
+        context: what the run's behaviors share.
+        publish: called (on the training thread) with each snapshot an update produced.
+    """
+
+    def __init__(
+        self,
+        spec: BehaviorSpec,
+        settings: TrainerSettings,
+        learner: Learner,
+        context: RunContext,
+        publish: SnapshotListener,
+    ) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.settings = settings
+        self.learner = learner
+        self._context = context
+        self._publish = publish
+        self._folder_name = behavior_folder_name(spec.name)
+        self._extrinsic_strength = extrinsic_strength(settings)
+        self.stats = stats_mod.BehaviorStats()
+        folder = context.results.behavior_dir(spec.name)
+        self.checkpoints = ckpt.CheckpointManager(folder, self._folder_name, settings.keep_checkpoints)
+        self.last_reward: float | None = None
+        restored_from = self._restore()
+        resumed = restored_from is not None and context.resume
+        self.version = self._resumed_version() if resumed else 1
+        #: the step of the checkpoint on disk (-1: none written by or resumed into this run)
+        self.saved_step = learner.step if resumed else -1
+        self.done = not context.inference and learner.step >= settings.max_steps
+        #: the latest snapshot's architecture and parameters, for the checkpoint's ONNX model
+        self._architecture: PolicyArchitecture
+        self._parameters: dict[str, np.ndarray]
+        self.snapshot = self._build_snapshot()
+        if context.inference and restored_from is None:
+            _log.warning(
+                "--inference without --resume, --initialize-from or init_path: acting with an untrained policy",
+                behavior=spec.name,
+            )
+        self.tensorboard = stats_mod.TensorBoardWriter(folder)
+        self.tensorboard.write_text("Hyperparameters", _settings_markdown(settings), learner.step)
+        _log.info(
+            "new behavior",
+            behavior=spec.name,
+            trainer_type=settings.trainer_type,
+            observations=[list(o.shape) for o in spec.observations],
+            continuous_actions=spec.action_spec.continuous_size,
+            discrete_branches=list(spec.action_spec.discrete_branches),
+            step=learner.step,
+            restored_from=str(restored_from) if restored_from else None,
+        )
+
+    # ------------------------------------------------------------------ start
+
+    def _restore(self) -> Path | None:
+        """Loads ``--resume`` (exact state) or ``init_path``/``--initialize-from`` (weights, step 0).
+
+        Returns:
+            the checkpoint it was restored from, or None when it starts fresh.
+        """
+        context = self._context
+        if context.resume:
+            latest = self.checkpoints.latest_path
+            if not latest.is_file():
+                _log.warning("--resume: no checkpoint for this behavior, starting it fresh", behavior=self.name)
+                return None
+            state, _ = ckpt.load_file(latest)
+            self.learner.load_state_dict(state)
+            self.learner.load_extra(latest.parent)
+            return latest
+        init: Path | None = None
+        if self.settings.init_path:
+            init = Path(self.settings.init_path)
+        elif context.initialize_from:
+            init = context.results.run_dir.parent / context.initialize_from / self._folder_name
+        if init is None:
+            return None
+        state, _ = ckpt.load_file(init)
+        self.learner.load_weights(state)
+        return init
+
+    def _resumed_version(self) -> int:
+        """The policy version after the resumed run's last one (training_status.json)."""
+        return int(self._context.results.behavior_status(self.name).get("policy_version", 0)) + 1
+
+    def _build_snapshot(self) -> trainer_pb2.PolicySnapshot:
+        """The snapshot of the learner's current policy, built once per version."""
+        self._architecture = self.learner.architecture()
+        self._parameters = self.learner.policy_parameters()
+        return make_snapshot(
+            self.name,
+            self.version,
+            self._architecture,
+            self._parameters,
+            time_horizon=self.settings.time_horizon,
+            deterministic=self._context.inference,
+        )
+
+    # ------------------------------------------------------------------ experience (training thread)
+
+    def add_stats(self, stats: list[tuple[str, float, stats_mod.Aggregation]]) -> None:
+        """Records a chunk's side-channel statistics (also in ``--inference``)."""
+        for key, value, aggregation in stats:
+            self.stats.add(key, value, aggregation)
+
+    def consume(self, trajectories: list[Trajectory], gateway_id: str, sequence: int) -> None:
+        """Feeds a chunk's trajectories to the learner, updating whenever it is ready.
+
+        Summaries and checkpoints follow the steps; trajectories after ``max_steps`` are
+        dropped. ``gateway_id``/``sequence`` only name the chunk in logs.
+        """
+        if self._context.inference or self.done:
+            return
+        timer = self._context.timer
+        if trajectories:
+            versions = np.concatenate([t.policy_versions for t in trajectories])
+            if versions.size:
+                lag = float(np.mean(self.version - versions))
+                self.stats.add(stats_mod.POLICY_LAG, lag)
+                _log.debug("policy lag", behavior=self.name, gateway_id=gateway_id, mean_lag=lag)
+        for trajectory in trajectories:
+            before = self.learner.step
+            try:
+                with timer.block("process_trajectory"):
+                    self.learner.process_trajectory(trajectory)
+            except ValueError as e:  # validated already; a learner's own check must not end the run
+                _log.error(
+                    "trajectory refused by the learner; skipped",
+                    behavior=self.name,
+                    gateway_id=gateway_id,
+                    sequence=sequence,
+                    error=str(e),
+                )
+                continue
+            if trajectory.done:
+                self.stats.add(stats_mod.CUMULATIVE_REWARD, trajectory.episode_return)
+                self.stats.add(stats_mod.EPISODE_LENGTH, trajectory.episode_length)
+                self.stats.add(stats_mod.EXTRINSIC_REWARD, trajectory.episode_return * self._extrinsic_strength)
+            if self.learner.ready():
+                self._update()
+            self._after_steps(before, self.learner.step)
+            if self.done:
+                break
+
+    def _update(self) -> None:
+        timer = self._context.timer
+        with timer.block("update_policy"):
+            metrics = self.learner.update()
+        for tag, value in metrics.items():
+            if tag != stats_mod.EXTRINSIC_REWARD:  # recorded per episode, as ML-Agents does
+                self.stats.add(tag, float(value))
+        self.version += 1
+        with timer.block("build_snapshot"):
+            self.snapshot = self._build_snapshot()
+        with timer.block("push_snapshot"):
+            self._publish(self.snapshot)
+
+    def _after_steps(self, before: int, after: int) -> None:
+        s = self.settings
+        if after // s.summary_freq > before // s.summary_freq:
+            self._write_summary(after)
+        # the loader resolves even_checkpoints into checkpoint_interval (max_steps // keep_checkpoints)
+        if after // s.checkpoint_interval > before // s.checkpoint_interval:
+            self._save(final=False)
+        if after >= s.max_steps:
+            self.done = True
+            self._save(final=True)
+            _log.info("behavior reached max_steps", behavior=self.name, step=after, max_steps=s.max_steps)
+
+    def _write_summary(self, step: int) -> None:
+        context = self._context
+        with context.timer.block("write_summary"):
+            self.stats.add(
+                stats_mod.IS_TRAINING, 0.0 if context.inference else 1.0, stats_mod.Aggregation.MOST_RECENT
+            )
+            summaries = self.stats.summarize()
+            reward = summaries.get(stats_mod.CUMULATIVE_REWARD)
+            if reward is not None:
+                self.last_reward = reward.mean
+            for tag, summary in summaries.items():  # timers.json gauges, named as ML-Agents names them
+                context.timer.set_gauge(f"{self._folder_name}.{tag.replace('/', '.')}.mean", summary.value)
+            self.tensorboard.write(step, summaries)
+            stats_mod.log_summary(
+                self._folder_name, step, time.monotonic() - context.started, summaries, not context.inference
+            )
+
+    # ------------------------------------------------------------------ persistence
+
+    def _save(self, final: bool) -> None:
+        """Writes the learner's state (atomically) and records it in training_status.json."""
+        context = self._context
+        step = self.learner.step
+        if context.inference:
+            return
+        if step == self.saved_step:  # already on disk: at most mark it final
+            if final:
+                context.results.mark_final(self.name, step)
+            return
+        with context.timer.block("save_checkpoint"):
+            reward = self.stats.peek_mean(stats_mod.CUMULATIVE_REWARD)
+            reward = self.last_reward if reward is None else reward
+            meta = {
+                "behavior": self.name,
+                "step": step,
+                "policy_version": self.version,
+                "trainer_type": self.settings.trainer_type,
+                "run_id": context.run_id,
+            }
+            saved, removed = self.checkpoints.save(step, self.learner.state_dict(), meta, time.time())
+            with context.timer.block("save_extra"):
+                self.learner.save_extra(saved.file_path.parent)
+            model = self._export_onnx(saved.file_path.with_suffix(".onnx"), removed)
+            context.results.record_checkpoint(self.name, saved, reward, removed, final=final, model_path=model)
+            context.results.set_behavior_value(self.name, "policy_version", self.version)
+            context.results.write_timers(context.timer)
+            self.saved_step = step
+        _log.info("checkpoint saved", behavior=self.name, step=step, path=str(saved.file_path), final=final)
+
+    def _export_onnx(self, path: Path, removed_steps: list[int]) -> Path | None:
+        """Writes the latest snapshot as ``<Behavior>-<step>.onnx`` and ``<run>/<Behavior>.onnx``.
+
+        Best effort: an export problem must not stop training.
+
+        Returns:
+            the step's model path, or None when the export failed (logged).
+        """
+        for step in removed_steps:
+            self.checkpoints.step_path(step).with_suffix(".onnx").unlink(missing_ok=True)
+        try:
+            model = export_policy_bytes(self._architecture, self._parameters)  # built once, written twice
+            ckpt.atomic_write_bytes(path, model)
+            ckpt.atomic_write_bytes(self._context.results.run_dir / f"{self._folder_name}.onnx", model)
+            return path
+        except Exception as e:
+            _log.warning("onnx export failed", behavior=self.name, error=str(e))
+            return None
+
+    def finish(self) -> None:
+        """Final checkpoint (when training) and TensorBoard flush."""
+        if not self._context.inference:
+            self._save(final=True)
+        self.tensorboard.close()
+
+
+def _settings_markdown(settings: TrainerSettings) -> str:
+    """The behavior's settings as the TensorBoard "Hyperparameters" text (indented YAML)."""
+    body = yaml.safe_dump(to_plain(settings), sort_keys=False)
+    return "\n".join(f"    {line}" for line in body.splitlines())
