@@ -49,9 +49,9 @@ class _Section:
     values: tuple[int, ...]
 
 
-def test_to_plain_gives_yaml_friendly_builtins():
+def test_to_plain_gives_yaml_friendly_builtins(tmp_path):
     assert to_plain({"a": _Section(_Color.RED, Path("x/y"), (1, 2))}) == {
         "a": {"color": "red", "path": "x/y", "values": [1, 2]}
     }
-    settings = make_options(Path("unused")).default_settings
+    settings = make_options(tmp_path).default_settings
     assert to_plain(settings) == settings.as_dict()
