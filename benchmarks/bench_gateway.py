@@ -49,7 +49,7 @@ import numpy as np
 from benchmarks import report
 from common.logging import configure_logging, get_logger
 from common.architecture import PolicyArchitecture, make_snapshot, parameter_shapes
-from gateway.numpy_policy import NumpyPolicy
+from gateway.actor.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common import specs as specs_mod
 from common.ports import free_base_port
@@ -270,7 +270,7 @@ def run_remote(agents: int, instances: int, seconds: float, step_s: float) -> Re
 
     ``step_s`` (the direct loop's step time) is the idle gap of the second echo baseline.
     """
-    from gateway.client import GatewayClient, decode_steps, random_actions
+    from gateway.remote.client import GatewayClient, decode_steps, random_actions
     from tandem.v1 import gateway_pb2
 
     proc, port = start_gateway_process(agents, instances)
@@ -410,8 +410,8 @@ def run_actor(agents: int, instances: int, seconds: float) -> float:
 
 def acting_cost(agents: int, repeats: int = 300) -> tuple[float, float]:
     """Seconds per environment step of NumpyPolicy.act, and of TrajectoryBuilder observe+record."""
-    from gateway.steps import StepBatch, empty_terminals
-    from gateway.trajectories import TrajectoryBuilder
+    from gateway.env.steps import StepBatch, empty_terminals
+    from gateway.actor.trajectories import TrajectoryBuilder
 
     arch = ball_architecture()
     policy = NumpyPolicy(arch, mlp_params(arch))

@@ -14,8 +14,8 @@ import threading
 from common.logging import get_logger
 from gateway.options import GatewayOptions
 from gateway.server import ServerHandle, start_server
-from gateway.service import GatewayServicer
-from gateway.workers import EnvironmentPool
+from gateway.remote.service import GatewayServicer
+from gateway.env.workers import EnvironmentPool
 
 
 class Gateway:
@@ -65,7 +65,7 @@ class Gateway:
             mode="actor" if self.options.is_actor else "remote-control",
         )
         if self.options.is_actor:
-            from gateway.actor import ActorRunner
+            from gateway.actor.runner import ActorRunner
 
             self.actor = ActorRunner(self.options, self.log_json)
             self.actor.start()

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from common import architecture as arch_mod, specs
-from gateway.numpy_policy import NumpyPolicy
+from gateway.actor.numpy_policy import NumpyPolicy
 from common import trajectory as trajectory_mod
 from gateway.app import Gateway
-from gateway.onnx_policy import OnnxModelError, OnnxPolicy
-from gateway.steps import StepBatch
-from gateway.trajectories import EpisodeTally
+from gateway.actor.onnx_policy import OnnxModelError, OnnxPolicy
+from gateway.env.steps import StepBatch
+from gateway.actor.trajectories import EpisodeTally
 from gateway.options import ActorOptions, GatewayOptions, InferenceOptions, ServerOptions, validate
 from trainer_server.onnx_export import export_policy, export_policy_bytes
 from fake_trainer import FakeTrainerServer, TrainerState

@@ -7,10 +7,10 @@ import pytest
 
 from common import tensor
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
-from gateway import steps as steps_mod
-from gateway.actions import InvalidArgument, decode_step_request
-from gateway.environment import BehaviorActions
-from gateway.workers import StepsResult, pack_actions, unpack_actions
+from gateway.env import steps as steps_mod
+from gateway.remote.actions import InvalidArgument, decode_step_request
+from gateway.env.instance import BehaviorActions
+from gateway.env.workers import StepsResult, pack_actions, unpack_actions
 from tandem.v1 import gateway_pb2, tensor_pb2
 
 SPEC = BehaviorSpec(

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from common.architecture import PolicyArchitecture
-from gateway.numpy_policy import NumpyPolicy
+from gateway.actor.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
 from trainer_server import checkpoints

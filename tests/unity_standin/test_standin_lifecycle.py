@@ -18,7 +18,7 @@ from mlagents_envs.exception import (
 )
 
 import unity_standin
-from common.unity_env import open_unity_environment
+from gateway.env.unity_environment import open_unity_environment
 
 BALL = "3DBall?team=0"
 GRID = "GridWorld?team=0"

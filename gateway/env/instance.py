@@ -19,11 +19,11 @@ from typing import Callable
 import numpy as np
 
 from common.logging import get_logger
-from common.unity_env import open_unity_environment
+from gateway.env.unity_environment import open_unity_environment
 from common.specs import BehaviorSpec, from_mlagents
-from gateway import steps as steps_mod
+from gateway.env import steps as steps_mod
 from gateway.options import EnvironmentOptions
-from gateway.steps import Stat, StepBatch
+from gateway.env.steps import Stat, StepBatch
 
 #: how long a (re)start waits for this instance's port, held by its previous mlagents server
 PORT_RELEASE_WAIT_S = 10.0

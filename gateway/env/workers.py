@@ -45,11 +45,11 @@ import numpy as np
 
 from common.logging import configure_logging, get_logger
 from common.specs import BehaviorSpec
-from gateway import steps as steps_mod
-from gateway.environment import BehaviorActions, InstanceFailure, UnityInstance, kill_process
+from gateway.env import steps as steps_mod
+from gateway.env.instance import BehaviorActions, InstanceFailure, UnityInstance, kill_process
 from gateway.options import EnvironmentOptions
-from gateway.restarts import RestartQuota
-from gateway.steps import StepBatch
+from gateway.env.restarts import RestartQuota
+from gateway.env.steps import StepBatch
 from tandem.v1 import gateway_pb2
 
 #: seconds a worker may take beyond ``timeout_wait`` to answer before it is declared hung
@@ -277,7 +277,7 @@ def _worker_main(config: WorkerConfig, conn: Connection) -> None:
                 conn.send(("closed",))
                 break
             if kind == "actor":
-                from gateway import acting
+                from gateway.actor import worker_loop as acting
 
                 acting.run_actor(worker, msg[1])
                 break

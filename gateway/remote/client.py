@@ -16,9 +16,9 @@ import numpy as np
 
 from common import specs as specs_mod
 from common.specs import BehaviorSpec
-from gateway import steps as steps_mod
+from gateway.env import steps as steps_mod
 from gateway.server import channel_options
-from gateway.steps import StepBatch
+from gateway.env.steps import StepBatch
 from tandem.v1 import gateway_pb2, gateway_pb2_grpc
 
 

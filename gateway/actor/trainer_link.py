@@ -285,7 +285,7 @@ class LocalModels:
     def __init__(
         self, options: InferenceOptions, on_snapshot: Callable[[trainer_pb2.PolicySnapshot], None]
     ) -> None:
-        from gateway.onnx_policy import OnnxPolicy
+        from gateway.actor.onnx_policy import OnnxPolicy
 
         self.options = options
         self._on_snapshot = on_snapshot
@@ -308,7 +308,7 @@ class LocalModels:
         Raises:
             OnnxModelError: naming the behavior or model file that does not fit.
         """
-        from gateway.onnx_policy import OnnxModelError
+        from gateway.actor.onnx_policy import OnnxModelError
 
         with self._lock:
             specs = dict(self._specs)
@@ -332,7 +332,7 @@ class LocalModels:
             self._on_snapshot(snapshot)
 
     def _snapshot(self, spec: specs_mod.BehaviorSpec) -> trainer_pb2.PolicySnapshot:
-        from gateway.onnx_policy import OnnxPolicy
+        from gateway.actor.onnx_policy import OnnxPolicy
 
         model = self.models[spec.brain_name]
         OnnxPolicy(model, source=self.paths[spec.brain_name], spec=spec)
@@ -341,7 +341,7 @@ class LocalModels:
 
     def announce(self, spec_message) -> None:
         """A behavior the workers saw: checked at ``start``, or at once when it appears later."""
-        from gateway.onnx_policy import OnnxModelError
+        from gateway.actor.onnx_policy import OnnxModelError
 
         spec = specs_mod.from_proto(spec_message)
         with self._lock:

@@ -45,10 +45,10 @@ import numpy as np
 from common import trajectory as trajectory_mod
 from common.trajectory import Trajectory
 from common.logging import get_logger
-from gateway.environment import BehaviorActions, InstanceFailure
-from gateway.steps import StepBatch, Stat
-from gateway import wire
-from gateway.trajectories import EpisodeTally, TrajectoryBuilder
+from gateway.env.instance import BehaviorActions, InstanceFailure
+from gateway.env.steps import StepBatch, Stat
+from gateway.actor import wire
+from gateway.actor.trajectories import EpisodeTally, TrajectoryBuilder
 from tandem.v1 import trainer_pb2
 
 #: seconds between the worker's progress messages
@@ -185,13 +185,13 @@ class InstanceActor:
                 self._handle(self.conn.recv())
 
     def _set_snapshot(self, behavior: str, version: int, raw: bytes) -> None:
-        from gateway.numpy_policy import NumpyPolicy
+        from gateway.actor.numpy_policy import NumpyPolicy
         from tandem.v1 import trainer_pb2
 
         snapshot = trainer_pb2.PolicySnapshot.FromString(raw)
         try:
             if not snapshot.parameters and snapshot.onnx_model:
-                from gateway.onnx_policy import OnnxPolicy
+                from gateway.actor.onnx_policy import OnnxPolicy
 
                 policy = OnnxPolicy.from_snapshot(snapshot, spec=self.instance.specs.get(behavior))
             else:

@@ -17,9 +17,9 @@ import grpc
 
 from common import specs as specs_mod
 from common.logging import get_logger
-from gateway.actions import InvalidArgument, decode_step_request
+from gateway.remote.actions import InvalidArgument, decode_step_request
 from gateway.options import EngineSettings
-from gateway.workers import EnvironmentPool, InstanceInfo, PoolError
+from gateway.env.workers import EnvironmentPool, InstanceInfo, PoolError
 from tandem.v1 import gateway_pb2, gateway_pb2_grpc
 
 API_VERSION = "v1"

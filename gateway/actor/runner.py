@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from common import specs as specs_mod
 from common.logging import get_logger
 from common.specs import BehaviorSpec
-from gateway.acting import ActorWorkerConfig, ExperienceBatch
+from gateway.actor.worker_loop import ActorWorkerConfig, ExperienceBatch
 from gateway.options import GatewayOptions
-from gateway import wire
-from gateway.trainer_link import LocalModels, TrainerLink
-from gateway.workers import InstanceInfo, WorkerHandle, WorkerLost, start_workers
+from gateway.actor import wire
+from gateway.actor.trainer_link import LocalModels, TrainerLink
+from gateway.env.workers import InstanceInfo, WorkerHandle, WorkerLost, start_workers
 from tandem.v1 import trainer_pb2
 
 #: seconds between progress log lines
