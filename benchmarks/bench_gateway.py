@@ -5,10 +5,10 @@ Side by side in one run, for each scene:
 
 * direct: one Python loop over mlagents-envs' own ``UnityEnvironment`` (2 instances:
   stepped one after the other), random actions (``ActionSpec.random_action``); the
-  gateway opens its instances through ``common.unity_env`` (an in-memory hand-off
+  gateway opens its instances through ``gateway.env.unity_environment`` (an in-memory hand-off
   between mlagents' gRPC thread and the stepping thread instead of its pipe);
 * remote control: a ``tandem-gateway`` process driven by the Python client
-  (``gateway.client``) over loopback gRPC, random actions; the per-step overhead is
+  (``gateway.remote.client``) over loopback gRPC, random actions; the per-step overhead is
   compared with one loopback round trip: a bidirectional-stream ping-pong between the
   same kind of Python client and a Python gRPC echo server in another process (the
   same sync server stack as the gateway), with messages of the same sizes as that
@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                 remote=round(remote.agent_steps_per_s),
                 actor=round(actor), rtt_us=round(remote.round_trip_s * 1e6),
             )
-    # acting cost as a worker pays it: one BLAS thread (gateway.workers sets this for its workers)
+    # acting cost as a worker pays it: one BLAS thread (gateway.env.workers sets this for its workers)
     import multiprocessing as mp
 
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):

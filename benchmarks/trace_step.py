@@ -44,7 +44,7 @@ PROBES = {
     "gateway": [
         ("gateway.remote.service", "GatewayServicer._answer", "gateway answers a request"),
         ("gateway.remote.service", "decode_step_request", "gateway validates the actions"),
-        ("gateway.env.workers", "EnvironmentPool.step", "pool steps"),
+        ("gateway.remote.pool", "EnvironmentPool.step", "pool steps"),
         ("mlagents_envs.environment", "UnityEnvironment.set_actions", "mlagents set_actions"),
         ("gateway.env.unity_environment", "LargeMessageRpcCommunicator._to_unity", "gateway hands the input over"),
         ("gateway.env.unity_environment", "_Handoff._call", "gateway gRPC thread serves Unity's Exchange"),
@@ -278,7 +278,7 @@ def render(traces: dict[int, tuple]) -> str:
         f"Command: `python -m benchmarks.trace_step --agents {counts}` (a diagnostic, not part of `make bench`). "
         "Medians over every step of each segment between consecutive timestamps (CLOCK_MONOTONIC, shared by "
         "the processes); the probes themselves add about a microsecond each. One instance, the stand-in's "
-        "3DBall, random actions; client = `gateway.client`, direct = mlagents-envs' own `UnityEnvironment`.",
+        "3DBall, random actions; client = `gateway.remote.client`, direct = mlagents-envs' own `UnityEnvironment`.",
         "",
     ]
     for agents, (remote, direct) in traces.items():

@@ -15,7 +15,7 @@ from common.logging import get_logger
 from gateway.options import GatewayOptions
 from gateway.server import ServerHandle, start_server
 from gateway.remote.service import GatewayServicer
-from gateway.env.workers import EnvironmentPool
+from gateway.remote.pool import EnvironmentPool
 
 
 class Gateway:
@@ -53,7 +53,7 @@ class Gateway:
 
         Raises:
             OSError: the address cannot be bound.
-            gateway.workers.PoolError: an environment instance failed to start.
+            gateway.env.workers.PoolError: an environment instance failed to start.
         """
         self.server = start_server(self.options.server, self.servicer)
         self.log.info(

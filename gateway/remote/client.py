@@ -3,7 +3,7 @@
 Why: tests, the benchmark and Python users drive a gateway the same way: open a
 channel (TLS and token optional), Describe with a deadline, then a Play stream
 where each request waits for its one response. Steps are decoded into
-``gateway.steps.StepBatch`` per (instance, behavior).
+``gateway.env.steps.StepBatch`` per (instance, behavior).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Nothing is trained: models are exported from random parameters with known values for
 the stand-in's 3DBall and GridWorld specs, so the expected actions are those of
-``gateway.numpy_NumpyPolicy`` with the same parameters.
+``gateway.actor.numpy_policy.NumpyPolicy`` with the same parameters.
 """
 
 from __future__ import annotations

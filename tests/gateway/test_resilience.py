@@ -209,7 +209,8 @@ def test_cli_reports_a_taken_listen_port():
 
 def test_a_single_instance_steps_in_process_unless_worker_process_is_asked():
     from gateway.cli import build_parser, options_from_args
-    from gateway.env.workers import EnvironmentPool, InProcessWorkerHandle, WorkerHandle
+    from gateway.env.workers import InProcessWorkerHandle, WorkerHandle
+    from gateway.remote.pool import EnvironmentPool
 
     default = options_from_args(build_parser().parse_args([])).environment
     isolated = options_from_args(build_parser().parse_args(["--worker-process"])).environment
@@ -224,7 +225,8 @@ def test_a_single_instance_steps_in_process_unless_worker_process_is_asked():
 def test_instances_that_cannot_start_are_one_clear_error_and_nothing_is_left_running(tmp_path, num_envs):
     import dataclasses
 
-    from gateway.env.workers import EnvironmentPool, PoolError
+    from gateway.env.workers import PoolError
+    from gateway.remote.pool import EnvironmentPool
 
     missing = str(tmp_path / "NoSuchBuild.x86_64")
     pool = EnvironmentPool(dataclasses.replace(environment_options(num_envs=num_envs), file_name=missing))

@@ -1,4 +1,4 @@
-"""common.unity_env: the UnityEnvironment factory the gateway uses."""
+"""gateway.env.unity_environment: the UnityEnvironment factory the gateway uses."""
 
 from __future__ import annotations
 
