@@ -15,6 +15,7 @@ import numpy as np
 
 from common.architecture import PolicyOutput
 from common.specs import BehaviorSpec
+from gateway.actor.numpy_policy import NumpyPolicy
 from tandem.v1 import trainer_pb2
 
 
@@ -52,8 +53,6 @@ def policy_from_snapshot(snapshot: trainer_pb2.PolicySnapshot, spec: BehaviorSpe
         ValueError: parameters that do not fit the architecture, or a model that does
             not fit the behavior (``OnnxModelError``).
     """
-    from gateway.actor.numpy_policy import NumpyPolicy
-
     if not snapshot.parameters and snapshot.onnx_model:
         from gateway.actor.onnx_policy import OnnxPolicy  # onnxruntime only when a model comes
 
