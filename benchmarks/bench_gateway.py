@@ -5,10 +5,10 @@ Side by side in one run, for each scene:
 
 * direct: one Python loop over mlagents-envs' own ``UnityEnvironment`` (2 instances:
   stepped one after the other), random actions (``ActionSpec.random_action``); the
-  gateway opens its instances through ``common.unity_env`` (an in-memory hand-off
+  gateway opens its instances through ``gateway.env.unity_environment`` (an in-memory hand-off
   between mlagents' gRPC thread and the stepping thread instead of its pipe);
 * remote control: a ``tandem-gateway`` process driven by the Python client
-  (``gateway.client``) over loopback gRPC, random actions; the per-step overhead is
+  (``gateway.remote.client``) over loopback gRPC, random actions; the per-step overhead is
   compared with one loopback round trip: a bidirectional-stream ping-pong between the
   same kind of Python client and a Python gRPC echo server in another process (the
   same sync server stack as the gateway), with messages of the same sizes as that
@@ -49,7 +49,7 @@ import numpy as np
 from benchmarks import report
 from common.logging import configure_logging, get_logger
 from common.architecture import PolicyArchitecture, make_snapshot, parameter_shapes
-from gateway.numpy_policy import NumpyPolicy
+from gateway.actor.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common import specs as specs_mod
 from common.ports import free_base_port
@@ -270,7 +270,7 @@ def run_remote(agents: int, instances: int, seconds: float, step_s: float) -> Re
 
     ``step_s`` (the direct loop's step time) is the idle gap of the second echo baseline.
     """
-    from gateway.client import GatewayClient, decode_steps, random_actions
+    from gateway.remote.client import GatewayClient, decode_steps, random_actions
     from tandem.v1 import gateway_pb2
 
     proc, port = start_gateway_process(agents, instances)
@@ -410,8 +410,8 @@ def run_actor(agents: int, instances: int, seconds: float) -> float:
 
 def acting_cost(agents: int, repeats: int = 300) -> tuple[float, float]:
     """Seconds per environment step of NumpyPolicy.act, and of TrajectoryBuilder observe+record."""
-    from gateway.steps import StepBatch, empty_terminals
-    from gateway.trajectories import TrajectoryBuilder
+    from gateway.env.steps import StepBatch, empty_terminals
+    from gateway.actor.trajectories import TrajectoryBuilder
 
     arch = ball_architecture()
     policy = NumpyPolicy(arch, mlp_params(arch))
@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                 remote=round(remote.agent_steps_per_s),
                 actor=round(actor), rtt_us=round(remote.round_trip_s * 1e6),
             )
-    # acting cost as a worker pays it: one BLAS thread (gateway.workers sets this for its workers)
+    # acting cost as a worker pays it: one BLAS thread (gateway.env.workers sets this for its workers)
     import multiprocessing as mp
 
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks import report
 from common.logging import configure_logging, get_logger
-from gateway.numpy_policy import NumpyPolicy
+from gateway.actor.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
 

@@ -42,15 +42,15 @@ RESULTS = ROOT / "benchmarks" / "results" / "trace_step.md"
 #: role -> (module, attribute path, label): the label's "begin"/"end" events mark the call
 PROBES = {
     "gateway": [
-        ("gateway.service", "GatewayServicer._answer", "gateway answers a request"),
-        ("gateway.service", "decode_step_request", "gateway validates the actions"),
-        ("gateway.workers", "EnvironmentPool.step", "pool steps"),
+        ("gateway.remote.service", "GatewayServicer._answer", "gateway answers a request"),
+        ("gateway.remote.service", "decode_step_request", "gateway validates the actions"),
+        ("gateway.remote.pool", "EnvironmentPool.step", "pool steps"),
         ("mlagents_envs.environment", "UnityEnvironment.set_actions", "mlagents set_actions"),
-        ("common.unity_env", "LargeMessageRpcCommunicator._to_unity", "gateway hands the input over"),
-        ("common.unity_env", "_Handoff._call", "gateway gRPC thread serves Unity's Exchange"),
-        ("common.unity_env", "LargeMessageRpcCommunicator._from_unity", "gateway waits for Unity"),
+        ("gateway.env.unity_environment", "LargeMessageRpcCommunicator._to_unity", "gateway hands the input over"),
+        ("gateway.env.unity_environment", "_Handoff._call", "gateway gRPC thread serves Unity's Exchange"),
+        ("gateway.env.unity_environment", "LargeMessageRpcCommunicator._from_unity", "gateway waits for Unity"),
         ("mlagents_envs.environment", "UnityEnvironment._update_state", "mlagents reads Unity's output"),
-        ("gateway.workers", "InstanceWorker.result", "gateway encodes Steps"),
+        ("gateway.env.workers", "InstanceWorker.result", "gateway encodes Steps"),
     ],
     "standin": [
         ("unity_standin.communicator", "Communicator._call", "Unity's Exchange call"),
@@ -165,7 +165,7 @@ def trace_remote(agents: int, seconds: float, directory: str) -> tuple[list[tupl
     """Timeline of remote-control steps (the Python client of ``bench_gateway``)."""
     from benchmarks.bench_gateway import stop_process
     from common.ports import free_base_port
-    from gateway.client import GatewayClient, decode_steps, random_actions
+    from gateway.remote.client import GatewayClient, decode_steps, random_actions
     from tandem.v1 import gateway_pb2
 
     cmd = [
@@ -278,7 +278,7 @@ def render(traces: dict[int, tuple]) -> str:
         f"Command: `python -m benchmarks.trace_step --agents {counts}` (a diagnostic, not part of `make bench`). "
         "Medians over every step of each segment between consecutive timestamps (CLOCK_MONOTONIC, shared by "
         "the processes); the probes themselves add about a microsecond each. One instance, the stand-in's "
-        "3DBall, random actions; client = `gateway.client`, direct = mlagents-envs' own `UnityEnvironment`.",
+        "3DBall, random actions; client = `gateway.remote.client`, direct = mlagents-envs' own `UnityEnvironment`.",
         "",
     ]
     for agents, (remote, direct) in traces.items():

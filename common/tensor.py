@@ -1,7 +1,10 @@
 """Converts between numpy arrays and ``tandem.v1.Tensor`` (raw bytes + dtype + shape).
 
-Why: every array on the wire goes through this one module, so byte order, dtype
-mapping and validation live in one place. Bytes are little-endian, C order.
+Why: byte order, dtype mapping and validation live in one place: little-endian bytes,
+C order. This is the general path; the gateway's step fields take a shorter one for
+the dtypes and shapes they always have (``gateway.env.steps.put_tensor`` and
+``read_tensor``), which falls back to this module for anything else and for every
+error message.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from common.grpc_server import GrpcServer
 from common.logging import get_logger
 from gateway.options import GatewayOptions
 from gateway.server import start_server
-from gateway.service import GatewayServicer
-from gateway.workers import EnvironmentPool
+from gateway.remote.service import GatewayServicer
+from gateway.remote.pool import EnvironmentPool
 
 
 class Gateway:
@@ -54,7 +54,7 @@ class Gateway:
 
         Raises:
             OSError: the address cannot be bound.
-            gateway.workers.PoolError: an environment instance failed to start.
+            gateway.env.workers.PoolError: an environment instance failed to start.
         """
         self.server = start_server(self.options.server, self.servicer)
         self.log.info(
@@ -66,7 +66,7 @@ class Gateway:
             mode="actor" if self.options.is_actor else "remote-control",
         )
         if self.options.is_actor:
-            from gateway.actor import ActorRunner
+            from gateway.actor.runner import ActorRunner
 
             self.actor = ActorRunner(self.options, self.log_json)
             self.actor.start()

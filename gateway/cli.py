@@ -210,7 +210,7 @@ def _parse_policy(text: str) -> tuple[str, str]:
 
 def _check_models(inference: InferenceOptions) -> None:
     """Loads every model once before Unity starts: a bad file fails fast (its fit is checked at start-up)."""
-    from gateway.onnx_policy import OnnxModelError, OnnxPolicy
+    from gateway.actor.onnx_policy import OnnxModelError, OnnxPolicy
 
     for name, path in inference.policies:
         try:
@@ -246,12 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("gateway failed to start", error=str(e))
         return 2
     except Exception as e:
-        from gateway.onnx_policy import OnnxModelError
+        from gateway.actor.onnx_policy import OnnxModelError
 
         if isinstance(e, OnnxModelError):
             log.error("gateway failed to start: the --policy models do not fit the environment", error=str(e))
             return 2
-        from gateway.workers import PoolError
+        from gateway.env.workers import PoolError
 
         if isinstance(e, PoolError):
             log.error("gateway failed to start", error=str(e))

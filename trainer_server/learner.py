@@ -29,7 +29,7 @@ class Learner(Protocol):
         """Runs one update; returns ML-Agents-named metrics (e.g. "Losses/Policy Loss")."""
 
     def policy_parameters(self) -> dict[str, np.ndarray]:
-        """Flat, float32 actor parameters (and normalizer) for ``gateway.numpy_policy.NumpyPolicy``."""
+        """Flat, float32 actor parameters (and normalizer) for ``gateway.actor.numpy_policy.NumpyPolicy``."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: params, optimizer state, normalizer, step, PRNG key."""

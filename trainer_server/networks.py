@@ -182,7 +182,7 @@ def actor_heads(params: Params, arch: PolicyArchitecture, h: jax.Array, action_m
 def actor_forward(
     params: Params, arch: PolicyArchitecture, observations: list[jax.Array], norm: NormStats, action_mask: jax.Array | None = None
 ) -> DistParams:
-    """The policy: distribution parameters for n agents (see ``gateway.numpy_policy.NumpyPolicy.distribution``)."""
+    """The policy: distribution parameters for n agents (see ``gateway.actor.numpy_policy.NumpyPolicy.distribution``)."""
     return actor_heads(params, arch, encode(params, "", arch, observations, norm), action_mask)
 
 

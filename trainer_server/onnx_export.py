@@ -5,7 +5,7 @@ run it with Sentis / Inference Engine (or Barracuda in com.unity.ml-agents 2.x).
 package only accepts models that follow its model contract (model API version 3,
 "MLAgents2_0"), so this module builds exactly that graph, with ``onnx.helper``, from
 the same input the gateway acts with: a ``common.architecture.PolicyArchitecture`` plus
-the flat parameter dictionary of ``gateway.numpy_policy.NumpyPolicy``. One exporter thus serves
+the flat parameter dictionary of ``gateway.actor.numpy_policy.NumpyPolicy``. One exporter thus serves
 PPO ("gaussian") and SAC ("tanh_gaussian") and needs neither JAX nor torch.
 
 The contract (see docs/ONNX.md for the full table):

@@ -229,7 +229,7 @@ class SACConfig:
 # ============================================================================= networks
 # The actor is ``trainer_server.networks``' (flat parameter dict with the snapshot names of
 # docs/ARCHITECTURE.md, tanh_gaussian heads), so ``policy_parameters()`` is what
-# ``gateway.numpy_policy.NumpyPolicy`` reads. Each Q critic reuses the same encoders (under
+# ``gateway.actor.numpy_policy.NumpyPolicy`` reads. Each Q critic reuses the same encoders (under
 # ``critic/``) and adds the continuous action to the body's input, as ML-Agents' SAC
 # critics do: ``critic/body/dense{j}`` over ``[encoding, action]`` with swish, then
 # ``critic/q`` with one output per discrete action of every branch (or one output).

@@ -1,7 +1,7 @@
 """A stand-in for a Unity player: the Unity side of the ML-Agents protocol with built-in tasks.
 
 Launch it like a Unity build: ``UnityEnvironment(file_name=executable_path(),
-additional_args=["--task", "gridworld"])`` (or ``common.unity_env.open_unity_environment``),
+additional_args=["--task", "gridworld"])`` (or ``gateway.env.unity_environment.open_unity_environment``),
 or run ``tandem-unity-standin --mlagents-port N`` yourself against a waiting
 ``UnityEnvironment(file_name=None, base_port=N)`` as the Editor would.
 

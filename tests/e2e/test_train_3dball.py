@@ -131,7 +131,7 @@ def test_sac_trains_3dball_through_gateway_and_trainer_processes(tmp_path):
 
 def _train_and_check(tmp_path: Path, config_text: str, max_steps: int, expected_tags: set[str]) -> None:
     """Runs ``tandem-trainer CONFIG --with-gateway`` to max_steps and checks what it learned and wrote."""
-    pytest.importorskip("gateway.actor")  # the gateway's actor mode (--trainer)
+    pytest.importorskip("gateway.actor.runner")  # the gateway's actor mode (--trainer)
     config = tmp_path / "3DBall-e2e.yaml"
     config.write_text(config_text)
     log_path = tmp_path / "trainer.log"

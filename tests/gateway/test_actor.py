@@ -12,7 +12,7 @@ import pytest
 
 from common import specs as specs_mod
 from common import trajectory as trajectory_mod
-from gateway.client import GatewayClient
+from gateway.remote.client import GatewayClient
 from gateway.options import ActorOptions
 from tandem.v1 import gateway_pb2
 from fake_trainer import FakeTrainerServer, TrainerState

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common.architecture import PolicyArchitecture, make_snapshot, parameter_shapes
-from gateway.numpy_policy import NumpyPolicy, conv2d_valid
+from gateway.actor.numpy_policy import NumpyPolicy, conv2d_valid
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 
 
@@ -136,5 +136,5 @@ def test_snapshot_round_trip_and_clear_errors():
 
 
 def test_numpy_policy_module_does_not_import_jax():
-    code = "import sys, gateway.numpy_policy; sys.exit(1 if 'jax' in sys.modules else 0)"
+    code = "import sys, gateway.actor.numpy_policy; sys.exit(1 if 'jax' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

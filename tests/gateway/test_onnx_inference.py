@@ -2,7 +2,7 @@
 
 Nothing is trained: models are exported from random parameters with known values for
 the stand-in's 3DBall and GridWorld specs, so the expected actions are those of
-``gateway.numpy_NumpyPolicy`` with the same parameters.
+``gateway.actor.numpy_policy.NumpyPolicy`` with the same parameters.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from common import architecture as arch_mod, specs
-from gateway.numpy_policy import NumpyPolicy
+from gateway.actor.numpy_policy import NumpyPolicy
 from common import trajectory as trajectory_mod
 from gateway.app import Gateway
-from gateway.onnx_policy import OnnxModelError, OnnxPolicy
-from gateway.steps import StepBatch
-from gateway.trajectories import EpisodeTally
+from gateway.actor.onnx_policy import OnnxModelError, OnnxPolicy
+from gateway.env.steps import StepBatch
+from gateway.actor.trajectories import EpisodeTally
 from gateway.options import ActorOptions, GatewayOptions, InferenceOptions, ServerOptions, validate
 from trainer_server.onnx_export import export_policy, export_policy_bytes
 from fake_trainer import FakeTrainerServer, TrainerState

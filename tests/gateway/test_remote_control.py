@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from common import tensor
-from gateway.client import GatewayClient, decode_steps, random_actions
+from gateway.remote.client import GatewayClient, decode_steps, random_actions
 from tandem.v1 import gateway_pb2
 from gateway_helpers import environment_options, running_gateway
 

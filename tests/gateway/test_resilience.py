@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
-from gateway.client import GatewayClient, decode_steps, random_actions
+from gateway.remote.client import GatewayClient, decode_steps, random_actions
 from gateway.options import RestartLimits
 from tandem.v1 import gateway_pb2
 from gateway_helpers import environment_options, free_ports, pid_alive, pids_with_arg, running_gateway, wait_until
@@ -209,7 +209,8 @@ def test_cli_reports_a_taken_listen_port():
 
 def test_a_single_instance_steps_in_process_unless_worker_process_is_asked():
     from gateway.cli import build_parser, options_from_args
-    from gateway.workers import EnvironmentPool, InProcessWorkerHandle, WorkerHandle
+    from gateway.env.workers import InProcessWorkerHandle, WorkerHandle
+    from gateway.remote.pool import EnvironmentPool
 
     default = options_from_args(build_parser().parse_args([])).environment
     isolated = options_from_args(build_parser().parse_args(["--worker-process"])).environment
@@ -224,7 +225,8 @@ def test_a_single_instance_steps_in_process_unless_worker_process_is_asked():
 def test_instances_that_cannot_start_are_one_clear_error_and_nothing_is_left_running(tmp_path, num_envs):
     import dataclasses
 
-    from gateway.workers import EnvironmentPool, PoolError
+    from gateway.env.workers import PoolError
+    from gateway.remote.pool import EnvironmentPool
 
     missing = str(tmp_path / "NoSuchBuild.x86_64")
     pool = EnvironmentPool(dataclasses.replace(environment_options(num_envs=num_envs), file_name=missing))

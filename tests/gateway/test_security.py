@@ -6,7 +6,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.client import GatewayClient
+from gateway.remote.client import GatewayClient
 from gateway.options import ServerOptions
 from gateway_helpers import environment_options, running_gateway
 from tandem.v1 import gateway_pb2, gateway_pb2_grpc

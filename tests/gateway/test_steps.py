@@ -1,4 +1,4 @@
-"""The short tensor paths of ``gateway.steps`` and the worker pipe's packing agree with the general ones."""
+"""The short tensor paths of ``gateway.env.steps`` and action validation agree with the general ones."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import pytest
 
 from common import tensor
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
-from gateway import steps as steps_mod
-from gateway.actions import InvalidArgument, decode_step_request
-from gateway.environment import BehaviorActions
-from gateway.workers import StepsResult, pack_actions, unpack_actions
+from gateway.env import steps as steps_mod
+from gateway.remote.actions import InvalidArgument, decode_step_request
 from tandem.v1 import gateway_pb2, tensor_pb2
 
 SPEC = BehaviorSpec(
@@ -74,23 +72,6 @@ def test_step_batches_round_trip_through_the_wire():
                     back.observations + [back.rewards, back.agent_ids, back.action_mask]):
         np.testing.assert_array_equal(a, b)
         assert a.dtype == b.dtype
-
-
-def test_pipe_packing_round_trips_actions_and_results():
-    actions = {
-        "Mixed": BehaviorActions(np.arange(6, dtype=np.float32).reshape(3, 2), np.ones((3, 2), np.int32)),
-        "NoActions": BehaviorActions(np.zeros((0, 0), np.float32), np.zeros((0, 0), np.int32)),
-    }
-    specs = {"Mixed": SPEC, "NoActions": BehaviorSpec("NoActions", (ObservationSpec("v", (1,)),), ActionSpec(0))}
-    back = unpack_actions(pack_actions(actions), specs)
-    for name, a in actions.items():
-        np.testing.assert_array_equal(back[name].continuous, a.continuous)
-        np.testing.assert_array_equal(back[name].discrete, a.discrete)
-        assert back[name].continuous.shape == a.continuous.shape and back[name].discrete.shape == a.discrete.shape
-    result = StepsResult(1, b"\x0a\x00", {"Mixed": np.array([4, 5], np.int32)}, [SPEC], 123, True)
-    again = StepsResult.unpack(result.pack())
-    assert (again.index, again.steps, again.new_specs, again.unity_pid, again.alive) == (1, b"\x0a\x00", [SPEC], 123, True)
-    np.testing.assert_array_equal(again.decisions["Mixed"], [4, 5])
 
 
 def _request(agent_ids, continuous, discrete) -> gateway_pb2.StepRequest:

@@ -7,8 +7,8 @@ import pytest
 
 from common import trajectory as trajectory_mod
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
-from gateway.steps import StepBatch
-from gateway.trajectories import TrajectoryBuilder
+from gateway.env.steps import StepBatch
+from gateway.actor.trajectories import TrajectoryBuilder
 
 SPEC = BehaviorSpec(
     name="Test?team=0",
@@ -145,7 +145,7 @@ def test_growing_capacity_and_horizon_keep_open_trajectories():
 
 
 def test_chunks_assembled_from_bytes_equal_the_protobuf_serialization():
-    from gateway import wire
+    from gateway.actor import wire
     from tandem.v1 import trainer_pb2
 
     b = TrajectoryBuilder(SPEC, instance=1, time_horizon=3)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common.architecture import PolicyArchitecture, parameter_shapes
-from gateway.numpy_policy import NumpyPolicy
+from gateway.actor.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from trainer_server import distributions, networks, normalizer
 

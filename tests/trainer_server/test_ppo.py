@@ -11,7 +11,7 @@ import pytest
 from flax import serialization
 
 from common.architecture import PolicyArchitecture
-from gateway.numpy_policy import NumpyPolicy
+from gateway.actor.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
 from trainer_server import ppo

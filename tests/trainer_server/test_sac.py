@@ -1,6 +1,6 @@
 """SAC learner: ML-Agents' settings and update ratio, the maths, compilation, learning, resume.
 
-Experience is produced the way a gateway produces it: ``gateway.numpy_policy.NumpyPolicy`` acts
+Experience is produced the way a gateway produces it: ``gateway.actor.numpy_policy.NumpyPolicy`` acts
 with the learner's ``policy_parameters()`` and its raw samples go into ``Trajectory``
 fragments that the learner consumes.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from common.architecture import PolicyArchitecture
-from gateway.numpy_policy import NumpyPolicy
+from gateway.actor.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
 from trainer_server import checkpoints

@@ -16,10 +16,10 @@ from mlagents_envs.base_env import ActionTuple
 from mlagents_envs.exception import UnityEnvironmentException, UnityWorkerInUseException
 
 import unity_standin
-from gateway.numpy_policy import NumpyPolicy
+from gateway.actor.numpy_policy import NumpyPolicy
 from common.specs import from_mlagents
 from common.trajectory import Trajectory
-from common.unity_env import open_unity_environment
+from gateway.env.unity_environment import open_unity_environment
 from trainer_server.sac import SACConfig, SACLearner
 from common.ports import free_base_port
 

@@ -6,7 +6,7 @@ import pytest
 from mlagents_envs.exception import UnityEnvironmentException, UnityWorkerInUseException
 
 import unity_standin
-from common.unity_env import open_unity_environment
+from gateway.env.unity_environment import open_unity_environment
 from standin_helpers import free_port
 
 

@@ -18,7 +18,7 @@ from mlagents_envs.exception import (
 )
 
 import unity_standin
-from common.unity_env import open_unity_environment
+from gateway.env.unity_environment import open_unity_environment
 
 BALL = "3DBall?team=0"
 GRID = "GridWorld?team=0"
@@ -148,7 +148,7 @@ def test_large_outputs_pass_the_raised_message_limit(open_env):
 
 @pytest.mark.slow
 def test_the_default_message_limit_rejects_the_same_outputs():
-    # Why common.unity_env exists: mlagents-envs' own server refuses outputs over 4 MiB;
+    # Why gateway.env.unity_environment exists: mlagents-envs' own server refuses outputs over 4 MiB;
     # the player reports RESOURCE_EXHAUSTED and quits, the client sees it exit.
     env = UnityEnvironment(
         unity_standin.executable_path(), worker_id=0, base_port=free_port(), timeout_wait=10,

@@ -1,4 +1,4 @@
-"""common.unity_env: the UnityEnvironment factory the gateway uses."""
+"""gateway.env.unity_environment: the UnityEnvironment factory the gateway uses."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from standin_helpers import free_port
 
 import unity_standin
-from common.unity_env import LargeMessageRpcCommunicator, open_unity_environment
+from gateway.env.unity_environment import LargeMessageRpcCommunicator, open_unity_environment
 
 
 def test_timeout_wait_is_clamped_and_the_server_takes_large_messages():
@@ -100,7 +100,7 @@ def test_the_step_message_is_byte_for_byte_what_mlagents_builds():
     from mlagents_envs.side_channel.environment_parameters_channel import EnvironmentParametersChannel
     from mlagents_envs.side_channel.side_channel_manager import SideChannelManager
 
-    from common.unity_env import LargeMessageUnityEnvironment
+    from gateway.env.unity_environment import LargeMessageUnityEnvironment
 
     rng = np.random.default_rng(3)
 

@@ -1,9 +1,10 @@
 """Actor mode, parent side: workers act, the parent numbers chunks and talks to the trainer.
 
-Why: the workers (``gateway.acting``) step and act on their own cores; this process
-only does what must be shared: one ``gateway_id`` and one sequence of chunk numbers
-for the whole gateway, one connection to the trainer (``gateway.trainer_link``), the
-latest snapshot of each behavior forwarded to every worker, restart decisions, and
+Why: the workers (``gateway.actor.worker_loop``) step and act on their own cores; this
+process only does what must be shared: one ``gateway_id`` and one sequence of chunk
+numbers for the whole gateway, one connection to the trainer
+(``gateway.actor.trainer_link``), the latest snapshot of each behavior forwarded to
+every worker as the bytes received, restart decisions, and
 flow control (a worker gets its credit back only while the unacked buffer has room,
 so a full buffer pauses stepping instead of dropping experience).
 
@@ -11,8 +12,8 @@ Policy lag (the latest snapshot version minus the oldest version that chose an
 action in a chunk) is logged with the periodic progress line.
 
 Local inference (``--policy BEHAVIOR=PATH.onnx``) runs the same way with
-``gateway.trainer_link.LocalModels`` in place of the trainer link: deterministic
-snapshots from the model files, nothing streamed. Whenever behaviors act
+``gateway.actor.local_models.LocalModels`` as the source of snapshots instead of the
+trainer link: deterministic snapshots from the model files, nothing streamed. Whenever behaviors act
 deterministically (local models, or a trainer's ``--inference``), the workers report
 finished episodes and environment stats, and an "inference summary" line per behavior
 (episodes, mean and std of the reward, mean episode length, stats) is logged every
@@ -29,37 +30,45 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from common import specs as specs_mod
 from common.logging import get_logger
 from common.specs import BehaviorSpec
-from gateway.acting import ActorWorkerConfig, ExperienceBatch
+from gateway.actor import wire
+from gateway.actor.local_models import LocalModels
+from gateway.actor.trainer_link import TrainerLink
+from gateway.actor.worker_loop import ActorWorkerConfig
+from gateway.env.messages import Close, Closed, Credit, Experience, Failed, GiveUp, InferenceReport
+from gateway.env.messages import NewBehaviors, Progress, Ready, Restart, Snapshot, StartActor, UnityStarted
+from gateway.env.workers import InstanceInfo, WorkerHandle, WorkerLost, start_workers
 from gateway.options import GatewayOptions
-from gateway import wire
-from gateway.trainer_link import LocalModels, TrainerLink
-from gateway.workers import InstanceInfo, WorkerHandle, WorkerLost, start_workers
 from tandem.v1 import trainer_pb2
 
 #: seconds between progress log lines
 PROGRESS_EVERY_S = 10.0
 
 
+class SnapshotSource(Protocol):
+    """Where snapshots come from: ``TrainerLink`` (actor mode) or ``LocalModels`` (``--policy``).
+
+    Both call the runner's ``on_snapshot`` with serialized ``PolicySnapshot`` bytes.
+    """
+
+    def start(self) -> None:
+        """Starts delivering snapshots (``LocalModels``: raises ``OnnxModelError`` on a misfit)."""
+
+    def announce(self, spec: BehaviorSpec) -> None:
+        """A behavior the workers saw for the first time."""
+
+    def stop(self) -> None:
+        """Stops delivering snapshots."""
+
+
 def new_gateway_id() -> str:
     """A gateway id stable for this process and unique across machines and restarts."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-@dataclass
-class ActorProgress:
-    """Counters for logs, tests and the benchmark."""
-
-    chunks: int = 0
-    steps: int = 0
-    episodes: int = 0
-    episode_return_sum: float = 0.0
-    max_policy_lag: int = 0
-    paused_workers: int = 0
 
 
 @dataclass
@@ -96,6 +105,17 @@ class EpisodeSummary:
             "std_reward": None if self.std_return is None else round(self.std_return, 4),
             "mean_episode_length": round(self.length_sum / self.episodes, 1) if self.episodes else None,
         }
+
+
+@dataclass
+class ActorProgress:
+    """Counters for logs, tests and the benchmark (``finished``: the episodes in streamed chunks)."""
+
+    chunks: int = 0
+    steps: int = 0
+    finished: EpisodeSummary = field(default_factory=EpisodeSummary)
+    max_policy_lag: int = 0
+    paused_workers: int = 0
 
 
 class ActorRunner:
@@ -135,14 +155,18 @@ class ActorRunner:
         self._stats_window: dict[str, list] = {}
         #: the same since the start (sum of values), for tests and users of the runner
         self.stat_totals: dict[str, float] = {}
+        #: the trainer connection (None in local inference, which streams nothing)
+        self.link: TrainerLink | None = None
+        self.source: SnapshotSource
         if options.inference is not None:
             self.summary_interval_s = options.inference.summary_interval_s
-            self.link = LocalModels(options.inference, self._on_snapshot)
+            self.source = LocalModels(options.inference, self._on_snapshot)
         else:
             self.summary_interval_s = PROGRESS_EVERY_S
             self.link = TrainerLink(
                 options.actor, self._hello, self._on_snapshot, self._wake, options.server.max_message_bytes * 4
             )
+            self.source = self.link
         self.log = get_logger("gateway.actor", gateway_id=self.gateway_id)
 
     # -- EnvironmentView (Describe) -------------------------------------------------------------
@@ -174,20 +198,20 @@ class ActorRunner:
             sender = threading.Thread(target=self._sender, args=(w,), name=f"tandem-actor-send-{w.index}", daemon=True)
             sender.start()
             self._senders.append(sender)
-            self._to_worker(w, ("actor", self._worker_config(w.index)))
+            self._to_worker(w, StartActor(self._worker_config(w.index)))
         # the workers reset and announce their behaviors: wait for them so that Hello lists them
         announced: set[int] = set()
         deadline = time.monotonic() + self.env_options.timeout_wait + 30
         while len(announced) < len(self.workers) and time.monotonic() < deadline:
             for w in self.workers:
-                if w.index in announced or not w.conn.poll(0.05):
+                if w.index in announced or not w.pipe.poll(0.05):
                     continue
-                msg = w.conn.recv()
+                msg = w.pipe.receive()
                 self._on_message(w, msg)
-                if msg[0] in ("behaviors", "failed"):
+                if isinstance(msg, (NewBehaviors, Failed)):
                     announced.add(w.index)
         self.log.info("actor instances ready", instances=len(self.workers), behaviors=sorted(self._specs))
-        self.link.start()
+        self.source.start()
         self._loop_thread = threading.Thread(target=self._loop, name="tandem-actor-loop", daemon=True)
         self._loop_thread.start()
 
@@ -197,11 +221,11 @@ class ActorRunner:
         self._wake()
         if self._loop_thread is not None:
             self._loop_thread.join(10)
-        self.link.stop()
-        for w in self.workers:  # "close" goes through the sender: one writer per pipe
+        self.source.stop()
+        for w in self.workers:  # Close goes through the sender: one writer per pipe
             box = self._outboxes.get(w.index)
             if box is not None:
-                box.put(("close",))
+                box.put(Close())
                 box.put(None)
         for sender in self._senders:
             sender.join(5)
@@ -215,8 +239,8 @@ class ActorRunner:
             "actor stopped",
             chunks=self.progress.chunks,
             steps=self.progress.steps,
-            acked=self.link.acks,
-            unacked=len(self.link.buffer),
+            acked=self.link.acks if self.link else 0,
+            unacked=len(self.link.buffer) if self.link else 0,
         )
 
     def _worker_config(self, index: int) -> ActorWorkerConfig:
@@ -247,7 +271,7 @@ class ActorRunner:
             except WorkerLost:
                 pass  # the loop notices the dead worker and replaces it
 
-    def _to_worker(self, w: WorkerHandle, msg: tuple) -> None:
+    def _to_worker(self, w: WorkerHandle, msg) -> None:
         self._outboxes[w.index].put(msg)
 
     def _wake(self) -> None:
@@ -264,35 +288,36 @@ class ActorRunner:
             specs_mod.to_proto(spec, hello.behaviors.add())
         return hello
 
-    def _on_snapshot(self, snapshot: trainer_pb2.PolicySnapshot) -> None:
+    def _on_snapshot(self, raw: bytes) -> None:
+        """A serialized ``PolicySnapshot`` from the source: forwarded to every worker as it came."""
+        header = wire.SnapshotHeader.read(raw)
         with self._lock:
-            current = self._latest.get(snapshot.behavior)
-            if current is not None and current[0] == snapshot.version:
+            current = self._latest.get(header.behavior)
+            if current is not None and current[0] == header.version:
                 return  # the trainer resends its latest snapshot on every reconnect
-            if current is not None and snapshot.version < current[0]:
+            if current is not None and header.version < current[0]:
                 self.log.warning(
                     "snapshot version went back (a new trainer run?)",
-                    behavior=snapshot.behavior, version=snapshot.version, previous=current[0],
+                    behavior=header.behavior, version=header.version, previous=current[0],
                 )
-            raw = snapshot.SerializeToString()
-            self._latest[snapshot.behavior] = (snapshot.version, raw)
+            self._latest[header.behavior] = (header.version, raw)
         self.log.info(
             "snapshot received",
-            behavior=snapshot.behavior,
-            version=snapshot.version,
-            deterministic=snapshot.deterministic,
-            time_horizon=snapshot.time_horizon,
+            behavior=header.behavior,
+            version=header.version,
+            deterministic=header.deterministic,
+            time_horizon=header.time_horizon,
         )
         for w in self.workers:
             if w.alive:
-                self._to_worker(w, ("snapshot", snapshot.behavior, snapshot.version, raw))
+                self._to_worker(w, Snapshot(header.behavior, header.version, raw))
 
     # -- the event loop -------------------------------------------------------------------------
 
     def _loop(self) -> None:
         last_progress = last_summary = time.monotonic()
         while not self._stop.is_set():
-            conns = {w.conn: w for w in self.workers if w.conn is not None}
+            conns = {w.pipe.conn: w for w in self.workers if w.pipe is not None}
             try:
                 ready = mpc.wait([*conns, self._wake_r], timeout=0.5)
             except OSError:
@@ -304,8 +329,8 @@ class ActorRunner:
                     continue
                 w = conns[c]
                 try:
-                    while c.poll(0):
-                        self._on_message(w, c.recv())
+                    while w.pipe.poll(0):
+                        self._on_message(w, w.pipe.receive())
                 except (EOFError, OSError):
                     if not self._stop.is_set():
                         self._replace(w, "worker process died")
@@ -318,55 +343,59 @@ class ActorRunner:
                 last_summary = now
                 self._log_inference_summary()
 
-    def _on_message(self, w: WorkerHandle, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == "experience":
-            self._on_experience(w, msg[1])
-        elif kind == "behaviors":
-            for spec in msg[1]:
-                with self._lock:
-                    known = spec.name in self._specs
+    def _on_message(self, w: WorkerHandle, msg) -> None:
+        match msg:
+            case Experience():
+                self._on_experience(w, msg)
+            case NewBehaviors(specs):
+                for spec in specs:
+                    with self._lock:
+                        known = spec.name in self._specs
+                        if not known:
+                            self._specs[spec.name] = spec
                     if not known:
-                        self._specs[spec.name] = spec
-                if not known:
-                    self.log.info("new behavior", behavior=spec.name, instance=w.index)
-                    self.link.announce(specs_mod.to_proto(spec))
-        elif kind == "progress":
-            self.env_steps[w.index] = (msg[1], msg[2])
-            self.progress_at[w.index] = time.monotonic()
-        elif kind == "unity":
-            w.unity_pid = msg[1]
-        elif kind == "failed":
-            if w.quota.allowed():
-                w.quota.record()
-                self.log.warning("restarting unity instance", instance=w.index, error=msg[1], restarts=w.quota.restarts)
-                self._to_worker(w, ("restart",))
-            else:
-                self.log.error("unity instance down for good: restart limits reached", instance=w.index, error=msg[1])
-                w.alive = False
-                self._to_worker(w, ("give_up",))
-        elif kind == "inference":
-            self._on_inference(msg[1], msg[2])
-        elif kind == "closed":
-            pass
-        else:
-            self.log.warning("unknown worker message", kind=kind, instance=w.index)
+                        self.log.info("new behavior", behavior=spec.name, instance=w.index)
+                        self.source.announce(spec)
+            case Progress(env_steps, agent_steps):
+                self.env_steps[w.index] = (env_steps, agent_steps)
+                self.progress_at[w.index] = time.monotonic()
+            case UnityStarted(pid):
+                w.unity_pid = pid
+            case Failed(message):
+                if w.quota.allowed():
+                    w.quota.record()
+                    self.log.warning("restarting unity instance", instance=w.index, error=message, restarts=w.quota.restarts)
+                    self._to_worker(w, Restart())
+                else:
+                    self.log.error("unity instance down for good: restart limits reached", instance=w.index, error=message)
+                    w.alive = False
+                    self._to_worker(w, GiveUp())
+            case InferenceReport(episodes, stats):
+                self._on_inference(episodes, stats)
+            case Closed():
+                pass
+            case _:
+                self.log.warning("unknown worker message", kind=type(msg).__name__, instance=w.index)
 
-    def _on_experience(self, w: WorkerHandle, batch: ExperienceBatch) -> None:
+    def _on_experience(self, w: WorkerHandle, experience: Experience) -> None:
         self._sequence += 1
-        self.link.send_chunk(self._sequence, wire.chunk_message(self._sequence, batch.behavior, batch.chunk_body()))
-        for episode_return, _ in batch.episodes():
-            self.progress.episodes += 1
-            self.progress.episode_return_sum += episode_return
+        if self.link is not None:  # local inference streams nothing (its snapshots are deterministic)
+            message = wire.chunk_message(self._sequence, experience.behavior, wire.experience_body(experience))
+            self.link.send_chunk(self._sequence, message)
+        for episode_return, length in experience.episodes():
+            self.progress.finished.add(episode_return, length)
         self.progress.chunks += 1
-        self.progress.steps += batch.steps
-        latest = self._latest.get(batch.behavior)
+        self.progress.steps += experience.steps
+        latest = self._latest.get(experience.behavior)
         if latest is not None:
-            self.progress.max_policy_lag = max(self.progress.max_policy_lag, latest[0] - batch.min_version)
-        if self.link.buffer.has_room():
-            self._to_worker(w, ("credit",))
+            self.progress.max_policy_lag = max(self.progress.max_policy_lag, latest[0] - experience.min_version)
+        if self._buffer_has_room():
+            self._to_worker(w, Credit())
         else:
             self._held_credits.append(w)
+
+    def _buffer_has_room(self) -> bool:
+        return self.link is None or self.link.buffer.has_room()
 
     def _on_inference(self, episodes: dict[str, list[tuple[float, int]]], stats: list) -> None:
         """Episodes of deterministically acting behaviors and stats nobody streams, from a worker."""
@@ -398,8 +427,8 @@ class ActorRunner:
             self.log.info("inference summary", behavior=behavior, **windows[behavior].log_fields(), stats=stats)
 
     def _grant_credits(self) -> None:
-        while self._held_credits and self.link.buffer.has_room():
-            self._to_worker(self._held_credits.pop(0), ("credit",))
+        while self._held_credits and self._buffer_has_room():
+            self._to_worker(self._held_credits.pop(0), Credit())
         self.progress.paused_workers = len({w.index for w in self._held_credits})
 
     def _replace(self, w: WorkerHandle, error: str) -> None:
@@ -419,15 +448,15 @@ class ActorRunner:
             w.alive = False
             self.log.error("replacement worker lost too; instance down", instance=w.index, error=str(e))
             return
-        if msg[0] == "ready":
-            w.unity_pid = msg[1].unity_pid
-        self._to_worker(w, ("actor", self._worker_config(w.index)))
-        if msg[0] == "failed":
+        if isinstance(msg, Ready):
+            w.unity_pid = msg.unity_pid
+        self._to_worker(w, StartActor(self._worker_config(w.index)))
+        if isinstance(msg, Failed):
             self._on_message(w, msg)
         with self._lock:
             latest = list(self._latest.items())
         for behavior, (version, raw) in latest:
-            self._to_worker(w, ("snapshot", behavior, version, raw))
+            self._to_worker(w, Snapshot(behavior, version, raw))
 
     def _log_progress(self) -> None:
         p = self.progress
@@ -437,13 +466,13 @@ class ActorRunner:
             "actor progress",
             chunks=p.chunks,
             agent_steps=p.steps,
-            episodes=p.episodes,
-            mean_return=round(p.episode_return_sum / p.episodes, 3) if p.episodes else None,
+            episodes=p.finished.episodes,
+            mean_return=None if p.finished.mean_return is None else round(p.finished.mean_return, 3),
             snapshot_versions=versions,
             max_policy_lag=p.max_policy_lag,
-            unacked_chunks=len(self.link.buffer),
-            unacked_mb=round(self.link.buffer.bytes / 2**20, 2),
+            unacked_chunks=len(self.link.buffer) if self.link else 0,
+            unacked_mb=round(self.link.buffer.bytes / 2**20, 2) if self.link else 0.0,
             paused_workers=p.paused_workers,
             env_steps={i: s for i, (s, _) in self.env_steps.items()},
-            connected=self.link.connected.is_set(),
+            connected=self.link.connected.is_set() if self.link else None,
         )

@@ -15,8 +15,8 @@ import numpy as np
 
 from common import tensor
 from common.specs import BehaviorSpec
-from gateway.environment import BehaviorActions
-from gateway.steps import read_tensor
+from gateway.env.instance import BehaviorActions
+from gateway.env.steps import read_tensor
 from tandem.v1 import gateway_pb2
 
 _F32, _I32 = np.dtype("<f4"), np.dtype("<i4")

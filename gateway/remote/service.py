@@ -1,13 +1,14 @@
 """The ``tandem.v1.Gateway`` servicer: translates between the wire and the environment pool.
 
 Why: keeping the servicer thin means every rule about actions lives in
-``gateway.actions`` and every rule about stepping lives in ``gateway.workers``; here
+``gateway.remote.actions`` and every rule about stepping in ``gateway.remote.pool``; here
 we only decode requests, call the pool, encode answers and map errors to status
 codes (INVALID_ARGUMENT naming the field, FAILED_PRECONDITION, UNAVAILABLE).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import threading
@@ -17,9 +18,10 @@ import grpc
 
 from common import specs as specs_mod
 from common.logging import get_logger
-from gateway.actions import InvalidArgument, decode_step_request
+from gateway.remote.actions import InvalidArgument, decode_step_request
 from gateway.options import EngineSettings
-from gateway.workers import EnvironmentPool, InstanceInfo, PoolError
+from gateway.env.workers import InstanceInfo, PoolError
+from gateway.remote.pool import EnvironmentPool
 from tandem.v1 import gateway_pb2, gateway_pb2_grpc
 
 API_VERSION = "v1"
@@ -84,27 +86,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         )
         for name, spec in sorted(view.specs.items()):
             specs_mod.to_proto(spec, response.behaviors.add())
-        for inst in view.instances():
-            response.instances.add(
-                index=inst.index,
-                worker_id=inst.worker_id,
-                port=inst.port,
-                file_name=inst.file_name,
-                restarts=inst.restarts,
-                alive=inst.alive,
-            )
-        e = self._engine
-        response.engine_settings.CopyFrom(
-            gateway_pb2.EngineSettings(
-                width=e.width,
-                height=e.height,
-                quality_level=e.quality_level,
-                time_scale=e.time_scale,
-                target_frame_rate=e.target_frame_rate,
-                capture_frame_rate=e.capture_frame_rate,
-                no_graphics=e.no_graphics,
-            )
-        )
+        for inst in view.instances():  # InstanceInfo's fields are EnvironmentInstance's
+            response.instances.add(**dataclasses.asdict(inst))
+        # EngineSettings (options) and tandem.v1.EngineSettings have the same fields
+        response.engine_settings.CopyFrom(gateway_pb2.EngineSettings(**dataclasses.asdict(self._engine)))
         return response
 
     def Play(self, request_iterator, context):

@@ -129,25 +129,24 @@ def from_decision_steps(steps, spec: BehaviorSpec) -> StepBatch:
         mask = np.concatenate([np.asarray(m, bool) for m in steps.action_mask], axis=1)
     else:
         mask = np.zeros((n, spec.action_spec.mask_size), bool)
-    return StepBatch(
-        observations=[np.asarray(o, np.float32) for o in steps.obs],
-        rewards=np.asarray(steps.reward, np.float32),
-        agent_ids=np.asarray(steps.agent_id, np.int32),
-        group_ids=np.asarray(steps.group_id, np.int32),
-        group_rewards=np.asarray(steps.group_reward, np.float32),
-        action_mask=mask,
-    )
+    return _from_mlagents(steps, mask, None)
 
 
 def from_terminal_steps(steps) -> StepBatch:
     """Converts an ``mlagents_envs.base_env.TerminalSteps``."""
+    return _from_mlagents(steps, None, np.asarray(steps.interrupted, bool))
+
+
+def _from_mlagents(steps, action_mask: np.ndarray | None, interrupted: np.ndarray | None) -> StepBatch:
+    """The fields decision and terminal steps share, as the step dtypes."""
     return StepBatch(
         observations=[np.asarray(o, np.float32) for o in steps.obs],
         rewards=np.asarray(steps.reward, np.float32),
         agent_ids=np.asarray(steps.agent_id, np.int32),
         group_ids=np.asarray(steps.group_id, np.int32),
         group_rewards=np.asarray(steps.group_reward, np.float32),
-        interrupted=np.asarray(steps.interrupted, bool),
+        action_mask=action_mask,
+        interrupted=interrupted,
     )
 
 

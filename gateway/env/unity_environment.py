@@ -42,7 +42,7 @@ MIN_TIMEOUT_WAIT = 10
 _TAKE_WAIT_S = 0.05
 DEFAULT_MAX_MESSAGE_MB = 256
 
-_log = get_logger("common.unity_env")
+_log = get_logger("gateway.env.unity_environment")
 
 
 class _Handoff:
@@ -116,7 +116,7 @@ class LargeMessageRpcCommunicator(RpcCommunicator):
         self._max_message_bytes = max_message_bytes
         self.handoff = _Handoff()
         #: called once per ``exchange`` after Python's message went to Unity and before waiting
-        #: for Unity's answer: work that overlaps with Unity's step (see ``gateway.acting``)
+        #: for Unity's answer: work that overlaps with Unity's step (see ``gateway.actor.worker_loop``)
         self.while_unity_steps: Callable[[], None] | None = None
         super().__init__(worker_id, base_port, timeout_wait)
 

@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from gateway import environment
-from gateway.environment import BehaviorActions, InstanceFailure, UnityInstance
+from gateway.env import instance as environment
+from gateway.env.instance import BehaviorActions, InstanceFailure, UnityInstance
 from gateway_helpers import environment_options
 
 

@@ -13,17 +13,17 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
 
 from common.logging import get_logger
-from common.unity_env import open_unity_environment
+from gateway.env.unity_environment import open_unity_environment
 from common.specs import BehaviorSpec, from_mlagents
-from gateway import steps as steps_mod
+from gateway.env import steps as steps_mod
 from gateway.options import EnvironmentOptions
-from gateway.steps import Stat, StepBatch
+from gateway.env.steps import Stat, StepBatch
 
 #: how long a (re)start waits for this instance's port, held by its previous mlagents server
 PORT_RELEASE_WAIT_S = 10.0
@@ -111,15 +111,9 @@ class UnityInstance:
                 raise InstanceFailure(f"instance {self.index}: Unity did not start: {e}") from e
         self._process = getattr(self._env, "_process", None)  # mlagents keeps the Popen privately
         self.unity_pid = self._process.pid if self._process is not None else None
-        eng = self.options.engine
-        engine_channel.set_configuration_parameters(
-            width=eng.width,
-            height=eng.height,
-            quality_level=eng.quality_level,
-            time_scale=eng.time_scale,
-            target_frame_rate=eng.target_frame_rate,
-            capture_frame_rate=eng.capture_frame_rate,
-        )
+        settings = asdict(self.options.engine)
+        del settings["no_graphics"]  # a launch argument; the rest are the channel's parameters, named alike
+        engine_channel.set_configuration_parameters(**settings)
         for key, value in self._parameters.items():
             self._params_channel.set_float_parameter(key, value)
         self._refresh_specs()
@@ -194,7 +188,7 @@ class UnityInstance:
             for behavior, a in actions.items():
                 env.set_actions(behavior, ActionTuple(continuous=a.continuous, discrete=a.discrete))
             communicator = env._communicator
-            overlap = pending and hasattr(communicator, "while_unity_steps")  # common.unity_env's communicator
+            overlap = pending and hasattr(communicator, "while_unity_steps")  # gateway.env.unity_environment's communicator
             if overlap:
                 communicator.while_unity_steps = run_hook
             try:

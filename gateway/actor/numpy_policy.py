@@ -6,6 +6,7 @@ parameters) and the gateway acts with it here. It is the reference forward for t
 numbers: ``trainer_server/networks.py`` and ``distributions.py`` compute the same functions
 in JAX and ``trainer_server/onnx_export.py`` writes them as ONNX; tests hold them equal.
 The network and the parameter names are described in ``common/architecture.py``.
+``NumpyPolicy`` implements ``gateway.actor.policy.Policy``, as ``OnnxPolicy`` does.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Why: tests, the benchmark and Python users drive a gateway the same way: open a
 channel (TLS and token optional), Describe with a deadline, then a Play stream
 where each request waits for its one response. Steps are decoded into
-``gateway.steps.StepBatch`` per (instance, behavior).
+``gateway.env.steps.StepBatch`` per (instance, behavior).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 
 from common import specs as specs_mod
 from common.specs import BehaviorSpec
-from gateway import steps as steps_mod
+from gateway.env import steps as steps_mod
 from common.grpc_server import channel_options
-from gateway.steps import StepBatch
+from gateway.env.steps import StepBatch
 from tandem.v1 import gateway_pb2, gateway_pb2_grpc
 
 

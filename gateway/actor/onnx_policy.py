@@ -6,7 +6,7 @@ so the user sees the mean reward it earns before putting it into the Unity proje
 Snapshots that carry only ``onnx_model`` (no ``parameters``) are acted with here too,
 which is the path a non-Python gateway follows with any ONNX runtime (docs/ONNX.md).
 
-``OnnxPolicy`` has ``gateway.numpy_policy.NumpyPolicy``'s ``act`` interface and runs the
+``OnnxPolicy`` implements ``gateway.actor.policy.Policy`` (as ``NumpyPolicy`` does) and runs the
 model with onnxruntime on CPU (one thread: a gateway worker steps one Unity instance
 on one core). Conventions it bridges:
 
@@ -275,8 +275,7 @@ class OnnxPolicy:
                 names.append("discrete_actions")
             names.append("tandem_log_probs")
         out = self._run(observations, action_mask, names) if n else {}
-        c = self._continuous_size()
-        b = self._num_branches()
+        c, b = self._action_sizes()
         if deterministic:
             env = out.get("deterministic_continuous_actions", np.zeros((n, c), np.float32))
             raw = env
@@ -294,16 +293,13 @@ class OnnxPolicy:
             env_continuous=np.asarray(env, np.float32).reshape(n, c),
         )
 
-    def _continuous_size(self) -> int:
+    def _action_sizes(self) -> tuple[int, int]:
+        """(continuous size, number of branches): the checked spec's, else the model's outputs'."""
         if self._checked_spec is not None:
-            return self._checked_spec.action_spec.continuous_size
-        if not self.has_continuous:
-            return 0
-        return _static(self._outputs["deterministic_continuous_actions"].shape[-1]) or 0
-
-    def _num_branches(self) -> int:
-        if self._checked_spec is not None:
-            return self._checked_spec.action_spec.num_branches
-        if not self.has_discrete:
-            return 0
-        return _static(self._outputs["deterministic_discrete_actions"].shape[-1]) or 0
+            a = self._checked_spec.action_spec
+            return a.continuous_size, a.num_branches
+        sizes = []
+        for present, output in ((self.has_continuous, "deterministic_continuous_actions"),
+                                (self.has_discrete, "deterministic_discrete_actions")):
+            sizes.append((_static(self._outputs[output].shape[-1]) or 0) if present else 0)
+        return sizes[0], sizes[1]

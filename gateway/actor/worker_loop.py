@@ -8,20 +8,9 @@ is on the critical path: observing the previous answer, recording the actions an
 flushing finished trajectories run while Unity computes the step
 (``UnityInstance.step(..., while_unity_steps=...)``).
 
-Pipe protocol in actor mode (parent -> worker):
-    ("snapshot", behavior, version, snapshot bytes)   the latest policy of a behavior
-    ("credit",)        the parent took one "experience" message (flow control)
-    ("restart",) / ("give_up",)   after "failed"
-    ("close",)         flush finished trajectories, close Unity, answer ("closed",)
-(worker -> parent):
-    ("behaviors", [BehaviorSpec])   behaviors seen for the first time
-    ("experience", ExperienceBatch)
-    ("unity", pid)      the Unity process (after a start or restart)
-    ("failed", message) Unity crashed or hung; the worker waits for restart/give_up
-    ("progress", env_steps, agent_steps)      totals, every quarter second
-    ("inference", {behavior: [(return, length)]}, [Stat])   with the progress message, while
-                        behaviors act deterministically: their finished episodes, and the
-                        stats when nothing streams
+The messages with the parent (``gateway.env.messages``): ``Snapshot``, ``Credit``,
+``Restart``, ``GiveUp`` and ``Close`` come in; ``NewBehaviors``, ``Experience``,
+``UnityStarted``, ``Failed``, ``Progress`` and ``InferenceReport`` go out.
 
 Backpressure: at most ``max_outstanding`` experience messages may wait for the
 parent's credit; beyond that the worker stops stepping (Unity pauses) rather than
@@ -31,8 +20,8 @@ their experience is not streamed. ``deterministic`` snapshots (trainer
 ``--inference``, or ``--policy`` models) act with the mode and stream nothing; their
 episodes are tallied for the parent's reward summary.
 
-Snapshots carry either ``parameters`` (acted with ``gateway.numpy_policy.NumpyPolicy``) or only
-``onnx_model`` (acted with ``gateway.onnx_policy.OnnxPolicy``, checked against the spec).
+Snapshots carry either ``parameters`` or only ``onnx_model`` (``gateway.actor.policy``).
+A snapshot's ``time_horizon`` 0 means "not set": ML-Agents' default, 64, applies.
 """
 
 from __future__ import annotations
@@ -42,19 +31,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common import trajectory as trajectory_mod
-from common.trajectory import Trajectory
 from common.logging import get_logger
-from gateway.environment import BehaviorActions, InstanceFailure
-from gateway.steps import StepBatch, Stat
-from gateway import wire
-from gateway.trajectories import EpisodeTally, TrajectoryBuilder
+from common.trajectory import Trajectory
+from gateway.actor.policy import Policy, policy_from_snapshot
+from gateway.actor.trajectories import EpisodeTally, TrajectoryBuilder
+from gateway.env.instance import BehaviorActions, InstanceFailure
+from gateway.env.messages import Close, Closed, Credit, Experience, Failed, GiveUp, InferenceReport
+from gateway.env.messages import NewBehaviors, Pipe, Progress, Restart, Snapshot, UnityStarted
+from gateway.env.steps import Stat, StepBatch
 from tandem.v1 import trainer_pb2
 
 #: seconds between the worker's progress messages
 PROGRESS_EVERY_S = 0.25
 #: seconds between checks for the parent's messages while stepping (snapshots, credits)
 DRAIN_EVERY_S = 0.005
+#: the trajectory length a snapshot gets when it leaves ``time_horizon`` at 0 (ML-Agents' default)
+DEFAULT_TIME_HORIZON = 64
+
+
+def time_horizon(snapshot_value: int) -> int:
+    """The steps after which a trajectory is cut: the snapshot's ``time_horizon``, 0 meaning "not set"."""
+    return max(1, int(snapshot_value) or DEFAULT_TIME_HORIZON)
 
 
 @dataclass(frozen=True)
@@ -77,41 +74,8 @@ class ActorWorkerConfig:
 
 
 @dataclass
-class ExperienceBatch:
-    """Finished trajectories of one behavior, ready to become a chunk.
-
-    They travel as numpy (pickled, cheap) and the parent serializes them: the worker's
-    core is the one stepping Unity, the parent's is mostly idle.
-
-    Attributes:
-        instance: the instance index.
-        behavior: the behavior name.
-        trajectories: the finished fragments.
-        stats: stats side channel values since the last batch.
-        steps: total steps in them.
-        min_version: oldest snapshot version that chose an action in them.
-    """
-
-    instance: int
-    behavior: str
-    trajectories: list[Trajectory]
-    stats: list[Stat]
-    steps: int
-    min_version: int
-
-    def episodes(self) -> list[tuple[float, int]]:
-        """(return, length) of the episodes that ended in this batch."""
-        return [(t.episode_return, t.episode_length) for t in self.trajectories if t.done]
-
-    def chunk_body(self) -> bytes:
-        """The ``trajectories`` and ``stats`` fields of an ExperienceChunk (``gateway.wire``)."""
-        stats = [trainer_pb2.StatSample(key=s.key, value=s.value, aggregation=s.aggregation) for s in self.stats]
-        return wire.chunk_body((trajectory_mod.to_proto(t).SerializeToString() for t in self.trajectories), stats)
-
-
-@dataclass
 class _Policy:
-    policy: object
+    policy: Policy
     version: int
     deterministic: bool
     time_horizon: int
@@ -120,9 +84,9 @@ class _Policy:
 class InstanceActor:
     """The actor loop of one worker process (see the module docstring)."""
 
-    def __init__(self, worker, config: ActorWorkerConfig) -> None:
+    def __init__(self, worker, pipe: Pipe, config: ActorWorkerConfig) -> None:
         self.worker = worker
-        self.conn = worker.conn
+        self.pipe = pipe
         self.instance = worker.instance
         self.config = config
         self.rng = np.random.default_rng(config.seed)
@@ -151,55 +115,44 @@ class InstanceActor:
 
     # -- messages from the parent ---------------------------------------------------------------
 
-    def _handle(self, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == "snapshot":
-            self._set_snapshot(msg[1], msg[2], msg[3])
-        elif kind == "credit":
-            self.outstanding = max(0, self.outstanding - 1)
-        elif kind == "restart":
-            self.awaiting_restart = False
-            try:
-                self.current = self.worker.restart()
-                self._send(("unity", self.instance.unity_pid))
-                self._announce()
-            except InstanceFailure as e:
-                self._fail(e)
-        elif kind == "give_up":
-            self.awaiting_restart = False
-            self.down = True
-        elif kind == "close":
-            self.closing = True
-        else:
-            self.log.warning("unknown message in actor mode", kind=kind)
-
-    def _send(self, msg: tuple) -> None:
-        self.conn.send(msg)
+    def _handle(self, msg) -> None:
+        match msg:
+            case Snapshot(behavior, version, raw):
+                self._set_snapshot(behavior, version, raw)
+            case Credit():
+                self.outstanding = max(0, self.outstanding - 1)
+            case Restart():
+                self.awaiting_restart = False
+                try:
+                    self.current = self.worker.restart()
+                    self.pipe.send(UnityStarted(self.instance.unity_pid))
+                    self._announce()
+                except InstanceFailure as e:
+                    self._fail(e)
+            case GiveUp():
+                self.awaiting_restart = False
+                self.down = True
+            case Close():
+                self.closing = True
+            case _:
+                self.log.warning("unknown message in actor mode", kind=type(msg).__name__)
 
     def _drain(self, timeout_s: float | None) -> None:
         """Handles every waiting message; waits up to ``timeout_s`` for the first (0 = poll)."""
         self.last_drain = time.monotonic()
-        if self.conn.poll(timeout_s):
-            self._handle(self.conn.recv())
-            while self.conn.poll(0):
-                self._handle(self.conn.recv())
+        if self.pipe.poll(timeout_s):
+            self._handle(self.pipe.receive())
+            while self.pipe.poll(0):
+                self._handle(self.pipe.receive())
 
     def _set_snapshot(self, behavior: str, version: int, raw: bytes) -> None:
-        from gateway.numpy_policy import NumpyPolicy
-        from tandem.v1 import trainer_pb2
-
         snapshot = trainer_pb2.PolicySnapshot.FromString(raw)
         try:
-            if not snapshot.parameters and snapshot.onnx_model:
-                from gateway.onnx_policy import OnnxPolicy
-
-                policy = OnnxPolicy.from_snapshot(snapshot, spec=self.instance.specs.get(behavior))
-            else:
-                policy = NumpyPolicy.from_snapshot(snapshot)
+            policy = policy_from_snapshot(snapshot, self.instance.specs.get(behavior))
         except ValueError as e:
             self.log.error("snapshot rejected", behavior=behavior, version=version, error=str(e))
             return
-        horizon = max(1, int(snapshot.time_horizon) or 1000)
+        horizon = time_horizon(snapshot.time_horizon)
         previous = self.policies.get(behavior)
         self.policies[behavior] = _Policy(policy, int(version), bool(snapshot.deterministic), horizon)
         self.random_behaviors.discard(behavior)
@@ -216,7 +169,7 @@ class InstanceActor:
     def _announce(self) -> None:
         fresh = self.instance.new_behaviors()
         if fresh:
-            self._send(("behaviors", fresh))
+            self.pipe.send(NewBehaviors(fresh))
 
     def _fail(self, error: Exception) -> None:
         """Ends every open trajectory as interrupted, sends them, and asks the parent to restart."""
@@ -230,7 +183,7 @@ class InstanceActor:
         self.instance.kill()
         self.awaiting_restart = True
         self.log.warning("unity instance failed", error=str(error))
-        self._send(("failed", str(error)))
+        self.pipe.send(Failed(str(error)))
 
     def _ready_to_act(self) -> bool:
         """False while a behavior with agents awaiting a decision has no snapshot (within the wait)."""
@@ -331,7 +284,7 @@ class InstanceActor:
         stats: list[Stat] = []
         if not self.builders:
             stats, self.stats = self.stats, []
-        self._send(("inference", episodes, stats))
+        self.pipe.send(InferenceReport(episodes, stats))
 
     def _finish(self, behavior: str, trajectories: list) -> None:
         if not trajectories:
@@ -355,7 +308,7 @@ class InstanceActor:
             due = steps >= self.config.chunk_steps or now - self.first_finished_at[behavior] >= self.config.flush_interval_s
             if not (due or force):
                 continue
-            batch = ExperienceBatch(
+            batch = Experience(
                 instance=self.worker.index,
                 behavior=behavior,
                 trajectories=self.finished.pop(behavior),
@@ -366,7 +319,7 @@ class InstanceActor:
             self.stats = []
             self.finished_steps.pop(behavior, None)
             self.first_finished_at.pop(behavior, None)
-            self._send(("experience", batch))
+            self.pipe.send(batch)
             self.outstanding += 1
 
     def run(self) -> None:
@@ -404,16 +357,16 @@ class InstanceActor:
             if now - self.last_progress >= PROGRESS_EVERY_S:
                 self.last_progress = now
                 self._report_inference()
-                self._send(("progress", self.env_steps, self.agent_steps))
+                self.pipe.send(Progress(self.env_steps, self.agent_steps))
         self._catch_up()
         self._flush(force=True)
         self._report_inference()
-        self._send(("progress", self.env_steps, self.agent_steps))
+        self.pipe.send(Progress(self.env_steps, self.agent_steps))
 
 
-def run_actor(worker, config: ActorWorkerConfig) -> None:
-    """Entry from ``gateway.workers``: runs actor mode until closed, then closes Unity."""
-    actor = InstanceActor(worker, config)
+def run_actor(worker, pipe: Pipe, config: ActorWorkerConfig) -> None:
+    """Entry from ``gateway.env.workers``: runs actor mode until closed, then closes Unity."""
+    actor = InstanceActor(worker, pipe, config)
     try:
         actor.run()
     except (EOFError, OSError, BrokenPipeError):
@@ -421,6 +374,6 @@ def run_actor(worker, config: ActorWorkerConfig) -> None:
     finally:
         worker.instance.close()
         try:
-            worker.conn.send(("closed",))
+            pipe.send(Closed())
         except (OSError, ValueError):
             pass

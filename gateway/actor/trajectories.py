@@ -21,7 +21,7 @@ import numpy as np
 
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
-from gateway.steps import StepBatch
+from gateway.env.steps import StepBatch
 
 
 class TrajectoryBuilder:

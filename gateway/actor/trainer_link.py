@@ -1,4 +1,4 @@
-"""Where actor mode's snapshots come from: the trainer (``tandem.v1.Trainer/Connect``) or local models.
+"""Actor mode's link to the trainer (``tandem.v1.Trainer/Connect``): Hello, snapshots, chunks, acks.
 
 Why: the trainer may restart or the network may drop; experience must arrive once
 and in order anyway. Every chunk carries a per-gateway sequence number and stays in a
@@ -12,25 +12,25 @@ A stream the trainer ends with OK (training complete, trainer shutting down) is
 treated like any other disconnect: the gateway keeps trying to reconnect until it is
 stopped, which is what the trainer's ``--with-gateway`` launcher does.
 
-``LocalModels`` takes the link's place for ``--policy BEHAVIOR=PATH.onnx`` (local
-inference): it turns each model file into a deterministic ``PolicySnapshot`` that
-carries only ``onnx_model``, checked against the behavior spec, and sends nothing.
+Snapshots are handed on as the bytes received (``gateway.actor.wire.snapshot_in``): the
+workers parse them, the parent only reads their header.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
 import grpc
 
-from common.logging import get_logger
 from common import specs as specs_mod
-from gateway.options import ActorOptions, InferenceOptions
+from common.logging import get_logger
+from common.specs import BehaviorSpec
+from gateway.actor import wire
+from gateway.options import ActorOptions
 from common.grpc_server import channel_options
 from tandem.v1 import trainer_pb2
 
@@ -102,7 +102,7 @@ class TrainerLink:
     Args:
         options: actor options (address, token, TLS CA, buffer bounds, reconnect delays).
         hello: builds the Hello for each (re)connection (all behaviors known so far).
-        on_snapshot: called with every ``PolicySnapshot`` (from the link's thread).
+        on_snapshot: called with every serialized ``PolicySnapshot`` (from the link's thread).
         on_ack: called after acks free buffer space.
         max_message_bytes: gRPC message limit of the channel.
     """
@@ -111,7 +111,7 @@ class TrainerLink:
         self,
         options: ActorOptions,
         hello: Callable[[], trainer_pb2.Hello],
-        on_snapshot: Callable[[trainer_pb2.PolicySnapshot], None],
+        on_snapshot: Callable[[bytes], None],
         on_ack: Callable[[], None],
         max_message_bytes: int = 256 * 1024 * 1024,
     ) -> None:
@@ -150,7 +150,7 @@ class TrainerLink:
     def send_chunk(self, sequence: int, message: bytes) -> None:
         """Buffers a serialized ``GatewayMessage`` holding chunk ``sequence`` until acked; sends it now if connected.
 
-        Messages are passed as bytes (``gateway.wire.chunk_message``): the stream sends them as they are.
+        Messages are passed as bytes (``gateway.actor.wire.chunk_message``): the stream sends them as they are.
         """
         with self.buffer.lock:
             self.buffer.add(sequence, message)
@@ -158,11 +158,12 @@ class TrainerLink:
                 self._live.put(message)
                 self.chunks_sent += 1
 
-    def announce(self, spec_message) -> None:
+    def announce(self, spec: BehaviorSpec) -> None:
         """Tells a connected trainer about a new behavior (later Hellos include it anyway)."""
         with self.buffer.lock:
             if self._live is not None:
-                self._live.put(trainer_pb2.GatewayMessage(new_behavior=spec_message).SerializeToString())
+                message = trainer_pb2.GatewayMessage(new_behavior=specs_mod.to_proto(spec))
+                self._live.put(message.SerializeToString())
 
     # -- the connection loop --------------------------------------------------------------------
 
@@ -207,10 +208,9 @@ class TrainerLink:
         welcomed = False
         timer = None
         try:
-            # requests are serialized GatewayMessages already (chunks are assembled as bytes)
-            connect = channel.stream_stream(
-                CONNECT_METHOD, request_serializer=None, response_deserializer=trainer_pb2.TrainerMessage.FromString
-            )
+            # requests are serialized GatewayMessages already (chunks are assembled as bytes);
+            # responses arrive as bytes too: a snapshot goes on to the workers unparsed
+            connect = channel.stream_stream(CONNECT_METHOD, request_serializer=None, response_deserializer=None)
             call = connect(iter(outgoing.get, None), metadata=metadata)
             self._call = call
             if self._stop.is_set():
@@ -218,13 +218,18 @@ class TrainerLink:
             timer = threading.Timer(WELCOME_TIMEOUT_S, lambda: None if welcomed else call.cancel())
             timer.daemon = True
             timer.start()
-            for message in call:
+            for data in call:
+                snapshot = wire.snapshot_in(data)
+                if snapshot is not None:
+                    self._on_snapshot(snapshot)
+                    continue
+                message = trainer_pb2.TrainerMessage.FromString(data)
                 kind = message.WhichOneof("message")
                 if kind == "welcome":
                     welcomed = True
                     self._welcome(message.welcome, outgoing)
-                elif kind == "snapshot":
-                    self._on_snapshot(message.snapshot)
+                elif kind == "snapshot":  # a snapshot among other fields (not what the trainer sends)
+                    self._on_snapshot(message.snapshot.SerializeToString())
                 elif kind == "ack":
                     if self.buffer.ack(message.ack.sequence):
                         self.acks += 1
@@ -263,106 +268,3 @@ class TrainerLink:
         )
         if dropped:
             self._on_ack()
-
-
-class LocalModels:
-    """Snapshots from ``--policy`` model files instead of a trainer (the ``TrainerLink`` interface).
-
-    Behaviors announced before ``start`` are checked at ``start``: a behavior without a
-    model, a model for a behavior the environment does not have, or a model that does
-    not fit its behavior raises ``OnnxModelError`` (the gateway exits). A behavior that
-    appears later gets its model if it fits; otherwise an error or warning is logged
-    and its agents act randomly (after ``unknown_behavior_wait_s``).
-
-    Args:
-        options: the ``--policy`` models.
-        on_snapshot: called with each behavior's ``PolicySnapshot`` (version 1, deterministic).
-
-    Raises:
-        OnnxModelError: a model file is missing or not an ONNX model of the contract.
-    """
-
-    def __init__(
-        self, options: InferenceOptions, on_snapshot: Callable[[trainer_pb2.PolicySnapshot], None]
-    ) -> None:
-        from gateway.onnx_policy import OnnxPolicy
-
-        self.options = options
-        self._on_snapshot = on_snapshot
-        self.models: dict[str, bytes] = {}
-        for name, path in options.policies:
-            OnnxPolicy.from_file(path)  # fails fast on a file that is not a model
-            self.models[name] = Path(path).read_bytes()
-        self.paths = dict(options.policies)
-        self.buffer = ChunkBuffer(1, 1)  # never holds anything: nothing is streamed
-        self.connected = threading.Event()
-        self.acks = 0
-        self._specs: dict[str, specs_mod.BehaviorSpec] = {}
-        self._started = False
-        self._lock = threading.Lock()
-        self.log = get_logger("gateway.local_models")
-
-    def start(self) -> None:
-        """Checks the behaviors seen so far against the models and sends their snapshots.
-
-        Raises:
-            OnnxModelError: naming the behavior or model file that does not fit.
-        """
-        from gateway.onnx_policy import OnnxModelError
-
-        with self._lock:
-            specs = dict(self._specs)
-            self._started = True
-        bases = {spec.brain_name for spec in specs.values()}
-        missing = sorted({spec.brain_name for spec in specs.values() if spec.brain_name not in self.models})
-        if missing:
-            raise OnnxModelError(
-                f"behaviors {missing} have no model: give --policy {missing[0]}=PATH.onnx for each "
-                f"(models given for {sorted(self.models)})"
-            )
-        unused = sorted(set(self.models) - bases)
-        if unused:
-            raise OnnxModelError(
-                f"--policy {unused[0]}={self.paths[unused[0]]}: the environment has no behavior {unused[0]!r} "
-                f"(its behaviors: {sorted(bases)})"
-            )
-        snapshots = [self._snapshot(spec) for spec in specs.values()]  # every check before any is sent
-        self.connected.set()
-        for snapshot in snapshots:
-            self._on_snapshot(snapshot)
-
-    def _snapshot(self, spec: specs_mod.BehaviorSpec) -> trainer_pb2.PolicySnapshot:
-        from gateway.onnx_policy import OnnxPolicy
-
-        model = self.models[spec.brain_name]
-        OnnxPolicy(model, source=self.paths[spec.brain_name], spec=spec)
-        self.log.info("model fits", behavior=spec.name, model=self.paths[spec.brain_name])
-        return trainer_pb2.PolicySnapshot(behavior=spec.name, version=1, deterministic=True, onnx_model=model)
-
-    def announce(self, spec_message) -> None:
-        """A behavior the workers saw: checked at ``start``, or at once when it appears later."""
-        from gateway.onnx_policy import OnnxModelError
-
-        spec = specs_mod.from_proto(spec_message)
-        with self._lock:
-            self._specs[spec.name] = spec
-            started = self._started
-        if not started:
-            return
-        if spec.brain_name not in self.models:
-            self.log.warning(
-                "new behavior has no --policy model: its agents act randomly", behavior=spec.name
-            )
-            return
-        try:
-            snapshot = self._snapshot(spec)
-        except OnnxModelError as e:
-            self.log.error("model does not fit a new behavior: its agents act randomly", error=str(e))
-            return
-        self._on_snapshot(snapshot)
-
-    def send_chunk(self, sequence: int, message: bytes) -> None:
-        """Never called (deterministic snapshots stream nothing); dropped if it were."""
-
-    def stop(self) -> None:
-        self.connected.clear()
