@@ -15,7 +15,6 @@ import pytest
 from common import architecture as arch_mod, specs
 from common.architecture import PolicyArchitecture
 from gateway.actor.numpy_policy import NumpyPolicy
-from tandem.v1 import trainer_pb2
 from trainer_server import onnx_export
 from trainer_server.onnx_export import ExportError, export_policy, export_policy_bytes
 
