@@ -291,7 +291,7 @@ def test_inference_never_updates_and_marks_snapshots_deterministic(tmp_path):
 def _ppo_options(tmp_path: Path, **flags):
     import argparse
 
-    from trainer_server.settings import load_run_options
+    from trainer_server.config.loading import load_run_options
 
     config = tmp_path / "tiny-ppo.yaml"
     config.write_text(
@@ -364,7 +364,7 @@ def test_even_checkpoints_spread_keep_checkpoints_over_max_steps(tmp_path):
 def _sac_options(tmp_path: Path, **flags):
     import argparse
 
-    from trainer_server.settings import load_run_options
+    from trainer_server.config.loading import load_run_options
 
     config = tmp_path / "tiny-sac.yaml"
     config.write_text(

@@ -64,7 +64,7 @@ def make_options(
     """Real ``RunOptions`` from an ML-Agents YAML (``default_settings``) and mlagents-learn flags."""
     import argparse
 
-    from trainer_server.settings import load_run_options
+    from trainer_server.config.loading import load_run_options
 
     section = {
         "trainer_type": "ppo",
