@@ -101,7 +101,7 @@ def load_run_options(path: str | Path | None, cli_args: argparse.Namespace | Non
 
     Returns:
         Validated, fully resolved options. Valid features Tandem cannot train yet are
-        accepted here; see :func:`check_supported`.
+        accepted here; see :func:`trainer_server.config.support.check_supported`.
 
     Raises:
         ConfigError: unreadable file, YAML syntax error, unknown key, wrong type or value;
@@ -286,30 +286,29 @@ def _to_int(value: Any, path: KeyPath, ctx: _Context) -> int:
 Converter = Callable[[Any, KeyPath, _Context], Any]
 
 
-def _int(minimum: int | None = None, maximum: int | None = None) -> Converter:
-    def convert(value: Any, path: KeyPath, ctx: _Context) -> int:
-        number = _to_int(value, path, ctx)
+def _ranged(read: Converter, minimum: float | None, maximum: float | None, above: float | None) -> Converter:
+    """``read``, then the range check of :func:`~trainer_server.config.schema.bounds`."""
+
+    def convert(value: Any, path: KeyPath, ctx: _Context) -> Any:
+        number = read(value, path, ctx)
+        shown = f"{number:g}" if isinstance(number, float) else str(number)
         if minimum is not None and number < minimum:
-            raise ctx.error(path, f"must be at least {minimum}, got {number}")
+            raise ctx.error(path, f"must be at least {minimum:g}, got {shown}")
         if maximum is not None and number > maximum:
-            raise ctx.error(path, f"must be at most {maximum}, got {number}")
+            raise ctx.error(path, f"must be at most {maximum:g}, got {shown}")
+        if above is not None and number <= above:
+            raise ctx.error(path, f"must be greater than {above:g}, got {shown}")
         return number
 
     return convert
+
+
+def _int(minimum: int | None = None, maximum: int | None = None) -> Converter:
+    return _ranged(_to_int, minimum, maximum, None)
 
 
 def _float(minimum: float | None = None, maximum: float | None = None, *, above: float | None = None) -> Converter:
-    def convert(value: Any, path: KeyPath, ctx: _Context) -> float:
-        number = _number(value, path, ctx)
-        if minimum is not None and number < minimum:
-            raise ctx.error(path, f"must be at least {minimum:g}, got {number:g}")
-        if maximum is not None and number > maximum:
-            raise ctx.error(path, f"must be at most {maximum:g}, got {number:g}")
-        if above is not None and number <= above:
-            raise ctx.error(path, f"must be greater than {above:g}, got {number:g}")
-        return number
-
-    return convert
+    return _ranged(_number, minimum, maximum, above)
 
 
 def _bool(value: Any, path: KeyPath, ctx: _Context) -> bool:
@@ -669,16 +668,8 @@ def _parse_curriculum(raw: Any, path: KeyPath, parameter: str, ctx: _Context) ->
     return tuple(lessons)
 
 
-_RUN_OPTION_KEYS = [
-    "default_settings",
-    "behaviors",
-    "env_settings",
-    "engine_settings",
-    "environment_parameters",
-    "checkpoint_settings",
-    "torch_settings",
-    "debug",
-]
+# the top-level sections, in ML-Agents' order
+_RUN_OPTION_KEYS = [f.name for f in fields(RunOptions) if f.metadata.get("export", True)]
 
 
 # keys of a behavior section: at the top level they mean a pre-Release-3 file

@@ -385,49 +385,50 @@ class TrainerSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ConstantSettings:
+class _Sampler:
+    """What every sampler has: ``seed`` (-1: random). ``sampler_type`` names it in the YAML."""
+
+    sampler_type: ClassVar[str]
+    seed: int = DEFAULT_SEED
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConstantSettings(_Sampler):
     """A fixed environment parameter value (a plain number in the YAML)."""
 
     sampler_type: ClassVar[str] = "constant"
-    seed: int = DEFAULT_SEED
     value: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
-class UniformSettings:
+class UniformSettings(_Sampler):
     """``sampler_type: uniform``: a value drawn in [min_value, max_value] at each reset."""
 
     sampler_type: ClassVar[str] = "uniform"
-    seed: int = DEFAULT_SEED
     min_value: float = 0.0
     max_value: float = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
-class GaussianSettings:
+class GaussianSettings(_Sampler):
     """``sampler_type: gaussian``: a value drawn from N(mean, st_dev) at each reset."""
 
     sampler_type: ClassVar[str] = "gaussian"
-    seed: int = DEFAULT_SEED
     mean: float = 1.0
     st_dev: float = field(default=1.0, metadata=bounds(0.0))
 
 
 @dataclass(frozen=True, kw_only=True)
-class MultiRangeUniformSettings:
+class MultiRangeUniformSettings(_Sampler):
     """``sampler_type: multirangeuniform``: uniform over a union of [min, max] intervals."""
 
     sampler_type: ClassVar[str] = "multirangeuniform"
-    seed: int = DEFAULT_SEED
     intervals: tuple[tuple[float, float], ...] = ((0.0, 1.0),)
 
 
 SamplerSettings = ConstantSettings | UniformSettings | GaussianSettings | MultiRangeUniformSettings
 SAMPLER_CLASSES: dict[str, type] = {
-    "constant": ConstantSettings,
-    "uniform": UniformSettings,
-    "gaussian": GaussianSettings,
-    "multirangeuniform": MultiRangeUniformSettings,
+    cls.sampler_type: cls for cls in (ConstantSettings, UniformSettings, GaussianSettings, MultiRangeUniformSettings)
 }
 
 
@@ -607,7 +608,7 @@ def behavior_base_name(name: str) -> str:
 
 def to_plain(obj: Any) -> Any:
     """Settings -> plain YAML-safe values, in ML-Agents' structure and key order."""
-    if isinstance(obj, (ConstantSettings, UniformSettings, GaussianSettings, MultiRangeUniformSettings)):
+    if isinstance(obj, _Sampler):
         return {
             "sampler_type": obj.sampler_type,
             "sampler_parameters": {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj)},

@@ -67,10 +67,11 @@ def unsupported_features(
     if network.memory is not None:
         found.append(("network_settings.memory", "recurrent networks (memory) are not supported yet"))
     if network.vis_encode_type not in SUPPORTED_VIS_ENCODE_TYPES:
+        supported = ", ".join(sorted(SUPPORTED_VIS_ENCODE_TYPES))
         found.append(
             (
                 "network_settings.vis_encode_type",
-                f"{network.vis_encode_type} is not supported yet (supported: {', '.join(sorted(SUPPORTED_VIS_ENCODE_TYPES))})",
+                f"{network.vis_encode_type} is not supported yet (supported: {supported})",
             )
         )
     for name in settings.reward_signals:

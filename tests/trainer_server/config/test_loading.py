@@ -548,9 +548,9 @@ SAC = "trainer_type: sac\n    "
         # what SAC's learner checked again
         (SAC + "hyperparameters:\n      batch_size: 0", "hyperparameters.batch_size", "at least 1"),
         (SAC + "hyperparameters:\n      buffer_size: 0", "hyperparameters.buffer_size", "at least 1"),
-        (SAC + "hyperparameters:\n      batch_size: 256\n      buffer_size: 100", "hyperparameters.batch_size", "(100)"),
+        (SAC + "hyperparameters:\n      batch_size: 256\n      buffer_size: 99", "hyperparameters.batch_size", "(99)"),
         (SAC + "hyperparameters:\n      learning_rate: 0", "hyperparameters.learning_rate", "greater than 0"),
-        (SAC + "hyperparameters:\n      learning_rate_schedule: cosine", "hyperparameters.learning_rate_schedule", "linear"),
+        (SAC + "hyperparameters:\n      learning_rate_schedule: x", "hyperparameters.learning_rate_schedule", "linear"),
         (SAC + "hyperparameters:\n      tau: 0", "hyperparameters.tau", "greater than 0"),
         (SAC + "hyperparameters:\n      tau: 1.5", "hyperparameters.tau", "at most 1"),
         (SAC + "hyperparameters:\n      steps_per_update: 0", "hyperparameters.steps_per_update", "greater than 0"),
