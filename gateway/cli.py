@@ -19,11 +19,16 @@ import argparse
 import os
 import sys
 
+from common.environment_options import (
+    EDITOR,
+    TOKEN_ENV_VAR,
+    add_environment_arguments,
+    add_server_arguments,
+    engine_settings_from_args,
+)
 from common.logging import configure_logging, get_logger
 from gateway.options import (
-    EDITOR,
     ActorOptions,
-    EngineSettings,
     EnvironmentOptions,
     GatewayOptions,
     InferenceOptions,
@@ -41,50 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Options after --env-args are passed to the Unity process unchanged.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    env = p.add_argument_group("environment (as mlagents-learn)")
+    env, _ = add_environment_arguments(p, overrides=False)
     env.add_argument(
-        "--env",
-        default=None,
-        help=f"Unity build path; '{EDITOR}' connects to the Unity Editor; default: the built-in stand-in",
+        "--worker-process",
+        action="store_true",
+        help="remote control with one instance: step it in a worker process too, not inside the gateway process "
+        "(isolation over latency)",
     )
-    env.add_argument(
-        "--num-envs", type=int, default=1,
-        help="environment instances, one worker process each (a single one in remote control is stepped "
-        "inside the gateway process unless --worker-process)",
-    )
-    env.add_argument(
-        "--worker-process", action="store_true",
-        help="remote control with one instance: step it in a worker process too (isolation over latency)",
-    )
-    env.add_argument(
-        "--base-port",
-        type=int,
-        default=None,
-        help="instance i uses base-port + worker id i (None: 5005, or 5004 for the Editor, as mlagents)",
-    )
-    env.add_argument("--seed", type=int, default=-1, help="environment seed (instance i gets seed + i); -1 = random")
-    env.add_argument("--num-areas", type=int, default=1, help="training areas per instance")
-    env.add_argument("--timeout-wait", type=int, default=60, help="seconds to wait for Unity (>= 10)")
-    env.add_argument("--max-lifetime-restarts", type=int, default=10, help="restarts per instance; -1 = unlimited")
-    env.add_argument("--restarts-rate-limit-n", type=int, default=1, help="restarts per period; -1 = unlimited")
-    env.add_argument("--restarts-rate-limit-period-s", type=float, default=60.0, help="rate-limit period")
-    eng = p.add_argument_group("engine settings (EngineConfigurationChannel)")
-    eng.add_argument("--no-graphics", action="store_true", help="run Unity with -nographics -batchmode")
-    eng.add_argument("--width", type=int, default=84)
-    eng.add_argument("--height", type=int, default=84)
-    eng.add_argument("--quality-level", type=int, default=5)
-    eng.add_argument("--time-scale", type=float, default=20.0)
-    eng.add_argument("--target-frame-rate", type=int, default=-1)
-    eng.add_argument("--capture-frame-rate", type=int, default=60)
-    srv = p.add_argument_group("server")
-    srv.add_argument("--listen", default="127.0.0.1:5756", help="host:port of the gRPC server (port 0 = any)")
-    srv.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS (with --tls-key)")
-    srv.add_argument("--tls-key", default=None, help="PEM private key")
-    srv.add_argument(
-        "--token",
-        default=os.environ.get("TANDEM_TOKEN") or None,
-        help="bearer token clients must send (from $TANDEM_TOKEN when set; None = no authentication)",
-    )
+    srv = add_server_arguments(p, title="server", listen="127.0.0.1:5756")
     srv.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message")
     act = p.add_argument_group("actor mode")
     act.add_argument("--trainer", default=None, help="host:port of a trainer: act and stream experience to it")
@@ -116,14 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--summary-interval-s", type=float, default=10.0, help="seconds between reward summaries with --policy"
     )
     log = p.add_argument_group("logging")
-    log.add_argument("--log-json", action="store_true", help="JSON log lines (also TANDEM_LOG_JSON=1)")
     log.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING... (None: $TANDEM_LOG_LEVEL or INFO)")
-    p.add_argument(
-        "--env-args",
-        nargs=argparse.REMAINDER,
-        default=[],
-        help="arguments for the Unity process (must come last)",
-    )
     return p
 
 
@@ -139,12 +101,12 @@ def options_from_args(args: argparse.Namespace) -> GatewayOptions:
     Raises:
         OptionsError: naming the bad option.
     """
-    if args.env is None:
+    if args.env_path is None:
         file_name: str | None = _default_env()
-    elif args.env == EDITOR:
+    elif args.env_path == EDITOR:
         file_name = None
     else:
-        file_name = args.env
+        file_name = args.env_path
     environment = EnvironmentOptions(
         file_name=file_name,
         env_args=tuple(args.env_args or ()),
@@ -154,15 +116,7 @@ def options_from_args(args: argparse.Namespace) -> GatewayOptions:
         seed=args.seed,
         num_areas=args.num_areas,
         timeout_wait=args.timeout_wait,
-        engine=EngineSettings(
-            width=args.width,
-            height=args.height,
-            quality_level=args.quality_level,
-            time_scale=args.time_scale,
-            target_frame_rate=args.target_frame_rate,
-            capture_frame_rate=args.capture_frame_rate,
-            no_graphics=args.no_graphics,
-        ),
+        engine=engine_settings_from_args(args),
         restarts=RestartLimits(
             max_lifetime_restarts=args.max_lifetime_restarts,
             rate_limit_n=args.restarts_rate_limit_n,
@@ -173,7 +127,7 @@ def options_from_args(args: argparse.Namespace) -> GatewayOptions:
         listen=args.listen,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
-        token=args.token,
+        token=args.token or os.environ.get(TOKEN_ENV_VAR) or None,
         max_message_mb=args.max_message_mb,
     )
     actor = None

@@ -10,25 +10,23 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-#: ``--env`` value that means "connect to the Unity Editor" (mlagents' file_name=None).
-EDITOR = "editor"
+from common.environment_options import EDITOR, EngineSettings
 
+__all__ = [
+    "EDITOR",
+    "ActorOptions",
+    "EngineSettings",
+    "EnvironmentOptions",
+    "GatewayOptions",
+    "InferenceOptions",
+    "OptionsError",
+    "RestartLimits",
+    "ServerOptions",
+    "validate",
+]
 
 class OptionsError(ValueError):
     """An option value that cannot work; the message names the option."""
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """Unity engine settings sent through the EngineConfigurationChannel (ML-Agents defaults)."""
-
-    width: int = 84
-    height: int = 84
-    quality_level: int = 5
-    time_scale: float = 20.0
-    target_frame_rate: int = -1
-    capture_frame_rate: int = 60
-    no_graphics: bool = False
 
 
 @dataclass(frozen=True)

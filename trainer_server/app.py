@@ -37,7 +37,7 @@ from trainer_server.behavior_run import BehaviorRun, RunContext, SnapshotListene
 from trainer_server.learning.learner import Learner
 from trainer_server.learning.registry import make_learner
 from trainer_server.results import RunResults
-from trainer_server.settings import RunOptions, TrainerSettings
+from trainer_server.config.schema import RunOptions, TrainerSettings
 from trainer_server.timers import HierarchicalTimer
 from tandem.v1 import trainer_pb2
 

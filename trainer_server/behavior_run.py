@@ -30,7 +30,7 @@ from trainer_server import stats as stats_mod
 from trainer_server.learning.learner import Learner
 from trainer_server.onnx_export import export_policy_bytes
 from trainer_server.results import RunResults, behavior_folder_name, to_plain
-from trainer_server.settings import TrainerSettings
+from trainer_server.config.schema import TrainerSettings
 from trainer_server.timers import HierarchicalTimer
 from tandem.v1 import trainer_pb2
 
@@ -240,8 +240,8 @@ class BehaviorRun:
         s = self.settings
         if after // s.summary_freq > before // s.summary_freq:
             self._write_summary(after)
-        # the loader resolves even_checkpoints into checkpoint_interval (max_steps // keep_checkpoints)
-        if after // s.checkpoint_interval > before // s.checkpoint_interval:
+        interval = s.steps_between_checkpoints()
+        if after // interval > before // interval:
             self._save(final=False)
         if after >= s.max_steps:
             self.done = True

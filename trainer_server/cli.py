@@ -19,16 +19,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from common.environment_options import add_environment_arguments, add_server_arguments
 from common.logging import configure_logging, get_logger
-from trainer_server.settings import (
-    DEFAULT_LISTEN,
-    TOKEN_ENV_VAR,
-    ConfigError,
-    NotSupportedError,
-    check_supported,
-    load_run_options,
-    server_settings_from_args,
-)
+from trainer_server.config.loading import load_run_options
+from trainer_server.config.schema import ConfigError, NotSupportedError
+from trainer_server.config.support import check_supported
+from trainer_server.server_settings import DEFAULT_LISTEN, server_settings_from_args
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -71,7 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--inference", action="store_true", default=None, help="act with the policy without training it")
     run.add_argument("--results-dir", default=None, help="base folder of the results (default: results)")
-    run.add_argument("--seed", type=int, default=None, help="random seed (default: -1, random)")
     run.add_argument(
         "--deterministic",
         action="store_true",
@@ -86,57 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="accepted for mlagents-learn compatibility and recorded; JAX chooses its own device",
     )
 
-    env = parser.add_argument_group("environment (passed to the gateway that --with-gateway launches)")
-    env.add_argument(
-        "--env", dest="env_path", default=None, help="path to a Unity build (default: the built-in stand-in)"
+    _, engine = add_environment_arguments(
+        parser, overrides=True, environment_title="environment (passed to the gateway that --with-gateway launches)"
     )
-    env.add_argument("--base-port", type=int, default=None, help="first port of the Unity instances (default: 5005)")
-    env.add_argument("--num-envs", type=int, default=None, help="number of Unity instances (default: 1)")
-    env.add_argument("--num-areas", type=int, default=None, help="training areas per instance (default: 1)")
-    env.add_argument(
-        "--timeout-wait", type=int, default=None, help="seconds to wait for a Unity instance to start (default: 60)"
-    )
-    env.add_argument(
-        "--max-lifetime-restarts",
-        type=int,
-        default=None,
-        help="crashes allowed per instance, -1 = no limit (default: 10)",
-    )
-    env.add_argument(
-        "--restarts-rate-limit-n", type=int, default=None, help="crashes allowed per period, -1 = no limit (default: 1)"
-    )
-    env.add_argument(
-        "--restarts-rate-limit-period-s", type=int, default=None, help="that period in seconds (default: 60)"
-    )
-    env.add_argument(
-        "--env-args",
-        nargs=argparse.REMAINDER,
-        default=None,
-        help="arguments for the Unity executable: everything after this flag",
-    )
-
-    engine = parser.add_argument_group("engine")
-    engine.add_argument("--width", type=int, default=None, help="window width in pixels (default: 84)")
-    engine.add_argument("--height", type=int, default=None, help="window height in pixels (default: 84)")
-    engine.add_argument("--quality-level", type=int, default=None, help="Unity quality level (default: 5)")
-    engine.add_argument("--time-scale", type=float, default=None, help="Unity Time.timeScale (default: 20)")
-    engine.add_argument("--target-frame-rate", type=int, default=None, help="Unity target frame rate (default: -1)")
-    engine.add_argument("--capture-frame-rate", type=int, default=None, help="Unity capture frame rate (default: 60)")
-    engine.add_argument("--no-graphics", action="store_true", default=None, help="run Unity without graphics")
     engine.add_argument(
-        "--no-graphics-monitor", action="store_true", default=None, help="run Unity without graphics except for monitor"
+        "--no-graphics-monitor",
+        action="store_true",
+        default=None,
+        help="run Unity without graphics except for monitor (recorded; the gateway does not use it)",
     )
 
-    server = parser.add_argument_group("Tandem trainer server")
-    server.add_argument("--listen", default=None, help=f"host:port of the gRPC server (default: {DEFAULT_LISTEN})")
-    server.add_argument("--tls-cert", default=None, help="PEM certificate chain; enables TLS with --tls-key")
-    server.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
-    server.add_argument(
-        "--token",
-        default=None,
-        help=f"bearer token that gateways must present (prefer the {TOKEN_ENV_VAR} environment variable: "
-        "command lines are visible to other users)",
-    )
+    server = add_server_arguments(parser, title="Tandem trainer server", listen=DEFAULT_LISTEN)
     server.add_argument(
         "--with-gateway",
         action="store_true",
@@ -150,7 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="extra argument for that gateway, repeatable (write --gateway-arg=--flag for flags)",
     )
-    server.add_argument("--log-json", action="store_true", help="JSON-lines logs")
     return parser
 
 

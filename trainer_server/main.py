@@ -11,6 +11,7 @@ streams end, the gateway is stopped (terminated, then killed if it lingers).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -19,10 +20,13 @@ import sys
 import threading
 from typing import Any
 
+from common.environment_options import environment_arguments
 from common.logging import get_logger
 from trainer_server.app import TrainingApp
+from trainer_server.config.schema import RunOptions
 from trainer_server.results import RunDirectoryError, RunResults
 from trainer_server.server import start_server
+from trainer_server.server_settings import ServerSettings
 from trainer_server.timers import HierarchicalTimer
 
 EXIT_OK = 0
@@ -32,7 +36,7 @@ _log = get_logger("trainer_server.main")
 
 
 def gateway_command(
-    options: Any, trainer_address: str, extra_args: tuple[str, ...] = (), tls_ca: str | None = None
+    options: RunOptions, trainer_address: str, extra_args: tuple[str, ...] = (), tls_ca: str | None = None
 ) -> list[str]:
     """The ``tandem-gateway`` command line for a gateway acting for this trainer.
 
@@ -46,29 +50,7 @@ def gateway_command(
     if tls_ca:
         cmd += ["--trainer-tls-ca", str(tls_ca)]
     env = options.env_settings
-    if env.env_path:
-        cmd += ["--env", str(env.env_path)]
-    cmd += [
-        "--num-envs", str(env.num_envs),
-        "--base-port", str(env.base_port),
-        "--seed", str(env.seed),
-        "--num-areas", str(env.num_areas),
-        "--timeout-wait", str(env.timeout_wait),
-        "--max-lifetime-restarts", str(env.max_lifetime_restarts),
-        "--restarts-rate-limit-n", str(env.restarts_rate_limit_n),
-        "--restarts-rate-limit-period-s", str(env.restarts_rate_limit_period_s),
-    ]
-    engine = options.engine_settings
-    cmd += [
-        "--width", str(engine.width),
-        "--height", str(engine.height),
-        "--quality-level", str(engine.quality_level),
-        "--time-scale", str(engine.time_scale),
-        "--target-frame-rate", str(engine.target_frame_rate),
-        "--capture-frame-rate", str(engine.capture_frame_rate),
-    ]
-    if engine.no_graphics:
-        cmd.append("--no-graphics")
+    cmd += environment_arguments({**dataclasses.asdict(env), **dataclasses.asdict(options.engine_settings)})
     cmd += list(extra_args)
     if env.env_args:
         cmd += ["--env-args", *env.env_args]
@@ -114,8 +96,8 @@ def _stop_gateway(process: subprocess.Popen, wait_s: float) -> None:
             process.wait(5)
 
 
-def run(options: Any, server: Any) -> int:
-    """Trains with ``options`` (``RunOptions``) behind a server set up by ``server`` (``ServerSettings``).
+def run(options: RunOptions, server: ServerSettings) -> int:
+    """Trains with ``options`` behind a gRPC server set up by ``server``.
 
     Returns:
         0 when training completed or was stopped by a signal after saving; 1 when the
@@ -152,11 +134,11 @@ def run(options: Any, server: Any) -> int:
                 run_id=cs.run_id,
                 results=str(results.run_dir),
                 address=running.address,
-                inference=bool(cs.inference),
+                inference=cs.inference,
             )
             if server.with_gateway:
                 address = running.address if not server.tls_cert else f"localhost:{running.port}"
-                cmd = gateway_command(options, address, tuple(server.gateway_args), tls_ca=server.tls_cert)
+                cmd = gateway_command(options, address, server.gateway_args, tls_ca=server.tls_cert)
                 env = dict(os.environ)
                 if server.token:  # not on the command line, where other users could read it
                     env["TANDEM_TRAINER_TOKEN"] = server.token

@@ -115,7 +115,7 @@ class PPOConfig:
 
     @classmethod
     def from_settings(cls, trainer_settings: Any) -> "PPOConfig":
-        """Reads ML-Agents-named trainer settings (``trainer_server.settings.TrainerSettings``).
+        """Reads ML-Agents-named trainer settings (``trainer_server.config.schema.TrainerSettings``).
 
         Raises:
             ValueError: naming the key, for features PPO does not support yet (reward

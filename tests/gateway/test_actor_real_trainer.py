@@ -19,7 +19,7 @@ from gateway_helpers import environment_options, running_gateway, wait_until
 def _app(tmp_path):
     from trainer_server.app import TrainingApp
     from trainer_server.results import RunResults
-    from trainer_server.settings import load_run_options
+    from trainer_server.config.loading import load_run_options
 
     config = tmp_path / "config.yaml"
     config.write_text(

@@ -28,7 +28,8 @@ from trainer_server import stats as stats_mod
 from trainer_server.app import TrainingApp
 from trainer_server.behavior_run import extrinsic_strength
 from trainer_server.results import behavior_folder_name
-from trainer_server.settings import CuriositySettings, RewardSignalSettings, TrainerSettings, load_run_options
+from trainer_server.config.loading import load_run_options
+from trainer_server.config.schema import CuriositySettings, RewardSignalSettings, TrainerSettings
 
 
 # --------------------------------------------------------------------------- the whole folder

@@ -13,7 +13,11 @@ import yaml
 from trainer_server import cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_CONFIGS = (REPO_ROOT / ".." / "shared" / "mlagents-configs").resolve()
+# shared/ beside the checkout (or beside the folder of worktrees that holds it)
+SHARED_CONFIGS = next(
+    (p / "shared" / "mlagents-configs" for p in REPO_ROOT.parents if (p / "shared" / "mlagents-configs").is_dir()),
+    REPO_ROOT.parent / "shared" / "mlagents-configs",
+)
 
 
 def _script() -> Path | None:

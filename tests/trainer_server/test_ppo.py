@@ -109,7 +109,7 @@ def test_schedules_decay_linearly_to_ml_agents_floors():
 
 
 def test_config_from_ml_agents_settings():
-    from trainer_server import settings as s
+    from trainer_server.config import schema as s
 
     trainer = s.TrainerSettings(
         hyperparameters=s.PPOSettings(batch_size=64, buffer_size=1200, learning_rate_schedule="constant", beta_schedule="linear"),

@@ -98,7 +98,7 @@ def test_config_from_mlagents_settings_and_defaults():
 
 
 def test_real_settings_objects():
-    from trainer_server import settings as settings_mod
+    from trainer_server.config import loading as settings_mod
 
     yaml_section = {
         "trainer_type": "sac",

@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from trainer_server.main import gateway_command
-from trainer_server.settings import load_run_options
+from trainer_server.config.loading import load_run_options
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "ppo" / "3DBall.yaml"
@@ -90,7 +90,7 @@ def test_gateway_command_passes_environment_and_engine_settings(tmp_path):
     gateway_cli = pytest.importorskip("gateway.cli")
     parsed = gateway_cli.build_parser().parse_args(cmd[1:] if not cmd[0].endswith("python") else cmd[3:])
     assert parsed.trainer == "127.0.0.1:40000" and parsed.trainer_tls_ca == "/ca.pem"
-    assert parsed.env == "/builds/3DBall.x86_64" and parsed.num_envs == 3 and parsed.seed == 5
+    assert parsed.env_path == "/builds/3DBall.x86_64" and parsed.num_envs == 3 and parsed.seed == 5
     assert parsed.time_scale == 10.0 and parsed.width == 64 and parsed.no_graphics
     assert parsed.chunk_steps == 256 and parsed.env_args == ["--task", "3dball"]
     assert parsed.listen == "127.0.0.1:0"

@@ -26,7 +26,7 @@ from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
 from trainer_server.app import TrainingApp
 from trainer_server.results import RunResults
-from trainer_server.settings import TrainerSettings
+from trainer_server.config.schema import TrainerSettings
 from trainer_server.timers import HierarchicalTimer
 from tandem.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -69,7 +69,7 @@ def make_options(
     """Real ``RunOptions`` from an ML-Agents YAML (``default_settings``) and mlagents-learn flags."""
     import argparse
 
-    from trainer_server.settings import load_run_options
+    from trainer_server.config.loading import load_run_options
 
     section = {
         "trainer_type": "ppo",

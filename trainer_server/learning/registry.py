@@ -14,7 +14,7 @@ from typing import Any
 from common.logging import get_logger
 from common.specs import BehaviorSpec
 from trainer_server.learning.learner import Learner
-from trainer_server.settings import TrainerSettings
+from trainer_server.config.schema import TrainerSettings
 
 _log = get_logger("trainer_server.learning.registry")
 

@@ -1,61 +1,27 @@
-"""ML-Agents trainer YAML -> RunOptions: real files, ML-Agents' defaults and rules, clear errors."""
+"""ML-Agents trainer YAML and command line -> RunOptions: real files, ML-Agents' defaults and rules, clear errors."""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import pickle
 from pathlib import Path
 
 import pytest
 import yaml
+from config_helpers import REPO_ROOT, SHARED_CONFIGS, SHARED_FILES, cli, config_error, load_text, needs_shared, write
 
-from trainer_server.settings import (
+from trainer_server.config.loading import load_run_options, trainer_settings_from_dict
+from trainer_server.config.schema import (
     ConfigError,
     ConstantSettings,
     CuriositySettings,
     GAILSettings,
     GaussianSettings,
     MultiRangeUniformSettings,
-    NotSupportedError,
     PPOSettings,
     RewardSignalSettings,
     RunOptions,
     SACSettings,
     UniformSettings,
-    check_behavior_supported,
-    check_supported,
-    load_run_options,
-    server_settings_from_args,
-    trainer_settings_from_dict,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_CONFIGS = (REPO_ROOT / ".." / "shared" / "mlagents-configs").resolve()
-SHARED_FILES = sorted(SHARED_CONFIGS.rglob("*.yaml")) if SHARED_CONFIGS.is_dir() else []
-needs_shared = pytest.mark.skipif(
-    not SHARED_FILES, reason=f"ML-Agents example configs not found at {SHARED_CONFIGS} (shared/ beside the repo)"
-)
-
-
-def write(tmp_path: Path, text: str, name: str = "trainer.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
-
-def load_text(tmp_path: Path, text: str, cli: argparse.Namespace | None = None) -> RunOptions:
-    return load_run_options(write(tmp_path, text), cli)
-
-
-def config_error(tmp_path: Path, text: str) -> str:
-    with pytest.raises(ConfigError) as info:
-        load_text(tmp_path, text)
-    assert not isinstance(info.value, NotSupportedError)
-    return str(info.value)
-
-
-# --------------------------------------------------------------------------- real ML-Agents files
 
 
 @needs_shared
@@ -85,43 +51,6 @@ def test_shared_configs_cover_every_folder() -> None:
     assert {"ppo", "sac", "poca", "imitation"} <= folders
 
 
-@needs_shared
-@pytest.mark.parametrize(
-    ("relative", "expected"),
-    [
-        ("poca/DungeonEscape.yaml", ["behaviors.DungeonEscape.trainer_type: poca is not supported yet"]),
-        ("poca/SoccerTwos.yaml", ["behaviors.SoccerTwos.self_play: self-play is not supported yet"]),
-        ("ppo/Hallway.yaml", ["behaviors.Hallway.network_settings.memory:", "not supported yet"]),
-        ("ppo/Pyramids.yaml", ["behaviors.Pyramids.reward_signals.curiosity:", "not supported yet"]),
-        (
-            "imitation/Crawler.yaml",
-            ["behaviors.Crawler.reward_signals.gail:", "behaviors.Crawler.behavioral_cloning:"],
-        ),
-    ],
-)
-def test_shared_configs_with_unsupported_features_load_but_are_refused_for_training(relative, expected) -> None:
-    path = SHARED_CONFIGS / relative
-    options = load_run_options(path)  # loading never fails for a valid ML-Agents file
-    with pytest.raises(NotSupportedError) as info:
-        check_supported(options)
-    message = str(info.value)
-    assert str(path) in message
-    for fragment in expected:
-        assert fragment in message
-
-
-@needs_shared
-@pytest.mark.parametrize("relative", ["ppo/3DBall.yaml", "ppo/GridWorld.yaml", "ppo/Sorter_curriculum.yaml"])
-def test_plain_ppo_example_configs_are_supported(relative: str) -> None:
-    check_supported(load_run_options(SHARED_CONFIGS / relative))
-
-
-@pytest.mark.parametrize("name", ["ppo/3DBall.yaml", "ppo/GridWorld.yaml", "ppo/MultiBehavior.yaml"])
-def test_tandem_configs_load_and_are_supported(name: str) -> None:
-    options = load_run_options(REPO_ROOT / "configs" / name)
-    check_supported(options)
-
-
 def test_tandem_default_config_matches_the_mlagents_3dball_hyperparameters() -> None:
     settings = load_run_options(REPO_ROOT / "configs" / "ppo" / "3DBall.yaml").behavior_settings("3DBall?team=0")
     assert settings.hyperparameters == PPOSettings(
@@ -147,9 +76,6 @@ def test_multi_behavior_config_inherits_from_default_settings() -> None:
     assert (runner.hyperparameters.batch_size, runner.hyperparameters.buffer_size) == (128, 2048)
     assert runner.hyperparameters.beta == 0.01 and chaser.hyperparameters.beta == 0.005
     assert runner.hyperparameters.learning_rate_schedule == "linear" and runner.time_horizon == 128
-
-
-# --------------------------------------------------------------------------- ML-Agents' defaults
 
 
 def test_empty_behavior_section_gets_mlagents_ppo_defaults(tmp_path: Path) -> None:
@@ -223,13 +149,6 @@ def test_reward_signal_defaults_and_deprecated_encoding_size(tmp_path: Path) -> 
     assert (gail.demo_path, gail.use_actions, gail.use_vail, gail.gamma) == ("expert.demo", False, False, 0.99)
 
 
-def test_even_checkpoints_spreads_checkpoints_over_max_steps(tmp_path: Path) -> None:
-    options = load_text(
-        tmp_path, "behaviors:\n  A:\n    max_steps: 1000\n    keep_checkpoints: 4\n    even_checkpoints: true\n"
-    )
-    assert options.behaviors["A"].checkpoint_interval == 250
-
-
 def test_run_level_sections_default_to_mlagents_learn_defaults(tmp_path: Path) -> None:
     options = load_text(tmp_path, "behaviors: {}\n")
     env, engine, cs = options.env_settings, options.engine_settings, options.checkpoint_settings
@@ -248,9 +167,6 @@ def test_run_level_sections_default_to_mlagents_learn_defaults(tmp_path: Path) -
     )
     assert cs.write_path == Path("results/ppo") and cs.run_logs_dir == Path("results/ppo/run_logs")
     assert (options.torch_settings.device, options.debug, options.environment_parameters) == (None, False, None)
-
-
-# --------------------------------------------------------------------------- default_settings
 
 
 def test_default_settings_inheritance(tmp_path: Path) -> None:
@@ -303,9 +219,6 @@ def test_without_default_settings_unlisted_behaviors_get_mlagents_defaults(tmp_p
     assert load_run_options(None).behavior_settings("Anything").time_horizon == 64
 
 
-# --------------------------------------------------------------------------- YAML 1.1 numbers
-
-
 def test_yaml_11_numeric_strings_are_numbers(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -329,7 +242,7 @@ def test_yaml_11_numeric_strings_are_numbers(tmp_path: Path) -> None:
         ("hyperparameters:\n      batch_size: -64", ["behaviors.A.hyperparameters.batch_size", "at least 1"]),
         ("hyperparameters:\n      buffer_size: 0", ["behaviors.A.hyperparameters.buffer_size", "at least 1"]),
         ("hyperparameters:\n      batch_size: true", ["batch_size", "boolean"]),
-        ("hyperparameters:\n      learning_rate: -0.1", ["learning_rate", "at least 0"]),
+        ("hyperparameters:\n      learning_rate: -0.1", ["learning_rate", "greater than 0"]),
         ("hyperparameters:\n      learning_rate_schedule: cosine", ["learning_rate_schedule", "linear, constant"]),
         ("hyperparameters:\n      lambd: 1.5", ["hyperparameters.lambd", "at most 1"]),
         ("hyperparameters:\n      batch_size: 4096\n      buffer_size: 1024", ["batch_size", "buffer_size (1024)"]),
@@ -347,7 +260,7 @@ def test_yaml_11_numeric_strings_are_numbers(tmp_path: Path) -> None:
         ("trainer_type: a2c", ["behaviors.A.trainer_type", "unknown trainer_type", "ppo, sac, poca"]),
         ("behavioral_cloning:\n      strength: 0.5", ["behavioral_cloning.demo_path", "required"]),
         ("time_horizon: 0", ["behaviors.A.time_horizon", "at least 1"]),
-        ("max_steps: -5", ["behaviors.A.max_steps", "at least 0"]),
+        ("max_steps: -5", ["behaviors.A.max_steps", "at least 1"]),
         ("self_play: yes_please", ["behaviors.A.self_play", "mapping"]),
     ],
 )
@@ -411,9 +324,6 @@ def test_missing_file_and_invalid_yaml_are_named(tmp_path: Path) -> None:
 def test_empty_file_means_all_defaults(tmp_path: Path) -> None:
     options = load_text(tmp_path, "")
     assert options.behaviors == {} and options.default_settings is None
-
-
-# --------------------------------------------------------------------------- environment parameters
 
 
 ENV_PARAMS = """
@@ -557,13 +467,6 @@ def test_environment_parameter_errors(tmp_path: Path, text: str, fragment: str) 
     assert fragment in config_error(tmp_path, text)
 
 
-# --------------------------------------------------------------------------- command line
-
-
-def cli(**values: object) -> argparse.Namespace:
-    return argparse.Namespace(**values)
-
-
 def test_command_line_overrides_the_file_only_where_given(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -612,94 +515,6 @@ def test_resume_with_force_is_refused_and_resume_wins_over_initialize_from(tmp_p
     assert from_cli.checkpoint_settings.maybe_init_path == Path("results/old")
 
 
-# --------------------------------------------------------------------------- not supported yet
-
-
-@pytest.mark.parametrize(
-    ("section", "fragment"),
-    [
-        ("trainer_type: poca", "behaviors.Team.trainer_type: poca is not supported yet"),
-        ("network_settings:\n      memory: {}", "behaviors.Team.network_settings.memory: recurrent networks"),
-        ("reward_signals:\n      gail:\n        demo_path: a.demo", "behaviors.Team.reward_signals.gail: the gail"),
-        (
-            "reward_signals:\n      rnd: {}",
-            "behaviors.Team.reward_signals.rnd: the rnd reward signal is not supported yet",
-        ),
-        (
-            "behavioral_cloning:\n      demo_path: a.demo",
-            "behaviors.Team.behavioral_cloning: behavioral cloning is not",
-        ),
-        ("self_play: {}", "behaviors.Team.self_play: self-play is not supported yet"),
-        (
-            "network_settings:\n      vis_encode_type: resnet",
-            "network_settings.vis_encode_type: resnet is not supported yet",
-        ),
-        ("hyperparameters:\n      shared_critic: true", "hyperparameters.shared_critic: a critic sharing"),
-    ],
-)
-def test_valid_but_unsupported_features_load_then_fail_the_support_check(
-    tmp_path: Path, section: str, fragment: str
-) -> None:
-    options = load_text(tmp_path, "behaviors:\n  Team:\n    " + section + "\n")
-    with pytest.raises(NotSupportedError) as info:
-        check_supported(options)
-    assert str(tmp_path / "trainer.yaml") in str(info.value)
-    assert fragment in str(info.value)
-    assert isinstance(info.value, ConfigError)
-
-
-def test_goal_conditioning_and_extrinsic_ppo_are_supported(tmp_path: Path) -> None:
-    check_supported(
-        load_text(tmp_path, "behaviors:\n  A:\n    network_settings:\n      goal_conditioning_type: none\n")
-    )
-
-
-def test_support_check_covers_default_settings_and_runtime_behaviors(tmp_path: Path) -> None:
-    options = load_text(tmp_path, "default_settings:\n  trainer_type: poca\n")
-    with pytest.raises(NotSupportedError, match="default_settings.trainer_type: poca is not supported yet"):
-        check_supported(options)
-    with pytest.raises(NotSupportedError, match=r"behaviors\.Soccer\.trainer_type: poca"):
-        check_behavior_supported("Soccer?team=1", options.behavior_settings("Soccer?team=1"))
-    check_behavior_supported("Ball", trainer_settings_from_dict({}))
-    with pytest.raises(NotSupportedError, match="sac is not supported yet"):
-        check_supported(load_text(tmp_path, "behaviors:\n  A:\n    trainer_type: sac\n"), trainer_types={"ppo"})
-
-
-# --------------------------------------------------------------------------- objects
-
-
-def test_settings_are_frozen_picklable_and_export_mlagents_structure(tmp_path: Path) -> None:
-    options = load_text(tmp_path, "behaviors:\n  3DBall:\n    hyperparameters:\n      batch_size: 64\n")
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        options.behaviors["3DBall"].max_steps = 1  # type: ignore[misc]
-    with pytest.raises(TypeError):
-        options.behaviors["New"] = options.behaviors["3DBall"]  # type: ignore[index]
-    assert pickle.loads(pickle.dumps(options)) == options
-    exported = options.as_dict()
-    assert list(exported) == [
-        "default_settings",
-        "behaviors",
-        "env_settings",
-        "engine_settings",
-        "environment_parameters",
-        "checkpoint_settings",
-        "torch_settings",
-        "debug",
-    ]
-    behavior = exported["behaviors"]["3DBall"]
-    assert list(behavior)[:5] == [
-        "trainer_type",
-        "hyperparameters",
-        "checkpoint_interval",
-        "network_settings",
-        "reward_signals",
-    ]
-    assert behavior["hyperparameters"]["batch_size"] == 64
-    assert behavior["reward_signals"]["extrinsic"]["network_settings"]["hidden_units"] == 128
-    assert type(exported["behaviors"]) is dict  # plain YAML-safe values
-    yaml.safe_dump(exported)
-
-
 def test_trainer_settings_from_dict_for_tools_and_tests() -> None:
     settings = trainer_settings_from_dict({"hyperparameters": {"batch_size": 32, "buffer_size": 320}})
     assert settings.hyperparameters.batch_size == 32 and settings.hyperparameters.epsilon == 0.2
@@ -707,30 +522,60 @@ def test_trainer_settings_from_dict_for_tools_and_tests() -> None:
         trainer_settings_from_dict({"hyperparameters": {"epsilon_typo": 1}})
 
 
-# --------------------------------------------------------------------------- server settings
+SAC = "trainer_type: sac\n    "
 
 
-def test_server_settings_defaults_token_and_tls(tmp_path: Path) -> None:
-    server = server_settings_from_args(cli(), environ={})
-    assert (server.listen, server.host, server.port, server.tls, server.token) == (
-        "127.0.0.1:5755",
-        "127.0.0.1",
-        5755,
-        False,
-        None,
-    )
-    assert server.with_gateway is False and server.gateway_args == () and server.log_json is False
-    assert server_settings_from_args(cli(), environ={"TANDEM_TOKEN": "s3cret"}).token == "s3cret"
-    assert server_settings_from_args(cli(token="flag"), environ={"TANDEM_TOKEN": "env"}).token == "flag"
-    assert "s3cret" not in repr(server_settings_from_args(cli(), environ={"TANDEM_TOKEN": "s3cret"}))
-    ipv6 = server_settings_from_args(cli(listen="[::]:0", with_gateway=True, gateway_args=["--num-envs", "2"]), {})
-    assert (ipv6.host, ipv6.port, ipv6.with_gateway, ipv6.gateway_args) == ("::", 0, True, ("--num-envs", "2"))
-    cert, key = write(tmp_path, "cert", "c.pem"), write(tmp_path, "key", "k.pem")
-    tls = server_settings_from_args(cli(tls_cert=str(cert), tls_key=str(key)), {})
-    assert tls.tls and tls.tls_key == str(key)
-    with pytest.raises(ConfigError, match="--tls-cert and --tls-key must be given together"):
-        server_settings_from_args(cli(tls_cert=str(cert)), {})
-    with pytest.raises(ConfigError, match="--tls-key: file not found: .*missing.pem"):
-        server_settings_from_args(cli(tls_cert=str(cert), tls_key=str(tmp_path / "missing.pem")), {})
-    with pytest.raises(ConfigError, match="--listen: listen address must be host:port"):
-        server_settings_from_args(cli(listen="localhost"), {})
+@pytest.mark.parametrize(
+    ("section", "key_path", "fragment"),
+    [
+        # what PPO's learner checked again: refused once, here
+        ("hyperparameters:\n      batch_size: 0", "hyperparameters.batch_size", "at least 1"),
+        ("hyperparameters:\n      buffer_size: 0", "hyperparameters.buffer_size", "at least 1"),
+        ("hyperparameters:\n      num_epoch: 0", "hyperparameters.num_epoch", "at least 1"),
+        ("hyperparameters:\n      batch_size: 128\n      buffer_size: 64", "hyperparameters.batch_size", "(64)"),
+        ("hyperparameters:\n      learning_rate: 0", "hyperparameters.learning_rate", "greater than 0"),
+        ("hyperparameters:\n      epsilon: 0", "hyperparameters.epsilon", "greater than 0"),
+        ("hyperparameters:\n      beta: -0.01", "hyperparameters.beta", "at least 0"),
+        ("hyperparameters:\n      lambd: -0.1", "hyperparameters.lambd", "at least 0"),
+        ("hyperparameters:\n      lambd: 1.01", "hyperparameters.lambd", "at most 1"),
+        ("hyperparameters:\n      beta_schedule: cosine", "hyperparameters.beta_schedule", "linear, constant"),
+        ("hyperparameters:\n      epsilon_schedule: step", "hyperparameters.epsilon_schedule", "linear, constant"),
+        ("reward_signals:\n      extrinsic:\n        gamma: -0.5", "reward_signals.extrinsic.gamma", "at least 0"),
+        ("max_steps: 0", "max_steps", "at least 1"),
+        ("time_horizon: 0", "time_horizon", "at least 1"),
+        ("network_settings:\n      hidden_units: 0", "network_settings.hidden_units", "at least 1"),
+        ("network_settings:\n      num_layers: 0", "network_settings.num_layers", "at least 1"),
+        # what SAC's learner checked again
+        (SAC + "hyperparameters:\n      batch_size: 0", "hyperparameters.batch_size", "at least 1"),
+        (SAC + "hyperparameters:\n      buffer_size: 0", "hyperparameters.buffer_size", "at least 1"),
+        (SAC + "hyperparameters:\n      batch_size: 256\n      buffer_size: 99", "hyperparameters.batch_size", "(99)"),
+        (SAC + "hyperparameters:\n      learning_rate: 0", "hyperparameters.learning_rate", "greater than 0"),
+        (SAC + "hyperparameters:\n      learning_rate_schedule: x", "hyperparameters.learning_rate_schedule", "linear"),
+        (SAC + "hyperparameters:\n      tau: 0", "hyperparameters.tau", "greater than 0"),
+        (SAC + "hyperparameters:\n      tau: 1.5", "hyperparameters.tau", "at most 1"),
+        (SAC + "hyperparameters:\n      steps_per_update: 0", "hyperparameters.steps_per_update", "greater than 0"),
+        (
+            SAC + "hyperparameters:\n      reward_signal_steps_per_update: 0",
+            "hyperparameters.reward_signal_steps_per_update",
+            "greater than 0",
+        ),
+        (SAC + "hyperparameters:\n      init_entcoef: 0", "hyperparameters.init_entcoef", "greater than 0"),
+        (SAC + "hyperparameters:\n      buffer_init_steps: -1", "hyperparameters.buffer_init_steps", "at least 0"),
+        (SAC + "reward_signals:\n      extrinsic:\n        gamma: 1.0", "reward_signals.extrinsic.gamma", "below 1"),
+        (SAC + "network_settings:\n      hidden_units: 0", "network_settings.hidden_units", "at least 1"),
+        (SAC + "max_steps: 0", "max_steps", "at least 1"),
+    ],
+)
+def test_every_range_a_learner_relies_on_is_refused_at_load(
+    tmp_path: Path, section: str, key_path: str, fragment: str
+) -> None:
+    message = config_error(tmp_path, "behaviors:\n  A:\n    " + section + "\n")
+    assert message.startswith(f"{tmp_path / 'trainer.yaml'}: behaviors.A.{key_path}: "), message
+    assert fragment in message
+
+
+def test_ranges_apply_to_default_settings_and_the_command_line_too(tmp_path: Path) -> None:
+    message = config_error(tmp_path, "default_settings:\n  hyperparameters:\n    learning_rate: 0\n")
+    assert "default_settings.hyperparameters.learning_rate: must be greater than 0" in message
+    with pytest.raises(ConfigError, match=r"^command line --time-scale: must be greater than 0, got 0$"):
+        load_run_options(None, cli(time_scale=0.0))

@@ -1,0 +1,107 @@
+"""What Tandem can train: valid ML-Agents features load, then the support check refuses those not supported yet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from config_helpers import REPO_ROOT, SHARED_CONFIGS, load_text, needs_shared
+
+from trainer_server.config.loading import load_run_options, trainer_settings_from_dict
+from trainer_server.config.schema import ConfigError, NotSupportedError
+from trainer_server.config.support import check_behavior_supported, check_supported
+
+
+@needs_shared
+@pytest.mark.parametrize(
+    ("relative", "expected"),
+    [
+        ("poca/DungeonEscape.yaml", ["behaviors.DungeonEscape.trainer_type: poca is not supported yet"]),
+        ("poca/SoccerTwos.yaml", ["behaviors.SoccerTwos.self_play: self-play is not supported yet"]),
+        ("ppo/Hallway.yaml", ["behaviors.Hallway.network_settings.memory:", "not supported yet"]),
+        ("ppo/Pyramids.yaml", ["behaviors.Pyramids.reward_signals.curiosity:", "not supported yet"]),
+        (
+            "imitation/Crawler.yaml",
+            ["behaviors.Crawler.reward_signals.gail:", "behaviors.Crawler.behavioral_cloning:"],
+        ),
+    ],
+)
+def test_shared_configs_with_unsupported_features_load_but_are_refused_for_training(relative, expected) -> None:
+    path = SHARED_CONFIGS / relative
+    options = load_run_options(path)  # loading never fails for a valid ML-Agents file
+    with pytest.raises(NotSupportedError) as info:
+        check_supported(options)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in expected:
+        assert fragment in message
+
+
+@needs_shared
+@pytest.mark.parametrize("relative", ["ppo/3DBall.yaml", "ppo/GridWorld.yaml", "ppo/Sorter_curriculum.yaml"])
+def test_plain_ppo_example_configs_are_supported(relative: str) -> None:
+    check_supported(load_run_options(SHARED_CONFIGS / relative))
+
+
+@pytest.mark.parametrize("name", ["ppo/3DBall.yaml", "ppo/GridWorld.yaml", "ppo/MultiBehavior.yaml"])
+def test_tandem_configs_load_and_are_supported(name: str) -> None:
+    options = load_run_options(REPO_ROOT / "configs" / name)
+    check_supported(options)
+
+
+@pytest.mark.parametrize(
+    ("section", "fragment"),
+    [
+        ("trainer_type: poca", "behaviors.Team.trainer_type: poca is not supported yet"),
+        ("network_settings:\n      memory: {}", "behaviors.Team.network_settings.memory: recurrent networks"),
+        ("reward_signals:\n      gail:\n        demo_path: a.demo", "behaviors.Team.reward_signals.gail: the gail"),
+        (
+            "reward_signals:\n      rnd: {}",
+            "behaviors.Team.reward_signals.rnd: the rnd reward signal is not supported yet",
+        ),
+        (
+            "behavioral_cloning:\n      demo_path: a.demo",
+            "behaviors.Team.behavioral_cloning: behavioral cloning is not",
+        ),
+        ("self_play: {}", "behaviors.Team.self_play: self-play is not supported yet"),
+        (
+            "network_settings:\n      vis_encode_type: resnet",
+            "network_settings.vis_encode_type: resnet is not supported yet",
+        ),
+        (
+            "trainer_type: sac\n    network_settings:\n      vis_encode_type: nature_cnn",
+            "network_settings.vis_encode_type: nature_cnn is not supported yet",
+        ),
+    ],
+)
+def test_valid_but_unsupported_features_load_then_fail_the_support_check(
+    tmp_path: Path, section: str, fragment: str
+) -> None:
+    options = load_text(tmp_path, "behaviors:\n  Team:\n    " + section + "\n")
+    with pytest.raises(NotSupportedError) as info:
+        check_supported(options)
+    assert str(tmp_path / "trainer.yaml") in str(info.value)
+    assert fragment in str(info.value)
+    assert isinstance(info.value, ConfigError)
+
+
+def test_goal_conditioning_and_extrinsic_ppo_are_supported(tmp_path: Path) -> None:
+    check_supported(
+        load_text(tmp_path, "behaviors:\n  A:\n    network_settings:\n      goal_conditioning_type: none\n")
+    )
+
+
+def test_shared_critic_and_sac_are_supported(tmp_path: Path) -> None:
+    check_supported(load_text(tmp_path, "behaviors:\n  A:\n    hyperparameters:\n      shared_critic: true\n"))
+    check_supported(load_text(tmp_path, "behaviors:\n  A:\n    trainer_type: sac\n"))
+
+
+def test_support_check_covers_default_settings_and_runtime_behaviors(tmp_path: Path) -> None:
+    options = load_text(tmp_path, "default_settings:\n  trainer_type: poca\n")
+    with pytest.raises(NotSupportedError, match="default_settings.trainer_type: poca is not supported yet"):
+        check_supported(options)
+    with pytest.raises(NotSupportedError, match=r"behaviors\.Soccer\.trainer_type: poca"):
+        check_behavior_supported("Soccer?team=1", options.behavior_settings("Soccer?team=1"))
+    check_behavior_supported("Ball", trainer_settings_from_dict({}))
+    with pytest.raises(NotSupportedError, match="sac is not supported yet"):
+        check_supported(load_text(tmp_path, "behaviors:\n  A:\n    trainer_type: sac\n"), trainer_types={"ppo"})
