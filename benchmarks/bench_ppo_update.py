@@ -67,7 +67,7 @@ def _fill(learner, rng: np.random.Generator) -> float:
 def bench_update(updates: int) -> dict[str, float]:
     import jax
 
-    from trainer_server.ppo import PPOConfig, PPOLearner
+    from trainer_server.learning.ppo import PPOConfig, PPOLearner
 
     config = PPOConfig(
         batch_size=64, buffer_size=12000, num_epoch=3, learning_rate=3e-4, beta=1e-3, epsilon=0.2, lambd=0.99,
@@ -106,7 +106,7 @@ def bench_acting(agents: int, calls: int) -> dict[str, float]:
     import jax
 
     from common.architecture import PolicyArchitecture
-    from trainer_server import networks
+    from trainer_server.learning import networks
 
     arch = PolicyArchitecture(SPEC, hidden_units=128, num_layers=2, normalize=True)
     params = {k: np.asarray(v) for k, v in networks.init_actor(jax.random.PRNGKey(0), arch).items()}

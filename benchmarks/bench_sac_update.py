@@ -27,7 +27,7 @@ from benchmarks import report
 from common.logging import configure_logging, get_logger
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
-from trainer_server.sac import SACConfig, SACLearner
+from trainer_server.learning.sac import SACConfig, SACLearner
 
 RESULTS = Path(__file__).parent / "results" / "bench_sac_update.md"
 SPEC = BehaviorSpec("3DBall?team=0", (ObservationSpec("vector", (8,)),), ActionSpec(continuous_size=2))

@@ -35,7 +35,7 @@ from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from trainer_server import checkpoints as ckpt
 from trainer_server import stats as stats_mod
-from trainer_server.learner import Learner
+from trainer_server.learning.learner import Learner
 from trainer_server.results import RunResults, behavior_folder_name
 from trainer_server.timers import HierarchicalTimer
 from tandem.v1 import trainer_pb2
@@ -88,12 +88,12 @@ def make_learner(spec: BehaviorSpec, settings: Any, seed: int) -> Learner:
     """
     trainer_type = str(_enum_value(settings.trainer_type)).lower()
     if trainer_type == "ppo":
-        from trainer_server.ppo import PPOConfig, PPOLearner
+        from trainer_server.learning.ppo import PPOConfig, PPOLearner
 
         return PPOLearner(spec, PPOConfig.from_settings(settings), seed)
     if trainer_type == "sac":
         try:
-            from trainer_server.sac import SACConfig, SACLearner
+            from trainer_server.learning.sac import SACConfig, SACLearner
         except ImportError:
             raise UnsupportedBehaviorError(
                 f"behavior {spec.brain_name}: trainer_type sac is not supported yet"
@@ -538,7 +538,7 @@ class TrainingApp:
         config = getattr(learner, "config", None)
         if not getattr(config, "save_replay_buffer", False) or not hasattr(learner, "save_replay_buffer"):
             return None
-        from trainer_server.sac import REPLAY_BUFFER_FILE
+        from trainer_server.learning.sac import REPLAY_BUFFER_FILE
 
         return Path(folder) / REPLAY_BUFFER_FILE
 

@@ -126,7 +126,7 @@ REWARD_SIGNAL_TYPES: tuple[str, ...] = ("extrinsic", "gail", "curiosity", "rnd")
 #: PPO is Tandem's core algorithm; other trainer types count once their learner module exists
 #: (see :func:`supported_trainer_types`).
 SUPPORTED_TRAINER_TYPES: frozenset[str] = frozenset({"ppo"})
-_OPTIONAL_TRAINER_MODULES: dict[str, str] = {"sac": "trainer_server.sac"}
+_OPTIONAL_TRAINER_MODULES: dict[str, str] = {"sac": "trainer_server.learning.sac"}
 SUPPORTED_REWARD_SIGNALS: frozenset[str] = frozenset({"extrinsic"})
 SUPPORTED_VIS_ENCODE_TYPES: frozenset[str] = frozenset({"simple"})
 

@@ -112,7 +112,7 @@ def _tool(name: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(TIME_LIMIT_S + 60)
 def test_ppo_trains_3dball_through_gateway_and_trainer_processes(tmp_path):
-    pytest.importorskip("trainer_server.ppo")
+    pytest.importorskip("trainer_server.learning.ppo")
     _train_and_check(
         tmp_path, PPO_CONFIG, MAX_STEPS,
         COMMON_TAGS | {"Losses/Value Loss", "Policy/Epsilon", "Policy/Beta"},
@@ -122,7 +122,7 @@ def test_ppo_trains_3dball_through_gateway_and_trainer_processes(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(TIME_LIMIT_S + 60)
 def test_sac_trains_3dball_through_gateway_and_trainer_processes(tmp_path):
-    pytest.importorskip("trainer_server.sac")
+    pytest.importorskip("trainer_server.learning.sac")
     _train_and_check(
         tmp_path, SAC_CONFIG, SAC_MAX_STEPS,
         COMMON_TAGS | {"Losses/Q1 Loss", "Losses/Q2 Loss", "Policy/Entropy Coefficient"},

@@ -325,7 +325,7 @@ def _leaves(tree, prefix=""):
 
 
 def test_resume_with_ppo_restores_step_optimizer_and_normalizer_exactly(tmp_path):
-    pytest.importorskip("trainer_server.ppo")
+    pytest.importorskip("trainer_server.learning.ppo")
     options = _ppo_options(tmp_path)
     results = _prepare(options)
     app = TrainingApp(options, results)
@@ -386,8 +386,8 @@ def _sac_options(tmp_path: Path, **flags):
 
 
 def test_sac_save_replay_buffer_is_written_with_checkpoints_and_restored_on_resume(tmp_path):
-    pytest.importorskip("trainer_server.sac")
-    from trainer_server.sac import REPLAY_BUFFER_FILE
+    pytest.importorskip("trainer_server.learning.sac")
+    from trainer_server.learning.sac import REPLAY_BUFFER_FILE
 
     options = _sac_options(tmp_path)
     app = TrainingApp(options, _prepare(options))

@@ -98,7 +98,7 @@ def test_gateway_command_passes_environment_and_engine_settings(tmp_path):
 
 
 def test_sigint_during_training_writes_a_final_checkpoint(tmp_path):
-    pytest.importorskip("trainer_server.ppo")
+    pytest.importorskip("trainer_server.learning.ppo")
     from test_service_support import BALL, GatewayClient, chunk_message, hello_message, make_trajectory
 
     config = tmp_path / "tiny.yaml"

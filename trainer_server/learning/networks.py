@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from common.architecture import LEAKY_SLOPE, LOG_STD_MAX, LOG_STD_MIN, SIMPLE_CONVS, PolicyArchitecture, conv_output_hw, encoding_size, vector_indices, visual_indices
-from trainer_server import normalizer as normalizer_mod
-from trainer_server.distributions import DistParams, mask_logits
+from trainer_server.learning import normalizer as normalizer_mod
+from trainer_server.learning.distributions import DistParams, mask_logits
 
 Params = dict[str, jax.Array]
 NormStats = tuple[dict[str, jax.Array], dict[str, jax.Array]] | None

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from trainer_server.replay_buffer import ReplayBuffer, Transitions
+from trainer_server.learning.replay_buffer import ReplayBuffer, Transitions
 
 
 def make_batch(start: int, n: int) -> Transitions:

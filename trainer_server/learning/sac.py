@@ -62,9 +62,9 @@ from common.logging import get_logger
 from common.architecture import PolicyArchitecture, encoding_size
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
-from trainer_server import networks
-from trainer_server import normalizer as norm
-from trainer_server.replay_buffer import ReplayBuffer, Transitions
+from trainer_server.learning import networks
+from trainer_server.learning import normalizer as norm
+from trainer_server.learning.replay_buffer import ReplayBuffer, Transitions
 
 #: ML-Agents' target entropy scales (not exposed in its settings either)
 DISCRETE_TARGET_ENTROPY_SCALE = 0.2

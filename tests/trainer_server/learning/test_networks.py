@@ -10,7 +10,7 @@ import pytest
 from common.architecture import PolicyArchitecture, parameter_shapes
 from gateway.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
-from trainer_server import distributions, networks, normalizer
+from trainer_server.learning import distributions, networks, normalizer
 
 VECTOR = ObservationSpec("vector", (7,))
 CAMERA = ObservationSpec("camera", (3, 36, 40))

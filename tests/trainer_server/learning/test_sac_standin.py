@@ -20,7 +20,7 @@ from gateway.numpy_policy import NumpyPolicy
 from common.specs import from_mlagents
 from common.trajectory import Trajectory
 from common.unity_env import open_unity_environment
-from trainer_server.sac import SACConfig, SACLearner
+from trainer_server.learning.sac import SACConfig, SACLearner
 from common.ports import free_base_port
 
 BALL = "3DBall?team=0"

@@ -47,8 +47,8 @@ from common.logging import get_logger
 from common.architecture import PolicyArchitecture, PolicyOutput, vector_indices
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
-from trainer_server import distributions, networks
-from trainer_server import normalizer as norm_mod
+from trainer_server.learning import distributions, networks
+from trainer_server.learning import normalizer as norm_mod
 
 #: ML-Agents' floors of the linear schedules (ModelUtils.DecayedValue in its PPO optimizer)
 LEARNING_RATE_MIN = 1.0e-10

@@ -14,8 +14,8 @@ from common.architecture import PolicyArchitecture
 from gateway.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
-from trainer_server import ppo
-from trainer_server.ppo import PPOConfig, PPOLearner
+from trainer_server.learning import ppo
+from trainer_server.learning.ppo import PPOConfig, PPOLearner
 
 
 def _trajectory(spec, obs, out, rewards, next_obs, done=False, interrupted=False, masks=None):
@@ -74,7 +74,7 @@ def test_learner_bootstraps_on_cut_offs_and_interruptions_but_not_on_terminals()
     rewards = rng.standard_normal(5).astype(np.float32)
     arch = learner.policy_architecture
     params = learner._state.params
-    from trainer_server import networks
+    from trainer_server.learning import networks
 
     values = np.asarray(networks.critic_forward(params["actor"], params["critic"], arch, [jnp.asarray(np.vstack([obs, nxt]))], None))
     cases = {

@@ -20,7 +20,7 @@ from gateway.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
 from trainer_server import checkpoints
-from trainer_server.sac import SACConfig, SACLearner, soft_update, updates_due
+from trainer_server.learning.sac import SACConfig, SACLearner, soft_update, updates_due
 
 SMALL = dict(hidden_units=32, num_layers=2, batch_size=32, buffer_size=4096)
 
