@@ -25,7 +25,6 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -35,6 +34,7 @@ from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from trainer_server import checkpoints as ckpt
 from trainer_server import stats as stats_mod
+from trainer_server.learning import registry
 from trainer_server.learning.learner import Learner
 from trainer_server.results import RunResults, behavior_folder_name
 from trainer_server.timers import HierarchicalTimer
@@ -86,20 +86,10 @@ def make_learner(spec: BehaviorSpec, settings: Any, seed: int) -> Learner:
     Raises:
         UnsupportedBehaviorError: for a trainer type without a learner yet.
     """
-    trainer_type = str(_enum_value(settings.trainer_type)).lower()
-    if trainer_type == "ppo":
-        from trainer_server.learning.ppo import PPOConfig, PPOLearner
-
-        return PPOLearner(spec, PPOConfig.from_settings(settings), seed)
-    if trainer_type == "sac":
-        try:
-            from trainer_server.learning.sac import SACConfig, SACLearner
-        except ImportError:
-            raise UnsupportedBehaviorError(
-                f"behavior {spec.brain_name}: trainer_type sac is not supported yet"
-            ) from None
-        return SACLearner(spec, SACConfig.from_settings(settings), seed)
-    raise UnsupportedBehaviorError(f"behavior {spec.brain_name}: trainer_type {trainer_type} is not supported yet")
+    try:
+        return registry.make_learner(spec, settings, seed)
+    except ValueError as e:
+        raise UnsupportedBehaviorError(str(e)) from None
 
 
 def extrinsic_strength(settings: Any) -> float:
@@ -356,12 +346,7 @@ class TrainingApp:
             if manager.latest_path.is_file():
                 state, _ = ckpt.load_file(manager.latest_path)
                 learner.load_state_dict(state)
-                buffer_path = self._replay_buffer_path(learner, manager.latest_path.parent)
-                if buffer_path is not None:
-                    if buffer_path.is_file():
-                        learner.load_replay_buffer(buffer_path)
-                    else:
-                        _log.warning("--resume: no saved replay buffer, starting it empty", path=str(buffer_path))
+                learner.load_extra(manager.latest_path.parent)
                 return manager.latest_path
             _log.warning("--resume: no checkpoint for this behavior, starting it fresh", behavior=spec.name)
             return None
@@ -371,12 +356,7 @@ class TrainingApp:
         if not init:
             return None
         state, _ = ckpt.load_file(init)
-        if isinstance(state, dict):  # weights (and optimizer) only: a new run counts from 0
-            state = {k: v for k, v in state.items() if k != "buffer"}
-            if "step" in state:
-                state["step"] = 0
-        learner.load_state_dict(state)
-        learner.step = 0
+        learner.load_weights(state)
         return init
 
     def _build_snapshot(self, behavior: _Behavior) -> trainer_pb2.PolicySnapshot:
@@ -524,29 +504,14 @@ class TrainingApp:
                 "run_id": self.run_id,
             }
             saved, removed = behavior.checkpoints.save(step, behavior.learner.state_dict(), meta, time.time())
-            self._save_replay_buffer(behavior, saved.file_path.parent)
+            with self.timer.block("save_extra"):
+                behavior.learner.save_extra(saved.file_path.parent)
             model = self._export_onnx(behavior, saved.file_path.with_suffix(".onnx"), removed)
             self.results.record_checkpoint(behavior.name, saved, reward, removed, final=final, model_path=model)
             self.results.set_behavior_value(behavior.name, "policy_version", behavior.version)
             self.results.write_timers(self.timer)
             behavior.saved_step = step
         _log.info("checkpoint saved", behavior=behavior.name, step=step, path=str(saved.file_path), final=final)
-
-    @staticmethod
-    def _replay_buffer_path(learner: Learner, folder) -> Any:
-        """Where ``save_replay_buffer: true`` keeps an off-policy learner's buffer, else None."""
-        config = getattr(learner, "config", None)
-        if not getattr(config, "save_replay_buffer", False) or not hasattr(learner, "save_replay_buffer"):
-            return None
-        from trainer_server.learning.sac import REPLAY_BUFFER_FILE
-
-        return Path(folder) / REPLAY_BUFFER_FILE
-
-    def _save_replay_buffer(self, behavior: _Behavior, folder) -> None:
-        path = self._replay_buffer_path(behavior.learner, folder)
-        if path is not None:
-            with self.timer.block("save_replay_buffer"):
-                behavior.learner.save_replay_buffer(path)
 
     def _export_onnx(self, behavior: _Behavior, path, removed_steps: list[int]):
         """Writes ``<Behavior>-<step>.onnx`` and ``<run>/<Behavior>.onnx`` for Unity, best effort.

@@ -34,7 +34,7 @@ entropy over the update's minibatches (ML-Agents reports it while acting).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -43,12 +43,14 @@ import numpy as np
 import optax
 from flax import serialization
 
+from common.architecture import PolicyArchitecture, PolicyOutput
 from common.logging import get_logger
-from common.architecture import PolicyArchitecture, PolicyOutput, vector_indices
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
-from trainer_server.learning import distributions, networks
+from trainer_server.learning import distributions, networks, shared
 from trainer_server.learning import normalizer as norm_mod
+from trainer_server.learning.rollout_buffer import RolloutBuffer
+from trainer_server.settings import PPOSettings, TrainerSettings
 
 #: ML-Agents' floors of the linear schedules (ModelUtils.DecayedValue in its PPO optimizer)
 LEARNING_RATE_MIN = 1.0e-10
@@ -56,128 +58,23 @@ EPSILON_MIN = 0.1
 BETA_MIN = 1.0e-5
 #: ML-Agents' advantage normalization denominator guard
 ADVANTAGE_EPS = 1.0e-10
-SCHEDULES = ("linear", "constant")
 
 log = get_logger(__name__)
 
 
-# -- configuration ---------------------------------------------------------------------
-def _enum_name(value: Any) -> str:
-    """ML-Agents' enums (ScheduleType, EncoderType) or plain strings -> lower-case string."""
-    return str(getattr(value, "value", value)).lower()
+# -- configuration: read from the typed settings (validated once, at load) -----------------
+def hyperparameters(settings: TrainerSettings) -> PPOSettings:
+    """``settings.hyperparameters``, typed as PPO's."""
+    return settings.hyperparameters  # type: ignore[return-value]
 
 
-@dataclass(frozen=True)
-class PPOConfig:
-    """What PPO needs of a behavior's trainer settings (ML-Agents' names and defaults)."""
-
-    batch_size: int = 1024
-    buffer_size: int = 10240
-    num_epoch: int = 3
-    learning_rate: float = 3.0e-4
-    beta: float = 5.0e-3
-    epsilon: float = 0.2
-    lambd: float = 0.95
-    gamma: float = 0.99
-    strength: float = 1.0
-    learning_rate_schedule: str = "linear"
-    beta_schedule: str = "linear"
-    epsilon_schedule: str = "linear"
-    max_steps: int = 500000
-    time_horizon: int = 64
-    hidden_units: int = 128
-    num_layers: int = 2
-    normalize: bool = False
-    vis_encode_type: str = "simple"
-    shared_critic: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "buffer_size", "num_epoch", "max_steps", "time_horizon", "hidden_units"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
-        if self.num_layers < 0:
-            raise ValueError(f"num_layers: must be >= 0, got {self.num_layers}")
-        if self.batch_size > self.buffer_size:
-            raise ValueError(f"batch_size ({self.batch_size}) must not exceed buffer_size ({self.buffer_size})")
-        for name in ("learning_rate", "epsilon"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
-        if self.beta < 0:
-            raise ValueError(f"beta: must be >= 0, got {self.beta}")
-        for name in ("lambd", "gamma"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
-        for name in ("learning_rate_schedule", "beta_schedule", "epsilon_schedule"):
-            if getattr(self, name) not in SCHEDULES:
-                raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(SCHEDULES)}")
-        if self.vis_encode_type != "simple":
-            raise ValueError(f"vis_encode_type: {self.vis_encode_type!r} is not supported yet (supported: simple)")
-
-    @classmethod
-    def from_settings(cls, trainer_settings: Any) -> "PPOConfig":
-        """Reads ML-Agents-named trainer settings (``trainer_server.settings.TrainerSettings``).
-
-        Raises:
-            ValueError: naming the key, for features PPO does not support yet (reward
-                signals other than extrinsic, memory, behavioral cloning).
-        """
-        hp = trainer_settings.hyperparameters
-        ns = trainer_settings.network_settings
-        signals = dict(trainer_settings.reward_signals)
-        others = sorted(set(signals) - {"extrinsic"})
-        if others:
-            raise ValueError(f"reward_signals: {', '.join(others)} not supported yet by the PPO trainer (only extrinsic)")
-        if "extrinsic" not in signals:
-            raise ValueError("reward_signals: the PPO trainer needs the extrinsic reward signal")
-        if getattr(ns, "memory", None) is not None:
-            raise ValueError("network_settings.memory: recurrent networks are not supported yet")
-        if getattr(trainer_settings, "behavioral_cloning", None) is not None:
-            raise ValueError("behavioral_cloning: not supported yet")
-        lr_schedule = _enum_name(hp.learning_rate_schedule)
-        beta_schedule = getattr(hp, "beta_schedule", None)
-        epsilon_schedule = getattr(hp, "epsilon_schedule", None)
-        extrinsic = signals["extrinsic"]
-        return cls(
-            batch_size=int(hp.batch_size),
-            buffer_size=int(hp.buffer_size),
-            num_epoch=int(hp.num_epoch),
-            learning_rate=float(hp.learning_rate),
-            beta=float(hp.beta),
-            epsilon=float(hp.epsilon),
-            lambd=float(hp.lambd),
-            gamma=float(extrinsic.gamma),
-            strength=float(extrinsic.strength),
-            learning_rate_schedule=lr_schedule,
-            beta_schedule=lr_schedule if beta_schedule is None else _enum_name(beta_schedule),
-            epsilon_schedule=lr_schedule if epsilon_schedule is None else _enum_name(epsilon_schedule),
-            max_steps=int(trainer_settings.max_steps),
-            time_horizon=int(trainer_settings.time_horizon),
-            hidden_units=int(ns.hidden_units),
-            num_layers=int(ns.num_layers),
-            normalize=bool(ns.normalize),
-            vis_encode_type=_enum_name(ns.vis_encode_type),
-            shared_critic=bool(getattr(hp, "shared_critic", False)),
-        )
-
-
-def decayed_value(schedule: str, initial: float, minimum: float, max_steps: int, step):
-    """ML-Agents' schedule: ``linear`` goes from ``initial`` to ``minimum`` at ``max_steps``
-    and stays there; ``constant`` is ``initial``. Works on Python numbers and JAX arrays."""
-    if schedule == "constant":
-        return jnp.asarray(initial, jnp.float32) if isinstance(step, jax.Array) else float(initial)
-    if isinstance(step, jax.Array):
-        frac = jnp.minimum(step, max_steps).astype(jnp.float32) / float(max_steps)
-    else:
-        frac = min(step, max_steps) / float(max_steps)
-    return (initial - minimum) * (1.0 - frac) + minimum
-
-
-def schedules(config: PPOConfig, step) -> tuple[Any, Any, Any]:
-    """(learning rate, epsilon, beta) at ``step``."""
+def schedules(settings: TrainerSettings, step: Any) -> tuple[Any, Any, Any]:
+    """(learning rate, epsilon, beta) at ``step`` (Python numbers or JAX scalars)."""
+    hp, max_steps = hyperparameters(settings), settings.max_steps
     return (
-        decayed_value(config.learning_rate_schedule, config.learning_rate, LEARNING_RATE_MIN, config.max_steps, step),
-        decayed_value(config.epsilon_schedule, config.epsilon, EPSILON_MIN, config.max_steps, step),
-        decayed_value(config.beta_schedule, config.beta, BETA_MIN, config.max_steps, step),
+        shared.decayed_value(hp.learning_rate_schedule, hp.learning_rate, LEARNING_RATE_MIN, max_steps, step),
+        shared.decayed_value(hp.epsilon_schedule, hp.epsilon, EPSILON_MIN, max_steps, step),
+        shared.decayed_value(hp.beta_schedule, hp.beta, BETA_MIN, max_steps, step),
     )
 
 
@@ -248,10 +145,17 @@ def _norm_stats(state: norm_mod.NormalizerState, normalize: bool):
     return norm_mod.statistics(state) if normalize else None
 
 
+def init_params(key: jax.Array, arch: PolicyArchitecture, shared_critic: bool) -> dict[str, networks.Params]:
+    """``{"actor": snapshot-named params, "critic": critic/... params}`` (only the value head
+    with ``shared_critic``: the critic then reads the actor's encoders and body)."""
+    k_actor, k_critic = jax.random.split(key)
+    return {"actor": networks.init_actor(k_actor, arch), "critic": networks.init_critic(k_critic, arch, shared_critic)}
+
+
 def ppo_loss(
     params: dict[str, dict[str, jax.Array]],
     arch: PolicyArchitecture,
-    config: PPOConfig,
+    settings: TrainerSettings,
     batch: Batch,
     norm_stats,
     epsilon,
@@ -269,7 +173,9 @@ def ppo_loss(
     log_prob, entropy = distributions.log_prob_and_entropy(
         dist, batch.continuous_actions, batch.discrete_actions, arch.behavior_spec.action_spec.discrete_branches
     )
-    values = networks.critic_forward(params["actor"], params["critic"], arch, obs, norm_stats, config.shared_critic)
+    values = networks.critic_forward(
+        params["actor"], params["critic"], arch, obs, norm_stats, hyperparameters(settings).shared_critic
+    )
     log_ratio = log_prob - batch.log_probs
     ratio = jnp.exp(log_ratio)
     adv = batch.advantages
@@ -296,7 +202,7 @@ def make_optimizer() -> optax.GradientTransformation:
 
 def make_update_fn(
     arch: PolicyArchitecture,
-    config: PPOConfig,
+    settings: TrainerSettings,
     tx: optax.GradientTransformation,
     on_trace: Callable[[], None] | None = None,
 ) -> Callable[[PPOState, Batch, jax.Array], tuple[PPOState, dict[str, jax.Array]]]:
@@ -304,13 +210,14 @@ def make_update_fn(
 
     ``on_trace`` is called whenever JAX traces the function (tests count recompilations).
     """
-    num_minibatches = config.buffer_size // config.batch_size
+    hp = hyperparameters(settings)
+    num_minibatches = hp.buffer_size // hp.batch_size
 
     def update(state: PPOState, batch: Batch, key: jax.Array):
         if on_trace is not None:
             on_trace()
-        lr, epsilon, beta = schedules(config, state.step)
-        norm_stats = _norm_stats(state.normalizer, config.normalize)
+        lr, epsilon, beta = schedules(settings, state.step)
+        norm_stats = _norm_stats(state.normalizer, arch.normalize)
         adv = batch.advantages
         batch = batch._replace(advantages=(adv - jnp.mean(adv)) / (jnp.std(adv) + ADVANTAGE_EPS))
         grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
@@ -318,17 +225,17 @@ def make_update_fn(
         def minibatch_step(carry, idx):
             params, opt_state = carry
             minibatch = jax.tree.map(lambda x: x[idx], batch)
-            (_, aux), grads = grad_fn(params, arch, config, minibatch, norm_stats, epsilon, beta)
+            (_, aux), grads = grad_fn(params, arch, settings, minibatch, norm_stats, epsilon, beta)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
             return (params, opt_state), aux
 
         def epoch_step(carry, epoch_key):
-            order = jax.random.permutation(epoch_key, config.buffer_size)
-            order = order[: num_minibatches * config.batch_size].reshape(num_minibatches, config.batch_size)
+            order = jax.random.permutation(epoch_key, hp.buffer_size)
+            order = order[: num_minibatches * hp.batch_size].reshape(num_minibatches, hp.batch_size)
             return jax.lax.scan(minibatch_step, carry, order)
 
-        keys = jax.random.split(key, config.num_epoch)
+        keys = jax.random.split(key, hp.num_epoch)
         (params, opt_state), aux = jax.lax.scan(epoch_step, (state.params, state.opt_state), keys)
         metrics = {
             # ML-Agents reports the absolute policy loss
@@ -346,7 +253,7 @@ def make_update_fn(
 
 
 def make_process_fn(
-    arch: PolicyArchitecture, config: PPOConfig, on_trace: Callable[[], None] | None = None
+    arch: PolicyArchitecture, settings: TrainerSettings, on_trace: Callable[[], None] | None = None
 ) -> Callable:
     """The pure per-fragment step: normalizer update, values, GAE (fixed padded shapes).
 
@@ -355,59 +262,54 @@ def make_process_fn(
     each observation holds ``next_observations``.
     """
 
+    hp, gamma = hyperparameters(settings), shared.extrinsic(settings).gamma
+
     def process(params, normalizer, observations, rewards, length, bootstrap):
         if on_trace is not None:
             on_trace()
         padded = rewards.shape[0]
         mask = jnp.arange(padded) < length
-        if config.normalize:
+        if arch.normalize:
             normalizer = norm_mod.update(normalizer, [o[:padded] for o in observations], mask)
         values_all = networks.critic_forward(
-            params["actor"], params["critic"], arch, list(observations), _norm_stats(normalizer, config.normalize),
-            config.shared_critic,
+            params["actor"], params["critic"], arch, list(observations), _norm_stats(normalizer, arch.normalize),
+            hp.shared_critic,
         )
         bootstrap_value = jnp.where(bootstrap, values_all[length], 0.0)
         values = jnp.where(mask, values_all[:padded], 0.0)
-        advantages, returns = gae(rewards, values, bootstrap_value, mask, config.gamma, config.lambd)
+        advantages, returns = gae(rewards, values, bootstrap_value, mask, gamma, hp.lambd)
         return normalizer, values, advantages, returns
 
     return process
 
 
-# -- the learner -------------------------------------------------------------------------
-_BUFFER_FIELDS = ("continuous_actions", "discrete_actions", "action_masks", "log_probs", "values", "advantages", "returns")
-
-
+# -- the learner shell ------------------------------------------------------------------------
 class PPOLearner:
-    """One behavior's PPO: policy, critic, optimizer state, normalizer and buffer.
+    """One behavior's PPO: policy, critic, optimizer state, normalizer and rollout buffer.
 
-    Implements ``trainer_server.learner.Learner``. Several behaviors = several learners.
+    Implements ``trainer_server.learning.learner.Learner``. Several behaviors = several learners.
+
+    Args:
+        spec: the behavior's observations and actions.
+        settings: the behavior's trainer settings (``hyperparameters`` are ``PPOSettings``).
+        seed: initialises the networks and every later PRNG key.
 
     Attributes:
         step: agent steps consumed so far (ML-Agents' "step").
         update_count: updates done so far.
+        rollout_buffer: the processed steps waiting for the next update.
         trace_counts: how often each compiled function was traced ("update", "process",
             "act"): a retrace means a recompilation.
     """
 
-    def __init__(self, spec: BehaviorSpec, config: PPOConfig, seed: int = 0):
+    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, seed: int = 0):
         self.spec = spec
-        self.config = config
-        self.policy_architecture = PolicyArchitecture(
-            behavior_spec=spec,
-            hidden_units=config.hidden_units,
-            num_layers=config.num_layers,
-            normalize=config.normalize,
-            vis_encode_type=config.vis_encode_type,
-            continuous_distribution="gaussian",
-        )
+        self.settings = settings
+        self.hyperparameters = hyperparameters(settings)
+        self.policy_architecture = shared.policy_architecture(spec, settings, "gaussian")
         arch = self.policy_architecture
-        key = jax.random.PRNGKey(seed)
-        key, k_actor, k_critic = jax.random.split(key, 3)
-        params = {
-            "actor": networks.init_actor(k_actor, arch),
-            "critic": networks.init_critic(k_critic, arch, config.shared_critic),
-        }
+        key, k_init = jax.random.split(shared.new_key(seed))
+        params = init_params(k_init, arch, self.hyperparameters.shared_critic)
         self._tx = make_optimizer()
         self._state = PPOState(
             params=params,
@@ -418,17 +320,15 @@ class PPOLearner:
         self._key = key
         self.step = 0
         self.update_count = 0
-        self.trace_counts = {"update": 0, "process": 0, "act": 0}
-        self._chunks: list[dict[str, Any]] = []
-        self._buffered = 0
+        self.rollout_buffer = RolloutBuffer(spec)
+        self._traces = shared.TraceCounter("update", "process", "act")
+        self.trace_counts = self._traces.counts
         self._warned_long = False
-        self._update_fn = jax.jit(make_update_fn(arch, config, self._tx, lambda: self._count("update")))
-        self._process_fn = jax.jit(make_process_fn(arch, config, lambda: self._count("process")))
+        self._update_fn = jax.jit(make_update_fn(arch, settings, self._tx, self._traces.hook("update")))
+        self._process_fn = jax.jit(make_process_fn(arch, settings, self._traces.hook("process")))
+        self._on_act_trace = self._traces.hook("act")
         self._act_fn = jax.jit(self._act, static_argnames=("deterministic",))
         self._log = log.bind(behavior=spec.name)
-
-    def _count(self, name: str) -> None:
-        self.trace_counts[name] += 1
 
     # -- experience --------------------------------------------------------------------
     def process_trajectory(self, trajectory: Trajectory) -> None:
@@ -439,7 +339,7 @@ class PPOLearner:
         """
         t = len(trajectory)
         self._check(trajectory)
-        horizon = self.config.time_horizon
+        horizon = self.settings.time_horizon
         padded = horizon * max(1, math.ceil(t / horizon))
         if t > horizon and not self._warned_long:
             self._warned_long = True
@@ -451,14 +351,14 @@ class PPOLearner:
             rows[t] = nxt
             observations.append(rows)
         rewards = np.zeros(padded, np.float32)
-        rewards[:t] = np.asarray(trajectory.rewards, np.float32) * self.config.strength
+        rewards[:t] = np.asarray(trajectory.rewards, np.float32) * shared.extrinsic(self.settings).strength
         bootstrap = (not trajectory.done) or trajectory.interrupted
         normalizer, values, advantages, returns = self._process_fn(
             self._state.params, self._state.normalizer, tuple(observations), rewards, np.int32(t), np.bool_(bootstrap)
         )
         self._state = self._state._replace(normalizer=normalizer)
         a = self.spec.action_spec
-        self._chunks.append(
+        self.rollout_buffer.add(
             {
                 "observations": [np.asarray(o, np.float32) for o in trajectory.observations],
                 "continuous_actions": np.asarray(trajectory.continuous_actions, np.float32).reshape(t, a.continuous_size),
@@ -470,7 +370,6 @@ class PPOLearner:
                 "returns": np.asarray(returns)[:t],
             }
         )
-        self._buffered += t
         self.step += t
 
     def _check(self, trajectory: Trajectory) -> None:
@@ -491,28 +390,11 @@ class PPOLearner:
     @property
     def buffered_steps(self) -> int:
         """Steps waiting in the buffer."""
-        return self._buffered
+        return self.rollout_buffer.size
 
     def ready(self) -> bool:
         """True once ``buffer_size`` steps are buffered."""
-        return self._buffered >= self.config.buffer_size
-
-    def _take_batch(self) -> dict[str, Any]:
-        """Concatenates the buffer, returns its oldest buffer_size steps, keeps the rest."""
-        size = self.config.buffer_size
-        n_obs = len(self.spec.observations)
-        merged = {f: np.concatenate([c[f] for c in self._chunks]) for f in _BUFFER_FIELDS}
-        merged["observations"] = [np.concatenate([c["observations"][i] for c in self._chunks]) for i in range(n_obs)]
-        batch = {f: merged[f][:size] for f in _BUFFER_FIELDS}
-        batch["observations"] = [o[:size] for o in merged["observations"]]
-        rest = self._buffered - size
-        self._chunks = []
-        if rest > 0:
-            left = {f: merged[f][size:] for f in _BUFFER_FIELDS}
-            left["observations"] = [o[size:] for o in merged["observations"]]
-            self._chunks.append(left)
-        self._buffered = rest
-        return batch
+        return self.rollout_buffer.size >= self.hyperparameters.buffer_size
 
     # -- update ------------------------------------------------------------------------
     def update(self) -> dict[str, float]:
@@ -528,9 +410,10 @@ class PPOLearner:
         """
         if not self.ready():
             raise RuntimeError(
-                f"behavior {self.spec.name}: update needs {self.config.buffer_size} steps, {self._buffered} buffered"
+                f"behavior {self.spec.name}: update needs {self.hyperparameters.buffer_size} steps, "
+                f"{self.rollout_buffer.size} buffered"
             )
-        data = self._take_batch()
+        data = self.rollout_buffer.take(self.hyperparameters.buffer_size)
         batch = Batch(
             observations=tuple(data["observations"]),
             continuous_actions=data["continuous_actions"],
@@ -551,11 +434,9 @@ class PPOLearner:
 
     # -- acting and snapshots ------------------------------------------------------------
     def _act(self, actor_params, normalizer, observations, action_mask, key, deterministic: bool):
-        self._count("act")
+        self._on_act_trace()
         arch = self.policy_architecture
-        dist = networks.actor_forward(
-            actor_params, arch, list(observations), _norm_stats(normalizer, self.config.normalize), action_mask
-        )
+        dist = networks.actor_forward(actor_params, arch, list(observations), _norm_stats(normalizer, arch.normalize), action_mask)
         n = observations[0].shape[0]
         actions = distributions.sample(dist, key, n, arch.behavior_spec.action_spec.discrete_branches, deterministic=deterministic)
         return actions, distributions.env_continuous(actions.continuous)
@@ -596,53 +477,28 @@ class PPOLearner:
             env_continuous=np.asarray(env, np.float32),
         )
 
+    def architecture(self) -> PolicyArchitecture:
+        """What the snapshot's parameters mean (``continuous_distribution="gaussian"``)."""
+        return self.policy_architecture
+
     def policy_parameters(self) -> dict[str, np.ndarray]:
         """Flat float32 actor parameters and normalizer statistics (the snapshot's ``parameters``)."""
-        params = {name: np.asarray(value, np.float32) for name, value in self._state.params["actor"].items()}
-        if self.config.normalize:
-            mean, var = norm_mod.statistics(self._state.normalizer)
-            for key in mean:
-                params[f"normalizer/mean/{key}"] = np.asarray(mean[key], np.float32)
-                params[f"normalizer/var/{key}"] = np.asarray(var[key], np.float32)
-        return params
-
-    def architecture(self) -> PolicyArchitecture:
-        """What the snapshot's parameters mean."""
-        return self.policy_architecture
+        return shared.policy_parameters(self._state.params["actor"], self._state.normalizer, self.policy_architecture.normalize)
 
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything to resume exactly, as nested dicts of numpy arrays and Python numbers
         (``flax.serialization.msgpack_serialize`` writes it): params, Adam state, normalizer,
         step, update count, PRNG key and the steps still buffered."""
-        to_np = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
-        n_obs = len(self.spec.observations)
-        a = self.spec.action_spec
-        if self._chunks:
-            buffer = {f: np.concatenate([c[f] for c in self._chunks]) for f in _BUFFER_FIELDS}
-            obs = [np.concatenate([c["observations"][i] for c in self._chunks]) for i in range(n_obs)]
-        else:
-            empty = {
-                "continuous_actions": np.zeros((0, a.continuous_size), np.float32),
-                "discrete_actions": np.zeros((0, a.num_branches), np.int32),
-                "action_masks": np.zeros((0, a.mask_size), bool),
-            }
-            buffer = {f: empty.get(f, np.zeros((0,), np.float32)) for f in _BUFFER_FIELDS}
-            obs = [np.zeros((0, *o.shape), np.float32) for o in self.spec.observations]
-        buffer["observations"] = {str(i): o for i, o in enumerate(obs)}
         return {
             "algorithm": "ppo",
-            "params": to_np(self._state.params),
-            "opt_state": to_np(serialization.to_state_dict(self._state.opt_state)),
-            "normalizer": {
-                "mean": to_np(self._state.normalizer.mean),
-                "m2": to_np(self._state.normalizer.m2),
-                "count": int(self._state.normalizer.count),
-            },
+            "params": shared.to_numpy(self._state.params),
+            "opt_state": shared.to_numpy(serialization.to_state_dict(self._state.opt_state)),
+            "normalizer": shared.normalizer_state_dict(self._state.normalizer),
             "step": int(self.step),
             "update_count": int(self.update_count),
-            "key": np.asarray(self._key),
-            "buffer": buffer,
+            "key": shared.key_to_numpy(self._key),
+            "buffer": self.rollout_buffer.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -651,45 +507,27 @@ class PPOLearner:
         Raises:
             ValueError: naming the entry that does not fit this behavior's networks.
         """
-        if state.get("algorithm", "ppo") != "ppo":
-            raise ValueError(f"checkpoint holds a {state.get('algorithm')!r} learner, not ppo")
-        for name in ("params", "opt_state", "normalizer", "step", "update_count", "key"):
-            if name not in state:
-                raise ValueError(f"checkpoint: missing {name!r}")
+        shared.check_state(state, "ppo", ("params", "opt_state", "normalizer", "step", "update_count", "key"))
         current = self._state
-        params = _restore_like(current.params, state["params"], "params")
+        params = shared.restore_like(current.params, state["params"], "params")
+        opt_template = serialization.to_state_dict(current.opt_state)
         opt_state = serialization.from_state_dict(
-            current.opt_state, _restore_like(serialization.to_state_dict(current.opt_state), state["opt_state"], "opt_state")
+            current.opt_state, shared.restore_like(opt_template, state["opt_state"], "opt_state")
         )
-        n = state["normalizer"]
-        normalizer = norm_mod.NormalizerState(
-            mean=_restore_like(current.normalizer.mean, n["mean"], "normalizer.mean"),
-            m2=_restore_like(current.normalizer.m2, n["m2"], "normalizer.m2"),
-            count=jnp.asarray(int(np.asarray(n["count"])), jnp.int32),
-        )
+        normalizer = shared.restore_normalizer(current.normalizer, state["normalizer"])
         self._state = PPOState(params=params, opt_state=opt_state, normalizer=normalizer, step=current.step)
         self.step = int(np.asarray(state["step"]))
         self.update_count = int(np.asarray(state["update_count"]))
-        self._key = jnp.asarray(np.asarray(state["key"], np.uint32))
-        self._chunks, self._buffered = [], 0
-        buffer = state.get("buffer")
-        if buffer is not None:
-            size = int(np.asarray(buffer["log_probs"]).shape[0])
-            if size:
-                chunk = {f: np.asarray(buffer[f]) for f in _BUFFER_FIELDS}
-                chunk["observations"] = [np.asarray(buffer["observations"][str(i)]) for i in range(len(self.spec.observations))]
-                self._chunks.append(chunk)
-                self._buffered = size
+        self._key = shared.key_from_numpy(state["key"])
+        self.rollout_buffer.load_state_dict(state.get("buffer"))
 
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """``init_path`` / ``--initialize-from``: the checkpoint's networks, Adam state and
+        normalizer; the buffered steps are dropped and the new run counts from step 0."""
+        shared.load_weights(self, state)
 
-def _restore_like(template: Any, value: Any, name: str) -> Any:
-    """``value`` (nested dicts of arrays) as jax arrays shaped like ``template``, checked."""
-    if isinstance(template, dict):
-        if not isinstance(value, dict) or set(map(str, value)) != set(map(str, template)):
-            got = sorted(map(str, value)) if isinstance(value, dict) else type(value).__name__
-            raise ValueError(f"checkpoint {name}: entries {got} do not match {sorted(map(str, template))}")
-        return {k: _restore_like(template[k], value[str(k)], f"{name}.{k}") for k in template}
-    array = np.asarray(value)
-    if array.shape != np.shape(template):
-        raise ValueError(f"checkpoint {name}: shape {array.shape}, expected {np.shape(template)}")
-    return jnp.asarray(array, dtype=jnp.asarray(template).dtype)
+    def save_extra(self, folder: Path) -> None:
+        """Nothing to keep beside the checkpoint: the buffered steps are in ``state_dict``."""
+
+    def load_extra(self, folder: Path) -> None:
+        """Nothing to load beside the checkpoint (see ``save_extra``)."""

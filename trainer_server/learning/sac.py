@@ -2,15 +2,17 @@
 
 Why: ``trainer_type: sac`` in an ML-Agents config must train through the same gateway
 streams and snapshot push as PPO. SAC is off-policy: every trajectory fragment becomes
-single transitions in a replay buffer on the trainer (``trainer_server.replay_buffer``),
+single transitions in a replay buffer on the trainer (``trainer_server.learning.replay_buffer``),
 and gradient steps on uniformly sampled minibatches follow the agent steps at ML-Agents'
 ratio (one gradient step per ``steps_per_update`` agent steps once
 ``buffer_init_steps`` are collected) while the gateways keep streaming.
 
-Hot path: ``update()`` runs every pending gradient step in jit-compiled calls that each
-scan (``lax.scan``) over a fixed number ``k`` of minibatches; steps beyond the number
-due are skipped inside the scan (``lax.cond``), so shapes never change and the update
-compiles once per learner, never again.
+Hot path: ``update()`` runs every pending gradient step in calls of ONE jit-compiled pure
+function ``(state, batch, key) -> (state, metric sums)`` that scans (``lax.scan``) over a
+fixed number ``k`` of minibatches; steps beyond the number due are skipped inside the
+scan (``lax.cond``), so shapes never change and the update compiles once per learner.
+Minibatch indices come from a numpy generator (checkpointed with the learner), the
+metrics are summed on the device and fetched once per ``update()``.
 
 What is learned (ML-Agents' SAC, with one deliberate difference):
 
@@ -47,10 +49,9 @@ What is learned (ML-Agents' SAC, with one deliberate difference):
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,13 +59,20 @@ import numpy as np
 import optax
 from flax import serialization
 
+from common.architecture import PolicyArchitecture
 from common.logging import get_logger
-from common.architecture import PolicyArchitecture, encoding_size
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
-from trainer_server.learning import networks
-from trainer_server.learning import normalizer as norm
-from trainer_server.learning.replay_buffer import ReplayBuffer, Transitions
+from trainer_server.learning import distributions, networks, shared
+from trainer_server.learning import normalizer as norm_mod
+from trainer_server.learning.replay_buffer import (
+    ReplayBuffer,
+    Transitions,
+    generator_from_state,
+    generator_state,
+    new_generator,
+)
+from trainer_server.settings import SACSettings, TrainerSettings
 
 #: ML-Agents' target entropy scales (not exposed in its settings either)
 DISCRETE_TARGET_ENTROPY_SCALE = 0.2
@@ -79,225 +87,110 @@ MAX_STEPS_PER_CALL = 32
 #: ``last_replay_buffer.hdf5``)
 REPLAY_BUFFER_FILE = "last_replay_buffer.npz"
 
-_log = get_logger("trainer_server.sac")
+log = get_logger(__name__)
 
 
-# =============================================================================== config
+# -- configuration: read from the typed settings (validated once, at load) -----------------
+def hyperparameters(settings: TrainerSettings) -> SACSettings:
+    """``settings.hyperparameters``, typed as SAC's."""
+    return settings.hyperparameters  # type: ignore[return-value]
 
 
-def _get(obj: Any, name: str, default: Any) -> Any:
-    """Reads ``name`` from a settings object or a mapping; ``default`` when absent or None."""
-    if obj is None:
-        return default
-    value = obj.get(name, None) if isinstance(obj, Mapping) else getattr(obj, name, None)
-    return default if value is None else value
+def learning_rate_at(settings: TrainerSettings, step: Any) -> Any:
+    """The scheduled learning rate after ``step`` agent steps (constant, or linear to 1e-10)."""
+    hp = hyperparameters(settings)
+    return shared.decayed_value(hp.learning_rate_schedule, hp.learning_rate, MIN_LEARNING_RATE, settings.max_steps, step)
 
 
-@dataclass(frozen=True)
-class SACConfig:
-    """SAC hyperparameters in ML-Agents' names, with ML-Agents' defaults.
+def updates_due(step: int, buffer_init_steps: int, steps_per_update: float) -> int:
+    """Total gradient steps due after ``step`` agent steps, as ML-Agents' SAC trainer counts.
 
-    Attributes:
-        batch_size: transitions per gradient step.
-        buffer_size: replay buffer capacity.
-        learning_rate: Adam step size at step 0.
-        learning_rate_schedule: "constant" (ML-Agents' SAC default) or "linear" (to 1e-10
-            at ``max_steps``).
-        buffer_init_steps: agent steps collected before the first gradient step.
-        init_entcoef: initial entropy coefficient (every branch and the continuous part).
-        tau: Polyak factor of the target critics.
-        steps_per_update: agent steps per gradient step (may be below 1).
-        reward_signal_steps_per_update: accepted for compatibility; the extrinsic reward
-            has nothing to train.
-        save_replay_buffer: the server saves/loads the replay buffer with checkpoints.
-        normalize: running normalization of vector observations.
-        hidden_units: width of every body layer.
-        num_layers: body depth.
-        vis_encode_type: visual encoder; "simple" only.
-        gamma: extrinsic discount.
-        strength: extrinsic reward scale.
-        max_steps: total agent steps (the linear schedule's horizon).
-        time_horizon: cut length of trajectory fragments (pads normalizer updates).
-        steps_per_call: gradient steps per compiled call (k); 0 picks it from the size of
-            a transition (at most 32, the k minibatches within ~64 MiB).
+    ML-Agents keeps updating while ``(step - buffer_init_steps) / (updates + 1) >
+    steps_per_update``: the count is the largest ``u`` with ``(step - init) / u >
+    steps_per_update``, i.e. ``ceil((step - init) / steps_per_update) - 1``.
     """
-
-    batch_size: int = 128
-    buffer_size: int = 50000
-    learning_rate: float = 3.0e-4
-    learning_rate_schedule: str = "constant"
-    buffer_init_steps: int = 0
-    init_entcoef: float = 1.0
-    tau: float = 0.005
-    steps_per_update: float = 1.0
-    reward_signal_steps_per_update: float = 1.0
-    save_replay_buffer: bool = False
-    normalize: bool = False
-    hidden_units: int = 128
-    num_layers: int = 2
-    vis_encode_type: str = "simple"
-    gamma: float = 0.99
-    strength: float = 1.0
-    max_steps: int = 500000
-    time_horizon: int = 64
-    steps_per_call: int = 0
-
-    def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"sac hyperparameters: {name} {why}, got {getattr(self, name)!r}")
-
-        for name in ("batch_size", "buffer_size", "hidden_units", "max_steps", "time_horizon"):
-            if int(getattr(self, name)) <= 0:
-                raise bad(name, "must be positive")
-        if self.batch_size > self.buffer_size:
-            raise ValueError(
-                f"sac hyperparameters: batch_size ({self.batch_size}) must not exceed buffer_size ({self.buffer_size})"
-            )
-        for name in ("learning_rate", "init_entcoef", "steps_per_update", "reward_signal_steps_per_update"):
-            if not float(getattr(self, name)) > 0:
-                raise bad(name, "must be positive")
-        if not 0.0 < self.tau <= 1.0:
-            raise bad("tau", "must be in (0, 1]")
-        if not 0.0 <= self.gamma < 1.0:
-            raise bad("gamma", "must be in [0, 1)")
-        if self.buffer_init_steps < 0:
-            raise bad("buffer_init_steps", "must be >= 0")
-        if self.num_layers < 0:
-            raise bad("num_layers", "must be >= 0")
-        if self.steps_per_call < 0:
-            raise bad("steps_per_call", "must be >= 0 (0 = automatic)")
-        if self.learning_rate_schedule not in ("constant", "linear"):
-            raise bad("learning_rate_schedule", "must be 'constant' or 'linear'")
-        if self.vis_encode_type != "simple":
-            raise ValueError(
-                f"network_settings.vis_encode_type: {self.vis_encode_type!r} is not supported yet (supported: simple)"
-            )
-
-    @classmethod
-    def from_settings(cls, trainer_settings: Any, **overrides: Any) -> "SACConfig":
-        """Builds the config from a behavior's resolved ML-Agents trainer settings.
-
-        Duck-typed on ML-Agents' names: ``hyperparameters.{batch_size, buffer_size,
-        learning_rate, learning_rate_schedule, buffer_init_steps, init_entcoef, tau,
-        steps_per_update, reward_signal_steps_per_update, save_replay_buffer}``,
-        ``network_settings.{normalize, hidden_units, num_layers, vis_encode_type}``,
-        ``reward_signals["extrinsic"].{gamma, strength}``, ``max_steps``,
-        ``time_horizon`` (attributes or mapping keys; absent ones take ML-Agents' defaults).
-        """
-        d = cls()
-        hp = _get(trainer_settings, "hyperparameters", None)
-        ns = _get(trainer_settings, "network_settings", None)
-        signals = _get(trainer_settings, "reward_signals", None) or {}
-        extrinsic = None
-        for key, value in (signals.items() if hasattr(signals, "items") else []):
-            if str(getattr(key, "value", key)) == "extrinsic":
-                extrinsic = value
-        steps_per_update = float(_get(hp, "steps_per_update", d.steps_per_update))
-        vis = _get(ns, "vis_encode_type", d.vis_encode_type)
-        schedule = _get(hp, "learning_rate_schedule", d.learning_rate_schedule)
-        values = dict(
-            batch_size=int(_get(hp, "batch_size", d.batch_size)),
-            buffer_size=int(_get(hp, "buffer_size", d.buffer_size)),
-            learning_rate=float(_get(hp, "learning_rate", d.learning_rate)),
-            learning_rate_schedule=str(getattr(schedule, "value", schedule)),
-            buffer_init_steps=int(_get(hp, "buffer_init_steps", d.buffer_init_steps)),
-            init_entcoef=float(_get(hp, "init_entcoef", d.init_entcoef)),
-            tau=float(_get(hp, "tau", d.tau)),
-            steps_per_update=steps_per_update,
-            reward_signal_steps_per_update=float(_get(hp, "reward_signal_steps_per_update", steps_per_update)),
-            save_replay_buffer=bool(_get(hp, "save_replay_buffer", d.save_replay_buffer)),
-            normalize=bool(_get(ns, "normalize", d.normalize)),
-            hidden_units=int(_get(ns, "hidden_units", d.hidden_units)),
-            num_layers=int(_get(ns, "num_layers", d.num_layers)),
-            vis_encode_type=str(getattr(vis, "value", vis)),
-            gamma=float(_get(extrinsic, "gamma", d.gamma)),
-            strength=float(_get(extrinsic, "strength", d.strength)),
-            max_steps=int(float(_get(trainer_settings, "max_steps", d.max_steps))),
-            time_horizon=int(_get(trainer_settings, "time_horizon", d.time_horizon)),
-        )
-        values.update(overrides)
-        return cls(**values)
-
-    def learning_rate_at(self, step: int) -> float:
-        """The scheduled learning rate after ``step`` agent steps."""
-        if self.learning_rate_schedule == "constant":
-            return float(self.learning_rate)
-        frac = 1.0 - min(step, self.max_steps) / self.max_steps
-        return float((self.learning_rate - MIN_LEARNING_RATE) * frac + MIN_LEARNING_RATE)
+    steps = step - buffer_init_steps
+    if steps <= 0:
+        return 0
+    due = max(0, math.ceil(steps / steps_per_update) - 1)
+    # the same comparisons as ML-Agents' loop, to agree at float boundaries
+    while due > 0 and not steps / due > steps_per_update:
+        due -= 1
+    while steps / (due + 1) > steps_per_update:
+        due += 1
+    return due
 
 
-# ============================================================================= networks
-# The actor is ``trainer_server.networks``' (flat parameter dict with the snapshot names of
+# -- networks ------------------------------------------------------------------------------
+# The actor is ``networks.init_actor``'s (flat parameter dict with the snapshot names of
 # docs/ARCHITECTURE.md, tanh_gaussian heads), so ``policy_parameters()`` is what
-# ``gateway.numpy_policy.NumpyPolicy`` reads. Each Q critic reuses the same encoders (under
-# ``critic/``) and adds the continuous action to the body's input, as ML-Agents' SAC
-# critics do: ``critic/body/dense{j}`` over ``[encoding, action]`` with swish, then
-# ``critic/q`` with one output per discrete action of every branch (or one output).
-
-
-def _encoder_arch(arch: PolicyArchitecture) -> PolicyArchitecture:
-    """The architecture without body layers: ``networks.encode`` then returns the raw encoding."""
-    return dataclasses.replace(arch, num_layers=0)
-
-
-def _kaiming_normal(key: jax.Array, fan_in: int, fan_out: int, gain: float) -> jax.Array:
-    return gain * math.sqrt(2.0 / fan_in) * jax.random.normal(key, (fan_in, fan_out), jnp.float32)
-
-
-def init_critic(key: jax.Array, arch: PolicyArchitecture) -> networks.Params:
-    """One Q critic's flat parameters (encoders, body over [encoding, action], ``critic/q``)."""
-    k_enc, k_body, k_q = jax.random.split(key, 3)
-    enc_arch = _encoder_arch(arch)
-    params = {
-        name: value
-        for name, value in networks.init_critic(k_enc, enc_arch).items()
-        if name.startswith("critic/encoder/")
-    }
-    a = arch.behavior_spec.action_spec
-    width = encoding_size(enc_arch) + a.continuous_size
-    for j in range(arch.num_layers):
-        k_body, k = jax.random.split(k_body)
-        params[f"critic/body/dense{j}/kernel"] = _kaiming_normal(k, width, arch.hidden_units, 1.0)
-        params[f"critic/body/dense{j}/bias"] = jnp.zeros((arch.hidden_units,), jnp.float32)
-        width = arch.hidden_units
-    outputs = max(a.mask_size, 1)
-    limit = math.sqrt(6.0 / (width + outputs))  # Xavier uniform, as ML-Agents' value heads
-    params["critic/q/kernel"] = jax.random.uniform(k_q, (width, outputs), jnp.float32, -limit, limit)
-    params["critic/q/bias"] = jnp.zeros((outputs,), jnp.float32)
-    return params
-
-
-def critic_forward(
-    params: networks.Params,
-    arch: PolicyArchitecture,
-    observations: tuple[jax.Array, ...],
-    norm_stats: networks.NormStats,
-    continuous_actions: jax.Array,
-) -> jax.Array:
-    """Q values ``[n, max(sum(branches), 1)]`` for squashed continuous actions ``[n, c]``."""
-    h = networks.encode(params, "critic/", _encoder_arch(arch), list(observations), norm_stats)
-    h = jnp.concatenate([h, continuous_actions], axis=-1)
-    for j in range(arch.num_layers):
-        h = jax.nn.swish(h @ params[f"critic/body/dense{j}/kernel"] + params[f"critic/body/dense{j}/bias"])
-    return h @ params["critic/q/kernel"] + params["critic/q/bias"]
-
-
-# ============================================================================ SAC maths
+# ``gateway.numpy_policy.NumpyPolicy`` reads. The twin Q critics are ``networks.init_q_critic``'s,
+# stacked on a leading axis of 2 (``jax.vmap`` runs both at once).
 
 
 class TrainState(NamedTuple):
-    """Everything the gradient step changes; leaves are jax arrays.
+    """Everything the update reads and writes; leaves are jax arrays.
 
     Attributes:
         params: ``{"actor", "critics" (two Q critics stacked on axis 0), "log_entcoef":
             {"continuous": [1], "discrete": [num_branches]}}``.
         target: the target critics, stacked like ``params["critics"]``.
         opt_state: Adam's state over ``params``.
+        normalizer: running observation statistics (read-only in the update).
+        step: int32 agent steps so far: drives the learning-rate schedule.
     """
 
     params: dict
     target: Any
     opt_state: Any
+    normalizer: norm_mod.NormalizerState
+    step: jax.Array
+
+
+class Minibatches(NamedTuple):
+    """One compiled call's input: ``k`` minibatches ``[k, batch_size, ...]`` and which of them
+    to train on (``valid`` bool ``[k]``: the gradient steps due, a prefix)."""
+
+    transitions: Transitions
+    valid: jax.Array
+
+
+def make_optimizer() -> optax.GradientTransformation:
+    """Adam's moment estimates (torch's defaults, as ML-Agents); the scheduled learning rate
+    is applied by the update itself so that it can depend on ``step`` without recompiling."""
+    return optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+
+
+def init_state(key: jax.Array, spec: BehaviorSpec, arch: PolicyArchitecture, init_entcoef: float) -> TrainState:
+    """Fresh actor, twin critics (the targets start as copies), entropy coefficients, Adam."""
+    k_actor, k_critic = jax.random.split(key)
+    critics = jax.vmap(lambda k: networks.init_q_critic(k, arch))(jax.random.split(k_critic, 2))
+    log0 = math.log(init_entcoef)
+    params = {
+        "actor": networks.init_actor(k_actor, arch),
+        "critics": critics,
+        "log_entcoef": {
+            "continuous": jnp.full((1,), log0, jnp.float32),
+            "discrete": jnp.full((spec.action_spec.num_branches,), log0, jnp.float32),
+        },
+    }
+    return TrainState(
+        params=params,
+        target=jax.tree_util.tree_map(jnp.array, critics),
+        opt_state=make_optimizer().init(params),
+        normalizer=norm_mod.init(spec),
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+# -- the loss ------------------------------------------------------------------------------
+class _Policy(NamedTuple):
+    """The actor's view of a batch: sampled continuous action and discrete distributions."""
+
+    action: jax.Array  # [n, c], tanh-squashed sample
+    log_prob: jax.Array  # [n], log pi_c(action), 0 without continuous actions
+    probs: jax.Array  # [n, sum(branches)], per-branch probabilities (masked ones exactly 0)
+    log_probs: jax.Array  # [n, sum(branches)], per-branch log-probabilities (0 where masked)
 
 
 def _branch_matrix(branches: tuple[int, ...]) -> np.ndarray:
@@ -310,69 +203,45 @@ def _branch_matrix(branches: tuple[int, ...]) -> np.ndarray:
     return m
 
 
-class _Policy(NamedTuple):
-    """The actor's view of a batch: sampled continuous action and discrete distributions."""
-
-    action: jax.Array  # [n, c], tanh-squashed sample
-    log_prob: jax.Array  # [n], log pi_c(action), 0 without continuous actions
-    probs: jax.Array  # [n, sum(branches)], per-branch probabilities (masked ones exactly 0)
-    log_probs: jax.Array  # [n, sum(branches)], per-branch log-probabilities (0 where masked)
-
-
-def _tanh_gaussian_sample(mu: jax.Array, log_std: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Reparameterised squashed sample ``tanh(u)`` [n, c] and its log-density [n]."""
-    noise = jax.random.normal(key, mu.shape, mu.dtype)
-    u = mu + jnp.exp(log_std) * noise
-    log_prob = jnp.sum(-0.5 * noise * noise - log_std - 0.5 * math.log(2 * math.pi), axis=-1)
-    # log(1 - tanh(u)^2) in a form that is exact for large |u|: 2 (log 2 - u - softplus(-2u))
-    log_prob = log_prob - jnp.sum(2.0 * (math.log(2.0) - u - jax.nn.softplus(-2.0 * u)), axis=-1)
-    return jnp.tanh(u), log_prob
-
-
-def _branch_log_softmax(logits: jax.Array, branches: tuple[int, ...]) -> jax.Array:
-    """Per-branch log-softmax of ``[n, sum(branches)]`` (already masked) logits."""
-    parts, lo = [], 0
-    for size in branches:
-        parts.append(jax.nn.log_softmax(logits[:, lo : lo + size], axis=-1))
-        lo += size
-    return jnp.concatenate(parts, axis=-1)
-
-
-def _make_step_fn(arch: PolicyArchitecture, config: SACConfig):
-    """Builds the pure SAC functions for one behavior.
-
-    Returns:
-        ``(init, step, policy)``: ``init(key) -> TrainState``; ``step(state, norm_stats,
-        batch, key, lr) -> (state, metrics)`` (one gradient step on a ``[batch]``
-        minibatch); ``policy(actor_params, obs, mask, norm_stats, key) -> _Policy``.
-    """
+def make_policy_fn(arch: PolicyArchitecture) -> Callable[..., _Policy]:
+    """``policy(actor_params, obs, mask, norm_stats, key) -> _Policy``: a reparameterised
+    squashed continuous sample and the full discrete distributions of n agents."""
     a_spec = arch.behavior_spec.action_spec
-    branches = a_spec.discrete_branches
-    c = a_spec.continuous_size
-    nb = len(branches)
-    seg = jnp.asarray(_branch_matrix(branches)) if nb else None
-    offsets = jnp.asarray(np.concatenate([[0], np.cumsum(branches)[:-1]]).astype(np.int32)) if nb else None
-    target_c = -CONTINUOUS_TARGET_ENTROPY_SCALE * float(c)
-    target_d = jnp.asarray([DISCRETE_TARGET_ENTROPY_SCALE * math.log(b) for b in branches], jnp.float32)
-    adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+    branches, c, nb = a_spec.discrete_branches, a_spec.continuous_size, a_spec.num_branches
 
     def policy(actor_params, obs, mask, norm_stats, key) -> _Policy:
         dist = networks.actor_forward(actor_params, arch, list(obs), norm_stats, mask if nb else None)
         n = obs[0].shape[0]
         if c:
-            action, log_prob = _tanh_gaussian_sample(dist.mu, dist.log_std, key)
+            action, log_prob = distributions.tanh_gaussian_rsample(dist.mu, dist.log_std, key)
         else:
             action, log_prob = jnp.zeros((n, 0), jnp.float32), jnp.zeros((n,), jnp.float32)
         if nb:
-            log_probs = _branch_log_softmax(dist.logits, branches)  # masked logits: p exactly 0
+            log_probs = distributions.branch_log_softmax(dist.logits, branches)  # masked logits: p exactly 0
             probs = jnp.exp(log_probs)
             log_probs = jnp.where(mask, 0.0, log_probs)  # keeps p * log p finite (0) where masked
         else:
             log_probs = probs = jnp.zeros((n, 0), jnp.float32)
         return _Policy(action, log_prob, probs, log_probs)
 
+    return policy
+
+
+def make_loss_fn(arch: PolicyArchitecture, settings: TrainerSettings) -> Callable:
+    """``losses(params, target, norm_stats, batch [batch_size], key) -> (total loss, metrics)``:
+    the twin critics' regression, the policy's soft value and the entropy coefficients'
+    losses, all from the same parameters (one backward pass)."""
+    a_spec = arch.behavior_spec.action_spec
+    branches, c, nb = a_spec.discrete_branches, a_spec.continuous_size, a_spec.num_branches
+    seg = jnp.asarray(_branch_matrix(branches)) if nb else None
+    offsets = jnp.asarray(np.concatenate([[0], np.cumsum(branches)[:-1]]).astype(np.int32)) if nb else None
+    target_c = -CONTINUOUS_TARGET_ENTROPY_SCALE * float(c)
+    target_d = jnp.asarray([DISCRETE_TARGET_ENTROPY_SCALE * math.log(b) for b in branches], jnp.float32)
+    gamma, strength = shared.extrinsic(settings).gamma, shared.extrinsic(settings).strength
+    policy = make_policy_fn(arch)
+
     def critics(critic_params, obs, norm_stats, action) -> jax.Array:  # [2, n, outputs]
-        return jax.vmap(lambda p: critic_forward(p, arch, obs, norm_stats, action))(critic_params)
+        return jax.vmap(lambda p: networks.q_critic_forward(p, arch, list(obs), norm_stats, action))(critic_params)
 
     def soft_value(q: jax.Array, pi: _Policy, alpha_c: jax.Array, alpha_d: jax.Array):
         """Soft state value [n] from Q [n, outputs] at pi's continuous action, entropy [n], per-branch entropy."""
@@ -400,7 +269,7 @@ def _make_step_fn(arch: PolicyArchitecture, config: SACConfig):
         pi_next = policy(params["actor"], batch.next_obs, batch.next_action_masks, norm_stats, k_next)
         q_next = jnp.min(critics(target, batch.next_obs, norm_stats, pi_next.action), axis=0)
         v_next, _, _ = soft_value(q_next, pi_next, alpha_c, alpha_d)
-        y = config.strength * batch.rewards + config.gamma * (1.0 - batch.dones) * v_next
+        y = strength * batch.rewards + gamma * (1.0 - batch.dones) * v_next
         y = jax.lax.stop_gradient(y)
 
         # critic regression on the replayed actions
@@ -443,49 +312,7 @@ def _make_step_fn(arch: PolicyArchitecture, config: SACConfig):
             metrics["Policy/Discrete Entropy Coeff"] = jnp.mean(alpha_d)
         return total, metrics
 
-    grad_fn = jax.grad(losses, has_aux=True)
-
-    def step(state: TrainState, norm_stats, batch: Transitions, key: jax.Array, lr: jax.Array):
-        grads, metrics = grad_fn(state.params, state.target, norm_stats, batch, key)
-        updates, opt_state = adam.update(grads, state.opt_state, state.params)
-        params = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.params, updates)
-        target = soft_update(state.target, params["critics"], config.tau)
-        return TrainState(params, target, opt_state), metrics
-
-    def init(key: jax.Array) -> TrainState:
-        k_actor, k_critic = jax.random.split(key)
-        critic_params = jax.vmap(lambda k: init_critic(k, arch))(jax.random.split(k_critic, 2))
-        log0 = math.log(config.init_entcoef)
-        params = {
-            "actor": networks.init_actor(k_actor, arch),
-            "critics": critic_params,
-            "log_entcoef": {
-                "continuous": jnp.full((1,), log0, jnp.float32),
-                "discrete": jnp.full((nb,), log0, jnp.float32),
-            },
-        }
-        return TrainState(params, jax.tree_util.tree_map(jnp.array, critic_params), adam.init(params))
-
-    return init, step, policy
-
-
-def updates_due(step: int, buffer_init_steps: int, steps_per_update: float) -> int:
-    """Total gradient steps due after ``step`` agent steps, as ML-Agents' SAC trainer counts.
-
-    ML-Agents keeps updating while ``(step - buffer_init_steps) / (updates + 1) >
-    steps_per_update``: the count is the largest ``u`` with ``(step - init) / u >
-    steps_per_update``, i.e. ``ceil((step - init) / steps_per_update) - 1``.
-    """
-    steps = step - buffer_init_steps
-    if steps <= 0:
-        return 0
-    due = max(0, math.ceil(steps / steps_per_update) - 1)
-    # the same comparisons as ML-Agents' loop, to agree at float boundaries
-    while due > 0 and not steps / due > steps_per_update:
-        due -= 1
-    while steps / (due + 1) > steps_per_update:
-        due += 1
-    return due
+    return losses
 
 
 def soft_update(target: Any, online: Any, tau: float) -> Any:
@@ -493,100 +320,115 @@ def soft_update(target: Any, online: Any, tau: float) -> Any:
     return jax.tree_util.tree_map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
 
 
-# ============================================================================== learner
+# -- the update ----------------------------------------------------------------------------
+def make_update_fn(
+    arch: PolicyArchitecture,
+    settings: TrainerSettings,
+    tx: optax.GradientTransformation,
+    on_trace: Callable[[], None] | None = None,
+) -> Callable[[TrainState, Minibatches, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """The pure update ``(state, minibatches, key) -> (state, metric sums)``; jit it once.
+
+    Runs one gradient step (Adam, then the target critics' Polyak step) per valid minibatch
+    in a ``lax.scan``; ``lax.cond`` skips the invalid ones (they cost nothing and add 0 to
+    the sums). Metrics are summed over the steps taken, on the device. ``on_trace`` is
+    called whenever JAX traces the function (tests count recompilations).
+    """
+    grad_fn = jax.grad(make_loss_fn(arch, settings), has_aux=True)
+    tau = hyperparameters(settings).tau
+
+    def gradient_step(state: TrainState, norm_stats, batch: Transitions, key: jax.Array, lr: jax.Array):
+        grads, metrics = grad_fn(state.params, state.target, norm_stats, batch, key)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.params, updates)
+        target = soft_update(state.target, params["critics"], tau)
+        return state._replace(params=params, target=target, opt_state=opt_state), metrics
+
+    def update(state: TrainState, minibatches: Minibatches, key: jax.Array):
+        if on_trace is not None:
+            on_trace()
+        lr = learning_rate_at(settings, state.step)
+        norm_stats = norm_mod.statistics(state.normalizer) if arch.normalize else None
+        k = minibatches.valid.shape[0]
+        keys = jax.random.split(key, k)
+        first = jax.tree_util.tree_map(lambda x: x[0], minibatches.transitions)
+        metric_shapes = jax.eval_shape(lambda s: gradient_step(s, norm_stats, first, keys[0], lr)[1], state)
+
+        def guarded(st, xs):
+            # lax.cond runs only the taken branch: steps past the number due cost nothing
+            batch, step_key, ok = xs
+            return jax.lax.cond(
+                ok,
+                lambda s: gradient_step(s, norm_stats, batch, step_key, lr),
+                lambda s: (s, jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes)),
+                st,
+            )
+
+        state, metrics = jax.lax.scan(guarded, state, (minibatches.transitions, keys, minibatches.valid))
+        return state, jax.tree_util.tree_map(lambda m: jnp.sum(m, axis=0), metrics)
+
+    return update
 
 
-def _to_numpy(tree: Any) -> Any:
-    return jax.tree_util.tree_map(lambda x: np.array(x), tree)
-
-
+# -- the learner shell ------------------------------------------------------------------------
 class SACLearner:
     """One behavior's SAC: replay buffer, networks, optimizer state; implements ``Learner``.
 
     Args:
         spec: the behavior's observations and actions.
-        config: SAC hyperparameters (``SACConfig.from_settings(trainer_settings)``).
-        seed: initialises the networks and every later sampling key.
+        settings: the behavior's trainer settings (``hyperparameters`` are ``SACSettings``).
+        seed: initialises the networks, every later PRNG key and the replay sampling.
+        steps_per_call: gradient steps per compiled call (k); 0 picks it from the size of a
+            transition (at most 32, the k minibatches within ~64 MiB).
 
     Attributes:
         step: agent steps consumed so far (ML-Agents' step).
         update_steps: gradient steps taken so far.
-        replay_buffer: the transitions (save/load it with ``save_replay_buffer``/
-            ``load_replay_buffer`` when ``config.save_replay_buffer``).
-        compile_count: how many times the update was traced (1 after the first update).
+        replay_buffer: the transitions (kept beside the checkpoint by ``save_extra`` when
+            ``save_replay_buffer``).
+        trace_counts: how often the compiled update was traced ("update"): 1 after many updates.
     """
 
-    def __init__(self, spec: BehaviorSpec, config: SACConfig, seed: int) -> None:
+    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, seed: int = 0, *, steps_per_call: int = 0) -> None:
         a = spec.action_spec
         if a.continuous_size == 0 and a.num_branches == 0:
             raise ValueError(f"behavior {spec.name}: SAC needs at least one action (continuous or discrete)")
         if not spec.observations:
             raise ValueError(f"behavior {spec.name}: SAC needs at least one observation")
         self.spec = spec
-        self.config = config
-        self._arch = PolicyArchitecture(
-            behavior_spec=spec,
-            hidden_units=config.hidden_units,
-            num_layers=config.num_layers,
-            normalize=config.normalize,
-            vis_encode_type=config.vis_encode_type,
-            continuous_distribution="tanh_gaussian",
-        )  # validates observation shapes for the encoders
+        self.settings = settings
+        self.hyperparameters = hyperparameters(settings)
+        self.policy_architecture = shared.policy_architecture(spec, settings, "tanh_gaussian")
+        arch = self.policy_architecture
         self._step = 0
         self.update_steps = 0
-        self.compile_count = 0
-        self._log = _log.bind(behavior=spec.name)
+        self._log = log.bind(behavior=spec.name)
         self.replay_buffer = ReplayBuffer(
-            config.buffer_size,
+            self.hyperparameters.buffer_size,
             [o.shape for o in spec.observations],
             a.continuous_size,
             a.num_branches,
             a.mask_size,
         )
-        self.steps_per_call = config.steps_per_call or self._auto_steps_per_call()
-
-        init, step, policy = _make_step_fn(self._arch, config)
-        self._policy_fn = policy
-        key = jax.random.key(seed)
-        key, init_key = jax.random.split(key)
+        self.steps_per_call = steps_per_call or self._auto_steps_per_call()
+        key, k_init = jax.random.split(shared.new_key(seed))
         self._key = key
-        self._state: TrainState = init(init_key)
-        self._normalizer = norm.init(spec)
-        self._update_chunk = jax.jit(self._make_chunk_fn(step))
-        self._normalizer_update = jax.jit(norm.update)
+        self._sampler = new_generator(seed)
+        self._state = init_state(k_init, spec, arch, self.hyperparameters.init_entcoef)
+        self._traces = shared.TraceCounter("update")
+        self.trace_counts = self._traces.counts
+        self._policy_fn = make_policy_fn(arch)
+        self._update_fn = jax.jit(make_update_fn(arch, settings, make_optimizer(), self._traces.hook("update")))
+        self._normalizer_update = jax.jit(norm_mod.update)
 
-    # ------------------------------------------------------------------ set-up helpers
     def _auto_steps_per_call(self) -> int:
         floats = sum(2 * int(np.prod(o.shape)) for o in self.spec.observations)
         a = self.spec.action_spec
         per_transition = 4 * (floats + a.continuous_size + a.num_branches + 2) + 2 * a.mask_size
-        k = DEFAULT_CHUNK_BYTES // max(per_transition * self.config.batch_size, 1)
+        k = DEFAULT_CHUNK_BYTES // max(per_transition * self.hyperparameters.batch_size, 1)
         return int(max(1, min(MAX_STEPS_PER_CALL, k)))
 
-    def _make_chunk_fn(self, step: Callable) -> Callable:
-        def chunk(state: TrainState, stats, batches: Transitions, keys: jax.Array, valid: jax.Array, lr: jax.Array):
-            """``k`` gradient steps; step i only when ``valid[i]`` (batches ``[k, batch, ...]``)."""
-            self.compile_count += 1  # runs at trace time only
-
-            metric_shapes = jax.eval_shape(
-                lambda s: step(s, stats, jax.tree_util.tree_map(lambda x: x[0], batches), keys[0], lr)[1], state
-            )
-
-            def guarded(st, xs):
-                # lax.cond runs only the taken branch: steps past the number due cost nothing
-                batch, key, ok = xs
-                return jax.lax.cond(
-                    ok,
-                    lambda s: step(s, stats, batch, key, lr),
-                    lambda s: (s, jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes)),
-                    st,
-                )
-
-            return jax.lax.scan(guarded, state, (batches, keys, valid))
-
-        return chunk
-
-    # ---------------------------------------------------------------------- Learner API
+    # -- experience --------------------------------------------------------------------
     def process_trajectory(self, trajectory: Trajectory) -> None:
         """Turns a fragment into transitions in the replay buffer; updates the normalizer.
 
@@ -623,14 +465,15 @@ class SACLearner:
             next_action_masks=next_masks,
         )
         self.replay_buffer.add(batch)  # validates shapes before anything else changes
-        if self.config.normalize:
+        if self.policy_architecture.normalize:
             self._update_normalizer(obs)
         self._step += t
 
     def _update_normalizer(self, obs: tuple[np.ndarray, ...]) -> None:
         # pad to a few fixed lengths so the jitted normalizer update compiles rarely
         t = obs[0].shape[0]
-        length = self.config.time_horizon if t <= self.config.time_horizon else 1 << (t - 1).bit_length()
+        horizon = self.settings.time_horizon
+        length = horizon if t <= horizon else 1 << (t - 1).bit_length()
         padded = []
         for o, spec in zip(obs, self.spec.observations):
             if spec.is_visual:  # never normalized: a placeholder keeps the list's positions
@@ -640,10 +483,7 @@ class SACLearner:
             p[:t] = o
             padded.append(p)
         mask = np.arange(length) < t
-        self._normalizer = self._normalizer_update(self._normalizer, padded, mask)
-
-    def _norm_stats(self) -> networks.NormStats:
-        return norm.statistics(self._normalizer) if self.config.normalize else None
+        self._state = self._state._replace(normalizer=self._normalizer_update(self._state.normalizer, padded, mask))
 
     @property
     def step(self) -> int:
@@ -655,21 +495,21 @@ class SACLearner:
         # Set from outside (e.g. step 0 after --initialize-from): as ML-Agents on load,
         # assume the gradient steps up to now were taken at the configured ratio.
         self._step = int(value)
-        self.update_steps = updates_due(self._step, self.config.buffer_init_steps, self.config.steps_per_update)
+        self.update_steps = self._updates_due()
+
+    def _updates_due(self) -> int:
+        return updates_due(self._step, self.hyperparameters.buffer_init_steps, self.hyperparameters.steps_per_update)
 
     def pending_updates(self) -> int:
         """Gradient steps due now and not yet taken."""
-        due = updates_due(self._step, self.config.buffer_init_steps, self.config.steps_per_update)
-        return max(0, due - self.update_steps)
+        return max(0, self._updates_due() - self.update_steps)
 
     def ready(self) -> bool:
         """True when gradient steps are due and a minibatch can be sampled."""
-        return (
-            self.replay_buffer.size >= self.config.batch_size
-            and self._step >= self.config.buffer_init_steps
-            and self.pending_updates() > 0
-        )
+        hp = self.hyperparameters
+        return self.replay_buffer.size >= hp.batch_size and self._step >= hp.buffer_init_steps and self.pending_updates() > 0
 
+    # -- update ------------------------------------------------------------------------
     def update(self) -> dict[str, float]:
         """Runs every pending gradient step; returns the metrics averaged over them.
 
@@ -683,66 +523,52 @@ class SACLearner:
             return {}
         pending = self.pending_updates()
         k = self.steps_per_call
-        lr = self.config.learning_rate_at(self._step)
-        stats = self._norm_stats()
-        sums: dict[str, float] = {}
+        state = self._state._replace(step=jnp.asarray(min(self._step, np.iinfo(np.int32).max), jnp.int32))
+        sums = None
         done = 0
         while done < pending:
             n = min(k, pending - done)
-            self._key, k_idx, k_steps = jax.random.split(self._key, 3)
-            batches = self.replay_buffer.sample(k_idx, self.config.batch_size, num_batches=k)
-            valid = np.arange(k) < n
-            self._state, metrics = self._update_chunk(
-                self._state, stats, batches, jax.random.split(k_steps, k), valid, jnp.float32(lr)
+            batches = Minibatches(
+                transitions=self.replay_buffer.sample(self._sampler, self.hyperparameters.batch_size, num_batches=k),
+                valid=np.arange(k) < n,
             )
-            for name, values in metrics.items():
-                sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values)[:n]))
+            self._key, key = jax.random.split(self._key)
+            state, metrics = self._update_fn(state, batches, key)
+            sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
             done += n
+        self._state = state
         self.update_steps += pending
-        out = {name: total / pending for name, total in sums.items()}
-        out["Policy/Learning Rate"] = lr
+        out = {name: float(total) / pending for name, total in jax.device_get(sums).items()}
+        out["Policy/Learning Rate"] = learning_rate_at(self.settings, self._step)
         self._log.debug("sac update", gradient_steps=pending, step=self._step)
         return out
 
-    # ------------------------------------------------------------------------ snapshots
+    # -- snapshots -----------------------------------------------------------------------
     def architecture(self) -> PolicyArchitecture:
         """What the snapshot's parameters mean (``continuous_distribution="tanh_gaussian"``)."""
-        return self._arch
-
-    @property
-    def policy_architecture(self) -> PolicyArchitecture:
-        """The same as the domain type of ``common.architecture``."""
-        return self._arch
+        return self.policy_architecture
 
     def policy_parameters(self) -> dict[str, np.ndarray]:
         """Flat float32 actor parameters (and normalizer statistics) for ``NumpyPolicy``."""
-        out = {name: np.asarray(v, np.float32) for name, v in self._state.params["actor"].items()}
-        if self.config.normalize:
-            mean, var = norm.statistics(self._normalizer)
-            for key in mean:
-                out[f"normalizer/mean/{key}"] = np.asarray(mean[key], np.float32)
-                out[f"normalizer/var/{key}"] = np.asarray(var[key], np.float32)
-        return out
+        return shared.policy_parameters(self._state.params["actor"], self._state.normalizer, self.policy_architecture.normalize)
 
-    # ---------------------------------------------------------------------- checkpoints
+    # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Params, target critics, Adam state, normalizer, step counters and PRNG key (numpy leaves).
+        """Params, target critics, Adam state, normalizer, step counters, PRNG key and the
+        replay sampler's state (numpy leaves).
 
-        The replay buffer is not included: save it with ``save_replay_buffer``.
+        The replay buffer is not included: ``save_extra`` keeps it beside the checkpoint.
         """
         return {
             "algorithm": "sac",
             "step": int(self._step),
             "update_steps": int(self.update_steps),
-            "key": np.asarray(jax.random.key_data(self._key)),
-            "params": _to_numpy(self._state.params),
-            "target": _to_numpy(self._state.target),
-            "opt_state": _to_numpy(serialization.to_state_dict(self._state.opt_state)),
-            "normalizer": {
-                "mean": _to_numpy(self._normalizer.mean),
-                "m2": _to_numpy(self._normalizer.m2),
-                "count": np.asarray(self._normalizer.count),
-            },
+            "key": shared.key_to_numpy(self._key),
+            "sampler": generator_state(self._sampler),
+            "params": shared.to_numpy(self._state.params),
+            "target": shared.to_numpy(self._state.target),
+            "opt_state": shared.to_numpy(serialization.to_state_dict(self._state.opt_state)),
+            "normalizer": shared.normalizer_state_dict(self._state.normalizer),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -751,44 +577,41 @@ class SACLearner:
         Raises:
             ValueError: when the state is not a SAC state of this behavior's shapes.
         """
-        if state.get("algorithm") != "sac":
-            raise ValueError(f"behavior {self.spec.name}: checkpoint is not a SAC learner state")
-
-        def restore(template: Any, value: Any, what: str) -> Any:
-            t_leaves, treedef = jax.tree_util.tree_flatten(template)
-            v_leaves, v_def = jax.tree_util.tree_flatten(value)
-            if treedef != v_def:
-                raise ValueError(f"behavior {self.spec.name}: checkpoint {what} does not match the network settings")
-            for t, v in zip(t_leaves, v_leaves):
-                if np.shape(t) != np.shape(v):
-                    raise ValueError(
-                        f"behavior {self.spec.name}: checkpoint {what} has shape {np.shape(v)} "
-                        f"where the network has {np.shape(t)}"
-                    )
-            return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v, t.dtype) for t, v in zip(t_leaves, v_leaves)])
-
-        params = restore(self._state.params, state["params"], "params")
-        target = restore(self._state.target, state["target"], "target critics")
-        opt_template = serialization.to_state_dict(self._state.opt_state)
-        opt_state = serialization.from_state_dict(
-            self._state.opt_state, restore(opt_template, state["opt_state"], "optimizer state")
+        shared.check_state(
+            state, "sac", ("params", "target", "opt_state", "normalizer", "step", "update_steps", "key", "sampler")
         )
-        nstate = state["normalizer"]
-        normalizer = norm.NormalizerState(
-            mean=restore(self._normalizer.mean, nstate["mean"], "normalizer"),
-            m2=restore(self._normalizer.m2, nstate["m2"], "normalizer"),
-            count=jnp.asarray(nstate["count"], jnp.int32),
+        current = self._state
+        opt_template = serialization.to_state_dict(current.opt_state)
+        self._state = current._replace(
+            params=shared.restore_like(current.params, state["params"], "params"),
+            target=shared.restore_like(current.target, state["target"], "target"),
+            opt_state=serialization.from_state_dict(
+                current.opt_state, shared.restore_like(opt_template, state["opt_state"], "opt_state")
+            ),
+            normalizer=shared.restore_normalizer(current.normalizer, state["normalizer"]),
         )
-        self._state = TrainState(params, target, opt_state)
-        self._normalizer = normalizer
-        self._key = jax.random.wrap_key_data(jnp.asarray(state["key"], jnp.uint32))
-        self._step = int(state["step"])
-        self.update_steps = int(state["update_steps"])
+        self._key = shared.key_from_numpy(state["key"])
+        self._sampler = generator_from_state(state["sampler"])
+        self._step = int(np.asarray(state["step"]))
+        self.update_steps = int(np.asarray(state["update_steps"]))
 
-    def save_replay_buffer(self, path) -> None:
-        """Writes the replay buffer (``save_replay_buffer: true``) to ``path`` (.npz)."""
-        self.replay_buffer.save(path)
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """``init_path`` / ``--initialize-from``: the checkpoint's networks, Adam state and
+        normalizer; the new run counts from step 0 (and 0 gradient steps)."""
+        shared.load_weights(self, state)
 
-    def load_replay_buffer(self, path) -> None:
-        """Restores a replay buffer written by ``save_replay_buffer`` (``--resume``)."""
+    def save_extra(self, folder: Path) -> None:
+        """Writes the replay buffer to ``folder/REPLAY_BUFFER_FILE`` when ``save_replay_buffer``."""
+        if self.hyperparameters.save_replay_buffer:
+            self.replay_buffer.save(Path(folder) / REPLAY_BUFFER_FILE)
+
+    def load_extra(self, folder: Path) -> None:
+        """``--resume``: reloads the replay buffer ``save_extra`` wrote (``save_replay_buffer``);
+        logs a warning and keeps it empty when the file is missing."""
+        if not self.hyperparameters.save_replay_buffer:
+            return
+        path = Path(folder) / REPLAY_BUFFER_FILE
+        if not path.is_file():
+            self._log.warning("--resume: no saved replay buffer, starting it empty", path=str(path))
+            return
         self.replay_buffer.load(path)

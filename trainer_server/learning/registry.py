@@ -1,0 +1,45 @@
+"""The one place that maps a behavior's ``trainer_type`` to a learner class.
+
+Why: the server (``make_learner``) and the settings' support check (``trainer_types``)
+must agree on which algorithms exist; no algorithm name appears outside this package.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from common.specs import BehaviorSpec
+from trainer_server.learning.learner import Learner
+from trainer_server.learning.ppo import PPOLearner
+from trainer_server.learning.sac import SACLearner
+from trainer_server.settings import TrainerSettings
+
+_LEARNERS: dict[str, Callable[[BehaviorSpec, TrainerSettings, int], Learner]] = {
+    "ppo": PPOLearner,
+    "sac": SACLearner,
+}
+
+
+def trainer_types() -> frozenset[str]:
+    """The trainer types that have a learner ("ppo", "sac")."""
+    return frozenset(_LEARNERS)
+
+
+def make_learner(spec: BehaviorSpec, settings: TrainerSettings, seed: int) -> Learner:
+    """A new learner for one behavior.
+
+    Args:
+        spec: the behavior's observations and actions.
+        settings: its trainer settings, validated and support-checked at load.
+        seed: initialises the networks and every later random draw.
+
+    Raises:
+        ValueError: naming the behavior, for a trainer type without a learner.
+    """
+    learner = _LEARNERS.get(str(settings.trainer_type))
+    if learner is None:
+        raise ValueError(
+            f"behavior {spec.name}: trainer_type {settings.trainer_type} has no learner "
+            f"(available: {', '.join(sorted(_LEARNERS))})"
+        )
+    return learner(spec, settings, seed)
