@@ -49,7 +49,7 @@ from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from trainer_server.learning import distributions, networks, shared
 from trainer_server.learning import normalizer as norm_mod
-from trainer_server.learning.rollout_buffer import RolloutBuffer
+from trainer_server.learning import rollout_buffer
 from trainer_server.settings import PPOSettings, TrainerSettings
 
 #: ML-Agents' floors of the linear schedules (ModelUtils.DecayedValue in its PPO optimizer)
@@ -194,12 +194,6 @@ def ppo_loss(
     return loss, aux
 
 
-def make_optimizer() -> optax.GradientTransformation:
-    """Adam's moment estimates (torch's defaults, as ML-Agents); the scheduled learning rate
-    is applied by the update itself so that it can depend on ``step`` without recompiling."""
-    return optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
-
-
 def make_update_fn(
     arch: PolicyArchitecture,
     settings: TrainerSettings,
@@ -310,7 +304,7 @@ class PPOLearner:
         arch = self.policy_architecture
         key, k_init = jax.random.split(shared.new_key(seed))
         params = init_params(k_init, arch, self.hyperparameters.shared_critic)
-        self._tx = make_optimizer()
+        self._tx = shared.make_optimizer()
         self._state = PPOState(
             params=params,
             opt_state=self._tx.init(params),
@@ -320,7 +314,7 @@ class PPOLearner:
         self._key = key
         self.step = 0
         self.update_count = 0
-        self.rollout_buffer = RolloutBuffer(spec)
+        self.rollout_buffer = rollout_buffer.RolloutBuffer(spec)
         self._traces = shared.TraceCounter("update", "process", "act")
         self.trace_counts = self._traces.counts
         self._warned_long = False
@@ -414,16 +408,7 @@ class PPOLearner:
                 f"{self.rollout_buffer.size} buffered"
             )
         data = self.rollout_buffer.take(self.hyperparameters.buffer_size)
-        batch = Batch(
-            observations=tuple(data["observations"]),
-            continuous_actions=data["continuous_actions"],
-            discrete_actions=data["discrete_actions"],
-            action_masks=data["action_masks"],
-            log_probs=data["log_probs"],
-            values=data["values"],
-            advantages=data["advantages"],
-            returns=data["returns"],
-        )
+        batch = Batch(observations=tuple(data["observations"]), **{f: data[f] for f in rollout_buffer.FIELDS})
         self._key, key = jax.random.split(self._key)
         state = self._state._replace(step=jnp.asarray(min(self.step, np.iinfo(np.int32).max), jnp.int32))
         self._state, metrics = self._update_fn(state, batch, key)

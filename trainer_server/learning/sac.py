@@ -155,12 +155,6 @@ class Minibatches(NamedTuple):
     valid: jax.Array
 
 
-def make_optimizer() -> optax.GradientTransformation:
-    """Adam's moment estimates (torch's defaults, as ML-Agents); the scheduled learning rate
-    is applied by the update itself so that it can depend on ``step`` without recompiling."""
-    return optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
-
-
 def init_state(key: jax.Array, spec: BehaviorSpec, arch: PolicyArchitecture, init_entcoef: float) -> TrainState:
     """Fresh actor, twin critics (the targets start as copies), entropy coefficients, Adam."""
     k_actor, k_critic = jax.random.split(key)
@@ -177,7 +171,7 @@ def init_state(key: jax.Array, spec: BehaviorSpec, arch: PolicyArchitecture, ini
     return TrainState(
         params=params,
         target=jax.tree_util.tree_map(jnp.array, critics),
-        opt_state=make_optimizer().init(params),
+        opt_state=shared.make_optimizer().init(params),
         normalizer=norm_mod.init(spec),
         step=jnp.zeros((), jnp.int32),
     )
@@ -418,7 +412,7 @@ class SACLearner:
         self._traces = shared.TraceCounter("update")
         self.trace_counts = self._traces.counts
         self._policy_fn = make_policy_fn(arch)
-        self._update_fn = jax.jit(make_update_fn(arch, settings, make_optimizer(), self._traces.hook("update")))
+        self._update_fn = jax.jit(make_update_fn(arch, settings, shared.make_optimizer(), self._traces.hook("update")))
         self._normalizer_update = jax.jit(norm_mod.update)
 
     def _auto_steps_per_call(self) -> int:

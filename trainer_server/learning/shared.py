@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from common.architecture import PolicyArchitecture
 from common.specs import BehaviorSpec
@@ -63,6 +64,12 @@ def decayed_value(schedule: str, initial: float, minimum: float, max_steps: int,
     else:
         frac = min(step, max_steps) / horizon
     return (initial - minimum) * (1.0 - frac) + minimum
+
+
+def make_optimizer() -> optax.GradientTransformation:
+    """Adam's moment estimates (torch's defaults, as ML-Agents); the scheduled learning rate
+    is applied by each update itself so that it can depend on ``step`` without recompiling."""
+    return optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
 
 
 # -- PRNG keys -----------------------------------------------------------------------------

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from common.architecture import PolicyArchitecture
 from gateway.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
 from learning_helpers import trainer_settings
 from trainer_server import settings as s
-from trainer_server.learning import networks, ppo
+from trainer_server.learning import networks, ppo, shared
 from trainer_server.learning.ppo import PPOLearner
 
 
@@ -211,7 +210,7 @@ def test_update_improves_the_surrogate_on_a_toy_batch():
         return -float(aux["policy_loss"]), float(aux["value_loss"])
 
     before = surrogate(state.params)
-    update = jax.jit(ppo.make_update_fn(learner.policy_architecture, settings, ppo.make_optimizer()))
+    update = jax.jit(ppo.make_update_fn(learner.policy_architecture, settings, shared.make_optimizer()))
     new_state, _ = update(state, batch, jax.random.key(0))
     after = surrogate(new_state.params)
     assert after[0] > before[0] + 0.01, (before, after)
