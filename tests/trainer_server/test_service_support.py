@@ -151,6 +151,15 @@ class CountingLearner:
         self.step = int(state["step"])
         self.updates = int(state["updates"])
 
+    def load_weights(self, state: dict[str, Any]) -> None:
+        self.load_state_dict({**state, "step": 0})
+
+    def save_extra(self, folder: Any) -> None:
+        pass
+
+    def load_extra(self, folder: Any) -> None:
+        pass
+
 
 class LearnerRegistry:
     """A learner factory that remembers the learners it made (by behavior name)."""
