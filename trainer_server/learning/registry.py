@@ -2,21 +2,22 @@
 
 Why: the server (``make_learner``) and the settings' support check (``trainer_types``)
 must agree on which algorithms exist; no algorithm name appears outside this package.
+The learner modules (and JAX) are imported only when a learner is made, so that the
+support check at start-up stays as quick as reading the configuration.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import importlib
 
 from common.specs import BehaviorSpec
 from trainer_server.learning.learner import Learner
-from trainer_server.learning.ppo import PPOLearner
-from trainer_server.learning.sac import SACLearner
 from trainer_server.settings import TrainerSettings
 
-_LEARNERS: dict[str, Callable[[BehaviorSpec, TrainerSettings, int], Learner]] = {
-    "ppo": PPOLearner,
-    "sac": SACLearner,
+#: trainer_type -> (module, class) of its learner
+_LEARNERS: dict[str, tuple[str, str]] = {
+    "ppo": ("trainer_server.learning.ppo", "PPOLearner"),
+    "sac": ("trainer_server.learning.sac", "SACLearner"),
 }
 
 
@@ -36,10 +37,12 @@ def make_learner(spec: BehaviorSpec, settings: TrainerSettings, seed: int) -> Le
     Raises:
         ValueError: naming the behavior, for a trainer type without a learner.
     """
-    learner = _LEARNERS.get(str(settings.trainer_type))
-    if learner is None:
+    where = _LEARNERS.get(str(settings.trainer_type))
+    if where is None:
         raise ValueError(
             f"behavior {spec.name}: trainer_type {settings.trainer_type} has no learner "
             f"(available: {', '.join(sorted(_LEARNERS))})"
         )
-    return learner(spec, settings, seed)
+    module, name = where
+    learner_class = getattr(importlib.import_module(module), name)
+    return learner_class(spec, settings, seed)
