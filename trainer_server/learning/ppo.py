@@ -78,40 +78,7 @@ def schedules(settings: TrainerSettings, step: Any) -> tuple[Any, Any, Any]:
     )
 
 
-# -- GAE -------------------------------------------------------------------------------
-def gae(
-    rewards: jax.Array, values: jax.Array, bootstrap_value: jax.Array, mask: jax.Array, gamma: float, lambd: float
-) -> tuple[jax.Array, jax.Array]:
-    """Generalized advantage estimation over one padded trajectory fragment.
-
-    Args:
-        rewards: ``[L]`` rewards r_t (after a_t); padding rows are ignored.
-        values: ``[L]`` V(o_t).
-        bootstrap_value: scalar V(o_T) after the last real step: the critic's value of
-            ``next_observations`` when cut or interrupted, 0 after a true terminal.
-        mask: bool ``[L]``, true on the T real steps (a prefix).
-        gamma: discount.
-        lambd: GAE's lambda.
-
-    Returns:
-        (advantages ``[L]``, returns ``[L]`` = advantages + values), 0 on padding rows.
-    """
-    length = jnp.sum(mask.astype(jnp.int32))
-    idx = jnp.arange(rewards.shape[0])
-    next_values = jnp.concatenate([values[1:], jnp.zeros((1,), values.dtype)])
-    next_values = jnp.where(idx == length - 1, bootstrap_value, next_values)
-    deltas = jnp.where(mask, rewards + gamma * next_values - values, 0.0)
-
-    def back(carry, delta):
-        adv = delta + gamma * lambd * carry
-        return adv, adv
-
-    _, advantages = jax.lax.scan(back, jnp.zeros((), deltas.dtype), deltas, reverse=True)
-    advantages = jnp.where(mask, advantages, 0.0)
-    return advantages, jnp.where(mask, advantages + values, 0.0)
-
-
-# -- the update ------------------------------------------------------------------------
+# -- networks and state --------------------------------------------------------------------
 class PPOState(NamedTuple):
     """Everything the update reads and writes.
 
@@ -150,6 +117,39 @@ def init_params(key: jax.Array, arch: PolicyArchitecture, shared_critic: bool) -
     with ``shared_critic``: the critic then reads the actor's encoders and body)."""
     k_actor, k_critic = jax.random.split(key)
     return {"actor": networks.init_actor(k_actor, arch), "critic": networks.init_critic(k_critic, arch, shared_critic)}
+
+
+# -- the loss ------------------------------------------------------------------------------
+def gae(
+    rewards: jax.Array, values: jax.Array, bootstrap_value: jax.Array, mask: jax.Array, gamma: float, lambd: float
+) -> tuple[jax.Array, jax.Array]:
+    """Generalized advantage estimation over one padded trajectory fragment.
+
+    Args:
+        rewards: ``[L]`` rewards r_t (after a_t); padding rows are ignored.
+        values: ``[L]`` V(o_t).
+        bootstrap_value: scalar V(o_T) after the last real step: the critic's value of
+            ``next_observations`` when cut or interrupted, 0 after a true terminal.
+        mask: bool ``[L]``, true on the T real steps (a prefix).
+        gamma: discount.
+        lambd: GAE's lambda.
+
+    Returns:
+        (advantages ``[L]``, returns ``[L]`` = advantages + values), 0 on padding rows.
+    """
+    length = jnp.sum(mask.astype(jnp.int32))
+    idx = jnp.arange(rewards.shape[0])
+    next_values = jnp.concatenate([values[1:], jnp.zeros((1,), values.dtype)])
+    next_values = jnp.where(idx == length - 1, bootstrap_value, next_values)
+    deltas = jnp.where(mask, rewards + gamma * next_values - values, 0.0)
+
+    def back(carry, delta):
+        adv = delta + gamma * lambd * carry
+        return adv, adv
+
+    _, advantages = jax.lax.scan(back, jnp.zeros((), deltas.dtype), deltas, reverse=True)
+    advantages = jnp.where(mask, advantages, 0.0)
+    return advantages, jnp.where(mask, advantages + values, 0.0)
 
 
 def ppo_loss(
@@ -194,6 +194,7 @@ def ppo_loss(
     return loss, aux
 
 
+# -- the update ----------------------------------------------------------------------------
 def make_update_fn(
     arch: PolicyArchitecture,
     settings: TrainerSettings,

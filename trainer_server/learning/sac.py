@@ -121,7 +121,7 @@ def updates_due(step: int, buffer_init_steps: int, steps_per_update: float) -> i
     return due
 
 
-# -- networks ------------------------------------------------------------------------------
+# -- networks and state --------------------------------------------------------------------
 # The actor is ``networks.init_actor``'s (flat parameter dict with the snapshot names of
 # docs/ARCHITECTURE.md, tanh_gaussian heads), so ``policy_parameters()`` is what
 # ``gateway.numpy_policy.NumpyPolicy`` reads. The twin Q critics are ``networks.init_q_critic``'s,
