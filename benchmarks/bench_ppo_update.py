@@ -67,13 +67,24 @@ def _fill(learner, rng: np.random.Generator) -> float:
 def bench_update(updates: int) -> dict[str, float]:
     import jax
 
-    from trainer_server.ppo import PPOConfig, PPOLearner
+    from trainer_server.learning.ppo import PPOLearner
+    from trainer_server.config.loading import trainer_settings_from_dict
 
-    config = PPOConfig(
-        batch_size=64, buffer_size=12000, num_epoch=3, learning_rate=3e-4, beta=1e-3, epsilon=0.2, lambd=0.99,
-        gamma=0.99, max_steps=500000, time_horizon=1000, hidden_units=128, num_layers=2, normalize=True,
+    settings = trainer_settings_from_dict(
+        {
+            "trainer_type": "ppo",
+            "hyperparameters": {
+                "batch_size": 64, "buffer_size": 12000, "num_epoch": 3, "learning_rate": 3e-4, "beta": 1e-3,
+                "epsilon": 0.2, "lambd": 0.99,
+            },
+            "network_settings": {"hidden_units": 128, "num_layers": 2, "normalize": True},
+            "reward_signals": {"extrinsic": {"gamma": 0.99}},
+            "max_steps": 500000,
+            "time_horizon": 1000,
+        }
     )
-    learner = PPOLearner(SPEC, config, seed=0)
+    hp = settings.hyperparameters
+    learner = PPOLearner(SPEC, settings, seed=0)
     rng = np.random.default_rng(0)
     per_step = [_fill(learner, rng)]
     start = time.perf_counter()
@@ -86,16 +97,16 @@ def bench_update(updates: int) -> dict[str, float]:
         learner.update()
         times.append(time.perf_counter() - start)
     steady = float(np.median(times))
-    minibatches = config.buffer_size // config.batch_size
+    minibatches = hp.buffer_size // hp.batch_size
     return {
         "backend": f"{jax.default_backend()} ({jax.devices()[0].device_kind})",
         "first_update_s": first,
         "compile_s": max(0.0, first - steady),
         "update_s": steady,
         "update_min_s": float(np.min(times)),
-        "buffer_steps_per_s": config.buffer_size / steady,
-        "gradient_samples_per_s": config.num_epoch * minibatches * config.batch_size / steady,
-        "minibatch_steps": config.num_epoch * minibatches,
+        "buffer_steps_per_s": hp.buffer_size / steady,
+        "gradient_samples_per_s": hp.num_epoch * minibatches * hp.batch_size / steady,
+        "minibatch_steps": hp.num_epoch * minibatches,
         "process_us_per_step": 1e6 * float(np.median(per_step[1:] or per_step)),
         "updates": updates,
         "traces": learner.trace_counts["update"],
@@ -106,10 +117,10 @@ def bench_acting(agents: int, calls: int) -> dict[str, float]:
     import jax
 
     from common.architecture import PolicyArchitecture
-    from trainer_server import networks
+    from trainer_server.learning import networks
 
     arch = PolicyArchitecture(SPEC, hidden_units=128, num_layers=2, normalize=True)
-    params = {k: np.asarray(v) for k, v in networks.init_actor(jax.random.PRNGKey(0), arch).items()}
+    params = {k: np.asarray(v) for k, v in networks.init_actor(jax.random.key(0), arch).items()}
     params["normalizer/mean/0"] = np.zeros(8, np.float32)
     params["normalizer/var/0"] = np.ones(8, np.float32)
     policy = NumpyPolicy(arch, params)

@@ -27,7 +27,8 @@ from benchmarks import report
 from common.logging import configure_logging, get_logger
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
-from trainer_server.sac import SACConfig, SACLearner
+from trainer_server.learning.sac import SACLearner
+from trainer_server.config.loading import trainer_settings_from_dict
 
 RESULTS = Path(__file__).parent / "results" / "bench_sac_update.md"
 SPEC = BehaviorSpec("3DBall?team=0", (ObservationSpec("vector", (8,)),), ActionSpec(continuous_size=2))
@@ -54,16 +55,14 @@ def _fragment(rng: np.random.Generator, t: int) -> Trajectory:
 def measure(batch_size: int, hidden_units: int, steps: int, steps_per_call: int) -> dict[str, float]:
     """Compile time and steady-state gradient steps per second of one configuration."""
     rng = np.random.default_rng(0)
-    config = SACConfig(
-        batch_size=batch_size,
-        buffer_size=50000,
-        hidden_units=hidden_units,
-        num_layers=2,
-        normalize=True,
-        steps_per_update=1.0,
-        steps_per_call=steps_per_call,
+    settings = trainer_settings_from_dict(
+        {
+            "trainer_type": "sac",
+            "hyperparameters": {"batch_size": batch_size, "buffer_size": 50000, "steps_per_update": 1.0},
+            "network_settings": {"hidden_units": hidden_units, "num_layers": 2, "normalize": True},
+        }
     )
-    learner = SACLearner(SPEC, config, seed=0)
+    learner = SACLearner(SPEC, settings, seed=0, steps_per_call=steps_per_call)
     for _ in range(10):  # 10k transitions in the replay buffer
         learner.process_trajectory(_fragment(rng, FRAGMENT))
     learner.step = learner.step  # count the updates due so far as done (as after a resume)
@@ -80,7 +79,7 @@ def measure(batch_size: int, hidden_units: int, steps: int, steps_per_call: int)
     learner.update()
     jax.block_until_ready(learner._state)
     elapsed = time.perf_counter() - start
-    assert learner.compile_count == 1, "the update recompiled"
+    assert learner.trace_counts["update"] == 1, "the update recompiled"
     per_step = elapsed / pending
     return {
         "steps": pending,

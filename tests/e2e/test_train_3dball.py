@@ -112,7 +112,6 @@ def _tool(name: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(TIME_LIMIT_S + 60)
 def test_ppo_trains_3dball_through_gateway_and_trainer_processes(tmp_path):
-    pytest.importorskip("trainer_server.ppo")
     _train_and_check(
         tmp_path, PPO_CONFIG, MAX_STEPS,
         COMMON_TAGS | {"Losses/Value Loss", "Policy/Epsilon", "Policy/Beta"},
@@ -122,7 +121,6 @@ def test_ppo_trains_3dball_through_gateway_and_trainer_processes(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(TIME_LIMIT_S + 60)
 def test_sac_trains_3dball_through_gateway_and_trainer_processes(tmp_path):
-    pytest.importorskip("trainer_server.sac")
     _train_and_check(
         tmp_path, SAC_CONFIG, SAC_MAX_STEPS,
         COMMON_TAGS | {"Losses/Q1 Loss", "Losses/Q2 Loss", "Policy/Entropy Coefficient"},
@@ -131,7 +129,6 @@ def test_sac_trains_3dball_through_gateway_and_trainer_processes(tmp_path):
 
 def _train_and_check(tmp_path: Path, config_text: str, max_steps: int, expected_tags: set[str]) -> None:
     """Runs ``tandem-trainer CONFIG --with-gateway`` to max_steps and checks what it learned and wrote."""
-    pytest.importorskip("gateway.actor.runner")  # the gateway's actor mode (--trainer)
     config = tmp_path / "3DBall-e2e.yaml"
     config.write_text(config_text)
     log_path = tmp_path / "trainer.log"

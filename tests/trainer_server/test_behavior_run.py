@@ -238,7 +238,6 @@ def _leaves(tree, prefix=""):
 
 
 def test_resume_with_ppo_restores_step_optimizer_and_normalizer_exactly(tmp_path):
-    pytest.importorskip("trainer_server.ppo")
     app = _train_real(_real_options(tmp_path, "ppo-run", _TINY_PPO), chunks=7)  # one update at 48, 22 steps left
     saved = app._behaviors[BALL.name].learner.state_dict()
     assert saved["step"] == 70 and saved["update_count"] == 1
@@ -263,8 +262,7 @@ def test_even_checkpoints_spread_keep_checkpoints_over_max_steps(tmp_path):
 
 
 def test_sac_save_replay_buffer_is_written_with_checkpoints_and_restored_on_resume(tmp_path):
-    pytest.importorskip("trainer_server.sac")
-    from trainer_server.sac import REPLAY_BUFFER_FILE
+    from trainer_server.learning.sac import REPLAY_BUFFER_FILE
 
     app = _train_real(_real_options(tmp_path, "sac-run", _TINY_SAC), chunks=4)
     buffer_file = tmp_path / "results" / "sac-run" / behavior_folder_name(BALL.name) / REPLAY_BUFFER_FILE

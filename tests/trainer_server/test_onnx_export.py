@@ -370,7 +370,7 @@ def random_masks(branches: tuple[int, ...], batch: int, seed: int) -> np.ndarray
 def jax_initialized_params(arch: PolicyArchitecture, seed: int = 0) -> dict[str, np.ndarray]:
     """Parameters from the real JAX actor initializer, with normalizer statistics folded from data."""
     jax = pytest.importorskip("jax")
-    from trainer_server import networks, normalizer
+    from trainer_server.learning import networks, normalizer
 
     domain = arch
     params = {k: np.asarray(v) for k, v in networks.init_actor(jax.random.key(seed), domain).items()}
@@ -416,7 +416,7 @@ def test_deterministic_actions_match_the_jax_actor(behavior):
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp
 
-    from trainer_server import distributions, networks
+    from trainer_server.learning import distributions, networks
 
     arch, _ = behavior
     params = jax_initialized_params(arch, seed=5)

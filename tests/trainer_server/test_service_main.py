@@ -87,7 +87,7 @@ def test_gateway_command_passes_environment_and_engine_settings(tmp_path):
     )
     options = load_run_options(CONFIG, args)
     cmd = gateway_command(options, "127.0.0.1:40000", ("--chunk-steps", "256"), tls_ca="/ca.pem")
-    gateway_cli = pytest.importorskip("gateway.cli")
+    import gateway.cli as gateway_cli
     parsed = gateway_cli.build_parser().parse_args(cmd[1:] if not cmd[0].endswith("python") else cmd[3:])
     assert parsed.trainer == "127.0.0.1:40000" and parsed.trainer_tls_ca == "/ca.pem"
     assert parsed.env_path == "/builds/3DBall.x86_64" and parsed.num_envs == 3 and parsed.seed == 5
@@ -98,7 +98,6 @@ def test_gateway_command_passes_environment_and_engine_settings(tmp_path):
 
 
 def test_sigint_during_training_writes_a_final_checkpoint(tmp_path):
-    pytest.importorskip("trainer_server.ppo")
     from test_service_support import BALL, GatewayClient, chunk_message, hello_message, make_trajectory
 
     config = tmp_path / "tiny.yaml"

@@ -1,7 +1,9 @@
-"""TEMPORARY (reshape-app branch only): to be replaced by the learning helper's file.
+"""The interface every algorithm (PPO, SAC) offers to the trainer server.
 
-The Learner protocol of issue 12's shared brief, so the app's code and tests run in this
-worktree before the merge.
+Why: the server's orchestration (streams, results, checkpoints, TensorBoard) is the
+same for every algorithm; only how trajectories become updates differs. The server
+creates learners with ``trainer_server.learning.registry.make_learner`` and uses nothing
+else of them.
 """
 
 from __future__ import annotations
@@ -16,26 +18,54 @@ from common.trajectory import Trajectory
 
 
 class Learner(Protocol):
-    """One behavior's policy, optimizer state and experience buffer."""
+    """One behavior's policy, optimizer state and experience buffer.
 
+    Constructors take ``(spec: BehaviorSpec, settings: TrainerSettings, seed: int)``: the
+    typed settings validated at load, read directly (no second configuration type).
+    """
+
+    #: total agent steps consumed (ML-Agents' "step"), drives schedules and max_steps
     step: int
 
-    def process_trajectory(self, trajectory: Trajectory) -> None: ...
+    def process_trajectory(self, trajectory: Trajectory) -> None:
+        """Adds one validated trajectory fragment to the learner's buffer.
 
-    def ready(self) -> bool: ...
+        Raises:
+            ValueError: when the fragment does not fit the behavior's spec.
+        """
 
-    def update(self) -> dict[str, float]: ...
+    def ready(self) -> bool:
+        """True when an update can run now (PPO: buffer_size steps collected; SAC: gradient
+        steps are due and a minibatch can be sampled)."""
 
-    def architecture(self) -> PolicyArchitecture: ...
+    def update(self) -> dict[str, float]:
+        """Runs one update; returns ML-Agents-named metrics (e.g. "Losses/Policy Loss")."""
 
-    def policy_parameters(self) -> dict[str, np.ndarray]: ...
+    def architecture(self) -> PolicyArchitecture:
+        """What the snapshot's parameters mean (``common.architecture``)."""
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def policy_parameters(self) -> dict[str, np.ndarray]:
+        """Flat, float32 actor parameters (and normalizer) for ``gateway.actor.numpy_policy.NumpyPolicy``."""
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: params, optimizer state, normalizer, step, PRNG state."""
 
-    def load_weights(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what ``state_dict`` returned (``--resume``).
 
-    def save_extra(self, folder: Path) -> None: ...
+        Raises:
+            ValueError: naming the entry that does not fit this behavior's networks.
+        """
 
-    def load_extra(self, folder: Path) -> None: ...
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """``init_path`` / ``--initialize-from``: the network weights (and optimizer state,
+        normalizer) of a checkpoint's ``state_dict``, NOT its step or buffered experience:
+        the new run counts from step 0."""
+
+    def save_extra(self, folder: Path) -> None:
+        """Writes the files kept beside the checkpoint in ``folder`` (SAC: the replay buffer
+        when ``save_replay_buffer`` is true); a no-op for others."""
+
+    def load_extra(self, folder: Path) -> None:
+        """``--resume`` counterpart of ``save_extra``; logs a warning and starts empty when an
+        expected file is missing."""

@@ -1,76 +1,48 @@
-"""TEMPORARY (reshape-app branch only): to be replaced by the learning helper's file.
+"""The one place that maps a behavior's ``trainer_type`` to a learner class.
 
-``make_learner`` as the shared brief specifies it. Today's PPO/SAC learners lack
-``load_weights``/``save_extra``/``load_extra``, so this stand-in wraps them in an adapter
-that provides them the way the app used to do it; the learning helper's learners
-implement them themselves.
+Why: the server (``make_learner``) and the settings' support check (``trainer_types``)
+must agree on which algorithms exist; no algorithm name appears outside this package.
+The learner modules (and JAX) are imported only when a learner is made, so that the
+support check at start-up stays as quick as reading the configuration.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import importlib
 
-from common.logging import get_logger
 from common.specs import BehaviorSpec
 from trainer_server.learning.learner import Learner
 from trainer_server.config.schema import TrainerSettings
 
-_log = get_logger("trainer_server.learning.registry")
+#: trainer_type -> (module, class) of its learner
+_LEARNERS: dict[str, tuple[str, str]] = {
+    "ppo": ("trainer_server.learning.ppo", "PPOLearner"),
+    "sac": ("trainer_server.learning.sac", "SACLearner"),
+}
 
 
 def trainer_types() -> frozenset[str]:
-    return frozenset({"ppo", "sac"})
+    """The trainer types that have a learner ("ppo", "sac")."""
+    return frozenset(_LEARNERS)
 
 
 def make_learner(spec: BehaviorSpec, settings: TrainerSettings, seed: int) -> Learner:
-    if settings.trainer_type == "ppo":
-        from trainer_server.ppo import PPOConfig, PPOLearner
+    """A new learner for one behavior.
 
-        return _Adapted(PPOLearner(spec, PPOConfig.from_settings(settings), seed))
-    if settings.trainer_type == "sac":
-        from trainer_server.sac import SACConfig, SACLearner
+    Args:
+        spec: the behavior's observations and actions.
+        settings: its trainer settings, validated and support-checked at load.
+        seed: initialises the networks and every later random draw.
 
-        return _Adapted(SACLearner(spec, SACConfig.from_settings(settings), seed))
-    raise ValueError(f"behavior {spec.brain_name}: trainer_type {settings.trainer_type} is not supported yet")
-
-
-class _Adapted:
-    """Today's learner plus the three protocol methods it does not have yet."""
-
-    def __init__(self, inner: Any) -> None:
-        object.__setattr__(self, "_inner", inner)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._inner, name, value)
-
-    def load_weights(self, state: dict[str, Any]) -> None:
-        state = {k: v for k, v in state.items() if k != "buffer"}
-        if "step" in state:
-            state["step"] = 0
-        self._inner.load_state_dict(state)
-        self._inner.step = 0
-
-    def _buffer_path(self, folder: Path) -> Path | None:
-        if not getattr(self._inner.config, "save_replay_buffer", False):
-            return None
-        from trainer_server.sac import REPLAY_BUFFER_FILE
-
-        return Path(folder) / REPLAY_BUFFER_FILE
-
-    def save_extra(self, folder: Path) -> None:
-        path = self._buffer_path(folder)
-        if path is not None:
-            self._inner.save_replay_buffer(path)
-
-    def load_extra(self, folder: Path) -> None:
-        path = self._buffer_path(folder)
-        if path is None:
-            return
-        if path.is_file():
-            self._inner.load_replay_buffer(path)
-        else:
-            _log.warning("--resume: no saved replay buffer, starting it empty", path=str(path))
+    Raises:
+        ValueError: naming the behavior, for a trainer type without a learner.
+    """
+    where = _LEARNERS.get(str(settings.trainer_type))
+    if where is None:
+        raise ValueError(
+            f"behavior {spec.name}: trainer_type {settings.trainer_type} has no learner "
+            f"(available: {', '.join(sorted(_LEARNERS))})"
+        )
+    module, name = where
+    learner_class = getattr(importlib.import_module(module), name)
+    return learner_class(spec, settings, seed)

@@ -6,7 +6,8 @@ gateway's numpy actor (``common/architecture.py``). Conventions (ML-Agents'):
 * continuous ``gaussian``: N(mu, exp(log_std)), log-prob of the raw sample, the environment
   gets ``clip(a, -3, 3) / 3``; entropy is the *mean* over action dimensions;
 * continuous ``tanh_gaussian`` (SAC): the environment gets ``tanh(u)``, log-prob has the
-  change-of-variables correction ``-sum log(1 - tanh(u)^2 + TANH_EPS)``;
+  change-of-variables correction ``-sum log(1 - tanh(u)^2 + TANH_EPS)`` (as the gateway's
+  actor); SAC's losses use the reparameterised ``tanh_gaussian_rsample`` with the exact form;
 * discrete: one categorical per branch over ``[n, sum(branches)]`` logits; mask true = not
   allowed, those logits become ``MASKED_LOGIT``; entropy is the *sum* over branches;
 * the joint log-prob (the PPO ratio's) is the sum of all continuous dimensions and branches.
@@ -72,6 +73,19 @@ def tanh_correction(u: jax.Array) -> jax.Array:
     return jnp.sum(jnp.log(1.0 - t * t + TANH_EPS), axis=-1)
 
 
+def tanh_gaussian_rsample(mu: jax.Array, log_std: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Reparameterised squashed sample ``tanh(u)`` ``[n, c]`` and its log-density ``[n]``.
+
+    Gradients flow through ``mu`` and ``log_std`` (SAC's policy loss). The correction
+    ``log(1 - tanh(u)^2)`` is written as ``2 (log 2 - u - softplus(-2u))``, exact for large ``|u|``.
+    """
+    noise = jax.random.normal(key, mu.shape, mu.dtype)
+    u = mu + jnp.exp(log_std) * noise
+    log_prob = jnp.sum(-0.5 * noise * noise - log_std - _HALF_LOG_2PI, axis=-1)
+    log_prob = log_prob - jnp.sum(2.0 * (math.log(2.0) - u - jax.nn.softplus(-2.0 * u)), axis=-1)
+    return jnp.tanh(u), log_prob
+
+
 def env_continuous(actions: jax.Array, continuous_distribution: str = "gaussian") -> jax.Array:
     """What the environment receives for raw continuous actions."""
     if continuous_distribution == "tanh_gaussian":
@@ -85,6 +99,11 @@ def _branch_slices(branches: tuple[int, ...]) -> list[tuple[int, int]]:
         out.append((lo, lo + size))
         lo += size
     return out
+
+
+def branch_log_softmax(logits: jax.Array, branches: tuple[int, ...]) -> jax.Array:
+    """Per-branch log-probabilities ``[n, sum(branches)]`` of (already masked) logits."""
+    return jnp.concatenate([jax.nn.log_softmax(logits[..., lo:hi], axis=-1) for lo, hi in _branch_slices(branches)], axis=-1)
 
 
 def categorical_log_prob(logits: jax.Array, actions: jax.Array, branches: tuple[int, ...]) -> jax.Array:

@@ -8,19 +8,19 @@ fragments that the learner consumes.
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common.architecture import PolicyArchitecture
 from gateway.actor.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
+from learning_helpers import trainer_settings
 from trainer_server import checkpoints
-from trainer_server.sac import SACConfig, SACLearner, soft_update, updates_due
+from trainer_server import settings as s
+from trainer_server.learning.sac import REPLAY_BUFFER_FILE, SACLearner, learning_rate_at, soft_update, updates_due
 
 SMALL = dict(hidden_units=32, num_layers=2, batch_size=32, buffer_size=4096)
 
@@ -66,40 +66,11 @@ def random_fragments(learner: SACLearner, rng: np.random.Generator, n: int, t: i
 # ------------------------------------------------------------------------------ settings
 
 
-def test_config_from_mlagents_settings_and_defaults():
-    settings = SimpleNamespace(
-        hyperparameters=SimpleNamespace(
-            learning_rate=0.0003, learning_rate_schedule="constant", batch_size=64, buffer_size=200000,
-            buffer_init_steps=0, tau=0.005, steps_per_update=10.0, save_replay_buffer=False,
-            init_entcoef=0.5, reward_signal_steps_per_update=10.0,
-        ),
-        network_settings=SimpleNamespace(normalize=True, hidden_units=64, num_layers=2, vis_encode_type="simple"),
-        reward_signals={"extrinsic": SimpleNamespace(gamma=0.99, strength=1.0)},
-        max_steps=200000,
-        time_horizon=1000,
-    )
-    cfg = SACConfig.from_settings(settings)
-    assert (cfg.batch_size, cfg.buffer_size, cfg.steps_per_update, cfg.init_entcoef) == (64, 200000, 10.0, 0.5)
-    assert (cfg.normalize, cfg.hidden_units, cfg.gamma, cfg.max_steps, cfg.time_horizon) == (True, 64, 0.99, 200000, 1000)
-    # omitted keys take ML-Agents' SAC defaults; mappings work as well as attributes
-    cfg = SACConfig.from_settings({"hyperparameters": {"steps_per_update": 3}})
-    assert cfg.batch_size == 128 and cfg.buffer_size == 50000 and cfg.tau == 0.005 and cfg.init_entcoef == 1.0
-    assert cfg.learning_rate_schedule == "constant" and cfg.reward_signal_steps_per_update == 3.0
-    linear = SACConfig(learning_rate=1e-3, learning_rate_schedule="linear", max_steps=100)
-    assert linear.learning_rate_at(0) == pytest.approx(1e-3)
-    assert linear.learning_rate_at(50) == pytest.approx(5e-4)
-    assert linear.learning_rate_at(500) == pytest.approx(1e-10)
-    with pytest.raises(ValueError, match="batch_size .* buffer_size"):
-        SACConfig(batch_size=256, buffer_size=128)
-    with pytest.raises(ValueError, match="tau"):
-        SACConfig(tau=0.0)
-    with pytest.raises(ValueError, match="vis_encode_type: 'resnet' is not supported yet"):
-        SACConfig(vis_encode_type="resnet")
+def sac(**overrides) -> s.TrainerSettings:
+    return trainer_settings("sac", **{**SMALL, **overrides})
 
 
-def test_real_settings_objects():
-    from trainer_server.config import loading as settings_mod
-
+def test_learner_reads_mlagents_settings_and_defaults():
     yaml_section = {
         "trainer_type": "sac",
         "hyperparameters": {"batch_size": 64, "buffer_size": 1000, "steps_per_update": 10.0, "init_entcoef": 0.5},
@@ -107,11 +78,33 @@ def test_real_settings_objects():
         "reward_signals": {"extrinsic": {"gamma": 0.95, "strength": 2.0}},
         "max_steps": 1000,
     }
-    ts = settings_mod.trainer_settings_from_dict(yaml_section)
-    cfg = SACConfig.from_settings(ts)
-    assert (cfg.batch_size, cfg.buffer_size, cfg.steps_per_update, cfg.init_entcoef) == (64, 1000, 10.0, 0.5)
-    assert (cfg.normalize, cfg.hidden_units, cfg.gamma, cfg.strength, cfg.max_steps) == (True, 64, 0.95, 2.0, 1000)
-    assert cfg.reward_signal_steps_per_update == 10.0
+    settings = s.trainer_settings_from_dict(yaml_section)
+    learner = SACLearner(vector_spec(3, continuous=1), settings, seed=0)
+    assert learner.replay_buffer.capacity == 1000
+    arch = learner.architecture()
+    assert (arch.hidden_units, arch.num_layers, arch.normalize, arch.continuous_distribution) == (64, 2, True, "tanh_gaussian")
+    np.testing.assert_allclose(np.exp(learner._state.params["log_entcoef"]["continuous"]), [0.5], rtol=1e-6)
+    learner.step = 95  # (95 - 0) / u > 10 for u = 1..9
+    assert learner.update_steps == 9
+    # omitted keys take ML-Agents' SAC defaults
+    hp = s.trainer_settings_from_dict({"trainer_type": "sac", "hyperparameters": {"steps_per_update": 3}}).hyperparameters
+    assert hp.batch_size == 128 and hp.buffer_size == 50000 and hp.tau == 0.005 and hp.init_entcoef == 1.0
+    assert hp.learning_rate_schedule == "constant" and hp.reward_signal_steps_per_update == 3.0
+    linear = trainer_settings("sac", learning_rate=1e-3, learning_rate_schedule="linear", max_steps=100)
+    assert learning_rate_at(linear, 0) == pytest.approx(1e-3)
+    assert learning_rate_at(linear, 50) == pytest.approx(5e-4)
+    assert learning_rate_at(linear, 500) == pytest.approx(1e-10)
+    assert learning_rate_at(trainer_settings("sac", learning_rate=1e-3, max_steps=100), 50) == 1e-3
+
+
+def test_settings_checks_the_learner_no_longer_makes_happen_at_load():
+    """SACConfig refused these; the loader and the support check do it once now."""
+    with pytest.raises(s.ConfigError, match="tau"):
+        trainer_settings("sac", tau=0.0)
+    with pytest.raises(s.ConfigError, match="steps_per_update"):
+        trainer_settings("sac", steps_per_update=0)
+    unsupported = s.unsupported_features(trainer_settings("sac", vis_encode_type="resnet"))
+    assert [key for key, _ in unsupported] == ["network_settings.vis_encode_type"]
 
 
 @pytest.mark.parametrize("spu", [0.1, 0.25, 0.5, 1.0, 3.0, 10.0])
@@ -141,7 +134,7 @@ def test_soft_update_is_polyak_averaging():
 
 def test_process_trajectory_builds_transitions():
     spec = vector_spec(2, continuous=1, branches=(3,))
-    learner = SACLearner(spec, SACConfig(**SMALL), seed=0)
+    learner = SACLearner(spec, sac(), seed=0)
     obs = np.arange(6, dtype=np.float32).reshape(3, 2)
     masks = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], bool)
     u = np.array([[0.5], [-2.0], [10.0]], np.float32)
@@ -166,7 +159,7 @@ def test_process_trajectory_builds_transitions():
 
 def test_update_compiles_once_and_runs_every_due_step():
     spec = vector_spec(3, continuous=2, branches=(2, 3))
-    learner = SACLearner(spec, SACConfig(**SMALL, steps_per_update=0.5, steps_per_call=8), seed=1)
+    learner = SACLearner(spec, sac(steps_per_update=0.5), seed=1, steps_per_call=8)
     rng = np.random.default_rng(0)
     for traj in random_fragments(learner, rng, 5):  # 40 steps -> 79 gradient steps due
         learner.process_trajectory(traj)
@@ -183,26 +176,26 @@ def test_update_compiles_once_and_runs_every_due_step():
             learner.process_trajectory(traj)
         learner.update()
     assert learner.update_steps == 79 + 18
-    assert learner.compile_count == 1
+    assert learner.trace_counts["update"] == 1
     # one gradient step moves the target critics by exactly tau toward the new critics
     learner.process_trajectory(random_fragments(learner, rng, 1, t=1)[0])
     assert learner.pending_updates() == 2
     learner.update_steps += 1  # leave exactly one gradient step due
     before = learner._state
     learner.update()
-    expected = soft_update(before.target, learner._state.params["critics"], learner.config.tau)
+    expected = soft_update(before.target, learner._state.params["critics"], learner.hyperparameters.tau)
     for e, got in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(learner._state.target)):
         np.testing.assert_allclose(got, e, rtol=1e-6, atol=1e-7)
     assert not np.allclose(jax.tree_util.tree_leaves(learner._state.target)[0],
                            jax.tree_util.tree_leaves(target_before)[0])
     assert not np.allclose(jax.tree_util.tree_leaves(critics_before)[0],
                            jax.tree_util.tree_leaves(learner._state.params["critics"])[0])
-    assert learner.compile_count == 1
+    assert learner.trace_counts["update"] == 1
 
 
 def test_buffer_init_steps_and_batch_size_gate_updates():
     spec = vector_spec(3, continuous=1)
-    learner = SACLearner(spec, SACConfig(**{**SMALL, "batch_size": 16}, buffer_init_steps=20), seed=0)
+    learner = SACLearner(spec, sac(batch_size=16, buffer_init_steps=20), seed=0)
     rng = np.random.default_rng(1)
     learner.process_trajectory(random_fragments(learner, rng, 1, t=12)[0])
     assert not learner.ready() and learner.update() == {}
@@ -217,7 +210,7 @@ def test_entropy_coefficients_move_toward_their_targets():
     # continuous: a fresh tanh-Gaussian's entropy is far above the target -c -> alpha falls;
     # discrete: one allowed action has entropy 0 < 0.2 log(4) -> alpha rises
     spec = vector_spec(2, continuous=2, branches=(4,))
-    learner = SACLearner(spec, SACConfig(**SMALL, init_entcoef=0.5, learning_rate=3e-3), seed=3)
+    learner = SACLearner(spec, sac(init_entcoef=0.5, learning_rate=3e-3), seed=3)
     rng = np.random.default_rng(2)
     masks = np.tile(np.array([[False, True, True, True]]), (16, 1))
     for _ in range(8):
@@ -234,7 +227,7 @@ def test_entropy_coefficients_move_toward_their_targets():
 
 def test_masked_discrete_actions_get_zero_probability():
     spec = vector_spec(2, branches=(3, 2))
-    learner = SACLearner(spec, SACConfig(**SMALL, learning_rate=3e-3, steps_per_update=0.25), seed=4)
+    learner = SACLearner(spec, sac(learning_rate=3e-3, steps_per_update=0.25), seed=4)
     rng = np.random.default_rng(3)
     # replayed experience says action 0 of branch 0 is the best by far
     for _ in range(6):
@@ -270,7 +263,7 @@ def test_learns_a_continuous_contextual_task():
     """Reward 1 - mean((tanh(u) - 0.8 x)^2): uniform actions get about 0.45, the untrained
     policy's mean (about 0) 0.79, the best 1.0."""
     spec = vector_spec(2, continuous=2)
-    learner = SACLearner(spec, SACConfig(**{**SMALL, "batch_size": 64}, learning_rate=1e-3, gamma=0.5), seed=5)
+    learner = SACLearner(spec, sac(batch_size=64, learning_rate=1e-3, gamma=0.5), seed=5)
     rng = np.random.default_rng(4)
 
     def play(deterministic: bool, n: int = 16) -> tuple[list[Trajectory], float]:
@@ -299,7 +292,7 @@ def test_learns_a_discrete_corridor_with_masks():
     Episodes are cut after 12 steps (interrupted, not terminal).
     """
     spec = vector_spec(5, branches=(2,))
-    learner = SACLearner(spec, SACConfig(**SMALL, learning_rate=1e-3, gamma=0.9, init_entcoef=0.2), seed=6)
+    learner = SACLearner(spec, sac(learning_rate=1e-3, gamma=0.9, init_entcoef=0.2), seed=6)
     rng = np.random.default_rng(5)
     eye = np.eye(5, dtype=np.float32)
 
@@ -344,7 +337,7 @@ def test_snapshot_parameters_drive_numpy_policy_with_visual_and_hybrid_actions()
         (ObservationSpec("camera", (1, 20, 20)), ObservationSpec("vector", (3,))),
         ActionSpec(1, (2,)),
     )
-    learner = SACLearner(spec, SACConfig(**{**SMALL, "batch_size": 8}, normalize=True), seed=7)
+    learner = SACLearner(spec, sac(batch_size=8, normalize=True), seed=7)
     rng = np.random.default_rng(6)
     for traj in random_fragments(learner, rng, 2, t=6):
         learner.process_trajectory(traj)
@@ -366,18 +359,20 @@ def test_snapshot_parameters_drive_numpy_policy_with_visual_and_hybrid_actions()
 
 def test_state_dict_round_trip_gives_the_identical_next_update(tmp_path):
     spec = vector_spec(4, continuous=2, branches=(3,))
-    config = SACConfig(**SMALL, normalize=True, learning_rate_schedule="linear", max_steps=10000)
-    a = SACLearner(spec, config, seed=8)
+    settings = sac(normalize=True, learning_rate_schedule="linear", max_steps=10000, save_replay_buffer=True)
+    a = SACLearner(spec, settings, seed=8)
     rng = np.random.default_rng(7)
     for traj in random_fragments(a, rng, 6):
         a.process_trajectory(traj)
     a.update()
     # through the real checkpoint format and the replay buffer file
     state, _ = checkpoints.loads(checkpoints.dumps(a.state_dict(), {}))
-    a.save_replay_buffer(tmp_path / "last_replay_buffer.npz")
-    b = SACLearner(spec, config, seed=99)
+    a.save_extra(tmp_path)
+    assert (tmp_path / REPLAY_BUFFER_FILE).is_file()
+    b = SACLearner(spec, settings, seed=99)
     b.load_state_dict(state)
-    b.load_replay_buffer(tmp_path / "last_replay_buffer.npz")
+    b.load_extra(tmp_path)
+    assert len(b.replay_buffer) == len(a.replay_buffer)
     assert (b.step, b.update_steps) == (a.step, a.update_steps)
     more = random_fragments(a, rng, 2)
     for traj in more:
@@ -389,7 +384,7 @@ def test_state_dict_round_trip_gives_the_identical_next_update(tmp_path):
     for name in pa:
         np.testing.assert_array_equal(pa[name], pb[name], err_msg=name)
     # a state of other network settings is refused with a clear message
-    other = SACLearner(spec, SACConfig(**{**SMALL, "hidden_units": 16}), seed=0)
+    other = SACLearner(spec, sac(hidden_units=16), seed=0)
     with pytest.raises(ValueError, match="network"):
         other.load_state_dict(state)
     with pytest.raises(ValueError, match="not a SAC"):
@@ -398,8 +393,41 @@ def test_state_dict_round_trip_gives_the_identical_next_update(tmp_path):
 
 def test_step_reset_assumes_past_updates_were_done():
     spec = vector_spec(2, continuous=1)
-    learner = SACLearner(spec, SACConfig(**SMALL, steps_per_update=4.0), seed=0)
+    learner = SACLearner(spec, sac(steps_per_update=4.0), seed=0)
     learner.step = 400  # e.g. a checkpoint's step, as ML-Agents assumes on load
     assert learner.pending_updates() == 0
     learner.step = 0  # --initialize-from: training starts over at step 0
     assert learner.update_steps == 0
+
+
+def test_load_weights_starts_the_run_over(tmp_path):
+    spec = vector_spec(3, continuous=1, branches=(2,))
+    trained = SACLearner(spec, sac(normalize=True), seed=9)
+    rng = np.random.default_rng(8)
+    for traj in random_fragments(trained, rng, 6):
+        trained.process_trajectory(traj)
+    trained.update()
+    assert trained.update_steps > 0
+    state, _ = checkpoints.loads(checkpoints.dumps(trained.state_dict(), {}))
+    fresh = SACLearner(spec, sac(normalize=True), seed=10)
+    fresh.load_weights(state)
+    assert (fresh.step, fresh.update_steps, len(fresh.replay_buffer)) == (0, 0, 0)
+    a, b = trained.policy_parameters(), fresh.policy_parameters()
+    assert set(a) == set(b) and "normalizer/mean/0" in a
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    for x, y in zip(jax.tree_util.tree_leaves(trained._state.target), jax.tree_util.tree_leaves(fresh._state.target)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_replay_buffer_file_only_with_save_replay_buffer(tmp_path):
+    spec = vector_spec(2, continuous=1)
+    rng = np.random.default_rng(9)
+    off = SACLearner(spec, sac(), seed=0)
+    off.process_trajectory(random_fragments(off, rng, 1)[0])
+    off.save_extra(tmp_path)
+    assert not list(tmp_path.iterdir())
+    # --resume without a saved buffer file: a warning, and an empty buffer
+    on = SACLearner(spec, sac(save_replay_buffer=True), seed=0)
+    on.load_extra(tmp_path)
+    assert len(on.replay_buffer) == 0

@@ -15,9 +15,13 @@ Layout (shapes for ``hidden_units`` h):
 * body: ``num_layers`` dense layers of h with swish (ML-Agents' LinearEncoder);
 * actor heads: ``policy/mu`` + state-independent ``policy/log_std`` (PPO) or a dense
   ``policy/log_std`` head (SAC's tanh_gaussian); ``policy/logits`` for all discrete branches;
-* critic: its own encoders and body under ``critic/`` and a ``critic/value`` head
+* PPO's critic: its own encoders and body under ``critic/`` and a ``critic/value`` head
   (ML-Agents' PPO keeps actor and critic separate); with ``shared_critic`` only the value
-  head is separate and it reads the actor's body.
+  head is separate and it reads the actor's encoders and body (ML-Agents' shared critic);
+* SAC's Q critic: its own encoders under ``critic/``, a body ``critic/body/dense{j}`` over
+  ``[encoding, squashed continuous action]`` and a ``critic/q`` head with one output per
+  discrete action of every branch (or one output without discrete actions), as
+  ML-Agents' SAC critics.
 
 Initialization follows ML-Agents: Kaiming-He normal kernels scaled by a gain (body 1.0,
 visual dense 1.41, mu 0.2, logits 0.1), zero biases, log_std 0, torch-default convolutions.
@@ -31,8 +35,8 @@ import jax
 import jax.numpy as jnp
 
 from common.architecture import LEAKY_SLOPE, LOG_STD_MAX, LOG_STD_MIN, SIMPLE_CONVS, PolicyArchitecture, conv_output_hw, encoding_size, vector_indices, visual_indices
-from trainer_server import normalizer as normalizer_mod
-from trainer_server.distributions import DistParams, mask_logits
+from trainer_server.learning import normalizer as normalizer_mod
+from trainer_server.learning.distributions import DistParams, mask_logits
 
 Params = dict[str, jax.Array]
 NormStats = tuple[dict[str, jax.Array], dict[str, jax.Array]] | None
@@ -70,9 +74,9 @@ def _init_encoders(key: jax.Array, arch: PolicyArchitecture, prefix: str) -> Par
     return params
 
 
-def _init_body(key: jax.Array, arch: PolicyArchitecture, prefix: str) -> Params:
+def _init_body(key: jax.Array, arch: PolicyArchitecture, prefix: str, width: int) -> Params:
+    """``num_layers`` dense layers of ``hidden_units`` over an input of ``width``."""
     params: Params = {}
-    width = encoding_size(arch)
     for j in range(arch.num_layers):
         key, k = jax.random.split(key)
         params[f"{prefix}body/dense{j}/kernel"] = _kaiming_normal(k, width, arch.hidden_units, 1.0)
@@ -89,7 +93,7 @@ def body_output_size(arch: PolicyArchitecture) -> int:
 def init_actor(key: jax.Array, arch: PolicyArchitecture) -> Params:
     """Actor parameters with snapshot names (without the normalizer statistics)."""
     k_enc, k_body, k_mu, k_std, k_logits = jax.random.split(key, 5)
-    params = {**_init_encoders(k_enc, arch, ""), **_init_body(k_body, arch, "")}
+    params = {**_init_encoders(k_enc, arch, ""), **_init_body(k_body, arch, "", encoding_size(arch))}
     width = body_output_size(arch)
     a = arch.behavior_spec.action_spec
     if a.continuous_size:
@@ -118,9 +122,26 @@ def init_critic(key: jax.Array, arch: PolicyArchitecture, shared_critic: bool = 
     params: Params = {}
     if not shared_critic:
         params.update(_init_encoders(k_enc, arch, "critic/"))
-        params.update(_init_body(k_body, arch, "critic/"))
+        params.update(_init_body(k_body, arch, "critic/", encoding_size(arch)))
     params["critic/value/kernel"] = _xavier_uniform(k_value, body_output_size(arch), 1, 1.0)
     params["critic/value/bias"] = jnp.zeros((1,), jnp.float32)
+    return params
+
+
+def q_outputs(arch: PolicyArchitecture) -> int:
+    """Outputs of a Q critic: one per discrete action of every branch, or one."""
+    return max(arch.behavior_spec.action_spec.mask_size, 1)
+
+
+def init_q_critic(key: jax.Array, arch: PolicyArchitecture) -> Params:
+    """One SAC Q critic's parameters, all under ``critic/`` (encoders, body over
+    ``[encoding, continuous action]``, ``critic/q`` with Xavier-uniform kernel as
+    ML-Agents' value heads)."""
+    k_enc, k_body, k_q = jax.random.split(key, 3)
+    width = encoding_size(arch) + arch.behavior_spec.action_spec.continuous_size
+    params = {**_init_encoders(k_enc, arch, "critic/"), **_init_body(k_body, arch, "critic/", width)}
+    params["critic/q/kernel"] = _xavier_uniform(k_q, arch.hidden_units if arch.num_layers else width, q_outputs(arch), 1.0)
+    params["critic/q/bias"] = jnp.zeros((q_outputs(arch),), jnp.float32)
     return params
 
 
@@ -136,16 +157,8 @@ def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> jax.
     return out + bias
 
 
-def encode(params: Params, prefix: str, arch: PolicyArchitecture, observations: list[jax.Array], norm: NormStats) -> jax.Array:
-    """Encoders and body: ``[n, body_output_size]`` from observations ``[n, *shape]`` per spec.
-
-    Args:
-        params: flat parameters containing the ``{prefix}encoder/...`` and ``{prefix}body/...`` names.
-        prefix: "" for the actor, "critic/" for the critic.
-        arch: the architecture.
-        observations: per observation spec, float32 ``[n, *shape]``.
-        norm: (mean, var) per vector observation index (str), or None without ``normalize``.
-    """
+def _encoders(params: Params, prefix: str, arch: PolicyArchitecture, observations: list[jax.Array], norm: NormStats) -> jax.Array:
+    """Every observation encoded and concatenated: ``[n, encoding_size]``."""
     spec = arch.behavior_spec
     parts = []
     for i in vector_indices(spec):
@@ -159,10 +172,26 @@ def encode(params: Params, prefix: str, arch: PolicyArchitecture, observations: 
             x = _leaky_relu(_conv(x, params[f"{prefix}encoder/{i}/conv{j}/kernel"], params[f"{prefix}encoder/{i}/conv{j}/bias"], stride))
         x = x.reshape(x.shape[0], -1)
         parts.append(_leaky_relu(x @ params[f"{prefix}encoder/{i}/dense/kernel"] + params[f"{prefix}encoder/{i}/dense/bias"]))
-    h = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
+def _body(params: Params, prefix: str, arch: PolicyArchitecture, h: jax.Array) -> jax.Array:
     for j in range(arch.num_layers):
         h = jax.nn.swish(h @ params[f"{prefix}body/dense{j}/kernel"] + params[f"{prefix}body/dense{j}/bias"])
     return h
+
+
+def encode(params: Params, prefix: str, arch: PolicyArchitecture, observations: list[jax.Array], norm: NormStats) -> jax.Array:
+    """Encoders and body: ``[n, body_output_size]`` from observations ``[n, *shape]`` per spec.
+
+    Args:
+        params: flat parameters containing the ``{prefix}encoder/...`` and ``{prefix}body/...`` names.
+        prefix: "" for the actor, "critic/" for the critic.
+        arch: the architecture.
+        observations: per observation spec, float32 ``[n, *shape]``.
+        norm: (mean, var) per vector observation index (str), or None without ``normalize``.
+    """
+    return _body(params, prefix, arch, _encoders(params, prefix, arch, observations, norm))
 
 
 def actor_heads(params: Params, arch: PolicyArchitecture, h: jax.Array, action_mask: jax.Array | None) -> DistParams:
@@ -194,9 +223,21 @@ def critic_forward(
     norm: NormStats,
     shared_critic: bool = False,
 ) -> jax.Array:
-    """State values ``[n]``."""
+    """PPO's state values ``[n]``; with ``shared_critic`` from the actor's encoders and body."""
     if shared_critic:
         h = encode(actor_params, "", arch, observations, norm)
     else:
         h = encode(critic_params, "critic/", arch, observations, norm)
     return (h @ critic_params["critic/value/kernel"] + critic_params["critic/value/bias"])[:, 0]
+
+
+def q_critic_forward(
+    params: Params,
+    arch: PolicyArchitecture,
+    observations: list[jax.Array],
+    norm: NormStats,
+    continuous_actions: jax.Array,
+) -> jax.Array:
+    """One SAC Q critic: values ``[n, q_outputs]`` for squashed continuous actions ``[n, c]``."""
+    h = jnp.concatenate([_encoders(params, "critic/", arch, observations, norm), continuous_actions], axis=-1)
+    return _body(params, "critic/", arch, h) @ params["critic/q/kernel"] + params["critic/q/bias"]

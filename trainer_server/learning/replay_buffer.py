@@ -4,8 +4,10 @@ Why: SAC learns off-policy from transitions sampled uniformly from everything se
 recently (ML-Agents' ``buffer_size``), not from the latest rollout. Arrays are
 preallocated once (``np.zeros`` pages are only committed by the OS when written, so a
 large visual buffer costs what it holds) and written in place, oldest overwritten
-first; sampling takes an explicit JAX PRNG key so that a run is reproducible and
-resumes exactly. ``save``/``load`` back ML-Agents' ``save_replay_buffer: true``.
+first. Sampling draws indices with a numpy ``Generator`` that the caller owns and
+checkpoints (``generator_state`` / ``generator_from_state``): a run is reproducible and
+resumes exactly, and no JAX call (device round trip) happens to pick the indices.
+``save``/``load`` back ML-Agents' ``save_replay_buffer: true``.
 
 A transition i holds: ``obs[k][i]`` (observation k before the action), the action
 (continuous ``[continuous_size]`` and discrete ``[num_branches]``), the reward after
@@ -28,6 +30,37 @@ import numpy as np
 from common.logging import get_logger
 
 _FORMAT_VERSION = 1
+_UINT64 = (1 << 64) - 1
+
+
+def new_generator(seed: int) -> np.random.Generator:
+    """The sampling generator (PCG64, whose state ``generator_state`` can write)."""
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def generator_state(rng: np.random.Generator) -> np.ndarray:
+    """A PCG64 generator's whole state as uint64 ``[6]`` (checkpoint formats hold no 128-bit ints)."""
+    state = rng.bit_generator.state
+    if state["bit_generator"] != "PCG64":
+        raise ValueError(f"only PCG64 generators can be checkpointed, got {state['bit_generator']}")
+    inner = state["state"]
+    words = [inner["state"] >> 64, inner["state"] & _UINT64, inner["inc"] >> 64, inner["inc"] & _UINT64]
+    return np.asarray([*words, state["has_uint32"], state["uinteger"]], np.uint64)
+
+
+def generator_from_state(data: np.ndarray) -> np.random.Generator:
+    """Inverse of ``generator_state``: a generator that continues exactly where the saved one was."""
+    w = [int(x) for x in np.asarray(data, np.uint64)]
+    if len(w) != 6:
+        raise ValueError(f"sampler state: expected 6 words, got {len(w)}")
+    bit_generator = np.random.PCG64()
+    bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": (w[0] << 64) | w[1], "inc": (w[2] << 64) | w[3]},
+        "has_uint32": w[4],
+        "uinteger": w[5],
+    }
+    return np.random.Generator(bit_generator)
 
 
 class Transitions(NamedTuple):
@@ -95,7 +128,7 @@ class ReplayBuffer:
         )
         self._size = 0
         self._position = 0  # where the next transition is written
-        self._log = get_logger("trainer_server.replay_buffer")
+        self._log = get_logger(__name__)
 
     @property
     def size(self) -> int:
@@ -152,7 +185,7 @@ class ReplayBuffer:
         self._position = (self._position + n) % self.capacity
         self._size = min(self._size + n, self.capacity)
 
-    def sample_indices(self, key: jax.Array, shape: tuple[int, ...]) -> np.ndarray:
+    def sample_indices(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
         """Uniform indices into the held transitions (with replacement), int64 ``shape``.
 
         Raises:
@@ -160,16 +193,16 @@ class ReplayBuffer:
         """
         if self._size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
-        return np.asarray(jax.random.randint(key, shape, 0, self._size), dtype=np.int64)
+        return rng.integers(0, self._size, size=shape, dtype=np.int64)
 
     def gather(self, indices: np.ndarray) -> Transitions:
         """The transitions at ``indices`` (any shape ``L``), as numpy arrays ``[*L, ...]``."""
         return jax.tree_util.tree_map(lambda a: a[indices], self._data)
 
-    def sample(self, key: jax.Array, batch_size: int, num_batches: int | None = None) -> Transitions:
+    def sample(self, rng: np.random.Generator, batch_size: int, num_batches: int | None = None) -> Transitions:
         """Uniformly sampled transitions: ``[batch_size]`` or ``[num_batches, batch_size]``."""
         shape = (batch_size,) if num_batches is None else (num_batches, batch_size)
-        return self.gather(self.sample_indices(key, shape))
+        return self.gather(self.sample_indices(rng, shape))
 
     def chronological(self) -> Transitions:
         """Every held transition, oldest first (copies)."""

@@ -20,7 +20,8 @@ from gateway.actor.numpy_policy import NumpyPolicy
 from common.specs import from_mlagents
 from common.trajectory import Trajectory
 from gateway.env.unity_environment import open_unity_environment
-from trainer_server.sac import SACConfig, SACLearner
+from learning_helpers import trainer_settings
+from trainer_server.learning.sac import SACLearner
 from common.ports import free_base_port
 
 BALL = "3DBall?team=0"
@@ -103,13 +104,13 @@ class _Fragments:
 def test_sac_learns_standin_3dball_through_mlagents_envs(env):
     env.reset()
     spec = from_mlagents(BALL, env.behavior_specs[BALL])
-    config = SACConfig(
-        batch_size=64, buffer_size=200000, learning_rate=3e-4, buffer_init_steps=0, tau=0.005,
+    settings = trainer_settings(
+        "sac", batch_size=64, buffer_size=200000, learning_rate=3e-4, buffer_init_steps=0, tau=0.005,
         steps_per_update=10.0, init_entcoef=0.5, normalize=True, hidden_units=64, num_layers=2,
         gamma=0.99, max_steps=200000, time_horizon=100,
     )
-    learner = SACLearner(spec, config, seed=0)
-    fragments = _Fragments(config.time_horizon)
+    learner = SACLearner(spec, settings, seed=0)
+    fragments = _Fragments(settings.time_horizon)
     rng = np.random.default_rng(0)
     policy = NumpyPolicy(learner.architecture(), learner.policy_parameters())
     while learner.step < MAX_STEPS:
@@ -125,6 +126,6 @@ def test_sac_learns_standin_3dball_through_mlagents_envs(env):
                 fragments.pending[int(agent)] = (decision.obs[0][i], out.continuous[i])
             env.set_actions(BALL, ActionTuple(continuous=out.env_continuous))
         env.step()
-    assert learner.compile_count == 1
+    assert learner.trace_counts["update"] == 1
     last = fragments.finished[-24:]
     assert np.mean(last) > 8 * RANDOM_REWARD, (np.mean(fragments.finished[:24]), np.mean(last))

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import serialization
 
-from common.architecture import PolicyArchitecture
 from gateway.actor.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
-from trainer_server import ppo
-from trainer_server.ppo import PPOConfig, PPOLearner
+from learning_helpers import trainer_settings
+from trainer_server import settings as s
+from trainer_server.learning import networks, ppo, shared
+from trainer_server.learning.ppo import PPOLearner
 
 
 def _trajectory(spec, obs, out, rewards, next_obs, done=False, interrupted=False, masks=None):
@@ -65,8 +64,8 @@ def test_gae_matches_a_python_loop_with_padding(length):
 
 def test_learner_bootstraps_on_cut_offs_and_interruptions_but_not_on_terminals():
     spec = BehaviorSpec("G", (ObservationSpec("v", (2,)),), ActionSpec(1))
-    config = PPOConfig(batch_size=4, buffer_size=8, time_horizon=8, hidden_units=8, num_layers=1, gamma=0.9, lambd=0.8)
-    learner = PPOLearner(spec, config, seed=0)
+    settings = trainer_settings("ppo", batch_size=4, buffer_size=8, time_horizon=8, hidden_units=8, num_layers=1, gamma=0.9, lambd=0.8)
+    learner = PPOLearner(spec, settings, seed=0)
     rng = np.random.default_rng(0)
     obs = rng.standard_normal((5, 2)).astype(np.float32)
     nxt = rng.standard_normal(2).astype(np.float32)
@@ -74,8 +73,6 @@ def test_learner_bootstraps_on_cut_offs_and_interruptions_but_not_on_terminals()
     rewards = rng.standard_normal(5).astype(np.float32)
     arch = learner.policy_architecture
     params = learner._state.params
-    from trainer_server import networks
-
     values = np.asarray(networks.critic_forward(params["actor"], params["critic"], arch, [jnp.asarray(np.vstack([obs, nxt]))], None))
     cases = {
         "cut": dict(done=False, interrupted=False, bootstrap=values[5]),
@@ -84,33 +81,34 @@ def test_learner_bootstraps_on_cut_offs_and_interruptions_but_not_on_terminals()
     }
     for name, case in cases.items():
         learner.process_trajectory(_trajectory(spec, [obs], out, rewards, [nxt], case["done"], case["interrupted"]))
-        chunk = learner._chunks[-1]
+        chunk = learner.rollout_buffer.chronological()
         ref_adv, ref_ret = _gae_loop(rewards, values[:5], case["bootstrap"], 0.9, 0.8)
-        np.testing.assert_allclose(chunk["values"], values[:5], rtol=1e-5, atol=1e-5, err_msg=name)
-        np.testing.assert_allclose(chunk["advantages"], ref_adv, rtol=1e-4, atol=1e-5, err_msg=name)
-        np.testing.assert_allclose(chunk["returns"], ref_ret, rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(chunk["values"][-5:], values[:5], rtol=1e-5, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(chunk["advantages"][-5:], ref_adv, rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(chunk["returns"][-5:], ref_ret, rtol=1e-4, atol=1e-5, err_msg=name)
     assert learner.step == 15
 
 
-# -- schedules and configuration -----------------------------------------------------------
+# -- schedules and settings ------------------------------------------------------------------
 def test_schedules_decay_linearly_to_ml_agents_floors():
-    config = PPOConfig(learning_rate=1e-3, beta=1e-2, epsilon=0.3, max_steps=1000)
-    assert ppo.schedules(config, 0) == pytest.approx((1e-3, 0.3, 1e-2))
-    lr, eps, beta = ppo.schedules(config, 500)
+    settings = trainer_settings("ppo", learning_rate=1e-3, beta=1e-2, epsilon=0.3, max_steps=1000)
+    assert ppo.schedules(settings, 0) == pytest.approx((1e-3, 0.3, 1e-2))
+    lr, eps, beta = ppo.schedules(settings, 500)
     assert lr == pytest.approx((1e-3 - 1e-10) * 0.5 + 1e-10)
     assert eps == pytest.approx(0.2) and beta == pytest.approx((1e-2 - 1e-5) * 0.5 + 1e-5)
-    assert ppo.schedules(config, 5000) == pytest.approx((1e-10, 0.1, 1e-5))
-    constant = PPOConfig(learning_rate_schedule="constant", beta_schedule="constant", epsilon_schedule="linear", max_steps=1000)
+    assert ppo.schedules(settings, 5000) == pytest.approx((1e-10, 0.1, 1e-5))
+    constant = trainer_settings(
+        "ppo", learning_rate_schedule="constant", beta_schedule="constant", epsilon_schedule="linear", max_steps=1000
+    )
     lr, eps, beta = ppo.schedules(constant, 1000)
-    assert lr == constant.learning_rate and beta == constant.beta and eps == pytest.approx(0.1)
+    assert lr == constant.hyperparameters.learning_rate and beta == constant.hyperparameters.beta
+    assert eps == pytest.approx(0.1)
     # the jitted form (inside the update) agrees
-    jitted = jax.jit(lambda s: ppo.schedules(config, s))(jnp.int32(500))
-    assert [float(x) for x in jitted] == pytest.approx(ppo.schedules(config, 500))
+    jitted = jax.jit(lambda step: ppo.schedules(settings, step))(jnp.int32(500))
+    assert [float(x) for x in jitted] == pytest.approx(ppo.schedules(settings, 500))
 
 
-def test_config_from_ml_agents_settings():
-    from trainer_server.config import schema as s
-
+def test_learner_reads_ml_agents_settings():
     trainer = s.TrainerSettings(
         hyperparameters=s.PPOSettings(batch_size=64, buffer_size=1200, learning_rate_schedule="constant", beta_schedule="linear"),
         network_settings=s.NetworkSettings(hidden_units=32, num_layers=3, normalize=True),
@@ -118,29 +116,30 @@ def test_config_from_ml_agents_settings():
         max_steps=1000,
         time_horizon=100,
     )
-    config = PPOConfig.from_settings(trainer)
-    assert (config.batch_size, config.buffer_size, config.hidden_units, config.num_layers) == (64, 1200, 32, 3)
-    assert config.normalize and config.gamma == 0.95 and config.strength == 2.0 and config.time_horizon == 100
-    assert config.learning_rate_schedule == "constant" and config.beta_schedule == "linear"
-    # duck typing: any object with ML-Agents' attribute names works
-    duck = SimpleNamespace(
-        hyperparameters=SimpleNamespace(
-            batch_size=8, buffer_size=16, learning_rate=1e-3, beta=1e-3, epsilon=0.1, lambd=0.9, num_epoch=2,
-            learning_rate_schedule="linear", beta_schedule=None, epsilon_schedule=None,
-        ),
-        network_settings=SimpleNamespace(normalize=False, hidden_units=8, num_layers=1, vis_encode_type="simple"),
-        reward_signals={"extrinsic": SimpleNamespace(gamma=0.9, strength=1.0)},
-        max_steps=10,
-        time_horizon=4,
-    )
-    assert PPOConfig.from_settings(duck).epsilon_schedule == "linear"
-    duck.reward_signals["curiosity"] = SimpleNamespace(gamma=0.9, strength=0.1)
-    with pytest.raises(ValueError, match="curiosity not supported yet"):
-        PPOConfig.from_settings(duck)
-    with pytest.raises(ValueError, match="batch_size .* must not exceed buffer_size"):
-        PPOConfig(batch_size=10, buffer_size=5)
-    with pytest.raises(ValueError, match="vis_encode_type.*not supported yet"):
-        PPOConfig(vis_encode_type="resnet")
+    spec = BehaviorSpec("M", (ObservationSpec("v", (3,)),), ActionSpec(1))
+    learner = PPOLearner(spec, trainer, seed=0)
+    arch = learner.architecture()
+    assert (arch.hidden_units, arch.num_layers, arch.normalize, arch.continuous_distribution) == (32, 3, True, "gaussian")
+    assert "normalizer/mean/0" in learner.policy_parameters()
+    lr, _, beta = ppo.schedules(trainer, 1000)
+    assert lr == 3e-4 and beta == pytest.approx(1e-5)  # constant learning rate, linear beta
+    # the extrinsic strength scales the rewards (a terminal one-step fragment: return = strength * r)
+    obs = np.zeros((1, 3), np.float32)
+    out = learner.act([obs])
+    learner.process_trajectory(_trajectory(spec, [obs], out, [1.5], [obs[0]], done=True))
+    assert learner.rollout_buffer.chronological()["returns"][0] == pytest.approx(3.0)
+
+
+def test_settings_checks_the_learner_no_longer_makes_happen_at_load():
+    """PPOConfig refused these; the loader and the support check do it once now."""
+    with pytest.raises(s.ConfigError, match="batch_size"):
+        trainer_settings("ppo", batch_size=10, buffer_size=5)
+    with pytest.raises(s.ConfigError, match="learning_rate_schedule"):
+        trainer_settings("ppo", learning_rate_schedule="cosine")
+    unsupported = s.unsupported_features(trainer_settings("ppo", vis_encode_type="resnet"))
+    assert [key for key, _ in unsupported] == ["network_settings.vis_encode_type"]
+    curious = s.trainer_settings_from_dict({"reward_signals": {"extrinsic": {}, "curiosity": {}}})
+    assert [key for key, _ in s.unsupported_features(curious)] == ["reward_signals.curiosity"]
 
 
 # -- compile once --------------------------------------------------------------------------
@@ -148,8 +147,8 @@ def test_update_and_value_estimation_compile_once():
     spec = BehaviorSpec(
         "C?team=0", (ObservationSpec("v", (4,)), ObservationSpec("cam", (1, 20, 20))), ActionSpec(2, (3, 2))
     )
-    config = PPOConfig(batch_size=16, buffer_size=48, num_epoch=2, time_horizon=10, hidden_units=8, num_layers=1, normalize=True)
-    learner = PPOLearner(spec, config, seed=1)
+    settings = trainer_settings("ppo", batch_size=16, buffer_size=48, num_epoch=2, time_horizon=10, hidden_units=8, num_layers=1, normalize=True)
+    learner = PPOLearner(spec, settings, seed=1)
     rng = np.random.default_rng(1)
     lengths = iter([10, 3, 7, 1, 10, 9, 4, 10, 2, 8, 5, 6, 10, 10, 10, 10, 10, 10])
     for _ in range(2):
@@ -170,7 +169,7 @@ def test_update_and_value_estimation_compile_once():
     assert learner.trace_counts["update"] == 1, learner.trace_counts
     assert learner.trace_counts["process"] == 1, learner.trace_counts
     # excess steps beyond buffer_size stay for the next update
-    assert learner.buffered_steps == learner.step - 2 * config.buffer_size
+    assert learner.buffered_steps == learner.step - 2 * settings.hyperparameters.buffer_size
     for name in ("Losses/Policy Loss", "Losses/Value Loss", "Policy/Entropy", "Policy/Learning Rate",
                  "Policy/Epsilon", "Policy/Beta", "Policy/Extrinsic Value Estimate"):
         assert name in metrics
@@ -186,8 +185,8 @@ def test_update_and_value_estimation_compile_once():
 # -- the loss has the right sign -------------------------------------------------------------
 def test_update_improves_the_surrogate_on_a_toy_batch():
     spec = BehaviorSpec("S", (ObservationSpec("v", (3,)),), ActionSpec(1, (2,)))
-    config = PPOConfig(batch_size=32, buffer_size=128, num_epoch=3, beta=0.0, hidden_units=16, num_layers=1, learning_rate=3e-3)
-    learner = PPOLearner(spec, config, seed=2)
+    settings = trainer_settings("ppo", batch_size=32, buffer_size=128, num_epoch=3, beta=0.0, hidden_units=16, num_layers=1, learning_rate=3e-3)
+    learner = PPOLearner(spec, settings, seed=2)
     rng = np.random.default_rng(2)
     obs = rng.standard_normal((128, 3)).astype(np.float32)
     out = learner.act([obs])
@@ -204,31 +203,32 @@ def test_update_improves_the_surrogate_on_a_toy_batch():
     state = learner._state
     norm_adv = batch._replace(advantages=(batch.advantages - batch.advantages.mean()) / batch.advantages.std())
 
-    loss = jax.jit(lambda params: ppo.ppo_loss(params, learner.policy_architecture, config, norm_adv, None, 0.2, 0.0)[1])
+    loss = jax.jit(lambda params: ppo.ppo_loss(params, learner.policy_architecture, settings, norm_adv, None, 0.2, 0.0)[1])
 
     def surrogate(params):
         aux = loss(params)
         return -float(aux["policy_loss"]), float(aux["value_loss"])
 
     before = surrogate(state.params)
-    update = jax.jit(ppo.make_update_fn(learner.policy_architecture, config, ppo.make_optimizer()))
-    new_state, _ = update(state, batch, jax.random.PRNGKey(0))
+    update = jax.jit(ppo.make_update_fn(learner.policy_architecture, settings, shared.make_optimizer()))
+    new_state, _ = update(state, batch, jax.random.key(0))
     after = surrogate(new_state.params)
     assert after[0] > before[0] + 0.01, (before, after)
     assert after[1] < before[1], (before, after)
 
 
-def _train_bandit(spec, reward_fn, config, updates, seed=0):
+def _train_bandit(spec, reward_fn, settings, updates, seed=0):
     """Contextual bandit: one-step episodes; returns mean reward of the first and last updates."""
-    learner = PPOLearner(spec, config, seed=seed)
+    learner = PPOLearner(spec, settings, seed=seed)
     rng = np.random.default_rng(seed)
     means = []
+    buffer_size = settings.hyperparameters.buffer_size
     for _ in range(updates):
         # one batch of one-step episodes per update, all acted with the current policy
-        obs = rng.uniform(-1, 1, (config.buffer_size, 2)).astype(np.float32)
+        obs = rng.uniform(-1, 1, (buffer_size, 2)).astype(np.float32)
         out = learner.act([obs])
         rewards = reward_fn(obs, out)
-        for i in range(config.buffer_size):
+        for i in range(buffer_size):
             step = type(out)(*(x[i : i + 1] for x in (out.continuous, out.discrete, out.log_probs, out.env_continuous)))
             learner.process_trajectory(_trajectory(spec, [obs[i : i + 1]], step, rewards[i : i + 1], [obs[i]], done=True))
         learner.update()
@@ -238,22 +238,22 @@ def _train_bandit(spec, reward_fn, config, updates, seed=0):
 
 def test_ppo_learns_a_continuous_contextual_bandit():
     spec = BehaviorSpec("Cont", (ObservationSpec("v", (2,)),), ActionSpec(1))
-    config = PPOConfig(batch_size=64, buffer_size=512, num_epoch=3, learning_rate=3e-3, hidden_units=32, num_layers=2,
-                       time_horizon=4, max_steps=100000, normalize=True)
+    settings = trainer_settings("ppo", batch_size=64, buffer_size=512, num_epoch=3, learning_rate=3e-3, hidden_units=32,
+                                num_layers=2, time_horizon=4, max_steps=100000, normalize=True)
     # the best action is 0.8 * sign(first observation) in the environment's units
     reward = lambda obs, out: (-np.abs(out.env_continuous[:, 0] - 0.8 * np.sign(obs[:, 0]))).astype(np.float32)  # noqa: E731
-    means = _train_bandit(spec, reward, config, updates=20)
+    means = _train_bandit(spec, reward, settings, updates=20)
     assert means[-1] > means[0] + 0.25, means
     assert np.mean(means[-3:]) > -0.35, means
 
 
 def test_ppo_learns_a_discrete_contextual_bandit():
     spec = BehaviorSpec("Disc", (ObservationSpec("v", (2,)),), ActionSpec(0, (3,)))
-    config = PPOConfig(batch_size=64, buffer_size=512, num_epoch=3, learning_rate=3e-3, hidden_units=32, num_layers=2,
-                       time_horizon=4, max_steps=100000)
+    settings = trainer_settings("ppo", batch_size=64, buffer_size=512, num_epoch=3, learning_rate=3e-3, hidden_units=32,
+                                num_layers=2, time_horizon=4, max_steps=100000)
     # reward 1 for action (obs[0] > 0) + 1 (so 1 or 2); action 0 is never right
     reward = lambda obs, out: (out.discrete[:, 0] == (obs[:, 0] > 0) + 1).astype(np.float32)  # noqa: E731
-    means = _train_bandit(spec, reward, config, updates=12)
+    means = _train_bandit(spec, reward, settings, updates=12)
     assert means[0] < 0.5, means
     assert np.mean(means[-2:]) > 0.85, means
 
@@ -261,22 +261,22 @@ def test_ppo_learns_a_discrete_contextual_bandit():
 # -- checkpoints ------------------------------------------------------------------------------
 def test_state_dict_resumes_exactly_through_msgpack():
     spec = BehaviorSpec("R", (ObservationSpec("v", (3,)),), ActionSpec(1, (2,)))
-    config = PPOConfig(batch_size=16, buffer_size=40, num_epoch=2, hidden_units=8, num_layers=1, time_horizon=8, normalize=True)
+    settings = trainer_settings("ppo", batch_size=16, buffer_size=40, num_epoch=2, hidden_units=8, num_layers=1, time_horizon=8, normalize=True)
     rng = np.random.default_rng(3)
     data = [(rng.standard_normal((8, 3)).astype(np.float32), rng.standard_normal(8).astype(np.float32)) for _ in range(12)]
 
     def feed(learner, items):
         for obs, r in items:
-            out = learner.act([obs], key=jax.random.PRNGKey(0))
+            out = learner.act([obs], key=jax.random.key(0))
             learner.process_trajectory(_trajectory(spec, [obs], out, r, [obs[-1]]))
             if learner.ready():
                 learner.update()
 
-    original = PPOLearner(spec, config, seed=4)
+    original = PPOLearner(spec, settings, seed=4)
     feed(original, data[:6])  # one update and 8 steps left in the buffer
     assert original.update_count == 1 and original.buffered_steps == 8
     blob = serialization.msgpack_serialize(original.state_dict())
-    resumed = PPOLearner(spec, config, seed=99)
+    resumed = PPOLearner(spec, settings, seed=99)
     resumed.load_state_dict(serialization.msgpack_restore(blob))
     assert (resumed.step, resumed.update_count, resumed.buffered_steps) == (48, 1, 8)
     feed(original, data[6:])
@@ -286,6 +286,85 @@ def test_state_dict_resumes_exactly_through_msgpack():
     assert set(a) == set(b)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    other = PPOLearner(BehaviorSpec("R", (ObservationSpec("v", (4,)),), ActionSpec(1, (2,))), config)
+    other = PPOLearner(BehaviorSpec("R", (ObservationSpec("v", (4,)),), ActionSpec(1, (2,))), settings)
     with pytest.raises(ValueError, match="checkpoint params.actor.body/dense0/kernel: shape"):
         other.load_state_dict(serialization.msgpack_restore(blob))
+
+
+def test_load_weights_takes_the_networks_but_not_the_run(tmp_path):
+    spec = BehaviorSpec("W", (ObservationSpec("v", (3,)),), ActionSpec(1, (2,)))
+    settings = trainer_settings("ppo", batch_size=8, buffer_size=16, num_epoch=1, hidden_units=8, num_layers=1, time_horizon=8, normalize=True)
+    rng = np.random.default_rng(5)
+    trained = PPOLearner(spec, settings, seed=1)
+    for _ in range(3):  # one update, 8 steps left in the buffer
+        obs = rng.standard_normal((8, 3)).astype(np.float32)
+        trained.process_trajectory(_trajectory(spec, [obs], trained.act([obs]), rng.standard_normal(8), [obs[-1]]))
+        if trained.ready():
+            trained.update()
+    assert trained.step == 24 and trained.buffered_steps == 8
+    blob = serialization.msgpack_serialize(trained.state_dict())
+    fresh = PPOLearner(spec, settings, seed=2)
+    fresh.load_weights(serialization.msgpack_restore(blob))
+    assert (fresh.step, fresh.buffered_steps) == (0, 0)
+    a, b = trained.policy_parameters(), fresh.policy_parameters()
+    assert set(a) == set(b) and "normalizer/var/0" in a
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    critic = jax.tree_util.tree_leaves(fresh.state_dict()["params"]["critic"])
+    for x, y in zip(jax.tree_util.tree_leaves(trained.state_dict()["params"]["critic"]), critic):
+        np.testing.assert_array_equal(x, y)
+    # nothing lives beside a PPO checkpoint: the buffered steps are in the state_dict
+    trained.save_extra(tmp_path)
+    assert not list(tmp_path.iterdir())
+    fresh.load_extra(tmp_path)
+    assert fresh.buffered_steps == 0
+
+
+def test_shared_critic_reads_the_actors_body_and_trains():
+    """ML-Agents' shared_critic: the value head sits on the policy's encoders and body, so
+    the value loss also trains the actor's body; the snapshot stays actor-only."""
+    spec = BehaviorSpec("Shared", (ObservationSpec("v", (4,)), ObservationSpec("cam", (1, 20, 20))), ActionSpec(2, (3,)))
+    settings = trainer_settings("ppo", batch_size=16, buffer_size=48, num_epoch=2, time_horizon=8, hidden_units=8,
+                                num_layers=2, normalize=True, shared_critic=True)
+    learner = PPOLearner(spec, settings, seed=6)
+    critic = learner._state.params["critic"]
+    assert sorted(critic) == ["critic/value/bias", "critic/value/kernel"]  # no encoders or body of its own
+    rng = np.random.default_rng(6)
+    obs = [rng.standard_normal((5, 4)).astype(np.float32), rng.random((5, 1, 20, 20)).astype(np.float32)]
+    # the critic's value is the value head applied to the actor's body
+    actor = learner._state.params["actor"]
+    body = networks.encode(actor, "", learner.architecture(), [jnp.asarray(o) for o in obs], None)
+    np.testing.assert_allclose(
+        networks.critic_forward(actor, critic, learner.architecture(), [jnp.asarray(o) for o in obs], None, shared_critic=True),
+        (body @ critic["critic/value/kernel"] + critic["critic/value/bias"])[:, 0],
+        rtol=1e-6,
+    )
+    # the value loss alone moves the actor's body (its gradient flows through the shared layers)
+    batch = ppo.Batch(
+        observations=tuple(obs),
+        continuous_actions=np.zeros((5, 2), np.float32),
+        discrete_actions=np.zeros((5, 1), np.int32),
+        action_masks=np.zeros((5, 3), bool),
+        log_probs=np.zeros(5, np.float32),
+        values=np.zeros(5, np.float32),
+        advantages=np.zeros(5, np.float32),
+        returns=np.full(5, 10.0, np.float32),
+    )
+    grads = jax.grad(lambda p: ppo.ppo_loss(p, learner.architecture(), settings, batch, None, 0.2, 0.0)[1]["value_loss"])(
+        learner._state.params
+    )
+    assert float(jnp.abs(grads["actor"]["body/dense0/kernel"]).sum()) > 0
+    # training runs, losses are finite, the update compiles once
+    for _ in range(2):
+        while not learner.ready():
+            o = [rng.standard_normal((8, 4)).astype(np.float32), rng.random((8, 1, 20, 20)).astype(np.float32)]
+            out = NumpyPolicy(learner.architecture(), learner.policy_parameters()).act(o, None, rng)
+            learner.process_trajectory(_trajectory(spec, o, out, rng.standard_normal(8), [x[-1] for x in o]))
+        metrics = learner.update()
+        assert all(np.isfinite(v) for v in metrics.values()), metrics
+    assert learner.trace_counts["update"] == 1
+    assert not any(name.startswith("critic") for name in learner.policy_parameters())
+    # the snapshot drives NumpyPolicy to the JAX actor's log-probabilities
+    policy = NumpyPolicy(learner.architecture(), learner.policy_parameters())
+    out = learner.act(obs)
+    np.testing.assert_allclose(policy.log_prob(obs, None, out.continuous, out.discrete), out.log_probs, rtol=1e-4, atol=1e-4)

@@ -1,4 +1,4 @@
-"""The SAC replay buffer: ring wraparound, uniform sampling, save/load round trip."""
+"""The SAC replay buffer: ring wraparound, uniform sampling, sampler checkpoint, save/load round trip."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from trainer_server.replay_buffer import ReplayBuffer, Transitions
+from trainer_server.learning.replay_buffer import (
+    ReplayBuffer,
+    Transitions,
+    generator_from_state,
+    generator_state,
+    new_generator,
+)
 
 
 def make_batch(start: int, n: int) -> Transitions:
@@ -47,9 +53,8 @@ def test_wraparound_keeps_the_newest_in_order():
 def test_sampling_is_uniform_reproducible_and_consistent():
     buf = new_buffer(50)
     buf.add(make_batch(100, 30))
-    key = jax.random.key(3)
-    a = buf.sample(key, 64, num_batches=4)
-    b = buf.sample(key, 64, num_batches=4)
+    a = buf.sample(new_generator(3), 64, num_batches=4)
+    b = buf.sample(new_generator(3), 64, num_batches=4)
     assert a.rewards.shape == (4, 64) and a.obs[1].shape == (4, 64, 4, 4, 2)
     np.testing.assert_array_equal(a.rewards, b.rewards)
     # every field of a sampled row belongs to the same transition
@@ -57,16 +62,33 @@ def test_sampling_is_uniform_reproducible_and_consistent():
     np.testing.assert_array_equal(a.next_obs[0][..., 0], a.rewards + 1)
     np.testing.assert_array_equal(a.continuous_actions[..., 1], a.rewards)
     # only held transitions, each of them about equally often
-    idx = buf.sample_indices(jax.random.key(4), (30000,))
+    idx = buf.sample_indices(new_generator(4), (30000,))
     assert idx.min() == 0 and idx.max() == 29
     counts = np.bincount(idx, minlength=30)
     assert counts.min() > 800 and counts.max() < 1200
 
 
+def test_sampler_state_resumes_the_exact_sequence():
+    buf = new_buffer(50)
+    buf.add(make_batch(0, 40))
+    rng = new_generator(11)
+    buf.sample(rng, 7)
+    rng.random()  # leaves a half-used 64-bit word behind (has_uint32)
+    rng.integers(0, 2**31, dtype=np.uint32)
+    saved = generator_state(rng)
+    assert saved.dtype == np.uint64 and saved.shape == (6,)
+    resumed = generator_from_state(saved)
+    for _ in range(3):
+        np.testing.assert_array_equal(buf.sample(rng, 16, num_batches=2).rewards, buf.sample(resumed, 16, num_batches=2).rewards)
+        assert rng.integers(0, 2**31, dtype=np.uint32) == resumed.integers(0, 2**31, dtype=np.uint32)
+    with pytest.raises(ValueError, match="PCG64"):
+        generator_state(np.random.Generator(np.random.MT19937(0)))
+
+
 def test_bad_shapes_and_empty_sampling_are_clear_errors():
     buf = new_buffer(8)
     with pytest.raises(ValueError, match="empty"):
-        buf.sample(jax.random.key(0), 4)
+        buf.sample(new_generator(0), 4)
     bad = make_batch(0, 3)._replace(dones=np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="transitions.dones"):
         buf.add(bad)
@@ -87,8 +109,7 @@ def test_save_load_round_trip(tmp_path):
     for x, y in zip(jax.tree_util.tree_leaves(buf.chronological()), jax.tree_util.tree_leaves(restored.chronological())):
         assert x.dtype == y.dtype
         np.testing.assert_array_equal(x, y)
-    key = jax.random.key(9)
-    np.testing.assert_array_equal(buf.sample(key, 32).rewards, restored.sample(key, 32).rewards)
+    np.testing.assert_array_equal(buf.sample(new_generator(9), 32).rewards, restored.sample(new_generator(9), 32).rewards)
     # a smaller buffer keeps the newest transitions
     small = new_buffer(4)
     small.load(path)

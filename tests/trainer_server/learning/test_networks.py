@@ -10,7 +10,7 @@ import pytest
 from common.architecture import PolicyArchitecture, parameter_shapes
 from gateway.actor.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
-from trainer_server import distributions, networks, normalizer
+from trainer_server.learning import distributions, networks, normalizer
 
 VECTOR = ObservationSpec("vector", (7,))
 CAMERA = ObservationSpec("camera", (3, 36, 40))
@@ -106,3 +106,30 @@ def test_critic_is_separate_unless_shared():
     shared = networks.init_critic(jax.random.PRNGKey(1), arch, shared_critic=True)
     assert sorted(shared) == ["critic/value/bias", "critic/value/kernel"]
     assert networks.critic_forward(actor, shared, arch, obs, None, shared_critic=True).shape == (5,)
+
+
+def test_q_critic_has_its_own_encoders_and_reads_the_action():
+    spec = BehaviorSpec("Q", (CAMERA, VECTOR), ActionSpec(2, (3, 2)))
+    arch = PolicyArchitecture(spec, hidden_units=16, num_layers=2, continuous_distribution="tanh_gaussian")
+    params = networks.init_q_critic(jax.random.key(0), arch)
+    assert all(k.startswith("critic/") for k in params) and "critic/encoder/0/conv0/kernel" in params
+    assert params["critic/body/dense0/kernel"].shape[0] == 16 + 7 + 2  # [visual encoding, vector, action]
+    rng = np.random.default_rng(0)
+    obs = [jnp.asarray(rng.random((5, 3, 36, 40)), jnp.float32), jnp.asarray(rng.standard_normal((5, 7)), jnp.float32)]
+    q = networks.q_critic_forward(params, arch, obs, None, jnp.zeros((5, 2)))
+    assert q.shape == (5, networks.q_outputs(arch)) == (5, 5)
+    assert not np.allclose(q, networks.q_critic_forward(params, arch, obs, None, jnp.ones((5, 2))))
+
+
+def test_tanh_gaussian_rsample_matches_the_log_prob_of_its_raw_sample():
+    rng = np.random.default_rng(1)
+    mu = jnp.asarray(rng.standard_normal((64, 2)), jnp.float32)
+    log_std = jnp.asarray(rng.uniform(-1.0, 0.5, (64, 2)), jnp.float32)
+    key = jax.random.key(7)
+    action, log_prob = distributions.tanh_gaussian_rsample(mu, log_std, key)
+    u = mu + jnp.exp(log_std) * jax.random.normal(key, mu.shape)  # the same draw
+    np.testing.assert_allclose(action, jnp.tanh(u), rtol=1e-6, atol=1e-6)
+    reference, _ = distributions.log_prob_and_entropy(
+        distributions.DistParams(mu, log_std, None), u, jnp.zeros((64, 0), jnp.int32), (), "tanh_gaussian"
+    )
+    np.testing.assert_allclose(log_prob, reference, rtol=1e-3, atol=1e-3)  # TANH_EPS vs the exact form

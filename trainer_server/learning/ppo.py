@@ -1,0 +1,519 @@
+"""Proximal Policy Optimization in JAX, as ML-Agents' PPO trainer does it.
+
+Why: the trainer server learns one policy per behavior from the trajectory fragments that
+gateways stream in; this module turns fragments into updates with ML-Agents' semantics so
+that ML-Agents users' hyperparameters mean what they expect.
+
+Flow (per behavior, one ``PPOLearner``):
+
+1. ``process_trajectory``: the fragment (padded to a multiple of ``time_horizon`` + 1 rows,
+   so the compiled function never sees a new shape) updates the running observation
+   normalizer (``normalize``), gets values from the current critic, and GAE(lambda)
+   advantages with the value of ``next_observations`` as bootstrap when the fragment was
+   cut (``time_horizon``) or interrupted (max step), and 0 after a true terminal. Rewards
+   are the environment's times the extrinsic ``strength``. The result joins the buffer.
+2. ``update`` (when ``buffer_size`` steps are buffered): ONE jit-compiled pure function
+   ``(state, batch, key) -> (state, metrics)``: advantages normalized over the batch,
+   ``num_epoch`` passes over shuffled minibatches of ``batch_size`` (``lax.scan``, no
+   Python loop), each an Adam step on ``policy_loss + 0.5 * value_loss - beta * entropy``
+   with the clipped surrogate, ML-Agents' clipped ("trust region") value loss, and
+   schedules of learning rate, beta and epsilon computed from ``step`` inside the function.
+
+Buffer choice: the update uses exactly the oldest ``buffer_size`` steps (fixed shapes: one
+compilation); steps beyond it stay buffered for the next update instead of being dropped
+(ML-Agents trains on all buffered steps and clears the buffer). Those carried-over steps
+were valued by the critic before the update; PPO's ratio and clipping account for their
+slightly older policy. Within an epoch, ``buffer_size % batch_size`` randomly chosen steps
+sit out, as in ML-Agents.
+
+Differences from ML-Agents, on purpose: the ratio uses the joint log-probability of the
+whole action (ML-Agents keeps one ratio per action dimension); "Policy/Entropy" is the mean
+entropy over the update's minibatches (ML-Agents reports it while acting).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization
+
+from common.architecture import PolicyArchitecture, PolicyOutput
+from common.logging import get_logger
+from common.specs import BehaviorSpec
+from common.trajectory import Trajectory
+from trainer_server.learning import distributions, networks, shared
+from trainer_server.learning import normalizer as norm_mod
+from trainer_server.learning import rollout_buffer
+from trainer_server.config.schema import PPOSettings, TrainerSettings
+
+#: ML-Agents' floors of the linear schedules (ModelUtils.DecayedValue in its PPO optimizer)
+LEARNING_RATE_MIN = 1.0e-10
+EPSILON_MIN = 0.1
+BETA_MIN = 1.0e-5
+#: ML-Agents' advantage normalization denominator guard
+ADVANTAGE_EPS = 1.0e-10
+
+log = get_logger(__name__)
+
+
+# -- configuration: read from the typed settings (validated once, at load) -----------------
+def hyperparameters(settings: TrainerSettings) -> PPOSettings:
+    """``settings.hyperparameters``, typed as PPO's."""
+    return settings.hyperparameters  # type: ignore[return-value]
+
+
+def schedules(settings: TrainerSettings, step: Any) -> tuple[Any, Any, Any]:
+    """(learning rate, epsilon, beta) at ``step`` (Python numbers or JAX scalars)."""
+    hp, max_steps = hyperparameters(settings), settings.max_steps
+    return (
+        shared.decayed_value(hp.learning_rate_schedule, hp.learning_rate, LEARNING_RATE_MIN, max_steps, step),
+        shared.decayed_value(hp.epsilon_schedule, hp.epsilon, EPSILON_MIN, max_steps, step),
+        shared.decayed_value(hp.beta_schedule, hp.beta, BETA_MIN, max_steps, step),
+    )
+
+
+# -- networks and state --------------------------------------------------------------------
+class PPOState(NamedTuple):
+    """Everything the update reads and writes.
+
+    Attributes:
+        params: ``{"actor": flat snapshot-named params, "critic": flat critic/... params}``.
+        opt_state: Adam's state for ``params``.
+        normalizer: running observation statistics (read-only in the update).
+        step: int32 agent steps so far: drives the schedules.
+    """
+
+    params: dict[str, dict[str, jax.Array]]
+    opt_state: Any
+    normalizer: norm_mod.NormalizerState
+    step: jax.Array
+
+
+class Batch(NamedTuple):
+    """``buffer_size`` steps. Observations per spec ``[N, *shape]``; the rest ``[N, ...]``."""
+
+    observations: tuple[jax.Array, ...]
+    continuous_actions: jax.Array  # [N, c]
+    discrete_actions: jax.Array  # [N, b] int32
+    action_masks: jax.Array  # [N, sum(branches)] bool, true = not allowed
+    log_probs: jax.Array  # [N] joint log-prob under the acting policy
+    values: jax.Array  # [N] critic's values when the step was processed
+    advantages: jax.Array  # [N]
+    returns: jax.Array  # [N]
+
+
+def _norm_stats(state: norm_mod.NormalizerState, normalize: bool):
+    return norm_mod.statistics(state) if normalize else None
+
+
+def init_params(key: jax.Array, arch: PolicyArchitecture, shared_critic: bool) -> dict[str, networks.Params]:
+    """``{"actor": snapshot-named params, "critic": critic/... params}`` (only the value head
+    with ``shared_critic``: the critic then reads the actor's encoders and body)."""
+    k_actor, k_critic = jax.random.split(key)
+    return {"actor": networks.init_actor(k_actor, arch), "critic": networks.init_critic(k_critic, arch, shared_critic)}
+
+
+# -- the loss ------------------------------------------------------------------------------
+def gae(
+    rewards: jax.Array, values: jax.Array, bootstrap_value: jax.Array, mask: jax.Array, gamma: float, lambd: float
+) -> tuple[jax.Array, jax.Array]:
+    """Generalized advantage estimation over one padded trajectory fragment.
+
+    Args:
+        rewards: ``[L]`` rewards r_t (after a_t); padding rows are ignored.
+        values: ``[L]`` V(o_t).
+        bootstrap_value: scalar V(o_T) after the last real step: the critic's value of
+            ``next_observations`` when cut or interrupted, 0 after a true terminal.
+        mask: bool ``[L]``, true on the T real steps (a prefix).
+        gamma: discount.
+        lambd: GAE's lambda.
+
+    Returns:
+        (advantages ``[L]``, returns ``[L]`` = advantages + values), 0 on padding rows.
+    """
+    length = jnp.sum(mask.astype(jnp.int32))
+    idx = jnp.arange(rewards.shape[0])
+    next_values = jnp.concatenate([values[1:], jnp.zeros((1,), values.dtype)])
+    next_values = jnp.where(idx == length - 1, bootstrap_value, next_values)
+    deltas = jnp.where(mask, rewards + gamma * next_values - values, 0.0)
+
+    def back(carry, delta):
+        adv = delta + gamma * lambd * carry
+        return adv, adv
+
+    _, advantages = jax.lax.scan(back, jnp.zeros((), deltas.dtype), deltas, reverse=True)
+    advantages = jnp.where(mask, advantages, 0.0)
+    return advantages, jnp.where(mask, advantages + values, 0.0)
+
+
+def ppo_loss(
+    params: dict[str, dict[str, jax.Array]],
+    arch: PolicyArchitecture,
+    settings: TrainerSettings,
+    batch: Batch,
+    norm_stats,
+    epsilon,
+    beta,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """ML-Agents' PPO loss on a minibatch (advantages already normalized).
+
+    Returns:
+        (loss, aux) with aux ``policy_loss`` (the negated clipped surrogate), ``value_loss``,
+        ``entropy`` (batch means) and ``approx_kl``.
+    """
+    obs = list(batch.observations)
+    mask = batch.action_masks if arch.behavior_spec.action_spec.mask_size else None
+    dist = networks.actor_forward(params["actor"], arch, obs, norm_stats, mask)
+    log_prob, entropy = distributions.log_prob_and_entropy(
+        dist, batch.continuous_actions, batch.discrete_actions, arch.behavior_spec.action_spec.discrete_branches
+    )
+    values = networks.critic_forward(
+        params["actor"], params["critic"], arch, obs, norm_stats, hyperparameters(settings).shared_critic
+    )
+    log_ratio = log_prob - batch.log_probs
+    ratio = jnp.exp(log_ratio)
+    adv = batch.advantages
+    surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon) * adv)
+    policy_loss = -jnp.mean(surrogate)
+    clipped_values = batch.values + jnp.clip(values - batch.values, -epsilon, epsilon)
+    value_loss = jnp.mean(jnp.maximum((batch.returns - values) ** 2, (batch.returns - clipped_values) ** 2))
+    mean_entropy = jnp.mean(entropy)
+    loss = policy_loss + 0.5 * value_loss - beta * mean_entropy
+    aux = {
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": mean_entropy,
+        "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
+    }
+    return loss, aux
+
+
+# -- the update ----------------------------------------------------------------------------
+def make_update_fn(
+    arch: PolicyArchitecture,
+    settings: TrainerSettings,
+    tx: optax.GradientTransformation,
+    on_trace: Callable[[], None] | None = None,
+) -> Callable[[PPOState, Batch, jax.Array], tuple[PPOState, dict[str, jax.Array]]]:
+    """The pure update ``(state, batch, key) -> (state, metrics)``; jit it once.
+
+    ``on_trace`` is called whenever JAX traces the function (tests count recompilations).
+    """
+    hp = hyperparameters(settings)
+    num_minibatches = hp.buffer_size // hp.batch_size
+
+    def update(state: PPOState, batch: Batch, key: jax.Array):
+        if on_trace is not None:
+            on_trace()
+        lr, epsilon, beta = schedules(settings, state.step)
+        norm_stats = _norm_stats(state.normalizer, arch.normalize)
+        adv = batch.advantages
+        batch = batch._replace(advantages=(adv - jnp.mean(adv)) / (jnp.std(adv) + ADVANTAGE_EPS))
+        grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
+
+        def minibatch_step(carry, idx):
+            params, opt_state = carry
+            minibatch = jax.tree.map(lambda x: x[idx], batch)
+            (_, aux), grads = grad_fn(params, arch, settings, minibatch, norm_stats, epsilon, beta)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+            return (params, opt_state), aux
+
+        def epoch_step(carry, epoch_key):
+            order = jax.random.permutation(epoch_key, hp.buffer_size)
+            order = order[: num_minibatches * hp.batch_size].reshape(num_minibatches, hp.batch_size)
+            return jax.lax.scan(minibatch_step, carry, order)
+
+        keys = jax.random.split(key, hp.num_epoch)
+        (params, opt_state), aux = jax.lax.scan(epoch_step, (state.params, state.opt_state), keys)
+        metrics = {
+            # ML-Agents reports the absolute policy loss
+            "Losses/Policy Loss": jnp.mean(jnp.abs(aux["policy_loss"])),
+            "Losses/Value Loss": jnp.mean(aux["value_loss"]),
+            "Policy/Entropy": jnp.mean(aux["entropy"]),
+            "Policy/Approx KL": jnp.mean(aux["approx_kl"]),
+            "Policy/Learning Rate": lr,
+            "Policy/Epsilon": epsilon,
+            "Policy/Beta": beta,
+        }
+        return state._replace(params=params, opt_state=opt_state), metrics
+
+    return update
+
+
+def make_process_fn(
+    arch: PolicyArchitecture, settings: TrainerSettings, on_trace: Callable[[], None] | None = None
+) -> Callable:
+    """The pure per-fragment step: normalizer update, values, GAE (fixed padded shapes).
+
+    Signature: ``(params, normalizer, observations [L+1, ...] per spec, rewards [L], length,
+    bootstrap) -> (normalizer, values [L], advantages [L], returns [L])``; row ``length`` of
+    each observation holds ``next_observations``.
+    """
+
+    hp, gamma = hyperparameters(settings), shared.extrinsic(settings).gamma
+
+    def process(params, normalizer, observations, rewards, length, bootstrap):
+        if on_trace is not None:
+            on_trace()
+        padded = rewards.shape[0]
+        mask = jnp.arange(padded) < length
+        if arch.normalize:
+            normalizer = norm_mod.update(normalizer, [o[:padded] for o in observations], mask)
+        values_all = networks.critic_forward(
+            params["actor"], params["critic"], arch, list(observations), _norm_stats(normalizer, arch.normalize),
+            hp.shared_critic,
+        )
+        bootstrap_value = jnp.where(bootstrap, values_all[length], 0.0)
+        values = jnp.where(mask, values_all[:padded], 0.0)
+        advantages, returns = gae(rewards, values, bootstrap_value, mask, gamma, hp.lambd)
+        return normalizer, values, advantages, returns
+
+    return process
+
+
+# -- the learner shell ------------------------------------------------------------------------
+class PPOLearner:
+    """One behavior's PPO: policy, critic, optimizer state, normalizer and rollout buffer.
+
+    Implements ``trainer_server.learning.learner.Learner``. Several behaviors = several learners.
+
+    Args:
+        spec: the behavior's observations and actions.
+        settings: the behavior's trainer settings (``hyperparameters`` are ``PPOSettings``).
+        seed: initialises the networks and every later PRNG key.
+
+    Attributes:
+        step: agent steps consumed so far (ML-Agents' "step").
+        update_count: updates done so far.
+        rollout_buffer: the processed steps waiting for the next update.
+        trace_counts: how often each compiled function was traced ("update", "process",
+            "act"): a retrace means a recompilation.
+    """
+
+    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, seed: int = 0):
+        self.spec = spec
+        self.settings = settings
+        self.hyperparameters = hyperparameters(settings)
+        self.policy_architecture = shared.policy_architecture(spec, settings, "gaussian")
+        arch = self.policy_architecture
+        key, k_init = jax.random.split(shared.new_key(seed))
+        params = init_params(k_init, arch, self.hyperparameters.shared_critic)
+        self._tx = shared.make_optimizer()
+        self._state = PPOState(
+            params=params,
+            opt_state=self._tx.init(params),
+            normalizer=norm_mod.init(spec),
+            step=jnp.zeros((), jnp.int32),
+        )
+        self._key = key
+        self.step = 0
+        self.update_count = 0
+        self.rollout_buffer = rollout_buffer.RolloutBuffer(spec)
+        self._traces = shared.TraceCounter("update", "process", "act")
+        self.trace_counts = self._traces.counts
+        self._warned_long = False
+        self._update_fn = jax.jit(make_update_fn(arch, settings, self._tx, self._traces.hook("update")))
+        self._process_fn = jax.jit(make_process_fn(arch, settings, self._traces.hook("process")))
+        self._on_act_trace = self._traces.hook("act")
+        self._act_fn = jax.jit(self._act, static_argnames=("deterministic",))
+        self._log = log.bind(behavior=spec.name)
+
+    # -- experience --------------------------------------------------------------------
+    def process_trajectory(self, trajectory: Trajectory) -> None:
+        """Values, GAE and normalizer update for one fragment; appends it to the buffer.
+
+        Raises:
+            ValueError: when the fragment does not match the behavior's spec.
+        """
+        t = len(trajectory)
+        self._check(trajectory)
+        horizon = self.settings.time_horizon
+        padded = horizon * max(1, math.ceil(t / horizon))
+        if t > horizon and not self._warned_long:
+            self._warned_long = True
+            self._log.warning("trajectory longer than time_horizon: padded to a multiple of it", length=t, time_horizon=horizon)
+        observations = []
+        for obs, nxt in zip(trajectory.observations, trajectory.next_observations):
+            rows = np.zeros((padded + 1, *obs.shape[1:]), np.float32)
+            rows[:t] = obs
+            rows[t] = nxt
+            observations.append(rows)
+        rewards = np.zeros(padded, np.float32)
+        rewards[:t] = np.asarray(trajectory.rewards, np.float32) * shared.extrinsic(self.settings).strength
+        bootstrap = (not trajectory.done) or trajectory.interrupted
+        normalizer, values, advantages, returns = self._process_fn(
+            self._state.params, self._state.normalizer, tuple(observations), rewards, np.int32(t), np.bool_(bootstrap)
+        )
+        self._state = self._state._replace(normalizer=normalizer)
+        a = self.spec.action_spec
+        self.rollout_buffer.add(
+            {
+                "observations": [np.asarray(o, np.float32) for o in trajectory.observations],
+                "continuous_actions": np.asarray(trajectory.continuous_actions, np.float32).reshape(t, a.continuous_size),
+                "discrete_actions": np.asarray(trajectory.discrete_actions, np.int32).reshape(t, a.num_branches),
+                "action_masks": np.asarray(trajectory.action_masks, bool).reshape(t, a.mask_size),
+                "log_probs": np.asarray(trajectory.log_probs, np.float32),
+                "values": np.asarray(values)[:t],
+                "advantages": np.asarray(advantages)[:t],
+                "returns": np.asarray(returns)[:t],
+            }
+        )
+        self.step += t
+
+    def _check(self, trajectory: Trajectory) -> None:
+        t = len(trajectory)
+        if t == 0:
+            raise ValueError(f"behavior {self.spec.name}: empty trajectory")
+        if len(trajectory.observations) != len(self.spec.observations) or len(trajectory.next_observations) != len(
+            self.spec.observations
+        ):
+            raise ValueError(f"behavior {self.spec.name}: trajectory has the wrong number of observations")
+        for i, (obs, nxt, ospec) in enumerate(zip(trajectory.observations, trajectory.next_observations, self.spec.observations)):
+            if tuple(obs.shape) != (t, *ospec.shape) or tuple(nxt.shape) != tuple(ospec.shape):
+                raise ValueError(
+                    f"behavior {self.spec.name}: observation {i} has shape {obs.shape} (next {nxt.shape}), "
+                    f"expected {(t, *ospec.shape)}"
+                )
+
+    @property
+    def buffered_steps(self) -> int:
+        """Steps waiting in the buffer."""
+        return self.rollout_buffer.size
+
+    def ready(self) -> bool:
+        """True once ``buffer_size`` steps are buffered."""
+        return self.rollout_buffer.size >= self.hyperparameters.buffer_size
+
+    # -- update ------------------------------------------------------------------------
+    def update(self) -> dict[str, float]:
+        """One PPO update on the oldest ``buffer_size`` buffered steps.
+
+        Returns:
+            ML-Agents-named metrics: "Losses/Policy Loss", "Losses/Value Loss",
+            "Policy/Entropy", "Policy/Learning Rate", "Policy/Epsilon", "Policy/Beta",
+            "Policy/Extrinsic Value Estimate", and "Policy/Approx KL".
+
+        Raises:
+            RuntimeError: when fewer than buffer_size steps are buffered.
+        """
+        if not self.ready():
+            raise RuntimeError(
+                f"behavior {self.spec.name}: update needs {self.hyperparameters.buffer_size} steps, "
+                f"{self.rollout_buffer.size} buffered"
+            )
+        data = self.rollout_buffer.take(self.hyperparameters.buffer_size)
+        batch = Batch(observations=tuple(data["observations"]), **{f: data[f] for f in rollout_buffer.FIELDS})
+        self._key, key = jax.random.split(self._key)
+        state = self._state._replace(step=jnp.asarray(min(self.step, np.iinfo(np.int32).max), jnp.int32))
+        self._state, metrics = self._update_fn(state, batch, key)
+        self.update_count += 1
+        out = {name: float(value) for name, value in jax.device_get(metrics).items()}
+        out["Policy/Extrinsic Value Estimate"] = float(np.mean(data["values"]))
+        return out
+
+    # -- acting and snapshots ------------------------------------------------------------
+    def _act(self, actor_params, normalizer, observations, action_mask, key, deterministic: bool):
+        self._on_act_trace()
+        arch = self.policy_architecture
+        dist = networks.actor_forward(actor_params, arch, list(observations), _norm_stats(normalizer, arch.normalize), action_mask)
+        n = observations[0].shape[0]
+        actions = distributions.sample(dist, key, n, arch.behavior_spec.action_spec.discrete_branches, deterministic=deterministic)
+        return actions, distributions.env_continuous(actions.continuous)
+
+    def act(
+        self,
+        observations: list[np.ndarray],
+        action_mask: np.ndarray | None = None,
+        key: jax.Array | None = None,
+        deterministic: bool = False,
+    ) -> PolicyOutput:
+        """Acts with the current policy in JAX (tests, local checks); the gateway uses NumpyPolicy.
+
+        Args:
+            observations: per observation spec, float32 ``[n, *shape]``.
+            action_mask: bool ``[n, sum(branches)]``, true = not allowed; None allows all.
+            key: PRNG key; None draws one from the learner's key.
+        """
+        if key is None:
+            self._key, key = jax.random.split(self._key)
+        n = np.asarray(observations[0]).shape[0]
+        a = self.spec.action_spec
+        mask = None
+        if a.mask_size:
+            mask = np.zeros((n, a.mask_size), bool) if action_mask is None else np.asarray(action_mask, bool)
+        actions, env = self._act_fn(
+            self._state.params["actor"],
+            self._state.normalizer,
+            tuple(np.asarray(o, np.float32) for o in observations),
+            mask,
+            key,
+            deterministic=deterministic,
+        )
+        return PolicyOutput(
+            continuous=np.asarray(actions.continuous, np.float32),
+            discrete=np.asarray(actions.discrete, np.int32),
+            log_probs=np.asarray(actions.log_probs, np.float32),
+            env_continuous=np.asarray(env, np.float32),
+        )
+
+    def architecture(self) -> PolicyArchitecture:
+        """What the snapshot's parameters mean (``continuous_distribution="gaussian"``)."""
+        return self.policy_architecture
+
+    def policy_parameters(self) -> dict[str, np.ndarray]:
+        """Flat float32 actor parameters and normalizer statistics (the snapshot's ``parameters``)."""
+        return shared.policy_parameters(self._state.params["actor"], self._state.normalizer, self.policy_architecture.normalize)
+
+    # -- checkpoints -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to resume exactly, as nested dicts of numpy arrays and Python numbers
+        (``flax.serialization.msgpack_serialize`` writes it): params, Adam state, normalizer,
+        step, update count, PRNG key and the steps still buffered."""
+        return {
+            "algorithm": "ppo",
+            "params": shared.to_numpy(self._state.params),
+            "opt_state": shared.to_numpy(serialization.to_state_dict(self._state.opt_state)),
+            "normalizer": shared.normalizer_state_dict(self._state.normalizer),
+            "step": int(self.step),
+            "update_count": int(self.update_count),
+            "key": shared.key_to_numpy(self._key),
+            "buffer": self.rollout_buffer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores ``state_dict()``'s output (e.g. after msgpack_restore).
+
+        Raises:
+            ValueError: naming the entry that does not fit this behavior's networks.
+        """
+        shared.check_state(state, "ppo", ("params", "opt_state", "normalizer", "step", "update_count", "key"))
+        current = self._state
+        params = shared.restore_like(current.params, state["params"], "params")
+        opt_template = serialization.to_state_dict(current.opt_state)
+        opt_state = serialization.from_state_dict(
+            current.opt_state, shared.restore_like(opt_template, state["opt_state"], "opt_state")
+        )
+        normalizer = shared.restore_normalizer(current.normalizer, state["normalizer"])
+        self._state = PPOState(params=params, opt_state=opt_state, normalizer=normalizer, step=current.step)
+        self.step = int(np.asarray(state["step"]))
+        self.update_count = int(np.asarray(state["update_count"]))
+        self._key = shared.key_from_numpy(state["key"])
+        self.rollout_buffer.load_state_dict(state.get("buffer"))
+
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """``init_path`` / ``--initialize-from``: the checkpoint's networks, Adam state and
+        normalizer; the buffered steps are dropped and the new run counts from step 0."""
+        shared.load_weights(self, state)
+
+    def save_extra(self, folder: Path) -> None:
+        """Nothing to keep beside the checkpoint: the buffered steps are in ``state_dict``."""
+
+    def load_extra(self, folder: Path) -> None:
+        """Nothing to load beside the checkpoint (see ``save_extra``)."""

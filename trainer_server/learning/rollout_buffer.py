@@ -1,0 +1,106 @@
+"""PPO's on-policy experience: the steps processed since the last update, in arrival order.
+
+Why a class beside SAC's ``ReplayBuffer``: PPO consumes its experience in fixed-size
+batches (``buffer_size`` steps, so the compiled update sees one shape), while fragments
+arrive in any length. The buffer keeps whole processed fragments (observations, actions,
+acting log-probs, critic values, GAE advantages and returns), hands out the oldest
+``buffer_size`` steps and keeps the rest for the next update (ML-Agents would train on
+all of them and clear the buffer; fixed shapes keep one compilation).
+
+Each step holds: ``observations[k]`` ``[*shape_k]`` per observation spec,
+``continuous_actions`` ``[c]``, ``discrete_actions`` ``[b]`` int32, ``action_masks``
+``[sum(branches)]`` bool (true = not allowed), and float32 scalars ``log_probs``,
+``values``, ``advantages``, ``returns``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from common.specs import BehaviorSpec
+
+#: per-step fields besides the observations
+FIELDS = ("continuous_actions", "discrete_actions", "action_masks", "log_probs", "values", "advantages", "returns")
+
+
+class RolloutBuffer:
+    """Processed steps waiting for a PPO update, oldest first.
+
+    Args:
+        spec: the behavior (shapes of the empty buffer's arrays).
+    """
+
+    def __init__(self, spec: BehaviorSpec) -> None:
+        self.spec = spec
+        self._chunks: list[dict[str, Any]] = []
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        """Steps held now."""
+        return self._size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        """Appends one processed fragment: ``observations`` (a list per spec, ``[t, ...]``) and
+        every name of ``FIELDS`` (``[t, ...]``)."""
+        self._chunks.append(chunk)
+        self._size += int(np.shape(chunk["log_probs"])[0])
+
+    def chronological(self) -> dict[str, Any]:
+        """Every held step, oldest first: ``FIELDS`` ``[size, ...]`` and ``observations`` (a list)."""
+        if not self._chunks:
+            return self._empty()
+        merged = {f: np.concatenate([c[f] for c in self._chunks]) for f in FIELDS}
+        merged["observations"] = [
+            np.concatenate([c["observations"][i] for c in self._chunks]) for i in range(len(self.spec.observations))
+        ]
+        return merged
+
+    def take(self, size: int) -> dict[str, Any]:
+        """Removes and returns the oldest ``size`` steps (as ``chronological``); the rest stay.
+
+        Raises:
+            ValueError: when fewer than ``size`` steps are held.
+        """
+        if size > self._size:
+            raise ValueError(f"rollout buffer: {size} steps asked, {self._size} held")
+        merged = self.chronological()
+        batch = {f: merged[f][:size] for f in FIELDS}
+        batch["observations"] = [o[:size] for o in merged["observations"]]
+        self._chunks, self._size = [], 0
+        if len(merged["log_probs"]) > size:
+            rest = {f: merged[f][size:] for f in FIELDS}
+            rest["observations"] = [o[size:] for o in merged["observations"]]
+            self.add(rest)
+        return batch
+
+    def _empty(self) -> dict[str, Any]:
+        a = self.spec.action_spec
+        empty = {
+            "continuous_actions": np.zeros((0, a.continuous_size), np.float32),
+            "discrete_actions": np.zeros((0, a.num_branches), np.int32),
+            "action_masks": np.zeros((0, a.mask_size), bool),
+        }
+        out: dict[str, Any] = {f: empty.get(f, np.zeros((0,), np.float32)) for f in FIELDS}
+        out["observations"] = [np.zeros((0, *o.shape), np.float32) for o in self.spec.observations]
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The held steps for a checkpoint: ``FIELDS`` and ``observations`` as ``{"0": ..., "1": ...}``."""
+        data = self.chronological()
+        data["observations"] = {str(i): o for i, o in enumerate(data["observations"])}
+        return data
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Replaces the contents with what ``state_dict`` returned (None: empty)."""
+        self._chunks, self._size = [], 0
+        if state is None or not int(np.asarray(state["log_probs"]).shape[0]):
+            return
+        chunk = {f: np.asarray(state[f]) for f in FIELDS}
+        chunk["observations"] = [np.asarray(state["observations"][str(i)]) for i in range(len(self.spec.observations))]
+        self.add(chunk)

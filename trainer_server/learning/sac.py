@@ -1,0 +1,611 @@
+"""Soft Actor-Critic for one behavior, jit-compiled, with ML-Agents' SAC settings.
+
+Why: ``trainer_type: sac`` in an ML-Agents config must train through the same gateway
+streams and snapshot push as PPO. SAC is off-policy: every trajectory fragment becomes
+single transitions in a replay buffer on the trainer (``trainer_server.learning.replay_buffer``),
+and gradient steps on uniformly sampled minibatches follow the agent steps at ML-Agents'
+ratio (one gradient step per ``steps_per_update`` agent steps once
+``buffer_init_steps`` are collected) while the gateways keep streaming.
+
+Hot path: ``update()`` runs every pending gradient step in calls of ONE jit-compiled pure
+function ``(state, batch, key) -> (state, metric sums)`` that scans (``lax.scan``) over a
+fixed number ``k`` of minibatches; steps beyond the number due are skipped inside the
+scan (``lax.cond``), so shapes never change and the update compiles once per learner.
+Minibatch indices come from a numpy generator (checkpointed with the learner), the
+metrics are summed on the device and fetched once per ``update()``.
+
+What is learned (ML-Agents' SAC, with one deliberate difference):
+
+* actor: the shared encoders + swish MLP body of ``common/architecture.py``; continuous actions
+  from a tanh-squashed Gaussian with a state-dependent log-std head clipped to
+  [-20, 2] (the environment receives ``tanh(u)``, the replay buffer stores ``tanh(u)``);
+  discrete actions from one masked categorical per branch (masked actions have
+  probability exactly 0).
+* twin Q critics, each with its own encoders and body over ``[obs encodings, continuous
+  action]`` and one output per discrete action of every branch (or one output without
+  discrete actions); the value of a discrete action is the mean over branches of the
+  chosen actions' outputs, as ML-Agents condenses them.
+* target networks: **a target copy of both Q critics** updated by Polyak averaging
+  ``target <- tau * online + (1 - tau) * target`` after every gradient step. ML-Agents
+  instead trains a separate state-value network V and soft-updates a target V; the
+  twin-target-Q form (Haarnoja et al. 2018, "SAC: algorithms and applications") needs no
+  extra network, is what most SAC implementations use, and takes the same ``tau``.
+  Hence there is no "Losses/Value Loss" metric.
+* soft state value ``V(s) = mean_b sum_a pi_b(a|s) Q_b(s, a_c)[a] + mean_b alpha_b H_b(s)
+  - alpha_c log pi_c(a_c|s)`` with ``a_c ~ pi_c``, ``Q = min(Q1, Q2)`` (mean over branches
+  as ML-Agents). Critic target ``y = strength * r + gamma * (1 - done) * V_target(s')``
+  (``done`` only on true terminal steps: interrupted episodes and ``time_horizon`` cuts
+  bootstrap). Critic loss ``0.5 * mean((Q_i(s, a) - y)^2)``; policy loss ``-mean V(s)``.
+* automatic entropy tuning (ML-Agents): one coefficient for the continuous actions and
+  one per discrete branch, all initialised to ``init_entcoef``, target entropy ``-c``
+  (continuous) and ``0.2 * log(branch size)`` per branch; loss
+  ``mean(alpha * stop_gradient(H - target))`` so alpha falls while the entropy is above
+  its target and rises below it.
+* one Adam (torch's defaults) over actor, critics and entropy coefficients at once (Adam is
+  per-parameter, so this equals ML-Agents' three Adams), all losses from the same
+  parameters in one backward pass; learning rate constant or linear to 1e-10 over
+  ``max_steps`` (``learning_rate_schedule``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization
+
+from common.architecture import PolicyArchitecture
+from common.logging import get_logger
+from common.specs import BehaviorSpec
+from common.trajectory import Trajectory
+from trainer_server.learning import distributions, networks, shared
+from trainer_server.learning import normalizer as norm_mod
+from trainer_server.learning.replay_buffer import (
+    ReplayBuffer,
+    Transitions,
+    generator_from_state,
+    generator_state,
+    new_generator,
+)
+from trainer_server.config.schema import SACSettings, TrainerSettings
+
+#: ML-Agents' target entropy scales (not exposed in its settings either)
+DISCRETE_TARGET_ENTROPY_SCALE = 0.2
+CONTINUOUS_TARGET_ENTROPY_SCALE = 1.0
+#: the linear learning-rate schedule decays to this value at max_steps (ML-Agents)
+MIN_LEARNING_RATE = 1e-10
+#: default memory budget of the k minibatches handed to one compiled update call
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+#: largest number of gradient steps per compiled call
+MAX_STEPS_PER_CALL = 32
+#: file name of the saved replay buffer in a behavior's results folder (ML-Agents:
+#: ``last_replay_buffer.hdf5``)
+REPLAY_BUFFER_FILE = "last_replay_buffer.npz"
+
+log = get_logger(__name__)
+
+
+# -- configuration: read from the typed settings (validated once, at load) -----------------
+def hyperparameters(settings: TrainerSettings) -> SACSettings:
+    """``settings.hyperparameters``, typed as SAC's."""
+    return settings.hyperparameters  # type: ignore[return-value]
+
+
+def learning_rate_at(settings: TrainerSettings, step: Any) -> Any:
+    """The scheduled learning rate after ``step`` agent steps (constant, or linear to 1e-10)."""
+    hp = hyperparameters(settings)
+    return shared.decayed_value(hp.learning_rate_schedule, hp.learning_rate, MIN_LEARNING_RATE, settings.max_steps, step)
+
+
+def updates_due(step: int, buffer_init_steps: int, steps_per_update: float) -> int:
+    """Total gradient steps due after ``step`` agent steps, as ML-Agents' SAC trainer counts.
+
+    ML-Agents keeps updating while ``(step - buffer_init_steps) / (updates + 1) >
+    steps_per_update``: the count is the largest ``u`` with ``(step - init) / u >
+    steps_per_update``, i.e. ``ceil((step - init) / steps_per_update) - 1``.
+    """
+    steps = step - buffer_init_steps
+    if steps <= 0:
+        return 0
+    due = max(0, math.ceil(steps / steps_per_update) - 1)
+    # the same comparisons as ML-Agents' loop, to agree at float boundaries
+    while due > 0 and not steps / due > steps_per_update:
+        due -= 1
+    while steps / (due + 1) > steps_per_update:
+        due += 1
+    return due
+
+
+# -- networks and state --------------------------------------------------------------------
+# The actor is ``networks.init_actor``'s (flat parameter dict with the snapshot names of
+# docs/ARCHITECTURE.md, tanh_gaussian heads), so ``policy_parameters()`` is what
+# ``gateway.actor.numpy_policy.NumpyPolicy`` reads. The twin Q critics are ``networks.init_q_critic``'s,
+# stacked on a leading axis of 2 (``jax.vmap`` runs both at once).
+
+
+class TrainState(NamedTuple):
+    """Everything the update reads and writes; leaves are jax arrays.
+
+    Attributes:
+        params: ``{"actor", "critics" (two Q critics stacked on axis 0), "log_entcoef":
+            {"continuous": [1], "discrete": [num_branches]}}``.
+        target: the target critics, stacked like ``params["critics"]``.
+        opt_state: Adam's state over ``params``.
+        normalizer: running observation statistics (read-only in the update).
+        step: int32 agent steps so far: drives the learning-rate schedule.
+    """
+
+    params: dict
+    target: Any
+    opt_state: Any
+    normalizer: norm_mod.NormalizerState
+    step: jax.Array
+
+
+class Minibatches(NamedTuple):
+    """One compiled call's input: ``k`` minibatches ``[k, batch_size, ...]`` and which of them
+    to train on (``valid`` bool ``[k]``: the gradient steps due, a prefix)."""
+
+    transitions: Transitions
+    valid: jax.Array
+
+
+def init_state(key: jax.Array, spec: BehaviorSpec, arch: PolicyArchitecture, init_entcoef: float) -> TrainState:
+    """Fresh actor, twin critics (the targets start as copies), entropy coefficients, Adam."""
+    k_actor, k_critic = jax.random.split(key)
+    critics = jax.vmap(lambda k: networks.init_q_critic(k, arch))(jax.random.split(k_critic, 2))
+    log0 = math.log(init_entcoef)
+    params = {
+        "actor": networks.init_actor(k_actor, arch),
+        "critics": critics,
+        "log_entcoef": {
+            "continuous": jnp.full((1,), log0, jnp.float32),
+            "discrete": jnp.full((spec.action_spec.num_branches,), log0, jnp.float32),
+        },
+    }
+    return TrainState(
+        params=params,
+        target=jax.tree_util.tree_map(jnp.array, critics),
+        opt_state=shared.make_optimizer().init(params),
+        normalizer=norm_mod.init(spec),
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+# -- the loss ------------------------------------------------------------------------------
+class _Policy(NamedTuple):
+    """The actor's view of a batch: sampled continuous action and discrete distributions."""
+
+    action: jax.Array  # [n, c], tanh-squashed sample
+    log_prob: jax.Array  # [n], log pi_c(action), 0 without continuous actions
+    probs: jax.Array  # [n, sum(branches)], per-branch probabilities (masked ones exactly 0)
+    log_probs: jax.Array  # [n, sum(branches)], per-branch log-probabilities (0 where masked)
+
+
+def _branch_matrix(branches: tuple[int, ...]) -> np.ndarray:
+    """0/1 ``[sum(branches), num_branches]``: column b sums a row's entries of branch b."""
+    m = np.zeros((int(sum(branches)), len(branches)), np.float32)
+    lo = 0
+    for b, size in enumerate(branches):
+        m[lo : lo + size, b] = 1.0
+        lo += size
+    return m
+
+
+def make_policy_fn(arch: PolicyArchitecture) -> Callable[..., _Policy]:
+    """``policy(actor_params, obs, mask, norm_stats, key) -> _Policy``: a reparameterised
+    squashed continuous sample and the full discrete distributions of n agents."""
+    a_spec = arch.behavior_spec.action_spec
+    branches, c, nb = a_spec.discrete_branches, a_spec.continuous_size, a_spec.num_branches
+
+    def policy(actor_params, obs, mask, norm_stats, key) -> _Policy:
+        dist = networks.actor_forward(actor_params, arch, list(obs), norm_stats, mask if nb else None)
+        n = obs[0].shape[0]
+        if c:
+            action, log_prob = distributions.tanh_gaussian_rsample(dist.mu, dist.log_std, key)
+        else:
+            action, log_prob = jnp.zeros((n, 0), jnp.float32), jnp.zeros((n,), jnp.float32)
+        if nb:
+            log_probs = distributions.branch_log_softmax(dist.logits, branches)  # masked logits: p exactly 0
+            probs = jnp.exp(log_probs)
+            log_probs = jnp.where(mask, 0.0, log_probs)  # keeps p * log p finite (0) where masked
+        else:
+            log_probs = probs = jnp.zeros((n, 0), jnp.float32)
+        return _Policy(action, log_prob, probs, log_probs)
+
+    return policy
+
+
+def make_loss_fn(arch: PolicyArchitecture, settings: TrainerSettings) -> Callable:
+    """``losses(params, target, norm_stats, batch [batch_size], key) -> (total loss, metrics)``:
+    the twin critics' regression, the policy's soft value and the entropy coefficients'
+    losses, all from the same parameters (one backward pass)."""
+    a_spec = arch.behavior_spec.action_spec
+    branches, c, nb = a_spec.discrete_branches, a_spec.continuous_size, a_spec.num_branches
+    seg = jnp.asarray(_branch_matrix(branches)) if nb else None
+    offsets = jnp.asarray(np.concatenate([[0], np.cumsum(branches)[:-1]]).astype(np.int32)) if nb else None
+    target_c = -CONTINUOUS_TARGET_ENTROPY_SCALE * float(c)
+    target_d = jnp.asarray([DISCRETE_TARGET_ENTROPY_SCALE * math.log(b) for b in branches], jnp.float32)
+    gamma, strength = shared.extrinsic(settings).gamma, shared.extrinsic(settings).strength
+    policy = make_policy_fn(arch)
+
+    def critics(critic_params, obs, norm_stats, action) -> jax.Array:  # [2, n, outputs]
+        return jax.vmap(lambda p: networks.q_critic_forward(p, arch, list(obs), norm_stats, action))(critic_params)
+
+    def soft_value(q: jax.Array, pi: _Policy, alpha_c: jax.Array, alpha_d: jax.Array):
+        """Soft state value [n] from Q [n, outputs] at pi's continuous action, entropy [n], per-branch entropy."""
+        entropy = -pi.log_prob
+        if nb:
+            expected_q = (pi.probs * q) @ seg  # [n, nb]
+            branch_entropy = -((pi.probs * pi.log_probs) @ seg)  # [n, nb]
+            value = jnp.mean(expected_q + alpha_d * branch_entropy, axis=-1)
+            entropy = entropy + jnp.sum(branch_entropy, axis=-1)
+        else:
+            value = q[:, 0]
+            branch_entropy = jnp.zeros((q.shape[0], 0), jnp.float32)
+        if c:
+            value = value - alpha_c * pi.log_prob
+        return value, entropy, branch_entropy
+
+    def losses(params, target, norm_stats, batch: Transitions, key):
+        k_now, k_next = jax.random.split(key)
+        log_alpha_c = params["log_entcoef"]["continuous"]
+        log_alpha_d = params["log_entcoef"]["discrete"]
+        alpha_c = jax.lax.stop_gradient(jnp.exp(log_alpha_c[0]))
+        alpha_d = jax.lax.stop_gradient(jnp.exp(log_alpha_d))
+
+        # critic target: target critics at a' ~ pi(s'), no gradient
+        pi_next = policy(params["actor"], batch.next_obs, batch.next_action_masks, norm_stats, k_next)
+        q_next = jnp.min(critics(target, batch.next_obs, norm_stats, pi_next.action), axis=0)
+        v_next, _, _ = soft_value(q_next, pi_next, alpha_c, alpha_d)
+        y = strength * batch.rewards + gamma * (1.0 - batch.dones) * v_next
+        y = jax.lax.stop_gradient(y)
+
+        # critic regression on the replayed actions
+        q_all = critics(params["critics"], batch.obs, norm_stats, batch.continuous_actions)  # [2, n, outputs]
+        if nb:
+            taken = batch.discrete_actions + offsets  # [n, nb]: the output column of each choice
+            q_taken = jnp.mean(jnp.take_along_axis(q_all, taken[None], axis=-1), axis=-1)  # [2, n]
+        else:
+            q_taken = q_all[..., 0]
+        q_losses = 0.5 * jnp.mean((q_taken - y[None]) ** 2, axis=-1)  # [2]
+
+        # policy: maximise the soft value under the (fixed) online critics
+        pi = policy(params["actor"], batch.obs, batch.action_masks, norm_stats, k_now)
+        q_pi = jnp.min(critics(jax.lax.stop_gradient(params["critics"]), batch.obs, norm_stats, pi.action), axis=0)
+        v_pi, entropy, branch_entropy = soft_value(q_pi, pi, alpha_c, alpha_d)
+        policy_loss = -jnp.mean(v_pi)
+
+        # entropy coefficients: alpha * (H - target) with H fixed
+        entropy_loss = jnp.zeros((), jnp.float32)
+        if c:
+            h_c = jax.lax.stop_gradient(-pi.log_prob)
+            entropy_loss = entropy_loss + jnp.mean(jnp.exp(log_alpha_c[0]) * (h_c - target_c))
+        if nb:
+            h_d = jax.lax.stop_gradient(branch_entropy)
+            entropy_loss = entropy_loss + jnp.mean(jnp.exp(log_alpha_d) * (h_d - target_d))
+
+        total = jnp.sum(q_losses) + policy_loss + entropy_loss
+        coefs = ([alpha_c[None]] if c else []) + ([alpha_d] if nb else [])
+        metrics = {
+            "Losses/Policy Loss": policy_loss,
+            "Losses/Q1 Loss": q_losses[0],
+            "Losses/Q2 Loss": q_losses[1],
+            "Policy/Entropy Coefficient": jnp.mean(jnp.concatenate(coefs)),
+            "Policy/Entropy": jnp.mean(entropy),
+            "Policy/Extrinsic Value Estimate": jnp.mean(v_pi),
+        }
+        if c:
+            metrics["Policy/Continuous Entropy Coeff"] = alpha_c
+        if nb:
+            metrics["Policy/Discrete Entropy Coeff"] = jnp.mean(alpha_d)
+        return total, metrics
+
+    return losses
+
+
+def soft_update(target: Any, online: Any, tau: float) -> Any:
+    """Polyak averaging ``tau * online + (1 - tau) * target`` leaf by leaf (what each step applies)."""
+    return jax.tree_util.tree_map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
+
+
+# -- the update ----------------------------------------------------------------------------
+def make_update_fn(
+    arch: PolicyArchitecture,
+    settings: TrainerSettings,
+    tx: optax.GradientTransformation,
+    on_trace: Callable[[], None] | None = None,
+) -> Callable[[TrainState, Minibatches, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """The pure update ``(state, minibatches, key) -> (state, metric sums)``; jit it once.
+
+    Runs one gradient step (Adam, then the target critics' Polyak step) per valid minibatch
+    in a ``lax.scan``; ``lax.cond`` skips the invalid ones (they cost nothing and add 0 to
+    the sums). Metrics are summed over the steps taken, on the device. ``on_trace`` is
+    called whenever JAX traces the function (tests count recompilations).
+    """
+    grad_fn = jax.grad(make_loss_fn(arch, settings), has_aux=True)
+    tau = hyperparameters(settings).tau
+
+    def gradient_step(state: TrainState, norm_stats, batch: Transitions, key: jax.Array, lr: jax.Array):
+        grads, metrics = grad_fn(state.params, state.target, norm_stats, batch, key)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.params, updates)
+        target = soft_update(state.target, params["critics"], tau)
+        return state._replace(params=params, target=target, opt_state=opt_state), metrics
+
+    def update(state: TrainState, minibatches: Minibatches, key: jax.Array):
+        if on_trace is not None:
+            on_trace()
+        lr = learning_rate_at(settings, state.step)
+        norm_stats = norm_mod.statistics(state.normalizer) if arch.normalize else None
+        k = minibatches.valid.shape[0]
+        keys = jax.random.split(key, k)
+        first = jax.tree_util.tree_map(lambda x: x[0], minibatches.transitions)
+        metric_shapes = jax.eval_shape(lambda s: gradient_step(s, norm_stats, first, keys[0], lr)[1], state)
+
+        def guarded(st, xs):
+            # lax.cond runs only the taken branch: steps past the number due cost nothing
+            batch, step_key, ok = xs
+            return jax.lax.cond(
+                ok,
+                lambda s: gradient_step(s, norm_stats, batch, step_key, lr),
+                lambda s: (s, jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes)),
+                st,
+            )
+
+        state, metrics = jax.lax.scan(guarded, state, (minibatches.transitions, keys, minibatches.valid))
+        return state, jax.tree_util.tree_map(lambda m: jnp.sum(m, axis=0), metrics)
+
+    return update
+
+
+# -- the learner shell ------------------------------------------------------------------------
+class SACLearner:
+    """One behavior's SAC: replay buffer, networks, optimizer state; implements ``Learner``.
+
+    Args:
+        spec: the behavior's observations and actions.
+        settings: the behavior's trainer settings (``hyperparameters`` are ``SACSettings``).
+        seed: initialises the networks, every later PRNG key and the replay sampling.
+        steps_per_call: gradient steps per compiled call (k); 0 picks it from the size of a
+            transition (at most 32, the k minibatches within ~64 MiB).
+
+    Attributes:
+        step: agent steps consumed so far (ML-Agents' step).
+        update_steps: gradient steps taken so far.
+        replay_buffer: the transitions (kept beside the checkpoint by ``save_extra`` when
+            ``save_replay_buffer``).
+        trace_counts: how often the compiled update was traced ("update"): 1 after many updates.
+    """
+
+    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, seed: int = 0, *, steps_per_call: int = 0) -> None:
+        a = spec.action_spec
+        if a.continuous_size == 0 and a.num_branches == 0:
+            raise ValueError(f"behavior {spec.name}: SAC needs at least one action (continuous or discrete)")
+        if not spec.observations:
+            raise ValueError(f"behavior {spec.name}: SAC needs at least one observation")
+        self.spec = spec
+        self.settings = settings
+        self.hyperparameters = hyperparameters(settings)
+        self.policy_architecture = shared.policy_architecture(spec, settings, "tanh_gaussian")
+        arch = self.policy_architecture
+        self._step = 0
+        self.update_steps = 0
+        self._log = log.bind(behavior=spec.name)
+        self.replay_buffer = ReplayBuffer(
+            self.hyperparameters.buffer_size,
+            [o.shape for o in spec.observations],
+            a.continuous_size,
+            a.num_branches,
+            a.mask_size,
+        )
+        self.steps_per_call = steps_per_call or self._auto_steps_per_call()
+        key, k_init = jax.random.split(shared.new_key(seed))
+        self._key = key
+        self._sampler = new_generator(seed)
+        self._state = init_state(k_init, spec, arch, self.hyperparameters.init_entcoef)
+        self._traces = shared.TraceCounter("update")
+        self.trace_counts = self._traces.counts
+        self._policy_fn = make_policy_fn(arch)
+        self._update_fn = jax.jit(make_update_fn(arch, settings, shared.make_optimizer(), self._traces.hook("update")))
+        self._normalizer_update = jax.jit(norm_mod.update)
+
+    def _auto_steps_per_call(self) -> int:
+        floats = sum(2 * int(np.prod(o.shape)) for o in self.spec.observations)
+        a = self.spec.action_spec
+        per_transition = 4 * (floats + a.continuous_size + a.num_branches + 2) + 2 * a.mask_size
+        k = DEFAULT_CHUNK_BYTES // max(per_transition * self.hyperparameters.batch_size, 1)
+        return int(max(1, min(MAX_STEPS_PER_CALL, k)))
+
+    # -- experience --------------------------------------------------------------------
+    def process_trajectory(self, trajectory: Trajectory) -> None:
+        """Turns a fragment into transitions in the replay buffer; updates the normalizer.
+
+        Step t's next observation is step t+1's observation, the last step's is
+        ``trajectory.next_observations``; ``done`` is set on the last step only for a true
+        terminal (done and not interrupted). The last step's next action mask is unknown
+        (the trajectory does not carry it) and allows every action.
+
+        Raises:
+            ValueError: when the fragment does not fit the behavior's shapes.
+        """
+        t = len(trajectory)
+        if t == 0:
+            return
+        obs = tuple(np.asarray(o, np.float32) for o in trajectory.observations)
+        next_obs = tuple(
+            np.concatenate([o[1:], np.asarray(n, np.float32)[None]], axis=0)
+            for o, n in zip(obs, trajectory.next_observations)
+        )
+        masks = np.asarray(trajectory.action_masks, bool).reshape(t, -1)
+        next_masks = np.concatenate([masks[1:], np.zeros_like(masks[:1])], axis=0)
+        dones = np.zeros((t,), np.float32)
+        if trajectory.done and not trajectory.interrupted:
+            dones[-1] = 1.0
+        batch = Transitions(
+            obs=obs,
+            next_obs=next_obs,
+            # trajectories carry the raw Gaussian sample u; the critics see tanh(u)
+            continuous_actions=np.tanh(np.asarray(trajectory.continuous_actions, np.float32)),
+            discrete_actions=np.asarray(trajectory.discrete_actions, np.int32),
+            rewards=np.asarray(trajectory.rewards, np.float32),
+            dones=dones,
+            action_masks=masks,
+            next_action_masks=next_masks,
+        )
+        self.replay_buffer.add(batch)  # validates shapes before anything else changes
+        if self.policy_architecture.normalize:
+            self._update_normalizer(obs)
+        self._step += t
+
+    def _update_normalizer(self, obs: tuple[np.ndarray, ...]) -> None:
+        # pad to a few fixed lengths so the jitted normalizer update compiles rarely
+        t = obs[0].shape[0]
+        horizon = self.settings.time_horizon
+        length = horizon if t <= horizon else 1 << (t - 1).bit_length()
+        padded = []
+        for o, spec in zip(obs, self.spec.observations):
+            if spec.is_visual:  # never normalized: a placeholder keeps the list's positions
+                padded.append(np.zeros((length, 1), np.float32))
+                continue
+            p = np.zeros((length, *o.shape[1:]), np.float32)
+            p[:t] = o
+            padded.append(p)
+        mask = np.arange(length) < t
+        self._state = self._state._replace(normalizer=self._normalizer_update(self._state.normalizer, padded, mask))
+
+    @property
+    def step(self) -> int:
+        """Agent steps consumed so far (ML-Agents' step)."""
+        return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        # Set from outside (e.g. step 0 after --initialize-from): as ML-Agents on load,
+        # assume the gradient steps up to now were taken at the configured ratio.
+        self._step = int(value)
+        self.update_steps = self._updates_due()
+
+    def _updates_due(self) -> int:
+        return updates_due(self._step, self.hyperparameters.buffer_init_steps, self.hyperparameters.steps_per_update)
+
+    def pending_updates(self) -> int:
+        """Gradient steps due now and not yet taken."""
+        return max(0, self._updates_due() - self.update_steps)
+
+    def ready(self) -> bool:
+        """True when gradient steps are due and a minibatch can be sampled."""
+        hp = self.hyperparameters
+        return self.replay_buffer.size >= hp.batch_size and self._step >= hp.buffer_init_steps and self.pending_updates() > 0
+
+    # -- update ------------------------------------------------------------------------
+    def update(self) -> dict[str, float]:
+        """Runs every pending gradient step; returns the metrics averaged over them.
+
+        Metrics (ML-Agents' tag names): "Losses/Policy Loss", "Losses/Q1 Loss",
+        "Losses/Q2 Loss", "Policy/Entropy Coefficient" (mean of all coefficients),
+        "Policy/Continuous Entropy Coeff" / "Policy/Discrete Entropy Coeff" (as ML-Agents),
+        "Policy/Entropy", "Policy/Extrinsic Value Estimate" (mean soft value of the sampled
+        states), "Policy/Learning Rate". Empty when nothing was due.
+        """
+        if not self.ready():
+            return {}
+        pending = self.pending_updates()
+        k = self.steps_per_call
+        state = self._state._replace(step=jnp.asarray(min(self._step, np.iinfo(np.int32).max), jnp.int32))
+        sums = None
+        done = 0
+        while done < pending:
+            n = min(k, pending - done)
+            batches = Minibatches(
+                transitions=self.replay_buffer.sample(self._sampler, self.hyperparameters.batch_size, num_batches=k),
+                valid=np.arange(k) < n,
+            )
+            self._key, key = jax.random.split(self._key)
+            state, metrics = self._update_fn(state, batches, key)
+            sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
+            done += n
+        self._state = state
+        self.update_steps += pending
+        out = {name: float(total) / pending for name, total in jax.device_get(sums).items()}
+        out["Policy/Learning Rate"] = learning_rate_at(self.settings, self._step)
+        self._log.debug("sac update", gradient_steps=pending, step=self._step)
+        return out
+
+    # -- snapshots -----------------------------------------------------------------------
+    def architecture(self) -> PolicyArchitecture:
+        """What the snapshot's parameters mean (``continuous_distribution="tanh_gaussian"``)."""
+        return self.policy_architecture
+
+    def policy_parameters(self) -> dict[str, np.ndarray]:
+        """Flat float32 actor parameters (and normalizer statistics) for ``NumpyPolicy``."""
+        return shared.policy_parameters(self._state.params["actor"], self._state.normalizer, self.policy_architecture.normalize)
+
+    # -- checkpoints -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Params, target critics, Adam state, normalizer, step counters, PRNG key and the
+        replay sampler's state (numpy leaves).
+
+        The replay buffer is not included: ``save_extra`` keeps it beside the checkpoint.
+        """
+        return {
+            "algorithm": "sac",
+            "step": int(self._step),
+            "update_steps": int(self.update_steps),
+            "key": shared.key_to_numpy(self._key),
+            "sampler": generator_state(self._sampler),
+            "params": shared.to_numpy(self._state.params),
+            "target": shared.to_numpy(self._state.target),
+            "opt_state": shared.to_numpy(serialization.to_state_dict(self._state.opt_state)),
+            "normalizer": shared.normalizer_state_dict(self._state.normalizer),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what ``state_dict`` returned (same spec and network settings).
+
+        Raises:
+            ValueError: when the state is not a SAC state of this behavior's shapes.
+        """
+        shared.check_state(
+            state, "sac", ("params", "target", "opt_state", "normalizer", "step", "update_steps", "key", "sampler")
+        )
+        current = self._state
+        opt_template = serialization.to_state_dict(current.opt_state)
+        self._state = current._replace(
+            params=shared.restore_like(current.params, state["params"], "params"),
+            target=shared.restore_like(current.target, state["target"], "target"),
+            opt_state=serialization.from_state_dict(
+                current.opt_state, shared.restore_like(opt_template, state["opt_state"], "opt_state")
+            ),
+            normalizer=shared.restore_normalizer(current.normalizer, state["normalizer"]),
+        )
+        self._key = shared.key_from_numpy(state["key"])
+        self._sampler = generator_from_state(state["sampler"])
+        self._step = int(np.asarray(state["step"]))
+        self.update_steps = int(np.asarray(state["update_steps"]))
+
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """``init_path`` / ``--initialize-from``: the checkpoint's networks, Adam state and
+        normalizer; the new run counts from step 0 (and 0 gradient steps)."""
+        shared.load_weights(self, state)
+
+    def save_extra(self, folder: Path) -> None:
+        """Writes the replay buffer to ``folder/REPLAY_BUFFER_FILE`` when ``save_replay_buffer``."""
+        if self.hyperparameters.save_replay_buffer:
+            self.replay_buffer.save(Path(folder) / REPLAY_BUFFER_FILE)
+
+    def load_extra(self, folder: Path) -> None:
+        """``--resume``: reloads the replay buffer ``save_extra`` wrote (``save_replay_buffer``);
+        logs a warning and keeps it empty when the file is missing."""
+        if not self.hyperparameters.save_replay_buffer:
+            return
+        path = Path(folder) / REPLAY_BUFFER_FILE
+        if not path.is_file():
+            self._log.warning("--resume: no saved replay buffer, starting it empty", path=str(path))
+            return
+        self.replay_buffer.load(path)
