@@ -42,6 +42,18 @@ class EngineSettings:
     #: ``--no-graphics-monitor`` of mlagents-learn: recorded by the trainer, not used by the gateway.
     no_graphics_monitor: bool = False
 
+    def channel_parameters(self) -> dict[str, Any]:
+        """The EngineConfigurationChannel's keyword arguments (``no_graphics`` is a launch
+        argument instead, ``no_graphics_monitor`` is not sent)."""
+        return {
+            "width": self.width,
+            "height": self.height,
+            "quality_level": self.quality_level,
+            "time_scale": self.time_scale,
+            "target_frame_rate": self.target_frame_rate,
+            "capture_frame_rate": self.capture_frame_rate,
+        }
+
 
 @dataclass(frozen=True)
 class _Flag:

@@ -13,7 +13,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -111,9 +111,7 @@ class UnityInstance:
                 raise InstanceFailure(f"instance {self.index}: Unity did not start: {e}") from e
         self._process = getattr(self._env, "_process", None)  # mlagents keeps the Popen privately
         self.unity_pid = self._process.pid if self._process is not None else None
-        settings = asdict(self.options.engine)
-        del settings["no_graphics"]  # a launch argument; the rest are the channel's parameters, named alike
-        engine_channel.set_configuration_parameters(**settings)
+        engine_channel.set_configuration_parameters(**self.options.engine.channel_parameters())
         for key, value in self._parameters.items():
             self._params_channel.set_float_parameter(key, value)
         self._refresh_specs()

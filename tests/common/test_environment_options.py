@@ -62,3 +62,14 @@ def test_help_states_the_trainer_defaults_in_words() -> None:
     assert "(default: 5005)" in text and "(default: 20.0)" in text
     with pytest.raises(SystemExit):
         parser(True).parse_args(["--width", "wide"])
+
+
+def test_engine_channel_parameters_are_what_mlagents_engine_channel_takes():
+    import inspect
+
+    from mlagents_envs.side_channel.engine_configuration_channel import EngineConfigurationChannel
+
+    accepted = set(inspect.signature(EngineConfigurationChannel.set_configuration_parameters).parameters) - {"self"}
+    params = EngineSettings(width=64, time_scale=3.0).channel_parameters()
+    assert set(params) <= accepted
+    assert params["width"] == 64 and params["time_scale"] == 3.0

@@ -12,7 +12,9 @@ from gateway.actor.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
 from learning_helpers import trainer_settings
-from trainer_server import settings as s
+from trainer_server.config import schema as s
+from trainer_server.config.loading import trainer_settings_from_dict
+from trainer_server.config.support import unsupported_features
 from trainer_server.learning import networks, ppo, shared
 from trainer_server.learning.ppo import PPOLearner
 
@@ -136,10 +138,10 @@ def test_settings_checks_the_learner_no_longer_makes_happen_at_load():
         trainer_settings("ppo", batch_size=10, buffer_size=5)
     with pytest.raises(s.ConfigError, match="learning_rate_schedule"):
         trainer_settings("ppo", learning_rate_schedule="cosine")
-    unsupported = s.unsupported_features(trainer_settings("ppo", vis_encode_type="resnet"))
+    unsupported = unsupported_features(trainer_settings("ppo", vis_encode_type="resnet"))
     assert [key for key, _ in unsupported] == ["network_settings.vis_encode_type"]
-    curious = s.trainer_settings_from_dict({"reward_signals": {"extrinsic": {}, "curiosity": {}}})
-    assert [key for key, _ in s.unsupported_features(curious)] == ["reward_signals.curiosity"]
+    curious = trainer_settings_from_dict({"reward_signals": {"extrinsic": {}, "curiosity": {}}})
+    assert [key for key, _ in unsupported_features(curious)] == ["reward_signals.curiosity"]
 
 
 # -- compile once --------------------------------------------------------------------------

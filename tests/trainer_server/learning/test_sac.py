@@ -19,7 +19,9 @@ from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
 from learning_helpers import trainer_settings
 from trainer_server import checkpoints
-from trainer_server import settings as s
+from trainer_server.config import schema as s
+from trainer_server.config.loading import trainer_settings_from_dict
+from trainer_server.config.support import unsupported_features
 from trainer_server.learning.sac import REPLAY_BUFFER_FILE, SACLearner, learning_rate_at, soft_update, updates_due
 
 SMALL = dict(hidden_units=32, num_layers=2, batch_size=32, buffer_size=4096)
@@ -78,7 +80,7 @@ def test_learner_reads_mlagents_settings_and_defaults():
         "reward_signals": {"extrinsic": {"gamma": 0.95, "strength": 2.0}},
         "max_steps": 1000,
     }
-    settings = s.trainer_settings_from_dict(yaml_section)
+    settings = trainer_settings_from_dict(yaml_section)
     learner = SACLearner(vector_spec(3, continuous=1), settings, seed=0)
     assert learner.replay_buffer.capacity == 1000
     arch = learner.architecture()
@@ -87,7 +89,7 @@ def test_learner_reads_mlagents_settings_and_defaults():
     learner.step = 95  # (95 - 0) / u > 10 for u = 1..9
     assert learner.update_steps == 9
     # omitted keys take ML-Agents' SAC defaults
-    hp = s.trainer_settings_from_dict({"trainer_type": "sac", "hyperparameters": {"steps_per_update": 3}}).hyperparameters
+    hp = trainer_settings_from_dict({"trainer_type": "sac", "hyperparameters": {"steps_per_update": 3}}).hyperparameters
     assert hp.batch_size == 128 and hp.buffer_size == 50000 and hp.tau == 0.005 and hp.init_entcoef == 1.0
     assert hp.learning_rate_schedule == "constant" and hp.reward_signal_steps_per_update == 3.0
     linear = trainer_settings("sac", learning_rate=1e-3, learning_rate_schedule="linear", max_steps=100)
@@ -103,7 +105,7 @@ def test_settings_checks_the_learner_no_longer_makes_happen_at_load():
         trainer_settings("sac", tau=0.0)
     with pytest.raises(s.ConfigError, match="steps_per_update"):
         trainer_settings("sac", steps_per_update=0)
-    unsupported = s.unsupported_features(trainer_settings("sac", vis_encode_type="resnet"))
+    unsupported = unsupported_features(trainer_settings("sac", vis_encode_type="resnet"))
     assert [key for key, _ in unsupported] == ["network_settings.vis_encode_type"]
 
 
