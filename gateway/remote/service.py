@@ -89,7 +89,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         for inst in view.instances():  # InstanceInfo's fields are EnvironmentInstance's
             response.instances.add(**dataclasses.asdict(inst))
         # EngineSettings (options) and tandem.v1.EngineSettings have the same fields
-        response.engine_settings.CopyFrom(gateway_pb2.EngineSettings(**dataclasses.asdict(self._engine)))
+        response.engine_settings.CopyFrom(
+            gateway_pb2.EngineSettings(no_graphics=self._engine.no_graphics, **self._engine.channel_parameters())
+        )
         return response
 
     def Play(self, request_iterator, context):
