@@ -25,7 +25,7 @@ PYTEST_ARGS ?=
 
 setup: $(SETUP_STAMP) $(PROTO_STAMP)
 
-$(SETUP_STAMP): pyproject.toml common/mlagents_protobuf.py
+$(SETUP_STAMP): pyproject.toml gateway/env/mlagents_protobuf.py
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required (set PYTHON=...)" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -33,7 +33,7 @@ $(SETUP_STAMP): pyproject.toml common/mlagents_protobuf.py
 	# mlagents-envs pins Python<=3.10.12, grpcio<=1.48.2, protobuf<3.21, numpy<1.24: it works
 	# on modern versions once its protocol modules are rebuilt (see README), so no resolver.
 	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python mlagents-envs==1.1.0
-	$(BIN)/python common/mlagents_protobuf.py
+	$(BIN)/python gateway/env/mlagents_protobuf.py
 	touch $@
 
 $(PROTO_STAMP): $(PROTOS) $(SETUP_STAMP)

@@ -27,7 +27,7 @@ from mlagents_envs.side_channel.stats_side_channel import StatsSideChannel
 import unity_standin
 from benchmarks import report
 from common.logging import configure_logging, get_logger
-from common.ports import free_base_port
+from benchmarks.ports import free_base_port
 
 RESULTS = Path(__file__).parent / "results" / "bench_env.md"
 BEHAVIOR = "3DBall?team=0"

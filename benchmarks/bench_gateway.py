@@ -52,7 +52,7 @@ from common.architecture import PolicyArchitecture, make_snapshot, parameter_sha
 from gateway.actor.numpy_policy import NumpyPolicy
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common import specs as specs_mod
-from common.ports import free_base_port
+from benchmarks.ports import free_base_port
 
 RESULTS = Path(__file__).parent / "results" / "bench_gateway.md"
 BALL = "3DBall?team=0"

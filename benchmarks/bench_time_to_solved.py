@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchmarks import report
 from common.logging import configure_logging, get_logger
-from common.ports import free_base_port
+from benchmarks.ports import free_base_port
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "bench_time_to_solved.md"

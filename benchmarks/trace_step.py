@@ -164,7 +164,7 @@ def _load(paths: list[str]) -> list[tuple[str, int]]:
 def trace_remote(agents: int, seconds: float, directory: str) -> tuple[list[tuple[str, float]], float]:
     """Timeline of remote-control steps (the Python client of ``bench_gateway``)."""
     from benchmarks.bench_gateway import stop_process
-    from common.ports import free_base_port
+    from benchmarks.ports import free_base_port
     from gateway.remote.client import GatewayClient, decode_steps, random_actions
     from tandem.v1 import gateway_pb2
 
@@ -230,7 +230,7 @@ def trace_direct(agents: int, seconds: float, directory: str) -> tuple[list[tupl
     from mlagents_envs.environment import UnityEnvironment
     from mlagents_envs.side_channel.stats_side_channel import StatsSideChannel
 
-    from common.ports import free_base_port
+    from benchmarks.ports import free_base_port
 
     recorder = Recorder(f"{directory}/direct.json")
     install("direct", recorder)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from trainer_server.stats import read_scalars
-from common.ports import free_base_port
+from benchmarks.ports import free_base_port
 
 REPO = Path(__file__).resolve().parents[2]
 #: mean episode reward of uniformly random actions on the stand-in's 3dball (measured)

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import unity_standin
-from common.ports import free_base_port as free_ports
+from benchmarks.ports import free_base_port as free_ports
 from gateway.app import Gateway
 from gateway.options import (
     ActorOptions,

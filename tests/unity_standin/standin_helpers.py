@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from mlagents_envs.base_env import ActionTuple
-from common.ports import free_base_port as free_port  # noqa: F401 (re-exported for the stand-in tests)
+from benchmarks.ports import free_base_port as free_port  # noqa: F401 (re-exported for the stand-in tests)
 
 
 def balancing_actions(obs: np.ndarray) -> ActionTuple:

@@ -22,7 +22,7 @@ from common.trajectory import Trajectory
 from gateway.env.unity_environment import open_unity_environment
 from learning_helpers import trainer_settings
 from trainer_server.learning.sac import SACLearner
-from common.ports import free_base_port
+from benchmarks.ports import free_base_port
 
 BALL = "3DBall?team=0"
 #: mean episode reward of uniformly random actions on the stand-in's 3dball (about 1.3)

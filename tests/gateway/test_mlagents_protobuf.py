@@ -2,7 +2,7 @@
 
 from google.protobuf.internal import api_implementation
 
-from common import mlagents_protobuf
+from gateway.env import mlagents_protobuf
 
 
 def test_backend_is_upb():

@@ -1,6 +1,6 @@
 import socket
 
-from common.ports import free_base_port
+from benchmarks.ports import free_base_port
 
 
 def test_consecutive_ports_are_free_on_both_families():
