@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="remote control with one instance: step it in a worker process too, not inside the gateway process "
         "(isolation over latency)",
     )
+    env.add_argument(
+        "--log-folder",
+        default=None,
+        help="folder for each Unity player's log, Player-<worker id>.log (passed as -logFile, as mlagents-learn "
+        "does with results/<run-id>/run_logs); default: none, players log where they would by default",
+    )
     srv = add_server_arguments(p, title="server", listen="127.0.0.1:5756")
     srv.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message")
     act = p.add_argument_group("actor mode")
@@ -122,6 +128,7 @@ def options_from_args(args: argparse.Namespace) -> GatewayOptions:
             rate_limit_n=args.restarts_rate_limit_n,
             rate_limit_period_s=args.restarts_rate_limit_period_s,
         ),
+        log_folder=os.path.abspath(args.log_folder) if args.log_folder else None,
     )
     server = ServerOptions(
         listen=args.listen,

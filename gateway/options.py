@@ -61,6 +61,10 @@ class EnvironmentOptions:
         timeout_wait: seconds to wait for Unity before declaring it hung (>= 10).
         engine: engine settings for every instance.
         restarts: restart limits, per instance.
+        log_folder: absolute folder where each launched player writes its log,
+            ``Player-<worker id>.log`` (passed as ``-logFile``, as mlagents-learn does with
+            ``results/<run-id>/run_logs``); None: the player logs where it would by default
+            (a Unity build: Unity's own Player.log; the stand-in: the gateway's stderr).
     """
 
     file_name: str | None
@@ -73,6 +77,7 @@ class EnvironmentOptions:
     timeout_wait: int = 60
     engine: EngineSettings = field(default_factory=EngineSettings)
     restarts: RestartLimits = field(default_factory=RestartLimits)
+    log_folder: str | None = None
 
     def worker_id(self, index: int) -> int:
         """The mlagents worker id of instance ``index`` (its port is ``base_port + worker_id``)."""
@@ -204,6 +209,8 @@ def validate(options: GatewayOptions) -> GatewayOptions:
         raise OptionsError(f"--num-areas: must be >= 1, got {env.num_areas}")
     if env.seed < -1:
         raise OptionsError(f"--seed: must be >= 0, or -1 for random, got {env.seed}")
+    if env.log_folder is not None and (not os.path.isabs(env.log_folder) or os.path.isfile(env.log_folder)):
+        raise OptionsError(f"--log-folder: expected an absolute folder path, got {env.log_folder!r}")
     eng = env.engine
     if eng.width <= 0 or eng.height <= 0:
         raise OptionsError(f"--width/--height: must be positive, got {eng.width}x{eng.height}")

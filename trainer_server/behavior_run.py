@@ -214,7 +214,7 @@ class BehaviorRun:
                 )
                 continue
             if trajectory.done:
-                self.stats.add(stats_mod.CUMULATIVE_REWARD, trajectory.episode_return)
+                self.stats.add(stats_mod.CUMULATIVE_REWARD, trajectory.episode_return, stats_mod.Aggregation.HISTOGRAM)
                 self.stats.add(stats_mod.EPISODE_LENGTH, trajectory.episode_length)
                 self.stats.add(stats_mod.EXTRINSIC_REWARD, trajectory.episode_return * self._extrinsic_strength)
             if self.learner.ready():
@@ -237,9 +237,17 @@ class BehaviorRun:
             self._publish(self.snapshot)
 
     def _after_steps(self, before: int, after: int) -> None:
+        """Summaries and checkpoints due now that the learner went from ``before`` to ``after`` steps.
+
+        A summary is written at the ``summary_freq`` multiple the steps crossed (12000, not
+        the 12007 reached), once however many were crossed, as ML-Agents does; its ``Step``
+        stat (a timers.json gauge) is, as there, the step count before the trajectory that
+        crossed it.
+        """
         s = self.settings
         if after // s.summary_freq > before // s.summary_freq:
-            self._write_summary(after)
+            self.stats.add(stats_mod.STEP, before, stats_mod.Aggregation.MOST_RECENT)
+            self._write_summary((before // s.summary_freq + 1) * s.summary_freq)
         interval = s.steps_between_checkpoints()
         if after // interval > before // interval:
             self._save(final=False)
@@ -258,8 +266,7 @@ class BehaviorRun:
             reward = summaries.get(stats_mod.CUMULATIVE_REWARD)
             if reward is not None:
                 self.last_reward = reward.mean
-            for tag, summary in summaries.items():  # timers.json gauges, named as ML-Agents names them
-                context.timer.set_gauge(f"{self._folder_name}.{tag.replace('/', '.')}.mean", summary.value)
+            stats_mod.write_gauges(context.timer, self._folder_name, summaries)
             self.tensorboard.write(step, summaries)
             stats_mod.log_summary(
                 self._folder_name, step, time.monotonic() - context.started, summaries, not context.inference
@@ -310,7 +317,7 @@ class BehaviorRun:
         try:
             model = export_policy_bytes(self._architecture, self._parameters)  # built once, written twice
             ckpt.atomic_write_bytes(path, model)
-            ckpt.atomic_write_bytes(self._context.results.run_dir / f"{self._folder_name}.onnx", model)
+            ckpt.atomic_write_bytes(self._context.results.final_model_path(self.name), model)
             return path
         except Exception as e:
             _log.warning("onnx export failed", behavior=self.name, error=str(e))

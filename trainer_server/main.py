@@ -42,11 +42,13 @@ def gateway_command(
 
     Passes ``env_settings`` and ``engine_settings`` through with mlagents-learn's flag
     names; without ``env_path`` the gateway runs the built-in stand-in. Its own server
-    listens on a free local port so that it never collides with another run.
+    listens on a free local port so that it never collides with another run. The Unity
+    players log to ``<results>/<run-id>/run_logs/Player-<n>.log``, as with mlagents-learn.
     """
     exe = shutil.which("tandem-gateway", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     cmd = [exe] if exe else [sys.executable, "-m", "gateway.cli"]
     cmd += ["--trainer", trainer_address, "--listen", "127.0.0.1:0"]
+    cmd += ["--log-folder", str(options.checkpoint_settings.run_logs_dir.absolute())]
     if tls_ca:
         cmd += ["--trainer-tls-ca", str(tls_ca)]
     env = options.env_settings

@@ -8,13 +8,16 @@ TensorBoard event files. This module owns that layout, the run-id checks
 
 ``training_status.json``::
 
-    {"3DBall": {"checkpoints": [{"steps": 12000, "file_path": ".../3DBall/3DBall-12000.npz",
+    {"3DBall": {"checkpoints": [{"steps": 12000, "file_path": ".../3DBall/3DBall-12000.onnx",
                                  "reward": 1.23, "creation_time": 1700000000.0,
-                                 "auxillary_file_paths": []}, ...],
-                "final_checkpoint": {...}},
-     "metadata": {"stats_format_version": "0.3.0", "tandem_version": ..., "jax_version": ...}}
+                                 "auxillary_file_paths": [".../3DBall/3DBall-12000.npz"]}, ...],
+                "final_checkpoint": {"steps": 50000, "file_path": ".../3DBall.onnx", ...}},
+     "metadata": {"stats_format_version": "0.3.0", "mlagents_version": <Tandem's>,
+                  "torch_version": <JAX's>, "tandem_version": ..., "jax_version": ...}}
 
-(``auxillary_file_paths`` keeps ML-Agents' spelling so existing scripts read it.)
+As in ML-Agents, a checkpoint's ``file_path`` is its ONNX model and the final checkpoint's
+is the model copied to the run folder (``<run>/3DBall.onnx``); ``auxillary_file_paths``
+keeps ML-Agents' spelling so existing scripts read it.
 """
 
 from __future__ import annotations
@@ -55,15 +58,26 @@ def _version(package: str) -> str:
         return "unknown"
 
 
+#: ML-Agents' metadata keys, filled with what plays their part here: the trainer package's
+#: version (Tandem's for ML-Agents') and the tensor library's that wrote the checkpoints
+#: (JAX's for PyTorch's); their own keys below name them plainly
+_MLAGENTS_KEYS = {"mlagents_version": "tandem_version", "torch_version": "jax_version"}
+
+
 def versions_metadata() -> dict[str, str]:
-    """What wrote this run; compared (with a warning on difference) on ``--resume``."""
-    return {
-        "stats_format_version": STATS_FORMAT_VERSION,
+    """What wrote this run; compared (with a warning on difference) on ``--resume``.
+
+    The keys ML-Agents writes come first (``stats_format_version``, ``mlagents_version``,
+    ``torch_version``: tools reading ML-Agents' files find them), then Tandem's own.
+    """
+    own = {
         "tandem_version": _version("tandem"),
         "jax_version": _version("jax"),
         "flax_version": _version("flax"),
         "optax_version": _version("optax"),
     }
+    mlagents = {key: own[source] for key, source in _MLAGENTS_KEYS.items()}
+    return {"stats_format_version": STATS_FORMAT_VERSION, **mlagents, **own}
 
 
 def behavior_folder_name(behavior: str) -> str:
@@ -153,6 +167,10 @@ class RunResults:
     def behavior_dir(self, behavior: str) -> Path:
         return self.run_dir / behavior_folder_name(behavior)
 
+    def final_model_path(self, behavior: str) -> Path:
+        """``<run>/<Behavior>.onnx``: the latest model, the one Unity users drag into their project."""
+        return self.run_dir / f"{behavior_folder_name(behavior)}.onnx"
+
     @property
     def training_status_path(self) -> Path:
         return self.run_logs / TRAINING_STATUS
@@ -187,7 +205,7 @@ class RunResults:
             return
         old_meta = previous.pop("metadata", {}) if isinstance(previous, dict) else {}
         for key, value in versions_metadata().items():
-            if old_meta.get(key) not in (None, value):
+            if key not in _MLAGENTS_KEYS and old_meta.get(key) not in (None, value):  # each difference once
                 _log.warning(
                     "the resumed run was written by another version", key=key, previous=old_meta.get(key), now=value
                 )
@@ -217,7 +235,9 @@ class RunResults:
         """Adds a checkpoint to training_status.json, dropping the ones whose files were pruned.
 
         As in ML-Agents, ``file_path`` is the ONNX model when one was exported
-        (``model_path``) and the checkpoint is listed in ``auxillary_file_paths``.
+        (``model_path``) and the checkpoint is listed in ``auxillary_file_paths``; with
+        ``final``, the same entry pointing at the run folder's copy of the model
+        (:meth:`final_model_path`) becomes ``final_checkpoint``.
         """
         entry = {
             "steps": int(saved.steps),
@@ -232,7 +252,7 @@ class RunResults:
             kept = [c for c in status.get("checkpoints", []) if c.get("steps") not in removed and c.get("steps") != saved.steps]
             status["checkpoints"] = [*kept, entry]
             if final:
-                status["final_checkpoint"] = entry
+                status["final_checkpoint"] = self._final_entry(behavior, entry)
         self.write_training_status()
 
     def mark_final(self, behavior: str, steps: int) -> None:
@@ -241,8 +261,15 @@ class RunResults:
             status = self._status.setdefault(behavior_folder_name(behavior), {})
             for entry in status.get("checkpoints", []):
                 if entry.get("steps") == steps:
-                    status["final_checkpoint"] = dict(entry)
+                    status["final_checkpoint"] = self._final_entry(behavior, entry)
         self.write_training_status()
+
+    def _final_entry(self, behavior: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint entry as ``final_checkpoint``: its model is the run folder's copy (when it has one)."""
+        final = dict(entry)
+        if str(entry.get("file_path", "")).endswith(".onnx"):  # a model was exported (and copied) at this step
+            final["file_path"] = str(self.final_model_path(behavior))
+        return final
 
     def write_training_status(self) -> None:
         with self._lock:

@@ -1,10 +1,16 @@
 """Training statistics: aggregation, TensorBoard event files and the console summary.
 
 Why: ML-Agents users compare runs in TensorBoard by tag name (``Environment/Cumulative
-Reward``, ``Losses/Policy Loss``...) and watch one console line per ``summary_freq``
-steps. Values accumulate per behavior between summaries; each summary writes one point
-per tag at the current step, aggregated as the value's source asked (the stats side
-channel's ``StatsAggregationMethod``: average, most recent, sum, histogram).
+Reward``, ``Losses/Policy Loss``...), read the same values as gauges in
+``run_logs/timers.json`` and watch one console line per ``summary_freq`` steps. Values
+accumulate per behavior between summaries; each summary writes one point per tag at the
+summary step, aggregated as the value's source asked (the stats side channel's
+``StatsAggregationMethod``: average, most recent, sum, histogram).
+
+As in ML-Agents, one tag is one series whoever sends it: a stat from Unity's stats side
+channel named like one of the trainer's own (``Environment/Episode Length``) joins the
+trainer's values; the aggregation of the latest value added decides how the window is
+summarized, and a "most recent" value replaces the values gathered so far.
 """
 
 from __future__ import annotations
@@ -19,12 +25,18 @@ from pathlib import Path
 import numpy as np
 
 from common.logging import get_logger
+from trainer_server.timers import HierarchicalTimer
 
 CUMULATIVE_REWARD = "Environment/Cumulative Reward"
 EPISODE_LENGTH = "Environment/Episode Length"
 EXTRINSIC_REWARD = "Policy/Extrinsic Reward"
 POLICY_LAG = "Policy/Lag"
 IS_TRAINING = "Is Training"
+STEP = "Step"
+#: recorded (console, timers.json gauges) but not written to TensorBoard, as ML-Agents hides them
+TENSORBOARD_HIDDEN = frozenset({IS_TRAINING, STEP})
+#: suffix of the histogram written beside a HISTOGRAM tag's scalar (ML-Agents' ``add_histogram`` tag)
+HISTOGRAM_SUFFIX = "_hist"
 
 
 class Aggregation(enum.Enum):
@@ -61,8 +73,9 @@ class StatSummary:
     """One tag's values since the last summary.
 
     Attributes:
-        value: the aggregated value written to TensorBoard.
-        mean: mean of the values; std: their standard deviation; count: how many.
+        value: the aggregated value written to TensorBoard (the sum for SUM, else the mean).
+        mean: mean of the values; std: their standard deviation; count: how many;
+        total: their sum.
         values: the raw values (for histograms).
     """
 
@@ -70,6 +83,7 @@ class StatSummary:
     mean: float
     std: float
     count: int
+    total: float
     aggregation: Aggregation
     values: tuple[float, ...]
 
@@ -83,9 +97,17 @@ class BehaviorStats:
         self._aggregation: dict[str, Aggregation] = {}
 
     def add(self, tag: str, value: float, aggregation: Aggregation = Aggregation.AVERAGE) -> None:
+        """Adds a value to ``tag``'s window; the latest value's aggregation is the tag's.
+
+        A MOST_RECENT value replaces the window's values (ML-Agents' ``set_stat``), any
+        other is appended (``add_stat``), whoever sent the earlier ones.
+        """
         with self._lock:
-            self._values.setdefault(tag, []).append(float(value))
-            self._aggregation.setdefault(tag, aggregation)
+            if aggregation is Aggregation.MOST_RECENT:
+                self._values[tag] = [float(value)]
+            else:
+                self._values.setdefault(tag, []).append(float(value))
+            self._aggregation[tag] = aggregation
 
     def peek_mean(self, tag: str) -> float | None:
         """The mean of ``tag`` since the last summary, or None without values."""
@@ -104,21 +126,45 @@ class BehaviorStats:
                 continue
             arr = np.asarray(vals, dtype=np.float64)
             agg = aggregation[tag]
-            if agg is Aggregation.MOST_RECENT:
-                value = float(arr[-1])
-            elif agg is Aggregation.SUM:
-                value = float(arr.sum())
-            else:
-                value = float(arr.mean())
+            mean, total = float(arr.mean()), float(arr.sum())
             out[tag] = StatSummary(
-                value=value,
-                mean=float(arr.mean()),
+                value=total if agg is Aggregation.SUM else mean,
+                mean=mean,
                 std=float(arr.std()),
                 count=int(arr.size),
+                total=total,
                 aggregation=agg,
                 values=tuple(vals),
             )
         return out
+
+
+def _tensorflow_bins() -> np.ndarray:
+    """TensorFlow's default histogram bucket edges, which ``add_histogram(bins="tensorflow")`` uses."""
+    edges, v = [], 1e-12
+    while v < 1e20:
+        edges.append(v)
+        v *= 1.1
+    positive = np.asarray(edges)
+    return np.concatenate([-positive[::-1], [0.0], positive])
+
+
+_TENSORFLOW_BINS = _tensorflow_bins()
+
+
+def gauge_name(behavior: str, tag: str, field: str) -> str:
+    """The ``timers.json`` gauge of a tag: ``3DBall.Environment.CumulativeReward.mean``.
+
+    As ML-Agents' GaugeWriter names them: ``/`` becomes ``.`` and spaces go.
+    """
+    return f"{behavior}.{tag}.{field}".replace("/", ".").replace(" ", "")
+
+
+def write_gauges(timer: HierarchicalTimer, behavior: str, summaries: dict[str, StatSummary]) -> None:
+    """Sets the ``.mean`` and ``.sum`` gauges of every summarized tag, hidden ones included."""
+    for tag, summary in summaries.items():
+        timer.set_gauge(gauge_name(behavior, tag, "mean"), summary.mean)
+        timer.set_gauge(gauge_name(behavior, tag, "sum"), summary.total)
 
 
 class TensorBoardWriter:
@@ -135,15 +181,19 @@ class TensorBoardWriter:
         self._writer = FileWriter(str(self.logdir), flush_secs=10)
 
     def write(self, step: int, summaries: dict[str, StatSummary]) -> None:
+        """One scalar per tag (except ``TENSORBOARD_HIDDEN``) and, for a HISTOGRAM tag, its
+        histogram as ``<tag>_hist``, all at ``step`` (ML-Agents' TensorboardWriter)."""
         from tensorboardX import summary as tb_summary
         from tensorboardX.proto.summary_pb2 import Summary
 
-        values = [Summary.Value(tag=tag, simple_value=s.value) for tag, s in summaries.items() if math.isfinite(s.value)]
+        shown = {tag: s for tag, s in summaries.items() if tag not in TENSORBOARD_HIDDEN}
+        values = [Summary.Value(tag=tag, simple_value=s.value) for tag, s in shown.items() if math.isfinite(s.value)]
         self._writer.add_summary(Summary(value=values), step)
-        for tag, s in summaries.items():
-            if s.aggregation is Aggregation.HISTOGRAM:
-                histogram = tb_summary.histogram(tag, np.asarray(s.values), "auto")
-                histogram.value[0].tag = tag
+        for tag, s in shown.items():
+            finite = np.asarray(s.values)[np.isfinite(s.values)]
+            if s.aggregation is Aggregation.HISTOGRAM and finite.size:
+                histogram = tb_summary.histogram(tag, finite, _TENSORFLOW_BINS)
+                histogram.value[0].tag = tag + HISTOGRAM_SUFFIX  # as given: tensorboardX would rewrite the space
                 self._writer.add_summary(histogram, step)
         self._writer.flush()
 
@@ -200,6 +250,18 @@ def _read_records(path: Path):
             yield data
 
 
+def _summary_values(logdir: Path):
+    """Yields ``(step, Summary.Value)`` of every summary in the event files of ``logdir`` (not recursive)."""
+    from tensorboardX.proto import event_pb2
+
+    for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
+        for record in _read_records(path):
+            event = event_pb2.Event.FromString(record)
+            if event.HasField("summary"):
+                for value in event.summary.value:
+                    yield int(event.step), value
+
+
 def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
     """Reads every scalar of the event files in ``logdir`` (not recursive).
 
@@ -207,15 +269,21 @@ def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
         tag -> ``[(step, value), ...]`` in file order. Lets tests and scripts check
         TensorBoard output without TensorBoard installed.
     """
-    from tensorboardX.proto import event_pb2
-
     out: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
-        for record in _read_records(path):
-            event = event_pb2.Event.FromString(record)
-            if not event.HasField("summary"):
-                continue
-            for value in event.summary.value:
-                if value.WhichOneof("value") == "simple_value":
-                    out.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
+    for step, value in _summary_values(logdir):
+        if value.WhichOneof("value") == "simple_value":
+            out.setdefault(value.tag, []).append((step, float(value.simple_value)))
+    return out
+
+
+def read_histograms(logdir: Path) -> dict[str, list[tuple[int, int, float]]]:
+    """Reads every histogram of the event files in ``logdir`` (not recursive).
+
+    Returns:
+        tag -> ``[(step, number of values, their sum), ...]`` in file order.
+    """
+    out: dict[str, list[tuple[int, int, float]]] = {}
+    for step, value in _summary_values(logdir):
+        if value.WhichOneof("value") == "histo":
+            out.setdefault(value.tag, []).append((step, int(value.histo.num), float(value.histo.sum)))
     return out

@@ -10,10 +10,13 @@ The JSON shape follows ML-Agents' hierarchical timer: every node has ``total``
 (seconds, summed over calls), ``count`` (calls), ``self`` (total minus the children's
 totals) and ``children`` (by name, only when there are some); the root also carries
 ``name``, ``gauges`` (``value``/``min``/``max``/``count`` per gauge) and ``metadata``.
+The statistics' gauges carry ML-Agents' names (``3DBall.Environment.CumulativeReward.mean``
+and ``.sum``): see ``trainer_server.stats.write_gauges``.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -109,8 +112,10 @@ class HierarchicalTimer:
                 node.count += 1
 
     def set_gauge(self, name: str, value: float) -> None:
-        """Records a gauge value (last, min, max and count are kept)."""
+        """Records a gauge value (last, min, max and count are kept); NaN is ignored, as ML-Agents does."""
         value = float(value)
+        if math.isnan(value):
+            return
         with self._lock:
             gauge = self._gauges.get(name)
             if gauge is None:

@@ -4,7 +4,8 @@ Why: the worker processes (remote control and actor mode alike) need the same fe
 operations on an instance: open it with the engine settings, reset, step with
 actions, read decision/terminal steps as ``StepBatch``, drain the stats side
 channel, and close it leaving no Unity process behind. Every mlagents-envs
-failure surfaces as one exception type, ``InstanceFailure``.
+failure surfaces as one exception type, ``InstanceFailure``, whose message says where
+the player's log is (``Player-<worker id>.log`` in ``--log-folder``) when it has one.
 """
 
 from __future__ import annotations
@@ -67,7 +68,29 @@ class UnityInstance:
         self._parameters: dict[str, float] = {}
         self.unity_pid: int | None = None
         self._process = None
+        self._opened_before = False
         self.log = get_logger("gateway.environment", instance=index, port=self.port)
+
+    @property
+    def player_log(self) -> str | None:
+        """The file the Unity player logs to: ``-logFile`` of ``env_args`` if given, else
+        ``<log_folder>/Player-<worker id>.log`` (as mlagents-envs names it); None for the
+        Editor, without a log folder, or for ``-logFile -`` (standard output)."""
+        if self.options.file_name is None:
+            return None
+        args = list(self.options.env_args)
+        for i, arg in enumerate(args[:-1]):
+            if arg.lower() == "-logfile":
+                return None if args[i + 1] == "-" else args[i + 1]
+        if self.options.log_folder is None:
+            return None
+        return os.path.join(self.options.log_folder, f"Player-{self.worker_id}.log")
+
+    def _failure(self, what: str, error: BaseException) -> InstanceFailure:
+        """``InstanceFailure`` naming the instance, what went wrong and where the player's log is."""
+        log = self.player_log
+        where = f" (player log: {log})" if log is not None else ""
+        return InstanceFailure(f"instance {self.index}: {what}: {error}{where}")
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -86,6 +109,7 @@ class UnityInstance:
         self._params_channel = EnvironmentParametersChannel()
         self._stats_channel = StatsSideChannel()
         seed = self.options.seed + self.index if self.options.seed >= 0 else random.randrange(0, 1 << 30)
+        self._prepare_player_log()
         # After a crash, the previous mlagents server of this instance may still be
         # releasing the port for a moment: retry "in use" briefly before giving up.
         deadline = time.monotonic() + PORT_RELEASE_WAIT_S
@@ -100,15 +124,16 @@ class UnityInstance:
                     timeout_wait=self.options.timeout_wait,
                     additional_args=list(self.options.env_args),
                     side_channels=[engine_channel, self._params_channel, self._stats_channel],
+                    log_folder=self.options.log_folder,
                     num_areas=self.options.num_areas,
                 )
                 break
             except UnityWorkerInUseException as e:
                 if time.monotonic() >= deadline:
-                    raise InstanceFailure(f"instance {self.index}: Unity did not start: {e}") from e
+                    raise self._failure("Unity did not start", e) from e
                 time.sleep(0.2)
             except UnityException as e:
-                raise InstanceFailure(f"instance {self.index}: Unity did not start: {e}") from e
+                raise self._failure("Unity did not start", e) from e
         self._process = getattr(self._env, "_process", None)  # mlagents keeps the Popen privately
         self.unity_pid = self._process.pid if self._process is not None else None
         engine_channel.set_configuration_parameters(**self.options.engine.channel_parameters())
@@ -116,6 +141,27 @@ class UnityInstance:
             self._params_channel.set_float_parameter(key, value)
         self._refresh_specs()
         self.log.info("unity instance opened", unity_pid=self.unity_pid, behaviors=sorted(self.specs))
+
+    def _prepare_player_log(self) -> None:
+        """Creates the log folder; on a restart, keeps the failed player's log as ``Player-<n>-prev.log``.
+
+        Why: the restarted player writes its log afresh (as Unity does), and the failure
+        message pointed at the previous one.
+
+        Raises:
+            InstanceFailure: when the folder cannot be created.
+        """
+        log = self.player_log
+        if log is None:
+            return
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+            if self._opened_before and os.path.isfile(log):
+                stem, ext = os.path.splitext(log)
+                os.replace(log, f"{stem}-prev{ext}")
+        except OSError as e:
+            raise self._failure("cannot prepare the player log", e) from e
+        self._opened_before = True
 
     def close(self) -> None:
         """Asks Unity to quit, then kills it if it is still there."""
@@ -222,9 +268,9 @@ class UnityInstance:
         except UnityActionException as e:  # our bug, not Unity's: Unity is fine
             raise ValueError(f"instance {self.index}: actions do not fit the decision steps: {e}") from e
         except UnityException as e:
-            raise InstanceFailure(f"instance {self.index}: {type(e).__name__}: {e}") from e
+            raise self._failure(type(e).__name__, e) from e
         except (OSError, EOFError, BrokenPipeError) as e:
-            raise InstanceFailure(f"instance {self.index}: connection lost: {e}") from e
+            raise self._failure("connection lost", e) from e
 
     def _refresh_specs(self) -> None:
         current = self._env.behavior_specs

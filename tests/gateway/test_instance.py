@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -12,6 +13,7 @@ import pytest
 
 from gateway.env import instance as environment
 from gateway.env.instance import BehaviorActions, InstanceFailure, UnityInstance
+from gateway.options import GatewayOptions, OptionsError, validate
 from gateway_helpers import environment_options
 
 
@@ -94,3 +96,39 @@ def test_an_error_of_the_work_alongside_is_raised_after_the_step_not_taken_for_a
         assert instance.step({})  # Unity is fine and answers the next step
     finally:
         instance.close()
+
+
+def test_each_player_logs_to_player_n_log_in_the_log_folder_and_a_failure_says_where(tmp_path):
+    folder = tmp_path / "run_logs"  # created by the instance, as mlagents-learn's run_logs
+    instance = UnityInstance(environment_options(num_envs=2, log_folder=str(folder)), 1)
+    log = folder / "Player-1.log"  # Player-<worker id>.log, as mlagents-envs names it
+    try:
+        instance.open()
+        out = instance.reset()
+        instance.step(_zero_actions(out))
+        assert instance.player_log == str(log)
+        assert "player starting" in log.read_text()
+        os.kill(instance.unity_pid, signal.SIGKILL)
+        with pytest.raises(InstanceFailure, match=re.escape(f"(player log: {log})")):
+            for _ in range(50):  # the kill may land between steps
+                instance.step({})
+        instance.close()
+        instance.open()  # a restart: the failed player's log is kept beside the new one
+        assert "player starting" in (folder / "Player-1-prev.log").read_text()
+        assert "player starting" in log.read_text()
+    finally:
+        instance.close()
+
+
+def test_the_log_folder_option_is_made_absolute_and_a_log_file_in_env_args_wins(tmp_path, monkeypatch):
+    from gateway.cli import build_parser, options_from_args
+
+    monkeypatch.chdir(tmp_path)
+    environment = options_from_args(build_parser().parse_args(["--log-folder", "logs"])).environment
+    assert environment.log_folder == str(tmp_path / "logs")
+    assert options_from_args(build_parser().parse_args([])).environment.log_folder is None
+    with pytest.raises(OptionsError, match="--log-folder"):
+        validate(GatewayOptions(environment=environment_options(log_folder="relative/logs")))
+    own = UnityInstance(environment_options(log_folder=str(tmp_path), env_args=("-logFile", "/tmp/mine.log")), 0)
+    assert own.player_log == "/tmp/mine.log"
+    assert UnityInstance(environment_options(), 0).player_log is None

@@ -50,13 +50,19 @@ def test_results_folder_has_what_mlagents_users_expect(tmp_path):
     chunk = loop["children"]["process_chunk"]
     assert chunk["count"] == 40 and chunk["total"] >= chunk["self"] >= 0
     assert "update_policy" in chunk["children"] and "save_checkpoint" in chunk["children"]
-    assert {"3DBall.Policy.Lag.mean", "3DBall.Environment.Cumulative Reward.mean", "Grid.Losses.Policy Loss.mean"} <= set(
-        timers["gauges"]
-    )
-    assert timers["gauges"]["3DBall.Environment.Cumulative Reward.mean"]["count"] == 5
+    gauges = timers["gauges"]  # ML-Agents' GaugeWriter names: no spaces, .mean and .sum, hidden tags too
+    for name in ("3DBall.Policy.Lag", "3DBall.Environment.CumulativeReward", "Grid.Losses.PolicyLoss", "3DBall.IsTraining"):
+        assert {f"{name}.mean", f"{name}.sum"} <= set(gauges), sorted(gauges)
+    assert gauges["3DBall.Environment.CumulativeReward.mean"]["count"] == 5
+    assert gauges["3DBall.Environment.CumulativeReward.sum"]["value"] == 38.0  # the last window: episodes 18 and 20
+    assert gauges["3DBall.Step.mean"] == {"value": 190.0, "min": 30.0, "max": 190.0, "count": 5}
+    assert not any(" " in name for name in gauges)
 
     status = json.loads((run / "run_logs" / "training_status.json").read_text())
-    assert status["metadata"]["stats_format_version"] == "0.3.0" and "jax_version" in status["metadata"]
+    metadata = status["metadata"]
+    assert list(metadata)[:3] == ["stats_format_version", "mlagents_version", "torch_version"]
+    assert metadata["stats_format_version"] == "0.3.0"
+    assert (metadata["mlagents_version"], metadata["torch_version"]) == (metadata["tandem_version"], metadata["jax_version"])
     for name in ("3DBall", "Grid"):
         entries = status[name]["checkpoints"]
         # 200 steps: checkpoints at 50, 100, 150, 200 (+ final at 200); keep_checkpoints=2
@@ -65,7 +71,9 @@ def test_results_folder_has_what_mlagents_users_expect(tmp_path):
             assert c["file_path"].endswith(f"{name}-{c['steps']}.onnx") and Path(c["file_path"]).is_file()
             assert c["auxillary_file_paths"] == [str(run / name / f"{name}-{c['steps']}.npz")]
             assert c["creation_time"] > 0
-        assert status[name]["final_checkpoint"]["steps"] == 200
+        final = status[name]["final_checkpoint"]  # as ML-Agents: the model copied to the run folder
+        assert final["steps"] == 200 and final["file_path"] == str(run / f"{name}.onnx")
+        assert final["auxillary_file_paths"] == [str(run / name / f"{name}-200.npz")]
         folder = run / name
         assert sorted(p.name for p in folder.glob(f"{name}-*.npz")) == [f"{name}-150.npz", f"{name}-200.npz"]
         assert sorted(p.name for p in folder.glob(f"{name}-*.onnx")) == [f"{name}-150.onnx", f"{name}-200.onnx"]
@@ -83,7 +91,19 @@ def test_results_folder_has_what_mlagents_users_expect(tmp_path):
     assert scalars["Losses/Policy Loss"] and scalars["Policy/Learning Rate"]
     assert scalars["Custom/Speed"][0] == (40, 4.0)  # most recent of the stats side channel values
     assert scalars["Policy/Lag"]
-    assert scalars["Is Training"][-1][1] == 1.0
+    assert "Is Training" not in scalars and "Step" not in scalars  # gauges only, hidden as in ML-Agents
+    histograms = stats_mod.read_histograms(run / "3DBall")
+    assert histograms["Environment/Cumulative Reward_hist"][0] == (40, 2, 6.0)
+    assert [s for s, _, _ in histograms["Environment/Cumulative Reward_hist"]] == [40, 80, 120, 160, 200]
+
+
+def test_summaries_are_written_at_the_summary_freq_multiples_crossed(tmp_path):
+    options = make_options(tmp_path, summary_freq=25, checkpoint_interval=1000, max_steps=10_000)
+    app, _, _ = train_app(options, steps_per_chunk=10, chunks=10, episode_every=1)
+    assert app.error is None
+    rewards = stats_mod.read_scalars(tmp_path / "test-run" / "3DBall")["Environment/Cumulative Reward"]
+    assert [step for step, _ in rewards] == [25, 50, 75, 100]  # not 30, 50, 80, 100
+    assert rewards[0][1] == pytest.approx(2.0)  # episodes of chunks 1-3 (the 3rd crossed 25): mean(1, 2, 3)
 
 
 # --------------------------------------------------------------------------- resume, initialize-from

@@ -55,3 +55,31 @@ def test_to_plain_gives_yaml_friendly_builtins(tmp_path):
     }
     settings = make_options(tmp_path).default_settings
     assert to_plain(settings) == settings.as_dict()
+
+
+# --------------------------------------------------------------------------- training_status.json
+
+
+def test_final_checkpoint_points_at_the_run_folders_model_and_the_metadata_has_mlagents_keys(tmp_path):
+    import json
+
+    from trainer_server.checkpoints import SavedCheckpoint
+
+    results = prepare_results(make_options(tmp_path))
+    folder = results.behavior_dir("3DBall?team=0")
+    saved = SavedCheckpoint(500, folder / "3DBall-500.npz", 1.0)
+    results.record_checkpoint("3DBall?team=0", saved, 2.5, [], final=True, model_path=folder / "3DBall-500.onnx")
+    failed_export = SavedCheckpoint(300, results.behavior_dir("Grid") / "Grid-300.npz", 1.0)
+    results.record_checkpoint("Grid", failed_export, None, [], model_path=None)
+    results.mark_final("Grid", 300)
+
+    status = json.loads(results.training_status_path.read_text())
+    ball = status["3DBall"]
+    assert ball["checkpoints"][0]["file_path"] == str(folder / "3DBall-500.onnx")
+    assert ball["final_checkpoint"] == {**ball["checkpoints"][0], "file_path": str(results.run_dir / "3DBall.onnx")}
+    # without a model, the checkpoint itself stays the final one's file
+    assert status["Grid"]["final_checkpoint"] == status["Grid"]["checkpoints"][0]
+    assert status["Grid"]["final_checkpoint"]["file_path"].endswith("Grid-300.npz")
+    metadata = status["metadata"]
+    assert {"stats_format_version", "mlagents_version", "torch_version", "tandem_version", "jax_version"} <= set(metadata)
+    assert metadata["torch_version"] == metadata["jax_version"]

@@ -94,6 +94,7 @@ def test_gateway_command_passes_environment_and_engine_settings(tmp_path):
     assert parsed.time_scale == 10.0 and parsed.width == 64 and parsed.no_graphics
     assert parsed.chunk_steps == 256 and parsed.env_args == ["--task", "3dball"]
     assert parsed.listen == "127.0.0.1:0"
+    assert parsed.log_folder == str(tmp_path / "x" / "run_logs")  # the players' logs, as mlagents-learn's
     assert os.path.basename(cmd[0]).startswith("tandem-gateway") or cmd[1:3] == ["-m", "gateway.cli"]
 
 
@@ -147,3 +148,26 @@ def test_sigint_during_training_writes_a_final_checkpoint(tmp_path):
 
     state, meta = load_file(tmp_path / "r2" / "3DBall")
     assert state["step"] == 45 and meta["step"] == 45 and state["update_count"] == 1
+
+
+def test_the_local_gateways_players_log_to_the_runs_run_logs(tmp_path):
+    from benchmarks.ports import free_base_port
+
+    process = subprocess.Popen(
+        _trainer("--run-id", "logs", "--results-dir", str(tmp_path), "--listen", "127.0.0.1:0", "--with-gateway",
+                 "--base-port", str(free_base_port())),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    log = tmp_path / "logs" / "run_logs" / "Player-0.log"
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.is_file() and "scene loaded" in log.read_text()):  # the stand-in talks to the gateway
+            assert process.poll() is None and time.monotonic() < deadline, f"no player log at {log}"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "player starting" in log.read_text()

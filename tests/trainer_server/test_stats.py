@@ -29,3 +29,48 @@ def test_stat_aggregations():
     assert s.summarize() == {}
     with pytest.raises(ValueError, match="median"):
         stats_mod.Aggregation.parse("median")
+
+
+def test_a_unity_stat_named_like_a_trainer_tag_joins_its_series_as_in_mlagents():
+    s = stats_mod.BehaviorStats()
+    s.add(stats_mod.EPISODE_LENGTH, 10.0)  # the trainer's
+    s.add(stats_mod.EPISODE_LENGTH, 20.0)
+    s.add(stats_mod.EPISODE_LENGTH, 7.0, stats_mod.Aggregation.MOST_RECENT)  # Unity's: replaces the window
+    s.add(stats_mod.EPISODE_LENGTH, 30.0)  # the trainer's again: appended, averaged
+    s.add("Custom/Drops", 1.0, stats_mod.Aggregation.SUM)
+    s.add("Custom/Drops", 5.0)  # the latest value's aggregation is the tag's
+    out = s.summarize()
+    length = out[stats_mod.EPISODE_LENGTH]
+    assert (length.values, length.value, length.aggregation) == ((7.0, 30.0), 18.5, stats_mod.Aggregation.AVERAGE)
+    assert (out["Custom/Drops"].value, out["Custom/Drops"].total) == (3.0, 6.0)
+
+
+def test_gauges_carry_mlagents_names_with_mean_and_sum():
+    from trainer_server.timers import HierarchicalTimer
+
+    assert stats_mod.gauge_name("3DBall", "Environment/Cumulative Reward", "mean") == "3DBall.Environment.CumulativeReward.mean"
+    timer = HierarchicalTimer()
+    s = stats_mod.BehaviorStats()
+    for r in (1.0, 2.0, 6.0):
+        s.add(stats_mod.CUMULATIVE_REWARD, r, stats_mod.Aggregation.HISTOGRAM)
+    s.add(stats_mod.IS_TRAINING, 1.0, stats_mod.Aggregation.MOST_RECENT)
+    s.add("Losses/Value Loss", float("nan"))
+    stats_mod.write_gauges(timer, "3DBall", s.summarize())
+    gauges = timer.as_dict()["gauges"]
+    assert gauges["3DBall.Environment.CumulativeReward.mean"] == {"value": 3.0, "min": 3.0, "max": 3.0, "count": 1}
+    assert gauges["3DBall.Environment.CumulativeReward.sum"]["value"] == 9.0
+    assert gauges["3DBall.IsTraining.mean"]["value"] == 1.0 and "3DBall.IsTraining.sum" in gauges
+    assert not any("ValueLoss" in name for name in gauges)  # NaN is not a gauge value, as in ML-Agents
+
+
+def test_tensorboard_gets_a_histogram_beside_a_histogram_tag_and_not_the_hidden_tags(tmp_path):
+    s = stats_mod.BehaviorStats()
+    for r in (1.0, 2.0, 6.0):
+        s.add(stats_mod.CUMULATIVE_REWARD, r, stats_mod.Aggregation.HISTOGRAM)
+    s.add(stats_mod.IS_TRAINING, 1.0, stats_mod.Aggregation.MOST_RECENT)
+    s.add(stats_mod.STEP, 1190.0, stats_mod.Aggregation.MOST_RECENT)
+    writer = stats_mod.TensorBoardWriter(tmp_path)
+    writer.write(1200, s.summarize())
+    writer.close()
+    assert stats_mod.read_scalars(tmp_path) == {stats_mod.CUMULATIVE_REWARD: [(1200, 3.0)]}
+    assert stats_mod.read_histograms(tmp_path) == {"Environment/Cumulative Reward_hist": [(1200, 3, 9.0)]}
