@@ -20,7 +20,12 @@ The contract (see docs/ONNX.md for the full table):
   (sampled, int64 indices), ``discrete_action_output_shape``,
   ``deterministic_discrete_actions``.
 * observation normalization and action post-processing (PPO: ``clip(a, -3, 3) / 3``,
-  SAC: ``tanh``) happen inside the graph, as ML-Agents' exported models do.
+  SAC: ``tanh``) happen inside the graph, as ML-Agents' exported models do; both action
+  outputs of a behavior are post-processed alike, so ``deterministic_continuous_actions``
+  of a SAC model is ``tanh(mean)``. ML-Agents exports SAC's raw mean there; Unity copies
+  that output into the agent's actions unchanged, so the raw mean would reach the agent
+  outside the [-1, 1] range the policy was trained in (docs/ONNX.md, "SAC's deterministic
+  output").
 
 With ``training_outputs=True`` two outputs follow the contract's, for actors that collect
 experience without Python: ``tandem_raw_continuous`` (the sample before clip/tanh) and
@@ -311,6 +316,8 @@ class _PolicyGraph:
                 clipped = self._node("Clip", [raw], hint=f"{out}/clipped", min=-CONTINUOUS_CLIP, max=CONTINUOUS_CLIP)
                 self._node("Div", [clipped, clip], output=out)
         else:
+            # tanh(mean), the mean action as the environment receives it (NumpyPolicy and
+            # the JAX actor send the same); not ML-Agents' raw mean, see the module docstring
             self._node("Tanh", [sample], output="continuous_actions")
             self._node("Tanh", [mu], output="deterministic_continuous_actions")
         self._output("continuous_actions", TensorProto.FLOAT, [BATCH, size])

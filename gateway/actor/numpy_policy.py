@@ -204,7 +204,11 @@ class NumpyPolicy:
             observations: per observation spec, float32 ``[n, *shape]``.
             action_mask: bool ``[n, sum(branches)]``, true = not allowed; None allows all.
             rng: the source of randomness (one per gateway worker).
-            deterministic: the mode (mean, argmax) instead of a sample (``--inference``).
+            deterministic: the mean and the most probable allowed action instead of a
+                sample (``--inference``). The environment then gets the mean as it gets a
+                sample: ``clip(mu, -3, 3) / 3`` (PPO) or ``tanh(mu)`` (SAC), as the ONNX
+                model's ``deterministic_continuous_actions`` and the JAX actor give it
+                (ML-Agents sends SAC's raw mean; docs/ONNX.md says why Tandem does not).
         """
         dist = self.distribution(observations, action_mask)
         spec = self.architecture.behavior_spec

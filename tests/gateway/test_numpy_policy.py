@@ -110,6 +110,23 @@ def test_tanh_gaussian_squashes_and_corrects_the_log_prob():
     assert gaussian.architecture.continuous_distribution == "gaussian"
 
 
+def test_tanh_gaussian_deterministic_action_is_the_squashed_mean():
+    """SAC acting deterministically sends tanh(mean), in [-1, 1] like its samples (not the raw mean)."""
+    rng = np.random.default_rng(4)
+    arch = PolicyArchitecture(_spec(continuous=3), hidden_units=8, num_layers=1, continuous_distribution="tanh_gaussian")
+    params = _random_params(arch, rng)
+    params["policy/mu/bias"] = np.array([3.0, -2.0, 0.4], np.float32)  # means beyond [-1, 1]
+    policy = NumpyPolicy(arch, params)
+    obs = [rng.standard_normal((20, 6)).astype(np.float32)]
+    mu = policy.distribution(obs)["mu"]
+    assert (np.abs(mu) > 1.0).any()
+    det = policy.act(obs, None, rng, deterministic=True)
+    np.testing.assert_allclose(det.continuous, mu, rtol=1e-6)  # the raw action the trajectory keeps
+    np.testing.assert_allclose(det.env_continuous, np.tanh(mu), rtol=1e-6)  # what the environment gets
+    assert np.all(np.abs(det.env_continuous) < 1.0)
+    np.testing.assert_allclose(det.log_probs, policy.log_prob(obs, None, det.continuous, det.discrete), rtol=1e-4, atol=1e-4)
+
+
 def test_snapshot_round_trip_and_clear_errors():
     rng = np.random.default_rng(4)
     arch = PolicyArchitecture(_spec(continuous=1, branches=(2,), visual=True), hidden_units=16, num_layers=2, normalize=True)

@@ -91,6 +91,8 @@ def random_mask(n: int, branches: tuple[int, ...], seed: int = 2) -> np.ndarray:
 def test_deterministic_actions_equal_numpy_policy(spec, distribution):
     arch = architecture(spec, distribution)
     params = known_params(arch)
+    if distribution == "tanh_gaussian":
+        params["policy/mu/bias"] = np.array([2.0, -1.5], np.float32)  # means beyond [-1, 1]
     onnx_policy = OnnxPolicy(export_policy_bytes(arch, params), spec=spec)
     reference = NumpyPolicy(arch, params)
     obs = observations(spec, 64)
@@ -98,6 +100,10 @@ def test_deterministic_actions_equal_numpy_policy(spec, distribution):
     got = onnx_policy.act(obs, mask, None, deterministic=True)
     want = reference.act(obs, mask, np.random.default_rng(0), deterministic=True)
     np.testing.assert_allclose(got.env_continuous, want.env_continuous, atol=1e-5)
+    if distribution == "tanh_gaussian":  # SAC: the squashed mean reaches the environment, not the mean
+        mu = reference.distribution(obs, mask)["mu"]
+        assert (np.abs(mu) > 1.0).any()
+        np.testing.assert_allclose(got.env_continuous, np.tanh(mu), atol=1e-5)
     assert got.discrete.dtype == np.int32 and got.discrete.shape == want.discrete.shape
     np.testing.assert_array_equal(got.discrete, want.discrete)
     if mask is not None:

@@ -412,38 +412,72 @@ def test_deterministic_actions_match_numpy_policy(behavior, init):
         np.testing.assert_array_equal(discrete, reference.discrete)
 
 
-def test_deterministic_actions_match_the_jax_actor(behavior):
+def deterministic_jax(
+    arch: PolicyArchitecture, params: dict[str, np.ndarray], observations: list[np.ndarray], allowed: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The JAX actor's deterministic actions: (continuous as the environment gets them, discrete)."""
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp
 
     from trainer_server.learning import distributions, networks
 
-    arch, _ = behavior
-    params = jax_initialized_params(arch, seed=5)
-    domain = arch
-    action = domain.behavior_spec.action_spec
-    allowed = random_masks(action.discrete_branches, 32, seed=13) if action.discrete_branches else None
-    observations, feed = random_inputs(arch, batch=32, seed=14, masks=allowed)
-    continuous, discrete = deterministic_onnx(arch, params, feed)
-
     jparams = {k: jnp.asarray(v) for k, v in params.items() if not k.startswith("normalizer/")}
     norm = None
-    if domain.normalize:
-        idx = arch_mod.vector_indices(domain.behavior_spec)
+    if arch.normalize:
+        idx = arch_mod.vector_indices(arch.behavior_spec)
         norm = (
             {str(i): jnp.asarray(params[f"normalizer/mean/{i}"]) for i in idx},
             {str(i): jnp.asarray(params[f"normalizer/var/{i}"]) for i in idx},
         )
     mask = None if allowed is None else jnp.asarray(allowed == 0)
-    dist = networks.actor_forward(jparams, domain, [jnp.asarray(o) for o in observations], norm, mask)
-    acts = distributions.sample(
-        dist, jax.random.key(0), 32, action.discrete_branches, domain.continuous_distribution, deterministic=True
-    )
+    dist = networks.actor_forward(jparams, arch, [jnp.asarray(o) for o in observations], norm, mask)
+    n = len(observations[0])
+    branches = arch.behavior_spec.action_spec.discrete_branches
+    acts = distributions.sample(dist, jax.random.key(0), n, branches, arch.continuous_distribution, deterministic=True)
+    env = distributions.env_continuous(acts.continuous, arch.continuous_distribution)
+    return np.asarray(env), np.asarray(acts.discrete)
+
+
+def test_deterministic_actions_match_the_jax_actor(behavior):
+    arch, _ = behavior
+    params = jax_initialized_params(arch, seed=5)
+    action = arch.behavior_spec.action_spec
+    allowed = random_masks(action.discrete_branches, 32, seed=13) if action.discrete_branches else None
+    observations, feed = random_inputs(arch, batch=32, seed=14, masks=allowed)
+    continuous, discrete = deterministic_onnx(arch, params, feed)
+    want_continuous, want_discrete = deterministic_jax(arch, params, observations, allowed)
     if action.continuous_size:
-        want = distributions.env_continuous(acts.continuous, domain.continuous_distribution)
-        np.testing.assert_allclose(continuous, np.asarray(want), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(continuous, want_continuous, atol=1e-5, rtol=0)
     if action.discrete_branches:
-        np.testing.assert_array_equal(discrete, np.asarray(acts.discrete))
+        np.testing.assert_array_equal(discrete, want_discrete)
+
+
+@pytest.mark.parametrize(
+    "distribution,to_environment",
+    [
+        ("gaussian", lambda mu: np.clip(mu, -3.0, 3.0) / 3.0),  # PPO, as ML-Agents' models
+        ("tanh_gaussian", np.tanh),  # SAC: the squashed mean, where ML-Agents' models give mu itself
+    ],
+)
+def test_deterministic_action_is_the_mean_as_the_environment_gets_it_in_onnx_numpy_and_jax(distribution, to_environment):
+    """Unity feeds ``deterministic_continuous_actions`` to the agent unchanged: it must be in
+    the same [-1, 1] space as the sampled actions, and the same in all three actors."""
+    arch = make_architecture([(3,)], continuous=4, distribution=distribution, normalize=False, num_layers=0)
+    params = random_params(arch, seed=8)
+    mu = np.array([-4.0, -0.5, 0.8, 2.5], np.float32)  # inside and outside [-1, 1] and [-3, 3]
+    params["policy/mu/kernel"] = np.zeros_like(params["policy/mu/kernel"])
+    params["policy/mu/bias"] = mu
+    observations, feed = random_inputs(arch, batch=3, seed=9)
+    want = np.broadcast_to(to_environment(mu), (3, 4))
+    numpy_out = NumpyPolicy(arch, params).act(observations, None, np.random.default_rng(0), deterministic=True)
+    got = {
+        "onnx": deterministic_onnx(arch, params, feed)[0],
+        "numpy": numpy_out.env_continuous,
+        "jax": deterministic_jax(arch, params, observations, None)[0],
+    }
+    for actor, actions in got.items():
+        np.testing.assert_allclose(actions, want, atol=1e-6, rtol=0, err_msg=actor)
+        assert np.all(np.abs(actions) <= 1.0), actor
 
 
 def test_exported_statistics_match_numpy_policy_sampling():

@@ -160,7 +160,14 @@ def sample(
     continuous_distribution: str = "gaussian",
     deterministic: bool = False,
 ) -> Actions:
-    """Samples (or takes the mode of) actions for n agents."""
+    """Samples actions for n agents, or with ``deterministic`` takes the mean and the argmax.
+
+    The continuous actions returned are raw (before ``env_continuous``): deterministic ones
+    are ``mu`` itself, so the environment gets ``env_continuous(mu)``, i.e. ``tanh(mu)`` for
+    SAC, exactly as the gateway's ``NumpyPolicy`` and the ONNX model's
+    ``deterministic_continuous_actions`` (ML-Agents sends SAC's raw mean instead; see
+    docs/ONNX.md, "SAC's deterministic output").
+    """
     key_c, key_d = jax.random.split(key)
     log_prob = jnp.zeros((n,), jnp.float32)
     if dist.mu is not None:

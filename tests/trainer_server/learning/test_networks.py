@@ -74,6 +74,15 @@ def test_numpy_policy_matches_the_jax_actor(case):
         rtol=1e-5,
         atol=2e-5,
     )
+    # deterministic acting (--inference, --deterministic): the same actions reach the
+    # environment, the mean through the same clip or tanh as a sample
+    branches = spec.action_spec.discrete_branches
+    det = distributions.sample(dist, jax.random.PRNGKey(4), len(obs[0]), branches, dist_kind, deterministic=True)
+    ref_det = policy.act(obs, mask, np.random.default_rng(6), deterministic=True)
+    env = distributions.env_continuous(det.continuous, dist_kind)
+    np.testing.assert_allclose(ref_det.env_continuous, env, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ref_det.discrete, det.discrete)
+    np.testing.assert_allclose(ref_det.log_probs, det.log_probs, rtol=1e-5, atol=2e-5)
 
 
 def test_jax_sampling_never_picks_masked_actions():
