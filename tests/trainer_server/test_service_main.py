@@ -26,11 +26,13 @@ def _trainer(*args: str) -> list[str]:
     return [sys.executable, "-m", "trainer_server.cli", str(CONFIG), *args]
 
 
-def test_an_existing_run_id_is_refused_with_a_clear_message(tmp_path):
+@pytest.mark.parametrize("flags", [(), ("--inference",)], ids=["training", "inference"])
+def test_an_existing_run_id_is_refused_with_a_clear_message(tmp_path, flags):
+    """As mlagents-learn: also --inference needs --resume (act with the run's checkpoint) or --force."""
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "configuration.yaml").write_text("behaviors: {}\n")
     done = subprocess.run(
-        _trainer("--run-id", "taken", "--results-dir", str(tmp_path), "--listen", "127.0.0.1:0"),
+        _trainer("--run-id", "taken", "--results-dir", str(tmp_path), "--listen", "127.0.0.1:0", *flags),
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 1
@@ -147,3 +149,43 @@ def test_sigint_during_training_writes_a_final_checkpoint(tmp_path):
 
     state, meta = load_file(tmp_path / "r2" / "3DBall")
     assert state["step"] == 45 and meta["step"] == 45 and state["update_count"] == 1
+
+
+@pytest.mark.slow
+def test_env_launches_the_local_gateway_without_with_gateway(tmp_path):
+    """``--env BUILD`` runs that build as mlagents-learn --env does (here the stand-in plays the build)."""
+    import unity_standin
+    from benchmarks.ports import free_base_port
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "behaviors:\n  3DBall:\n    trainer_type: ppo\n"
+        "    hyperparameters: {batch_size: 32, buffer_size: 64}\n"
+        "    network_settings: {hidden_units: 16, num_layers: 1}\n"
+        "    max_steps: 200\n    time_horizon: 16\n    summary_freq: 100\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer_server.cli", str(config), "--run-id", "built", "--results-dir", str(tmp_path),
+         "--listen", "127.0.0.1:0", "--env", unity_standin.executable_path(), "--base-port", str(free_base_port()),
+         "--log-json"],
+        cwd=REPO, capture_output=True, text=True, timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "launching a local gateway" in done.stderr
+    status = json.loads((tmp_path / "built" / "run_logs" / "training_status.json").read_text())
+    assert status["3DBall"]["final_checkpoint"]["steps"] >= 200
+
+
+def test_env_editor_and_with_gateway_launch_the_local_gateway(tmp_path):
+    import argparse
+
+    from trainer_server.main import launches_gateway
+    from trainer_server.server_settings import ServerSettings
+
+    def options(env_path):
+        return load_run_options(CONFIG, argparse.Namespace(run_id="x", results_dir=str(tmp_path), env_path=env_path))
+
+    assert launches_gateway(options("editor"), ServerSettings())
+    assert launches_gateway(options("/builds/Game.x86_64"), ServerSettings())
+    assert launches_gateway(options(None), ServerSettings(with_gateway=True))
+    assert not launches_gateway(options(None), ServerSettings())  # waits for gateways to connect
