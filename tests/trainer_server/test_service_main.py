@@ -152,8 +152,10 @@ def test_sigint_during_training_writes_a_final_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_env_launches_the_local_gateway_without_with_gateway(tmp_path):
-    """``--env BUILD`` runs that build as mlagents-learn --env does (here the stand-in plays the build)."""
+@pytest.mark.parametrize("where", ["build", "editor"])
+def test_env_launches_the_local_gateway_without_with_gateway(tmp_path, where):
+    """``--env BUILD`` runs that build as mlagents-learn --env does, and ``--env editor`` waits for the
+    Editor's Play; the stand-in plays the build, or the Editor connecting to the base port."""
     import unity_standin
     from benchmarks.ports import free_base_port
 
@@ -164,15 +166,29 @@ def test_env_launches_the_local_gateway_without_with_gateway(tmp_path):
         "    network_settings: {hidden_units: 16, num_layers: 1}\n"
         "    max_steps: 200\n    time_horizon: 16\n    summary_freq: 100\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "trainer_server.cli", str(config), "--run-id", "built", "--results-dir", str(tmp_path),
-         "--listen", "127.0.0.1:0", "--env", unity_standin.executable_path(), "--base-port", str(free_base_port()),
-         "--log-json"],
-        cwd=REPO, capture_output=True, text=True, timeout=400,
+    port = free_base_port()
+    env = unity_standin.executable_path() if where == "build" else "editor"
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "trainer_server.cli", str(config), "--run-id", "run", "--results-dir", str(tmp_path),
+         "--listen", "127.0.0.1:0", "--env", env, "--base-port", str(port), "--log-json"],
+        cwd=REPO, stderr=subprocess.PIPE, text=True,
     )
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert "launching a local gateway" in done.stderr
-    status = json.loads((tmp_path / "built" / "run_logs" / "training_status.json").read_text())
+    editor = None
+    if where == "editor":  # the user presses Play: the player connects to the waiting gateway
+        editor = subprocess.Popen(
+            [unity_standin.executable_path(), "--mlagents-port", str(port), "--connect-timeout", "300"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    try:
+        _, stderr = trainer.communicate(timeout=400)
+    finally:
+        for process in (trainer, editor):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    assert trainer.returncode == 0, stderr[-4000:]
+    assert "launching a local gateway" in stderr
+    status = json.loads((tmp_path / "run" / "run_logs" / "training_status.json").read_text())
     assert status["3DBall"]["final_checkpoint"]["steps"] >= 200
 
 
