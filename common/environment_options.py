@@ -74,7 +74,8 @@ ENVIRONMENT_FLAGS: tuple[_Flag, ...] = (
     _Flag(
         "--env",
         "env_path",
-        f"Unity build path ('{EDITOR}': the Unity Editor; none: the built-in stand-in)",
+        f"Unity build path, or '{EDITOR}' for the Unity Editor (press Play there); without --env the "
+        "gateway runs the built-in stand-in",
         type=str,
     ),
     _Flag("--num-envs", "num_envs", "Unity instances, one worker process each", 1, int),

@@ -39,10 +39,20 @@ from gateway.options import (
 )
 
 
+#: ``--help``'s description: plain text (the module docstring's reST markup would show literally)
+_DESCRIPTION = (
+    "Run Unity environments behind the tandem.v1.Gateway API. Remote-control mode (default): any gRPC "
+    "client drives the environments with Play. Actor mode (--trainer HOST:PORT): act with the trainer's "
+    "policy snapshots and stream experience to it. Local inference (--policy BEHAVIOR=PATH.onnx): act "
+    "with exported models, deterministically, and log the mean reward per behavior."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tandem-gateway",
-        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,  # a mistyped or removed flag must not silently become another one
+        description=_DESCRIPTION,
         epilog="Options after --env-args are passed to the Unity process unchanged.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

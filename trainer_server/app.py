@@ -15,8 +15,10 @@ experience (updates, snapshots, summaries, checkpoints, restore) is
   snapshot listeners (the service pushes it to every connected gateway), writes
   summaries every ``summary_freq`` steps and checkpoints every ``checkpoint_interval``
   steps, and stops once every behavior reached ``max_steps``;
-* ``--inference``: never updates, snapshots are marked deterministic, experience is
-  acknowledged and dropped, the run lasts until it is stopped.
+* ``--inference``: never updates; experience is acknowledged and only counted (steps,
+  episode statistics, summaries), the run lasts until it is stopped (past ``max_steps``).
+  Snapshots are deterministic only when ``network_settings.deterministic`` (or
+  ``--deterministic``) asks for it, in training and in inference alike, as in ML-Agents.
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ class RunContext:
         run_id: ``--run-id`` (recorded in checkpoint metadata).
         results: the run's results folder.
         timer: the run's hierarchical timer (``timers.json``).
-        inference: ``--inference``: no updates, no checkpoints, deterministic snapshots.
+        inference: ``--inference``: no updates, no checkpoints; steps are counted and
+            summaries written past ``max_steps``, as ML-Agents does ("Not Training.").
         resume: ``--resume``: restore each behavior's latest checkpoint exactly.
         initialize_from: ``--initialize-from``: a previous run-id whose weights start
             each behavior (unless its ``init_path`` is set).
@@ -101,7 +102,9 @@ class BehaviorRun:
         self._extrinsic_strength = extrinsic_strength(settings)
         self.stats = stats_mod.BehaviorStats()
         folder = context.results.behavior_dir(spec.name)
-        self.checkpoints = ckpt.CheckpointManager(folder, self._folder_name, settings.keep_checkpoints)
+        self.checkpoints = ckpt.CheckpointManager(
+            folder, self._folder_name, settings.keep_checkpoints, adopt_existing=context.resume
+        )
         self.last_reward: float | None = None
         restored_from = self._restore()
         resumed = restored_from is not None and context.resume
@@ -109,6 +112,9 @@ class BehaviorRun:
         #: the step of the checkpoint on disk (-1: none written by or resumed into this run)
         self.saved_step = learner.step if resumed else -1
         self.done = not context.inference and learner.step >= settings.max_steps
+        #: ``--inference``: agent steps acted (from the restored checkpoint's step); the
+        #: learner's own step stays where the checkpoint left it
+        self.inference_step = learner.step
         #: the latest snapshot's architecture and parameters, for the checkpoint's ONNX model
         self._architecture: PolicyArchitecture
         self._parameters: dict[str, np.ndarray]
@@ -174,7 +180,9 @@ class BehaviorRun:
             self._architecture,
             self._parameters,
             time_horizon=self.settings.time_horizon,
-            deterministic=self._context.inference,
+            # ML-Agents acts with the mode only when asked (network_settings.deterministic or
+            # --deterministic), in training and in --inference alike; otherwise it samples
+            deterministic=self.settings.network_settings.deterministic,
         )
 
     # ------------------------------------------------------------------ experience (training thread)
@@ -188,9 +196,13 @@ class BehaviorRun:
         """Feeds a chunk's trajectories to the learner, updating whenever it is ready.
 
         Summaries and checkpoints follow the steps; trajectories after ``max_steps`` are
-        dropped. ``gateway_id``/``sequence`` only name the chunk in logs.
+        dropped. ``gateway_id``/``sequence`` only name the chunk in logs. In ``--inference``
+        the trajectories only count (``_observe_inference``).
         """
-        if self._context.inference or self.done:
+        if self._context.inference:
+            self._observe_inference(trajectories)
+            return
+        if self.done:
             return
         timer = self._context.timer
         if trajectories:
@@ -213,15 +225,31 @@ class BehaviorRun:
                     error=str(e),
                 )
                 continue
-            if trajectory.done:
-                self.stats.add(stats_mod.CUMULATIVE_REWARD, trajectory.episode_return, stats_mod.Aggregation.HISTOGRAM)
-                self.stats.add(stats_mod.EPISODE_LENGTH, trajectory.episode_length)
-                self.stats.add(stats_mod.EXTRINSIC_REWARD, trajectory.episode_return * self._extrinsic_strength)
+            self._record_episode(trajectory)
             if self.learner.ready():
                 self._update()
             self._after_steps(before, self.learner.step)
             if self.done:
                 break
+
+    def _observe_inference(self, trajectories: list[Trajectory]) -> None:
+        """``--inference``: steps and episode statistics without learning.
+
+        Why: ML-Agents keeps counting steps and writing summaries ("Not Training.") while it
+        only acts, and runs past ``max_steps`` until stopped; the learner never sees the data.
+        """
+        for trajectory in trajectories:
+            before = self.inference_step
+            self.inference_step += len(trajectory)
+            self._record_episode(trajectory)
+            self._after_steps(before, self.inference_step)
+
+    def _record_episode(self, trajectory: Trajectory) -> None:
+        """The per-episode statistics of a trajectory that ends its episode."""
+        if trajectory.done:
+            self.stats.add(stats_mod.CUMULATIVE_REWARD, trajectory.episode_return, stats_mod.Aggregation.HISTOGRAM)
+            self.stats.add(stats_mod.EPISODE_LENGTH, trajectory.episode_length)
+            self.stats.add(stats_mod.EXTRINSIC_REWARD, trajectory.episode_return * self._extrinsic_strength)
 
     def _update(self) -> None:
         timer = self._context.timer
@@ -251,7 +279,7 @@ class BehaviorRun:
         interval = s.steps_between_checkpoints()
         if after // interval > before // interval:
             self._save(final=False)
-        if after >= s.max_steps:
+        if after >= s.max_steps and not self._context.inference:  # inference runs until stopped
             self.done = True
             self._save(final=True)
             _log.info("behavior reached max_steps", behavior=self.name, step=after, max_steps=s.max_steps)

@@ -219,13 +219,19 @@ class CheckpointManager:
         folder: ``<run>/<Behavior>``.
         file_stem: the behavior's folder-safe name (``3DBall``), used in file names.
         keep: ``keep_checkpoints`` (at least 1).
+        adopt_existing: whether the step files already in ``folder`` belong to this run
+            (``--resume``) and are pruned with its own. A run started over with ``--force``
+            passes False: the previous run's checkpoints stay, as ML-Agents keeps them
+            (it prunes only the checkpoints it recorded).
     """
 
-    def __init__(self, folder: Path, file_stem: str, keep: int) -> None:
+    def __init__(self, folder: Path, file_stem: str, keep: int, adopt_existing: bool = True) -> None:
         self.folder = Path(folder)
         self.file_stem = file_stem
         self.keep = max(int(keep), 1)
         self.folder.mkdir(parents=True, exist_ok=True)
+        #: steps of an earlier run's files, never pruned (unless this run writes the same step)
+        self._foreign: set[int] = set() if adopt_existing else set(self.existing_steps())
         removed = remove_stale_temporaries(self.folder)
         if removed:
             _log.warning("removed temporaries of an interrupted checkpoint write", folder=str(self.folder), count=removed)
@@ -257,7 +263,8 @@ class CheckpointManager:
         path = self.step_path(step)
         atomic_write_bytes(path, data)
         atomic_write_bytes(self.latest_path, data)
-        steps = self.existing_steps()
+        self._foreign.discard(step)
+        steps = [s for s in self.existing_steps() if s not in self._foreign]
         removed = steps[: max(len(steps) - self.keep, 0)]
         for s in removed:
             self.step_path(s).unlink(missing_ok=True)

@@ -5,7 +5,13 @@ same file and the same flags start Tandem's trainer server. Tandem's own flags (
 to listen, TLS, token, launching a local gateway) come on top.
 
 Exit codes: 0 success; 2 bad command line or invalid configuration; 3 a valid
-configuration that uses features Tandem cannot train yet; 1 the trainer failed to start.
+configuration that uses features Tandem cannot train yet; 1 the trainer failed to start
+(or the run-id's results folder does not fit ``--resume``/``--force``/``--inference``).
+
+``--env BUILD`` (or ``--env editor``) launches the local gateway as ``--with-gateway``
+does, since ``mlagents-learn --env`` launches the build itself. Abbreviated flags are
+refused (``allow_abbrev=False``): ``--torch``, a flag ML-Agents removed, must not
+silently become ``--torch-device``.
 
 ``--dry-run`` loads and validates the configuration, prints the resolved settings as
 ML-Agents' ``configuration.yaml`` would hold them (YAML on stdout) and starts nothing.
@@ -38,9 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser. Override flags default to None: only given flags override the YAML."""
     parser = argparse.ArgumentParser(
         prog=_PROG,
+        allow_abbrev=False,
         description=(
-            "Tandem trainer server: trains ML-Agents behaviors (JAX PPO) from the experience "
-            "that gateways stream in. Reads mlagents-learn's trainer YAML and flags."
+            "Tandem trainer server: trains ML-Agents behaviors (PPO and SAC, in JAX) from the "
+            "experience that gateways stream in. Reads mlagents-learn's trainer YAML and flags. "
+            "Without --env or --with-gateway it waits for gateways to connect; --env BUILD "
+            "(a Unity build) or --env editor (the Unity Editor: press Play) launches a local "
+            "gateway for it, as mlagents-learn --env does."
         ),
     )
     parser.add_argument(
@@ -61,17 +71,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume", action="store_true", default=None, help="continue the run RUN_ID from its latest checkpoint"
     )
-    run.add_argument("--force", action="store_true", default=None, help="overwrite the results of an existing RUN_ID")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        default=None,
+        help="start RUN_ID over although it has results: its TensorBoard event files are deleted, its "
+        "checkpoints stay (those of the same steps are overwritten)",
+    )
     run.add_argument(
         "--initialize-from", metavar="RUN_ID", default=None, help="start from the trained model of another run"
     )
-    run.add_argument("--inference", action="store_true", default=None, help="act with the policy without training it")
+    run.add_argument(
+        "--inference",
+        action="store_true",
+        default=None,
+        help="act with the policy without training it (with --resume: the run's latest checkpoint); "
+        "summaries are still written, and it runs until stopped",
+    )
     run.add_argument("--results-dir", default=None, help="base folder of the results (default: results)")
     run.add_argument(
         "--deterministic",
         action="store_true",
         default=None,
-        help="act with the most likely action instead of sampling",
+        help="act with the most likely action instead of sampling, while training and in --inference "
+        "(sets network_settings.deterministic of every behavior)",
     )
     run.add_argument("--debug", action="store_true", default=None, help="debug-level logging")
     run.add_argument(
@@ -82,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _, engine = add_environment_arguments(
-        parser, overrides=True, environment_title="environment (passed to the gateway that --with-gateway launches)"
+        parser,
+        overrides=True,
+        environment_title="environment (passed to the local gateway, which --env or --with-gateway launches)",
     )
     engine.add_argument(
         "--no-graphics-monitor",
@@ -95,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--with-gateway",
         action="store_true",
-        help="also launch a local gateway (on the built-in stand-in unless --env names a Unity build)",
+        help="also launch a local gateway: on the built-in stand-in without --env (--env launches one anyway)",
     )
     server.add_argument(
         "--gateway-arg",

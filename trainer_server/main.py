@@ -4,7 +4,9 @@ optionally a local gateway, and a graceful end.
 Why: ``make run`` must be one command on one machine: the trainer starts its server,
 launches ``tandem-gateway --trainer <its address>`` (the built-in stand-in unless
 ``--env`` names a Unity build), trains until every behavior reaches ``max_steps`` and
-stops everything. SIGINT/SIGTERM (Ctrl-C) end the run the same way: the training
+stops everything. ``--env`` (a build, or ``editor``) launches that gateway without
+``--with-gateway``, as ``mlagents-learn --env`` launches the build: a trainer told which
+environment to use and then waiting for someone else to start it would be a trap. SIGINT/SIGTERM (Ctrl-C) end the run the same way: the training
 thread writes final checkpoints, ``training_status.json`` and ``timers.json``, the
 streams end, the gateway is stopped (terminated, then killed if it lingers).
 """
@@ -57,6 +59,12 @@ def gateway_command(
     if env.env_args:
         cmd += ["--env-args", *env.env_args]
     return cmd
+
+
+def launches_gateway(options: RunOptions, server: ServerSettings) -> bool:
+    """Whether this run launches a local gateway: ``--with-gateway``, or an environment named by
+    ``--env``/``env_settings.env_path`` (which only a gateway can run)."""
+    return server.with_gateway or bool(options.env_settings.env_path)
 
 
 class _Stopper:
@@ -138,7 +146,7 @@ def run(options: RunOptions, server: ServerSettings) -> int:
                 address=running.address,
                 inference=cs.inference,
             )
-            if server.with_gateway:
+            if launches_gateway(options, server):
                 address = running.address if not server.tls_cert else f"localhost:{running.port}"
                 cmd = gateway_command(options, address, server.gateway_args, tls_ca=server.tls_cert)
                 env = dict(os.environ)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import enum
 import json
 import re
-import shutil
 import threading
 from dataclasses import asdict, is_dataclass
 from importlib import metadata as importlib_metadata
@@ -48,7 +47,8 @@ _log = get_logger("trainer_server.results")
 
 
 class RunDirectoryError(RuntimeError):
-    """The run-id's folder does not fit the flags (exists without --resume/--force, or missing with --resume)."""
+    """The run-id's folder does not fit the flags (exists without --resume/--force, also in
+    --inference; or missing with --resume)."""
 
 
 def _version(package: str) -> str:
@@ -78,6 +78,14 @@ def versions_metadata() -> dict[str, str]:
     }
     mlagents = {key: own[source] for key, source in _MLAGENTS_KEYS.items()}
     return {"stats_format_version": STATS_FORMAT_VERSION, **mlagents, **own}
+
+
+def _delete_event_files(run_dir: Path) -> None:
+    """``--force``: removes the TensorBoard event files in the run's folders, nothing else."""
+    for path in sorted(run_dir.glob("*/events.out*")):
+        if path.is_file():
+            _log.warning("--force: deleting TensorBoard data left over from a previous run", path=str(path))
+            path.unlink()
 
 
 def behavior_folder_name(behavior: str) -> str:
@@ -131,11 +139,13 @@ class RunResults:
     def prepare(
         cls, results_dir: Path | str, run_id: str, *, resume: bool, force: bool, inference: bool = False
     ) -> RunResults:
-        """Checks the run-id against the flags and creates the folders.
+        """Checks the run-id against the flags and creates the folders, as ``mlagents-learn`` does.
 
-        An existing run-id needs ``--resume`` (continue) or ``--force`` (delete and start
-        over); ``--resume`` needs an existing run-id. ``--inference`` alone may use an
-        existing run-id (nothing is overwritten: it does not train).
+        An existing run-id needs ``--resume`` (continue, or in ``--inference`` act with its
+        latest checkpoint) or ``--force`` (start over); ``--resume`` needs an existing
+        run-id. ``--force`` deletes only the TensorBoard event files of the behaviors'
+        folders: earlier checkpoints stay, so a run forced over by mistake loses no model
+        (ML-Agents' TensorBoard writer clears its event files the same way).
 
         Raises:
             RunDirectoryError: with the message to show the user.
@@ -148,14 +158,13 @@ class RunResults:
                 "out --resume."
             )
         if exists and not resume:
-            if force:
-                _log.warning("--force: deleting the previous run's results", run_dir=str(run_dir))
-                shutil.rmtree(run_dir)
-            elif not inference:
+            if not force:
+                use = "add --resume to act with its latest checkpoint" if inference else "add --resume to continue it"
                 raise RunDirectoryError(
-                    f"Run {run_id!r} already has results in {run_dir}/. Choose another --run-id, add "
-                    "--resume to continue it, or add --force to overwrite it."
+                    f"Run {run_id!r} already has results in {run_dir}/. Choose another --run-id, {use}, "
+                    "or add --force to start it over (its TensorBoard event files are deleted)."
                 )
+            _delete_event_files(run_dir)
         results = cls(run_dir)
         results.run_logs.mkdir(parents=True, exist_ok=True)
         if resume:

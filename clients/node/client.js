@@ -8,7 +8,7 @@
 //
 // Usage:
 //   node client.js [--address 127.0.0.1:5756] [--episodes 3] [--max-steps 5000]
-//                  [--token TOKEN | $TANDEM_TOKEN] [--tls-ca ca.pem] [--seed 0]
+//                  [--token TOKEN | $TANDEM_TOKEN] [--tls-ca ca.pem] [--seed 0] [--help]
 // Prints one JSON line: the Describe summary and the episodes' returns and lengths.
 
 'use strict';
@@ -257,7 +257,24 @@ function summarize(described) {
   };
 }
 
+const USAGE = `Usage: node client.js [options]
+
+Plays random episodes on a Tandem gateway in remote-control mode (tandem.v1.Gateway)
+and prints one JSON line: the Describe summary and the episodes' returns and lengths.
+
+Options:
+  --address HOST:PORT  the gateway (default: 127.0.0.1:5756)
+  --episodes N         agent episodes to finish (default: 3)
+  --max-steps N        give up after this many steps (default: 5000)
+  --token TOKEN        bearer token (default: $TANDEM_TOKEN)
+  --tls-ca FILE        PEM certificate of the gateway's TLS (default: plaintext)
+  --seed N             seed of the random actions (default: 0)
+  -h, --help           print this help and exit
+`;
+
+// Returns the options, or { help: true } when --help or -h is given.
 function parseArgs(argv) {
+  if (argv.includes('--help') || argv.includes('-h')) return { help: true };
   const args = { address: '127.0.0.1:5756', episodes: 3, maxSteps: 5000, token: process.env.TANDEM_TOKEN || null, tlsCa: null, seed: 0 };
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i];
@@ -283,8 +300,12 @@ async function main(argv) {
   try {
     args = parseArgs(argv);
   } catch (err) {
-    process.stderr.write(`tandem-gateway-client: ${err.message}\n`);
+    process.stderr.write(`tandem-gateway-client: ${err.message} (--help lists the options)\n`);
     return 2;
+  }
+  if (args.help) {
+    process.stdout.write(USAGE);
+    return 0;
   }
   const client = new GatewayClient({
     address: args.address,

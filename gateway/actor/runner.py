@@ -13,9 +13,8 @@ action in a chunk) is logged with the periodic progress line.
 
 Local inference (``--policy BEHAVIOR=PATH.onnx``) runs the same way with
 ``gateway.actor.local_models.LocalModels`` as the source of snapshots instead of the
-trainer link: deterministic snapshots from the model files, nothing streamed. Whenever behaviors act
-deterministically (local models, or a trainer's ``--inference``), the workers report
-finished episodes and environment stats, and an "inference summary" line per behavior
+trainer link: deterministic snapshots from the model files, nothing streamed. There the
+workers report finished episodes and environment stats, and an "inference summary" line per behavior
 (episodes, mean and std of the reward, mean episode length, stats) is logged every
 summary interval, like ML-Agents' console during inference.
 """
@@ -248,6 +247,7 @@ class ActorRunner:
             return ActorWorkerConfig(
                 snapshot_wait_s=self.options.inference.unknown_behavior_wait_s,
                 seed=self._base_seed + 7919 * index,
+                stream=False,
             )
         a = self.options.actor
         return ActorWorkerConfig(
@@ -379,7 +379,7 @@ class ActorRunner:
 
     def _on_experience(self, w: WorkerHandle, experience: Experience) -> None:
         self._sequence += 1
-        if self.link is not None:  # local inference streams nothing (its snapshots are deterministic)
+        if self.link is not None:  # local inference (--policy) streams nothing
             message = wire.chunk_message(self._sequence, experience.behavior, wire.experience_body(experience))
             self.link.send_chunk(self._sequence, message)
         for episode_return, length in experience.episodes():
@@ -398,7 +398,7 @@ class ActorRunner:
         return self.link is None or self.link.buffer.has_room()
 
     def _on_inference(self, episodes: dict[str, list[tuple[float, int]]], stats: list) -> None:
-        """Episodes of deterministically acting behaviors and stats nobody streams, from a worker."""
+        """Episodes of behaviors acting without a trainer (--policy) and their stats, from a worker."""
         with self._lock:
             for behavior, finished in episodes.items():
                 window = self.inference_window.setdefault(behavior, EpisodeSummary())
@@ -414,7 +414,7 @@ class ActorRunner:
                 self.stat_totals[stat.key] = self.stat_totals.get(stat.key, 0.0) + stat.value
 
     def _log_inference_summary(self) -> None:
-        """One line per deterministically acting behavior, like ML-Agents' inference console."""
+        """One line per behavior acting without a trainer (--policy), like ML-Agents' inference console."""
         with self._lock:
             deterministic = sorted(self.inference_window)
             windows = {b: self.inference_window.pop(b) for b in deterministic}

@@ -16,9 +16,12 @@ Backpressure: at most ``max_outstanding`` experience messages may wait for the
 parent's credit; beyond that the worker stops stepping (Unity pauses) rather than
 dropping data. Behaviors with no snapshot yet: the worker waits up to
 ``snapshot_wait_s`` for one; after that their agents act uniformly at random and
-their experience is not streamed. ``deterministic`` snapshots (trainer
-``--inference``, or ``--policy`` models) act with the mode and stream nothing; their
-episodes are tallied for the parent's reward summary.
+their experience is not streamed. ``deterministic`` snapshots act with the mode instead
+of sampling (``network_settings.deterministic``, ``--deterministic``, ``--policy``
+models). Whether experience is streamed is the mode's, not the snapshot's: with a
+trainer it always is (in its ``--inference`` the trainer counts steps and writes
+summaries, as ML-Agents does); ``--policy`` (``stream=False``) streams nothing and
+tallies episodes for the parent's reward summary.
 
 Snapshots carry either ``parameters`` or only ``onnx_model`` (``gateway.actor.policy``).
 A snapshot's ``time_horizon`` 0 means "not set": ML-Agents' default, 64, applies.
@@ -64,6 +67,8 @@ class ActorWorkerConfig:
         snapshot_wait_s: wait this long for a behavior's first snapshot before acting randomly.
         max_outstanding: experience messages that may await the parent's credit.
         seed: seed of the worker's random generator (actions are sampled from it).
+        stream: build and send trajectories (a trainer takes them); False for ``--policy``,
+            which only tallies episodes.
     """
 
     chunk_steps: int = 512
@@ -71,6 +76,7 @@ class ActorWorkerConfig:
     snapshot_wait_s: float = 60.0
     max_outstanding: int = 2
     seed: int = 0
+    stream: bool = True
 
 
 @dataclass
@@ -156,8 +162,8 @@ class InstanceActor:
         previous = self.policies.get(behavior)
         self.policies[behavior] = _Policy(policy, int(version), bool(snapshot.deterministic), horizon)
         self.random_behaviors.discard(behavior)
-        if snapshot.deterministic:
-            self.builders.pop(behavior, None)  # nothing is streamed in inference
+        if not self.config.stream:
+            self.builders.pop(behavior, None)  # nothing is streamed without a trainer
             self.tallies.setdefault(behavior, EpisodeTally())
         elif behavior in self.builders:
             self.builders[behavior].set_time_horizon(horizon)
@@ -233,7 +239,7 @@ class InstanceActor:
         """
         self._catch_up()
         for behavior, entry, dec, out in acted:
-            if entry.deterministic:
+            if not self.config.stream:
                 tally = self.tallies.get(behavior)
                 if tally is not None:
                     tally.acted(dec)
@@ -277,7 +283,7 @@ class InstanceActor:
         self.stats.extend(self.instance.drain_stats())
 
     def _report_inference(self) -> None:
-        """Finished episodes of deterministic behaviors; the stats too when no trajectory carries them."""
+        """Finished episodes of behaviors acting without a trainer; the stats too when no trajectory carries them."""
         if not self.tallies:
             return
         episodes = {behavior: tally.take() for behavior, tally in self.tallies.items()}

@@ -28,7 +28,7 @@ Actor mode (worker -> parent):
     UnityStarted(pid)      the Unity process after a restart
     Failed(message)        Unity crashed or hung; the worker waits for Restart or GiveUp
     Progress(env_steps, agent_steps)   totals, every quarter second
-    InferenceReport(episodes, stats)   with Progress while behaviors act deterministically
+    InferenceReport(episodes, stats)   with Progress while behaviors act without a trainer (--policy)
 
 ``Pipe`` carries a message across a pipe as a plain tuple (its type's index and its
 fields): unpickling a tuple skips the class lookup that an instance
@@ -268,7 +268,7 @@ class Progress:
 
 @dataclass(frozen=True, slots=True)
 class InferenceReport:
-    """Deterministically acting behaviors: ``{behavior: [(return, length)]}`` of the episodes
+    """Behaviors acting without a trainer (``--policy``): ``{behavior: [(return, length)]}`` of the episodes
     they finished, and the stats when no trajectory carries them."""
 
     episodes: dict[str, list[tuple[float, int]]]

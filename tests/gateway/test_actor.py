@@ -138,15 +138,20 @@ def test_full_buffer_pauses_stepping_instead_of_dropping():
 
 
 @pytest.mark.slow
-def test_deterministic_snapshots_act_without_streaming():
+def test_deterministic_trainer_snapshots_act_with_the_mode_and_still_stream():
+    """network_settings.deterministic: ML-Agents acts with the mode while it trains (and counts steps in
+    --inference), so the trainer still receives the experience."""
     state = TrainerState(deterministic=True)
     trainer = FakeTrainerServer(state)
     try:
-        with running_gateway(environment_options(), actor=actor_options(trainer.address)) as gw:
-            assert wait_until(lambda: gw.actor.env_steps.get(0, (0, 0))[0] > 100, 60), "it acts"
-            assert gw.actor.progress.chunks == 0 and not state.chunks
+        with running_gateway(environment_options(), actor=actor_options(trainer.address, chunk_steps=64)):
+            assert state.wait_for(lambda s: len(s.chunks) >= 2, 60), "experience is streamed"
     finally:
         trainer.stop()
+    trajectories = [t for _, ts in decoded(state) for t in ts]
+    log_probs = np.concatenate([t.log_probs for t in trajectories])
+    # the mode of a Gaussian: no noise, so every step has the same log-probability (a sample would not)
+    assert np.allclose(log_probs, log_probs[0], atol=1e-5)
 
 
 @pytest.mark.slow

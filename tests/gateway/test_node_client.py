@@ -52,3 +52,14 @@ def test_node_cli_sends_the_token_and_a_wrong_one_is_refused():
         bad = subprocess.run([*cmd, "--token", "nope"], cwd=NODE_CLIENT, capture_output=True, text=True, timeout=60)
         assert bad.returncode == 1
         assert "gRPC 16" in bad.stderr  # UNAUTHENTICATED
+
+
+def test_node_cli_help_prints_usage_and_exits_0():
+    """The README tells users to run ``node clients/node/client.js --help``."""
+    node = _node()
+    for flag in ("--help", "-h"):
+        done = subprocess.run([node, "client.js", flag], cwd=NODE_CLIENT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("Usage: node client.js") and "--address HOST:PORT" in done.stdout
+    bad = subprocess.run([node, "client.js", "--bogus", "1"], cwd=NODE_CLIENT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--help lists the options" in bad.stderr

@@ -9,6 +9,7 @@ import pytest
 
 from test_service_support import BALL, LearnerRegistry, make_options, make_trajectory, prepare_results, train_app
 from trainer_server.app import TrainingApp, UnsupportedBehaviorError
+from trainer_server.stats import read_scalars
 
 
 def test_training_stops_at_max_steps_with_a_final_checkpoint(tmp_path):
@@ -20,18 +21,47 @@ def test_training_stops_at_max_steps_with_a_final_checkpoint(tmp_path):
     assert status["3DBall"]["final_checkpoint"]["steps"] == 50
 
 
-def test_inference_never_updates_and_marks_snapshots_deterministic(tmp_path):
-    options = make_options(tmp_path, inference=True, buffer_size=5)
+def _wait_for(condition, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_inference_counts_steps_and_writes_summaries_past_max_steps_without_training(tmp_path):
+    """As mlagents-learn --inference: summaries ("Not Training.") go on past max_steps; nothing is learned or saved."""
+    options = make_options(tmp_path, inference=True, buffer_size=5, max_steps=30, summary_freq=20)
     registry = LearnerRegistry()
     app = TrainingApp(options, prepare_results(options), learner_factory=registry)
-    assert app.register_behavior(BALL).deterministic
+    app.register_behavior(BALL)
     app.start()
-    app.submit("gw", 1, BALL.name, [make_trajectory(BALL, 10)], [])
-    time.sleep(0.3)
-    app.stop()
-    app.join(10)
+    try:
+        for seq in range(1, 7):
+            trajectory = make_trajectory(BALL, 10, done=True, episode_return=float(seq))
+            app.submit("gw", seq, BALL.name, [trajectory], [])
+        folder = tmp_path / "test-run" / "3DBall"
+        assert _wait_for(lambda: len(read_scalars(folder).get("Is Training", [])) >= 3), read_scalars(folder)
+        assert not app.finished.is_set(), "inference runs until stopped, past max_steps"
+    finally:
+        app.stop()
+        app.join(10)
+    scalars = read_scalars(folder)
+    assert [step for step, _ in scalars["Is Training"]] == [20, 40, 60]
+    assert all(value == 0.0 for _, value in scalars["Is Training"])
+    assert [step for step, _ in scalars["Environment/Cumulative Reward"]] == [20, 40, 60]
+    assert scalars["Environment/Cumulative Reward"][-1][1] == 5.5  # the episodes of chunks 5 and 6
     assert registry.learners[BALL.name].updates == 0 and registry.learners[BALL.name].step == 0
-    assert not list((tmp_path / "test-run" / "3DBall").glob("*.npz"))
+    assert not list(folder.glob("*.npz")) and not app.completed
+
+
+@pytest.mark.parametrize(("inference", "deterministic"), [(True, None), (True, True), (None, True), (None, None)])
+def test_snapshots_are_deterministic_only_when_asked_in_training_and_inference(tmp_path, inference, deterministic):
+    """ML-Agents samples unless --deterministic (network_settings.deterministic), in --inference too."""
+    options = make_options(tmp_path, inference=inference, deterministic=deterministic)
+    app = TrainingApp(options, prepare_results(options), learner_factory=LearnerRegistry())
+    assert app.register_behavior(BALL).deterministic is bool(deterministic)
 
 
 @pytest.mark.parametrize(

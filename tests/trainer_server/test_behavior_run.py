@@ -136,6 +136,19 @@ def test_resume_restores_the_saved_state_exactly(tmp_path):
     assert [c["steps"] for c in status["3DBall"]["checkpoints"]] == [70, 80]
 
 
+def test_a_run_forced_over_an_earlier_one_prunes_only_its_own_checkpoints(tmp_path):
+    """ML-Agents' --force keeps the earlier run's checkpoints: keep_checkpoints counts this run's only."""
+    train_app(make_options(tmp_path, max_steps=200, checkpoint_interval=50, keep_checkpoints=2), 10, 20)
+    folder = tmp_path / "test-run" / "3DBall"
+    assert sorted(p.name for p in folder.glob("3DBall-*.npz")) == ["3DBall-150.npz", "3DBall-200.npz"]
+    forced = make_options(tmp_path, force=True, max_steps=100, checkpoint_interval=50, keep_checkpoints=2)
+    _, results, _ = train_app(forced, 10, 10)
+    names = sorted(p.name for p in folder.glob("3DBall-*.npz"))
+    assert names == ["3DBall-100.npz", "3DBall-150.npz", "3DBall-200.npz", "3DBall-50.npz"]
+    status = json.loads(results.training_status_path.read_text())
+    assert [c["steps"] for c in status["3DBall"]["checkpoints"]] == [50, 100]  # this run's, as ML-Agents lists them
+
+
 def test_initialize_from_loads_weights_and_starts_at_step_zero(tmp_path):
     options = make_options(tmp_path, run_id="base", max_steps=10_000, buffer_size=20)
     _, _, registry = train_app(options, steps_per_chunk=10, chunks=4)

@@ -173,3 +173,21 @@ def test_environment_parameters_are_accepted_with_a_warning_on_stderr() -> None:
     resolved = yaml.safe_load(result.stdout)
     assert resolved["environment_parameters"]["mass"]["curriculum"][0]["value"]["sampler_type"] == "uniform"
     assert "environment_parameters are parsed but not sent to the environment yet" in result.stderr
+
+
+def test_abbreviated_flags_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--torch`` (a flag ML-Agents removed) must not be taken as ``--torch-device``."""
+    assert cli.main(["--dry-run", "--torch"]) == cli.EXIT_CONFIG_ERROR
+    assert "unrecognized arguments: --torch" in capsys.readouterr().err
+    assert cli.main(["--dry-run", "--torch-dev", "cpu"]) == cli.EXIT_CONFIG_ERROR
+    assert "unrecognized arguments: --torch-dev" in capsys.readouterr().err
+
+
+@needs_script
+def test_help_names_both_algorithms_and_what_env_launches() -> None:
+    result = run("--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    assert "PPO and SAC" in text
+    assert "--env editor (the Unity Editor: press Play) launches a local gateway" in text
+    assert "``" not in text

@@ -26,11 +26,13 @@ def _trainer(*args: str) -> list[str]:
     return [sys.executable, "-m", "trainer_server.cli", str(CONFIG), *args]
 
 
-def test_an_existing_run_id_is_refused_with_a_clear_message(tmp_path):
+@pytest.mark.parametrize("flags", [(), ("--inference",)], ids=["training", "inference"])
+def test_an_existing_run_id_is_refused_with_a_clear_message(tmp_path, flags):
+    """As mlagents-learn: also --inference needs --resume (act with the run's checkpoint) or --force."""
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "configuration.yaml").write_text("behaviors: {}\n")
     done = subprocess.run(
-        _trainer("--run-id", "taken", "--results-dir", str(tmp_path), "--listen", "127.0.0.1:0"),
+        _trainer("--run-id", "taken", "--results-dir", str(tmp_path), "--listen", "127.0.0.1:0", *flags),
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 1
@@ -171,3 +173,59 @@ def test_the_local_gateways_players_log_to_the_runs_run_logs(tmp_path):
             process.kill()
             process.wait()
     assert "player starting" in log.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["build", "editor"])
+def test_env_launches_the_local_gateway_without_with_gateway(tmp_path, where):
+    """``--env BUILD`` runs that build as mlagents-learn --env does, and ``--env editor`` waits for the
+    Editor's Play; the stand-in plays the build, or the Editor connecting to the base port."""
+    import unity_standin
+    from benchmarks.ports import free_base_port
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "behaviors:\n  3DBall:\n    trainer_type: ppo\n"
+        "    hyperparameters: {batch_size: 32, buffer_size: 64}\n"
+        "    network_settings: {hidden_units: 16, num_layers: 1}\n"
+        "    max_steps: 200\n    time_horizon: 16\n    summary_freq: 100\n"
+    )
+    port = free_base_port()
+    env = unity_standin.executable_path() if where == "build" else "editor"
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "trainer_server.cli", str(config), "--run-id", "run", "--results-dir", str(tmp_path),
+         "--listen", "127.0.0.1:0", "--env", env, "--base-port", str(port), "--log-json"],
+        cwd=REPO, stderr=subprocess.PIPE, text=True,
+    )
+    editor = None
+    if where == "editor":  # the user presses Play: the player connects to the waiting gateway
+        editor = subprocess.Popen(
+            [unity_standin.executable_path(), "--mlagents-port", str(port), "--connect-timeout", "300"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    try:
+        _, stderr = trainer.communicate(timeout=400)
+    finally:
+        for process in (trainer, editor):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    assert trainer.returncode == 0, stderr[-4000:]
+    assert "launching a local gateway" in stderr
+    status = json.loads((tmp_path / "run" / "run_logs" / "training_status.json").read_text())
+    assert status["3DBall"]["final_checkpoint"]["steps"] >= 200
+
+
+def test_env_editor_and_with_gateway_launch_the_local_gateway(tmp_path):
+    import argparse
+
+    from trainer_server.main import launches_gateway
+    from trainer_server.server_settings import ServerSettings
+
+    def options(env_path):
+        return load_run_options(CONFIG, argparse.Namespace(run_id="x", results_dir=str(tmp_path), env_path=env_path))
+
+    assert launches_gateway(options("editor"), ServerSettings())
+    assert launches_gateway(options("/builds/Game.x86_64"), ServerSettings())
+    assert launches_gateway(options(None), ServerSettings(with_gateway=True))
+    assert not launches_gateway(options(None), ServerSettings())  # waits for gateways to connect

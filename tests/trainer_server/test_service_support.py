@@ -65,6 +65,7 @@ def make_options(
     buffer_size: int = 20,
     init_path: str | None = None,
     even_checkpoints: bool = False,
+    deterministic: bool | None = None,
 ):
     """Real ``RunOptions`` from an ML-Agents YAML (``default_settings``) and mlagents-learn flags."""
     import argparse
@@ -88,7 +89,7 @@ def make_options(
     config.write_text(yaml.safe_dump({"default_settings": section}))
     args = argparse.Namespace(
         run_id=run_id, results_dir=str(results_dir), resume=resume, force=force, inference=inference,
-        initialize_from=initialize_from, seed=7,
+        initialize_from=initialize_from, seed=7, deterministic=deterministic,
     )
     return load_run_options(config, args)
 

@@ -1,0 +1,32 @@
+"""``tandem-gateway``'s command line as users read it: --help in plain text, no abbreviations."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_help_is_plain_text() -> None:
+    """Help strings are shown as they are: reST markup such as double backticks would show literally."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps lines
+    assert "``" not in text
+    assert "tandem.v1.Gateway API" in text and "(--policy BEHAVIOR=PATH.onnx)" in text
+
+
+def test_abbreviated_flags_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--num-env", "2"])  # not --num-envs
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --num-env" in capsys.readouterr().err
