@@ -112,13 +112,14 @@ class _PrintedByItsOwnHandler(logging.Filter):
     Why: ``mlagents_envs.logging_util.get_logger`` gives every mlagents logger its own
     stdout handler in ML-Agents' ``[INFO] message`` format, and leaves ``propagate`` on: with
     a root handler too, each line came out twice. The human console keeps mlagents' line.
+    A library's ``NullHandler`` prints nothing: its records still reach the root handler.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         logger: logging.Logger | None = logging.getLogger(record.name)
         root = logging.getLogger()
         while logger is not None and logger is not root:
-            if logger.handlers:
+            if any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
                 return False
             if not logger.propagate:
                 break

@@ -23,6 +23,7 @@ _SCRIPT = textwrap.dedent(
     from mlagents_envs.logging_util import get_logger as mlagents_logger
     mlagents_logger("mlagents_envs.environment").info("Connected to Unity environment")
     logging.getLogger("jax._src.xla_bridge").info("Unable to initialize backend 'tpu': not found")
+    logging.getLogger("some").addHandler(logging.NullHandler())  # as libraries do
     logging.getLogger("some.library").warning("a library warning")
     get_logger("trainer_server.main").info("trainer ready", run_id="r1", results="my results")
     console("3DBall. Step: 10. Time Elapsed: 1.000 s. Mean Reward: 1.000. Std of Reward: 0.000. Training.",
