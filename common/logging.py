@@ -174,6 +174,11 @@ def configure_logging(json: bool | None = None, level: str | None = None) -> Non
     root.setLevel(numeric)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(numeric if debug else max(numeric, logging.WARNING))
+    if not debug:
+        # gRPC C-core's own INFO lines (e.g. "Got goaway ... Cancelling all calls", which a Unity
+        # player's channel prints when mlagents stops its server at close) are not for users;
+        # read when gRPC starts, and inherited by the processes started from here
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     _configured, _json, _level = True, bool(json), numeric
 
 

@@ -112,6 +112,7 @@ class BehaviorRun:
         self.saved_step = learner.step if resumed else -1
         self.done = not context.inference and learner.step >= settings.max_steps
         self._progress = _FirstSummaryProgress(spec.name, learner.step, settings.summary_freq)
+        self._final_model: Path | None = None  # the model "Copied" was printed for
         #: the latest snapshot's architecture and parameters, for the checkpoint's ONNX model
         self._architecture: PolicyArchitecture
         self._parameters: dict[str, np.ndarray]
@@ -306,8 +307,10 @@ class BehaviorRun:
         _log.info("checkpoint saved", behavior=self.name, step=step, path=str(saved.file_path), final=final)
 
     def _log_final_model(self, model: Path) -> None:
-        """ML-Agents' line for the final model, copied next to the run (written at every checkpoint here)."""
-        stats_mod.log_copied(model, self._context.results.run_dir / f"{self._folder_name}.onnx")
+        """ML-Agents' line for the final model, copied next to the run (written at every checkpoint here), once."""
+        if model != self._final_model:
+            self._final_model = model
+            stats_mod.log_copied(model, self._context.results.run_dir / f"{self._folder_name}.onnx")
 
     def _export_onnx(self, path: Path, removed_steps: list[int]) -> Path | None:
         """Writes the latest snapshot as ``<Behavior>-<step>.onnx`` and ``<run>/<Behavior>.onnx``.

@@ -8,10 +8,13 @@ JAX's platform probe, then reads what came out of its stdout and stderr.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from benchmarks.ports import free_base_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,3 +81,32 @@ def test_json_lines_on_stderr_and_console_lines_still_on_stdout():
     assert by_event["Connected to Unity environment"]["component"] == "mlagents_envs.environment"
     assert not any("Unable to initialize backend" in e["event"] for e in events)
     assert stdout[-1].startswith("[INFO] 3DBall. Step: 10. ")
+
+
+_OPEN_AND_CLOSE = textwrap.dedent(
+    """
+    import sys
+    import unity_standin
+    from mlagents_envs.environment import UnityEnvironment
+    for i in range(6):
+        env = UnityEnvironment(
+            file_name=str(unity_standin.executable_path()), worker_id=i, base_port=int(sys.argv[1]), timeout_wait=60
+        )
+        env.reset()
+        env.step()
+        env.close()
+    """
+)
+
+
+def test_unity_player_close_prints_no_grpc_goaway():
+    """mlagents stops its server without grace at close; the player's channel used to log
+    ``chttp2_transport.cc ... Got goaway [2] ... Cancelling all calls`` most times."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GRPC_VERBOSITY", "TANDEM_LOG_LEVEL")}
+    done = subprocess.run(
+        [sys.executable, "-c", _OPEN_AND_CLOSE, str(free_base_port(6))],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Got goaway" not in done.stderr and "chttp2_transport" not in done.stderr, done.stderr
+    assert done.stderr.count("trainer closed the connection") == 6, done.stderr
