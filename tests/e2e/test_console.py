@@ -82,7 +82,9 @@ def test_trainer_with_gateway_prints_mlagents_console_on_stdout_and_no_noise(tmp
         assert not any(noise in line for line in stderr), f"{noise!r} in stderr:\n{done.stderr}"
     assert sum("engine configuration" in line for line in stderr) <= 1, report  # was one per setting
     assert not any(SUMMARY.search(line) for line in stderr), report
-    # progress before the first summary: steps collected, the first update's compilation and its time
+    # progress before the first summary: the learner's creation, steps collected, the first update's
+    # compilation and its time
+    assert any(line.startswith("[INFO] creating the learner behavior=3DBall") for line in stderr), report
     assert any(line.startswith("[INFO] collecting experience behavior=3DBall") for line in stderr), report
     assert any(line.startswith("[INFO] first update: compiling") for line in stderr), report
     assert any(re.match(r"\[INFO\] first update done behavior=3DBall\S* seconds=\d", line) for line in stderr), report
