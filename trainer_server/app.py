@@ -261,6 +261,8 @@ class TrainingApp:
     def _create_behavior(self, spec: BehaviorSpec) -> BehaviorRun:
         settings = self.options.behavior_settings(spec.brain_name)
         seed = (self._seed + zlib.crc32(spec.name.encode())) % (2**31)
+        # the first learner of a run starts JAX and compiles its networks: seconds of silence otherwise
+        _log.info("creating the learner", behavior=spec.name, trainer_type=settings.trainer_type)
         try:
             learner = self._factory(spec, settings, seed)
         except (ValueError, NotImplementedError) as e:  # the registry's errors name the behavior already

@@ -14,6 +14,8 @@ gRPC handler threads may read the latest one at any time.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -115,6 +117,8 @@ class BehaviorRun:
         #: ``--inference``: agent steps acted (from the restored checkpoint's step); the
         #: learner's own step stays where the checkpoint left it
         self.inference_step = learner.step
+        self._progress = _FirstSummaryProgress(spec.name, learner.step, settings.summary_freq)
+        self._final_model: Path | None = None  # the model "Copied" was printed for
         #: the latest snapshot's architecture and parameters, for the checkpoint's ONNX model
         self._architecture: PolicyArchitecture
         self._parameters: dict[str, np.ndarray]
@@ -124,6 +128,7 @@ class BehaviorRun:
                 "--inference without --resume, --initialize-from or init_path: acting with an untrained policy",
                 behavior=spec.name,
             )
+        stats_mod.log_hyperparameters(self._folder_name, to_plain(settings))
         self.tensorboard = stats_mod.TensorBoardWriter(folder)
         self.tensorboard.write_text("Hyperparameters", _settings_markdown(settings), learner.step)
         _log.info(
@@ -229,6 +234,7 @@ class BehaviorRun:
             if self.learner.ready():
                 self._update()
             self._after_steps(before, self.learner.step)
+            self._progress.steps(self.learner.step)
             if self.done:
                 break
 
@@ -253,7 +259,7 @@ class BehaviorRun:
 
     def _update(self) -> None:
         timer = self._context.timer
-        with timer.block("update_policy"):
+        with timer.block("update_policy"), self._progress.update():
             metrics = self.learner.update()
         for tag, value in metrics.items():
             if tag != stats_mod.EXTRINSIC_REWARD:  # recorded per episode, as ML-Agents does
@@ -311,6 +317,7 @@ class BehaviorRun:
         if step == self.saved_step:  # already on disk: at most mark it final
             if final:
                 context.results.mark_final(self.name, step)
+                self._log_final_model(self.checkpoints.step_path(step).with_suffix(".onnx"))
             return
         with context.timer.block("save_checkpoint"):
             reward = self.stats.peek_mean(stats_mod.CUMULATIVE_REWARD)
@@ -326,11 +333,19 @@ class BehaviorRun:
             with context.timer.block("save_extra"):
                 self.learner.save_extra(saved.file_path.parent)
             model = self._export_onnx(saved.file_path.with_suffix(".onnx"), removed)
+            if final and model is not None:
+                self._log_final_model(model)
             context.results.record_checkpoint(self.name, saved, reward, removed, final=final, model_path=model)
             context.results.set_behavior_value(self.name, "policy_version", self.version)
             context.results.write_timers(context.timer)
             self.saved_step = step
         _log.info("checkpoint saved", behavior=self.name, step=step, path=str(saved.file_path), final=final)
+
+    def _log_final_model(self, model: Path) -> None:
+        """ML-Agents' line for the final model, copied next to the run (written at every checkpoint here), once."""
+        if model != self._final_model:
+            self._final_model = model
+            stats_mod.log_copied(model, self._context.results.final_model_path(self.name))
 
     def _export_onnx(self, path: Path, removed_steps: list[int]) -> Path | None:
         """Writes the latest snapshot as ``<Behavior>-<step>.onnx`` and ``<run>/<Behavior>.onnx``.
@@ -345,6 +360,7 @@ class BehaviorRun:
         try:
             model = export_policy_bytes(self._architecture, self._parameters)  # built once, written twice
             ckpt.atomic_write_bytes(path, model)
+            stats_mod.log_exported(path)
             ckpt.atomic_write_bytes(self._context.results.final_model_path(self.name), model)
             return path
         except Exception as e:
@@ -362,3 +378,40 @@ def _settings_markdown(settings: TrainerSettings) -> str:
     """The behavior's settings as the TensorBoard "Hyperparameters" text (indented YAML)."""
     body = yaml.safe_dump(to_plain(settings), sort_keys=False)
     return "\n".join(f"    {line}" for line in body.splitlines())
+
+
+class _FirstSummaryProgress:
+    """A few progress lines for the wait before a behavior's first summary.
+
+    Why: before the first ``summary_freq`` steps the console was silent for 10-35 s while
+    experience came in and JAX compiled the first update. This logs the steps collected at
+    each quarter of the way to the first summary, and the first update's start and
+    duration (compilation included); nothing after the first summary.
+    """
+
+    def __init__(self, behavior: str, start_step: int, summary_freq: int) -> None:
+        self._behavior = behavior
+        self._first_summary = (start_step // summary_freq + 1) * summary_freq
+        self._quarter = max(1, summary_freq // 4)
+        self._next = (start_step // self._quarter + 1) * self._quarter
+        self._updated = False
+
+    def steps(self, step: int) -> None:
+        """Logs the steps collected when ``step`` passed another quarter before the first summary."""
+        if step < self._next or self._next >= self._first_summary:
+            return
+        self._next = (step // self._quarter + 1) * self._quarter
+        if step < self._first_summary:
+            _log.info("collecting experience", behavior=self._behavior, step=step, first_summary=self._first_summary)
+
+    @contextmanager
+    def update(self) -> Iterator[None]:
+        """Wraps an update: the first one is logged before (it compiles) and after (how long it took)."""
+        if self._updated:
+            yield
+            return
+        _log.info("first update: compiling the learner (once per run)", behavior=self._behavior)
+        started = time.monotonic()
+        yield
+        self._updated = True
+        _log.info("first update done", behavior=self._behavior, seconds=round(time.monotonic() - started, 1))

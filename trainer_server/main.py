@@ -152,6 +152,8 @@ def run(options: RunOptions, server: ServerSettings) -> int:
                 env = dict(os.environ)
                 if server.token:  # not on the command line, where other users could read it
                     env["TANDEM_TRAINER_TOKEN"] = server.token
+                if server.log_json:  # its logs join the trainer's stderr: one format
+                    env["TANDEM_LOG_JSON"] = "1"
                 _log.info("launching a local gateway", command=" ".join(cmd))
                 gateway = subprocess.Popen(cmd, env=env)
             while not app.wait(0.5):

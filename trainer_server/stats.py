@@ -21,10 +21,11 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from common.logging import get_logger
+from common.logging import console
 from trainer_server.timers import HierarchicalTimer
 
 CUMULATIVE_REWARD = "Environment/Cumulative Reward"
@@ -37,6 +38,10 @@ STEP = "Step"
 TENSORBOARD_HIDDEN = frozenset({IS_TRAINING, STEP})
 #: suffix of the histogram written beside a HISTOGRAM tag's scalar (ML-Agents' ``add_histogram`` tag)
 HISTOGRAM_SUFFIX = "_hist"
+GROUP_CUMULATIVE_REWARD = "Environment/Group Cumulative Reward"
+
+#: the component of the console lines' JSON events (``--log-json``)
+_CONSOLE = "trainer_server.summary"
 
 
 class Aggregation(enum.Enum):
@@ -210,14 +215,21 @@ class TensorBoardWriter:
 def console_summary(
     behavior: str, step: int, elapsed: float, summaries: dict[str, StatSummary], training: bool
 ) -> tuple[str, dict[str, float | int | None]]:
-    """The ML-Agents-style console line and its fields for structured logs."""
+    """The ML-Agents console line (``mlagents.trainers.stats.ConsoleWriter``) and its fields.
+
+    ``3DBall. Step: 12000. Time Elapsed: 35.250 s. Mean Reward: 2.000. Std of Reward: 0.816.
+    Training.``: three decimals, as ML-Agents prints them; a group reward (POCA) takes the
+    place of the standard deviation, as there.
+    """
     reward = summaries.get(CUMULATIVE_REWARD)
     state = "Training." if training else "Not Training."
     head = f"{behavior}. Step: {step}. Time Elapsed: {elapsed:0.3f} s."
     if reward is None:
         line = f"{head} No episode was completed since last summary. {state}"
         return line, {"step": step, "elapsed_s": round(elapsed, 3), "mean_reward": None, "std_reward": None}
-    line = f"{head} Mean Reward: {reward.mean:0.3f}. Std of Reward: {reward.std:0.3f}. {state}"
+    group = summaries.get(GROUP_CUMULATIVE_REWARD)
+    spread = f"Mean Group Reward: {group.mean:0.3f}" if group is not None else f"Std of Reward: {reward.std:0.3f}"
+    line = f"{head} Mean Reward: {reward.mean:0.3f}. {spread}. {state}"
     return line, {
         "step": step,
         "elapsed_s": round(elapsed, 3),
@@ -228,9 +240,44 @@ def console_summary(
 
 
 def log_summary(behavior: str, step: int, elapsed: float, summaries: dict[str, StatSummary], training: bool) -> None:
-    """Logs the summary line at INFO (``[info] 3DBall. Step: 12000. Time Elapsed: ...``)."""
+    """Prints the summary line (``[INFO] 3DBall. Step: 12000. Time Elapsed: ...``) on stdout."""
     line, fields = console_summary(behavior, step, elapsed, summaries, training)
-    get_logger("trainer_server.summary").info(line, behavior=behavior, **fields)
+    console(line, component=_CONSOLE, behavior=behavior, **fields)
+
+
+def hyperparameters_text(behavior: str, settings: dict[str, Any]) -> str:
+    """ML-Agents' start-up dump of a behavior's settings (``ConsoleWriter.add_property``).
+
+    ``Hyperparameters for behavior name 3DBall: `` then one ``<tab>key:<tab>value`` line per
+    setting, nested settings indented two spaces per level, values as Python prints them.
+    """
+
+    def lines(values: dict[str, Any], depth: int) -> list[str]:
+        out = []
+        for key, value in values.items():
+            if isinstance(value, dict):
+                out.append(f"\t{'  ' * depth}{key}:\t")
+                out += lines(value, depth + 1)
+            else:
+                out.append(f"\t{'  ' * depth}{key}:\t{value}")
+        return out
+
+    return "\n".join([f"Hyperparameters for behavior name {behavior}: ", *lines(settings, 0)])
+
+
+def log_hyperparameters(behavior: str, settings: dict[str, Any]) -> None:
+    """Prints the hyperparameter dump when a behavior's trainer is created, as ML-Agents does."""
+    console(hyperparameters_text(behavior, settings), component=_CONSOLE, behavior=behavior)
+
+
+def log_exported(path: Path) -> None:
+    """Prints ``Exported <path>.onnx`` when a model is written, as ML-Agents' model serializer does."""
+    console(f"Exported {path}", component=_CONSOLE, path=str(path))
+
+
+def log_copied(source: Path, destination: Path) -> None:
+    """Prints ``Copied <step model> to <run>/<Behavior>.onnx.``, ML-Agents' line for the final model."""
+    console(f"Copied {source} to {destination}.", component=_CONSOLE, source=str(source), destination=str(destination))
 
 
 # --------------------------------------------------------------------------- reading event files

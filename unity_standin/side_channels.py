@@ -132,8 +132,6 @@ class EngineConfiguration:
             self.capture_frame_rate = reader.int32()
         else:
             _log.warning("unknown engine configuration type ignored", type=kind)
-            return
-        _log.info("engine configuration", **self.__dict__)
 
 
 @dataclass
@@ -228,6 +226,9 @@ class SideChannels:
                 self._dispatch(channel_id, payload)
             except (struct.error, UnicodeDecodeError, SideChannelError) as err:
                 _log.warning("malformed side-channel message ignored", channel=str(channel_id), error=str(err))
+        if any(channel_id == ENGINE_CONFIGURATION for channel_id, _ in messages):
+            # once per input: mlagents sends one message per setting (five for one configuration)
+            _log.info("engine configuration", **self.engine.__dict__)
 
     def _dispatch(self, channel_id: uuid.UUID, payload: bytes) -> None:
         if channel_id == ENGINE_CONFIGURATION:

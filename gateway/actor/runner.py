@@ -301,7 +301,7 @@ class ActorRunner:
                     behavior=header.behavior, version=header.version, previous=current[0],
                 )
             self._latest[header.behavior] = (header.version, raw)
-        self.log.info(
+        self.log.debug(  # one per update: the trainer's summaries are the progress a user reads
             "snapshot received",
             behavior=header.behavior,
             version=header.version,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from trainer_server import stats as stats_mod
@@ -16,6 +18,51 @@ def test_console_summary_line():
     assert fields["mean_reward"] == 2.0 and fields["episodes"] == 3
     line, _ = stats_mod.console_summary("3DBall", 24000, 70.0, {}, False)
     assert line.endswith("No episode was completed since last summary. Not Training.")
+
+
+def test_console_summary_shows_group_reward_instead_of_std():
+    summaries = stats_mod.BehaviorStats()
+    summaries.add(stats_mod.CUMULATIVE_REWARD, 1.0)
+    summaries.add(stats_mod.GROUP_CUMULATIVE_REWARD, 0.5)
+    line, _ = stats_mod.console_summary("Soccer", 500, 2.0, summaries.summarize(), True)
+    assert line == "Soccer. Step: 500. Time Elapsed: 2.000 s. Mean Reward: 1.000. Mean Group Reward: 0.500. Training."
+
+
+def test_console_lines_go_to_stdout_as_mlagents_prints_them(capsys):
+    summaries = stats_mod.BehaviorStats()
+    summaries.add(stats_mod.CUMULATIVE_REWARD, 1.25)
+    stats_mod.log_summary("3DBall", 12000, 10.1, summaries.summarize(), True)
+    stats_mod.log_exported(Path("results/r/3DBall/3DBall-12000.onnx"))
+    stats_mod.log_copied(Path("results/r/3DBall/3DBall-12000.onnx"), Path("results/r/3DBall.onnx"))
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        "[INFO] 3DBall. Step: 12000. Time Elapsed: 10.100 s. Mean Reward: 1.250. Std of Reward: 0.000. Training.",
+        "[INFO] Exported results/r/3DBall/3DBall-12000.onnx",
+        "[INFO] Copied results/r/3DBall/3DBall-12000.onnx to results/r/3DBall.onnx.",
+    ]
+    assert "3DBall" not in err  # not a second time among the logs
+
+
+def test_hyperparameters_dump_in_mlagents_layout():
+    settings = {
+        "trainer_type": "ppo",
+        "hyperparameters": {"batch_size": 64, "learning_rate": 0.0003, "shared_critic": False},
+        "network_settings": {"memory": None, "nested": {"depth": 2}},
+        "max_steps": 500000,
+    }
+    assert stats_mod.hyperparameters_text("3DBall", settings).split("\n") == [
+        "Hyperparameters for behavior name 3DBall: ",
+        "\ttrainer_type:\tppo",
+        "\thyperparameters:\t",
+        "\t  batch_size:\t64",
+        "\t  learning_rate:\t0.0003",
+        "\t  shared_critic:\tFalse",
+        "\tnetwork_settings:\t",
+        "\t  memory:\tNone",
+        "\t  nested:\t",
+        "\t    depth:\t2",
+        "\tmax_steps:\t500000",
+    ]
 
 
 def test_stat_aggregations():
