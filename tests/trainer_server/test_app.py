@@ -42,14 +42,18 @@ def test_inference_counts_steps_and_writes_summaries_past_max_steps_without_trai
             trajectory = make_trajectory(BALL, 10, done=True, episode_return=float(seq))
             app.submit("gw", seq, BALL.name, [trajectory], [])
         folder = tmp_path / "test-run" / "3DBall"
-        assert _wait_for(lambda: len(read_scalars(folder).get("Is Training", [])) >= 3), read_scalars(folder)
+        assert _wait_for(lambda: len(read_scalars(folder).get("Environment/Cumulative Reward", [])) >= 3), (
+            read_scalars(folder)
+        )
         assert not app.finished.is_set(), "inference runs until stopped, past max_steps"
     finally:
         app.stop()
         app.join(10)
     scalars = read_scalars(folder)
-    assert [step for step, _ in scalars["Is Training"]] == [20, 40, 60]
-    assert all(value == 0.0 for _, value in scalars["Is Training"])
+    assert "Is Training" not in scalars  # hidden from TensorBoard, as ML-Agents hides it
+    gauges = json.loads((tmp_path / "test-run" / "run_logs" / "timers.json").read_text())["gauges"]
+    training = gauges["3DBall.IsTraining.mean"]
+    assert training["value"] == 0.0 and training["max"] == 0.0 and training["count"] == 3  # "Not Training."
     assert [step for step, _ in scalars["Environment/Cumulative Reward"]] == [20, 40, 60]
     assert scalars["Environment/Cumulative Reward"][-1][1] == 5.5  # the episodes of chunks 5 and 6
     assert registry.learners[BALL.name].updates == 0 and registry.learners[BALL.name].step == 0
