@@ -197,8 +197,10 @@ class TensorBoardWriter:
         for tag, s in shown.items():
             finite = np.asarray(s.values)[np.isfinite(s.values)]
             if s.aggregation is Aggregation.HISTOGRAM and finite.size:
-                histogram = tb_summary.histogram(tag, finite, _TENSORFLOW_BINS)
-                histogram.value[0].tag = tag + HISTOGRAM_SUFFIX  # as given: tensorboardX would rewrite the space
+                # built under a placeholder name, then tagged as given: tensorboardX would rewrite the
+                # space in the tag and log that it did, at every summary
+                histogram = tb_summary.histogram("histogram", finite, _TENSORFLOW_BINS)
+                histogram.value[0].tag = tag + HISTOGRAM_SUFFIX
                 self._writer.add_summary(histogram, step)
         self._writer.flush()
 

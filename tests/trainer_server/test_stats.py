@@ -110,7 +110,7 @@ def test_gauges_carry_mlagents_names_with_mean_and_sum():
     assert not any("ValueLoss" in name for name in gauges)  # NaN is not a gauge value, as in ML-Agents
 
 
-def test_tensorboard_gets_a_histogram_beside_a_histogram_tag_and_not_the_hidden_tags(tmp_path):
+def test_tensorboard_gets_a_histogram_beside_a_histogram_tag_and_not_the_hidden_tags(tmp_path, caplog):
     s = stats_mod.BehaviorStats()
     for r in (1.0, 2.0, 6.0):
         s.add(stats_mod.CUMULATIVE_REWARD, r, stats_mod.Aggregation.HISTOGRAM)
@@ -121,3 +121,4 @@ def test_tensorboard_gets_a_histogram_beside_a_histogram_tag_and_not_the_hidden_
     writer.close()
     assert stats_mod.read_scalars(tmp_path) == {stats_mod.CUMULATIVE_REWARD: [(1200, 3.0)]}
     assert stats_mod.read_histograms(tmp_path) == {"Environment/Cumulative Reward_hist": [(1200, 3, 9.0)]}
+    assert not [r for r in caplog.records if "is illegal" in r.getMessage()]  # no log line per summary
