@@ -147,8 +147,11 @@ def run_direct(agents: int, instances: int, seconds: float) -> DirectResult:
 # ----------------------------------------------------------------------------------------- remote control
 
 
-def start_gateway_process(agents: int, instances: int, extra: list[str] | None = None) -> tuple[subprocess.Popen, int]:
-    exe = Path(sys.executable).with_name("tandem-gateway")
+def start_gateway_process(
+    agents: int, instances: int, extra: list[str] | None = None, exe: Path | None = None
+) -> tuple[subprocess.Popen, int]:
+    """Starts ``tandem-gateway`` (this environment's, or ``exe``) on the stand-in; returns it and its port."""
+    exe = exe or Path(sys.executable).with_name("tandem-gateway")
     cmd = [
         str(exe), "--listen", "127.0.0.1:0", "--log-json", "--num-envs", str(instances),
         "--base-port", str(free_base_port(instances)), "--no-graphics", *(extra or []),
@@ -265,12 +268,26 @@ def echo_round_trip(request_bytes: int, response_bytes: int, seconds: float, hol
         proc.wait()
 
 
+def random_step_actions(steps, specs, rng: np.random.Generator) -> tuple[list, int]:
+    """Random ``BehaviorActions`` for every agent awaiting a decision in ``steps`` (a
+    ``tandem.v1.Steps``), and how many agents that is."""
+    from gateway.remote.client import decode_steps, random_actions
+    from tandem.v1 import gateway_pb2
+
+    out, n = [], 0
+    for view in decode_steps(steps, specs):
+        if len(view.decisions):
+            out.append(random_actions(view, specs[view.behavior], rng, gateway_pb2.BehaviorActions()))
+            n += len(view.decisions)
+    return out, n
+
+
 def run_remote(agents: int, instances: int, seconds: float, step_s: float) -> RemoteResult:
     """Agent-steps/s of the Python client driving a gateway process; plus loopback round trips.
 
     ``step_s`` (the direct loop's step time) is the idle gap of the second echo baseline.
     """
-    from gateway.remote.client import GatewayClient, decode_steps, random_actions
+    from gateway.remote.client import GatewayClient
     from tandem.v1 import gateway_pb2
 
     proc, port = start_gateway_process(agents, instances)
@@ -281,12 +298,7 @@ def run_remote(agents: int, instances: int, seconds: float, step_s: float) -> Re
         rng = np.random.default_rng(0)
 
         def actions_for(steps) -> tuple[list, int]:
-            out, n = [], 0
-            for view in decode_steps(steps, specs):
-                if len(view.decisions):
-                    out.append(random_actions(view, specs[view.behavior], rng, gateway_pb2.BehaviorActions()))
-                    n += len(view.decisions)
-            return out, n
+            return random_step_actions(steps, specs, rng)
 
         steps = session.reset()
         deadline = time.perf_counter() + 1.0
