@@ -8,7 +8,7 @@ r_t received after it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -55,6 +55,25 @@ class Trajectory:
 
     def __len__(self) -> int:
         return int(self.rewards.shape[0])
+
+    def tail(self, start: int) -> Trajectory:
+        """Steps ``start..T-1`` as a fragment of their own (same end, same next observations).
+
+        Why: the trainer drops the steps an outdated policy acted and trains on the rest; a
+        fragment's advantages depend only on its own steps and its bootstrap.
+        """
+        if start == 0:
+            return self
+        return replace(
+            self,
+            observations=[o[start:] for o in self.observations],
+            continuous_actions=self.continuous_actions[start:],
+            discrete_actions=self.discrete_actions[start:],
+            log_probs=self.log_probs[start:],
+            rewards=self.rewards[start:],
+            action_masks=self.action_masks[start:],
+            policy_versions=self.policy_versions[start:],
+        )
 
 
 def to_proto(traj: Trajectory, out: trainer_pb2.Trajectory | None = None) -> trainer_pb2.Trajectory:

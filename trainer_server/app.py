@@ -9,7 +9,13 @@ experience (updates, snapshots, summaries, checkpoints, restore) is
 * gRPC handlers call ``register_behavior`` (a behavior seen for the first time gets its
   learner then, restored from ``--resume``/``--initialize-from``/``init_path``) and
   ``submit`` (a chunk already decoded and validated as a whole; it blocks while the
-  queue is full, so a gateway is not acked before its chunk is queued: backpressure);
+  queue is full: backpressure);
+* a chunk is acknowledged once the training thread has taken it into the learner (the
+  processed listeners, ``add_processed_listener``): an ack means that every checkpoint
+  written from then on includes it, so a stop never loses acknowledged experience, and a
+  chunk still queued when the trainer stops is resent to the next run by its gateway;
+* ``collection`` (``trainer_server.collection.CollectionControl``) grants gateways the
+  agent steps they may collect, from what is received, taken in and updated;
 * the training thread feeds trajectories to the behavior's learner, runs ``update()``
   when ``ready()``, bumps the snapshot version and hands the new snapshot to the
   snapshot listeners (the service pushes it to every connected gateway), writes
@@ -31,11 +37,14 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from common.logging import get_logger
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from trainer_server import stats as stats_mod
 from trainer_server.behavior_run import BehaviorRun, RunContext, SnapshotListener
+from trainer_server.collection import CollectionControl, Collector
 from trainer_server.learning.learner import Learner
 from trainer_server.learning.registry import make_learner
 from trainer_server.results import RunResults
@@ -86,7 +95,12 @@ class _Chunk:
     behavior: str
     trajectories: list[Trajectory]
     stats: list[tuple[str, float, stats_mod.Aggregation]]
+    collector: Collector | None
+    steps: int
 
+
+#: ``listener(gateway_id, sequence)``: the chunk is in the learner's state (training thread)
+ProcessedListener = Callable[[str, int], None]
 
 class TrainingApp:
     """The trainer's intake, its registry of behaviors and its training thread.
@@ -120,6 +134,8 @@ class TrainingApp:
         self.inference: bool = cs.inference
         seed = options.env_settings.seed
         self._seed = seed if seed >= 0 else random.SystemRandom().randrange(2**31)
+        #: flow control: the agent steps each gateway may collect per behavior
+        self.collection = CollectionControl()
         self._context = RunContext(
             run_id=cs.run_id,
             results=results,
@@ -128,11 +144,15 @@ class TrainingApp:
             resume=cs.resume,
             initialize_from=cs.initialize_from,
             started=time.monotonic(),
+            collection=self.collection,
         )
         self._lock = threading.Lock()
         self._behaviors: dict[str, BehaviorRun] = {}
         self._gateway_locks: dict[str, threading.Lock] = {}
+        #: per gateway_id: the last chunk queued, and the last one taken into a learner
         self._last_sequence: dict[str, int] = {}
+        self._last_processed: dict[str, int] = {}
+        self._processed_listeners: list[ProcessedListener] = []
         self._queue: queue.Queue[_Chunk] = queue.Queue(maxsize=queue_size)
         self._listeners: list[SnapshotListener] = []
         self._stop = threading.Event()
@@ -148,7 +168,19 @@ class TrainingApp:
         with self._lock:
             self._listeners.append(listener)
 
+    def add_processed_listener(self, listener: ProcessedListener) -> None:
+        """``listener(gateway_id, sequence)`` is called on the training thread once a chunk is
+        in the learner's state (or dropped as stale): the moment it may be acknowledged."""
+        with self._lock:
+            self._processed_listeners.append(listener)
+
     def last_accepted_sequence(self, gateway_id: str) -> int:
+        """The last chunk of ``gateway_id`` taken into a learner (what ``Welcome`` reports)."""
+        with self._lock:
+            return self._last_processed.get(gateway_id, 0)
+
+    def last_queued_sequence(self, gateway_id: str) -> int:
+        """The last chunk of ``gateway_id`` queued (a resend up to it is a duplicate)."""
         with self._lock:
             return self._last_sequence.get(gateway_id, 0)
 
@@ -197,12 +229,18 @@ class TrainingApp:
         trajectories: list[Trajectory],
         stats: list[tuple[str, float, str]],
         timeout: float | None = None,
+        collector: Collector | None = None,
+        returned_steps: int = 0,
     ) -> bool:
         """Queues a validated chunk for the training thread; blocks while the queue is full.
 
+        Args:
+            collector: the connection it came through, for flow control (None: not counted).
+            returned_steps: credit the gateway gives back with it (``ExperienceChunk.returned_steps``).
+
         Returns:
-            False when ``sequence`` was already accepted from this gateway (a resend after a
-            reconnect: acknowledged again, not counted twice), True when queued.
+            False when ``sequence`` was already queued from this gateway (a resend after a
+            reconnect: acknowledged when taken in, not counted twice), True when queued.
 
         Raises:
             ExperienceError: the behavior is unknown, or a stat's aggregation is unknown.
@@ -222,7 +260,15 @@ class TrainingApp:
             with self._lock:
                 if sequence <= self._last_sequence.get(gateway_id, 0):
                     return False
-            item = _Chunk(gateway_id, sequence, behavior, trajectories, parsed)
+            steps = sum(len(t) for t in trajectories)
+            item = _Chunk(gateway_id, sequence, behavior, trajectories, parsed, collector, steps)
+            by_version: dict[int, int] = {}
+            for t in trajectories:
+                versions, counts = np.unique(t.policy_versions, return_counts=True)
+                for v, n in zip(versions.tolist(), counts.tolist()):
+                    by_version[v] = by_version.get(v, 0) + n
+            # before the put: the training thread may take the chunk in at once
+            self.collection.received(collector, behavior, by_version, returned_steps)
             deadline = None if timeout is None else time.monotonic() + timeout
             with self.timer.block("wait_for_queue"):
                 while True:
@@ -312,6 +358,12 @@ class TrainingApp:
             behavior = self._behaviors[chunk.behavior]
         behavior.add_stats(chunk.stats)
         behavior.consume(chunk.trajectories, chunk.gateway_id, chunk.sequence)
+        self.collection.taken_in(chunk.collector, chunk.behavior, chunk.steps, behavior.learner.step)
+        with self._lock:
+            self._last_processed[chunk.gateway_id] = max(self._last_processed.get(chunk.gateway_id, 0), chunk.sequence)
+            listeners = list(self._processed_listeners)
+        for listener in listeners:
+            listener(chunk.gateway_id, chunk.sequence)
 
     def _finish(self) -> None:
         """Final checkpoints, TensorBoard flush, training_status.json and timers.json."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +29,7 @@ from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from trainer_server import checkpoints as ckpt
 from trainer_server import stats as stats_mod
+from trainer_server.collection import CollectionControl, coupling_for
 from trainer_server.learning.learner import Learner
 from trainer_server.onnx_export import export_policy_bytes
 from trainer_server.results import RunResults, behavior_folder_name, to_plain
@@ -57,6 +58,8 @@ class RunContext:
         initialize_from: ``--initialize-from``: a previous run-id whose weights start
             each behavior (unless its ``init_path`` is set).
         started: ``time.monotonic()`` at the run's start (the console's elapsed time).
+        collection: the run's flow control (grants to gateways); each behavior registers
+            its coupling there and reports its updates and its end.
     """
 
     run_id: str
@@ -66,6 +69,7 @@ class RunContext:
     resume: bool
     initialize_from: str | None
     started: float
+    collection: CollectionControl = field(default_factory=CollectionControl)
 
 
 def extrinsic_strength(settings: TrainerSettings) -> float:
@@ -118,6 +122,10 @@ class BehaviorRun:
         #: learner's own step stays where the checkpoint left it
         self.inference_step = learner.step
         self._progress = _FirstSummaryProgress(spec.name, learner.step, settings.summary_freq)
+        #: how gateways' collection follows this learner, and which experience is still trained
+        self.coupling = coupling_for(settings, learner.on_policy)
+        #: the policy versions that acted the last step of the episodes since the last summary
+        self._episode_versions: tuple[int, int] | None = None
         self._final_model: Path | None = None  # the model "Copied" was printed for
         #: the latest snapshot's architecture and parameters, for the checkpoint's ONNX model
         self._architecture: PolicyArchitecture
@@ -128,6 +136,10 @@ class BehaviorRun:
                 "--inference without --resume, --initialize-from or init_path: acting with an untrained policy",
                 behavior=spec.name,
             )
+        context.collection.add_behavior(
+            spec.name, self.coupling, self.version, learner.step, finished=self.done,
+            held=learner.buffered_steps if self.coupling.per_version else 0,
+        )
         stats_mod.log_hyperparameters(self._folder_name, to_plain(settings))
         self.tensorboard = stats_mod.TensorBoardWriter(folder)
         self.tensorboard.write_text("Hyperparameters", _settings_markdown(settings), learner.step)
@@ -200,9 +212,13 @@ class BehaviorRun:
     def consume(self, trajectories: list[Trajectory], gateway_id: str, sequence: int) -> None:
         """Feeds a chunk's trajectories to the learner, updating whenever it is ready.
 
-        Summaries and checkpoints follow the steps; trajectories after ``max_steps`` are
-        dropped. ``gateway_id``/``sequence`` only name the chunk in logs. In ``--inference``
-        the trajectories only count (``_observe_inference``).
+        Steps acted by a policy the coupling no longer trains on (``self.coupling``: an
+        older version on-policy, more than ``max_policy_lag`` versions in ``async``) are
+        dropped and counted (``Policy/Stale Steps Dropped``); so are, on-policy, the steps
+        still buffered after an update. ``Policy/Lag`` is the mean age, in versions, of the
+        steps trained. Summaries and checkpoints follow the steps; trajectories after
+        ``max_steps`` are dropped. ``gateway_id``/``sequence`` only name the chunk in logs.
+        In ``--inference`` the trajectories only count (``_observe_inference``).
         """
         if self._context.inference:
             self._observe_inference(trajectories)
@@ -210,13 +226,14 @@ class BehaviorRun:
         if self.done:
             return
         timer = self._context.timer
-        if trajectories:
-            versions = np.concatenate([t.policy_versions for t in trajectories])
-            if versions.size:
-                lag = float(np.mean(self.version - versions))
-                self.stats.add(stats_mod.POLICY_LAG, lag)
-                _log.debug("policy lag", behavior=self.name, gateway_id=gateway_id, mean_lag=lag)
+        dropped = 0
         for trajectory in trajectories:
+            start = self.coupling.first_fresh(trajectory.policy_versions, self.version)
+            dropped += start
+            if start >= len(trajectory):
+                continue
+            trajectory = trajectory.tail(start)
+            self.stats.add(stats_mod.POLICY_LAG, float(np.mean(self.version - trajectory.policy_versions)))
             before = self.learner.step
             try:
                 with timer.block("process_trajectory"):
@@ -233,10 +250,15 @@ class BehaviorRun:
             self._record_episode(trajectory)
             if self.learner.ready():
                 self._update()
+                if self.coupling.per_version:
+                    dropped += self.learner.discard_buffered()
             self._after_steps(before, self.learner.step)
             self._progress.steps(self.learner.step)
             if self.done:
                 break
+        if dropped:
+            self.stats.add(stats_mod.STALE_STEPS_DROPPED, float(dropped), stats_mod.Aggregation.SUM)
+            _log.debug("stale steps dropped", behavior=self.name, gateway_id=gateway_id, sequence=sequence, steps=dropped)
 
     def _observe_inference(self, trajectories: list[Trajectory]) -> None:
         """``--inference``: steps and episode statistics without learning.
@@ -253,6 +275,9 @@ class BehaviorRun:
     def _record_episode(self, trajectory: Trajectory) -> None:
         """The per-episode statistics of a trajectory that ends its episode."""
         if trajectory.done:
+            last = int(trajectory.policy_versions[-1]) if len(trajectory) else self.version
+            low, high = self._episode_versions or (last, last)
+            self._episode_versions = (min(low, last), max(high, last))
             self.stats.add(stats_mod.CUMULATIVE_REWARD, trajectory.episode_return, stats_mod.Aggregation.HISTOGRAM)
             self.stats.add(stats_mod.EPISODE_LENGTH, trajectory.episode_length)
             self.stats.add(stats_mod.EXTRINSIC_REWARD, trajectory.episode_return * self._extrinsic_strength)
@@ -269,6 +294,7 @@ class BehaviorRun:
             self.snapshot = self._build_snapshot()
         with timer.block("push_snapshot"):
             self._publish(self.snapshot)
+            self._context.collection.updated(self.name, self.version, self.learner.step)
 
     def _after_steps(self, before: int, after: int) -> None:
         """Summaries and checkpoints due now that the learner went from ``before`` to ``after`` steps.
@@ -287,6 +313,7 @@ class BehaviorRun:
             self._save(final=False)
         if after >= s.max_steps and not self._context.inference:  # inference runs until stopped
             self.done = True
+            self._context.collection.finished(self.name)
             self._save(final=True)
             _log.info("behavior reached max_steps", behavior=self.name, step=after, max_steps=s.max_steps)
 
@@ -302,8 +329,10 @@ class BehaviorRun:
                 self.last_reward = reward.mean
             stats_mod.write_gauges(context.timer, self._folder_name, summaries)
             self.tensorboard.write(step, summaries)
+            versions, self._episode_versions = self._episode_versions, None
             stats_mod.log_summary(
-                self._folder_name, step, time.monotonic() - context.started, summaries, not context.inference
+                self._folder_name, step, time.monotonic() - context.started, summaries, not context.inference,
+                versions,
             )
 
     # ------------------------------------------------------------------ persistence

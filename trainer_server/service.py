@@ -13,10 +13,13 @@ in and receive policy snapshots. This module only translates between messages an
   announce, or a spec that differs from the one another gateway registered under the
   same name, is FAILED_PRECONDITION. The stream ends with that status; nothing of the
   bad chunk reaches a learner, so other gateways' experience is unaffected;
-* every accepted (or duplicate) chunk is acked once it is queued; every new snapshot
-  is pushed to every connected gateway that announced its behavior (only the newest
-  one per behavior is kept for a slow gateway);
-* when training completes the streams end with OK.
+* every chunk is acked once the training thread has taken it into the learner (a resend
+  of a chunk already taken in is acked at once); every new snapshot is pushed to every
+  connected gateway that announced its behavior (only the newest one per behavior is kept
+  for a slow gateway);
+* flow control: each connection is a ``trainer_server.collection.Collector``; the grants
+  the app's ``CollectionControl`` makes are sent after the snapshots queued before them;
+* when training completes every stream gets ``TrainingFinished``, then ends with OK.
 
 The server around it (TLS, bearer token, health, reflection, limits) is
 ``trainer_server.server.start_server``.
@@ -35,6 +38,7 @@ from common import trajectory as trajectory_mod
 from common.logging import get_logger
 from common.tensor import TensorError
 from trainer_server.app import ExperienceError, TrainerStoppingError, TrainingApp
+from trainer_server.collection import Grant
 from tandem.v1 import trainer_pb2, trainer_pb2_grpc
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
@@ -53,13 +57,15 @@ class _Connection:
     """One gateway's stream: what to send it next, filled from the reader thread and the
     training thread, drained by the response generator."""
 
-    def __init__(self, gateway_id: str, peer: str) -> None:
+    def __init__(self, gateway_id: str, peer: str, weight: int = 1) -> None:
         self.gateway_id = gateway_id
         self.peer = peer
+        self.weight = max(1, weight)
         self.announced: set[str] = set()
         self._cond = threading.Condition()
         self._acks: list[int] = []
         self._snapshots: OrderedDict[str, trainer_pb2.PolicySnapshot] = OrderedDict()
+        self._grants: list[trainer_pb2.CollectionGrant] = []
         self.error: _StreamError | None = None
         self.reader_done = False
         self.closed = False
@@ -77,6 +83,18 @@ class _Connection:
             if current is None or current.version <= snapshot.version:
                 self._snapshots[snapshot.behavior] = snapshot
                 self._snapshots.move_to_end(snapshot.behavior)
+            self._cond.notify_all()
+
+    def send_grant(self, grant: Grant) -> None:
+        """``Collector.send_grant``: sent after the snapshots queued before it."""
+        message = trainer_pb2.CollectionGrant(
+            behavior=grant.behavior,
+            policy_version=grant.policy_version,
+            agent_steps=grant.agent_steps,
+            finished=grant.finished,
+        )
+        with self._cond:
+            self._grants.append(message)
             self._cond.notify_all()
 
     def push_ack(self, sequence: int) -> None:
@@ -101,13 +119,16 @@ class _Connection:
             self._cond.notify_all()
 
     def next_messages(self, timeout: float) -> list[trainer_pb2.TrainerMessage]:
-        """Waits up to ``timeout`` for messages to send: snapshots first, then acks."""
+        """Waits up to ``timeout`` for messages to send: snapshots first, then grants (a grant
+        for a version must not arrive before that version's snapshot), then acks."""
         with self._cond:
-            if not (self._acks or self._snapshots or self.error or self.reader_done or self.closed):
+            if not (self._acks or self._snapshots or self._grants or self.error or self.reader_done or self.closed):
                 self._cond.wait(timeout)
             out = [trainer_pb2.TrainerMessage(snapshot=s) for s in self._snapshots.values()]
+            out += [trainer_pb2.TrainerMessage(grant=g) for g in self._grants]
             out += [trainer_pb2.TrainerMessage(ack=trainer_pb2.ChunkAck(sequence=q)) for q in self._acks]
             self._snapshots.clear()
+            self._grants.clear()
             self._acks.clear()
             return out
 
@@ -122,6 +143,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
         self._connections: set[_Connection] = set()
         self._shutdown = threading.Event()
         app.add_snapshot_listener(self._broadcast)
+        app.add_processed_listener(self._acknowledge)
 
     @property
     def connected_gateways(self) -> list[str]:
@@ -135,6 +157,13 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
             connections = list(self._connections)
         for c in connections:
             c.close()
+
+    def _acknowledge(self, gateway_id: str, sequence: int) -> None:
+        """A chunk is in the learner's state: ack it on the gateway's stream(s)."""
+        with self._lock:
+            connections = [c for c in self._connections if c.gateway_id == gateway_id]
+        for c in connections:
+            c.push_ack(sequence)
 
     def _broadcast(self, snapshot: trainer_pb2.PolicySnapshot) -> None:
         with self._lock:
@@ -155,7 +184,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
         hello = first.hello
         if not hello.gateway_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.gateway_id: must not be empty")
-        conn = _Connection(hello.gateway_id, peer)
+        conn = _Connection(hello.gateway_id, peer, hello.num_instances)
         log = _log.bind(gateway_id=hello.gateway_id, peer=peer)
         try:
             snapshots = [self._announce(conn, b, f"hello.behaviors[{i}]") for i, b in enumerate(hello.behaviors)]
@@ -171,13 +200,16 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
             num_instances=hello.num_instances,
             last_accepted_sequence=welcome.last_accepted_sequence,
         )
+        collection = self._app.collection
         with self._lock:
             self._connections.add(conn)
+        collection.connect(conn, conn.weight)
         context.add_callback(conn.close)
         try:
             yield trainer_pb2.TrainerMessage(welcome=welcome)
             for s in snapshots:
                 conn.push_snapshot(s)
+                collection.announce(conn, s.behavior)
             reader = threading.Thread(
                 target=self._read, args=(request_iterator, conn, log), name=f"read-{hello.gateway_id}", daemon=True
             )
@@ -191,12 +223,17 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
                 if conn.reader_done or conn.closed or self._shutdown.is_set() or self._app.finished.is_set():
                     for message in conn.next_messages(0):
                         yield message
+                    if self._app.completed:
+                        yield trainer_pb2.TrainerMessage(finished=trainer_pb2.TrainingFinished(
+                            run_id=self._app.run_id, reason="every behavior reached max_steps",
+                        ))
                     break
                 if not context.is_active():
                     break
         finally:
             with self._lock:
                 self._connections.discard(conn)
+            collection.disconnect(conn)
             conn.close()
             log.info("gateway disconnected")
 
@@ -225,6 +262,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
                 elif kind == "new_behavior":
                     snapshot = self._announce(conn, message.new_behavior, "new_behavior")
                     conn.push_snapshot(snapshot)
+                    self._app.collection.announce(conn, snapshot.behavior)
                     log.info("gateway announced a behavior", behavior=message.new_behavior.name)
                 elif kind == "hello":
                     raise _StreamError(grpc.StatusCode.FAILED_PRECONDITION, "Hello may only be the first message")
@@ -241,7 +279,8 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
             conn.finish_reading()
 
     def _chunk(self, conn: _Connection, chunk: trainer_pb2.ExperienceChunk, log) -> None:
-        """Decodes the whole chunk, then queues it (blocking: backpressure), then acks."""
+        """Decodes the whole chunk, then queues it (blocking: backpressure); the ack follows
+        once the training thread has taken it in (``_acknowledge``)."""
         if chunk.sequence == 0:
             raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, "chunk.sequence: must be 1 or more")
         if chunk.behavior not in conn.announced:
@@ -251,8 +290,10 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
                 "(send it in Hello or new_behavior first)",
             )
         if chunk.sequence <= self._app.last_accepted_sequence(conn.gateway_id):
-            conn.push_ack(chunk.sequence)  # a resend after a reconnect: already counted
+            conn.push_ack(chunk.sequence)  # a resend after a reconnect: already taken in
             return
+        if chunk.sequence <= self._app.last_queued_sequence(conn.gateway_id):
+            return  # a resend of a chunk still queued: acked once taken in
         spec = self._app.behavior_spec(chunk.behavior)
         assert spec is not None  # announced => registered
         try:
@@ -264,10 +305,12 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
             raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         stats = [(s.key, s.value, s.aggregation) for s in chunk.stats]
         try:
-            self._app.submit(conn.gateway_id, chunk.sequence, chunk.behavior, trajectories, stats)
+            self._app.submit(
+                conn.gateway_id, chunk.sequence, chunk.behavior, trajectories, stats,
+                collector=conn, returned_steps=chunk.returned_steps,
+            )
         except TrainerStoppingError as e:
             raise _StreamError(grpc.StatusCode.UNAVAILABLE, str(e)) from None
         except ExperienceError as e:
             code = grpc.StatusCode.INVALID_ARGUMENT if e.invalid else grpc.StatusCode.FAILED_PRECONDITION
             raise _StreamError(code, str(e)) from None
-        conn.push_ack(chunk.sequence)

@@ -32,6 +32,9 @@ CUMULATIVE_REWARD = "Environment/Cumulative Reward"
 EPISODE_LENGTH = "Environment/Episode Length"
 EXTRINSIC_REWARD = "Policy/Extrinsic Reward"
 POLICY_LAG = "Policy/Lag"
+#: steps a gateway sent that the learner did not train on: acted by a policy too old for
+#: the behavior's coupling (``trainer_server.collection``); a Tandem tag, summed per summary
+STALE_STEPS_DROPPED = "Policy/Stale Steps Dropped"
 IS_TRAINING = "Is Training"
 STEP = "Step"
 #: recorded (console, timers.json gauges) but not written to TensorBoard, as ML-Agents hides them
@@ -215,13 +218,21 @@ class TensorBoardWriter:
 
 
 def console_summary(
-    behavior: str, step: int, elapsed: float, summaries: dict[str, StatSummary], training: bool
+    behavior: str,
+    step: int,
+    elapsed: float,
+    summaries: dict[str, StatSummary],
+    training: bool,
+    episode_versions: tuple[int, int] | None = None,
 ) -> tuple[str, dict[str, float | int | None]]:
     """The ML-Agents console line (``mlagents.trainers.stats.ConsoleWriter``) and its fields.
 
     ``3DBall. Step: 12000. Time Elapsed: 35.250 s. Mean Reward: 2.000. Std of Reward: 0.816.
     Training.``: three decimals, as ML-Agents prints them; a group reward (POCA) takes the
-    place of the standard deviation, as there.
+    place of the standard deviation, as there. Tandem adds, after ML-Agents' line, which
+    policy versions acted the episodes' last steps and the mean policy lag of the steps
+    trained (``Episodes by policies 38-41, lag 0.00.``), so that a reward is never read as
+    the current policy's when it is not.
     """
     reward = summaries.get(CUMULATIVE_REWARD)
     state = "Training." if training else "Not Training."
@@ -232,18 +243,34 @@ def console_summary(
     group = summaries.get(GROUP_CUMULATIVE_REWARD)
     spread = f"Mean Group Reward: {group.mean:0.3f}" if group is not None else f"Std of Reward: {reward.std:0.3f}"
     line = f"{head} Mean Reward: {reward.mean:0.3f}. {spread}. {state}"
-    return line, {
+    fields: dict[str, float | int | None] = {
         "step": step,
         "elapsed_s": round(elapsed, 3),
         "mean_reward": round(reward.mean, 6),
         "std_reward": round(reward.std, 6),
         "episodes": reward.count,
     }
+    lag = summaries.get(POLICY_LAG)
+    if episode_versions is not None and training:
+        low, high = episode_versions
+        line += f" Episodes by policies {low}-{high}" if low != high else f" Episodes by policy {low}"
+        line += f", lag {lag.mean:0.2f}." if lag is not None else "."
+        fields.update(first_policy=low, last_policy=high)
+    if lag is not None:
+        fields["policy_lag"] = round(lag.mean, 4)
+    return line, fields
 
 
-def log_summary(behavior: str, step: int, elapsed: float, summaries: dict[str, StatSummary], training: bool) -> None:
+def log_summary(
+    behavior: str,
+    step: int,
+    elapsed: float,
+    summaries: dict[str, StatSummary],
+    training: bool,
+    episode_versions: tuple[int, int] | None = None,
+) -> None:
     """Prints the summary line (``[INFO] 3DBall. Step: 12000. Time Elapsed: ...``) on stdout."""
-    line, fields = console_summary(behavior, step, elapsed, summaries, training)
+    line, fields = console_summary(behavior, step, elapsed, summaries, training, episode_versions)
     console(line, component=_CONSOLE, behavior=behavior, **fields)
 
 

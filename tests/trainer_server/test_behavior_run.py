@@ -225,15 +225,18 @@ def _real_options(tmp_path: Path, run_id: str, behavior_yaml: str, **flags):
 
 
 def _train_real(options, chunks: int) -> TrainingApp:
-    """Feeds ``chunks`` chunks of 10 steps to a real learner, waits for them, then stops."""
+    """Feeds ``chunks`` chunks of 10 steps to a real learner, each acted by the latest policy
+    version as a gateway would (after the previous chunk was taken in), then stops."""
     app = TrainingApp(options, prepare_results(options))
     app.start()
     app.register_behavior(BALL)
     for seq in range(1, chunks + 1):
-        app.submit("gw", seq, BALL.name, [make_trajectory(BALL, 10, first_reward=float(seq), agent_id=seq)], [])
-    deadline = time.monotonic() + 120
-    while app._behaviors[BALL.name].learner.step < 10 * chunks and time.monotonic() < deadline:
-        time.sleep(0.05)
+        version = app._behaviors[BALL.name].version
+        trajectory = make_trajectory(BALL, 10, first_reward=float(seq), agent_id=seq, version=version)
+        app.submit("gw", seq, BALL.name, [trajectory], [])
+        deadline = time.monotonic() + 120
+        while app.last_accepted_sequence("gw") < seq and time.monotonic() < deadline:
+            time.sleep(0.05)
     app.stop()
     app.join(60)
     assert app.error is None

@@ -300,17 +300,20 @@ def test_first_message_must_be_hello(harness):
     assert client2.wait_end().code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_no_ack_before_the_chunk_is_queued(harness):
+def test_no_ack_before_the_chunk_is_taken_in_by_the_learner(harness):
     h = harness(start_app=False, queue_size=1, buffer_size=10_000)
     client = h.connect()
     _handshake(client, "gw", BALL)
     for seq in (1, 2, 3):
         client.send(chunk_message(BALL, seq, [make_trajectory(BALL, 4, first_reward=seq)]))
-    assert _acks([client.recv()]) == [1]  # the queue holds one chunk; the training thread is not running
+    # chunk 1 is queued, 2 waits for room, 3 behind it: the training thread is not running, so
+    # nothing is in a learner, and nothing is acknowledged
     with pytest.raises(queue.Empty):
         client.recv(timeout=0.5)
+    assert h.app.last_queued_sequence("gw") == 1 and h.app.last_accepted_sequence("gw") == 0
     h.app.start()
-    assert _acks(client.recv_until(lambda m: m.HasField("ack") and m.ack.sequence == 3)) == [2, 3]
+    assert _acks(client.recv_until(lambda m: m.HasField("ack") and m.ack.sequence == 3)) == [1, 2, 3]
+    assert h.registry.learners[BALL.name].step == 12
 
 
 def test_streams_end_ok_when_every_behavior_reached_max_steps(harness):
@@ -320,6 +323,12 @@ def test_streams_end_ok_when_every_behavior_reached_max_steps(harness):
     client.send(chunk_message(BALL, 1, [make_trajectory(BALL, 10), make_trajectory(BALL, 10)]))
     assert client.wait_end(10) is None  # ended with OK
     assert h.app.completed and h.app.finished.is_set()
+    received = []
+    while not client._responses.empty():
+        received.append(client.recv())
+    finished = [m.finished for m in received if m.HasField("finished")]
+    assert len(finished) == 1 and finished[0].run_id == h.app.run_id and "max_steps" in finished[0].reason
+    assert client.grants[-1].finished and client.grants[-1].behavior == BALL.name
     assert h.registry.learners[BALL.name].step == 20
 
 

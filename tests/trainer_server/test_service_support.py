@@ -108,6 +108,9 @@ class CountingLearner:
     """
 
     EXTRA_FILE = "counting_extra.txt"
+    #: off-policy by default: the app's mechanics are tested with chunks of any version;
+    #: ``OnPolicyCountingLearner`` exercises the on-policy coupling
+    on_policy = False
 
     def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, seed: int) -> None:
         self.spec = spec
@@ -136,8 +139,16 @@ class CountingLearner:
     def ready(self) -> bool:
         return self.buffered >= self.buffer_size
 
+    @property
+    def buffered_steps(self) -> int:
+        return self.buffered if self.on_policy else 0
+
+    def discard_buffered(self) -> int:
+        dropped, self.buffered = (self.buffered, 0) if self.on_policy else (0, self.buffered)
+        return dropped
+
     def update(self) -> dict[str, float]:
-        self.buffered = 0
+        self.buffered = max(0, self.buffered - self.buffer_size) if self.on_policy else 0
         self.updates += 1
         for k in self.params:
             if not k.startswith("normalizer/"):
@@ -179,14 +190,22 @@ class CountingLearner:
         self.loaded_extra = int(path.read_text()) if path.is_file() else None
 
 
+class OnPolicyCountingLearner(CountingLearner):
+    """``CountingLearner`` as an on-policy learner: an update trains on ``buffer_size`` steps,
+    the rest stays buffered until the trainer discards it (as PPO)."""
+
+    on_policy = True
+
+
 class LearnerRegistry:
     """A learner factory that remembers the learners it made (by behavior name)."""
 
-    def __init__(self) -> None:
+    def __init__(self, learner_class: type[CountingLearner] = CountingLearner) -> None:
         self.learners: dict[str, CountingLearner] = {}
+        self.learner_class = learner_class
 
     def __call__(self, spec: BehaviorSpec, settings: TrainerSettings, seed: int) -> CountingLearner:
-        learner = CountingLearner(spec, settings, seed)
+        learner = self.learner_class(spec, settings, seed)
         self.learners[spec.name] = learner
         return learner
 
@@ -278,11 +297,17 @@ def train_app(options, steps_per_chunk: int, chunks: int, *, registry=None, beha
 
 
 class GatewayClient:
-    """A real ``Trainer.Connect`` stream: ``send`` messages, ``recv`` replies with a timeout."""
+    """A real ``Trainer.Connect`` stream: ``send`` messages, ``recv`` replies with a timeout.
+
+    Collection grants (flow control) are kept apart in ``grants`` (and the ``grant_received``
+    condition): ``recv`` returns the other messages, in order.
+    """
 
     def __init__(self, channel: grpc.Channel, metadata: tuple = ()) -> None:
         self._requests: queue.Queue = queue.Queue()
         self._responses: queue.Queue = queue.Queue()
+        self.grants: list[trainer_pb2.CollectionGrant] = []
+        self.grant_received = threading.Condition()
         self.error: grpc.RpcError | None = None
         self.ended = threading.Event()
         stub = trainer_pb2_grpc.TrainerStub(channel)
@@ -293,6 +318,11 @@ class GatewayClient:
     def _pump(self) -> None:
         try:
             for message in self._call:
+                if message.HasField("grant"):
+                    with self.grant_received:
+                        self.grants.append(message.grant)
+                        self.grant_received.notify_all()
+                    continue
                 self._responses.put(message)
         except grpc.RpcError as e:
             self.error = e
@@ -304,6 +334,12 @@ class GatewayClient:
 
     def recv(self, timeout: float = 10.0) -> trainer_pb2.TrainerMessage:
         return self._responses.get(timeout=timeout)
+
+    def wait_grants(self, predicate, timeout: float = 30.0) -> list[trainer_pb2.CollectionGrant]:
+        """Waits until ``predicate(grants received so far)`` holds; returns those grants."""
+        with self.grant_received:
+            assert self.grant_received.wait_for(lambda: predicate(self.grants), timeout), list(self.grants)
+            return list(self.grants)
 
     def recv_until(self, predicate, timeout: float = 10.0) -> list[trainer_pb2.TrainerMessage]:
         """Receives messages until one satisfies ``predicate``; returns all received."""

@@ -34,6 +34,7 @@ def _log() -> Any:
 __all__ = [
     "BehavioralCloningSettings",
     "CheckpointSettings",
+    "CollectionSettings",
     "CompletionCriteriaSettings",
     "ConfigError",
     "ConstantSettings",
@@ -89,12 +90,14 @@ ScheduleType = Literal["linear", "constant"]
 EncoderType = Literal["simple", "nature_cnn", "resnet", "match3", "fully_connected"]
 ConditioningType = Literal["hyper", "none"]
 MeasureType = Literal["reward", "progress"]
+CouplingType = Literal["on_policy", "async"]
 
 TRAINER_TYPES: tuple[str, ...] = ("ppo", "sac", "poca")
 SCHEDULE_TYPES: tuple[str, ...] = ("linear", "constant")
 ENCODER_TYPES: tuple[str, ...] = ("simple", "nature_cnn", "resnet", "match3", "fully_connected")
 CONDITIONING_TYPES: tuple[str, ...] = ("hyper", "none")
 MEASURE_TYPES: tuple[str, ...] = ("reward", "progress")
+COUPLING_TYPES: tuple[str, ...] = ("on_policy", "async")
 REWARD_SIGNAL_TYPES: tuple[str, ...] = ("extrinsic", "gail", "curiosity", "rnd")
 
 # ML-Agents' command-line defaults (mlagents-learn), also the defaults of the YAML sections
@@ -332,6 +335,33 @@ class SelfPlaySettings:
             object.__setattr__(self, "team_change", 5 * int(self.save_steps))
 
 
+@dataclass(frozen=True, kw_only=True)
+class CollectionSettings:
+    """``tandem:``, a Tandem extension of a behavior's section: how gateways' collection is
+    coupled to this behavior's learning (``docs/ACTOR_LEARNER.md``).
+
+    ``mlagents-learn`` refuses keys it does not know: remove this section before giving the
+    file to it. Without it Tandem does what ML-Agents' synchronous loop does.
+
+    Attributes:
+        coupling: on-policy learners (PPO) only. ``on_policy`` (the default): gateways
+            collect ``buffer_size`` steps with the current policy, then pause until the
+            update and its snapshot; experience of an older policy is dropped (counted as
+            ``Policy/Stale Steps Dropped``). ``async``: gateways never wait for an update;
+            experience older than ``max_policy_lag`` versions is dropped (counted), the rest
+            is trained with the acting policy's log-probabilities in PPO's ratio.
+        max_policy_lag: ``async`` only: the oldest policy version (versions behind the
+            current one) whose experience is still trained.
+        collection_window: agent steps a gateway may collect ahead of the learner in the
+            modes that do not wait for updates (off-policy learners such as SAC, and
+            ``async``); null: 2048 for off-policy learners, ``buffer_size`` for ``async``.
+    """
+
+    coupling: CouplingType = "on_policy"
+    max_policy_lag: int = field(default=4, metadata=AT_LEAST_0)
+    collection_window: int | None = field(default=None, metadata=AT_LEAST_1)
+
+
 def _default_reward_signals() -> FrozenMap[str, RewardSignalSettings]:
     return FrozenMap({"extrinsic": RewardSignalSettings()})
 
@@ -360,6 +390,7 @@ class TrainerSettings:
     threaded: bool = False
     self_play: SelfPlaySettings | None = None
     behavioral_cloning: BehavioralCloningSettings | None = None
+    tandem: CollectionSettings = field(default_factory=CollectionSettings)
 
     def __post_init__(self) -> None:
         if self.hyperparameters is None:

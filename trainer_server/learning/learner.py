@@ -26,6 +26,18 @@ class Learner(Protocol):
 
     #: total agent steps consumed (ML-Agents' "step"), drives schedules and max_steps
     step: int
+    #: True: trains only on experience of its current policy (PPO). The trainer then grants
+    #: collection per policy version and drops older experience (``trainer_server.collection``);
+    #: False: off-policy (SAC), collection follows a window instead.
+    on_policy: bool
+
+    @property
+    def buffered_steps(self) -> int:
+        """On-policy: steps taken in and waiting for the next update; off-policy: 0."""
+
+    def discard_buffered(self) -> int:
+        """On-policy: drops the steps waiting for the next update (after an update they were
+        collected by an older policy); returns how many. Off-policy: 0, nothing dropped."""
 
     def process_trajectory(self, trajectory: Trajectory) -> None:
         """Adds one validated trajectory fragment to the learner's buffer.

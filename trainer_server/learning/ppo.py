@@ -382,10 +382,19 @@ class PPOLearner:
                     f"expected {(t, *ospec.shape)}"
                 )
 
+    on_policy = True
+
     @property
     def buffered_steps(self) -> int:
         """Steps waiting in the buffer."""
         return self.rollout_buffer.size
+
+    def discard_buffered(self) -> int:
+        """Drops the steps waiting in the buffer (the trainer's on-policy coupling calls this
+        after an update: they were acted by the policy before it); returns how many."""
+        dropped = self.rollout_buffer.size
+        self.rollout_buffer.load_state_dict(None)
+        return dropped
 
     def ready(self) -> bool:
         """True once ``buffer_size`` steps are buffered."""

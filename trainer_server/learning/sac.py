@@ -498,6 +498,13 @@ class SACLearner:
         """Gradient steps due now and not yet taken."""
         return max(0, self._updates_due() - self.update_steps)
 
+    on_policy = False
+    buffered_steps = 0  # off-policy: nothing waits for an update (the replay buffer keeps everything)
+
+    def discard_buffered(self) -> int:
+        """Off-policy: experience is never stale; nothing is dropped."""
+        return 0
+
     def ready(self) -> bool:
         """True when gradient steps are due and a minibatch can be sampled."""
         hp = self.hyperparameters
