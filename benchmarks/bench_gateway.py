@@ -359,6 +359,8 @@ class DropTrainer:
                     arch = ball_architecture(spec)
                     snap = make_snapshot(spec.name, 1, arch, mlp_params(arch), time_horizon=64)
                     yield trainer_pb2.TrainerMessage(snapshot=snap)
+                    grant = trainer_pb2.CollectionGrant(behavior=spec.name, agent_steps=10**12)  # no flow control
+                    yield trainer_pb2.TrainerMessage(grant=grant)
                 for message in request_iterator:
                     if message.WhichOneof("message") == "chunk":
                         outer.chunks += 1

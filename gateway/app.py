@@ -126,6 +126,9 @@ def run(options: GatewayOptions, log_json: bool = False) -> int:
             if reason:
                 log.error("gateway cannot go on", reason=reason)
                 return 1
+            if gateway.actor is not None and gateway.actor.training_finished.is_set():
+                log.info("the trainer finished its run: the gateway exits")
+                return 0
         return 0
     finally:
         starting = False

@@ -8,6 +8,12 @@ every worker as the bytes received, restart decisions, and
 flow control (a worker gets its credit back only while the unacked buffer has room,
 so a full buffer pauses stepping instead of dropping experience).
 
+Flow control from the trainer: each ``CollectionGrant`` is split over the live workers
+(``Grant`` messages, shares by instance); at every new stream the workers' credit is
+voided first (``ResetCredit``). When a worker process is lost with credit, or an instance
+goes down for good, the link resynchronizes (the trainer takes back what it granted and
+grants afresh). ``TrainingFinished`` sets ``training_finished``: the gateway stops.
+
 Policy lag (the latest snapshot version minus the oldest version that chose an
 action in a chunk) is logged with the periodic progress line.
 
@@ -39,8 +45,9 @@ from gateway.actor import wire
 from gateway.actor.local_models import LocalModels
 from gateway.actor.trainer_link import TrainerLink
 from gateway.actor.worker_loop import ActorWorkerConfig
-from gateway.env.messages import Close, Closed, Credit, Experience, Failed, GiveUp, InferenceReport
-from gateway.env.messages import NewBehaviors, Progress, Ready, Restart, Snapshot, StartActor, UnityStarted
+from gateway.env.messages import Close, Closed, Credit, Experience, Failed, GiveUp, Grant, InferenceReport
+from gateway.env.messages import NewBehaviors, Progress, Ready, ResetCredit, Restart, Snapshot, StartActor
+from gateway.env.messages import UnityStarted
 from gateway.env.workers import InstanceInfo, WorkerHandle, WorkerLost, start_workers
 from gateway.options import GatewayOptions
 from tandem.v1 import trainer_pb2
@@ -113,8 +120,12 @@ class ActorProgress:
     chunks: int = 0
     steps: int = 0
     finished: EpisodeSummary = field(default_factory=EpisodeSummary)
+    #: the episodes streamed since the last progress line (what that line reports)
+    recent: EpisodeSummary = field(default_factory=EpisodeSummary)
     max_policy_lag: int = 0
     paused_workers: int = 0
+    #: agent steps granted by the trainer, per behavior (flow control)
+    granted: dict[str, int] = field(default_factory=dict)
 
 
 class ActorRunner:
@@ -163,9 +174,12 @@ class ActorRunner:
         else:
             self.summary_interval_s = PROGRESS_EVERY_S
             self.link = TrainerLink(
-                options.actor, self._hello, self._on_snapshot, self._wake, options.server.max_message_bytes * 4
+                options.actor, self._hello, self._on_snapshot, self._wake, options.server.max_message_bytes * 4,
+                on_grant=self._on_grant, on_welcome=self._on_welcome, on_finished=self._on_finished,
             )
             self.source = self.link
+        #: the trainer said TrainingFinished: the gateway's work is done
+        self.training_finished = threading.Event()
         self.log = get_logger("gateway.actor", gateway_id=self.gateway_id)
 
     # -- EnvironmentView (Describe) -------------------------------------------------------------
@@ -312,6 +326,35 @@ class ActorRunner:
             if w.alive:
                 self._to_worker(w, Snapshot(header.behavior, header.version, raw))
 
+    def _on_welcome(self) -> None:
+        """A new trainer stream: the credit held from an earlier one is void."""
+        for w in self.workers:
+            if w.alive:
+                self._to_worker(w, ResetCredit())
+
+    def _on_grant(self, grant: trainer_pb2.CollectionGrant) -> None:
+        """Splits a grant over the live workers (the first ones get the remainder)."""
+        alive = [w for w in self.workers if w.alive]
+        if not alive:
+            return
+        if grant.finished:
+            self.log.info("behavior finished by the trainer: acting on without streaming it", behavior=grant.behavior)
+            for w in alive:
+                self._to_worker(w, Grant(grant.behavior, 0, 0, True))
+            return
+        steps = int(grant.agent_steps)
+        with self._lock:
+            self.progress.granted[grant.behavior] = self.progress.granted.get(grant.behavior, 0) + steps
+        base, extra = divmod(steps, len(alive))
+        for i, w in enumerate(alive):
+            share = base + (1 if i < extra else 0)
+            if share:
+                self._to_worker(w, Grant(grant.behavior, int(grant.policy_version), share))
+
+    def _on_finished(self, finished: trainer_pb2.TrainingFinished) -> None:
+        self.log.info("training finished: the gateway stops collecting", run_id=finished.run_id, reason=finished.reason)
+        self.training_finished.set()
+
     # -- the event loop -------------------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -370,6 +413,8 @@ class ActorRunner:
                     self.log.error("unity instance down for good: restart limits reached", instance=w.index, error=message)
                     w.alive = False
                     self._to_worker(w, GiveUp())
+                    if self.link is not None:  # its share of the credit goes to the other instances
+                        self.link.resync()
             case InferenceReport(episodes, stats):
                 self._on_inference(episodes, stats)
             case Closed():
@@ -380,10 +425,13 @@ class ActorRunner:
     def _on_experience(self, w: WorkerHandle, experience: Experience) -> None:
         self._sequence += 1
         if self.link is not None:  # local inference (--policy) streams nothing
-            message = wire.chunk_message(self._sequence, experience.behavior, wire.experience_body(experience))
+            message = wire.chunk_message(
+                self._sequence, experience.behavior, wire.experience_body(experience), experience.returned
+            )
             self.link.send_chunk(self._sequence, message)
         for episode_return, length in experience.episodes():
             self.progress.finished.add(episode_return, length)
+            self.progress.recent.add(episode_return, length)
         self.progress.chunks += 1
         self.progress.steps += experience.steps
         latest = self._latest.get(experience.behavior)
@@ -436,6 +484,8 @@ class ActorRunner:
         self.log.warning("worker process lost", instance=w.index, error=error)
         self._held_credits = [h for h in self._held_credits if h is not w]
         w.kill()
+        if self.link is not None:  # its collection credit and open trajectories are gone
+            self.link.resync()
         if not w.alive or not w.quota.allowed():
             w.alive = False
             return
@@ -459,15 +509,20 @@ class ActorRunner:
             self._to_worker(w, Snapshot(behavior, version, raw))
 
     def _log_progress(self) -> None:
+        """The periodic progress line. Its episode figures cover the episodes streamed since the
+        previous line (the trainer's summaries are the learning curve)."""
         p = self.progress
         with self._lock:
             versions = {b: v for b, (v, _) in self._latest.items()}
+            recent, p.recent = p.recent, EpisodeSummary()
+            granted = dict(p.granted)
         self.log.info(
             "actor progress",
             chunks=p.chunks,
             agent_steps=p.steps,
-            episodes=p.finished.episodes,
-            mean_return=None if p.finished.mean_return is None else round(p.finished.mean_return, 3),
+            granted_steps=granted,
+            recent_episodes=recent.episodes,
+            recent_mean_return=None if recent.mean_return is None else round(recent.mean_return, 3),
             snapshot_versions=versions,
             max_policy_lag=p.max_policy_lag,
             unacked_chunks=len(self.link.buffer) if self.link else 0,

@@ -8,9 +8,16 @@ dropped, newer ones are resent in order. Reconnects back off exponentially
 (``reconnect_min_s`` doubling up to ``reconnect_max_s``). When the buffer is full,
 ``has_room()`` is false and the actor pauses stepping (nothing is dropped).
 
-A stream the trainer ends with OK (training complete, trainer shutting down) is
-treated like any other disconnect: the gateway keeps trying to reconnect until it is
-stopped, which is what the trainer's ``--with-gateway`` launcher does.
+Flow control: the trainer grants agent steps per behavior (``CollectionGrant``); the link
+hands each grant to ``on_grant``, and calls ``on_welcome`` at each Welcome (before the
+grants of that stream: credit of an earlier stream is void). ``resync()`` drops the
+stream and reconnects at once: the trainer takes back what it granted to the old stream
+and grants afresh (used when a worker process and its credit are lost).
+
+A stream the trainer ends with OK after ``TrainingFinished`` ends the link for good
+(``training_finished`` is set, ``on_finished`` called): the run is over and nothing more
+will be accepted. Any other end (trainer shutting down, network) is a disconnect: the
+link reconnects with backoff until it is stopped.
 
 Snapshots are handed on as the bytes received (``gateway.actor.wire.snapshot_in``): the
 workers parse them, the parent only reads their header.
@@ -105,6 +112,9 @@ class TrainerLink:
         on_snapshot: called with every serialized ``PolicySnapshot`` (from the link's thread).
         on_ack: called after acks free buffer space.
         max_message_bytes: gRPC message limit of the channel.
+        on_grant: called with every ``CollectionGrant``.
+        on_welcome: called at every Welcome, before the grants of that stream.
+        on_finished: called once with ``TrainingFinished``.
     """
 
     def __init__(
@@ -114,12 +124,21 @@ class TrainerLink:
         on_snapshot: Callable[[bytes], None],
         on_ack: Callable[[], None],
         max_message_bytes: int = 256 * 1024 * 1024,
+        on_grant: Callable[[trainer_pb2.CollectionGrant], None] = lambda grant: None,
+        on_welcome: Callable[[], None] = lambda: None,
+        on_finished: Callable[[trainer_pb2.TrainingFinished], None] = lambda finished: None,
     ) -> None:
         self.options = options
         self.buffer = ChunkBuffer(options.max_buffered_chunks, int(options.max_buffered_mb * 1024 * 1024))
         self._hello = hello
         self._on_snapshot = on_snapshot
         self._on_ack = on_ack
+        self._on_grant = on_grant
+        self._on_welcome = on_welcome
+        self._on_finished = on_finished
+        #: set once the trainer said TrainingFinished: the link does not reconnect
+        self.training_finished = threading.Event()
+        self._resync = False
         self._max_message_bytes = max_message_bytes
         self._live: queue.Queue | None = None
         self._stop = threading.Event()
@@ -146,6 +165,14 @@ class TrainerLink:
             call.cancel()
         if self._thread is not None:
             self._thread.join(10)
+
+    def resync(self) -> None:
+        """Drops the current stream; the link reconnects at once (see the module docstring)."""
+        call = self._call
+        if call is not None:
+            self.log.warning("resynchronizing with the trainer: reconnecting")
+            self._resync = True
+            call.cancel()
 
     def send_chunk(self, sequence: int, message: bytes) -> None:
         """Buffers a serialized ``GatewayMessage`` holding chunk ``sequence`` until acked; sends it now if connected.
@@ -180,10 +207,14 @@ class TrainerLink:
             welcomed = False
             try:
                 welcomed = self._session()
+                if self.training_finished.is_set():
+                    return
                 if not self._stop.is_set():
                     self.log.warning("trainer ended the stream; reconnecting")
             except grpc.RpcError as e:
-                if not self._stop.is_set():
+                if self._resync:  # asked for: reconnect at once, without a warning
+                    self._resync, welcomed = False, True
+                elif not self._stop.is_set():
                     self.log.warning(
                         "trainer connection failed; reconnecting",
                         code=e.code().name if hasattr(e, "code") else "?",
@@ -234,6 +265,12 @@ class TrainerLink:
                     if self.buffer.ack(message.ack.sequence):
                         self.acks += 1
                     self._on_ack()
+                elif kind == "grant":
+                    self._on_grant(message.grant)
+                elif kind == "finished":
+                    self.log.info("the trainer finished the run", run_id=message.finished.run_id, reason=message.finished.reason)
+                    self.training_finished.set()
+                    self._on_finished(message.finished)
             return welcomed
         finally:
             if timer is not None:
@@ -248,6 +285,7 @@ class TrainerLink:
     def _welcome(self, welcome: trainer_pb2.Welcome, outgoing: queue.Queue) -> None:
         self.last_welcome = welcome
         self.connections += 1
+        self._on_welcome()
         with self.buffer.lock:
             dropped = self.buffer.ack_through(welcome.last_accepted_sequence)
             pending = self.buffer.pending()

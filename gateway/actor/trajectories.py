@@ -60,6 +60,7 @@ class TrajectoryBuilder:
             "_versions": np.zeros((slots, steps), np.int64),
             "_length": np.zeros(slots, np.int64),
             "_pending": np.zeros(slots, bool),
+            "_orphan": np.zeros(slots, bool),
             "_episode_return": np.zeros(slots, np.float64),
             "_episode_length": np.zeros(slots, np.int64),
             "_agent": np.full(slots, -1, np.int64),
@@ -110,12 +111,19 @@ class TrajectoryBuilder:
         self._agent[slot] = -1
         self._length[slot] = 0
         self._pending[slot] = False
+        self._orphan[slot] = False
         self._episode_return[slot] = 0.0
         self._episode_length[slot] = 0
         self._free.append(slot)
 
     def _reward_pending(self, slots: np.ndarray, rewards: np.ndarray) -> None:
-        """Gives each slot's pending step the reward that just arrived."""
+        """Gives each slot's pending step the reward that just arrived (a step ``cut_all`` cut
+        off adds its reward to the episode's return only)."""
+        orphan = self._orphan[slots]
+        if orphan.any():
+            s = slots[orphan]
+            self._episode_return[s] += rewards[orphan]
+            self._orphan[s] = False
         pending = self._pending[slots]
         if pending.any():
             s = slots[pending]
@@ -239,6 +247,52 @@ class TrajectoryBuilder:
                 out.append(traj)
             self._release(slot)
         return out
+
+    def cut_all(self, decisions: StepBatch | None) -> tuple[list[Trajectory], int]:
+        """Ends every open fragment now, bootstrapped (as at ``time_horizon``): collection pauses.
+
+        Call it after ``observe`` of the latest step and before ``record`` of its actions. An
+        agent of ``decisions`` (deciding now) gets its fragment ended with its current
+        observation as ``next_observations``. An agent whose last step still waits for its
+        reward (it decides less often) has that step cut off: the step's observation becomes
+        the fragment's ``next_observations`` and its reward, when it comes, counts only in
+        the episode's return. The agents stay in their episodes; their next steps start
+        new fragments.
+
+        Args:
+            decisions: the latest decision batch (None or empty: nobody is deciding).
+
+        Returns:
+            (the fragments, the number of steps cut off).
+        """
+        out: list[Trajectory] = []
+        deciding: dict[int, int] = {}
+        if decisions is not None and len(decisions):
+            slots, known = self._slots(decisions.agent_ids, create=False)
+            deciding = {int(slot): row for row, slot in enumerate(slots.tolist()) if known[row]}
+        cut_off = 0
+        for slot in list(self._slot_of.values()):
+            t = int(self._length[slot])
+            if self._pending[slot] and t > 0:
+                next_obs = [o[slot, t - 1] for o in self._obs]
+                self._length[slot] = t - 1
+                self._pending[slot] = False
+                self._orphan[slot] = True
+                cut_off += 1
+            elif slot in deciding:
+                row = deciding[slot]
+                next_obs = [o[row] for o in decisions.observations]
+            else:
+                continue  # nothing recorded since its last fragment ended
+            traj = self._emit(slot, next_obs, done=False, interrupted=False)
+            if traj is not None:
+                out.append(traj)
+        return out, cut_off
+
+    @property
+    def pending_steps(self) -> int:
+        """Recorded steps still waiting for their reward (``interrupt_all`` would drop them)."""
+        return int(self._pending[list(self._slot_of.values())].sum()) if self._slot_of else 0
 
     @property
     def open_agents(self) -> int:

@@ -14,7 +14,18 @@ The messages with the parent (``gateway.env.messages``): ``Snapshot``, ``Credit`
 
 Backpressure: at most ``max_outstanding`` experience messages may wait for the
 parent's credit; beyond that the worker stops stepping (Unity pauses) rather than
-dropping data. Behaviors with no snapshot yet: the worker waits up to
+dropping data.
+
+Flow control (with a trainer, ``stream``): the worker steps only while every behavior it
+streams that has agents deciding holds collection credit from the trainer (``Grant``);
+acting for n agents uses n. When a behavior's credit runs out the worker *pauses*: it
+ends every open fragment of every streamed behavior there (``TrajectoryBuilder.cut_all``:
+bootstrapped, as at ``time_horizon``; a step still waiting for its reward is cut off and
+its credit returned), sends them with the credit it did not use (``Experience.returned``:
+another behavior's credit may be what another gateway waits for), and waits for a grant.
+A grant for a newer policy version replaces older credit; ``ResetCredit`` voids it all
+(a new trainer stream). A behavior the trainer finished acts on without credit and is
+not streamed; when every behavior is finished the worker waits. Behaviors with no snapshot yet: the worker waits up to
 ``snapshot_wait_s`` for one; after that their agents act uniformly at random and
 their experience is not streamed. ``deterministic`` snapshots act with the mode instead
 of sampling (``network_settings.deterministic``, ``--deterministic``, ``--policy``
@@ -39,8 +50,8 @@ from common.trajectory import Trajectory
 from gateway.actor.policy import Policy, policy_from_snapshot
 from gateway.actor.trajectories import EpisodeTally, TrajectoryBuilder
 from gateway.env.instance import BehaviorActions, InstanceFailure
-from gateway.env.messages import Close, Closed, Credit, Experience, Failed, GiveUp, InferenceReport
-from gateway.env.messages import NewBehaviors, Pipe, Progress, Restart, Snapshot, UnityStarted
+from gateway.env.messages import Close, Closed, Credit, Experience, Failed, GiveUp, Grant, InferenceReport
+from gateway.env.messages import NewBehaviors, Pipe, Progress, ResetCredit, Restart, Snapshot, UnityStarted
 from gateway.env.steps import Stat, StepBatch
 from tandem.v1 import trainer_pb2
 
@@ -87,6 +98,15 @@ class _Policy:
     time_horizon: int
 
 
+@dataclass
+class _Credit:
+    """Agent steps a behavior may still collect (negative: the last step overshot), for
+    snapshot ``version`` (0: any)."""
+
+    version: int = 0
+    steps: int = 0
+
+
 class InstanceActor:
     """The actor loop of one worker process (see the module docstring)."""
 
@@ -110,6 +130,10 @@ class InstanceActor:
         self.down = False
         self.waiting_since: float | None = None
         self.random_behaviors: set[str] = set()
+        #: flow control (with a trainer): credit per streamed behavior; behaviors the trainer finished
+        self.credit: dict[str, _Credit] = {}
+        self.finished_behaviors: set[str] = set()
+        self.paused = False
         self.current: dict[str, tuple[StepBatch, StepBatch]] = {}
         #: the last step's answer until ``_bookkeeping`` observed it (during the next step)
         self.unobserved: dict[str, tuple[StepBatch, StepBatch]] | None = None
@@ -127,6 +151,10 @@ class InstanceActor:
                 self._set_snapshot(behavior, version, raw)
             case Credit():
                 self.outstanding = max(0, self.outstanding - 1)
+            case Grant(behavior, version, steps, finished):
+                self._grant(behavior, version, steps, finished)
+            case ResetCredit():
+                self.credit.clear()
             case Restart():
                 self.awaiting_restart = False
                 try:
@@ -142,6 +170,53 @@ class InstanceActor:
                 self.closing = True
             case _:
                 self.log.warning("unknown message in actor mode", kind=type(msg).__name__)
+
+    def _grant(self, behavior: str, version: int, steps: int, finished: bool) -> None:
+        if finished:
+            self.finished_behaviors.add(behavior)
+            return
+        credit = self.credit.setdefault(behavior, _Credit())
+        if version > credit.version:  # a newer policy's budget: older credit is void
+            credit.version, credit.steps = version, steps
+        elif version == credit.version:
+            credit.steps += steps
+        # an older version's grant arriving late: void already
+
+    def _out_of_credit(self) -> list[str]:
+        """Streamed behaviors with agents deciding now and no credit left (flow control)."""
+        if not self.config.stream:
+            return []
+        out = []
+        for behavior, (dec, _) in self.current.items():
+            if not len(dec) or behavior not in self.policies or behavior in self.finished_behaviors:
+                continue
+            credit = self.credit.get(behavior)
+            if credit is None or credit.steps <= 0:
+                out.append(behavior)
+        return out
+
+    def _nothing_to_collect(self) -> bool:
+        """Every behavior with agents deciding was finished by the trainer: stepping on collects nothing."""
+        deciding = [b for b, (dec, _) in self.current.items() if len(dec)]
+        return self.config.stream and bool(deciding) and all(b in self.finished_behaviors for b in deciding)
+
+    def _pause(self, behaviors: list[str]) -> None:
+        """Out of credit: delivers every open fragment and the unused credit, then waits for grants."""
+        self._catch_up()
+        returned: dict[str, int] = {}
+        for behavior, builder in self.builders.items():
+            dec = self.current.get(behavior, (None, None))[0]
+            trajectories, cut_off = builder.cut_all(dec)
+            self._finish(behavior, trajectories)
+            credit = self.credit.get(behavior)
+            unused = max(0, credit.steps) if credit is not None else 0
+            if credit is not None:
+                credit.steps -= unused
+            if cut_off + unused:
+                returned[behavior] = cut_off + unused
+        self._flush(force=True, returned=returned)
+        self.paused = True
+        self.log.debug("out of collection credit: paused", behaviors=behaviors, returned=returned)
 
     def _drain(self, timeout_s: float | None) -> None:
         """Handles every waiting message; waits up to ``timeout_s`` for the first (0 = poll)."""
@@ -180,11 +255,14 @@ class InstanceActor:
     def _fail(self, error: Exception) -> None:
         """Ends every open trajectory as interrupted, sends them, and asks the parent to restart."""
         self._catch_up()
+        lost: dict[str, int] = {}  # steps waiting for their reward are lost with the instance
         for behavior, builder in self.builders.items():
+            if builder.pending_steps:
+                lost[behavior] = builder.pending_steps
             self._finish(behavior, builder.interrupt_all())
         for tally in self.tallies.values():
             tally.forget_open()
-        self._flush(force=True)
+        self._flush(force=True, returned=lost)
         self.current = {}
         self.instance.kill()
         self.awaiting_restart = True
@@ -228,6 +306,11 @@ class InstanceActor:
                 continue
             out = entry.policy.act(dec.observations, dec.action_mask, self.rng, deterministic=entry.deterministic)
             actions[behavior] = BehaviorActions(continuous=out.env_continuous, discrete=out.discrete)
+            if behavior in self.finished_behaviors:
+                continue  # acts on with the final policy; nothing is streamed
+            credit = self.credit.get(behavior)
+            if credit is not None:
+                credit.steps -= len(dec)
             acted.append((behavior, entry, dec, out))
         return actions, acted
 
@@ -303,24 +386,32 @@ class InstanceActor:
         self.finished_min_version[behavior] = min(self.finished_min_version.get(behavior, v), v)
         self.first_finished_at.setdefault(behavior, time.monotonic())
 
-    def _flush(self, force: bool = False) -> None:
-        if not self.finished:
+    def _flush(self, force: bool = False, returned: dict[str, int] | None = None) -> None:
+        """Sends each behavior's finished trajectories once due (``force``: now), with the
+        credit it gives back (``returned``; sent even without trajectories)."""
+        returned = returned or {}
+        if not self.finished and not returned:
             return
         now = time.monotonic()
-        for behavior in list(self.finished):
+        for behavior in sorted(set(self.finished) | set(returned)):
             steps = self.finished_steps.get(behavior, 0)
-            if not self.finished[behavior]:
+            given_back = returned.get(behavior, 0)
+            if not self.finished.get(behavior) and not given_back:
                 continue
-            due = steps >= self.config.chunk_steps or now - self.first_finished_at[behavior] >= self.config.flush_interval_s
-            if not (due or force):
+            if self.finished.get(behavior):
+                due = steps >= self.config.chunk_steps or now - self.first_finished_at[behavior] >= self.config.flush_interval_s
+            else:
+                due = False
+            if not (due or force or given_back):
                 continue
             batch = Experience(
                 instance=self.worker.index,
                 behavior=behavior,
-                trajectories=self.finished.pop(behavior),
+                trajectories=self.finished.pop(behavior, []),
                 stats=self.stats,
                 steps=steps,
-                min_version=self.finished_min_version.pop(behavior),
+                min_version=self.finished_min_version.pop(behavior, 0),
+                returned=given_back,
             )
             self.stats = []
             self.finished_steps.pop(behavior, None)
@@ -349,6 +440,13 @@ class InstanceActor:
             if not self._ready_to_act():
                 self._drain(0.2)
                 continue
+            blocked = self._out_of_credit()
+            if blocked or self._nothing_to_collect():
+                if blocked and not self.paused:
+                    self._pause(blocked)
+                self._drain(0.5)  # until a grant (or the end)
+                continue
+            self.paused = False
             actions, acted = self._act()
             try:
                 out = self.instance.step(actions, while_unity_steps=lambda: self._bookkeeping(acted))

@@ -20,11 +20,13 @@ A worker first says Ready or Failed after it starts.
 Actor mode (parent -> worker):
     Snapshot(behavior, version, raw)   the latest policy of a behavior, as the trainer sent it
     Credit()               the parent took one Experience message (flow control)
+    Grant(behavior, version, steps, finished)   agent steps the trainer granted (flow control)
+    ResetCredit()          a new trainer stream: every credit held is void
     Restart() / GiveUp()   after Failed
     Close()                flush finished trajectories, close Unity, answer Closed
 Actor mode (worker -> parent):
     NewBehaviors(specs)    behaviors seen for the first time
-    Experience(...)        finished trajectories of one behavior
+    Experience(...)        finished trajectories of one behavior (and credit returned)
     UnityStarted(pid)      the Unity process after a restart
     Failed(message)        Unity crashed or hung; the worker waits for Restart or GiveUp
     Progress(env_steps, agent_steps)   totals, every quarter second
@@ -147,6 +149,22 @@ class Credit:
     """The parent took one ``Experience`` message: the worker may have one more outstanding."""
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """This worker's share of a ``tandem.v1.CollectionGrant``: ``steps`` more agent steps of
+    ``behavior``, for snapshot ``version`` (0: any); ``finished``: act without credit, stream nothing."""
+
+    behavior: str
+    version: int
+    steps: int
+    finished: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResetCredit:
+    """The gateway (re)connected to a trainer: credit granted on an earlier stream is void."""
+
+
 # -- worker -> parent ---------------------------------------------------------------------------
 
 
@@ -237,6 +255,7 @@ class Experience:
         stats: stats side channel values since the last message.
         steps: total steps in them.
         min_version: oldest snapshot version that chose an action in them.
+        returned: granted agent steps given back (``ExperienceChunk.returned_steps``).
     """
 
     instance: int
@@ -245,6 +264,7 @@ class Experience:
     stats: list[Stat]
     steps: int
     min_version: int
+    returned: int = 0
 
     def episodes(self) -> list[tuple[float, int]]:
         """(return, length) of the episodes that ended in these trajectories."""
@@ -279,6 +299,7 @@ class InferenceReport:
 _TYPES: tuple[type, ...] = (
     Reset, PackedStep, SetParameters, Restart, GiveUp, StartActor, Close, Snapshot, Credit,
     Ready, Failed, Refused, Stepped, Closed, NewBehaviors, Experience, UnityStarted, Progress, InferenceReport,
+    Grant, ResetCredit,
 )
 _INDEX = {cls: i for i, cls in enumerate(_TYPES)}
 

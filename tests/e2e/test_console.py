@@ -36,7 +36,7 @@ CONFIG = textwrap.dedent(
 SUMMARY = re.compile(
     r"\[INFO\] 3DBall\. Step: (\d+)\. Time Elapsed: \d+\.\d{3} s\. "
     r"(Mean Reward: -?\d+\.\d{3}\. Std of Reward: \d+\.\d{3}|No episode was completed since last summary)\. "
-    r"Training\."
+    r"Training\.( Episodes by polic(?:y \d+|ies \d+-\d+), lag (\d+\.\d{2})\.)?"
 )
 #: lines that used to flood stderr (per update, per setting, per library probe, at shutdown)
 NOISE = ("snapshot received", "Unable to initialize backend", "Got goaway", "chttp2_transport", "project.license")
@@ -63,8 +63,11 @@ def test_trainer_with_gateway_prints_mlagents_console_on_stdout_and_no_noise(tmp
     assert len(dumps) == 1, report
     assert stdout[dumps[0] + 1 : dumps[0] + 3] == ["\ttrainer_type:\tppo", "\thyperparameters:\t"], report
     # one summary per summary_freq
-    steps = [int(m.group(1)) for m in map(SUMMARY.fullmatch, stdout) if m]
+    matches = [m for m in map(SUMMARY.fullmatch, stdout) if m]
+    steps = [int(m.group(1)) for m in matches]
     assert [step // 1000 for step in steps] == [1, 2], report
+    # Tandem's addition: which policies acted the episodes, and the lag: 0, PPO is on-policy
+    assert all(m.group(4) == "0.00" for m in matches if m.group(3)), report
     # a model per checkpoint, and the final one copied next to the run, in mlagents' words
     run = results / "console"
     model = re.escape(str(run / "3DBall" / "3DBall-")) + r"\d+\.onnx"

@@ -53,6 +53,8 @@ class TrainerState:
         self.num_layers = num_layers
         self.deterministic = deterministic
         self.version = 1
+        #: agent steps granted with each snapshot (flow control; any version)
+        self.grant_steps = 10**9
         self.ack = threading.Event()
         self.ack.set()
         self.changed = threading.Condition(self.lock)
@@ -62,6 +64,12 @@ class TrainerState:
         arch = PolicyArchitecture(spec, hidden_units=self.hidden_units, num_layers=self.num_layers)
         return make_snapshot(
             spec.name, self.version, arch, random_params(arch), self.time_horizon, deterministic=self.deterministic
+        )
+
+    def grant(self, behavior: str) -> trainer_pb2.TrainerMessage:
+        """The collection grant sent after each snapshot."""
+        return trainer_pb2.TrainerMessage(
+            grant=trainer_pb2.CollectionGrant(behavior=behavior, agent_steps=self.grant_steps)
         )
 
     def accept(self, gateway_id: str, chunk: trainer_pb2.ExperienceChunk) -> None:
@@ -96,6 +104,7 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServicer):
         out.put(trainer_pb2.TrainerMessage(welcome=trainer_pb2.Welcome(last_accepted_sequence=last, run_id="fake")))
         for spec in hello.behaviors:
             out.put(trainer_pb2.TrainerMessage(snapshot=state.snapshot(spec)))
+            out.put(state.grant(spec.name))
 
         def read():
             try:
@@ -109,6 +118,7 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServicer):
                         with state.lock:
                             state.new_behaviors.append(message.new_behavior.name)
                         out.put(trainer_pb2.TrainerMessage(snapshot=state.snapshot(message.new_behavior)))
+                        out.put(state.grant(message.new_behavior.name))
             except grpc.RpcError:
                 pass
             finally:
