@@ -112,9 +112,8 @@ class TrainingApp:
         learner_factory: maps (spec, trainer settings, seed) to a Learner; ``make_learner``
             (``trainer_server.learning.registry``) unless a test gives its own.
         queue_size: validated chunks waiting for the training thread; a full queue makes
-            ``submit`` wait (backpressure to the gateways). Small on purpose: everything
-            queued was collected by an older policy, so the queue bounds an on-policy
-            learner's policy lag.
+            ``submit`` wait (backpressure to the gateways; flow control keeps it short).
+        slow_updates_s: a sleep after every update, to emulate a slow trainer (``--slow-updates``).
     """
 
     def __init__(
@@ -124,6 +123,7 @@ class TrainingApp:
         timer: HierarchicalTimer | None = None,
         learner_factory: LearnerFactory = make_learner,
         queue_size: int = 16,
+        slow_updates_s: float = 0.0,
     ) -> None:
         self.options = options
         self.results = results
@@ -145,6 +145,7 @@ class TrainingApp:
             initialize_from=cs.initialize_from,
             started=time.monotonic(),
             collection=self.collection,
+            slow_updates_s=slow_updates_s,
         )
         self._lock = threading.Lock()
         self._behaviors: dict[str, BehaviorRun] = {}

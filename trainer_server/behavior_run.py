@@ -60,6 +60,7 @@ class RunContext:
         started: ``time.monotonic()`` at the run's start (the console's elapsed time).
         collection: the run's flow control (grants to gateways); each behavior registers
             its coupling there and reports its updates and its end.
+        slow_updates_s: a sleep after every update (``--slow-updates``: a slow trainer, emulated).
     """
 
     run_id: str
@@ -70,6 +71,7 @@ class RunContext:
     initialize_from: str | None
     started: float
     collection: CollectionControl = field(default_factory=CollectionControl)
+    slow_updates_s: float = 0.0
 
 
 def extrinsic_strength(settings: TrainerSettings) -> float:
@@ -286,6 +288,8 @@ class BehaviorRun:
         timer = self._context.timer
         with timer.block("update_policy"), self._progress.update():
             metrics = self.learner.update()
+            if self._context.slow_updates_s:
+                time.sleep(self._context.slow_updates_s)
         for tag, value in metrics.items():
             if tag != stats_mod.EXTRINSIC_REWARD:  # recorded per episode, as ML-Agents does
                 self.stats.add(tag, float(value))

@@ -130,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="extra argument for that gateway, repeatable (write --gateway-arg=--flag for flags)",
     )
+    server.add_argument(
+        "--slow-updates",
+        dest="slow_updates_s",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="sleep this long after every update, to emulate a slow trainer (benchmarks of the coupling)",
+    )
     return parser
 
 

@@ -106,6 +106,29 @@ def _stop_gateway(process: subprocess.Popen, wait_s: float) -> None:
             process.wait(5)
 
 
+def _already_finished(options: RunOptions, results: RunResults) -> bool:
+    """``--resume`` of a run whose every behavior already reached ``max_steps``: says so.
+
+    Why: otherwise the trainer, the gateway and Unity would start, and the run would end
+    at the first chunk. A behavior of the configuration that never trained leaves the run
+    unfinished (it may still connect).
+    """
+    saved = results.saved_steps()
+    if not saved:
+        return False
+    names = set(saved) | set(options.behaviors)
+    done = {name: saved.get(name, 0) >= options.behavior_settings(name).max_steps for name in names}
+    if not all(done.values()):
+        return False
+    _log.info(
+        "nothing to resume: every behavior of this run already reached max_steps "
+        "(raise max_steps in the configuration to train further)",
+        run_id=options.checkpoint_settings.run_id,
+        steps=saved,
+    )
+    return True
+
+
 def run(options: RunOptions, server: ServerSettings) -> int:
     """Trains with ``options`` behind a gRPC server set up by ``server``.
 
@@ -125,7 +148,9 @@ def run(options: RunOptions, server: ServerSettings) -> int:
     except RunDirectoryError as e:
         _log.error(str(e), run_id=cs.run_id)
         return EXIT_FAILED
-    app = TrainingApp(options, results, timer)
+    if cs.resume and not cs.inference and _already_finished(options, results):
+        return EXIT_OK
+    app = TrainingApp(options, results, timer, slow_updates_s=server.slow_updates_s)
     try:
         running = start_server(
             app, server.listen, tls_cert=server.tls_cert, tls_key=server.tls_key, token=server.token

@@ -226,6 +226,21 @@ class RunResults:
         with self._lock:
             return json.loads(json.dumps(self._status.get(behavior_folder_name(behavior), {})))
 
+    def saved_steps(self) -> dict[str, int]:
+        """Per behavior folder name in training_status.json: the step of its latest checkpoint."""
+        with self._lock:
+            out = {}
+            for name, entry in self._status.items():
+                if name == "metadata" or not isinstance(entry, dict):
+                    continue
+                steps = [c.get("steps", 0) for c in entry.get("checkpoints", []) if isinstance(c, dict)]
+                final = entry.get("final_checkpoint")
+                if isinstance(final, dict):
+                    steps.append(final.get("steps", 0))
+                if steps:
+                    out[name] = int(max(steps))
+            return out
+
     def set_behavior_value(self, behavior: str, key: str, value: Any) -> None:
         """Stores extra per-behavior state (e.g. the policy version) in training_status.json."""
         with self._lock:

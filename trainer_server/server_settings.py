@@ -35,6 +35,8 @@ class ServerSettings:
             ``env_settings.env_path`` names a Unity build), as ``make run`` does.
         gateway_args: extra command-line arguments for that gateway.
         log_json: JSON-lines logs.
+        slow_updates_s: seconds of sleep after every update: emulates a slow trainer
+            (benchmarks and tests of the actor-learner coupling; 0 in real runs).
     """
 
     listen: str = DEFAULT_LISTEN
@@ -44,6 +46,7 @@ class ServerSettings:
     with_gateway: bool = False
     gateway_args: tuple[str, ...] = ()
     log_json: bool = False
+    slow_updates_s: float = 0.0
 
     @property
     def host(self) -> str:
@@ -100,6 +103,9 @@ def server_settings_from_args(
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{flag}: file not found: {Path(path).resolve()}")
     token = given("token") or environ.get(TOKEN_ENV_VAR) or None
+    slow = given("slow_updates_s") or 0.0
+    if not (0.0 <= slow <= 3600.0):
+        raise ConfigError(f"--slow-updates: seconds between 0 and 3600, got {slow}")
     return ServerSettings(
         listen=listen,
         tls_cert=tls_cert,
@@ -108,5 +114,6 @@ def server_settings_from_args(
         with_gateway=bool(given("with_gateway")),
         gateway_args=tuple(given("gateway_args") or ()),
         log_json=bool(given("log_json")),
+        slow_updates_s=float(slow),
     )
 

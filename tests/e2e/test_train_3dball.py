@@ -171,6 +171,8 @@ def _train_and_check(tmp_path: Path, config_text: str, max_steps: int, expected_
     assert (run / "3DBall" / "checkpoint.npz").is_file()
     assert (run / "3DBall.onnx").is_file()
     assert json.loads((run / "run_logs" / "timers.json").read_text())["children"]
+    if "Losses/Value Loss" in expected_tags:  # PPO is on-policy: every trained step was acted by the current policy
+        assert {v for _, v in scalars["Policy/Lag"]} == {0.0}, scalars["Policy/Lag"]
     assert any(line.startswith("3DBall. Step: ") and "Mean Reward" in line for line in lines)
 
 
