@@ -29,7 +29,7 @@ from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from trainer_server import checkpoints as ckpt
 from trainer_server import stats as stats_mod
-from trainer_server.collection import CollectionControl, coupling_for
+from trainer_server.collection import CollectionControl, coupling_for, inference_coupling
 from trainer_server.learning.learner import Learner
 from trainer_server.onnx_export import export_policy_bytes
 from trainer_server.results import RunResults, behavior_folder_name, to_plain
@@ -125,7 +125,9 @@ class BehaviorRun:
         self.inference_step = learner.step
         self._progress = _FirstSummaryProgress(spec.name, learner.step, settings.summary_freq)
         #: how gateways' collection follows this learner, and which experience is still trained
-        self.coupling = coupling_for(settings, learner.on_policy)
+        self.coupling = (
+            inference_coupling() if context.inference else coupling_for(settings, learner.on_policy)
+        )
         #: the policy versions that acted the last step of the episodes since the last summary
         self._episode_versions: tuple[int, int] | None = None
         self._final_model: Path | None = None  # the model "Copied" was printed for

@@ -113,6 +113,12 @@ class Coupling:
         return int(stale[-1]) + 1 if stale.size else 0
 
 
+def inference_coupling() -> Coupling:
+    """``--inference``: nothing is learned and the run lasts until stopped (past ``max_steps``):
+    a window, so that gateways act at the pace the trainer counts their steps."""
+    return Coupling(False, DEFAULT_WINDOW, 2**62, None)
+
+
 def coupling_for(settings: TrainerSettings, on_policy: bool) -> Coupling:
     """A behavior's coupling from its learner kind and its ``tandem:`` section."""
     tandem = settings.tandem

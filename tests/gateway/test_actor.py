@@ -14,7 +14,7 @@ from common import specs as specs_mod
 from common import trajectory as trajectory_mod
 from gateway.remote.client import GatewayClient
 from gateway.options import ActorOptions
-from tandem.v1 import gateway_pb2
+from tandem.v1 import gateway_pb2, trainer_pb2
 from fake_trainer import FakeTrainerServer, TrainerState
 from gateway_helpers import environment_options, running_gateway, wait_until
 
@@ -202,3 +202,30 @@ def test_visual_observations_and_masks_in_actor_mode():
         assert visual.shape[1:] == (3, 24, 24) and 0.0 <= visual.min() and visual.max() <= 1.0
         chosen = np.take_along_axis(t.action_masks[:, :5], t.discrete_actions[:, :1].astype(int), axis=1)
         assert not chosen.any(), "the policy never picks a masked move"
+
+
+@pytest.mark.slow
+def test_collection_stops_where_the_grant_ends_and_resumes_with_the_next():
+    """Flow control: a gateway steps Unity only within the agent steps granted; out of
+    credit it sends every open fragment (bootstrapped) and waits; a new grant resumes it."""
+    state = TrainerState(time_horizon=1000)  # no time_horizon cut: only episode ends and pauses end fragments
+    state.grant_steps = 120  # 10 steps of the stand-in's 12 agents, who all decide at every step
+
+    def streamed(s: TrainerState) -> int:
+        return sum(len(c.trajectories[i].log_probs.data) // 4 for c in s.chunks.values() for i in range(len(c.trajectories)))
+
+    def open_fragments() -> set[int]:
+        return {t.agent_id for _, ts in decoded(state) for t in ts if not t.done}
+
+    trainer = FakeTrainerServer(state)
+    try:
+        with running_gateway(environment_options(), actor=actor_options(trainer.address, chunk_steps=10_000)) as gw:
+            # the pause sends every agent's open fragment: all 12 agents, 120 steps in all
+            assert state.wait_for(lambda s: streamed(s) >= 120, 60)
+            assert wait_until(lambda: len(open_fragments()) == 12, 60)
+            assert streamed(state) == 120 and gw.actor.progress.granted == {BALL: 120}
+            gw.actor._on_grant(trainer_pb2.CollectionGrant(behavior=BALL, agent_steps=60))
+            assert state.wait_for(lambda s: streamed(s) >= 180, 60)
+            assert streamed(state) == 180 == gw.actor.progress.steps, "nothing is collected beyond the grants"
+    finally:
+        trainer.stop()

@@ -169,3 +169,45 @@ def test_chunks_assembled_from_bytes_equal_the_protobuf_serialization():
         assert message == expected.SerializeToString()
         assert trainer_pb2.GatewayMessage.FromString(message) == expected
     assert wire.varint(0) == b"\x00" and wire.varint(300) == b"\xac\x02"
+
+
+def test_cut_all_ends_every_fragment_where_collection_pauses():
+    """Out of credit: agents deciding now end with their current observation as the bootstrap;
+    an agent whose step waits for its reward loses that step (counted) and the reward that
+    comes later still counts in its episode return."""
+    b = TrajectoryBuilder(SPEC, instance=0, time_horizon=100)
+    for t in range(2):  # agents 1 and 2 act on obs t
+        dec = decisions([1, 2], lambda a: 10 * a + t, rewards=[1.0, 1.0] if t else None)
+        b.observe(dec, empty_terminals())
+        act(b, dec)
+    # step 2: only agent 1 decides (agent 2 decides less often: its step 1 waits for its reward)
+    dec = decisions([1], lambda a: 10 * a + 2, rewards=[1.0])
+    assert b.observe(dec, empty_terminals()) == []
+    out, cut_off = b.cut_all(dec)
+    assert cut_off == 1
+    by_agent = {t.agent_id: t for t in out}
+    assert len(by_agent[1]) == 2 and not by_agent[1].done
+    np.testing.assert_array_equal(by_agent[1].next_observations[0], [12, 12])  # its current observation
+    np.testing.assert_array_equal(by_agent[1].rewards, [1.0, 1.0])
+    assert len(by_agent[2]) == 1 and not by_agent[2].done  # step 1 cut off
+    np.testing.assert_array_equal(by_agent[2].next_observations[0], [21, 21])  # the cut step's observation
+    # both go on in their episodes: new fragments; agent 2's late reward counts in its return only
+    act(b, dec)
+    late = decisions([2], lambda a: 23, rewards=[4.0])
+    b.observe(late, empty_terminals())
+    act(b, late)
+    final = b.observe(decisions([], lambda a: 0), terminals([1, 2], lambda a: 9, [1.0, 1.0], [False, False]))
+    finished = {t.agent_id: t for t in final}
+    assert len(finished[1]) == 1 and finished[1].episode_return == pytest.approx(3.0)  # rewards of its 3 steps
+    assert len(finished[2]) == 1 and finished[2].episode_return == pytest.approx(6.0)  # 1, 4 (cut-off step), 1
+    assert finished[2].episode_length == 3 and b.pending_steps == 0
+
+
+def test_cut_all_with_nobody_deciding_cuts_only_steps_waiting_for_rewards():
+    b = TrajectoryBuilder(SPEC, instance=0, time_horizon=100)
+    dec = decisions([5], lambda a: 1)
+    b.observe(dec, empty_terminals())
+    act(b, dec)
+    assert b.pending_steps == 1
+    out, cut_off = b.cut_all(None)
+    assert out == [] and cut_off == 1 and b.pending_steps == 0
