@@ -143,7 +143,8 @@ class _Behavior:
     #: the learner held when it began included), and the learner's step count then
     collected: int = 0
     version_start_step: int = 0
-    #: per connection: granted and not yet received (or returned)
+    #: per connection: granted and not yet received (or returned); negative after an
+    #: overshoot (the gateway's credit is negative by as much)
     outstanding: dict[Collector, int] = field(default_factory=dict)
     #: per connection: received and not yet taken in by the learner
     queued: dict[Collector, int] = field(default_factory=dict)
@@ -268,7 +269,9 @@ class CollectionControl:
                 fresh = total
             if collector is not None:
                 if collector in b.outstanding:
-                    b.outstanding[collector] = max(0, b.outstanding[collector] - fresh - int(returned))
+                    # exact, negative when the gateway overshot: it starts its next grant in debt
+                    # by as much, and clamping here would count steps it never collects
+                    b.outstanding[collector] -= fresh + int(returned)
                 b.queued[collector] = b.queued.get(collector, 0) + total
             grants = self._plan(behavior)
         self._send(grants)

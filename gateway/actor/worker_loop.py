@@ -101,10 +101,13 @@ class _Policy:
 @dataclass
 class _Credit:
     """Agent steps a behavior may still collect (negative: the last step overshot), for
-    snapshot ``version`` (0: any)."""
+    snapshot ``version`` (0: any). ``deliver_at``: window credit (version 0) is delivered
+    early, once it falls to half of the last grant, so that the trainer tops the window up
+    while the worker collects the other half (0: nothing to deliver early)."""
 
     version: int = 0
     steps: int = 0
+    deliver_at: int = 0
 
 
 class InstanceActor:
@@ -180,7 +183,20 @@ class InstanceActor:
             credit.version, credit.steps = version, steps
         elif version == credit.version:
             credit.steps += steps
+            if version == 0:
+                credit.deliver_at = max(1, credit.steps // 2)
         # an older version's grant arriving late: void already
+
+    def _deliver_early(self) -> None:
+        """Window credit half used: sends the behavior's open fragments now (cut, bootstrapped)."""
+        for behavior, credit in self.credit.items():
+            if credit.deliver_at and credit.steps <= credit.deliver_at and behavior in self.builders:
+                credit.deliver_at = 0
+                self._catch_up()
+                dec = self.current.get(behavior, (None, None))[0]
+                trajectories, cut_off = self.builders[behavior].cut_all(dec)
+                self._finish(behavior, trajectories)
+                self._flush(force=True, returned={behavior: cut_off} if cut_off else None)
 
     def _out_of_credit(self) -> list[str]:
         """Streamed behaviors with agents deciding now and no credit left (flow control)."""
@@ -447,6 +463,7 @@ class InstanceActor:
                 self._drain(0.5)  # until a grant (or the end)
                 continue
             self.paused = False
+            self._deliver_early()
             actions, acted = self._act()
             try:
                 out = self.instance.step(actions, while_unity_steps=lambda: self._bookkeeping(acted))

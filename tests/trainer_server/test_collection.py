@@ -329,3 +329,17 @@ def test_a_window_bounds_how_far_collection_runs_ahead_of_the_learner(every, gat
     assert trainer.step > 0 and trainer.dropped == 0
     if every == 1:  # a fast learner: nobody waits for credit
         assert all(g.collected == g.agents * 3000 for g in sims)
+
+
+def test_an_overshoot_is_a_debt_on_the_next_grant_not_steps_the_gateway_still_owes():
+    """A window gateway that overshoots (a whole step of agents) starts its next grant in debt;
+    near max_steps the trainer must not wait for steps it believes the gateway still holds."""
+    g = Gateway()
+    control = control_with(window(100, max_steps=210), g)
+    control.received(g, BEHAVIOR, {1: 104}, 0)  # 100 granted, 104 collected: credit -4 on the gateway
+    control.taken_in(g, BEHAVIOR, 104, learner_step=104)
+    assert g.total() == 204  # topped up to the window: the gateway holds -4 + 104 = 100
+    control.received(g, BEHAVIOR, {1: 100}, 0)  # it used them all and paused
+    control.taken_in(g, BEHAVIOR, 100, learner_step=204)
+    # the last 6 steps of max_steps (with the overshoot clamped away it would wait for 4 more)
+    assert g.total() == 210 and control.outstanding(BEHAVIOR) == {g: 6}
