@@ -105,7 +105,7 @@ def run_one(config: str, seed: int, time_limit_s: float, gateways: int = 1, slow
                             extra.append(subprocess.Popen(gateway_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                     for event in _summaries(log_path.read_text(errors="replace")):
                         for threshold in THRESHOLDS:
-                            if threshold not in milestones and event["mean_reward"] >= threshold:
+                            if threshold not in milestones and (event["mean_reward"] or 0.0) >= threshold:
                                 milestones[threshold] = (int(event["step"]), float(event["elapsed_s"]))
                     if len(milestones) == len(THRESHOLDS):
                         break
