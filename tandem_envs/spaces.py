@@ -19,14 +19,7 @@ import numpy as np
 from gymnasium import spaces
 
 from common.specs import BehaviorSpec
-
-
-def observation_keys(spec: BehaviorSpec) -> list[str]:
-    """The ``Dict`` key of each observation (sensor names, made unique)."""
-    keys: list[str] = []
-    for i, o in enumerate(spec.observations):
-        keys.append(o.name if o.name and o.name not in keys else f"obs{i}")
-    return keys
+from gateway.remote.agent_slots import sensor_names
 
 
 def _box(shape: tuple[int, ...], visual: bool) -> spaces.Box:
@@ -40,7 +33,7 @@ def observation_space(spec: BehaviorSpec) -> spaces.Space:
     boxes = [_box(o.shape, o.is_visual) for o in spec.observations]
     if len(boxes) == 1:
         return boxes[0]
-    return spaces.Dict(dict(zip(observation_keys(spec), boxes)))
+    return spaces.Dict(dict(zip(sensor_names(spec), boxes)))
 
 
 def action_space(spec: BehaviorSpec) -> spaces.Space:
@@ -67,7 +60,7 @@ def observation_rows(spec: BehaviorSpec, arrays: list[np.ndarray], rows) -> obje
     """
     if len(arrays) == 1:
         return np.array(arrays[0][rows], np.float32)
-    return {k: np.array(a[rows], np.float32) for k, a in zip(observation_keys(spec), arrays)}
+    return {k: np.array(a[rows], np.float32) for k, a in zip(sensor_names(spec), arrays)}
 
 
 def split_actions(spec: BehaviorSpec, actions, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -67,6 +67,14 @@ class SlotStep:
         return self.terminated | self.truncated
 
 
+def sensor_names(spec: BehaviorSpec) -> list[str]:
+    """A unique name per observation: the sensor's name, or ``obs<i>`` when empty or repeated."""
+    names: list[str] = []
+    for i, o in enumerate(spec.observations):
+        names.append(o.name if o.name and o.name not in names else f"obs{i}")
+    return names
+
+
 def decision_keys(views, behavior: str) -> set[tuple[int, int]]:
     """(instance, agent id) of every agent of ``behavior`` with a decision in ``views``."""
     return {(v.instance, int(a)) for v in views if v.behavior == behavior for a in v.decisions.agent_ids}
