@@ -35,17 +35,41 @@ def choose_behavior(specs: Mapping[str, BehaviorSpec], behavior: str | None) -> 
     return specs[matches[0]]
 
 
+def connect(
+    address: str,
+    *,
+    token: str | None = None,
+    root_certificates: bytes | None = None,
+    tls_server_name: str | None = None,
+    timeout_s: float = 30.0,
+) -> tuple[GatewayClient, dict[str, BehaviorSpec]]:
+    """A client of the gateway at ``address`` and its behaviors' specs (the client is closed on failure).
+
+    Args:
+        address: the gateway's ``host:port``.
+        token: bearer token, if the gateway requires one.
+        root_certificates: PEM CA bytes to connect over TLS.
+        tls_server_name: the name the gateway's certificate is for, if not the host's.
+        timeout_s: deadline of Describe.
+    """
+    client = GatewayClient(
+        address, token=token, root_certificates=root_certificates, timeout_s=timeout_s, tls_server_name=tls_server_name
+    )
+    try:
+        return client, client.specs()
+    except BaseException:
+        client.close()
+        raise
+
+
 class BehaviorDriver:
     """A gateway client stepping one behavior's agents as rows.
 
     Args:
         address: the gateway's ``host:port``.
         behavior: the behavior to drive (see ``choose_behavior``).
-        token: bearer token, if the gateway requires one.
-        root_certificates: PEM CA bytes to connect over TLS.
-        tls_server_name: the name the gateway's certificate is for, if not the host's.
-        timeout_s: deadline of Describe.
         environment_parameters: sent with every reset (``EnvironmentParametersChannel``).
+        **connection: ``token``, ``root_certificates``, ``tls_server_name``, ``timeout_s`` (see ``connect``).
     """
 
     def __init__(
@@ -53,20 +77,13 @@ class BehaviorDriver:
         address: str,
         behavior: str | None = None,
         *,
-        token: str | None = None,
-        root_certificates: bytes | None = None,
-        tls_server_name: str | None = None,
-        timeout_s: float = 30.0,
         environment_parameters: Mapping[str, float] | None = None,
+        **connection,
     ) -> None:
-        self.client = GatewayClient(
-            address, token=token, root_certificates=root_certificates, timeout_s=timeout_s,
-            tls_server_name=tls_server_name,
-        )
+        self.client, self.specs = connect(address, **connection)
         try:
-            self.specs = self.client.specs()
             self.spec = choose_behavior(self.specs, behavior)
-        except BaseException:
+        except ValueError:
             self.client.close()
             raise
         self.slots = AgentSlots(self.spec)

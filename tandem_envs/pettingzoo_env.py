@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 from pettingzoo import ParallelEnv
 
-from gateway.remote.client import GatewayClient, PlaySession, behavior_actions, decode_steps
+from gateway.remote.client import PlaySession, behavior_actions, decode_steps
 from tandem_envs import spaces as spaces_mod
+from tandem_envs.driver import connect
 
 
 @dataclass(frozen=True)
@@ -49,29 +50,14 @@ class UnityParallelEnv(ParallelEnv):
 
     Args:
         address: the gateway's ``host:port``.
-        token, root_certificates, tls_server_name, timeout_s: as ``GatewayClient``.
+        **connection: ``token``, ``root_certificates``, ``tls_server_name``, ``timeout_s``
+            (``tandem_envs.driver.connect``).
     """
 
     metadata = {"name": "tandem_unity_parallel_v0", "render_modes": []}
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        token: str | None = None,
-        root_certificates: bytes | None = None,
-        tls_server_name: str | None = None,
-        timeout_s: float = 30.0,
-    ) -> None:
-        self.client = GatewayClient(
-            address, token=token, root_certificates=root_certificates, tls_server_name=tls_server_name,
-            timeout_s=timeout_s,
-        )
-        try:
-            self.specs = self.client.specs()
-        except BaseException:
-            self.client.close()
-            raise
+    def __init__(self, address: str, **connection) -> None:
+        self.client, self.specs = connect(address, **connection)
         self.render_mode = None
         self._observation_spaces: dict = {}
         self._action_spaces: dict = {}

@@ -21,33 +21,30 @@ from gateway_helpers import environment_options, running_gateway
 BALL_SETTINGS = {"behavior": tensor_utils.pack_tensor("3DBall")}
 
 
-def dm_gateway(task: str, agents: int):
-    return running_gateway(
-        environment_options(env_args=("--task", task, "--num-agents", str(agents))),
-        server=ServerOptions(listen="127.0.0.1:0", dm_env_rpc_listen="127.0.0.1:0"),
-    )
+def _gateway(task: str):
+    """Module fixture: a gateway serving dm_env_rpc in front of the stand-in's ``task`` (2 agents)."""
+
+    @pytest.fixture(scope="module")
+    def fixture():
+        server = ServerOptions(listen="127.0.0.1:0", dm_env_rpc_listen="127.0.0.1:0")
+        with running_gateway(environment_options(env_args=("--task", task, "--num-agents", "2")), server=server) as gw:
+            yield gw
+
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def ball_gateway():
-    with dm_gateway("3dball", 2) as gw:
-        yield gw
+def _address_for_class(gateway_fixture: str):
+    """Class fixture: the suite's ``address`` is that gateway's dm_env_rpc endpoint."""
+
+    @pytest.fixture(scope="class")
+    def fixture(request):
+        request.cls.address = f"127.0.0.1:{request.getfixturevalue(gateway_fixture).dm_env_rpc_port}"
+
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def grid_gateway():
-    with dm_gateway("gridworld", 2) as gw:
-        yield gw
-
-
-@pytest.fixture(scope="class")
-def on_ball(request, ball_gateway):
-    request.cls.address = f"127.0.0.1:{ball_gateway.dm_env_rpc_port}"
-
-
-@pytest.fixture(scope="class")
-def on_grid(request, grid_gateway):
-    request.cls.address = f"127.0.0.1:{grid_gateway.dm_env_rpc_port}"
+ball_gateway, grid_gateway = _gateway("3dball"), _gateway("gridworld")
+on_ball, on_grid = _address_for_class("ball_gateway"), _address_for_class("grid_gateway")
 
 
 class _Connected:

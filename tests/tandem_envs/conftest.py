@@ -16,41 +16,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
 from gateway_helpers import environment_options, running_gateway  # noqa: E402
 
 
-def standin_gateway(task: str, agents: int, num_envs: int = 1):
-    """A running gateway (context manager) on the stand-in's ``task`` with ``agents`` agents per instance."""
-    return running_gateway(environment_options(num_envs=num_envs, env_args=("--task", task, "--num-agents", str(agents))))
+def _gateway(task: str, agents: int, num_envs: int = 1, doc: str = ""):
+    """A module-scoped fixture: a running gateway on the stand-in's ``task``, ``agents`` agents per instance."""
+
+    @pytest.fixture(scope="module")
+    def fixture():
+        env_args = ("--task", task, "--num-agents", str(agents))
+        with running_gateway(environment_options(num_envs=num_envs, env_args=env_args)) as gw:
+            yield gw
+
+    fixture.__doc__ = doc
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def ball_one():
-    """3DBall with one agent: the single-agent Env."""
-    with standin_gateway("3dball", 1) as gw:
-        yield gw
-
-
-@pytest.fixture(scope="module")
-def grid_one():
-    """GridWorld with one agent: discrete branches, masks, a visual and a vector observation."""
-    with standin_gateway("gridworld", 1) as gw:
-        yield gw
-
-
-@pytest.fixture(scope="module")
-def ball_two_instances():
-    """3DBall, 2 instances of 3 agents: 6 vector slots."""
-    with standin_gateway("3dball", 3, num_envs=2) as gw:
-        yield gw
-
-
-@pytest.fixture(scope="module")
-def grid_four():
-    """GridWorld with 4 agents."""
-    with standin_gateway("gridworld", 4) as gw:
-        yield gw
-
-
-@pytest.fixture(scope="module")
-def multibehavior():
-    """Chasers and runners in 2 areas: two behaviors, staggered decisions, catches and interruptions."""
-    with standin_gateway("multibehavior", 2) as gw:
-        yield gw
+ball_one = _gateway("3dball", 1, doc="3DBall with one agent: the single-agent Env.")
+grid_one = _gateway("gridworld", 1, doc="GridWorld with one agent: branches, masks, a visual and a vector observation.")
+ball_two_instances = _gateway("3dball", 3, num_envs=2, doc="3DBall, 2 instances of 3 agents: 6 vector slots.")
+grid_four = _gateway("gridworld", 4, doc="GridWorld with 4 agents.")
+multibehavior = _gateway(
+    "multibehavior", 2, doc="Chasers and runners in 2 areas: two behaviors, staggered decisions, catches, interruptions."
+)
