@@ -33,7 +33,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from gateway.remote.agent_slots import SlotStep, any_news
+from gateway.remote.agent_slots import SlotStep, any_news, sensor_names
 from tandem_envs import spaces as spaces_mod
 from tandem_envs.driver import BehaviorDriver
 
@@ -225,16 +225,19 @@ class UnityVectorEnv(VectorEnv):
         return list(self._driver.slots.keys)
 
     def _info(self, step: SlotStep) -> dict[str, Any]:
-        info: dict[str, Any] = {
-            "decision_requested": step.decided.copy(),
-            "group_reward": step.group_rewards.copy(),
+        info: dict[str, Any] = {  # every array of a SlotStep is new: no copies needed
+            "decision_requested": step.decided,
+            "group_reward": step.group_rewards,
         }
         if self._driver.spec.action_spec.num_branches:
             info["action_mask"] = spaces_mod.allowed(step.action_mask)
         return info
 
     def _observations(self, arrays: list[np.ndarray]):
-        return spaces_mod.observation_rows(self._driver.spec, arrays, slice(None))
+        """The batch observation from a SlotStep's (fresh) arrays, without copying them again."""
+        if len(arrays) == 1:
+            return arrays[0]
+        return dict(zip(sensor_names(self._driver.spec), arrays))
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -250,7 +253,8 @@ class UnityVectorEnv(VectorEnv):
                 )
             self._last = step
         self._reset_done = True
-        return self._observations(self._last.observations), self._info(self._last)
+        copies = [o.copy() for o in self._last.observations]  # reset() may hand out the same step twice
+        return self._observations(copies), self._info(self._last)
 
     def step(self, actions):
         continuous, discrete = spaces_mod.split_actions(self._driver.spec, actions, self.num_envs)
@@ -263,14 +267,14 @@ class UnityVectorEnv(VectorEnv):
             for row in np.flatnonzero(ended):
                 final[row] = spaces_mod.observation_rows(self._driver.spec, step.final_observations, int(row))
             info["final_obs"] = final
-            info["_final_obs"] = ended.copy()
+            info["_final_obs"] = ended
             info["final_info"] = {}
             info["_final_info"] = ended.copy()
         return (
             self._observations(step.observations),
             step.rewards.astype(np.float64),
-            step.terminated.copy(),
-            step.truncated.copy(),
+            step.terminated,
+            step.truncated,
             info,
         )
 

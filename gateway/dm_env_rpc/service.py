@@ -88,13 +88,20 @@ class PoolDriver:
         return decode_steps(steps, self.specs, only=self.behavior)
 
     def _step_once(self, actions) -> list:
-        request = gateway_pb2.StepRequest()
+        """One step of every instance; ``actions`` (continuous, discrete) for the pending rows, or None."""
+        decoded: dict[int, dict[str, BehaviorActions]] = {}
         if actions is not None:
+            decisions = self.pool.decisions
+            request = gateway_pb2.StepRequest()
             for instance, (ids, cont, disc) in self.slots.pending_actions(*actions).items():
-                request.actions.append(behavior_actions(instance, self.behavior, ids, cont, disc))
-            decoded = decode_step_request(request, self.pool.decisions, self.specs)
-        else:
-            decoded: dict[int, dict[str, BehaviorActions]] = {}
+                expected = decisions.get(instance, {}).get(self.behavior)
+                if expected is not None and np.array_equal(ids, expected):  # the usual case: every agent, in order
+                    decoded[instance] = {self.behavior: BehaviorActions(continuous=cont, discrete=disc)}
+                else:  # some agents left out: the Play path's checks fill in zeros
+                    request.actions.append(behavior_actions(instance, self.behavior, ids, cont, disc))
+            if request.actions:
+                for instance, by_behavior in decode_step_request(request, decisions, self.specs).items():
+                    decoded.setdefault(instance, {}).update(by_behavior)
         return self._views(self.pool.step(decoded))
 
     def reset(self, parameters: dict[str, float], known=(), discover_agents: bool = False):

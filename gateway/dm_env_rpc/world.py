@@ -92,6 +92,7 @@ class BehaviorWorld:
         if a.num_branches:
             high = np.broadcast_to(np.asarray(a.discrete_branches, np.int32) - 1, (n, a.num_branches))
             actions.append(_Tensor("discrete", _INT, (n, a.num_branches), (0, np.ascontiguousarray(high))))
+        self._sensors = sensors
         self.observations = {uid: t for uid, t in enumerate(obs, start=1)}
         self.actions = {uid: t for uid, t in enumerate(actions, start=len(obs) + 1)}
         self._action_bounds = {uid: tensor_spec_utils.bounds(_to_spec(t)) for uid, t in self.actions.items()}
@@ -161,7 +162,7 @@ class BehaviorWorld:
         return out
 
     def _value(self, name: str, step: SlotStep) -> np.ndarray:
-        sensors = sensor_names(self.spec)
+        sensors = self._sensors
         if name in sensors:
             return step.observations[sensors.index(name)]
         if name.startswith("final_observation."):

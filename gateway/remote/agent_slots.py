@@ -156,13 +156,15 @@ class AgentSlots:
         self.action_mask = np.zeros((n, self.spec.action_spec.mask_size), bool)
         return self.absorb(views)
 
-    def _rows(self, instance: int, agent_ids: np.ndarray) -> np.ndarray:
-        """Row of each agent (-1 for unknown ones); cached for the usual repeated id list."""
-        cached = self._rows_cache.get(instance)
+    def _rows(self, instance: int, agent_ids: np.ndarray, cache: bool = True) -> np.ndarray:
+        """Row of each agent (-1 for unknown ones); with ``cache``, kept for the usual repeated id list
+        (decisions; terminal batches vary and would only evict it)."""
+        cached = self._rows_cache.get(instance) if cache else None
         if cached is not None and np.array_equal(cached[0], agent_ids):
             return cached[1]
         rows = np.array([self._row_of.get((instance, int(a)), -1) for a in agent_ids], np.intp)
-        self._rows_cache[instance] = (agent_ids.copy(), rows)
+        if cache:
+            self._rows_cache[instance] = (agent_ids.copy(), rows)
         return rows
 
     def _adopt(self, instance: int, agent_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -197,16 +199,16 @@ class AgentSlots:
                 continue
             term: StepBatch = v.terminals
             if len(term):
-                rows = self._rows(v.instance, term.agent_ids)
-                known = rows >= 0
-                r = rows[known]
+                rows = self._rows(v.instance, term.agent_ids, cache=False)
+                sel = _known(rows)
+                r = rows[sel]
                 if final is None:
                     final = [o.copy() for o in self.observations]
                 for k, obs in enumerate(term.observations):
-                    final[k][r] = obs[known]
-                np.add.at(rewards, r, term.rewards[known])
-                np.add.at(group_rewards, r, term.group_rewards[known])
-                interrupted = term.interrupted[known]
+                    final[k][r] = obs[sel]
+                rewards[r] += term.rewards[sel]  # rows are unique within a batch
+                group_rewards[r] += term.group_rewards[sel]
+                interrupted = term.interrupted[sel]
                 truncated[r] = interrupted
                 terminated[r] = ~interrupted
                 self._vacant[r] = True
@@ -215,26 +217,17 @@ class AgentSlots:
                 rows = self._rows(v.instance, dec.agent_ids)
                 if (rows < 0).any():
                     rows = self._adopt(v.instance, dec.agent_ids, rows)
-                known = rows >= 0
-                if known.all():
-                    r, ids = rows, dec.agent_ids
-                    for k, obs in enumerate(dec.observations):
-                        self.observations[k][r] = obs
-                    rewards[r] += dec.rewards
-                    group_rewards[r] += dec.group_rewards
-                    if dec.action_mask is not None and self.action_mask.shape[1]:
-                        self.action_mask[r] = dec.action_mask
-                else:
-                    r, ids = rows[known], dec.agent_ids[known]
-                    for k, obs in enumerate(dec.observations):
-                        self.observations[k][r] = obs[known]
-                    rewards[r] += dec.rewards[known]
-                    group_rewards[r] += dec.group_rewards[known]
-                    if dec.action_mask is not None and self.action_mask.shape[1]:
-                        self.action_mask[r] = dec.action_mask[known]
+                sel = _known(rows)
+                r = rows[sel]
+                for k, obs in enumerate(dec.observations):
+                    self.observations[k][r] = obs[sel]
+                rewards[r] += dec.rewards[sel]
+                group_rewards[r] += dec.group_rewards[sel]
+                if dec.action_mask is not None and self.action_mask.shape[1]:
+                    self.action_mask[r] = dec.action_mask[sel]
                 decided[r] = True
                 self._vacant[r] = False
-                order[v.instance] = (r, ids)
+                order[v.instance] = (r, dec.agent_ids[sel])
         self.pending = decided
         self._order = order
         return SlotStep(
@@ -275,6 +268,12 @@ class AgentSlots:
             )
             out[instance] = (np.asarray(ids, np.int32), cont, disc)
         return out
+
+
+def _known(rows: np.ndarray):
+    """An index selecting the agents that have a row: everything (a view, no copy) in the usual case."""
+    known = rows >= 0
+    return slice(None) if known.all() else known
 
 
 def merge(first: SlotStep, second: SlotStep) -> SlotStep:
