@@ -200,3 +200,24 @@ def test_dm_env_rpc_listen_is_checked():
         validate(
             replace(options, server=ServerOptions(dm_env_rpc_listen="127.0.0.1:0"), actor=ActorOptions("127.0.0.1:1"))
         )
+
+
+def test_the_cli_flag_reaches_the_server_options():
+    from gateway.cli import build_parser, options_from_args
+
+    options = options_from_args(build_parser().parse_args(["--dm-env-rpc-listen", "127.0.0.1:0"]))
+    assert options.server.dm_env_rpc_listen == "127.0.0.1:0"
+    assert options_from_args(build_parser().parse_args([])).server.dm_env_rpc_listen is None
+
+
+def test_the_services_never_import_the_adapter_libraries():
+    """The extra is optional: the gateway (without --dm-env-rpc-listen) and the trainer run without it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gateway.cli, gateway.app, trainer_server.cli, trainer_server.main\n"
+        "loaded = {'gymnasium', 'pettingzoo', 'dm_env_rpc', 'dm_env', 'tandem_envs'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
