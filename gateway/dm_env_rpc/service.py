@@ -221,10 +221,7 @@ class DmEnvRpcServicer(dm_env_rpc_pb2_grpc.EnvironmentServicer):
 
     def _destroy_world(self, request):
         with self._lock:
-            if request.world_name not in self._worlds:
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"world_name: no world {request.world_name!r}")
-            if request.world_name in self._joined:
-                raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"world_name: {request.world_name!r} is joined")
+            self._joinable(request.world_name)  # exists, and nobody is in it
             del self._worlds[request.world_name]
         return dm_env_rpc_pb2.DestroyWorldResponse()
 
@@ -233,16 +230,16 @@ class DmEnvRpcServicer(dm_env_rpc_pb2_grpc.EnvironmentServicer):
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"join_world: already joined {conn.world_name!r}")
         if request.settings:
             raise _invalid(f"settings: unknown setting(s) {sorted(request.settings)}; joining takes none")
+        self._joinable(request.world_name)
+        # the claim may wait for a departed driver (seconds): not under the lock
+        if not self._gateway.claim_play(conn.context):
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, "join_world: another client is driving the environments")
         with self._lock:
-            behavior = self._worlds.get(request.world_name)
-            if behavior is None:
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"world_name: no world {request.world_name!r}")
-            if request.world_name in self._joined:
-                raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"world_name: {request.world_name!r} is joined")
-            if not self._gateway.claim_play(conn.context):
-                raise RequestError(
-                    grpc.StatusCode.FAILED_PRECONDITION, "join_world: another client is driving the environments"
-                )
+            try:
+                behavior = self._joinable(request.world_name)
+            except RequestError:
+                self._gateway.release_play()
+                raise
             self._joined[request.world_name] = conn
         conn.world_name = request.world_name
         try:
@@ -255,6 +252,24 @@ class DmEnvRpcServicer(dm_env_rpc_pb2_grpc.EnvironmentServicer):
         conn.first_step = True
         self.log.info("dm_env_rpc world joined", world=conn.world_name, agents=conn.world.n)
         return dm_env_rpc_pb2.JoinWorldResponse(specs=conn.world.specs())
+
+    def _existing(self, world_name: str) -> str:
+        """The behavior of ``world_name``; raises NOT_FOUND naming it."""
+        behavior = self._worlds.get(world_name)
+        if behavior is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"world_name: no world {world_name!r}")
+        return behavior
+
+    def _joinable(self, world_name: str) -> str:
+        """The behavior of ``world_name`` if it exists and nobody joined it.
+
+        Raises:
+            RequestError: NOT_FOUND or FAILED_PRECONDITION naming the world.
+        """
+        behavior = self._existing(world_name)
+        if world_name in self._joined:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"world_name: {world_name!r} is joined")
+        return behavior
 
     def _leave(self, conn: _Connection) -> None:
         if conn.world_name is None:
@@ -289,8 +304,7 @@ class DmEnvRpcServicer(dm_env_rpc_pb2_grpc.EnvironmentServicer):
 
     def _reset_world(self, conn: _Connection, request):
         with self._lock:
-            if request.world_name not in self._worlds:
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"world_name: no world {request.world_name!r}")
+            self._existing(request.world_name)
         if conn.world_name == request.world_name:
             self._reset_environment(conn, request.settings)
         return dm_env_rpc_pb2.ResetWorldResponse()

@@ -10,6 +10,8 @@ gives each agent seen at the reset a row (instance, then agent id order) and kee
   observation kept apart; its decision steps give the row's (next) observation. An agent
   that ends and requests its next decision in the same response, as Unity agents do,
   so ends one episode and begins the next in one call (Gymnasium's same-step autoreset);
+  the reward of that first decision belongs to the new episode and is returned with the
+  row's next step;
 * a row whose agent did not request a decision keeps its last observation, gets reward
   0 (Unity adds the reward to the agent's next decision) and ``decided`` false; an
   action given for it is not sent (Unity repeats the agent's last action);
@@ -125,6 +127,7 @@ class AgentSlots:
         self._order: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # instance -> (rows, agent ids) of the last decisions
         self.observations: list[np.ndarray] = []
         self.action_mask = np.zeros((0, spec.action_spec.mask_size), bool)
+        self._carry = (np.zeros(0, np.float32), np.zeros(0, np.float32))
         self.dropped = 0
 
     @property
@@ -154,6 +157,7 @@ class AgentSlots:
         self._order = {}
         self.observations = [np.zeros((n, *o.shape), np.float32) for o in self.spec.observations]
         self.action_mask = np.zeros((n, self.spec.action_spec.mask_size), bool)
+        self._carry = (np.zeros(n, np.float32), np.zeros(n, np.float32))
         return self.absorb(views)
 
     def _rows(self, instance: int, agent_ids: np.ndarray, cache: bool = True) -> np.ndarray:
@@ -187,8 +191,9 @@ class AgentSlots:
     def absorb(self, views) -> SlotStep:
         """Applies one response's steps of this behavior to the rows."""
         n = self.n
-        rewards = np.zeros(n, np.float32)
-        group_rewards = np.zeros(n, np.float32)
+        # a new episode's first reward, received with the end of the previous one, counts in the next step
+        rewards, group_rewards = self._carry
+        self._carry = (np.zeros(n, np.float32), np.zeros(n, np.float32))
         terminated = np.zeros(n, bool)
         truncated = np.zeros(n, bool)
         decided = np.zeros(n, bool)
@@ -221,8 +226,10 @@ class AgentSlots:
                 r = rows[sel]
                 for k, obs in enumerate(dec.observations):
                     self.observations[k][r] = obs[sel]
-                rewards[r] += dec.rewards[sel]
-                group_rewards[r] += dec.group_rewards[sel]
+                began = terminated[r] | truncated[r]  # these rows' decisions open their next episode
+                for total, carry, values in zip((rewards, group_rewards), self._carry, (dec.rewards, dec.group_rewards)):
+                    total[r] += np.where(began, 0.0, values[sel])
+                    carry[r] += np.where(began, values[sel], 0.0)
                 if dec.action_mask is not None and self.action_mask.shape[1]:
                     self.action_mask[r] = dec.action_mask[sel]
                 decided[r] = True

@@ -51,7 +51,8 @@ def test_an_episode_end_is_terminated_or_truncated_and_the_next_episode_follows_
     assert step.truncated.tolist() == [True, False] and step.terminated.tolist() == [False, True]
     assert step.final_observations[0][:, 0].tolist() == [-1.0, -1.0]  # the ended episodes' last observations
     assert step.observations[0][:, 0].tolist() == [1.0, 1.0]  # the next episodes' first ones
-    assert step.rewards.tolist() == [2.0, 2.0]  # the terminal reward and the new decision's
+    assert step.rewards.tolist() == [1.0, 1.0]  # the terminal reward; the new decision's opens the next episode
+    assert slots.absorb([view(0, [0, 1], reward=0.25)]).rewards.tolist() == [1.25, 1.25]
 
 
 def test_new_agent_ids_take_the_rows_of_agents_that_ended_and_extra_ones_are_left_out():
