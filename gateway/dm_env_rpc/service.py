@@ -47,8 +47,6 @@ from gateway.remote.client import behavior_actions, decode_steps
 from gateway.remote.pool import EnvironmentPool
 from tandem.v1 import gateway_pb2
 
-_RUNNING = dm_env_rpc_pb2.EnvironmentStateType.RUNNING
-
 
 class RequestError(Exception):
     """A request refused with a gRPC status code; the message names the field."""
@@ -317,7 +315,4 @@ class DmEnvRpcServicer(dm_env_rpc_pb2_grpc.EnvironmentServicer):
         else:
             continuous, discrete = world.decode_actions(request.actions)
             conn.last = conn.driver.step(continuous, discrete)
-        response = dm_env_rpc_pb2.StepResponse(state=_RUNNING)
-        for uid, tensor in world.observations_of(conn.last, uids).items():
-            response.observations[uid].CopyFrom(tensor)
-        return response
+        return world.step_response(conn.last, uids)

@@ -221,3 +221,19 @@ def test_the_services_never_import_the_adapter_libraries():
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.array([True, False, True]),
+        np.zeros((0, 2), np.float32),
+        np.array([1, -5], np.int32),
+        np.full((2, 3, 4, 5), 0.5, np.float32),
+    ],
+)
+def test_observation_tensors_are_the_ones_dm_env_rpc_packs(array):
+    from gateway.dm_env_rpc.world import _tensor_bytes
+
+    assert dm_env_rpc_pb2.Tensor.FromString(_tensor_bytes(array)) == tensor_utils.pack_tensor(array)
