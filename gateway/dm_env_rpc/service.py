@@ -42,7 +42,7 @@ from gateway.dm_env_rpc.world import BehaviorWorld, WorldError
 from gateway.env.instance import BehaviorActions
 from gateway.env.workers import PoolError
 from gateway.remote.agent_slots import AgentSlots, any_news, discover, step_until
-from gateway.remote.actions import decode_step_request
+from gateway.remote.actions import InvalidArgument, decode_step_request
 from gateway.remote.client import behavior_actions, decode_steps
 from gateway.remote.pool import EnvironmentPool
 from tandem.v1 import gateway_pb2
@@ -103,12 +103,15 @@ class PoolDriver:
         return self._views(self.pool.step(decoded))
 
     def reset(self, parameters: dict[str, float], known=(), discover_agents: bool = False):
+        """Resets every instance (parameters set first); rows for the agents deciding now and ``known``
+        ones, and with ``discover_agents`` for every agent found over one decision period."""
         known = set(known)
         if discover_agents:
             known |= discover(self.behavior, lambda: self._views(self.pool.reset(parameters)), lambda: self._step_once(None))
         return self.slots.start(self._views(self.pool.reset(parameters)), known)
 
     def step(self, continuous, discrete):
+        """Acts for the pending rows, then steps until an agent decides or ends its episode."""
         return step_until(self.slots, self._step_once, (continuous, discrete), any_news)
 
 
@@ -153,7 +156,7 @@ class DmEnvRpcServicer(dm_env_rpc_pb2_grpc.EnvironmentServicer):
                     getattr(response, kind).CopyFrom(self._answer(conn, kind, getattr(request, kind)))
                 except RequestError as e:
                     response.error.CopyFrom(status_pb2.Status(code=e.code.value[0], message=str(e)))
-                except WorldError as e:
+                except (WorldError, InvalidArgument) as e:
                     response.error.CopyFrom(status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=str(e)))
                 except PoolError as e:
                     log.warning("dm_env_rpc request failed", error=str(e))
