@@ -29,7 +29,7 @@ $(SETUP_STAMP): pyproject.toml gateway/env/mlagents_protobuf.py
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required (set PYTHON=...)" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,envs]'
 	# mlagents-envs pins Python<=3.10.12, grpcio<=1.48.2, protobuf<3.21, numpy<1.24: it works
 	# on modern versions once its protocol modules are rebuilt (see README), so no resolver.
 	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python mlagents-envs==1.1.0

@@ -148,9 +148,13 @@ def run_direct(agents: int, instances: int, seconds: float) -> DirectResult:
 
 
 def start_gateway_process(
-    agents: int, instances: int, extra: list[str] | None = None, exe: Path | None = None
+    agents: int, instances: int, extra: list[str] | None = None, exe: Path | None = None, ready: dict | None = None
 ) -> tuple[subprocess.Popen, int]:
-    """Starts ``tandem-gateway`` (this environment's, or ``exe``) on the stand-in; returns it and its port."""
+    """Starts ``tandem-gateway`` (this environment's, or ``exe``) on the stand-in; returns it and its port.
+
+    ``ready``, when given, receives the fields of the gateway's "gateway ready" log line
+    (``dm_env_rpc_port`` among them).
+    """
     exe = exe or Path(sys.executable).with_name("tandem-gateway")
     cmd = [
         str(exe), "--listen", "127.0.0.1:0", "--log-json", "--num-envs", str(instances),
@@ -163,7 +167,10 @@ def start_gateway_process(
     def read():
         for line in proc.stderr:
             if '"gateway ready"' in line:
-                port.put(json.loads(line)["port"])
+                record = json.loads(line)
+                if ready is not None:
+                    ready.update(record)
+                port.put(record["port"])
 
     threading.Thread(target=read, daemon=True).start()
     try:
@@ -473,10 +480,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--adapters-only", action="store_true",
+        help="only the Gymnasium / dm_env_rpc adapter rows (benchmarks/results/bench_gateway_adapters.md)",
+    )
+    parser.add_argument("--no-adapters", action="store_true", help="skip the adapter rows")
     args = parser.parse_args([] if argv is None else argv)
     if args.echo_server:
         return serve_echo()
     configure_logging()
+    if not args.no_adapters:
+        from benchmarks import gateway_adapters
+
+        gateway_adapters.main(args.agents, args.seconds, args.repeats)
+        if args.adapters_only:
+            return 0
     rows = []
     for agents in args.agents:
         for instances in args.instances:

@@ -37,6 +37,7 @@ class Gateway:
         self.log_json = log_json
         self.servicer = GatewayServicer(options.environment.engine, actor_mode=options.is_actor)
         self.server: GrpcServer | None = None
+        self.dm_env_rpc_server: GrpcServer | None = None
         self.pool: EnvironmentPool | None = None
         self.actor = None
         self.log = get_logger("gateway")
@@ -48,6 +49,11 @@ class Gateway:
     @property
     def address(self) -> str:
         return self.server.address if self.server else ""
+
+    @property
+    def dm_env_rpc_port(self) -> int | None:
+        """The dm_env_rpc server's bound port, or None when not served."""
+        return self.dm_env_rpc_server.port if self.dm_env_rpc_server else None
 
     def start(self) -> None:
         """Starts the server (health NOT_SERVING), then the environments, then says SERVING.
@@ -75,17 +81,28 @@ class Gateway:
             self.pool = EnvironmentPool(self.options.environment, self.log_json)
             self.pool.start()
             self.servicer.attach(self.pool)
+            if self.options.server.dm_env_rpc_listen is not None:
+                from gateway.dm_env_rpc.server import start_dm_env_rpc_server
+
+                self.dm_env_rpc_server = start_dm_env_rpc_server(self.options.server, self.servicer, self.pool)
+                self.log.info("dm_env_rpc listening", address=self.dm_env_rpc_server.address, port=self.dm_env_rpc_port)
         self.server.set_serving(True)
-        self.log.info("gateway ready", address=self.server.address, port=self.server.port)
+        self.log.info(
+            "gateway ready", address=self.server.address, port=self.server.port, dm_env_rpc_port=self.dm_env_rpc_port
+        )
 
     def stop(self) -> None:
         """Stops accepting calls, closes every instance (killing what does not quit), stops the server."""
         if self.server is not None:
             self.server.set_serving(False)
+        if self.dm_env_rpc_server is not None:
+            self.dm_env_rpc_server.set_serving(False)
         if self.actor is not None:
             self.actor.stop()
         if self.pool is not None:
             self.pool.close()
+        if self.dm_env_rpc_server is not None:
+            self.dm_env_rpc_server.stop(grace_s=1.0)
         if self.server is not None:
             self.server.stop(grace_s=1.0)
         self.log.info("gateway stopped")

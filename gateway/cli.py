@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv = add_server_arguments(p, title="server", listen="127.0.0.1:5756")
     srv.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message")
+    srv.add_argument(
+        "--dm-env-rpc-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="also serve the dm_env_rpc v1 protocol here (remote-control mode; port 0 = any free port; "
+        "needs pip install -e '.[envs]'); default: not served",
+    )
     act = p.add_argument_group("actor mode")
     act.add_argument("--trainer", default=None, help="host:port of a trainer: act and stream experience to it")
     act.add_argument(
@@ -146,6 +153,7 @@ def options_from_args(args: argparse.Namespace) -> GatewayOptions:
         tls_key=args.tls_key,
         token=args.token or os.environ.get(TOKEN_ENV_VAR) or None,
         max_message_mb=args.max_message_mb,
+        dm_env_rpc_listen=args.dm_env_rpc_listen,
     )
     actor = None
     if args.trainer:

@@ -150,6 +150,9 @@ class ServerOptions:
         token: shared bearer token clients must send; None = no authentication.
         max_message_mb: largest gRPC message, both directions (visual observations are big).
         keepalive_s: interval of HTTP/2 keepalive pings to clients.
+        dm_env_rpc_listen: ``host:port`` where the dm_env_rpc v1 protocol is served too
+            (remote-control mode; port 0 = any free port); None = not served. Same TLS,
+            token and message limit as ``listen``. Needs the ``dm-env-rpc`` package.
     """
 
     listen: str = "127.0.0.1:5756"
@@ -158,6 +161,7 @@ class ServerOptions:
     token: str | None = None
     max_message_mb: int = 64
     keepalive_s: float = 30.0
+    dm_env_rpc_listen: str | None = None
 
     @property
     def max_message_bytes(self) -> int:
@@ -188,6 +192,18 @@ def _check_host_port(name: str, value: str) -> None:
 def _check_file(name: str, path: str | None) -> None:
     if path is not None and not os.path.isfile(path):
         raise OptionsError(f"{name}: no such file {path!r}")
+
+
+def _check_dm_env_rpc(options: GatewayOptions) -> None:
+    _check_host_port("--dm-env-rpc-listen", options.server.dm_env_rpc_listen)
+    if options.is_actor:
+        raise OptionsError("--dm-env-rpc-listen: remote-control mode only (not with --trainer or --policy)")
+    try:
+        import dm_env_rpc.v1.dm_env_rpc_pb2  # noqa: F401
+    except ImportError:
+        raise OptionsError(
+            "--dm-env-rpc-listen: needs the dm-env-rpc package (pip install -e '.[envs]')"
+        ) from None
 
 
 def validate(options: GatewayOptions) -> GatewayOptions:
@@ -237,6 +253,8 @@ def validate(options: GatewayOptions) -> GatewayOptions:
         raise OptionsError(f"--max-message-mb: must be 1..2047, got {srv.max_message_mb}")
     if srv.keepalive_s <= 0:
         raise OptionsError("keepalive_s: must be positive")
+    if srv.dm_env_rpc_listen is not None:
+        _check_dm_env_rpc(options)
     act = options.actor
     if act is not None:
         _check_host_port("--trainer", act.trainer)

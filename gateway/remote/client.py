@@ -32,10 +32,14 @@ class BehaviorStepsView:
     terminals: StepBatch
 
 
-def decode_steps(steps: gateway_pb2.Steps, specs: dict[str, BehaviorSpec]) -> list[BehaviorStepsView]:
-    """Decodes every ``BehaviorSteps`` of a response (specs from Describe)."""
+def decode_steps(
+    steps: gateway_pb2.Steps, specs: dict[str, BehaviorSpec], only: str | None = None
+) -> list[BehaviorStepsView]:
+    """Decodes every ``BehaviorSteps`` of a response (specs from Describe), or only behavior ``only``'s."""
     out = []
     for i, entry in enumerate(steps.behaviors):
+        if only is not None and entry.behavior != only:
+            continue
         spec = specs[entry.behavior]
         out.append(
             BehaviorStepsView(
@@ -45,6 +49,20 @@ def decode_steps(steps: gateway_pb2.Steps, specs: dict[str, BehaviorSpec]) -> li
                 terminals=steps_mod.decode(entry.terminal, spec, terminal=True, name=f"behaviors[{i}].terminal"),
             )
         )
+    return out
+
+
+def behavior_actions(
+    instance: int, behavior: str, agent_ids: np.ndarray, continuous: np.ndarray, discrete: np.ndarray
+) -> gateway_pb2.BehaviorActions:
+    """A ``BehaviorActions`` message: int32 ``agent_ids [k]``, float32 ``continuous [k, c]``, int32 ``discrete [k, b]``
+    (an empty action part, c or b = 0, is left out)."""
+    out = gateway_pb2.BehaviorActions(instance=instance, behavior=behavior)
+    steps_mod.put_tensor(agent_ids, out.agent_ids)
+    if continuous.shape[1]:
+        steps_mod.put_tensor(continuous, out.continuous)
+    if discrete.shape[1]:
+        steps_mod.put_tensor(discrete, out.discrete)
     return out
 
 

@@ -143,6 +143,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._play_holder = context
         return True
 
+    def claim_play(self, holder) -> bool:
+        """Takes the one-driver lock for another protocol's client (the dm_env_rpc endpoint).
+
+        Args:
+            holder: its gRPC context (``is_active()`` tells whether the client is still there).
+
+        Returns:
+            False when a Play stream (or another holder) keeps it (after the waits of ``_acquire_play``).
+        """
+        return self._acquire_play(holder)
+
+    def release_play(self) -> None:
+        """Releases the lock taken with ``claim_play``."""
+        self._play_holder = None
+        self._play_lock.release()
+
     def _answer(self, pool: EnvironmentPool, request, context) -> gateway_pb2.PlayResponse:
         kind = request.WhichOneof("request")
         response = gateway_pb2.PlayResponse()

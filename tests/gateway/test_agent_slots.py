@@ -1,0 +1,89 @@
+"""``AgentSlots``: a behavior's agents as fixed rows, on hand-made steps (no Unity)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
+from gateway.env.steps import StepBatch
+from gateway.remote.agent_slots import AgentSlots, NoAgents, any_news, discover, step_until
+from gateway.remote.client import BehaviorStepsView
+
+SPEC = BehaviorSpec("B?team=0", (ObservationSpec("v", (2,)),), ActionSpec(continuous_size=1, discrete_branches=(3,)))
+
+
+def batch(ids, value=0.0, reward=0.0, interrupted=None, terminal=False) -> StepBatch:
+    n = len(ids)
+    return StepBatch(
+        observations=[np.full((n, 2), value, np.float32)],
+        rewards=np.full(n, reward, np.float32),
+        agent_ids=np.asarray(ids, np.int32),
+        group_ids=np.zeros(n, np.int32),
+        group_rewards=np.zeros(n, np.float32),
+        action_mask=None if terminal else np.zeros((n, 3), bool),
+        interrupted=np.asarray(interrupted if interrupted is not None else [False] * n) if terminal else None,
+    )
+
+
+def view(instance=0, decisions=(), terminals=(), value=0.0, reward=0.0, interrupted=None) -> BehaviorStepsView:
+    return BehaviorStepsView(
+        instance, SPEC.name, batch(decisions, value, reward),
+        batch(terminals, -value, reward, interrupted, terminal=True),
+    )
+
+
+def test_rows_follow_instance_then_agent_order_and_hold_until_the_agent_decides_again():
+    slots = AgentSlots(SPEC)
+    first = slots.start([view(1, [7]), view(0, [5, 3])])
+    assert slots.keys == [(0, 3), (0, 5), (1, 7)] and first.decided.all()
+    step = slots.absorb([view(0, [5], value=2.0, reward=0.5)])
+    assert step.decided.tolist() == [False, True, False]
+    assert step.observations[0][:, 0].tolist() == [0.0, 2.0, 0.0] and step.rewards.tolist() == [0.0, 0.5, 0.0]
+    ids, cont, disc = slots.pending_actions(np.arange(3, dtype=np.float32)[:, None], np.ones((3, 1), np.int32))[0]
+    assert ids.tolist() == [5] and cont.tolist() == [[1.0]] and disc.tolist() == [[1]]
+
+
+def test_an_episode_end_is_terminated_or_truncated_and_the_next_episode_follows_in_the_same_step():
+    slots = AgentSlots(SPEC)
+    slots.start([view(0, [0, 1])])
+    step = slots.absorb([view(0, decisions=[0, 1], terminals=[0, 1], value=1.0, reward=1.0, interrupted=[True, False])])
+    assert step.truncated.tolist() == [True, False] and step.terminated.tolist() == [False, True]
+    assert step.final_observations[0][:, 0].tolist() == [-1.0, -1.0]  # the ended episodes' last observations
+    assert step.observations[0][:, 0].tolist() == [1.0, 1.0]  # the next episodes' first ones
+    assert step.rewards.tolist() == [1.0, 1.0]  # the terminal reward; the new decision's opens the next episode
+    assert slots.absorb([view(0, [0, 1], reward=0.25)]).rewards.tolist() == [1.25, 1.25]
+
+
+def test_new_agent_ids_take_the_rows_of_agents_that_ended_and_extra_ones_are_left_out():
+    slots = AgentSlots(SPEC)
+    slots.start([view(0, [0, 1])])
+    slots.absorb([view(0, terminals=[1])])
+    step = slots.absorb([view(0, decisions=[0, 9, 10])])  # 9 replaces 1; 10 has no free row
+    assert slots.keys == [(0, 0), (0, 9)] and slots.dropped == 1
+    assert step.decided.all()
+    ids, _, _ = slots.pending_actions(None, None)[0]
+    assert ids.tolist() == [0, 9]
+
+
+def test_step_until_merges_quiet_steps_and_gives_up_after_the_limit():
+    slots = AgentSlots(SPEC)
+    slots.start([view(0, [0])])
+    answers = iter([[view(0, terminals=[0], reward=1.0)], [], [view(0, [0], value=3.0, reward=0.5)]])
+    step = step_until(slots, lambda actions: next(answers), (None, None), lambda s: bool(s.decided[0]))
+    assert step.terminated.tolist() == [True] and step.rewards.tolist() == [1.5] and step.decided.tolist() == [True]
+    with pytest.raises(RuntimeError, match="no decision after 3 environment steps"):
+        step_until(slots, lambda actions: [], (None, None), any_news, max_quiet_steps=3)
+
+
+def test_discover_watches_one_decision_period_for_staggered_agents():
+    answers = iter([[view(0, [4])], [view(0, [0, 2])], [view(0, [1])], [view(0, [5])]])
+    found = discover(SPEC.name, lambda: [view(0, [1, 3])], lambda: next(answers))
+    assert found == {(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)}  # stopped when agent 1 decided again: 5 is unseen
+    answers = iter([[view(0, [0])], [view(0, [1])]])
+    assert discover(SPEC.name, lambda: [view(0, [1])], lambda: next(answers)) == {(0, 0), (0, 1)}
+
+
+def test_no_agent_after_a_reset_is_an_error():
+    with pytest.raises(NoAgents, match="no agent requested a decision"):
+        AgentSlots(SPEC).start([view(0, [])])

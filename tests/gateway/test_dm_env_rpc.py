@@ -1,0 +1,239 @@
+"""The gateway's dm_env_rpc endpoint: dm_env_rpc's own compliance suites, and a dm_env client loop.
+
+The compliance classes (``dm_env_rpc.v1.compliance``) are absltest cases; pytest runs them
+against real gateways in front of the stand-in: 3DBall (continuous actions) and GridWorld
+(discrete branches with masks, a visual observation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import grpc
+import numpy as np
+import pytest
+from dm_env_rpc.v1 import compliance, connection as dm_connection, dm_env_adaptor, dm_env_rpc_pb2, error, tensor_utils
+
+from gateway.options import ActorOptions, GatewayOptions, OptionsError, ServerOptions, validate
+from gateway.remote.client import GatewayClient
+from gateway_helpers import environment_options, running_gateway
+
+BALL_SETTINGS = {"behavior": tensor_utils.pack_tensor("3DBall")}
+
+
+def _gateway(task: str):
+    """Module fixture: a gateway serving dm_env_rpc in front of the stand-in's ``task`` (2 agents)."""
+
+    @pytest.fixture(scope="module")
+    def fixture():
+        server = ServerOptions(listen="127.0.0.1:0", dm_env_rpc_listen="127.0.0.1:0")
+        with running_gateway(environment_options(env_args=("--task", task, "--num-agents", "2")), server=server) as gw:
+            yield gw
+
+    return fixture
+
+
+def _address_for_class(gateway_fixture: str):
+    """Class fixture: the suite's ``address`` is that gateway's dm_env_rpc endpoint."""
+
+    @pytest.fixture(scope="class")
+    def fixture(request):
+        request.cls.address = f"127.0.0.1:{request.getfixturevalue(gateway_fixture).dm_env_rpc_port}"
+
+    return fixture
+
+
+ball_gateway, grid_gateway = _gateway("3dball"), _gateway("gridworld")
+on_ball, on_grid = _address_for_class("ball_gateway"), _address_for_class("grid_gateway")
+
+
+class _Connected:
+    """A dm_env_rpc connection per test, closed after it (suites below run once per gateway)."""
+
+    __test__ = False
+    address: str
+
+    def setUp(self):
+        super().setUp()
+        self._channel = grpc.insecure_channel(self.address)
+        self._connection = dm_connection.Connection(self._channel)
+
+    def tearDown(self):
+        try:
+            super().tearDown()
+        finally:
+            self._connection.close()
+            self._channel.close()
+
+    @property
+    def connection(self):
+        return self._connection
+
+
+class _WithWorld(_Connected):
+    """Connected, with a world created (``self.world_name``), left and destroyed after the test."""
+
+    def setUp(self):
+        super().setUp()
+        self._world = self.connection.send(dm_env_rpc_pb2.CreateWorldRequest()).world_name
+
+    def tearDown(self):
+        try:
+            self.connection.send(dm_env_rpc_pb2.LeaveWorldRequest())
+            self.connection.send(dm_env_rpc_pb2.DestroyWorldRequest(world_name=self._world))
+        finally:
+            super().tearDown()
+
+    @property
+    def world_name(self):
+        return self._world
+
+    def join_world(self):
+        return self.connection.send(dm_env_rpc_pb2.JoinWorldRequest(world_name=self._world)).specs
+
+
+class _InWorld(_WithWorld):
+    """... and joined (its specs in ``self.specs``)."""
+
+    def setUp(self):
+        super().setUp()
+        self._specs = _WithWorld.join_world(self)
+
+    @property
+    def specs(self):
+        return self._specs
+
+
+class _CreateDestroyWorld(_Connected, compliance.CreateDestroyWorld):
+    required_world_settings = {}
+    invalid_world_settings = {
+        "behavior": tensor_utils.pack_tensor("NoSuchBehavior"),
+        "unknown_setting": tensor_utils.pack_tensor(1),
+    }
+    has_multiple_world_support = False
+
+
+class _JoinLeaveWorld(_WithWorld, compliance.JoinLeaveWorld):
+    invalid_join_settings = {"unknown_setting": tensor_utils.pack_tensor(1)}
+    join_world = compliance.JoinLeaveWorld.join_world
+
+
+class _Reset(_WithWorld, compliance.Reset):
+    pass
+
+
+class _ResetWorld(_WithWorld, compliance.ResetWorld):
+    join_world = compliance.ResetWorld.join_world
+
+
+class _Step(_InWorld, compliance.Step):
+    pass
+
+
+# Each suite against each gateway: TestStepOnBall, TestStepOnGrid, ...
+for _suite in (_CreateDestroyWorld, _JoinLeaveWorld, _Reset, _ResetWorld, _Step):
+    for _fixture in ("on_ball", "on_grid"):
+        _name = f"Test{_suite.__name__[1:]}{''.join(w.title() for w in _fixture.split('_'))}"
+        globals()[_name] = pytest.mark.usefixtures(_fixture)(type(_name, (_suite,), {"__test__": True}))
+
+
+def test_a_dm_env_client_loop_sees_rewards_and_per_agent_episode_ends(grid_gateway):
+    """The README's loop: dm_env_rpc's DmEnvAdaptor over the gateway's endpoint (GridWorld, 2 agents)."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{grid_gateway.dm_env_rpc_port}")
+    conn = dm_connection.Connection(channel)
+    try:
+        world = conn.send(dm_env_rpc_pb2.CreateWorldRequest()).world_name
+        specs = conn.send(dm_env_rpc_pb2.JoinWorldRequest(world_name=world)).specs
+        env = dm_env_adaptor.DmEnvAdaptor(conn, specs)
+        assert env.action_spec()["discrete"].shape == (2, 2)
+        assert env.observation_spec()["CameraSensor"].shape == (2, 3, 24, 24)
+        timestep = env.reset()
+        assert timestep.first()
+        stay = {"discrete": np.zeros((2, 2), np.int32)}  # never reaches the goal or the pit
+        truncated_at = None
+        for t in range(1, 150):
+            timestep = env.step(stay)
+            assert timestep.mid()  # Unity restarts agents itself: the world runs on
+            np.testing.assert_allclose(timestep.reward, -0.01, atol=1e-6)
+            if timestep.observation["truncated"].any():
+                truncated_at = t
+                break
+        assert truncated_at == 100
+        assert timestep.observation["truncated"].all() and not timestep.observation["terminated"].any()
+        np.testing.assert_array_equal(timestep.discount, [1.0, 1.0])  # truncated, not terminated
+        assert timestep.observation["action_mask"].shape == (2, 7)
+        conn.send(dm_env_rpc_pb2.LeaveWorldRequest())
+        conn.send(dm_env_rpc_pb2.DestroyWorldRequest(world_name=world))
+    finally:
+        conn.close()
+        channel.close()
+
+
+def test_a_joined_world_holds_the_gateway_against_play_streams_and_back(ball_gateway):
+    channel = grpc.insecure_channel(f"127.0.0.1:{ball_gateway.dm_env_rpc_port}")
+    conn = dm_connection.Connection(channel)
+    try:
+        world = conn.send(dm_env_rpc_pb2.CreateWorldRequest(settings=BALL_SETTINGS)).world_name
+        conn.send(dm_env_rpc_pb2.JoinWorldRequest(world_name=world))
+        with GatewayClient(ball_gateway.address) as client:
+            session = client.play(timeout_s=60)
+            with pytest.raises(grpc.RpcError) as e:
+                session.reset()
+            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            conn.send(dm_env_rpc_pb2.LeaveWorldRequest())
+            session = client.play(timeout_s=60)
+            assert session.reset().behaviors  # free again
+            with pytest.raises(error.DmEnvRpcError, match="another client is driving"):
+                conn.send(dm_env_rpc_pb2.JoinWorldRequest(world_name=world))
+            session.close()
+        conn.send(dm_env_rpc_pb2.DestroyWorldRequest(world_name=world))
+    finally:
+        conn.close()
+        channel.close()
+
+
+def test_dm_env_rpc_listen_is_checked():
+    options = GatewayOptions(environment=environment_options())
+    with pytest.raises(OptionsError, match="--dm-env-rpc-listen: expected host:port"):
+        validate(replace(options, server=ServerOptions(dm_env_rpc_listen="nowhere")))
+    with pytest.raises(OptionsError, match="--dm-env-rpc-listen: remote-control mode only"):
+        validate(
+            replace(options, server=ServerOptions(dm_env_rpc_listen="127.0.0.1:0"), actor=ActorOptions("127.0.0.1:1"))
+        )
+
+
+def test_the_cli_flag_reaches_the_server_options():
+    from gateway.cli import build_parser, options_from_args
+
+    options = options_from_args(build_parser().parse_args(["--dm-env-rpc-listen", "127.0.0.1:0"]))
+    assert options.server.dm_env_rpc_listen == "127.0.0.1:0"
+    assert options_from_args(build_parser().parse_args([])).server.dm_env_rpc_listen is None
+
+
+def test_the_services_never_import_the_adapter_libraries():
+    """The extra is optional: the gateway (without --dm-env-rpc-listen) and the trainer run without it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gateway.cli, gateway.app, trainer_server.cli, trainer_server.main\n"
+        "loaded = {'gymnasium', 'pettingzoo', 'dm_env_rpc', 'dm_env', 'tandem_envs'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.array([True, False, True]),
+        np.zeros((0, 2), np.float32),
+        np.array([1, -5], np.int32),
+        np.full((2, 3, 4, 5), 0.5, np.float32),
+    ],
+)
+def test_observation_tensors_are_the_ones_dm_env_rpc_packs(array):
+    from gateway.dm_env_rpc.world import _tensor_bytes
+
+    assert dm_env_rpc_pb2.Tensor.FromString(_tensor_bytes(array)) == tensor_utils.pack_tensor(array)
