@@ -36,6 +36,7 @@ from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from trainer_server import stats as stats_mod
 from trainer_server.behavior_run import BehaviorRun, RunContext, SnapshotListener
+from trainer_server.environment_parameters import ParametersListener, RunParameters
 from trainer_server.learning.learner import Learner
 from trainer_server.learning.registry import make_learner
 from trainer_server.results import RunResults
@@ -140,6 +141,8 @@ class TrainingApp:
         self.completed = False  # every behavior reached max_steps
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="training-loop", daemon=True)
+        #: environment parameters and curriculum lessons (``trainer_server.environment_parameters``)
+        self.parameters = RunParameters(options.environment_parameters, self._seed, results, cs.resume)
 
     # ------------------------------------------------------------------ gateway side (any thread)
 
@@ -147,6 +150,14 @@ class TrainingApp:
         """``listener(snapshot)`` is called on the training thread after every update."""
         with self._lock:
             self._listeners.append(listener)
+
+    def add_parameters_listener(self, listener: ParametersListener) -> None:
+        """``listener(message)`` is called on the training thread after every lesson change."""
+        self.parameters.add_listener(listener)
+
+    def environment_parameters(self) -> trainer_pb2.EnvironmentParameters | None:
+        """The current environment parameters for gateways; None when the run has none."""
+        return self.parameters.message()
 
     def last_accepted_sequence(self, gateway_id: str) -> int:
         with self._lock:
@@ -312,6 +323,11 @@ class TrainingApp:
             behavior = self._behaviors[chunk.behavior]
         behavior.add_stats(chunk.stats)
         behavior.consume(chunk.trajectories, chunk.gateway_id, chunk.sequence)
+        if self.parameters.manager:
+            with self._lock:
+                behaviors = list(self._behaviors.values())
+            returns = [t.episode_return for t in chunk.trajectories if t.done]
+            self.parameters.after_chunk(behaviors, {chunk.behavior: returns})
 
     def _finish(self) -> None:
         """Final checkpoints, TensorBoard flush, training_status.json and timers.json."""

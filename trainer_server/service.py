@@ -13,6 +13,10 @@ in and receive policy snapshots. This module only translates between messages an
   announce, or a spec that differs from the one another gateway registered under the
   same name, is FAILED_PRECONDITION. The stream ends with that status; nothing of the
   bad chunk reaches a learner, so other gateways' experience is unaffected;
+* when the run has environment parameters (``trainer_server.environment_parameters``),
+  they follow ``Welcome`` before any snapshot, and every lesson change is pushed to
+  every connected gateway (only the newest values are kept for a slow gateway; a
+  pending ``reset`` is kept when newer values replace it);
 * every accepted (or duplicate) chunk is acked once it is queued; every new snapshot
   is pushed to every connected gateway that announced its behavior (only the newest
   one per behavior is kept for a slow gateway);
@@ -60,6 +64,7 @@ class _Connection:
         self._cond = threading.Condition()
         self._acks: list[int] = []
         self._snapshots: OrderedDict[str, trainer_pb2.PolicySnapshot] = OrderedDict()
+        self._parameters: trainer_pb2.EnvironmentParameters | None = None
         self.error: _StreamError | None = None
         self.reader_done = False
         self.closed = False
@@ -77,6 +82,16 @@ class _Connection:
             if current is None or current.version <= snapshot.version:
                 self._snapshots[snapshot.behavior] = snapshot
                 self._snapshots.move_to_end(snapshot.behavior)
+            self._cond.notify_all()
+
+    def push_parameters(self, parameters: trainer_pb2.EnvironmentParameters) -> None:
+        """Queues the newest environment parameters (a reset still pending is kept)."""
+        with self._cond:
+            if self._parameters is not None and self._parameters.reset and not parameters.reset:
+                parameters = trainer_pb2.EnvironmentParameters(
+                    parameters=parameters.parameters, generation=parameters.generation, reset=True
+                )
+            self._parameters = parameters
             self._cond.notify_all()
 
     def push_ack(self, sequence: int) -> None:
@@ -101,11 +116,15 @@ class _Connection:
             self._cond.notify_all()
 
     def next_messages(self, timeout: float) -> list[trainer_pb2.TrainerMessage]:
-        """Waits up to ``timeout`` for messages to send: snapshots first, then acks."""
+        """Waits up to ``timeout`` for messages to send: environment parameters, snapshots, then acks."""
         with self._cond:
-            if not (self._acks or self._snapshots or self.error or self.reader_done or self.closed):
+            if not (self._acks or self._snapshots or self._parameters or self.error or self.reader_done or self.closed):
                 self._cond.wait(timeout)
-            out = [trainer_pb2.TrainerMessage(snapshot=s) for s in self._snapshots.values()]
+            out = []
+            if self._parameters is not None:
+                out.append(trainer_pb2.TrainerMessage(environment_parameters=self._parameters))
+                self._parameters = None
+            out += [trainer_pb2.TrainerMessage(snapshot=s) for s in self._snapshots.values()]
             out += [trainer_pb2.TrainerMessage(ack=trainer_pb2.ChunkAck(sequence=q)) for q in self._acks]
             self._snapshots.clear()
             self._acks.clear()
@@ -122,6 +141,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
         self._connections: set[_Connection] = set()
         self._shutdown = threading.Event()
         app.add_snapshot_listener(self._broadcast)
+        app.add_parameters_listener(self._broadcast_parameters)
 
     @property
     def connected_gateways(self) -> list[str]:
@@ -141,6 +161,12 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
             connections = list(self._connections)
         for c in connections:
             c.push_snapshot(snapshot)
+
+    def _broadcast_parameters(self, parameters: trainer_pb2.EnvironmentParameters) -> None:
+        with self._lock:
+            connections = list(self._connections)
+        for c in connections:
+            c.push_parameters(parameters)
 
     # ------------------------------------------------------------------ the RPC
 
@@ -176,6 +202,9 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
         context.add_callback(conn.close)
         try:
             yield trainer_pb2.TrainerMessage(welcome=welcome)
+            parameters = self._app.environment_parameters()
+            if parameters is not None:  # before any snapshot: the gateway applies them before acting
+                yield trainer_pb2.TrainerMessage(environment_parameters=parameters)
             for s in snapshots:
                 conn.push_snapshot(s)
             reader = threading.Thread(

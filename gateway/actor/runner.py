@@ -8,6 +8,12 @@ every worker as the bytes received, restart decisions, and
 flow control (a worker gets its credit back only while the unacked buffer has room,
 so a full buffer pauses stepping instead of dropping experience).
 
+Environment parameters (``tandem.v1.EnvironmentParameters``, decided by the trainer)
+are forwarded to every worker (``ApplyParameters``) and kept: a worker started or
+replaced later gets them right after ``StartActor``, before its first reset. Only the
+trainer sets parameters in actor mode: remote control (``Play``, with its
+set-environment-parameters) is unavailable there, so the two never compete.
+
 Policy lag (the latest snapshot version minus the oldest version that chose an
 action in a chunk) is logged with the periodic progress line.
 
@@ -39,7 +45,8 @@ from gateway.actor import wire
 from gateway.actor.local_models import LocalModels
 from gateway.actor.trainer_link import TrainerLink
 from gateway.actor.worker_loop import ActorWorkerConfig
-from gateway.env.messages import Close, Closed, Credit, Experience, Failed, GiveUp, InferenceReport
+from gateway.env import parameters as parameters_mod
+from gateway.env.messages import ApplyParameters, Close, Closed, Credit, Experience, Failed, GiveUp, InferenceReport
 from gateway.env.messages import NewBehaviors, Progress, Ready, Restart, Snapshot, StartActor, UnityStarted
 from gateway.env.workers import InstanceInfo, WorkerHandle, WorkerLost, start_workers
 from gateway.options import GatewayOptions
@@ -138,6 +145,8 @@ class ActorRunner:
         self.progress_at: dict[int, float] = {}
         self._specs: dict[str, BehaviorSpec] = {}
         self._latest: dict[str, tuple[int, bytes]] = {}
+        #: the trainer's latest environment parameters (None: none received)
+        self._parameters: ApplyParameters | None = None
         self._sequence = 0
         self._held_credits: list[WorkerHandle] = []
         self._outboxes: dict[int, queue.Queue] = {}
@@ -163,7 +172,12 @@ class ActorRunner:
         else:
             self.summary_interval_s = PROGRESS_EVERY_S
             self.link = TrainerLink(
-                options.actor, self._hello, self._on_snapshot, self._wake, options.server.max_message_bytes * 4
+                options.actor,
+                self._hello,
+                self._on_snapshot,
+                self._wake,
+                options.server.max_message_bytes * 4,
+                on_parameters=self._on_parameters,
             )
             self.source = self.link
         self.log = get_logger("gateway.actor", gateway_id=self.gateway_id)
@@ -312,6 +326,33 @@ class ActorRunner:
             if w.alive:
                 self._to_worker(w, Snapshot(header.behavior, header.version, raw))
 
+    def _on_parameters(self, message: trainer_pb2.EnvironmentParameters) -> None:
+        """The trainer's environment parameters: kept, and forwarded to every worker."""
+        try:
+            values = parameters_mod.from_proto(message)
+        except ValueError as e:
+            self.log.error("environment parameters refused", error=str(e))
+            return
+        update = ApplyParameters(values, bool(message.reset))
+        with self._lock:
+            self._parameters = ApplyParameters(values, False)  # for workers (re)started later
+        self.log.info(
+            "environment parameters from the trainer",
+            generation=message.generation,
+            reset=update.reset,
+            lessons={name: p.lesson_name for name, p in sorted(message.parameters.items())},
+        )
+        for w in self.workers:
+            if w.alive:
+                self._to_worker(w, update)
+
+    def _send_parameters(self, w: WorkerHandle) -> None:
+        """A worker just told to act gets the latest environment parameters, if any."""
+        with self._lock:
+            parameters = self._parameters
+        if parameters is not None:
+            self._to_worker(w, parameters)
+
     # -- the event loop -------------------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -451,6 +492,7 @@ class ActorRunner:
         if isinstance(msg, Ready):
             w.unity_pid = msg.unity_pid
         self._to_worker(w, StartActor(self._worker_config(w.index)))
+        self._send_parameters(w)
         if isinstance(msg, Failed):
             self._on_message(w, msg)
         with self._lock:

@@ -105,6 +105,8 @@ class TrainerLink:
         on_snapshot: called with every serialized ``PolicySnapshot`` (from the link's thread).
         on_ack: called after acks free buffer space.
         max_message_bytes: gRPC message limit of the channel.
+        on_parameters: called with every ``EnvironmentParameters`` the trainer sends (after
+            Welcome, and at every curriculum lesson change), from the link's thread.
     """
 
     def __init__(
@@ -114,12 +116,14 @@ class TrainerLink:
         on_snapshot: Callable[[bytes], None],
         on_ack: Callable[[], None],
         max_message_bytes: int = 256 * 1024 * 1024,
+        on_parameters: Callable[[trainer_pb2.EnvironmentParameters], None] | None = None,
     ) -> None:
         self.options = options
         self.buffer = ChunkBuffer(options.max_buffered_chunks, int(options.max_buffered_mb * 1024 * 1024))
         self._hello = hello
         self._on_snapshot = on_snapshot
         self._on_ack = on_ack
+        self._on_parameters = on_parameters
         self._max_message_bytes = max_message_bytes
         self._live: queue.Queue | None = None
         self._stop = threading.Event()
@@ -234,6 +238,8 @@ class TrainerLink:
                     if self.buffer.ack(message.ack.sequence):
                         self.acks += 1
                     self._on_ack()
+                elif kind == "environment_parameters" and self._on_parameters is not None:
+                    self._on_parameters(message.environment_parameters)
             return welcomed
         finally:
             if timer is not None:

@@ -9,7 +9,7 @@ flushing finished trajectories run while Unity computes the step
 (``UnityInstance.step(..., while_unity_steps=...)``).
 
 The messages with the parent (``gateway.env.messages``): ``Snapshot``, ``Credit``,
-``Restart``, ``GiveUp`` and ``Close`` come in; ``NewBehaviors``, ``Experience``,
+``ApplyParameters``, ``Restart``, ``GiveUp`` and ``Close`` come in; ``NewBehaviors``, ``Experience``,
 ``UnityStarted``, ``Failed``, ``Progress`` and ``InferenceReport`` go out.
 
 Backpressure: at most ``max_outstanding`` experience messages may wait for the
@@ -25,6 +25,13 @@ tallies episodes for the parent's reward summary.
 
 Snapshots carry either ``parameters`` or only ``onnx_model`` (``gateway.actor.policy``).
 A snapshot's ``time_horizon`` 0 means "not set": ML-Agents' default, 64, applies.
+
+Environment parameters (``ApplyParameters``, the trainer's decision): set on the
+instance's channel as they come; Unity uses them from the next episode. The instance is
+reset at once (open trajectories end as interrupted, as when Unity fails) when the
+message asks for it (``require_reset``), and when the first values arrive after the
+instance's first reset (episodes began without them). Values already waiting when the
+actor starts are applied before its first reset.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from common.trajectory import Trajectory
 from gateway.actor.policy import Policy, policy_from_snapshot
 from gateway.actor.trajectories import EpisodeTally, TrajectoryBuilder
 from gateway.env.instance import BehaviorActions, InstanceFailure
-from gateway.env.messages import Close, Closed, Credit, Experience, Failed, GiveUp, InferenceReport
+from gateway.env.messages import ApplyParameters, Close, Closed, Credit, Experience, Failed, GiveUp, InferenceReport
 from gateway.env.messages import NewBehaviors, Pipe, Progress, Restart, Snapshot, UnityStarted
 from gateway.env.steps import Stat, StepBatch
 from tandem.v1 import trainer_pb2
@@ -108,6 +115,11 @@ class InstanceActor:
         self.closing = False
         self.awaiting_restart = False
         self.down = False
+        #: the instance was reset at least once (its episodes began)
+        self.started = False
+        #: environment parameters from the trainer arrived at least once
+        self.has_parameters = False
+        self.parameter_resets = 0
         self.waiting_since: float | None = None
         self.random_behaviors: set[str] = set()
         self.current: dict[str, tuple[StepBatch, StepBatch]] = {}
@@ -127,6 +139,8 @@ class InstanceActor:
                 self._set_snapshot(behavior, version, raw)
             case Credit():
                 self.outstanding = max(0, self.outstanding - 1)
+            case ApplyParameters(values, reset):
+                self._apply_parameters(values, reset)
             case Restart():
                 self.awaiting_restart = False
                 try:
@@ -177,14 +191,35 @@ class InstanceActor:
         if fresh:
             self.pipe.send(NewBehaviors(fresh))
 
-    def _fail(self, error: Exception) -> None:
-        """Ends every open trajectory as interrupted, sends them, and asks the parent to restart."""
+    def _end_open_episodes(self) -> None:
+        """Ends every open trajectory as interrupted and sends them (Unity failed or is reset)."""
         self._catch_up()
         for behavior, builder in self.builders.items():
             self._finish(behavior, builder.interrupt_all())
         for tally in self.tallies.values():
             tally.forget_open()
         self._flush(force=True)
+
+    def _apply_parameters(self, values: dict, reset: bool) -> None:
+        """Sets the trainer's environment parameters; resets the instance when they must apply now."""
+        first = not self.has_parameters
+        self.has_parameters = True
+        changed = self.instance.set_parameter_values(values)
+        self.log.info("environment parameters", parameters=sorted(values), changed=changed, reset=reset)
+        if not self.started or self.awaiting_restart or self.down or not (reset or (first and changed)):
+            return  # a (re)start applies them with its reset; otherwise Unity uses them from the next episode
+        self._end_open_episodes()
+        self.current = {}
+        try:
+            self.current = self.instance.reset()
+            self.parameter_resets += 1
+            self._announce()
+        except InstanceFailure as e:
+            self._fail(e)
+
+    def _fail(self, error: Exception) -> None:
+        """Ends every open trajectory as interrupted, sends them, and asks the parent to restart."""
+        self._end_open_episodes()
         self.current = {}
         self.instance.kill()
         self.awaiting_restart = True
@@ -330,7 +365,9 @@ class InstanceActor:
 
     def run(self) -> None:
         """Steps until the parent says close (or goes away)."""
+        self._drain(0)  # environment parameters already sent go with the first reset
         try:
+            self.started = True
             self.current = self.instance.reset()
             self._announce()
         except InstanceFailure as e:

@@ -20,6 +20,7 @@ A worker first says Ready or Failed after it starts.
 Actor mode (parent -> worker):
     Snapshot(behavior, version, raw)   the latest policy of a behavior, as the trainer sent it
     Credit()               the parent took one Experience message (flow control)
+    ApplyParameters(values, reset)   the trainer's environment parameters; reset: reset the instance now
     Restart() / GiveUp()   after Failed
     Close()                flush finished trajectories, close Unity, answer Closed
 Actor mode (worker -> parent):
@@ -47,6 +48,7 @@ import numpy as np
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from gateway.env.instance import BehaviorActions
+from gateway.env.parameters import ParameterValue
 from gateway.env.steps import Stat
 
 if TYPE_CHECKING:  # the actor package imports this module, not the other way round
@@ -145,6 +147,20 @@ class Snapshot:
 @dataclass(frozen=True, slots=True)
 class Credit:
     """The parent took one ``Experience`` message: the worker may have one more outstanding."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyParameters:
+    """The trainer's environment parameters (``tandem.v1.EnvironmentParameters``).
+
+    The worker sets them on its instance's channel. It resets the instance (open
+    trajectories end as interrupted) when ``reset`` is set (a lesson with
+    ``require_reset`` was completed), and when these are the first values it gets but
+    its episodes already began without them (the first reset precedes the trainer's Hello).
+    """
+
+    values: dict[str, ParameterValue]
+    reset: bool
 
 
 # -- worker -> parent ---------------------------------------------------------------------------
@@ -279,6 +295,7 @@ class InferenceReport:
 _TYPES: tuple[type, ...] = (
     Reset, PackedStep, SetParameters, Restart, GiveUp, StartActor, Close, Snapshot, Credit,
     Ready, Failed, Refused, Stepped, Closed, NewBehaviors, Experience, UnityStarted, Progress, InferenceReport,
+    ApplyParameters,
 )
 _INDEX = {cls: i for i, cls in enumerate(_TYPES)}
 
