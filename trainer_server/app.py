@@ -87,6 +87,8 @@ class _Chunk:
     behavior: str
     trajectories: list[Trajectory]
     stats: list[tuple[str, float, stats_mod.Aggregation]]
+    #: the environment parameters' generation the episodes were played with (0: unknown)
+    parameters_generation: int = 0
 
 
 class TrainingApp:
@@ -208,6 +210,7 @@ class TrainingApp:
         trajectories: list[Trajectory],
         stats: list[tuple[str, float, str]],
         timeout: float | None = None,
+        parameters_generation: int = 0,
     ) -> bool:
         """Queues a validated chunk for the training thread; blocks while the queue is full.
 
@@ -233,7 +236,7 @@ class TrainingApp:
             with self._lock:
                 if sequence <= self._last_sequence.get(gateway_id, 0):
                     return False
-            item = _Chunk(gateway_id, sequence, behavior, trajectories, parsed)
+            item = _Chunk(gateway_id, sequence, behavior, trajectories, parsed, parameters_generation)
             deadline = None if timeout is None else time.monotonic() + timeout
             with self.timer.block("wait_for_queue"):
                 while True:
@@ -327,7 +330,7 @@ class TrainingApp:
             with self._lock:
                 behaviors = list(self._behaviors.values())
             returns = [t.episode_return for t in chunk.trajectories if t.done]
-            self.parameters.after_chunk(behaviors, {chunk.behavior: returns})
+            self.parameters.after_chunk(behaviors, {chunk.behavior: returns}, chunk.parameters_generation)
 
     def _finish(self) -> None:
         """Final checkpoints, TensorBoard flush, training_status.json and timers.json."""

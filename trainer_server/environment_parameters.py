@@ -197,8 +197,8 @@ class EnvironmentParameterManager:
 
     @property
     def generation(self) -> int:
-        """How many lesson changes led here (lessons only move forward, so their sum)."""
-        return sum(self.lessons.values())
+        """1 + the lesson changes that led here (lessons only move forward: their sum); 0 means "unknown" on the wire."""
+        return 1 + sum(self.lessons.values())
 
     def reward_buffer_size(self, brain_name: str) -> int:
         """Episodes kept for ``brain_name``: the largest ``min_lesson_length`` naming it, at least 1."""
@@ -306,16 +306,24 @@ class RunParameters:
         with self._lock:
             return self._message
 
-    def after_chunk(self, behaviors: Iterable[BehaviorView], episode_returns: Mapping[str, list[float]]) -> None:
+    def after_chunk(
+        self, behaviors: Iterable[BehaviorView], episode_returns: Mapping[str, list[float]], generation: int = 0
+    ) -> None:
         """Records finished episodes, advances lessons, and records the lesson numbers.
 
         Args:
             behaviors: every behavior of the run.
             episode_returns: returns of the episodes that just ended, by behavior name.
+            generation: the parameters' generation the episodes were played with (the
+                chunk's ``parameters_generation``; 0: unknown, counted as current). Episodes
+                of an earlier lesson (experience queued before the gateway applied the
+                change) do not count toward the current lesson.
         """
         if not self.manager:
             return
         behaviors = list(behaviors)
+        if generation and generation != self.manager.generation:
+            episode_returns = {}
         for behavior in behaviors:
             returns = episode_returns.get(behavior.name)
             if returns:

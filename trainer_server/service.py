@@ -293,7 +293,10 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
             raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         stats = [(s.key, s.value, s.aggregation) for s in chunk.stats]
         try:
-            self._app.submit(conn.gateway_id, chunk.sequence, chunk.behavior, trajectories, stats)
+            self._app.submit(
+                conn.gateway_id, chunk.sequence, chunk.behavior, trajectories, stats,
+                parameters_generation=chunk.parameters_generation,
+            )
         except TrainerStoppingError as e:
             raise _StreamError(grpc.StatusCode.UNAVAILABLE, str(e)) from None
         except ExperienceError as e:

@@ -333,9 +333,9 @@ class ActorRunner:
         except ValueError as e:
             self.log.error("environment parameters refused", error=str(e))
             return
-        update = ApplyParameters(values, bool(message.reset))
+        update = ApplyParameters(values, bool(message.reset), int(message.generation))
         with self._lock:
-            self._parameters = ApplyParameters(values, False)  # for workers (re)started later
+            self._parameters = ApplyParameters(values, False, int(message.generation))  # for workers (re)started later
         self.log.info(
             "environment parameters from the trainer",
             generation=message.generation,
@@ -421,7 +421,9 @@ class ActorRunner:
     def _on_experience(self, w: WorkerHandle, experience: Experience) -> None:
         self._sequence += 1
         if self.link is not None:  # local inference (--policy) streams nothing
-            message = wire.chunk_message(self._sequence, experience.behavior, wire.experience_body(experience))
+            message = wire.chunk_message(
+                self._sequence, experience.behavior, wire.experience_body(experience), experience.parameters_generation
+            )
             self.link.send_chunk(self._sequence, message)
         for episode_return, length in experience.episodes():
             self.progress.finished.add(episode_return, length)

@@ -33,6 +33,7 @@ _CHUNK_SEQUENCE = trainer_pb2.ExperienceChunk.DESCRIPTOR.fields_by_name["sequenc
 _CHUNK_BEHAVIOR = trainer_pb2.ExperienceChunk.DESCRIPTOR.fields_by_name["behavior"].number
 _CHUNK_TRAJECTORIES = trainer_pb2.ExperienceChunk.DESCRIPTOR.fields_by_name["trajectories"].number
 _CHUNK_STATS = trainer_pb2.ExperienceChunk.DESCRIPTOR.fields_by_name["stats"].number
+_CHUNK_GENERATION = trainer_pb2.ExperienceChunk.DESCRIPTOR.fields_by_name["parameters_generation"].number
 _TRAINER_MESSAGE_SNAPSHOT = trainer_pb2.TrainerMessage.DESCRIPTOR.fields_by_name["snapshot"].number
 _SNAPSHOT_FIELDS = {
     name: trainer_pb2.PolicySnapshot.DESCRIPTOR.fields_by_name[name].number
@@ -54,14 +55,16 @@ def experience_body(experience: Experience) -> bytes:
     return chunk_body((trajectory_mod.to_proto(t).SerializeToString() for t in experience.trajectories), stats)
 
 
-def chunk_message(sequence: int, behavior: str, body: bytes) -> bytes:
-    """A serialized ``GatewayMessage`` holding ``ExperienceChunk(sequence, behavior, <body>)``."""
+def chunk_message(sequence: int, behavior: str, body: bytes, parameters_generation: int = 0) -> bytes:
+    """A serialized ``GatewayMessage`` holding ``ExperienceChunk(sequence, behavior, <body>, parameters_generation)``."""
     chunk = (
         tag(_CHUNK_SEQUENCE, VARINT)
         + varint(sequence)
         + length_delimited(_CHUNK_BEHAVIOR, behavior.encode("utf-8"))
         + body
     )
+    if parameters_generation:  # proto3 leaves a zero scalar out
+        chunk += tag(_CHUNK_GENERATION, VARINT) + varint(parameters_generation)
     return length_delimited(_GATEWAY_MESSAGE_CHUNK, chunk)
 
 

@@ -120,6 +120,8 @@ class InstanceActor:
         #: environment parameters from the trainer arrived at least once
         self.has_parameters = False
         self.parameter_resets = 0
+        #: the generation of the trainer's parameters now in effect (0: none), stamped on experience
+        self.parameters_generation = 0
         self.waiting_since: float | None = None
         self.random_behaviors: set[str] = set()
         self.current: dict[str, tuple[StepBatch, StepBatch]] = {}
@@ -139,8 +141,8 @@ class InstanceActor:
                 self._set_snapshot(behavior, version, raw)
             case Credit():
                 self.outstanding = max(0, self.outstanding - 1)
-            case ApplyParameters(values, reset):
-                self._apply_parameters(values, reset)
+            case ApplyParameters(values, reset, generation):
+                self._apply_parameters(values, reset, generation)
             case Restart():
                 self.awaiting_restart = False
                 try:
@@ -200,10 +202,17 @@ class InstanceActor:
             tally.forget_open()
         self._flush(force=True)
 
-    def _apply_parameters(self, values: dict, reset: bool) -> None:
-        """Sets the trainer's environment parameters; resets the instance when they must apply now."""
+    def _apply_parameters(self, values: dict, reset: bool, generation: int) -> None:
+        """Sets the trainer's environment parameters; resets the instance when they must apply now.
+
+        Episodes that ended before go out first, stamped with the previous generation.
+        """
         first = not self.has_parameters
         self.has_parameters = True
+        if self.started:
+            self._catch_up()
+            self._flush(force=True)
+        self.parameters_generation = generation
         changed = self.instance.set_parameter_values(values)
         self.log.info("environment parameters", parameters=sorted(values), changed=changed, reset=reset)
         if not self.started or self.awaiting_restart or self.down or not (reset or (first and changed)):
@@ -356,6 +365,7 @@ class InstanceActor:
                 stats=self.stats,
                 steps=steps,
                 min_version=self.finished_min_version.pop(behavior),
+                parameters_generation=self.parameters_generation,
             )
             self.stats = []
             self.finished_steps.pop(behavior, None)

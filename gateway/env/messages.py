@@ -20,7 +20,7 @@ A worker first says Ready or Failed after it starts.
 Actor mode (parent -> worker):
     Snapshot(behavior, version, raw)   the latest policy of a behavior, as the trainer sent it
     Credit()               the parent took one Experience message (flow control)
-    ApplyParameters(values, reset)   the trainer's environment parameters; reset: reset the instance now
+    ApplyParameters(values, reset, generation)   the trainer's environment parameters; reset: reset now
     Restart() / GiveUp()   after Failed
     Close()                flush finished trajectories, close Unity, answer Closed
 Actor mode (worker -> parent):
@@ -161,6 +161,7 @@ class ApplyParameters:
 
     values: dict[str, ParameterValue]
     reset: bool
+    generation: int = 0
 
 
 # -- worker -> parent ---------------------------------------------------------------------------
@@ -253,6 +254,8 @@ class Experience:
         stats: stats side channel values since the last message.
         steps: total steps in them.
         min_version: oldest snapshot version that chose an action in them.
+        parameters_generation: the trainer's environment parameters they were played
+            with (``ApplyParameters.generation``; 0: none received).
     """
 
     instance: int
@@ -261,6 +264,7 @@ class Experience:
     stats: list[Stat]
     steps: int
     min_version: int
+    parameters_generation: int = 0
 
     def episodes(self) -> list[tuple[float, int]]:
         """(return, length) of the episodes that ended in these trajectories."""

@@ -64,3 +64,13 @@ def test_other_trainer_messages_are_left_to_the_parser():
 def test_bytes_that_are_not_a_message_are_an_error():
     with pytest.raises(ValueError):
         wire.SnapshotHeader.read(b"\x0a\x05ab")  # a string field cut short
+
+
+@pytest.mark.parametrize("generation", [0, 1, 300])
+def test_a_chunk_names_the_parameters_generation_as_the_proto_would(generation):
+    stats = [trainer_pb2.StatSample(key="Environment/Mass", value=2.5, aggregation="average")]
+    raw = wire.chunk_message(4, "Ball?team=0", wire.chunk_body([], stats), generation)
+    expected = trainer_pb2.GatewayMessage(
+        chunk=trainer_pb2.ExperienceChunk(sequence=4, behavior="Ball?team=0", stats=stats, parameters_generation=generation)
+    )
+    assert trainer_pb2.GatewayMessage.FromString(raw) == expected

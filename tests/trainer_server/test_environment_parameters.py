@@ -79,7 +79,7 @@ def test_message_describes_constants_and_samplers(tmp_path):
     assert (p["mass"].uniform.min_value, p["mass"].uniform.max_value, p["mass"].seed) == (0.5, 2.0, 101)
     assert (p["scale"].gaussian.mean, p["scale"].gaussian.st_dev, p["scale"].seed) == (1.0, 0.1, 7)
     assert (p["wall_height"].constant, p["wall_height"].lesson, p["wall_height"].lesson_name) == (1.0, 0, "Low")
-    assert message.generation == 0 and not message.reset
+    assert message.generation == 1 and not message.reset
 
 
 def test_reward_measure_waits_for_min_lesson_length_then_compares_the_mean(tmp_path):
@@ -90,7 +90,7 @@ def test_reward_measure_waits_for_min_lesson_length_then_compares_the_mean(tmp_p
     assert manager.update({"Other": 10}, {"Other": 10}, {"Other": [9.0] * 5}) == []  # another behavior
     [change] = manager.update(steps, max_steps, {"WallJump": [0.0, 1.0, 1.0]})
     assert (change.parameter, change.lesson, change.lesson_name, change.require_reset) == ("wall_height", 1, "Middle", False)
-    assert manager.lessons["wall_height"] == 1 and manager.generation == 1
+    assert manager.lessons["wall_height"] == 1 and manager.generation == 2
     assert manager.message().parameters["wall_height"].multirange_uniform.intervals == [2, 3, 5, 6]
 
 
@@ -131,7 +131,7 @@ def test_run_parameters_keep_a_reward_buffer_record_lessons_and_notify(tmp_path,
     assert not pushed  # two episodes, min_lesson_length 3
     run.after_chunk([behavior], {behavior.name: [1.0]})
     [message] = pushed
-    assert message.generation == 1 and not message.reset
+    assert message.generation == 2 and not message.reset
     assert run.message().parameters["wall_height"].lesson_name == "Middle"
     assert "Parameter 'wall_height' has changed. Now in lesson 'Middle'" in capsys.readouterr().out
     status = json.loads(results.training_status_path.read_text())
@@ -142,7 +142,7 @@ def test_run_parameters_keep_a_reward_buffer_record_lessons_and_notify(tmp_path,
     run.after_chunk([behavior], {behavior.name: [5.0]})
     assert len(pushed) == 1
     run.after_chunk([behavior], {behavior.name: [5.0]})  # smoothed 0.25 * 0 + 0.75 * 5 > 0.5
-    assert len(pushed) == 2 and pushed[1].reset and pushed[1].generation == 2
+    assert len(pushed) == 2 and pushed[1].reset and pushed[1].generation == 3
     assert not run.message().reset  # a gateway joining later gets the values without a reset
 
 
@@ -155,7 +155,7 @@ def test_resume_continues_in_the_recorded_lesson(tmp_path):
     resumed = RunResults.prepare(tmp_path / "results", "run", resume=True, force=False)
     again = RunParameters(settings, 5, resumed, resume=True)
     assert again.manager.lessons == {"gravity": 0, "mass": 0, "scale": 0, "wall_height": 2}
-    assert again.message().parameters["wall_height"].constant == 8.0 and again.message().generation == 2
+    assert again.message().parameters["wall_height"].constant == 8.0 and again.message().generation == 3
     forced = RunParameters(settings, 5, RunResults.prepare(tmp_path / "results", "run", resume=False, force=True), resume=False)
     assert forced.manager.lessons["wall_height"] == 0
 
@@ -165,3 +165,16 @@ def test_no_parameters_no_message(tmp_path):
     run = RunParameters(None, 1, results, resume=False)
     run.after_chunk([FakeBehavior()], {"WallJump?team=0": [1.0]})
     assert run.message() is None and not run.manager
+
+
+def test_episodes_played_with_an_earlier_lesson_do_not_count(tmp_path):
+    """Experience queued before the gateways applied a change names the old generation: ignored."""
+    results = RunResults.prepare(tmp_path / "results", "run", resume=False, force=False)
+    run = RunParameters(options(tmp_path, CURRICULUM).environment_parameters, 5, results, resume=False)
+    behavior = FakeBehavior(steps=100)
+    run.after_chunk([behavior], {behavior.name: [1.0] * 3}, generation=1)
+    assert run.manager.lessons["wall_height"] == 1 and run.manager.generation == 2
+    run.after_chunk([behavior], {behavior.name: [9.0] * 5}, generation=1)  # still the old lesson's episodes
+    assert run.manager.lessons["wall_height"] == 1
+    run.after_chunk([behavior], {behavior.name: [9.0] * 2}, generation=2)
+    assert run.manager.lessons["wall_height"] == 2
