@@ -19,6 +19,13 @@ def _parameters(gravity: float, mass: tuple[float, float], generation: int, rese
     return message
 
 
+def _stats_of(state: TrainerState, gateway_id: str, key: str, after: int = 0) -> list[float]:
+    """A stat's values in one gateway's chunks after sequence ``after``; for ``wait_for`` predicates,
+    which run holding the state's lock."""
+    chunks = [c for (g, q), c in sorted(state.chunks.items()) if g == gateway_id and q > after]
+    return [s.value for c in chunks for s in c.stats if s.key == key]
+
+
 def _gateway_chunks(state: TrainerState, gateway_id: str, after: int = 0) -> list:
     """(chunk, decoded trajectories) of one gateway's chunks after sequence ``after``."""
     with state.lock:
@@ -38,7 +45,7 @@ def test_trainer_parameters_reach_unity_before_acting_and_a_reset_lesson_applies
     try:
         with running_gateway(environment_options(), actor=actor_options(trainer.address)) as first:
             gw1 = first.actor.gateway_id
-            assert state.wait_for(lambda s: len(_stats(_gateway_chunks(s, gw1), "Environment/Mass")) >= 3, 90)
+            assert state.wait_for(lambda s: len(_stats_of(s, gw1, "Environment/Mass")) >= 3, 90)
             before = _gateway_chunks(state, gw1)
             assert _stats(before, "Environment/Gravity")[-1] == pytest.approx(20.0)
             masses = [m for m in _stats(before, "Environment/Mass") if m != 1.0]  # 1.0: the default of the first reset
@@ -50,9 +57,9 @@ def test_trainer_parameters_reach_unity_before_acting_and_a_reset_lesson_applies
             # a lesson change with require_reset: Unity gets the new values, open episodes end interrupted
             last = max(c.sequence for c, _ in before)
             state.push_parameters(_parameters(5.0, (4.0, 5.0), generation=2, reset=True))
-            assert state.wait_for(lambda s: 5.0 in _stats(_gateway_chunks(s, gw1, last), "Environment/Gravity"), 90)
+            assert state.wait_for(lambda s: 5.0 in _stats_of(s, gw1, "Environment/Gravity", last), 90)
             assert state.wait_for(
-                lambda s: any(4.0 <= m <= 5.0 for m in _stats(_gateway_chunks(s, gw1, last), "Environment/Mass")), 90
+                lambda s: any(4.0 <= m <= 5.0 for m in _stats_of(s, gw1, "Environment/Mass", last)), 90
             )
             after = [t for _, ts in _gateway_chunks(state, gw1, last) for t in ts]
             assert [t for t in after if t.interrupted], "the reset ended the open episodes as interrupted"
@@ -60,7 +67,7 @@ def test_trainer_parameters_reach_unity_before_acting_and_a_reset_lesson_applies
             # a gateway joining mid-lesson gets the current values before it acts
             with running_gateway(environment_options(), actor=actor_options(trainer.address)) as second:
                 gw2 = second.actor.gateway_id
-                assert state.wait_for(lambda s: len(_stats(_gateway_chunks(s, gw2), "Environment/Mass")) >= 3, 90)
+                assert state.wait_for(lambda s: len(_stats_of(s, gw2, "Environment/Mass")) >= 3, 90)
                 joined = _gateway_chunks(state, gw2)
                 assert _stats(joined, "Environment/Gravity")[-1] == pytest.approx(5.0)
                 assert all(4.0 <= m <= 5.0 for m in _stats(joined, "Environment/Mass") if m != 1.0)
