@@ -167,6 +167,9 @@ class ActorRunner:
         self.link: TrainerLink | None = None
         self.source: SnapshotSource
         if options.inference is not None:
+            if options.inference.parameters:  # --env-parameter: the only source of values without a trainer
+                values = {name: parameters_mod.ParameterValue.constant(v) for name, v in options.inference.parameters}
+                self._parameters = ApplyParameters(values, False, 0)
             self.summary_interval_s = options.inference.summary_interval_s
             self.source = LocalModels(options.inference, self._on_snapshot)
         else:
@@ -212,6 +215,7 @@ class ActorRunner:
             sender.start()
             self._senders.append(sender)
             self._to_worker(w, StartActor(self._worker_config(w.index)))
+            self._send_parameters(w)
         # the workers reset and announce their behaviors: wait for them so that Hello lists them
         announced: set[int] = set()
         deadline = time.monotonic() + self.env_options.timeout_wait + 30

@@ -17,7 +17,7 @@ from trainer_server.stats import read_scalars
 from test_train_3dball import _json_lines, _tail, _tool
 
 REPO = Path(__file__).resolve().parents[2]
-MAX_STEPS = 80_000
+MAX_STEPS = 48_000
 TIME_LIMIT_S = 540
 
 
