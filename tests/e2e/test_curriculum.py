@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import yaml
 
 from benchmarks.ports import free_base_port
 from trainer_server.stats import read_scalars
-from test_train_3dball import _json_lines, _tail, _tool
+from test_train_3dball import _json_lines, _tool, run_trainer
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS = 48_000
@@ -37,18 +35,7 @@ def test_walljump_curriculum_advances_through_every_lesson(tmp_path):
         "--with-gateway", "--log-json",
     ]
     started = time.monotonic()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-        try:
-            returncode = process.wait(TIME_LIMIT_S)
-        except subprocess.TimeoutExpired:
-            process.terminate()
-            process.wait(60)
-            pytest.fail(f"training did not finish {MAX_STEPS} steps in {TIME_LIMIT_S} s:\n{_tail(log_path)}")
-        finally:
-            if process.poll() is None:
-                process.kill()
-    assert returncode == 0, _tail(log_path)
+    run_trainer(cmd, tmp_path, log_path, TIME_LIMIT_S, f"{MAX_STEPS} steps")
 
     run = tmp_path / "results" / "curriculum"
     status = json.loads((run / "run_logs" / "training_status.json").read_text())

@@ -138,21 +138,9 @@ def _train_and_check(tmp_path: Path, config_text: str, max_steps: int, expected_
         "--listen", "127.0.0.1:0", "--base-port", str(free_base_port()), "--seed", "1",
         "--with-gateway", "--log-json",
     ]
-    env = dict(os.environ, TANDEM_LOG_JSON="1")
     started = time.monotonic()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            returncode = process.wait(TIME_LIMIT_S)
-        except subprocess.TimeoutExpired:
-            process.terminate()
-            process.wait(60)
-            pytest.fail(f"training did not finish {max_steps} steps in {TIME_LIMIT_S} s:\n{_tail(log_path)}")
-        finally:
-            if process.poll() is None:
-                process.kill()
+    run_trainer(cmd, tmp_path, log_path, TIME_LIMIT_S, f"{max_steps} steps")
     elapsed = time.monotonic() - started
-    assert returncode == 0, _tail(log_path)
 
     run = tmp_path / "results" / "e2e"
     scalars = read_scalars(run / "3DBall")
@@ -172,6 +160,24 @@ def _train_and_check(tmp_path: Path, config_text: str, max_steps: int, expected_
     assert (run / "3DBall.onnx").is_file()
     assert json.loads((run / "run_logs" / "timers.json").read_text())["children"]
     assert any(line.startswith("3DBall. Step: ") and "Mean Reward" in line for line in lines)
+
+
+def run_trainer(cmd: list[str], cwd: Path, log_path: Path, time_limit_s: float, what: str) -> None:
+    """Runs a ``tandem-trainer`` command to its end (stdout and stderr in ``log_path``); fails the
+    test when it runs past ``time_limit_s`` or exits with an error."""
+    env = dict(os.environ, TANDEM_LOG_JSON="1")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            returncode = process.wait(time_limit_s)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            process.wait(60)
+            pytest.fail(f"training did not finish {what} in {time_limit_s} s:\n{_tail(log_path)}")
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert returncode == 0, _tail(log_path)
 
 
 def _json_lines(path: Path) -> list[dict]:
