@@ -39,7 +39,7 @@ WALLJUMP_CONFIG = REPO / "configs" / "ppo" / "WallJump.yaml"
 BALL_CONFIG = REPO / "configs" / "ppo" / "3DBall.yaml"
 TARGET_REWARD = 0.6
 TRAIN_GRAVITY = (6.0, 16.0)
-TEST_GRAVITIES = (3.0, 22.0)
+TEST_GRAVITIES = (3.0, 22.0, 40.0)
 LESSON_COMPONENT = "trainer_server.environment_parameters"
 
 _log = get_logger("benchmarks.curriculum")
@@ -124,32 +124,34 @@ def curriculum_part(budget: int, seed: int, time_limit_s: float) -> list[dict]:
     return rows
 
 
-def evaluate(model: Path, gravity: float, seconds: float) -> dict:
-    """Mean episode reward of ``model`` acting through ``tandem-gateway --policy`` at ``gravity``."""
+def evaluate(model: Path, gravity: float, episodes: int, time_limit_s: float) -> dict:
+    """Mean episode reward of ``model`` acting through ``tandem-gateway --policy`` at ``gravity``.
+
+    Stops once the gateway's summaries (every 2 s) counted ``episodes`` episodes, or at the time limit;
+    returns its "inference totals" event.
+    """
     exe = Path(sys.executable).with_name("tandem-gateway")
     cmd = [
         str(exe), "--listen", "127.0.0.1:0", "--log-json", "--base-port", str(free_base_port()), "--no-graphics",
-        "--policy", f"3DBall={model}", "--env-parameter", f"gravity={gravity}", "--summary-interval-s", "1000",
+        "--policy", f"3DBall={model}", "--env-parameter", f"gravity={gravity}", "--summary-interval-s", "2",
     ]
-    with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
-        time.sleep(seconds)
-        process.terminate()
-        process.wait(60)
-        log.seek(0)
-        totals = [e for e in (_parse(line) for line in log) if e.get("event") == "inference totals"]
+    with tempfile.TemporaryDirectory() as tmp:
+        log_path = Path(tmp) / "gateway.jsonl"
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+            started = time.monotonic()
+            while process.poll() is None and time.monotonic() - started < time_limit_s:
+                time.sleep(1.0)
+                counted = sum(e.get("episodes") or 0 for e in _events(log_path) if e.get("event") == "inference summary")
+                if counted >= episodes:
+                    break
+            process.terminate()
+            process.wait(60)
+        totals = [e for e in _events(log_path) if e.get("event") == "inference totals"]
     return totals[-1] if totals else {}
 
 
-def _parse(line: str) -> dict:
-    try:
-        event = json.loads(line)
-    except ValueError:
-        return {}
-    return event if isinstance(event, dict) else {}
-
-
-def randomization_part(budget: int, seed: int, time_limit_s: float, eval_s: float) -> list[dict]:
+def randomization_part(budget: int, seed: int, time_limit_s: float, eval_episodes: int) -> list[dict]:
     base = yaml.safe_load(BALL_CONFIG.read_text())
     base["behaviors"]["3DBall"].update(max_steps=budget, checkpoint_interval=budget)
     randomized = json.loads(json.dumps(base))
@@ -166,7 +168,7 @@ def randomization_part(budget: int, seed: int, time_limit_s: float, eval_s: floa
             row = {"variant": name, "trained": summaries[-1] if summaries else None, "wall_s": wall, "eval": {}}
             model = run / "3DBall.onnx"
             for gravity in (9.81, *TEST_GRAVITIES):
-                row["eval"][gravity] = evaluate(model, gravity, eval_s) if model.is_file() else {}
+                row["eval"][gravity] = evaluate(model, gravity, eval_episodes, time_limit_s) if model.is_file() else {}
             _log.info("evaluated 3DBall", variant=name, eval=row["eval"])
             rows.append(row)
     return rows
@@ -212,8 +214,9 @@ def render(walljump: list[dict], ball: list[dict], args) -> str:
         "",
         f"PPO with `configs/ppo/3DBall.yaml` for {args.ball_steps:,} agent steps, gravity fixed or drawn per episode "
         f"from uniform{TRAIN_GRAVITY}; each final model then acts deterministically through "
-        "`tandem-gateway --policy 3DBall=<model> --env-parameter gravity=<g>` for "
-        f"{args.eval_s:.0f} s per gravity. Mean episode reward (maximum 100; episodes end at 1000 decisions or a drop).",
+        "`tandem-gateway --policy 3DBall=<model> --env-parameter gravity=<g>` for at least "
+        f"{args.eval_episodes} episodes per gravity. Mean episode reward (maximum 100; episodes end at 1000 decisions "
+        "or a drop).",
         "",
         "| trained with | last training summary | " + " | ".join(f"gravity {g:g}" for g in gravities) + " |",
         "|---|---|" + "---|" * len(gravities),
@@ -230,14 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--walljump-steps", type=int, default=60_000)
     parser.add_argument("--ball-steps", type=int, default=150_000)
-    parser.add_argument("--eval-s", type=float, default=25.0)
+    parser.add_argument("--eval-episodes", type=int, default=24, help="episodes per evaluated gravity")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--time-limit-s", type=float, default=300.0, help="per training run")
     parser.add_argument("--skip-ball", action="store_true", help="only the curriculum part")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     walljump = curriculum_part(args.walljump_steps, args.seed, args.time_limit_s)
-    ball = [] if args.skip_ball else randomization_part(args.ball_steps, args.seed, args.time_limit_s, args.eval_s)
+    ball = [] if args.skip_ball else randomization_part(args.ball_steps, args.seed, args.time_limit_s, args.eval_episodes)
     report.write_results(args.output, render(walljump, ball, args))
     curriculum, final_only = walljump
     won = curriculum["milestone"] is not None and (
