@@ -205,19 +205,23 @@ class InstanceActor:
     def _apply_parameters(self, values: dict, reset: bool, generation: int) -> None:
         """Sets the trainer's environment parameters; resets the instance when they must apply now.
 
-        Episodes that ended before go out first, stamped with the previous generation.
+        What was played before goes out first, stamped with the previous generation: finished
+        trajectories, and with a reset the open ones, ended as interrupted.
         """
         first = not self.has_parameters
         self.has_parameters = True
-        if self.started:
+        changed = self.instance.set_parameter_values(values)  # reaches Unity with the next reset or step
+        self.log.info("environment parameters", parameters=sorted(values), changed=changed, reset=reset)
+        # before the first reset, or while Unity is down, the (re)start applies them with its reset
+        must_reset = self.started and not (self.awaiting_restart or self.down) and (reset or (first and changed))
+        if must_reset:
+            self._end_open_episodes()
+        elif self.started:
             self._catch_up()
             self._flush(force=True)
         self.parameters_generation = generation
-        changed = self.instance.set_parameter_values(values)
-        self.log.info("environment parameters", parameters=sorted(values), changed=changed, reset=reset)
-        if not self.started or self.awaiting_restart or self.down or not (reset or (first and changed)):
-            return  # a (re)start applies them with its reset; otherwise Unity uses them from the next episode
-        self._end_open_episodes()
+        if not must_reset:
+            return  # Unity uses them from the next episode on
         self.current = {}
         try:
             self.current = self.instance.reset()
