@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.ports import free_base_port
 from trainer_server.stats import read_scalars
-from test_train_3dball import _json_lines, _tool, run_trainer
+from test_train_3dball import _json_lines, run_trainer
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS = 48_000
@@ -27,15 +26,8 @@ def test_walljump_curriculum_advances_through_every_lesson(tmp_path):
     lessons = config["environment_parameters"]["wall_height"]["curriculum"]
     path = tmp_path / "WallJump-e2e.yaml"
     path.write_text(yaml.safe_dump(config))
-    log_path = tmp_path / "trainer.log"
-    cmd = [
-        *_tool("tandem-trainer"), str(path),
-        "--run-id", "curriculum", "--results-dir", str(tmp_path / "results"),
-        "--listen", "127.0.0.1:0", "--base-port", str(free_base_port()), "--seed", "1",
-        "--with-gateway", "--log-json",
-    ]
     started = time.monotonic()
-    run_trainer(cmd, tmp_path, log_path, TIME_LIMIT_S, f"{MAX_STEPS} steps")
+    log_path = run_trainer(path, tmp_path, "curriculum", TIME_LIMIT_S, f"{MAX_STEPS} steps")
 
     run = tmp_path / "results" / "curriculum"
     status = json.loads((run / "run_logs" / "training_status.json").read_text())
