@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -107,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument(
         "--summary-interval-s", type=float, default=10.0, help="seconds between reward summaries with --policy"
     )
+    inf.add_argument(
+        "--env-parameter",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="with --policy: set this environment parameter (EnvironmentParametersChannel) on every instance before "
+        "its first reset, e.g. gravity=20; repeat for each parameter (with --trainer the trainer decides them)",
+    )
     log = p.add_argument_group("logging")
     log.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING... (None: $TANDEM_LOG_LEVEL or INFO)")
     return p
@@ -167,10 +176,16 @@ def options_from_args(args: argparse.Namespace) -> GatewayOptions:
             snapshot_wait_s=args.snapshot_wait_s,
         )
     inference = None
+    if args.env_parameter and not args.policy:
+        raise OptionsError(
+            "--env-parameter: only with --policy (with --trainer the trainer's environment_parameters decide; "
+            "in remote control, clients send set_environment_parameters)"
+        )
     if args.policy:
         inference = InferenceOptions(
             policies=tuple(_parse_policy(text) for text in args.policy),
             summary_interval_s=args.summary_interval_s,
+            parameters=tuple(_parse_parameter(text) for text in args.env_parameter or ()),
         )
     if file_name is not None and not os.path.exists(file_name) and not _looks_like_build(file_name):
         raise OptionsError(f"--env: no Unity build at {file_name!r}")
@@ -185,6 +200,17 @@ def _parse_policy(text: str) -> tuple[str, str]:
     if not sep or not name.strip() or not path.strip():
         raise OptionsError(f"--policy {text!r}: expected BEHAVIOR=PATH.onnx, e.g. 3DBall=results/run/3DBall.onnx")
     return name.strip(), path.strip()
+
+
+def _parse_parameter(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not sep or not name.strip() or not math.isfinite(number):
+        raise OptionsError(f"--env-parameter {text!r}: expected NAME=NUMBER, e.g. gravity=20")
+    return name.strip(), number
 
 
 def _check_models(inference: InferenceOptions) -> None:

@@ -127,11 +127,14 @@ class InferenceOptions:
         summary_interval_s: seconds between the per-behavior reward summaries in the log.
         unknown_behavior_wait_s: a behavior that appears after start-up without a model
             acts randomly after this long (with a warning).
+        parameters: (name, value) environment parameters set on every instance before its
+            first reset (``--env-parameter``): evaluating a model at chosen values.
     """
 
     policies: tuple[tuple[str, str], ...]
     summary_interval_s: float = 10.0
     unknown_behavior_wait_s: float = 5.0
+    parameters: tuple[tuple[str, float], ...] = ()
 
     def model_for(self, behavior: str) -> str | None:
         """The model path for a fully qualified behavior name (``3DBall?team=0``), or None."""

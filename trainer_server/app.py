@@ -45,6 +45,7 @@ from common.trajectory import Trajectory
 from trainer_server import stats as stats_mod
 from trainer_server.behavior_run import BehaviorRun, RunContext, SnapshotListener
 from trainer_server.collection import CollectionControl, Collector
+from trainer_server.environment_parameters import ParametersListener, RunParameters
 from trainer_server.learning.learner import Learner
 from trainer_server.learning.registry import make_learner
 from trainer_server.results import RunResults
@@ -97,6 +98,8 @@ class _Chunk:
     stats: list[tuple[str, float, stats_mod.Aggregation]]
     collector: Collector | None
     steps: int
+    #: the environment parameters' generation the episodes were played with (0: unknown)
+    parameters_generation: int = 0
 
 
 #: ``listener(gateway_id, sequence)``: the chunk is in the learner's state (training thread)
@@ -161,6 +164,8 @@ class TrainingApp:
         self.completed = False  # every behavior reached max_steps
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="training-loop", daemon=True)
+        #: environment parameters and curriculum lessons (``trainer_server.environment_parameters``)
+        self.parameters = RunParameters(options.environment_parameters, self._seed, results, cs.resume)
 
     # ------------------------------------------------------------------ gateway side (any thread)
 
@@ -174,6 +179,14 @@ class TrainingApp:
         in the learner's state (or dropped as stale): the moment it may be acknowledged."""
         with self._lock:
             self._processed_listeners.append(listener)
+
+    def add_parameters_listener(self, listener: ParametersListener) -> None:
+        """``listener(message)`` is called on the training thread after every lesson change."""
+        self.parameters.add_listener(listener)
+
+    def environment_parameters(self) -> trainer_pb2.EnvironmentParameters | None:
+        """The current environment parameters for gateways; None when the run has none."""
+        return self.parameters.message()
 
     def last_accepted_sequence(self, gateway_id: str) -> int:
         """The last chunk of ``gateway_id`` taken into a learner (what ``Welcome`` reports)."""
@@ -232,6 +245,7 @@ class TrainingApp:
         timeout: float | None = None,
         collector: Collector | None = None,
         returned_steps: int = 0,
+        parameters_generation: int = 0,
     ) -> bool:
         """Queues a validated chunk for the training thread; blocks while the queue is full.
 
@@ -262,7 +276,7 @@ class TrainingApp:
                 if sequence <= self._last_sequence.get(gateway_id, 0):
                     return False
             steps = sum(len(t) for t in trajectories)
-            item = _Chunk(gateway_id, sequence, behavior, trajectories, parsed, collector, steps)
+            item = _Chunk(gateway_id, sequence, behavior, trajectories, parsed, collector, steps, parameters_generation)
             by_version: dict[int, int] = {}
             for t in trajectories:
                 versions, counts = np.unique(t.policy_versions, return_counts=True)
@@ -360,6 +374,11 @@ class TrainingApp:
         behavior.add_stats(chunk.stats)
         behavior.consume(chunk.trajectories, chunk.gateway_id, chunk.sequence)
         self.collection.taken_in(chunk.collector, chunk.behavior, chunk.steps, behavior.learner.step)
+        if self.parameters.manager:
+            with self._lock:
+                behaviors = list(self._behaviors.values())
+            returns = [t.episode_return for t in chunk.trajectories if t.done]
+            self.parameters.after_chunk(behaviors, {chunk.behavior: returns}, chunk.parameters_generation)
         with self._lock:
             self._last_processed[chunk.gateway_id] = max(self._last_processed.get(chunk.gateway_id, 0), chunk.sequence)
             listeners = list(self._processed_listeners)

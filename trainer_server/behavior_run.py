@@ -158,6 +158,11 @@ class BehaviorRun:
             restored_from=str(restored_from) if restored_from else None,
         )
 
+    @property
+    def steps(self) -> int:
+        """Agent steps so far: the learner's, or in ``--inference`` the steps acted."""
+        return self.inference_step if self._context.inference else self.learner.step
+
     # ------------------------------------------------------------------ start
 
     def _restore(self) -> Path | None:

@@ -29,7 +29,7 @@ from common.environment_options import add_environment_arguments, add_server_arg
 from common.logging import configure_logging, get_logger
 from trainer_server.config.loading import load_run_options
 from trainer_server.config.schema import ConfigError, NotSupportedError
-from trainer_server.config.support import check_supported
+from trainer_server.config.support import check_supported, environment_warnings
 from trainer_server.server_settings import DEFAULT_LISTEN, server_settings_from_args
 
 EXIT_OK = 0
@@ -169,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         sys.stdout.write(options.to_yaml())
         sys.stdout.flush()
+    for warning in environment_warnings(options):
+        log.warning("environment not supported", detail=warning)
     try:
         check_supported(options)
     except NotSupportedError as exc:

@@ -12,6 +12,7 @@ TensorBoard event files. This module owns that layout, the run-id checks
                                  "reward": 1.23, "creation_time": 1700000000.0,
                                  "auxillary_file_paths": [".../3DBall/3DBall-12000.npz"]}, ...],
                 "final_checkpoint": {"steps": 50000, "file_path": ".../3DBall.onnx", ...}},
+     "<environment parameter>": {"lesson_num": 2},
      "metadata": {"stats_format_version": "0.3.0", "mlagents_version": <Tandem's>,
                   "torch_version": <JAX's>, "tandem_version": ..., "jax_version": ...}}
 
@@ -245,6 +246,18 @@ class RunResults:
         """Stores extra per-behavior state (e.g. the policy version) in training_status.json."""
         with self._lock:
             self._status.setdefault(behavior_folder_name(behavior), {})[key] = value
+        self.write_training_status()
+
+    def parameter_state(self, parameter: str) -> dict[str, Any]:
+        """A copy of an environment parameter's entry (``{"lesson_num": n}``), as ML-Agents keeps it."""
+        with self._lock:
+            entry = self._status.get(parameter, {})
+            return dict(entry) if isinstance(entry, dict) else {}
+
+    def set_parameter_state(self, parameter: str, key: str, value: Any) -> None:
+        """Stores an environment parameter's state (its curriculum lesson) in training_status.json."""
+        with self._lock:
+            self._status.setdefault(parameter, {})[key] = value
         self.write_training_status()
 
     def record_checkpoint(

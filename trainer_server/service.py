@@ -19,6 +19,10 @@ in and receive policy snapshots. This module only translates between messages an
   for a slow gateway);
 * flow control: each connection is a ``trainer_server.collection.Collector``; the grants
   the app's ``CollectionControl`` makes are sent after the snapshots queued before them;
+* when the run has environment parameters (``trainer_server.environment_parameters``),
+  they follow ``Welcome`` before any snapshot, and every lesson change is pushed to
+  every connected gateway (only the newest values are kept for a slow gateway; a
+  pending ``reset`` is kept when newer values replace it);
 * when training completes every stream gets ``TrainingFinished``, then ends with OK.
 
 The server around it (TLS, bearer token, health, reflection, limits) is
@@ -66,6 +70,7 @@ class _Connection:
         self._acks: list[int] = []
         self._snapshots: OrderedDict[str, trainer_pb2.PolicySnapshot] = OrderedDict()
         self._grants: list[trainer_pb2.CollectionGrant] = []
+        self._parameters: trainer_pb2.EnvironmentParameters | None = None
         self.error: _StreamError | None = None
         self.reader_done = False
         self.closed = False
@@ -97,6 +102,16 @@ class _Connection:
             self._grants.append(message)
             self._cond.notify_all()
 
+    def push_parameters(self, parameters: trainer_pb2.EnvironmentParameters) -> None:
+        """Queues the newest environment parameters (a reset still pending is kept)."""
+        with self._cond:
+            if self._parameters is not None and self._parameters.reset and not parameters.reset:
+                parameters = trainer_pb2.EnvironmentParameters(
+                    parameters=parameters.parameters, generation=parameters.generation, reset=True
+                )
+            self._parameters = parameters
+            self._cond.notify_all()
+
     def push_ack(self, sequence: int) -> None:
         with self._cond:
             self._acks.append(sequence)
@@ -119,12 +134,17 @@ class _Connection:
             self._cond.notify_all()
 
     def next_messages(self, timeout: float) -> list[trainer_pb2.TrainerMessage]:
-        """Waits up to ``timeout`` for messages to send: snapshots first, then grants (a grant
-        for a version must not arrive before that version's snapshot), then acks."""
+        """Waits up to ``timeout`` for messages to send: environment parameters, snapshots, then
+        grants (a grant for a version must not arrive before that version's snapshot), then acks."""
         with self._cond:
-            if not (self._acks or self._snapshots or self._grants or self.error or self.reader_done or self.closed):
+            pending = self._acks or self._snapshots or self._grants or self._parameters
+            if not (pending or self.error or self.reader_done or self.closed):
                 self._cond.wait(timeout)
-            out = [trainer_pb2.TrainerMessage(snapshot=s) for s in self._snapshots.values()]
+            out = []
+            if self._parameters is not None:
+                out.append(trainer_pb2.TrainerMessage(environment_parameters=self._parameters))
+                self._parameters = None
+            out += [trainer_pb2.TrainerMessage(snapshot=s) for s in self._snapshots.values()]
             out += [trainer_pb2.TrainerMessage(grant=g) for g in self._grants]
             out += [trainer_pb2.TrainerMessage(ack=trainer_pb2.ChunkAck(sequence=q)) for q in self._acks]
             self._snapshots.clear()
@@ -144,6 +164,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
         self._shutdown = threading.Event()
         app.add_snapshot_listener(self._broadcast)
         app.add_processed_listener(self._acknowledge)
+        app.add_parameters_listener(self._broadcast_parameters)
 
     @property
     def connected_gateways(self) -> list[str]:
@@ -170,6 +191,12 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
             connections = list(self._connections)
         for c in connections:
             c.push_snapshot(snapshot)
+
+    def _broadcast_parameters(self, parameters: trainer_pb2.EnvironmentParameters) -> None:
+        with self._lock:
+            connections = list(self._connections)
+        for c in connections:
+            c.push_parameters(parameters)
 
     # ------------------------------------------------------------------ the RPC
 
@@ -207,6 +234,9 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
         context.add_callback(conn.close)
         try:
             yield trainer_pb2.TrainerMessage(welcome=welcome)
+            parameters = self._app.environment_parameters()
+            if parameters is not None:  # before any snapshot: the gateway applies them before acting
+                yield trainer_pb2.TrainerMessage(environment_parameters=parameters)
             for s in snapshots:
                 conn.push_snapshot(s)
                 collection.announce(conn, s.behavior)
@@ -308,6 +338,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
             self._app.submit(
                 conn.gateway_id, chunk.sequence, chunk.behavior, trajectories, stats,
                 collector=conn, returned_steps=chunk.returned_steps,
+                parameters_generation=chunk.parameters_generation,
             )
         except TrainerStoppingError as e:
             raise _StreamError(grpc.StatusCode.UNAVAILABLE, str(e)) from None

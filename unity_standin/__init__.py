@@ -12,6 +12,8 @@ Built-in tasks (``--task``, or ``TANDEM_STANDIN_TASK``; details in ``unity_stand
     discrete branches (5, 2) with masks; parameter gridSize.
   - ``multibehavior``: ``Chaser?team=0`` (continuous) and ``Runner?team=0`` (discrete,
     decides every 3 steps, staggered), 4 areas; parameters runner_speed, catch_radius.
+  - ``walljump``: ``WallJump?team=0``, 12 agents, 3 vector obs, one discrete branch of 3;
+    parameter wall_height (climbs in a row needed; made for curricula).
 
 Like com.unity.ml-agents 3.x: brain parameters arrive with a behavior's first agent infos
 (after ``reset()``), agent ids stay fixed for an agent's life (``--agent-ids per-episode``

@@ -13,6 +13,11 @@ Flow control from the trainer: each ``CollectionGrant`` is split over the live w
 voided first (``ResetCredit``). When a worker process is lost with credit, or an instance
 goes down for good, the link resynchronizes (the trainer takes back what it granted and
 grants afresh). ``TrainingFinished`` sets ``training_finished``: the gateway stops.
+Environment parameters (``tandem.v1.EnvironmentParameters``, decided by the trainer)
+are forwarded to every worker (``ApplyParameters``) and kept: a worker started or
+replaced later gets them right after ``StartActor``, before its first reset. Only the
+trainer sets parameters in actor mode: remote control (``Play``, with its
+set-environment-parameters) is unavailable there, so the two never compete.
 
 Policy lag (the latest snapshot version minus the oldest version that chose an
 action in a chunk) is logged with the periodic progress line.
@@ -45,9 +50,10 @@ from gateway.actor import wire
 from gateway.actor.local_models import LocalModels
 from gateway.actor.trainer_link import TrainerLink
 from gateway.actor.worker_loop import ActorWorkerConfig
-from gateway.env.messages import Close, Closed, Credit, Experience, Failed, GiveUp, Grant, InferenceReport
-from gateway.env.messages import NewBehaviors, Progress, Ready, ResetCredit, Restart, Snapshot, StartActor
-from gateway.env.messages import UnityStarted
+from gateway.env import parameters as parameters_mod
+from gateway.env.messages import ApplyParameters, Close, Closed, Credit, Experience, Failed, GiveUp, Grant
+from gateway.env.messages import InferenceReport, NewBehaviors, Progress, Ready, ResetCredit, Restart, Snapshot
+from gateway.env.messages import StartActor, UnityStarted
 from gateway.env.workers import InstanceInfo, WorkerHandle, WorkerLost, start_workers
 from gateway.options import GatewayOptions
 from tandem.v1 import trainer_pb2
@@ -149,6 +155,8 @@ class ActorRunner:
         self.progress_at: dict[int, float] = {}
         self._specs: dict[str, BehaviorSpec] = {}
         self._latest: dict[str, tuple[int, bytes]] = {}
+        #: the trainer's latest environment parameters (None: none received)
+        self._parameters: ApplyParameters | None = None
         self._sequence = 0
         self._held_credits: list[WorkerHandle] = []
         self._outboxes: dict[int, queue.Queue] = {}
@@ -169,13 +177,23 @@ class ActorRunner:
         self.link: TrainerLink | None = None
         self.source: SnapshotSource
         if options.inference is not None:
+            if options.inference.parameters:  # --env-parameter: the only source of values without a trainer
+                values = {name: parameters_mod.ParameterValue.constant(v) for name, v in options.inference.parameters}
+                self._parameters = ApplyParameters(values, False, 0)
             self.summary_interval_s = options.inference.summary_interval_s
             self.source = LocalModels(options.inference, self._on_snapshot)
         else:
             self.summary_interval_s = PROGRESS_EVERY_S
             self.link = TrainerLink(
-                options.actor, self._hello, self._on_snapshot, self._wake, options.server.max_message_bytes * 4,
-                on_grant=self._on_grant, on_welcome=self._on_welcome, on_finished=self._on_finished,
+                options.actor,
+                self._hello,
+                self._on_snapshot,
+                self._wake,
+                options.server.max_message_bytes * 4,
+                on_grant=self._on_grant,
+                on_welcome=self._on_welcome,
+                on_finished=self._on_finished,
+                on_parameters=self._on_parameters,
             )
             self.source = self.link
         #: the trainer said TrainingFinished: the gateway's work is done
@@ -212,6 +230,7 @@ class ActorRunner:
             sender.start()
             self._senders.append(sender)
             self._to_worker(w, StartActor(self._worker_config(w.index)))
+            self._send_parameters(w)
         # the workers reset and announce their behaviors: wait for them so that Hello lists them
         announced: set[int] = set()
         deadline = time.monotonic() + self.env_options.timeout_wait + 30
@@ -354,6 +373,32 @@ class ActorRunner:
     def _on_finished(self, finished: trainer_pb2.TrainingFinished) -> None:
         self.log.info("training finished: the gateway stops collecting", run_id=finished.run_id, reason=finished.reason)
         self.training_finished.set()
+    def _on_parameters(self, message: trainer_pb2.EnvironmentParameters) -> None:
+        """The trainer's environment parameters: kept, and forwarded to every worker."""
+        try:
+            values = parameters_mod.from_proto(message)
+        except ValueError as e:
+            self.log.error("environment parameters refused", error=str(e))
+            return
+        update = ApplyParameters(values, bool(message.reset), int(message.generation))
+        with self._lock:
+            self._parameters = ApplyParameters(values, False, int(message.generation))  # for workers (re)started later
+        self.log.info(
+            "environment parameters from the trainer",
+            generation=message.generation,
+            reset=update.reset,
+            lessons={name: p.lesson_name for name, p in sorted(message.parameters.items())},
+        )
+        for w in self.workers:
+            if w.alive:
+                self._to_worker(w, update)
+
+    def _send_parameters(self, w: WorkerHandle) -> None:
+        """A worker just told to act gets the latest environment parameters, if any."""
+        with self._lock:
+            parameters = self._parameters
+        if parameters is not None:
+            self._to_worker(w, parameters)
 
     # -- the event loop -------------------------------------------------------------------------
 
@@ -426,7 +471,8 @@ class ActorRunner:
         self._sequence += 1
         if self.link is not None:  # local inference (--policy) streams nothing
             message = wire.chunk_message(
-                self._sequence, experience.behavior, wire.experience_body(experience), experience.returned
+                self._sequence, experience.behavior, wire.experience_body(experience), experience.returned,
+                experience.parameters_generation,
             )
             self.link.send_chunk(self._sequence, message)
         for episode_return, length in experience.episodes():
@@ -501,6 +547,7 @@ class ActorRunner:
         if isinstance(msg, Ready):
             w.unity_pid = msg.unity_pid
         self._to_worker(w, StartActor(self._worker_config(w.index)))
+        self._send_parameters(w)
         if isinstance(msg, Failed):
             self._on_message(w, msg)
         with self._lock:

@@ -115,6 +115,8 @@ class TrainerLink:
         on_grant: called with every ``CollectionGrant``.
         on_welcome: called at every Welcome, before the grants of that stream.
         on_finished: called once with ``TrainingFinished``.
+        on_parameters: called with every ``EnvironmentParameters`` the trainer sends (after
+            Welcome, and at every curriculum lesson change), from the link's thread.
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class TrainerLink:
         on_grant: Callable[[trainer_pb2.CollectionGrant], None] = lambda grant: None,
         on_welcome: Callable[[], None] = lambda: None,
         on_finished: Callable[[trainer_pb2.TrainingFinished], None] = lambda finished: None,
+        on_parameters: Callable[[trainer_pb2.EnvironmentParameters], None] | None = None,
     ) -> None:
         self.options = options
         self.buffer = ChunkBuffer(options.max_buffered_chunks, int(options.max_buffered_mb * 1024 * 1024))
@@ -139,6 +142,7 @@ class TrainerLink:
         #: set once the trainer said TrainingFinished: the link does not reconnect
         self.training_finished = threading.Event()
         self._resync = False
+        self._on_parameters = on_parameters
         self._max_message_bytes = max_message_bytes
         self._live: queue.Queue | None = None
         self._stop = threading.Event()
@@ -271,6 +275,8 @@ class TrainerLink:
                     self.log.info("the trainer finished the run", run_id=message.finished.run_id, reason=message.finished.reason)
                     self.training_finished.set()
                     self._on_finished(message.finished)
+                elif kind == "environment_parameters" and self._on_parameters is not None:
+                    self._on_parameters(message.environment_parameters)
             return welcomed
         finally:
             if timer is not None:

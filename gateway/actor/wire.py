@@ -34,6 +34,7 @@ _CHUNK_BEHAVIOR = trainer_pb2.ExperienceChunk.DESCRIPTOR.fields_by_name["behavio
 _CHUNK_TRAJECTORIES = trainer_pb2.ExperienceChunk.DESCRIPTOR.fields_by_name["trajectories"].number
 _CHUNK_STATS = trainer_pb2.ExperienceChunk.DESCRIPTOR.fields_by_name["stats"].number
 _CHUNK_RETURNED = trainer_pb2.ExperienceChunk.DESCRIPTOR.fields_by_name["returned_steps"].number
+_CHUNK_GENERATION = trainer_pb2.ExperienceChunk.DESCRIPTOR.fields_by_name["parameters_generation"].number
 _TRAINER_MESSAGE_SNAPSHOT = trainer_pb2.TrainerMessage.DESCRIPTOR.fields_by_name["snapshot"].number
 _SNAPSHOT_FIELDS = {
     name: trainer_pb2.PolicySnapshot.DESCRIPTOR.fields_by_name[name].number
@@ -55,8 +56,11 @@ def experience_body(experience: Experience) -> bytes:
     return chunk_body((trajectory_mod.to_proto(t).SerializeToString() for t in experience.trajectories), stats)
 
 
-def chunk_message(sequence: int, behavior: str, body: bytes, returned_steps: int = 0) -> bytes:
-    """A serialized ``GatewayMessage`` holding ``ExperienceChunk(sequence, behavior, <body>, returned_steps)``."""
+def chunk_message(
+    sequence: int, behavior: str, body: bytes, returned_steps: int = 0, parameters_generation: int = 0
+) -> bytes:
+    """A serialized ``GatewayMessage`` holding ``ExperienceChunk(sequence, behavior, <body>, returned_steps,
+    parameters_generation)`` (fields in number order, zero scalars left out, as protobuf writes them)."""
     chunk = (
         tag(_CHUNK_SEQUENCE, VARINT)
         + varint(sequence)
@@ -65,6 +69,8 @@ def chunk_message(sequence: int, behavior: str, body: bytes, returned_steps: int
     )
     if returned_steps:
         chunk += tag(_CHUNK_RETURNED, VARINT) + varint(returned_steps)
+    if parameters_generation:
+        chunk += tag(_CHUNK_GENERATION, VARINT) + varint(parameters_generation)
     return length_delimited(_GATEWAY_MESSAGE_CHUNK, chunk)
 
 

@@ -9,7 +9,7 @@ flushing finished trajectories run while Unity computes the step
 (``UnityInstance.step(..., while_unity_steps=...)``).
 
 The messages with the parent (``gateway.env.messages``): ``Snapshot``, ``Credit``,
-``Restart``, ``GiveUp`` and ``Close`` come in; ``NewBehaviors``, ``Experience``,
+``ApplyParameters``, ``Restart``, ``GiveUp`` and ``Close`` come in; ``NewBehaviors``, ``Experience``,
 ``UnityStarted``, ``Failed``, ``Progress`` and ``InferenceReport`` go out.
 
 Backpressure: at most ``max_outstanding`` experience messages may wait for the
@@ -25,7 +25,9 @@ its credit returned), sends them with the credit it did not use (``Experience.re
 another behavior's credit may be what another gateway waits for), and waits for a grant.
 A grant for a newer policy version replaces older credit; ``ResetCredit`` voids it all
 (a new trainer stream). A behavior the trainer finished acts on without credit and is
-not streamed; when every behavior is finished the worker waits. Behaviors with no snapshot yet: the worker waits up to
+not streamed; when every behavior is finished the worker waits.
+
+Behaviors with no snapshot yet: the worker waits up to
 ``snapshot_wait_s`` for one; after that their agents act uniformly at random and
 their experience is not streamed. ``deterministic`` snapshots act with the mode instead
 of sampling (``network_settings.deterministic``, ``--deterministic``, ``--policy``
@@ -36,6 +38,13 @@ tallies episodes for the parent's reward summary.
 
 Snapshots carry either ``parameters`` or only ``onnx_model`` (``gateway.actor.policy``).
 A snapshot's ``time_horizon`` 0 means "not set": ML-Agents' default, 64, applies.
+
+Environment parameters (``ApplyParameters``, the trainer's decision): set on the
+instance's channel as they come; Unity uses them from the next episode. The instance is
+reset at once (open trajectories end as interrupted, as when Unity fails) when the
+message asks for it (``require_reset``), and when the first values arrive after the
+instance's first reset (episodes began without them). Values already waiting when the
+actor starts are applied before its first reset.
 """
 
 from __future__ import annotations
@@ -50,8 +59,9 @@ from common.trajectory import Trajectory
 from gateway.actor.policy import Policy, policy_from_snapshot
 from gateway.actor.trajectories import EpisodeTally, TrajectoryBuilder
 from gateway.env.instance import BehaviorActions, InstanceFailure
-from gateway.env.messages import Close, Closed, Credit, Experience, Failed, GiveUp, Grant, InferenceReport
-from gateway.env.messages import NewBehaviors, Pipe, Progress, ResetCredit, Restart, Snapshot, UnityStarted
+from gateway.env.messages import ApplyParameters, Close, Closed, Credit, Experience, Failed, GiveUp, Grant
+from gateway.env.messages import InferenceReport, NewBehaviors, Pipe, Progress, ResetCredit, Restart, Snapshot
+from gateway.env.messages import UnityStarted
 from gateway.env.steps import Stat, StepBatch
 from tandem.v1 import trainer_pb2
 
@@ -131,6 +141,13 @@ class InstanceActor:
         self.closing = False
         self.awaiting_restart = False
         self.down = False
+        #: the instance was reset at least once (its episodes began)
+        self.started = False
+        #: environment parameters from the trainer arrived at least once
+        self.has_parameters = False
+        self.parameter_resets = 0
+        #: the generation of the trainer's parameters now in effect (0: none), stamped on experience
+        self.parameters_generation = 0
         self.waiting_since: float | None = None
         self.random_behaviors: set[str] = set()
         #: flow control (with a trainer): credit per streamed behavior; behaviors the trainer finished
@@ -158,6 +175,8 @@ class InstanceActor:
                 self._grant(behavior, version, steps, finished)
             case ResetCredit():
                 self.credit.clear()
+            case ApplyParameters(values, reset, generation):
+                self._apply_parameters(values, reset, generation)
             case Restart():
                 self.awaiting_restart = False
                 try:
@@ -268,8 +287,8 @@ class InstanceActor:
         if fresh:
             self.pipe.send(NewBehaviors(fresh))
 
-    def _fail(self, error: Exception) -> None:
-        """Ends every open trajectory as interrupted, sends them, and asks the parent to restart."""
+    def _end_open_episodes(self) -> None:
+        """Ends every open trajectory as interrupted and sends them (Unity failed or is reset)."""
         self._catch_up()
         lost: dict[str, int] = {}  # steps waiting for their reward are lost with the instance
         for behavior, builder in self.builders.items():
@@ -279,6 +298,38 @@ class InstanceActor:
         for tally in self.tallies.values():
             tally.forget_open()
         self._flush(force=True, returned=lost)
+
+    def _apply_parameters(self, values: dict, reset: bool, generation: int) -> None:
+        """Sets the trainer's environment parameters; resets the instance when they must apply now.
+
+        What was played before goes out first, stamped with the previous generation: finished
+        trajectories, and with a reset the open ones, ended as interrupted.
+        """
+        first = not self.has_parameters
+        self.has_parameters = True
+        changed = self.instance.set_parameter_values(values)  # reaches Unity with the next reset or step
+        self.log.info("environment parameters", parameters=sorted(values), changed=changed, reset=reset)
+        # before the first reset, or while Unity is down, the (re)start applies them with its reset
+        must_reset = self.started and not (self.awaiting_restart or self.down) and (reset or (first and changed))
+        if must_reset:
+            self._end_open_episodes()
+        elif self.started:
+            self._catch_up()
+            self._flush(force=True)
+        self.parameters_generation = generation
+        if not must_reset:
+            return  # Unity uses them from the next episode on
+        self.current = {}
+        try:
+            self.current = self.instance.reset()
+            self.parameter_resets += 1
+            self._announce()
+        except InstanceFailure as e:
+            self._fail(e)
+
+    def _fail(self, error: Exception) -> None:
+        """Ends every open trajectory as interrupted, sends them, and asks the parent to restart."""
+        self._end_open_episodes()
         self.current = {}
         self.instance.kill()
         self.awaiting_restart = True
@@ -428,6 +479,7 @@ class InstanceActor:
                 steps=steps,
                 min_version=self.finished_min_version.pop(behavior, 0),
                 returned=given_back,
+                parameters_generation=self.parameters_generation,
             )
             self.stats = []
             self.finished_steps.pop(behavior, None)
@@ -437,7 +489,9 @@ class InstanceActor:
 
     def run(self) -> None:
         """Steps until the parent says close (or goes away)."""
+        self._drain(0)  # environment parameters already sent go with the first reset
         try:
+            self.started = True
             self.current = self.instance.reset()
             self._announce()
         except InstanceFailure as e:

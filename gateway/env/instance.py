@@ -22,7 +22,9 @@ import numpy as np
 from common.logging import get_logger
 from gateway.env.unity_environment import open_unity_environment
 from common.specs import BehaviorSpec, from_mlagents
+from gateway.env import parameters as parameters_mod
 from gateway.env import steps as steps_mod
+from gateway.env.parameters import ParameterValue
 from gateway.options import EnvironmentOptions
 from gateway.env.steps import Stat, StepBatch
 
@@ -65,7 +67,7 @@ class UnityInstance:
         self._env = None
         self._stats_channel = None
         self._params_channel = None
-        self._parameters: dict[str, float] = {}
+        self._parameters: dict[str, ParameterValue] = {}
         self.unity_pid: int | None = None
         self._process = None
         self._opened_before = False
@@ -137,8 +139,7 @@ class UnityInstance:
         self._process = getattr(self._env, "_process", None)  # mlagents keeps the Popen privately
         self.unity_pid = self._process.pid if self._process is not None else None
         engine_channel.set_configuration_parameters(**self.options.engine.channel_parameters())
-        for key, value in self._parameters.items():
-            self._params_channel.set_float_parameter(key, value)
+        parameters_mod.apply(self._params_channel, self._parameters)
         self._refresh_specs()
         self.log.info("unity instance opened", unity_pid=self.unity_pid, behaviors=sorted(self.specs))
 
@@ -187,14 +188,26 @@ class UnityInstance:
     # -- stepping -------------------------------------------------------------------------------
 
     def set_parameters(self, parameters: dict[str, float]) -> None:
-        """Queues environment parameters; they reach Unity with the next reset or step.
+        """Queues constant environment parameters; they reach Unity with the next reset or step.
 
         They are remembered and set again after a restart.
         """
-        self._parameters.update(parameters)
-        if self._params_channel is not None:
-            for key, value in parameters.items():
-                self._params_channel.set_float_parameter(key, float(value))
+        self.set_parameter_values({key: ParameterValue.constant(value) for key, value in parameters.items()})
+
+    def set_parameter_values(self, values: dict[str, ParameterValue]) -> bool:
+        """Queues environment parameters, constants or samplers (``gateway.env.parameters``).
+
+        Like :meth:`set_parameters`, they reach Unity with the next reset or step and are
+        set again after a restart; values the instance already has are not sent again.
+
+        Returns:
+            whether any value differed from the one the instance had.
+        """
+        changed = {key: v for key, v in values.items() if self._parameters.get(key) != v}
+        self._parameters.update(changed)
+        if changed and self._params_channel is not None:
+            parameters_mod.apply(self._params_channel, changed)
+        return bool(changed)
 
     def reset(self) -> dict[str, tuple[StepBatch, StepBatch]]:
         """Resets the instance; returns ``{behavior: (decisions, terminals)}``."""

@@ -22,6 +22,7 @@ Actor mode (parent -> worker):
     Credit()               the parent took one Experience message (flow control)
     Grant(behavior, version, steps, finished)   agent steps the trainer granted (flow control)
     ResetCredit()          a new trainer stream: every credit held is void
+    ApplyParameters(values, reset, generation)   the trainer's environment parameters; reset: reset now
     Restart() / GiveUp()   after Failed
     Close()                flush finished trajectories, close Unity, answer Closed
 Actor mode (worker -> parent):
@@ -49,6 +50,7 @@ import numpy as np
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from gateway.env.instance import BehaviorActions
+from gateway.env.parameters import ParameterValue
 from gateway.env.steps import Stat
 
 if TYPE_CHECKING:  # the actor package imports this module, not the other way round
@@ -165,6 +167,21 @@ class ResetCredit:
     """The gateway (re)connected to a trainer: credit granted on an earlier stream is void."""
 
 
+@dataclass(frozen=True, slots=True)
+class ApplyParameters:
+    """The trainer's environment parameters (``tandem.v1.EnvironmentParameters``).
+
+    The worker sets them on its instance's channel. It resets the instance (open
+    trajectories end as interrupted) when ``reset`` is set (a lesson with
+    ``require_reset`` was completed), and when these are the first values it gets but
+    its episodes already began without them (the first reset precedes the trainer's Hello).
+    """
+
+    values: dict[str, ParameterValue]
+    reset: bool
+    generation: int = 0
+
+
 # -- worker -> parent ---------------------------------------------------------------------------
 
 
@@ -256,6 +273,8 @@ class Experience:
         steps: total steps in them.
         min_version: oldest snapshot version that chose an action in them.
         returned: granted agent steps given back (``ExperienceChunk.returned_steps``).
+        parameters_generation: the trainer's environment parameters they were played
+            with (``ApplyParameters.generation``; 0: none received).
     """
 
     instance: int
@@ -265,6 +284,7 @@ class Experience:
     steps: int
     min_version: int
     returned: int = 0
+    parameters_generation: int = 0
 
     def episodes(self) -> list[tuple[float, int]]:
         """(return, length) of the episodes that ended in these trajectories."""
@@ -299,7 +319,7 @@ class InferenceReport:
 _TYPES: tuple[type, ...] = (
     Reset, PackedStep, SetParameters, Restart, GiveUp, StartActor, Close, Snapshot, Credit,
     Ready, Failed, Refused, Stepped, Closed, NewBehaviors, Experience, UnityStarted, Progress, InferenceReport,
-    Grant, ResetCredit,
+    Grant, ResetCredit, ApplyParameters,
 )
 _INDEX = {cls: i for i, cls in enumerate(_TYPES)}
 

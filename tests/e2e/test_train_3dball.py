@@ -131,28 +131,9 @@ def _train_and_check(tmp_path: Path, config_text: str, max_steps: int, expected_
     """Runs ``tandem-trainer CONFIG --with-gateway`` to max_steps and checks what it learned and wrote."""
     config = tmp_path / "3DBall-e2e.yaml"
     config.write_text(config_text)
-    log_path = tmp_path / "trainer.log"
-    cmd = [
-        *_tool("tandem-trainer"), str(config),
-        "--run-id", "e2e", "--results-dir", str(tmp_path / "results"),
-        "--listen", "127.0.0.1:0", "--base-port", str(free_base_port()), "--seed", "1",
-        "--with-gateway", "--log-json",
-    ]
-    env = dict(os.environ, TANDEM_LOG_JSON="1")
     started = time.monotonic()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            returncode = process.wait(TIME_LIMIT_S)
-        except subprocess.TimeoutExpired:
-            process.terminate()
-            process.wait(60)
-            pytest.fail(f"training did not finish {max_steps} steps in {TIME_LIMIT_S} s:\n{_tail(log_path)}")
-        finally:
-            if process.poll() is None:
-                process.kill()
+    log_path = run_trainer(config, tmp_path, "e2e", TIME_LIMIT_S, f"{max_steps} steps")
     elapsed = time.monotonic() - started
-    assert returncode == 0, _tail(log_path)
 
     run = tmp_path / "results" / "e2e"
     scalars = read_scalars(run / "3DBall")
@@ -174,6 +155,36 @@ def _train_and_check(tmp_path: Path, config_text: str, max_steps: int, expected_
     if "Losses/Value Loss" in expected_tags:  # PPO is on-policy: every trained step was acted by the current policy
         assert {v for _, v in scalars["Policy/Lag"]} == {0.0}, scalars["Policy/Lag"]
     assert any(line.startswith("3DBall. Step: ") and "Mean Reward" in line for line in lines)
+
+
+def run_trainer(config: Path, tmp_path: Path, run_id: str, time_limit_s: float, what: str) -> Path:
+    """Runs ``tandem-trainer CONFIG --with-gateway`` (results in ``tmp_path/results``) to its end; fails
+    the test when it runs past ``time_limit_s`` or exits with an error.
+
+    Returns:
+        the log file (stdout and stderr, JSON lines).
+    """
+    cmd = [
+        *_tool("tandem-trainer"), str(config),
+        "--run-id", run_id, "--results-dir", str(tmp_path / "results"),
+        "--listen", "127.0.0.1:0", "--base-port", str(free_base_port()), "--seed", "1",
+        "--with-gateway", "--log-json",
+    ]
+    log_path = tmp_path / "trainer.log"
+    env = dict(os.environ, TANDEM_LOG_JSON="1")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            returncode = process.wait(time_limit_s)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            process.wait(60)
+            pytest.fail(f"training did not finish {what} in {time_limit_s} s:\n{_tail(log_path)}")
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert returncode == 0, _tail(log_path)
+    return log_path
 
 
 def _json_lines(path: Path) -> list[dict]:

@@ -58,6 +58,19 @@ class TrainerState:
         self.ack = threading.Event()
         self.ack.set()
         self.changed = threading.Condition(self.lock)
+        #: environment parameters sent after Welcome (None: none, like a run without any)
+        self.parameters: trainer_pb2.EnvironmentParameters | None = None
+        self.outboxes: list[queue.Queue] = []
+
+    def push_parameters(self, parameters: trainer_pb2.EnvironmentParameters) -> None:
+        """Sends ``parameters`` to every open stream (a lesson change); later streams get them without reset."""
+        with self.lock:
+            self.parameters = trainer_pb2.EnvironmentParameters()
+            self.parameters.CopyFrom(parameters)
+            self.parameters.reset = False
+            outboxes = list(self.outboxes)
+        for out in outboxes:
+            out.put(trainer_pb2.TrainerMessage(environment_parameters=parameters))
 
     def snapshot(self, spec_msg) -> trainer_pb2.PolicySnapshot:
         spec = specs_mod.from_proto(spec_msg)
@@ -102,6 +115,10 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServicer):
             last = state.last_accepted.get(hello.gateway_id, 0)
         out: queue.Queue = queue.Queue()
         out.put(trainer_pb2.TrainerMessage(welcome=trainer_pb2.Welcome(last_accepted_sequence=last, run_id="fake")))
+        with state.lock:
+            if state.parameters is not None:
+                out.put(trainer_pb2.TrainerMessage(environment_parameters=state.parameters))
+            state.outboxes.append(out)
         for spec in hello.behaviors:
             out.put(trainer_pb2.TrainerMessage(snapshot=state.snapshot(spec)))
             out.put(state.grant(spec.name))

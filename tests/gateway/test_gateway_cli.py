@@ -30,3 +30,15 @@ def test_abbreviated_flags_are_refused(capsys: pytest.CaptureFixture[str]) -> No
         parser.parse_args(["--num-env", "2"])  # not --num-envs
     assert exited.value.code == 2
     assert "unrecognized arguments: --num-env" in capsys.readouterr().err
+
+
+def test_env_parameter_needs_policy_and_a_number(tmp_path: Path) -> None:
+    from gateway.cli import _parse_parameter, options_from_args
+    from gateway.options import OptionsError
+
+    assert _parse_parameter(" gravity = 20.5") == ("gravity", 20.5)
+    for bad in ("gravity", "gravity=fast", "=3", "gravity=nan"):
+        with pytest.raises(OptionsError, match="expected NAME=NUMBER"):
+            _parse_parameter(bad)
+    with pytest.raises(OptionsError, match="--env-parameter: only with --policy"):
+        options_from_args(build_parser().parse_args(["--env-parameter", "gravity=20"]))

@@ -64,3 +64,17 @@ def test_other_trainer_messages_are_left_to_the_parser():
 def test_bytes_that_are_not_a_message_are_an_error():
     with pytest.raises(ValueError):
         wire.SnapshotHeader.read(b"\x0a\x05ab")  # a string field cut short
+
+
+@pytest.mark.parametrize("generation, returned", [(0, 0), (1, 0), (300, 0), (0, 7), (2, 300)])
+def test_a_chunk_names_its_returned_credit_and_parameters_generation_as_the_proto_would(generation, returned):
+    stats = [trainer_pb2.StatSample(key="Environment/Mass", value=2.5, aggregation="average")]
+    raw = wire.chunk_message(
+        4, "Ball?team=0", wire.chunk_body([], stats), returned_steps=returned, parameters_generation=generation
+    )
+    expected = trainer_pb2.GatewayMessage(
+        chunk=trainer_pb2.ExperienceChunk(
+            sequence=4, behavior="Ball?team=0", stats=stats, returned_steps=returned, parameters_generation=generation
+        )
+    )
+    assert raw == expected.SerializeToString()  # byte for byte, as protobuf writes it

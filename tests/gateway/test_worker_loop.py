@@ -57,3 +57,74 @@ def test_a_snapshot_sets_the_policy_and_the_trajectory_length(horizon, expected)
     assert actions[SPEC.name].continuous.shape == (2, 2)
     actor._bookkeeping(acted)
     assert actor.builders[SPEC.name].time_horizon == expected
+
+
+class _ParameterInstance:
+    """An instance that records parameter values and resets (no Unity)."""
+
+    def __init__(self) -> None:
+        self.specs = {SPEC.name: SPEC}
+        self.values: dict = {}
+        self.resets = 0
+
+    def set_parameter_values(self, values: dict) -> bool:
+        changed = any(self.values.get(k) != v for k, v in values.items())
+        self.values.update(values)
+        return changed
+
+    def reset(self):
+        self.resets += 1
+        return {SPEC.name: (_decisions(2), _decisions(0))}
+
+    def new_behaviors(self):
+        return []
+
+    def drain_stats(self):
+        return []
+
+
+class _Pipe:
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def send(self, message) -> None:
+        self.sent.append(message)
+
+
+def test_trainer_parameters_reset_only_when_they_must():
+    from gateway.env.messages import ApplyParameters, Experience
+    from gateway.env.parameters import ParameterValue
+
+    instance, pipe = _ParameterInstance(), _Pipe()
+    actor = InstanceActor(SimpleNamespace(index=0, instance=instance), pipe=pipe, config=ActorWorkerConfig())
+    low, high = {"wall": ParameterValue.constant(2.0)}, {"wall": ParameterValue.constant(4.0)}
+    actor._handle(ApplyParameters(low, False, 1))  # before the first reset: it goes with that reset
+    assert (instance.resets, actor.parameters_generation) == (0, 1)
+    actor.started = True
+    actor._handle(ApplyParameters(low, False, 1))  # the same values again (a reconnect): nothing to do
+    assert instance.resets == 0
+    actor._handle(ApplyParameters(high, False, 2))  # a lesson change without require_reset: next episodes
+    assert instance.resets == 0 and instance.values == high and actor.parameters_generation == 2
+
+    # an open trajectory, then a lesson change with require_reset: it ends interrupted, stamped with its generation
+    actor._set_snapshot(SPEC.name, 3, _snapshot(16))
+    for _ in range(2):  # two steps: the first one gets its reward with the second answer
+        actor.current = actor.unobserved = {SPEC.name: (_decisions(2), _decisions(0))}
+        actions, acted = actor._act()
+        actor._bookkeeping(acted)
+    actor._handle(ApplyParameters({"wall": ParameterValue.constant(6.0)}, True, 3))
+    assert instance.resets == 1 and actor.parameter_resets == 1 and actor.parameters_generation == 3
+    [experience] = [m for m in pipe.sent if isinstance(m, Experience)]
+    assert experience.parameters_generation == 2
+    assert experience.trajectories and all(t.interrupted for t in experience.trajectories)
+
+
+def test_first_trainer_values_after_the_first_reset_reset_again():
+    from gateway.env.messages import ApplyParameters
+    from gateway.env.parameters import ParameterValue
+
+    instance = _ParameterInstance()
+    actor = InstanceActor(SimpleNamespace(index=0, instance=instance), pipe=_Pipe(), config=ActorWorkerConfig())
+    actor.started = True  # the instance reset to learn its behaviors before Hello
+    actor._handle(ApplyParameters({"gravity": ParameterValue.constant(20.0)}, False, 1))
+    assert instance.resets == 1

@@ -166,13 +166,22 @@ def test_key_given_twice_is_warned_about_and_the_last_value_used(tmp_path: Path)
 
 @needs_script
 @pytest.mark.skipif(not (SHARED_CONFIGS / "ppo" / "3DBall_randomize.yaml").is_file(), reason=f"no {SHARED_CONFIGS}")
-def test_environment_parameters_are_accepted_with_a_warning_on_stderr() -> None:
+def test_environment_parameters_are_accepted_without_a_warning() -> None:
     result = run(str(SHARED_CONFIGS / "ppo" / "3DBall_randomize.yaml"), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("default_settings: null\n")
     resolved = yaml.safe_load(result.stdout)
     assert resolved["environment_parameters"]["mass"]["curriculum"][0]["value"]["sampler_type"] == "uniform"
-    assert "environment_parameters are parsed but not sent to the environment yet" in result.stderr
+    assert "environment_parameters" not in result.stderr and "WARN" not in result.stderr.upper()
+
+
+@needs_script
+@pytest.mark.skipif(not (SHARED_CONFIGS / "ppo" / "Sorter_curriculum.yaml").is_file(), reason=f"no {SHARED_CONFIGS}")
+def test_dry_run_says_when_the_named_environment_will_be_refused() -> None:
+    """Sorter's curriculum config is valid, but its example environment's BufferSensor is not supported."""
+    result = run(str(SHARED_CONFIGS / "ppo" / "Sorter_curriculum.yaml"), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "behavior Sorter" in result.stderr and "BufferSensor" in result.stderr and "rank-2" in result.stderr
 
 
 def test_abbreviated_flags_are_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -66,8 +66,10 @@ def make_options(
     init_path: str | None = None,
     even_checkpoints: bool = False,
     deterministic: bool | None = None,
+    environment_parameters: dict | None = None,
 ):
-    """Real ``RunOptions`` from an ML-Agents YAML (``default_settings``) and mlagents-learn flags."""
+    """Real ``RunOptions`` from an ML-Agents YAML (``default_settings``, optionally
+    ``environment_parameters``) and mlagents-learn flags."""
     import argparse
 
     from trainer_server.config.loading import load_run_options
@@ -86,7 +88,10 @@ def make_options(
         section["init_path"] = init_path
     Path(results_dir).mkdir(parents=True, exist_ok=True)
     config = Path(results_dir) / f".{run_id}-config.yaml"
-    config.write_text(yaml.safe_dump({"default_settings": section}))
+    document: dict = {"default_settings": section}
+    if environment_parameters is not None:
+        document["environment_parameters"] = environment_parameters
+    config.write_text(yaml.safe_dump(document))
     args = argparse.Namespace(
         run_id=run_id, results_dir=str(results_dir), resume=resume, force=force, inference=inference,
         initialize_from=initialize_from, seed=7, deterministic=deterministic,

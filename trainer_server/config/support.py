@@ -21,12 +21,44 @@ __all__ = [
     "SUPPORTED_VIS_ENCODE_TYPES",
     "check_behavior_supported",
     "check_supported",
+    "environment_warnings",
     "supported_trainer_types",
     "unsupported_features",
 ]
 
 SUPPORTED_REWARD_SIGNALS: frozenset[str] = frozenset({"extrinsic"})
 SUPPORTED_VIS_ENCODE_TYPES: frozenset[str] = frozenset({"simple"})
+
+
+#: ML-Agents example environments whose observations Tandem refuses when they connect, by
+#: behavior name: the configuration cannot show it, the name can (``--dry-run`` says so)
+KNOWN_UNSUPPORTED_ENVIRONMENTS: dict[str, str] = {
+    "Sorter": (
+        "ML-Agents' Sorter example observes through a BufferSensor (variable-length, rank-2 observations), "
+        "which Tandem refuses when the environment connects (only vector and visual observations are supported yet)"
+    ),
+}
+
+
+def environment_warnings(options: RunOptions) -> list[str]:
+    """What the configuration lets one foresee about environments Tandem will refuse.
+
+    Why: a trainer YAML never describes observations; only when a behavior connects does
+    the trainer see them. For ML-Agents' own example environments the behavior name says
+    it already, so ``--dry-run`` (and the start of a run) warns instead of passing silently.
+
+    Returns:
+        one line per behavior of ``behaviors:`` (or named by a curriculum's completion
+        criteria) that is a known example with unsupported observations.
+    """
+    names = set(options.behaviors)
+    for parameter in (options.environment_parameters or {}).values():
+        names.update(
+            lesson.completion_criteria.behavior for lesson in parameter.curriculum if lesson.completion_criteria
+        )
+    source = options.config_path or "<defaults>"
+    return [f"{source}: behavior {name}: {KNOWN_UNSUPPORTED_ENVIRONMENTS[name]}" for name in sorted(names)
+            if name in KNOWN_UNSUPPORTED_ENVIRONMENTS]
 
 
 def _log() -> Any:
@@ -107,8 +139,7 @@ def check_behavior_supported(
 def check_supported(options: RunOptions, trainer_types: frozenset[str] | set[str] | None = None) -> None:
     """Raises :class:`NotSupportedError` listing every feature Tandem cannot train yet.
 
-    Checks each listed behavior and ``default_settings``. ``environment_parameters`` are
-    parsed but not sent to the environment yet: that is logged as a warning, not refused.
+    Checks each listed behavior and ``default_settings``.
 
     Args:
         options: loaded options.
@@ -125,9 +156,3 @@ def check_supported(options: RunOptions, trainer_types: frozenset[str] | set[str
             lines.append(f"{source}: {where}.{key}: {why}")
     if lines:
         raise NotSupportedError("\n".join(lines))
-    if options.environment_parameters:
-        _log().warning(
-            "environment_parameters are parsed but not sent to the environment yet",
-            parameters=sorted(options.environment_parameters),
-            config=source,
-        )

@@ -15,7 +15,9 @@ agent's episode begins (like the example's ``SetResetParameters``):
 ``gravity`` (default 9.81), ``mass`` (1.0; heavier: less friction, harder to stop),
 ``scale`` (1.0; ball scale: the ball falls when its center passes 2.5 + 0.5 * scale).
 Stats: ``Environment/Drops`` (SUM) when balls fall, ``Environment/Gravity``
-(MOST_RECENT) when an episode begins with a new gravity.
+(MOST_RECENT) when an episode begins with a new gravity, ``Environment/Mass`` and
+``Environment/Scale`` (AVERAGE of the values episodes began with; the stats channel
+shows what the environment parameters made of them, samplers included).
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class Ball3D(Task):
         self.gravity[idx] = self.parameters.get("gravity", 9.81, k)
         self.mass[idx] = np.maximum(self.parameters.get("mass", 1.0, k), 1e-3)
         self.scale[idx] = np.maximum(self.parameters.get("scale", 1.0, k), 1e-3)
+        if k:
+            self.side_channels.add_stat("Environment/Mass", float(self.mass[idx].mean()))
+            self.side_channels.add_stat("Environment/Scale", float(self.scale[idx].mean()))
         gravity = float(self.gravity[idx[-1]]) if k else None
         if gravity is not None and gravity != self._last_gravity:
             self._last_gravity = gravity

@@ -1,0 +1,87 @@
+"""Environment parameter values as the gateway sets them on Unity's EnvironmentParametersChannel.
+
+Why: a parameter is either a constant or a sampler that Unity draws from at every episode
+(domain randomization). The trainer decides them (``tandem.v1.EnvironmentParameters``,
+actor mode) and remote-control clients set constants (``SetEnvironmentParameters``);
+either way an instance remembers the values (to set them again after a restart) and
+hands them to mlagents-envs' channel, whose setters write the bytes Unity reads.
+A ``ParameterValue`` is a small frozen dataclass so that it crosses the worker pipe
+cheaply and compares by value (an instance skips values it already has).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tandem.v1 import trainer_pb2
+
+CONSTANT = "constant"
+UNIFORM = "uniform"
+GAUSSIAN = "gaussian"
+MULTIRANGE_UNIFORM = "multirangeuniform"
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterValue:
+    """One parameter's value.
+
+    Attributes:
+        kind: ``constant``, ``uniform``, ``gaussian`` or ``multirangeuniform``.
+        values: ``(value,)``, ``(min, max)``, ``(mean, st_dev)`` or ``(min_0, max_0, min_1, ...)``.
+        seed: the sampler's seed (unused by constants).
+    """
+
+    kind: str
+    values: tuple[float, ...]
+    seed: int = 0
+
+    @classmethod
+    def constant(cls, value: float) -> ParameterValue:
+        return cls(CONSTANT, (float(value),))
+
+
+def from_proto(message: trainer_pb2.EnvironmentParameters) -> dict[str, ParameterValue]:
+    """The trainer's message as ``{name: ParameterValue}``.
+
+    Raises:
+        ValueError: a parameter without a value, or multi-range intervals that are not pairs.
+    """
+    out: dict[str, ParameterValue] = {}
+    for name, p in sorted(message.parameters.items()):
+        kind = p.WhichOneof("value")
+        if kind == "constant":
+            out[name] = ParameterValue(CONSTANT, (p.constant,), p.seed)
+        elif kind == "uniform":
+            out[name] = ParameterValue(UNIFORM, (p.uniform.min_value, p.uniform.max_value), p.seed)
+        elif kind == "gaussian":
+            out[name] = ParameterValue(GAUSSIAN, (p.gaussian.mean, p.gaussian.st_dev), p.seed)
+        elif kind == "multirange_uniform":
+            intervals = tuple(p.multirange_uniform.intervals)
+            if not intervals or len(intervals) % 2:
+                raise ValueError(f"environment parameter {name!r}: multirange_uniform.intervals must be (min, max) pairs")
+            out[name] = ParameterValue(MULTIRANGE_UNIFORM, intervals, p.seed)
+        else:
+            raise ValueError(f"environment parameter {name!r}: no value")
+    return out
+
+
+def apply(channel, values: Mapping[str, ParameterValue]) -> None:
+    """Queues ``values`` on an mlagents-envs ``EnvironmentParametersChannel`` (sent with the next step).
+
+    Args:
+        channel: the instance's ``EnvironmentParametersChannel``.
+        values: the parameters to set.
+    """
+    for name, v in values.items():
+        if v.kind == CONSTANT:
+            channel.set_float_parameter(name, float(v.values[0]))
+        elif v.kind == UNIFORM:
+            channel.set_uniform_sampler_parameters(name, float(v.values[0]), float(v.values[1]), int(v.seed))
+        elif v.kind == GAUSSIAN:
+            channel.set_gaussian_sampler_parameters(name, float(v.values[0]), float(v.values[1]), int(v.seed))
+        elif v.kind == MULTIRANGE_UNIFORM:
+            pairs = [(float(v.values[i]), float(v.values[i + 1])) for i in range(0, len(v.values), 2)]
+            channel.set_multirangeuniform_sampler_parameters(name, pairs, int(v.seed))
+        else:
+            raise ValueError(f"environment parameter {name!r}: unknown kind {v.kind!r}")
