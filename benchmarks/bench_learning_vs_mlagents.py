@@ -221,8 +221,11 @@ def command_for(side: str, case: Case, config: Path, seed: int, results: Path, m
     ]
 
 
-def run_one(side: str, case: Case, max_steps: int, seed: int, mlagents_learn: str | None, timeout_s: float) -> dict:
-    """One training run to ``max_steps``; its console summaries and wall time."""
+def run_one(
+    side: str, case: Case, max_steps: int, seed: int, mlagents_learn: str | None, timeout_s: float, logs: Path | None = None
+) -> dict:
+    """One training run to ``max_steps``; its console summaries and wall time (the whole
+    console kept as ``logs/<side>-<case>-s<seed>.log`` when ``logs`` is given)."""
     with tempfile.TemporaryDirectory(prefix="bench_lvm_") as tmp:
         folder = Path(tmp)
         config, summary_freq = write_config(case, max_steps, folder)
@@ -234,6 +237,9 @@ def run_one(side: str, case: Case, max_steps: int, seed: int, mlagents_learn: st
         except subprocess.TimeoutExpired as exc:
             text, rc = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or ""), None
         wall = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
+    if logs is not None:
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / f"{side}-{case.name}-s{seed}.log").write_text(text)
     summaries = parse_console(text, case.behavior)
     if not summaries:
         _log.warning("no summary parsed", side=side, case=case.name, seed=seed, rc=rc, tail=text[-2000:])
@@ -264,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=1800.0, help="per run")
     parser.add_argument("--raw", type=Path, default=RAW, help="runs recorded so far (kept and merged)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--logs-dir", type=Path, help="keep each run's console output there")
     args = parser.parse_args(argv)
     sides = SIDES if args.only == "both" else (args.only,)
     if "mlagents" in sides and not args.mlagents_learn:
@@ -279,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             for side in sides:  # one at a time: the machine is small
                 _log.info("training", side=side, case=name, seed=seed)
-                run = run_one(side, case, lengths.get(name, case.max_steps), seed, args.mlagents_learn, args.timeout_s)
+                run = run_one(
+                    side, case, lengths.get(name, case.max_steps), seed, args.mlagents_learn, args.timeout_s, args.logs_dir
+                )
                 _log.info("trained", side=side, case=name, seed=seed, summaries=len(run["summaries"]), wall_s=run["wall_s"])
                 new.append(run)
     runs = merge_runs(previous, new)
