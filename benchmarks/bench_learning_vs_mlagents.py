@@ -184,10 +184,14 @@ def _config_path(case: Case) -> Path:
 
 
 def write_config(case: Case, max_steps: int, folder: Path) -> tuple[Path, int]:
-    """The case's YAML with ``max_steps`` replaced, written to ``folder``; returns it and ``summary_freq``."""
+    """The case's YAML with ``max_steps`` replaced (and ``checkpoint_interval`` past it),
+    written to ``folder``; returns it and ``summary_freq``."""
     data = yaml.safe_load(_config_path(case).read_text())
     behavior = data["behaviors"][case.behavior]
     behavior["max_steps"] = max_steps
+    # no checkpoint within the run: mlagents-learn 1.1.0 exports ONNX at each checkpoint,
+    # which the newer torch of its venv may fail at (it would end the run early)
+    behavior["checkpoint_interval"] = max_steps + 1
     path = folder / f"{case.name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path, int(behavior.get("summary_freq", 50000))

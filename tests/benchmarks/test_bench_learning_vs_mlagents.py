@@ -70,13 +70,14 @@ def test_render_aggregates_seeds_per_milestone_and_solved_step():
     assert "--only tandem" in text
 
 
-def test_write_config_replaces_max_steps_only(tmp_path):
+def test_write_config_changes_only_the_run_length_and_checkpoints(tmp_path):
     case = bench.CASES["ppo-3dball"]
     path, summary_freq = bench.write_config(case, 24000, tmp_path)
     written = yaml.safe_load(path.read_text())["behaviors"]["3DBall"]
     original = yaml.safe_load(bench._config_path(case).read_text())["behaviors"]["3DBall"]
-    assert written["max_steps"] == 24000 and summary_freq == 12000
-    assert {k: v for k, v in written.items() if k != "max_steps"} == {k: v for k, v in original.items() if k != "max_steps"}
+    assert written["max_steps"] == 24000 and written["checkpoint_interval"] > 24000 and summary_freq == 12000
+    run_only = ("max_steps", "checkpoint_interval")
+    assert {k: v for k, v in written.items() if k not in run_only} == {k: v for k, v in original.items() if k not in run_only}
 
 
 def test_commands_pass_the_same_config_seed_and_task(tmp_path):
