@@ -295,9 +295,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 _log.info("trained", side=side, case=name, seed=seed, summaries=len(run["summaries"]), wall_s=run["wall_s"])
                 new.append(run)
+                runs = merge_runs(previous, new)  # saved after every run: an interrupted series keeps its runs
+                args.raw.parent.mkdir(parents=True, exist_ok=True)
+                args.raw.write_text(json.dumps(runs, indent=1))
     runs = merge_runs(previous, new)
-    args.raw.parent.mkdir(parents=True, exist_ok=True)
-    args.raw.write_text(json.dumps(runs, indent=1))
     command = "python -m benchmarks.bench_learning_vs_mlagents " + " ".join(argv if argv is not None else sys.argv[1:])
     report.write_results(args.output, render(runs, command))
     return 0 if all(r["summaries"] for r in new) else 1
