@@ -155,8 +155,14 @@ def case_table(case: Case, runs: list[dict], summary_freq: int) -> list[str]:
     return lines
 
 
-def render(runs: list[dict], command: str) -> str:
-    """The results file: one table per case present in ``runs``."""
+def render(runs: list[dict]) -> str:
+    """The results file: one table per case present in ``runs``, and the commands that made them."""
+    commands = sorted({(r.get("date", "?"), r.get("command", "?"), r["side"]) for r in runs})
+    made = {}
+    for date, command, side in commands:
+        made.setdefault(command, [date, date, set()])
+        made[command][1] = date
+        made[command][2].add(side)
     lines = [
         "# bench_learning_vs_mlagents",
         "",
@@ -166,8 +172,10 @@ def render(runs: list[dict], command: str) -> str:
         "`summary_freq` milestone (min..max); last row: first summary step at or above the solved threshold, mean "
         "(min..max) [per seed].",
         "",
-        f"Command: `{command}`. Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. "
-        f"Machine: {os.cpu_count()} CPU cores ({report.cpu_name()}), CPU only, shared with other jobs.",
+        f"Machine: {os.cpu_count()} CPU cores ({report.cpu_name()}), CPU only, shared with other jobs. Commands "
+        "(runs from several commands are merged by side, case and seed):",
+        "",
+        *(f"- `{command}` ({', '.join(sorted(sides))}; {first} to {last})" for command, (first, last, sides) in made.items()),
         "",
     ]
     for case in CASES.values():
@@ -263,6 +271,11 @@ def _max_steps(pairs: list[str]) -> dict[str, int]:
     return out
 
 
+def _save(path: Path, runs: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(runs, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -275,14 +288,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", type=Path, default=RAW, help="runs recorded so far (kept and merged)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--logs-dir", type=Path, help="keep each run's console output there")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[], help="more raw files whose runs join --raw's first")
+    parser.add_argument("--render-only", action="store_true", help="train nothing: write the table from the raw runs")
     args = parser.parse_args(argv)
     sides = SIDES if args.only == "both" else (args.only,)
-    if "mlagents" in sides and not args.mlagents_learn:
+    if "mlagents" in sides and not args.mlagents_learn and not args.render_only:
         parser.error("--mlagents-learn PATH is required unless --only tandem")
     lengths = _max_steps(args.max_steps)
+    command = "python -m benchmarks.bench_learning_vs_mlagents " + " ".join(argv if argv is not None else sys.argv[1:])
     previous: list[dict[str, Any]] = json.loads(args.raw.read_text()) if args.raw.is_file() else []
-    new = []
-    for name in args.cases:
+    for extra in args.merge:
+        previous = merge_runs(previous, json.loads(extra.read_text()))
+    new: list[dict[str, Any]] = []
+    for name in [] if args.render_only else args.cases:
         case = CASES[name]
         if not _config_path(case).is_file():
             _log.warning("config not found: case skipped", case=name, config=case.config)
@@ -294,13 +312,11 @@ def main(argv: list[str] | None = None) -> int:
                     side, case, lengths.get(name, case.max_steps), seed, args.mlagents_learn, args.timeout_s, args.logs_dir
                 )
                 _log.info("trained", side=side, case=name, seed=seed, summaries=len(run["summaries"]), wall_s=run["wall_s"])
-                new.append(run)
-                runs = merge_runs(previous, new)  # saved after every run: an interrupted series keeps its runs
-                args.raw.parent.mkdir(parents=True, exist_ok=True)
-                args.raw.write_text(json.dumps(runs, indent=1))
+                new.append({**run, "command": command, "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"})
+                _save(args.raw, merge_runs(previous, new))  # after every run: an interrupted series keeps its runs
     runs = merge_runs(previous, new)
-    command = "python -m benchmarks.bench_learning_vs_mlagents " + " ".join(argv if argv is not None else sys.argv[1:])
-    report.write_results(args.output, render(runs, command))
+    _save(args.raw, runs)
+    report.write_results(args.output, render(runs))
     return 0 if all(r["summaries"] for r in new) else 1
 
 

@@ -62,7 +62,8 @@ def test_render_aggregates_seeds_per_milestone_and_solved_step():
         _run("tandem", 2, [(12003, 20.0), (24001, 50.0), (36010, 100.0)]),
         _run("mlagents", 1, [(12000, 30.0), (24000, 90.0), (36000, 100.0)]),
     ]
-    text = bench.render(runs, "python -m benchmarks.bench_learning_vs_mlagents --only tandem")
+    runs[0]["command"] = "python -m benchmarks.bench_learning_vs_mlagents --only tandem"
+    text = bench.render(runs)
     assert "| 12,000 | 15.0 (10.0..20.0) | 30.0 (30.0..30.0) |" in text
     assert "| 24,000 | 75.0 (50.0..100.0) | 90.0 (90.0..90.0) |" in text
     assert "30,008 (24,005..36,010) [24,005, 36,010]" in text
@@ -88,3 +89,16 @@ def test_commands_pass_the_same_config_seed_and_task(tmp_path):
         assert str(tmp_path / "c.yaml") in cmd and cmd[cmd.index("--seed") + 1] == "2"
         assert cmd[-3:] == ["--env-args", "--task", "gridworld"]
     assert "--with-gateway" in tandem and ml[0] == "/venv/bin/mlagents-learn"
+
+
+def test_render_only_merges_raw_files_without_training(tmp_path):
+    import json
+
+    ours, theirs = tmp_path / "ours.json", tmp_path / "theirs.json"
+    ours.write_text(json.dumps([_run("tandem", 1, [(12000, 10.0)])]))
+    theirs.write_text(json.dumps([_run("mlagents", 1, [(12000, 30.0)]), _run("tandem", 1, [(12000, 99.0)])]))
+    out = tmp_path / "table.md"
+    assert bench.main(["--render-only", "--raw", str(ours), "--merge", str(theirs), "--output", str(out)]) == 0
+    # the merged file's tandem run replaces ours (same side, case and seed), the mlagents one joins
+    assert "| 12,000 | 99.0 (99.0..99.0) | 30.0 (30.0..30.0) |" in out.read_text()
+    assert len(json.loads(ours.read_text())) == 2
