@@ -167,8 +167,10 @@ def render(runs: list[dict]) -> str:
         "# bench_learning_vs_mlagents",
         "",
         "Reward per agent step, Tandem (`tandem-trainer CONFIG --with-gateway`) against `mlagents-learn` 1.1.0 "
-        "(`--env=<tandem-unity-standin>`), the same YAML (only `max_steps` shortened) on the same stand-in task, "
-        "run one at a time. Cells: mean over seeds of the console summary's mean episode reward at each "
+        "(`--env=<tandem-unity-standin>`), the same YAML (only `max_steps` shortened) on the same stand-in task. "
+        "One command runs its runs one at a time; series from separate commands may have overlapped (their times "
+        "below): that changes `mlagents-learn`'s wall time only (its environment waits for each update), Tandem's "
+        "policy lag possibly. Cells: mean over seeds of the console summary's mean episode reward at each "
         "`summary_freq` milestone (min..max); last row: first summary step at or above the solved threshold, mean "
         "(min..max) [per seed].",
         "",
