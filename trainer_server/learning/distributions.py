@@ -10,7 +10,8 @@ gateway's numpy actor (``common/architecture.py``). Conventions (ML-Agents'):
   actor); SAC's losses use the reparameterised ``tanh_gaussian_rsample`` with the exact form;
 * discrete: one categorical per branch over ``[n, sum(branches)]`` logits; mask true = not
   allowed, those logits become ``MASKED_LOGIT``; entropy is the *sum* over branches;
-* the joint log-prob (the PPO ratio's) is the sum of all continuous dimensions and branches.
+* the joint log-prob is the sum of all continuous dimensions and branches; PPO's ratio is
+  taken per dimension / branch (``log_prob_parts``), as ML-Agents does.
 """
 
 from __future__ import annotations
@@ -122,6 +123,26 @@ def categorical_entropy(logits: jax.Array, branches: tuple[int, ...]) -> jax.Arr
         lp = jax.nn.log_softmax(logits[..., lo:hi], axis=-1)
         total = total - jnp.sum(jnp.exp(lp) * lp, axis=-1)
     return total
+
+
+def log_prob_parts(dist: DistParams, continuous: jax.Array, discrete: jax.Array, branches: tuple[int, ...]) -> jax.Array:
+    """Per-dimension log-probabilities ``[n, c + b]`` of given raw actions (gaussian policy).
+
+    Columns: one per continuous dimension (the Gaussian density of that coordinate), then
+    one per discrete branch (the chosen action's log-probability). Their sum over columns is
+    the joint log-prob. PPO's ratio is taken per column, as ML-Agents' ``ActionLogProbs.flatten``.
+    """
+    parts = []
+    if dist.mu is not None:
+        z = (continuous - dist.mu) * jnp.exp(-dist.log_std)
+        parts.append(-0.5 * z * z - dist.log_std - _HALF_LOG_2PI)
+    if dist.logits is not None:
+        for b, (lo, hi) in enumerate(_branch_slices(branches)):
+            lp = jax.nn.log_softmax(dist.logits[..., lo:hi], axis=-1)
+            parts.append(jnp.take_along_axis(lp, discrete[..., b : b + 1].astype(jnp.int32), axis=-1))
+    if not parts:
+        raise ValueError("a behavior needs at least one action (continuous or discrete)")
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
 def log_prob_and_entropy(

@@ -23,8 +23,10 @@ Layout (shapes for ``hidden_units`` h):
   discrete action of every branch (or one output without discrete actions), as
   ML-Agents' SAC critics.
 
-Initialization follows ML-Agents: Kaiming-He normal kernels scaled by a gain (body 1.0,
-visual dense 1.41, mu 0.2, logits 0.1), zero biases, log_std 0, torch-default convolutions.
+Initialization follows ML-Agents: Kaiming-He normal kernels with torch's "linear" gain
+(std ``1 / sqrt(fan_in)``) scaled by ML-Agents' gain (body 1.0, visual dense 1.41, mu 0.2,
+SAC's log_std head 0.2, logits 0.1), zero biases, log_std 0, Xavier-uniform value and Q
+heads, torch-default convolutions.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ NormStats = tuple[dict[str, jax.Array], dict[str, jax.Array]] | None
 
 # -- initialization -------------------------------------------------------------------
 def _kaiming_normal(key: jax.Array, fan_in: int, fan_out: int, gain: float) -> jax.Array:
-    std = gain * math.sqrt(2.0 / fan_in)
+    """``gain * N(0, 1 / fan_in)``: ML-Agents' ``linear_layer`` calls torch's
+    ``kaiming_normal_`` with ``nonlinearity="linear"`` (std ``1 / sqrt(fan_in)``, no ReLU
+    factor sqrt(2)) and then multiplies the kernel by its gain."""
+    std = gain / math.sqrt(fan_in)
     return std * jax.random.normal(key, (fan_in, fan_out), jnp.float32)
 
 
@@ -103,7 +108,7 @@ def init_actor(key: jax.Array, arch: PolicyArchitecture) -> Params:
         if arch.continuous_distribution == "gaussian":
             params["policy/log_std"] = jnp.zeros((c,), jnp.float32)
         else:
-            params["policy/log_std/kernel"] = _xavier_uniform(k_std, width, c, 0.2)
+            params["policy/log_std/kernel"] = _kaiming_normal(k_std, width, c, 0.2)
             params["policy/log_std/bias"] = jnp.zeros((c,), jnp.float32)
     if a.mask_size:
         params["policy/logits/kernel"] = _kaiming_normal(k_logits, width, a.mask_size, 0.1)

@@ -26,9 +26,12 @@ were valued by the critic before the update; PPO's ratio and clipping account fo
 slightly older policy. Within an epoch, ``buffer_size % batch_size`` randomly chosen steps
 sit out, as in ML-Agents.
 
-Differences from ML-Agents, on purpose: the ratio uses the joint log-probability of the
-whole action (ML-Agents keeps one ratio per action dimension); "Policy/Entropy" is the mean
-entropy over the update's minibatches (ML-Agents reports it while acting).
+The ratio is taken per action dimension and per discrete branch, as ML-Agents does; the
+fragments carry only the joint acting log-prob, so ``process_trajectory`` recomputes the
+per-dimension ones (see ``make_process_fn``).
+
+Differences from ML-Agents, on purpose: "Policy/Entropy" is the mean entropy over the
+update's minibatches (ML-Agents reports it while acting); the buffer handling above.
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ class Batch(NamedTuple):
     continuous_actions: jax.Array  # [N, c]
     discrete_actions: jax.Array  # [N, b] int32
     action_masks: jax.Array  # [N, sum(branches)] bool, true = not allowed
-    log_probs: jax.Array  # [N] joint log-prob under the acting policy
+    log_probs: jax.Array  # [N, c + b] per-dimension / per-branch log-probs of the acting policy
     values: jax.Array  # [N] critic's values when the step was processed
     advantages: jax.Array  # [N]
     returns: jax.Array  # [N]
@@ -163,6 +166,12 @@ def ppo_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """ML-Agents' PPO loss on a minibatch (advantages already normalized).
 
+    The clipped surrogate is taken per action dimension and per discrete branch (ratio
+    ``[n, c + b]``, advantage broadcast) and averaged over all of them, as ML-Agents'
+    ``trust_region_policy_loss`` on ``ActionLogProbs.flatten()``; the value loss is clipped
+    around the stored values by the same ``epsilon``; the entropy is the mean over
+    continuous dimensions plus the sum over branches.
+
     Returns:
         (loss, aux) with aux ``policy_loss`` (the negated clipped surrogate), ``value_loss``,
         ``entropy`` (batch means) and ``approx_kl``.
@@ -170,15 +179,16 @@ def ppo_loss(
     obs = list(batch.observations)
     mask = batch.action_masks if arch.behavior_spec.action_spec.mask_size else None
     dist = networks.actor_forward(params["actor"], arch, obs, norm_stats, mask)
-    log_prob, entropy = distributions.log_prob_and_entropy(
-        dist, batch.continuous_actions, batch.discrete_actions, arch.behavior_spec.action_spec.discrete_branches
-    )
+    branches = arch.behavior_spec.action_spec.discrete_branches
+    log_prob = distributions.log_prob_parts(dist, batch.continuous_actions, batch.discrete_actions, branches)
+    _, entropy = distributions.log_prob_and_entropy(dist, batch.continuous_actions, batch.discrete_actions, branches)
     values = networks.critic_forward(
         params["actor"], params["critic"], arch, obs, norm_stats, hyperparameters(settings).shared_critic
     )
-    log_ratio = log_prob - batch.log_probs
+    # one ratio per action dimension and branch, each clipped, averaged over all of them
+    log_ratio = log_prob - batch.log_probs  # [n, c + b]
     ratio = jnp.exp(log_ratio)
-    adv = batch.advantages
+    adv = batch.advantages[:, None]
     surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon) * adv)
     policy_loss = -jnp.mean(surrogate)
     clipped_values = batch.values + jnp.clip(values - batch.values, -epsilon, epsilon)
@@ -253,17 +263,31 @@ def make_process_fn(
     """The pure per-fragment step: normalizer update, values, GAE (fixed padded shapes).
 
     Signature: ``(params, normalizer, observations [L+1, ...] per spec, rewards [L], length,
-    bootstrap) -> (normalizer, values [L], advantages [L], returns [L])``; row ``length`` of
-    each observation holds ``next_observations``.
+    bootstrap, continuous [L, c], discrete [L, b], action_masks [L, m], log_probs [L]) ->
+    (normalizer, values [L], advantages [L], returns [L], old_log_probs [L, c + b])``; row
+    ``length`` of each observation holds ``next_observations``.
+
+    ``old_log_probs`` are the per-dimension log-probs PPO's ratio needs, while fragments
+    carry only the acting policy's joint log-prob: they are recomputed with the current
+    actor and the normalizer as it was before this fragment (what acted, unless a newer
+    snapshot reached the learner since), then shifted by an equal share of the difference
+    to the carried joint log-prob, so that their sum is exactly the acting joint log-prob.
     """
 
     hp, gamma = hyperparameters(settings), shared.extrinsic(settings).gamma
+    a_spec = arch.behavior_spec.action_spec
 
-    def process(params, normalizer, observations, rewards, length, bootstrap):
+    def process(params, normalizer, observations, rewards, length, bootstrap, continuous, discrete, action_masks, log_probs):
         if on_trace is not None:
             on_trace()
         padded = rewards.shape[0]
         mask = jnp.arange(padded) < length
+        dist = networks.actor_forward(
+            params["actor"], arch, [o[:padded] for o in observations], _norm_stats(normalizer, arch.normalize),
+            action_masks if a_spec.mask_size else None,
+        )
+        parts = distributions.log_prob_parts(dist, continuous, discrete, a_spec.discrete_branches)
+        old_log_probs = parts + ((log_probs - jnp.sum(parts, axis=-1)) / parts.shape[-1])[:, None]
         if arch.normalize:
             normalizer = norm_mod.update(normalizer, [o[:padded] for o in observations], mask)
         values_all = networks.critic_forward(
@@ -273,12 +297,24 @@ def make_process_fn(
         bootstrap_value = jnp.where(bootstrap, values_all[length], 0.0)
         values = jnp.where(mask, values_all[:padded], 0.0)
         advantages, returns = gae(rewards, values, bootstrap_value, mask, gamma, hp.lambd)
-        return normalizer, values, advantages, returns
+        return normalizer, values, advantages, returns, old_log_probs
 
     return process
 
 
 # -- the learner shell ------------------------------------------------------------------------
+def _pad_rows(rows: np.ndarray, length: int) -> np.ndarray:
+    """``rows`` ``[t, ...]`` followed by zero rows up to ``[length, ...]``."""
+    out = np.zeros((length, *rows.shape[1:]), rows.dtype)
+    out[: rows.shape[0]] = rows
+    return out
+
+
+def ratio_columns(spec: BehaviorSpec) -> int:
+    """Columns of PPO's per-dimension ratio: continuous dimensions plus discrete branches."""
+    return spec.action_spec.continuous_size + spec.action_spec.num_branches
+
+
 class PPOLearner:
     """One behavior's PPO: policy, critic, optimizer state, normalizer and rollout buffer.
 
@@ -348,18 +384,24 @@ class PPOLearner:
         rewards = np.zeros(padded, np.float32)
         rewards[:t] = np.asarray(trajectory.rewards, np.float32) * shared.extrinsic(self.settings).strength
         bootstrap = (not trajectory.done) or trajectory.interrupted
-        normalizer, values, advantages, returns = self._process_fn(
-            self._state.params, self._state.normalizer, tuple(observations), rewards, np.int32(t), np.bool_(bootstrap)
+        a = self.spec.action_spec
+        actions = {
+            "continuous_actions": np.asarray(trajectory.continuous_actions, np.float32).reshape(t, a.continuous_size),
+            "discrete_actions": np.asarray(trajectory.discrete_actions, np.int32).reshape(t, a.num_branches),
+            "action_masks": np.asarray(trajectory.action_masks, bool).reshape(t, a.mask_size),
+        }
+        padded_actions = {name: _pad_rows(value, padded) for name, value in actions.items()}
+        joint = _pad_rows(np.asarray(trajectory.log_probs, np.float32).reshape(t), padded)
+        normalizer, values, advantages, returns, old_log_probs = self._process_fn(
+            self._state.params, self._state.normalizer, tuple(observations), rewards, np.int32(t), np.bool_(bootstrap),
+            padded_actions["continuous_actions"], padded_actions["discrete_actions"], padded_actions["action_masks"], joint,
         )
         self._state = self._state._replace(normalizer=normalizer)
-        a = self.spec.action_spec
         self.rollout_buffer.add(
             {
                 "observations": [np.asarray(o, np.float32) for o in trajectory.observations],
-                "continuous_actions": np.asarray(trajectory.continuous_actions, np.float32).reshape(t, a.continuous_size),
-                "discrete_actions": np.asarray(trajectory.discrete_actions, np.int32).reshape(t, a.num_branches),
-                "action_masks": np.asarray(trajectory.action_masks, bool).reshape(t, a.mask_size),
-                "log_probs": np.asarray(trajectory.log_probs, np.float32),
+                **actions,
+                "log_probs": np.asarray(old_log_probs)[:t],
                 "values": np.asarray(values)[:t],
                 "advantages": np.asarray(advantages)[:t],
                 "returns": np.asarray(returns)[:t],
@@ -514,7 +556,14 @@ class PPOLearner:
         self.step = int(np.asarray(state["step"]))
         self.update_count = int(np.asarray(state["update_count"]))
         self._key = shared.key_from_numpy(state["key"])
-        self.rollout_buffer.load_state_dict(state.get("buffer"))
+        buffer = state.get("buffer")
+        if buffer is not None and np.ndim(buffer["log_probs"]) == 1:
+            # a checkpoint from before the per-dimension ratio kept joint log-probs: an
+            # equal share per column keeps their sum (the joint ratio) exact
+            joint = np.asarray(buffer["log_probs"], np.float32)[:, None]
+            columns = ratio_columns(self.spec)
+            buffer = {**buffer, "log_probs": np.repeat(joint / columns, columns, axis=1)}
+        self.rollout_buffer.load_state_dict(buffer)
 
     def load_weights(self, state: dict[str, Any]) -> None:
         """``init_path`` / ``--initialize-from``: the checkpoint's networks, Adam state and

@@ -9,8 +9,9 @@ all of them and clear the buffer; fixed shapes keep one compilation).
 
 Each step holds: ``observations[k]`` ``[*shape_k]`` per observation spec,
 ``continuous_actions`` ``[c]``, ``discrete_actions`` ``[b]`` int32, ``action_masks``
-``[sum(branches)]`` bool (true = not allowed), and float32 scalars ``log_probs``,
-``values``, ``advantages``, ``returns``.
+``[sum(branches)]`` bool (true = not allowed), ``log_probs`` ``[c + b]`` (PPO's
+per-dimension / per-branch log-probs of the acting policy), and float32 scalars ``values``,
+``advantages``, ``returns``.
 """
 
 from __future__ import annotations

@@ -35,12 +35,18 @@ What is learned (ML-Agents' SAC, with one deliberate difference):
   - alpha_c log pi_c(a_c|s)`` with ``a_c ~ pi_c``, ``Q = min(Q1, Q2)`` (mean over branches
   as ML-Agents). Critic target ``y = strength * r + gamma * (1 - done) * V_target(s')``
   (``done`` only on true terminal steps: interrupted episodes and ``time_horizon`` cuts
-  bootstrap). Critic loss ``0.5 * mean((Q_i(s, a) - y)^2)``; policy loss ``-mean V(s)``.
+  bootstrap). Critic loss ``0.5 * mean((Q_i(s, a) - y)^2)``.
+* policy loss (ML-Agents' ``sac_policy_loss``, against Q1 alone, not the minimum):
+  continuous ``mean(alpha_c log pi_c(a_c|s) - Q1(s, a_c))``; discrete
+  ``mean(sum_b sum_a p_b(a) (alpha_b log p_b(a) - Q1[a]))`` (a sum over branches; with both
+  kinds of actions the continuous term subtracts ``sum_a p(a) Q1[a]`` over every branch
+  again, as ML-Agents does).
 * automatic entropy tuning (ML-Agents): one coefficient for the continuous actions and
   one per discrete branch, all initialised to ``init_entcoef``, target entropy ``-c``
-  (continuous) and ``0.2 * log(branch size)`` per branch; loss
-  ``mean(alpha * stop_gradient(H - target))`` so alpha falls while the entropy is above
-  its target and rises below it.
+  (continuous) and ``0.2 * log(branch size)`` per branch; loss (ML-Agents'
+  ``sac_entropy_loss``, on the log-coefficients themselves) ``mean(log alpha *
+  stop_gradient(H - target))``, averaged over branches, so alpha falls while the entropy
+  is above its target and rises below it.
 * one Adam (torch's defaults) over actor, critics and entropy coefficients at once (Adam is
   per-parameter, so this equals ML-Agents' three Adams), all losses from the same
   parameters in one backward pass; learning rate constant or linear to 1e-10 over
@@ -252,6 +258,20 @@ def make_loss_fn(arch: PolicyArchitecture, settings: TrainerSettings) -> Callabl
             value = value - alpha_c * pi.log_prob
         return value, entropy, branch_entropy
 
+    def policy_objective(q1: jax.Array, pi: _Policy, alpha_c: jax.Array, alpha_d: jax.Array) -> jax.Array:
+        """ML-Agents' per-sample policy loss ``[n]`` from the first critic's Q ``[n, outputs]``:
+        discrete ``sum_b sum_a p (alpha_b log p - Q1)``, continuous ``alpha_c log pi_c - Q``
+        where Q is ``Q1`` alone or, with discrete actions too, ``sum_a p Q1`` over every branch."""
+        loss = jnp.zeros(q1.shape[:1], jnp.float32)
+        q_term = q1[:, 0]
+        if nb:
+            alpha_columns = seg @ alpha_d  # [sum(branches)]: each column's branch coefficient
+            loss = jnp.sum(pi.probs * (alpha_columns * pi.log_probs - q1), axis=-1)
+            q_term = jnp.sum(pi.probs * q1, axis=-1)
+        if c:
+            loss = loss + alpha_c * pi.log_prob - q_term
+        return loss
+
     def losses(params, target, norm_stats, batch: Transitions, key):
         k_now, k_next = jax.random.split(key)
         log_alpha_c = params["log_entcoef"]["continuous"]
@@ -275,20 +295,21 @@ def make_loss_fn(arch: PolicyArchitecture, settings: TrainerSettings) -> Callabl
             q_taken = q_all[..., 0]
         q_losses = 0.5 * jnp.mean((q_taken - y[None]) ** 2, axis=-1)  # [2]
 
-        # policy: maximise the soft value under the (fixed) online critics
+        # policy: ML-Agents' sac_policy_loss, against the first online critic (fixed)
         pi = policy(params["actor"], batch.obs, batch.action_masks, norm_stats, k_now)
-        q_pi = jnp.min(critics(jax.lax.stop_gradient(params["critics"]), batch.obs, norm_stats, pi.action), axis=0)
-        v_pi, entropy, branch_entropy = soft_value(q_pi, pi, alpha_c, alpha_d)
-        policy_loss = -jnp.mean(v_pi)
+        q_both = critics(jax.lax.stop_gradient(params["critics"]), batch.obs, norm_stats, pi.action)  # [2, n, outputs]
+        policy_loss = jnp.mean(policy_objective(q_both[0], pi, alpha_c, alpha_d))
+        v_pi, entropy, branch_entropy = soft_value(jnp.min(q_both, axis=0), pi, alpha_c, alpha_d)  # reported
 
-        # entropy coefficients: alpha * (H - target) with H fixed
+        # entropy coefficients (ML-Agents' sac_entropy_loss): log(alpha) * (H - target), H
+        # fixed, so log(alpha) falls while the entropy is above its target
         entropy_loss = jnp.zeros((), jnp.float32)
         if c:
             h_c = jax.lax.stop_gradient(-pi.log_prob)
-            entropy_loss = entropy_loss + jnp.mean(jnp.exp(log_alpha_c[0]) * (h_c - target_c))
+            entropy_loss = entropy_loss + jnp.mean(log_alpha_c[0] * (h_c - target_c))
         if nb:
             h_d = jax.lax.stop_gradient(branch_entropy)
-            entropy_loss = entropy_loss + jnp.mean(jnp.exp(log_alpha_d) * (h_d - target_d))
+            entropy_loss = entropy_loss + jnp.mean(jnp.mean(log_alpha_d * (h_d - target_d), axis=-1))
 
         total = jnp.sum(q_losses) + policy_loss + entropy_loss
         coefs = ([alpha_c[None]] if c else []) + ([alpha_d] if nb else [])

@@ -142,3 +142,21 @@ def test_tanh_gaussian_rsample_matches_the_log_prob_of_its_raw_sample():
         distributions.DistParams(mu, log_std, None), u, jnp.zeros((64, 0), jnp.int32), (), "tanh_gaussian"
     )
     np.testing.assert_allclose(log_prob, reference, rtol=1e-3, atol=1e-3)  # TANH_EPS vs the exact form
+
+
+def test_initialization_uses_ml_agents_linear_kaiming_gains():
+    """ML-Agents' linear_layer: torch kaiming_normal_(nonlinearity="linear") -> std 1/sqrt(fan_in),
+    times the layer's gain; a ReLU factor sqrt(2) would show as a 41 % larger spread."""
+    from common.architecture import PolicyArchitecture
+    from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
+
+    spec = BehaviorSpec("Init", (ObservationSpec("v", (400,)),), ActionSpec(300, (200,)))
+    for distribution, extra in (("gaussian", {}), ("tanh_gaussian", {"policy/log_std/kernel": 0.2})):
+        arch = PolicyArchitecture(spec, hidden_units=256, num_layers=2, normalize=False, vis_encode_type="simple",
+                                  continuous_distribution=distribution)
+        params = networks.init_actor(jax.random.key(0), arch)
+        gains = {"body/dense0/kernel": 1.0, "body/dense1/kernel": 1.0, "policy/mu/kernel": 0.2, "policy/logits/kernel": 0.1, **extra}
+        for name, gain in gains.items():
+            kernel = np.asarray(params[name])
+            expected = gain / np.sqrt(kernel.shape[0])
+            assert abs(kernel.std() / expected - 1.0) < 0.03, (distribution, name, kernel.std(), expected)

@@ -15,7 +15,7 @@ from learning_helpers import trainer_settings
 from trainer_server.config import schema as s
 from trainer_server.config.loading import trainer_settings_from_dict
 from trainer_server.config.support import unsupported_features
-from trainer_server.learning import networks, ppo, shared
+from trainer_server.learning import distributions, networks, ppo, shared
 from trainer_server.learning.ppo import PPOLearner
 
 
@@ -192,12 +192,13 @@ def test_update_improves_the_surrogate_on_a_toy_batch():
     rng = np.random.default_rng(2)
     obs = rng.standard_normal((128, 3)).astype(np.float32)
     out = learner.act([obs])
+    dist = networks.actor_forward(learner._state.params["actor"], learner.policy_architecture, [obs], None)
     batch = ppo.Batch(
         observations=(obs,),
         continuous_actions=out.continuous,
         discrete_actions=out.discrete,
         action_masks=np.zeros((128, 2), bool),
-        log_probs=out.log_probs,
+        log_probs=distributions.log_prob_parts(dist, out.continuous, out.discrete, (2,)),
         values=np.zeros(128, np.float32),
         advantages=rng.standard_normal(128).astype(np.float32),
         returns=rng.standard_normal(128).astype(np.float32),
@@ -215,7 +216,8 @@ def test_update_improves_the_surrogate_on_a_toy_batch():
     update = jax.jit(ppo.make_update_fn(learner.policy_architecture, settings, shared.make_optimizer()))
     new_state, _ = update(state, batch, jax.random.key(0))
     after = surrogate(new_state.params)
-    assert after[0] > before[0] + 0.01, (before, after)
+    # per-dimension ratios: each column moves less than the joint ratio would
+    assert after[0] > before[0] + 0.005, (before, after)
     assert after[1] < before[1], (before, after)
 
 
@@ -347,7 +349,7 @@ def test_shared_critic_reads_the_actors_body_and_trains():
         continuous_actions=np.zeros((5, 2), np.float32),
         discrete_actions=np.zeros((5, 1), np.int32),
         action_masks=np.zeros((5, 3), bool),
-        log_probs=np.zeros(5, np.float32),
+        log_probs=np.zeros((5, 3), np.float32),
         values=np.zeros(5, np.float32),
         advantages=np.zeros(5, np.float32),
         returns=np.full(5, 10.0, np.float32),
@@ -370,3 +372,72 @@ def test_shared_critic_reads_the_actors_body_and_trains():
     policy = NumpyPolicy(learner.architecture(), learner.policy_parameters())
     out = learner.act(obs)
     np.testing.assert_allclose(policy.log_prob(obs, None, out.continuous, out.discrete), out.log_probs, rtol=1e-4, atol=1e-4)
+
+
+# -- per-dimension ratio (ML-Agents' trust_region_policy_loss on flattened log-probs) -----------
+def _numpy_per_dimension_policy_loss(mu, log_std, logits, branches, cont, disc, old_parts, adv, epsilon):
+    """ML-Agents' clipped surrogate written plainly: one ratio per continuous dimension and
+    per discrete branch, each clipped, averaged over all of them and the batch."""
+    columns = [-0.5 * ((cont[:, d] - mu[:, d]) / np.exp(log_std[d])) ** 2 - log_std[d] - 0.5 * np.log(2 * np.pi)
+               for d in range(mu.shape[1])]
+    lo = 0
+    for b, size in enumerate(branches):
+        z = logits[:, lo : lo + size]
+        log_softmax = z - z.max(1, keepdims=True) - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True))
+        columns.append(log_softmax[np.arange(len(disc)), disc[:, b]])
+        lo += size
+    terms = []
+    for j, new in enumerate(columns):
+        ratio = np.exp(new - old_parts[:, j])
+        terms.append(np.minimum(ratio * adv, np.clip(ratio, 1 - epsilon, 1 + epsilon) * adv))
+    return -np.mean(np.stack(terms, axis=1))
+
+
+def test_policy_loss_takes_one_clipped_ratio_per_dimension_and_branch():
+    spec = BehaviorSpec("Mixed", (ObservationSpec("v", (3,)),), ActionSpec(2, (3, 2)))
+    settings = trainer_settings("ppo", batch_size=16, buffer_size=16, hidden_units=8, num_layers=1)
+    learner = PPOLearner(spec, settings, seed=4)
+    rng = np.random.default_rng(4)
+    obs = rng.standard_normal((16, 3)).astype(np.float32)
+    out = learner.act([obs])
+    params = learner._state.params
+    dist = networks.actor_forward(params["actor"], learner.policy_architecture, [obs], None)
+    # old per-dimension log-probs far enough from the current ones that some ratios clip
+    old_parts = np.asarray(distributions.log_prob_parts(dist, out.continuous, out.discrete, (3, 2)))
+    old_parts = old_parts + rng.uniform(-0.5, 0.5, old_parts.shape).astype(np.float32)
+    adv = rng.standard_normal(16).astype(np.float32)
+    batch = ppo.Batch((obs,), out.continuous, out.discrete, np.zeros((16, 5), bool), old_parts,
+                      np.zeros(16, np.float32), adv, np.zeros(16, np.float32))
+    _, aux = ppo.ppo_loss(params, learner.policy_architecture, settings, batch, None, 0.2, 0.0)
+    ref = _numpy_per_dimension_policy_loss(
+        np.asarray(dist.mu), np.asarray(params["actor"]["policy/log_std"]), np.asarray(dist.logits), (3, 2),
+        out.continuous, out.discrete, old_parts, adv, 0.2,
+    )
+    np.testing.assert_allclose(float(aux["policy_loss"]), ref, rtol=1e-5, atol=1e-6)
+    # the joint ratio would give another number: the test can tell them apart
+    joint = np.exp(old_parts.sum(1) * 0 + (np.asarray(distributions.log_prob_parts(dist, out.continuous, out.discrete, (3, 2))).sum(1) - old_parts.sum(1)))
+    joint_loss = -np.mean(np.minimum(joint * adv, np.clip(joint, 0.8, 1.2) * adv))
+    assert abs(joint_loss - ref) > 1e-3
+
+
+def test_processing_stores_per_dimension_log_probs_that_sum_to_the_acting_joint():
+    spec = BehaviorSpec("Mixed", (ObservationSpec("v", (3,)),), ActionSpec(2, (3,)))
+    settings = trainer_settings("ppo", batch_size=4, buffer_size=8, time_horizon=8, hidden_units=8, num_layers=1, normalize=True)
+    learner = PPOLearner(spec, settings, seed=5)
+    rng = np.random.default_rng(5)
+    obs = rng.standard_normal((6, 3)).astype(np.float32)
+    out = learner.act([obs])
+    params, arch = learner._state.params, learner.policy_architecture
+    stats = ppo._norm_stats(learner._state.normalizer, True)
+    expected = np.asarray(distributions.log_prob_parts(networks.actor_forward(params["actor"], arch, [obs], stats), out.continuous, out.discrete, (3,)))
+    learner.process_trajectory(_trajectory(spec, [obs], out, np.zeros(6), [obs[0]]))
+    stored = learner.rollout_buffer.chronological()["log_probs"]
+    assert stored.shape == (6, 3)
+    # acted by the current policy: the recomputed columns are the acting ones
+    np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(stored.sum(1), out.log_probs, rtol=1e-4, atol=1e-4)
+    # acted by another policy (a lagging snapshot): the columns still sum to the carried joint
+    other = type(out)(out.continuous, out.discrete, out.log_probs - 0.3, out.env_continuous)
+    learner.process_trajectory(_trajectory(spec, [obs], other, np.zeros(6), [obs[0]]))
+    stored = learner.rollout_buffer.chronological()["log_probs"][6:]
+    np.testing.assert_allclose(stored.sum(1), out.log_probs - 0.3, rtol=1e-4, atol=1e-4)

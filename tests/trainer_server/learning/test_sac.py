@@ -433,3 +433,49 @@ def test_replay_buffer_file_only_with_save_replay_buffer(tmp_path):
     on = SACLearner(spec, sac(save_replay_buffer=True), seed=0)
     on.load_extra(tmp_path)
     assert len(on.replay_buffer) == 0
+
+
+# ------------------------------------------------------------------ ML-Agents' policy and entropy losses
+
+
+def test_discrete_policy_and_entropy_losses_follow_mlagents():
+    """sac_policy_loss (against Q1 alone, summed over branches) and sac_entropy_loss (on
+    log alpha: its gradient is H - target, averaged over branches), written plainly in numpy."""
+    from trainer_server.learning import networks
+    from trainer_server.learning.replay_buffer import Transitions
+    from trainer_server.learning.sac import make_loss_fn
+
+    branches = (3, 2)
+    spec = vector_spec(4, branches=branches)
+    learner = SACLearner(spec, sac(init_entcoef=0.3, normalize=False), seed=7)
+    params, arch = learner._state.params, learner.policy_architecture
+    # different critics, so that Q1 alone and min(Q1, Q2) differ
+    params = {**params, "critics": jax.tree_util.tree_map(lambda x: x.at[1].multiply(0.5), params["critics"])}
+    params["log_entcoef"] = {**params["log_entcoef"], "discrete": jnp.log(jnp.asarray([0.3, 0.7], jnp.float32))}
+    rng = np.random.default_rng(7)
+    n = 12
+    obs = rng.normal(size=(n, 4)).astype(np.float32)
+    batch = Transitions(
+        obs=(obs,), next_obs=(rng.normal(size=(n, 4)).astype(np.float32),),
+        continuous_actions=np.zeros((n, 0), np.float32),
+        discrete_actions=np.stack([rng.integers(0, b, n) for b in branches], 1).astype(np.int32),
+        rewards=rng.normal(size=n).astype(np.float32), dones=np.zeros(n, np.float32),
+        action_masks=np.zeros((n, 5), bool), next_action_masks=np.zeros((n, 5), bool),
+    )
+    losses = make_loss_fn(arch, learner.settings)
+    (_, metrics), grads = jax.value_and_grad(losses, has_aux=True)(params, learner._state.target, None, batch, jax.random.key(0))
+
+    logits = np.asarray(networks.actor_forward(params["actor"], arch, [obs], None).logits)
+    q1 = np.asarray(networks.q_critic_forward(jax.tree_util.tree_map(lambda x: x[0], params["critics"]), arch, [obs], None, np.zeros((n, 0), np.float32)))
+    alphas, targets = np.array([0.3, 0.7]), np.array([0.2 * math.log(3), 0.2 * math.log(2)])
+    per_sample, entropies, lo = np.zeros(n), [], 0
+    for b, size in enumerate(branches):
+        z = logits[:, lo : lo + size] - logits[:, lo : lo + size].max(1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+        p = np.exp(log_p)
+        per_sample += np.sum(p * (alphas[b] * log_p - q1[:, lo : lo + size]), axis=1)
+        entropies.append(-np.sum(p * log_p, axis=1))
+        lo += size
+    np.testing.assert_allclose(float(metrics["Losses/Policy Loss"]), per_sample.mean(), rtol=1e-4, atol=1e-5)
+    expected_grad = [(entropies[b] - targets[b]).mean() / len(branches) for b in range(len(branches))]
+    np.testing.assert_allclose(np.asarray(grads["log_entcoef"]["discrete"]), expected_grad, rtol=1e-4, atol=1e-5)
