@@ -20,10 +20,11 @@ Flow (per behavior, one ``PPOLearner``):
    schedules of learning rate, beta and epsilon computed from ``step`` inside the function.
 
 Buffer choice: the update uses exactly the oldest ``buffer_size`` steps (fixed shapes: one
-compilation); steps beyond it stay buffered for the next update instead of being dropped
-(ML-Agents trains on all buffered steps and clears the buffer). Those carried-over steps
-were valued by the critic before the update; PPO's ratio and clipping account for their
-slightly older policy. Within an epoch, ``buffer_size % batch_size`` randomly chosen steps
+compilation; ML-Agents trains on all buffered steps and clears the buffer). Steps beyond it
+stay buffered; the trainer's on-policy coupling then drops them (``discard_buffered``: the
+gateways paused at ``buffer_size``, so they are only the overshoot of the last step of
+agents), while ``coupling: async`` trains them in the next update, where PPO's ratio and
+clipping account for their slightly older policy. Within an epoch, ``buffer_size % batch_size`` randomly chosen steps
 sit out, as in ML-Agents.
 
 The ratio is taken per action dimension and per discrete branch, as ML-Agents does; the
