@@ -239,10 +239,13 @@ class InstanceActor:
         """Out of credit: delivers every open fragment and the unused credit, then waits for grants."""
         self._catch_up()
         returned: dict[str, int] = {}
-        for behavior, builder in self.builders.items():
-            dec = self.current.get(behavior, (None, None))[0]
-            trajectories, cut_off = builder.cut_all(dec)
-            self._finish(behavior, trajectories)
+        for behavior in sorted(set(self.builders) | set(self.credit)):  # credit of a behavior it never saw too
+            cut_off = 0
+            builder = self.builders.get(behavior)
+            if builder is not None:
+                dec = self.current.get(behavior, (None, None))[0]
+                trajectories, cut_off = builder.cut_all(dec)
+                self._finish(behavior, trajectories)
             credit = self.credit.get(behavior)
             unused = max(0, credit.steps) if credit is not None else 0
             if credit is not None:
@@ -512,7 +515,9 @@ class InstanceActor:
                 continue
             blocked = self._out_of_credit()
             if blocked or self._nothing_to_collect():
-                if blocked and not self.paused:
+                # a behavior whose credit ran out: deliver and give back; one never granted yet
+                # (its grant follows its snapshot): just wait for it
+                if any(b in self.credit for b in blocked) and not self.paused:
                     self._pause(blocked)
                 self._drain(0.5)  # until a grant (or the end)
                 continue

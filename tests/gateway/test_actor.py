@@ -229,3 +229,4 @@ def test_collection_stops_where_the_grant_ends_and_resumes_with_the_next():
             assert streamed(state) == 180 == gw.actor.progress.steps, "nothing is collected beyond the grants"
     finally:
         trainer.stop()
+
