@@ -109,4 +109,10 @@ def test_unity_player_close_prints_no_grpc_goaway():
     )
     assert done.returncode == 0, done.stderr
     assert "Got goaway" not in done.stderr and "chttp2_transport" not in done.stderr, done.stderr
-    assert done.stderr.count("trainer closed the connection") == 6, done.stderr
+    # mlagents-envs' close() puts the 400 answer in its pipe and stops its server without grace:
+    # on a busy machine the stop may cancel the call before the answer leaves. Either way each
+    # player ends: it read the 400, or the call was cancelled (and it says so once)
+    closed = done.stderr.count("trainer closed the connection")
+    cancelled = done.stderr.count("lost the connection to the trainer")
+    assert closed + cancelled == 6 and closed >= 1, done.stderr
+    assert cancelled == done.stderr.count("Cancelling all calls"), done.stderr
