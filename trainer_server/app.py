@@ -105,6 +105,7 @@ class _Chunk:
 #: ``listener(gateway_id, sequence)``: the chunk is in the learner's state (training thread)
 ProcessedListener = Callable[[str, int], None]
 
+
 class TrainingApp:
     """The trainer's intake, its registry of behaviors and its training thread.
 

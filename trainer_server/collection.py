@@ -153,16 +153,16 @@ class _Behavior:
 class CollectionControl:
     """The trainer's credit bookkeeping over every connected gateway and behavior.
 
-    Calls come from gRPC reader threads (``received``), handler threads (``connect``,
-    ``announce``, ``disconnect``) and the training thread (``taken_in``, ``updated``,
-    ``finished``); grants are sent after the lock is released.
+    Calls come from gRPC reader threads (``received``), handler threads (``announce``,
+    ``disconnect``) and the training thread (``taken_in``, ``updated``, ``finished``);
+    grants are sent after the lock is released. A gateway's share of per-version budgets
+    is its ``weight``.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._behaviors: dict[str, _Behavior] = {}
         self._members: dict[str, set[Collector]] = {}  # behavior -> gateways that announced it
-        self._weights: dict[Collector, int] = {}
 
     # -- behaviors (training thread / registration) ---------------------------------------------
 
@@ -220,10 +220,6 @@ class CollectionControl:
 
     # -- gateways (handler and reader threads) ----------------------------------------------------
 
-    def connect(self, collector: Collector, weight: int) -> None:
-        with self._lock:
-            self._weights[collector] = max(1, int(weight))
-
     def announce(self, collector: Collector, behavior: str) -> None:
         """``collector`` streams ``behavior`` from now on: it gets its share (after its snapshot)."""
         with self._lock:
@@ -240,7 +236,6 @@ class CollectionControl:
     def disconnect(self, collector: Collector) -> None:
         """The gateway went away: its unused credit goes to the others."""
         with self._lock:
-            self._weights.pop(collector, None)
             affected = []
             for behavior, members in self._members.items():
                 if collector in members:
@@ -306,7 +301,7 @@ class CollectionControl:
         need = wanted - sum(b.outstanding.values())
         if need <= 0:
             return []
-        weights = [self._weights.get(m, 1) for m in members]
+        weights = [max(1, int(m.weight)) for m in members]
         total = sum(weights)
         shares = [need * w // total for w in weights]
         for i in range(need - sum(shares)):  # the remainder, one step each, in a fixed order

@@ -230,7 +230,6 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
         collection = self._app.collection
         with self._lock:
             self._connections.add(conn)
-        collection.connect(conn, conn.weight)
         context.add_callback(conn.close)
         try:
             yield trainer_pb2.TrainerMessage(welcome=welcome)

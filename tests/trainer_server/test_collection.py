@@ -45,7 +45,6 @@ def control_with(coupling: Coupling, *gateways: Gateway, learner_step: int = 0) 
     control = CollectionControl()
     control.add_behavior(BEHAVIOR, coupling, version=1, learner_step=learner_step, finished=False)
     for g in gateways:
-        control.connect(g, g.weight)
         control.announce(g, BEHAVIOR)
     return control
 
@@ -117,7 +116,6 @@ def test_a_finished_behavior_tells_every_gateway_and_every_later_one():
     control = control_with(per_version(), a)
     control.finished(BEHAVIOR)
     assert a.grants[-1].finished
-    control.connect(b, 1)
     control.announce(b, BEHAVIOR)
     assert b.grants == [Grant(BEHAVIOR, 0, 0, finished=True)]
     control.updated(BEHAVIOR, version=2, learner_step=0)  # (an update racing the end) grants nothing
@@ -128,7 +126,6 @@ def test_a_resumed_buffer_counts_toward_the_first_update():
     g = Gateway()
     control = CollectionControl()
     control.add_behavior(BEHAVIOR, per_version(100), version=5, learner_step=460, finished=False, held=60)
-    control.connect(g, 1)
     control.announce(g, BEHAVIOR)
     assert g.grants == [Grant(BEHAVIOR, 5, 40)]
 
@@ -280,7 +277,6 @@ def simulate(coupling: Coupling, gateways: list[SimGateway], every: int, ticks: 
     trainer = SimTrainer(coupling, every)
     control.add_behavior(BEHAVIOR, coupling, version=1, learner_step=0, finished=False)
     for g in gateways:
-        control.connect(g, g.weight)
         control.announce(g, BEHAVIOR)
     for now in range(1, ticks + 1):
         for g in gateways:
@@ -315,7 +311,6 @@ def test_a_window_bounds_how_far_collection_runs_ahead_of_the_learner(every, gat
     trainer = SimTrainer(window(budget, max_steps=10**9), every)
     control.add_behavior(BEHAVIOR, trainer.coupling, version=1, learner_step=0, finished=False)
     for g in sims:
-        control.connect(g, 1)
         control.announce(g, BEHAVIOR)
     worst = 0
     for now in range(1, 3001):
