@@ -85,3 +85,35 @@ def test_a_learner_the_factory_cannot_make_is_an_unsupported_behavior(tmp_path, 
         app.register_behavior(BALL)
     assert str(refused.value) == message
     assert app.behaviors() == []
+
+
+def test_on_policy_trains_only_the_current_version_and_counts_what_it_drops(tmp_path):
+    """An on-policy learner: steps of an older policy version are dropped and counted, and so is
+    what stays buffered after an update; Policy/Lag of what is trained is 0."""
+    from test_service_support import OnPolicyCountingLearner
+
+    from trainer_server import stats as stats_mod
+
+    options = make_options(tmp_path, buffer_size=20, summary_freq=40, max_steps=10_000)
+    registry = LearnerRegistry(OnPolicyCountingLearner)
+    app = TrainingApp(options, prepare_results(options), learner_factory=registry)
+    app.start()
+    try:
+        app.register_behavior(BALL)
+        learner_run = app._behaviors[BALL.name]
+        app.submit("gw", 1, BALL.name, [make_trajectory(BALL, 12, version=1)], [])
+        app.submit("gw", 2, BALL.name, [make_trajectory(BALL, 12, version=1)], [])  # 24 >= 20: update, 4 left over
+        assert _wait_for(lambda: app.last_accepted_sequence("gw") == 2)
+        assert learner_run.version == 2 and registry.learners[BALL.name].buffered == 0
+        app.submit("gw", 3, BALL.name, [make_trajectory(BALL, 6, version=1, first_reward=7.0)], [])  # stale
+        app.submit("gw", 4, BALL.name, [make_trajectory(BALL, 6, version=2, first_reward=8.0)], [])
+        assert _wait_for(lambda: app.last_accepted_sequence("gw") == 4)
+    finally:
+        app.stop()
+        app.join(30)
+    learner = registry.learners[BALL.name]
+    assert [reward for _, _, reward in learner.seen][-1] == 8.0 and 7.0 not in [r for _, _, r in learner.seen]
+    assert learner.buffered == 6
+    summary = learner_run.stats.summarize()
+    assert summary[stats_mod.STALE_STEPS_DROPPED].value == 4 + 6  # summed: what TensorBoard shows
+    assert summary[stats_mod.POLICY_LAG].mean == 0.0

@@ -45,3 +45,9 @@ def test_server_settings_defaults_token_and_tls(tmp_path: Path) -> None:
         server_settings_from_args(cli(tls_cert=str(cert), tls_key=str(tmp_path / "missing.pem")), {})
     with pytest.raises(ConfigError, match="--listen: listen address must be host:port"):
         server_settings_from_args(cli(listen="localhost"), {})
+
+
+def test_slow_updates_is_checked_at_the_edge() -> None:
+    assert server_settings_from_args(cli(slow_updates_s=0.5), environ={}).slow_updates_s == 0.5
+    with pytest.raises(ConfigError, match="--slow-updates"):
+        server_settings_from_args(cli(slow_updates_s=-1.0), environ={})
