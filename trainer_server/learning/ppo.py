@@ -263,28 +263,32 @@ def make_process_fn(
 ) -> Callable:
     """The pure per-fragment step: normalizer update, values, GAE (fixed padded shapes).
 
-    Signature: ``(params, normalizer, observations [L+1, ...] per spec, rewards [L], length,
+    Signature: ``(params, normalizer, acting_normalizer, observations [L+1, ...] per spec, rewards [L], length,
     bootstrap, continuous [L, c], discrete [L, b], action_masks [L, m], log_probs [L]) ->
     (normalizer, values [L], advantages [L], returns [L], old_log_probs [L, c + b])``; row
     ``length`` of each observation holds ``next_observations``.
 
     ``old_log_probs`` are the per-dimension log-probs PPO's ratio needs, while fragments
     carry only the acting policy's joint log-prob: they are recomputed with the current
-    actor and the normalizer as it was before this fragment (what acted, unless a newer
-    snapshot reached the learner since), then shifted by an equal share of the difference
-    to the carried joint log-prob, so that their sum is exactly the acting joint log-prob.
+    actor and ``acting_normalizer``, the statistics of the last snapshot (the normalizer
+    itself moves with every fragment processed since, which would shift the columns
+    against each other), then shifted by an equal share of the difference to the carried
+    joint log-prob, so that their sum is exactly the acting joint log-prob. With on-policy
+    coupling the fragments were acted by exactly that actor and those statistics, so the
+    columns are the acting ones; a fragment of an older snapshot (asynchronous coupling)
+    keeps the exact joint and an approximate split.
     """
 
     hp, gamma = hyperparameters(settings), shared.extrinsic(settings).gamma
     a_spec = arch.behavior_spec.action_spec
 
-    def process(params, normalizer, observations, rewards, length, bootstrap, continuous, discrete, action_masks, log_probs):
+    def process(params, normalizer, acting_normalizer, observations, rewards, length, bootstrap, continuous, discrete, action_masks, log_probs):
         if on_trace is not None:
             on_trace()
         padded = rewards.shape[0]
         mask = jnp.arange(padded) < length
         dist = networks.actor_forward(
-            params["actor"], arch, [o[:padded] for o in observations], _norm_stats(normalizer, arch.normalize),
+            params["actor"], arch, [o[:padded] for o in observations], _norm_stats(acting_normalizer, arch.normalize),
             action_masks if a_spec.mask_size else None,
         )
         parts = distributions.log_prob_parts(dist, continuous, discrete, a_spec.discrete_branches)
@@ -350,6 +354,7 @@ class PPOLearner:
             step=jnp.zeros((), jnp.int32),
         )
         self._key = key
+        self._acting_normalizer = self._state.normalizer
         self.step = 0
         self.update_count = 0
         self.rollout_buffer = rollout_buffer.RolloutBuffer(spec)
@@ -394,7 +399,7 @@ class PPOLearner:
         padded_actions = {name: _pad_rows(value, padded) for name, value in actions.items()}
         joint = _pad_rows(np.asarray(trajectory.log_probs, np.float32).reshape(t), padded)
         normalizer, values, advantages, returns, old_log_probs = self._process_fn(
-            self._state.params, self._state.normalizer, tuple(observations), rewards, np.int32(t), np.bool_(bootstrap),
+            self._state.params, self._state.normalizer, self._acting_normalizer, tuple(observations), rewards, np.int32(t), np.bool_(bootstrap),
             padded_actions["continuous_actions"], padded_actions["discrete_actions"], padded_actions["action_masks"], joint,
         )
         self._state = self._state._replace(normalizer=normalizer)
@@ -465,6 +470,7 @@ class PPOLearner:
         self._key, key = jax.random.split(self._key)
         state = self._state._replace(step=jnp.asarray(min(self.step, np.iinfo(np.int32).max), jnp.int32))
         self._state, metrics = self._update_fn(state, batch, key)
+        self._acting_normalizer = self._state.normalizer  # what the snapshot after this update acts with
         self.update_count += 1
         out = {name: float(value) for name, value in jax.device_get(metrics).items()}
         out["Policy/Extrinsic Value Estimate"] = float(np.mean(data["values"]))
@@ -520,19 +526,26 @@ class PPOLearner:
         return self.policy_architecture
 
     def policy_parameters(self) -> dict[str, np.ndarray]:
-        """Flat float32 actor parameters and normalizer statistics (the snapshot's ``parameters``)."""
-        return shared.policy_parameters(self._state.params["actor"], self._state.normalizer, self.policy_architecture.normalize)
+        """Flat float32 actor parameters and normalizer statistics (the snapshot's ``parameters``).
+
+        The statistics are those of the last update (``_acting_normalizer``), which every
+        snapshot since acts with: the normalizer itself moves with each fragment processed,
+        and the policy a gateway acts with (and a checkpoint's model) stays the one trained.
+        """
+        return shared.policy_parameters(self._state.params["actor"], self._acting_normalizer, self.policy_architecture.normalize)
 
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything to resume exactly, as nested dicts of numpy arrays and Python numbers
-        (``flax.serialization.msgpack_serialize`` writes it): params, Adam state, normalizer,
-        step, update count, PRNG key and the steps still buffered."""
+        (``flax.serialization.msgpack_serialize`` writes it): params, Adam state, normalizer
+        and the statistics the snapshots act with, step, update count, PRNG key and the
+        steps still buffered."""
         return {
             "algorithm": "ppo",
             "params": shared.to_numpy(self._state.params),
             "opt_state": shared.to_numpy(serialization.to_state_dict(self._state.opt_state)),
             "normalizer": shared.normalizer_state_dict(self._state.normalizer),
+            "acting_normalizer": shared.normalizer_state_dict(self._acting_normalizer),
             "step": int(self.step),
             "update_count": int(self.update_count),
             "key": shared.key_to_numpy(self._key),
@@ -565,6 +578,9 @@ class PPOLearner:
             columns = ratio_columns(self.spec)
             buffer = {**buffer, "log_probs": np.repeat(joint / columns, columns, axis=1)}
         self.rollout_buffer.load_state_dict(buffer)
+        # the statistics the snapshots act with (older checkpoints: the normalizer's)
+        acting = state.get("acting_normalizer")
+        self._acting_normalizer = normalizer if acting is None else shared.restore_normalizer(current.normalizer, acting)
 
     def load_weights(self, state: dict[str, Any]) -> None:
         """``init_path`` / ``--initialize-from``: the checkpoint's networks, Adam state and

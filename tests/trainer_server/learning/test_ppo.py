@@ -441,3 +441,27 @@ def test_processing_stores_per_dimension_log_probs_that_sum_to_the_acting_joint(
     learner.process_trajectory(_trajectory(spec, [obs], other, np.zeros(6), [obs[0]]))
     stored = learner.rollout_buffer.chronological()["log_probs"][6:]
     np.testing.assert_allclose(stored.sum(1), out.log_probs - 0.3, rtol=1e-4, atol=1e-4)
+
+
+def test_per_dimension_log_probs_of_a_version_use_the_normalizer_it_acted_with():
+    """Fragments of one snapshot update the normalizer as they arrive; the later ones were
+    still acted with the snapshot's statistics, so their per-dimension log-probs (PPO's
+    per-dimension ratio) must be recomputed with those, not with the drifted ones."""
+    spec = BehaviorSpec("Cont", (ObservationSpec("v", (3,)),), ActionSpec(2, ()))
+    settings = trainer_settings("ppo", batch_size=4, buffer_size=64, time_horizon=8, hidden_units=8, num_layers=1, normalize=True)
+    learner = PPOLearner(spec, settings, seed=6)
+    rng = np.random.default_rng(6)
+    params, arch = learner._state.params, learner.policy_architecture
+    acting_stats = ppo._norm_stats(learner._state.normalizer, True)  # the snapshot's statistics
+    first = (5.0 + 3.0 * rng.standard_normal((8, 3))).astype(np.float32)  # moves the statistics far
+    obs = rng.standard_normal((6, 3)).astype(np.float32)
+    acted_first, out = learner.act([first]), learner.act([obs])  # both by the snapshot
+    learner.process_trajectory(_trajectory(spec, [first], acted_first, np.zeros(8), [first[0]]))
+    learner.process_trajectory(_trajectory(spec, [obs], out, np.zeros(6), [obs[0]]))
+    stored = learner.rollout_buffer.chronological()["log_probs"][8:]
+    expected = np.asarray(distributions.log_prob_parts(networks.actor_forward(params["actor"], arch, [obs], acting_stats), out.continuous, out.discrete, ()))
+    drifted = np.asarray(distributions.log_prob_parts(
+        networks.actor_forward(params["actor"], arch, [obs], ppo._norm_stats(learner._state.normalizer, True)), out.continuous, out.discrete, ()
+    ))
+    assert np.abs(drifted - expected).max() > 1e-2  # the test can tell the two apart
+    np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-4)
