@@ -37,21 +37,22 @@ BALL = "3DBall?team=0"
 _GATEWAY_PIDS: list[int] = []
 
 
-def _rate(step: Callable[[], int], seconds: float) -> tuple[float, float]:
-    """(agent-steps/s, CPU us per agent-step of this process and the gateway's tree) of ``step``
-    (which returns the agents that acted), after a 1 s warm-up."""
+def _rate(step: Callable[[], int], seconds: float) -> tuple[float, float, float]:
+    """(agent-steps/s, CPU us per agent-step of this process, CPU us per agent-step of the
+    gateway's tree) of ``step`` (which returns the agents that acted), after a 1 s warm-up."""
     deadline = time.perf_counter() + 1.0
     while time.perf_counter() < deadline:
         step()
     count, start = 0, time.perf_counter()
-    cpu0 = time.process_time() + cpu_seconds(_GATEWAY_PIDS)
+    client0, gateway0 = time.process_time(), cpu_seconds(_GATEWAY_PIDS)
     while time.perf_counter() - start < seconds:
         count += step()
-    cpu = time.process_time() + cpu_seconds(_GATEWAY_PIDS) - cpu0
-    return count / (time.perf_counter() - start), cpu / max(count, 1) * 1e6
+    client, gateway = time.process_time() - client0, cpu_seconds(_GATEWAY_PIDS) - gateway0
+    per = 1e6 / max(count, 1)
+    return count / (time.perf_counter() - start), client * per, gateway * per
 
 
-def plain(address: str, seconds: float) -> tuple[float, float]:
+def plain(address: str, seconds: float) -> tuple[float, float, float]:
     from benchmarks.bench_gateway import random_step_actions
     from gateway.remote.client import GatewayClient
 
@@ -72,7 +73,7 @@ def plain(address: str, seconds: float) -> tuple[float, float]:
             session.close()
 
 
-def gymnasium_vector(address: str, seconds: float) -> tuple[float, float]:
+def gymnasium_vector(address: str, seconds: float) -> tuple[float, float, float]:
     from tandem_envs.gymnasium_env import UnityVectorEnv
 
     env = UnityVectorEnv(address, behavior=BALL)
@@ -93,7 +94,7 @@ def gymnasium_vector(address: str, seconds: float) -> tuple[float, float]:
         env.close()
 
 
-def dm_env_rpc(address: str, seconds: float) -> tuple[float, float]:
+def dm_env_rpc(address: str, seconds: float) -> tuple[float, float, float]:
     import grpc
     from dm_env_rpc.v1 import connection, dm_env_adaptor, dm_env_rpc_pb2
 
@@ -127,8 +128,14 @@ def dm_env_rpc(address: str, seconds: float) -> tuple[float, float]:
 MODES = {"plain client": plain, "Gymnasium VectorEnv": gymnasium_vector, "dm_env_rpc (DmEnvAdaptor)": dm_env_rpc}
 
 
-def measure(agents: int, seconds: float, repeats: int) -> dict[str, list[tuple[float, float]]]:
-    """Every mode's (agent-steps/s, CPU us per agent-step), ``repeats`` times interleaved, on one gateway process."""
+def measure(agents: int, seconds: float, rounds: int) -> list[dict[str, tuple[float, float, float]]]:
+    """``rounds`` rounds on one gateway process, each measuring every mode once, back to back,
+    in an order rotated from round to round; per round, mode -> (agent-steps/s, client CPU us
+    per agent-step, gateway CPU us per agent-step).
+
+    Why rounds in rotated order: on a shared machine the load drifts within seconds; spread
+    over the same stretch of time, each mode meets about the same mix of loads.
+    """
     from benchmarks.bench_gateway import start_gateway_process, stop_process
 
     ready: dict = {}
@@ -139,60 +146,60 @@ def measure(agents: int, seconds: float, repeats: int) -> dict[str, list[tuple[f
         "dm_env_rpc (DmEnvAdaptor)": f"127.0.0.1:{ready['dm_env_rpc_port']}",
     }
     _GATEWAY_PIDS[:] = process_tree(proc.pid)
+    names = list(MODES)
     try:
-        out: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
-        for _ in range(repeats):
-            for mode, run in MODES.items():
-                out[mode].append(run(addresses[mode], seconds))
+        out = []
+        for r in range(rounds):
+            order = names[r % len(names):] + names[: r % len(names)]
+            out.append({mode: MODES[mode](addresses[mode], seconds) for mode in order})
         return out
     finally:
         stop_process(proc)
 
 
-def render(rows: dict[int, dict[str, list[tuple[float, float]]]], seconds: float, repeats: int) -> str:
+def render(rows: dict[int, list[dict[str, tuple[float, float, float]]]], seconds: float, rounds: int) -> str:
+    base, gym, dm = list(MODES)
     lines = [
         "# bench_gateway (adapters): agent-steps/s through the Gymnasium and dm_env_rpc adapters vs the plain client",
         "",
-        f"Command: `python -m benchmarks.bench_gateway --adapters-only` ({seconds:g} s per measurement, {repeats} "
-        "measurements per mode interleaved: plain, Gymnasium, dm_env_rpc, plain, ...; medians shown; all figures "
-        f"from one run). Date: {time.strftime('%Y-%m-%d %H:%M %Z')}.",
+        f"Command: `python -m benchmarks.bench_gateway --adapters-only --repeats {rounds} --seconds {seconds:g}` "
+        f"({rounds} rounds per agent count; each round measures the three modes back to back for {seconds:g} s each, "
+        "in an order rotated from round to round; all figures from one run). "
+        f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}.",
         "",
         f"Machine: {os.cpu_count()} CPU cores ({report.cpu_name()}, {platform.python_implementation()} "
-        f"{platform.python_version()}), load average {os.getloadavg()[0]:.1f} at the end: shared with other work "
-        "while measuring, so the wall-clock rates swing by a factor of two or more between measurements of the same "
-        "mode (see the list below). The CPU time per agent-step (this client process plus the gateway's process "
-        "tree: gateway and stand-in) depends far less on that load and is the figure the goal is judged by. "
+        f"{platform.python_version()}), load average {os.getloadavg()[0]:.1f} at the end. The figure the goal is "
+        "judged by is the CPU time per agent-step of the client process plus that of the gateway's process tree "
+        "(gateway and stand-in), each the median over the rounds: on a shared machine the wall-clock rate and the "
+        "gateway's CPU swing from one second to the next (see the rounds below), the median of each part far less. "
         "Scene: one `tandem-gateway` process (one stand-in 3DBall instance, `--num-agents` N, "
         "`--dm-env-rpc-listen`), random continuous actions; agent-steps = agents that requested a decision. See "
         "`benchmarks/gateway_adapters.py` for what each mode runs.",
         "",
-        "| agents | plain client (agent-steps/s) | Gymnasium VectorEnv | dm_env_rpc (DmEnvAdaptor) "
-        "| CPU per agent-step: plain | Gymnasium | Gymnasium / plain | dm_env_rpc | dm_env_rpc / plain |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| agents | mode | agent-steps/s | client CPU us / agent-step | gateway CPU us / agent-step | total | total / plain |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     goals = []
-    for agents, by_mode in rows.items():
-        rate = {mode: float(np.median([r for r, _ in values])) for mode, values in by_mode.items()}
-        cpu = {mode: float(np.median([c for _, c in values])) for mode, values in by_mode.items()}
-        names = list(MODES)
-        base, gym, dm = names
-        lines.append(
-            f"| {agents} | {rate[base]:.0f} | {rate[gym]:.0f} ({rate[gym] / rate[base]:.2f}x) | "
-            f"{rate[dm]:.0f} ({rate[dm] / rate[base]:.2f}x) | {cpu[base]:.0f} us | {cpu[gym]:.0f} us | "
-            f"{cpu[gym] / cpu[base]:.2f}x | {cpu[dm]:.0f} us | {cpu[dm] / cpu[base]:.2f}x |"
-        )
+    for agents, by_round in rows.items():
+        med = {m: [float(np.median([r[m][k] for r in by_round])) for k in range(3)] for m in MODES}
+        total = {m: med[m][1] + med[m][2] for m in MODES}
+        for m in MODES:
+            lines.append(
+                f"| {agents} | {m} | {med[m][0]:.0f} | {med[m][1]:.1f} | {med[m][2]:.1f} | {total[m]:.1f} | "
+                f"{total[m] / total[base]:.2f}x |"
+            )
         for label, mode in (("Gymnasium VectorEnv", gym), ("dm_env_rpc", dm)):
-            ratio = cpu[mode] / cpu[base]
+            ratio = total[mode] / total[base]
             goals.append(
                 f"- {label} costs <= 1.10x the plain client's CPU per agent-step, {agents} agents: {ratio:.2f}x, "
-                f"{'met' if ratio <= 1.1 else 'NOT met'} (wall-clock rate {rate[mode] / rate[base]:.2f}x)"
+                f"{'met' if ratio <= 1.1 else 'NOT met'} (client {med[mode][1] - med[base][1]:+.1f} us, "
+                f"gateway {med[mode][2] - med[base][2]:+.1f} us per agent-step)"
             )
-    lines += ["", "Every measurement (agent-steps/s / CPU us per agent-step), to judge the noise:", ""]
-    for agents, by_mode in rows.items():
-        parts = "; ".join(
-            f"{mode} {', '.join(f'{r:.0f}/{c:.0f}' for r, c in values)}" for mode, values in by_mode.items()
-        )
-        lines.append(f"- {agents} agents: {parts}")
+    lines += ["", "Every round (mode: agent-steps/s / client / gateway CPU us per agent-step), to judge the noise:", ""]
+    for agents, by_round in rows.items():
+        for i, by_mode in enumerate(by_round, start=1):
+            parts = "; ".join(f"{mode} {r:.0f}/{c:.1f}/{g:.1f}" for mode, (r, c, g) in by_mode.items())
+            lines.append(f"- {agents} agents, round {i}: {parts}")
     lines += ["", "## Goals (issue 21: the adapters add at most 10 %)", "", *goals, "", "## Where the time goes", "", *NOTES, ""]
     return "\n".join(lines)
 
@@ -213,6 +220,6 @@ NOTES = [
 ]
 
 
-def main(agents: list[int], seconds: float, repeats: int, out: Path = RESULTS) -> None:
-    rows = {n: measure(n, seconds, repeats) for n in agents}
-    report.write_results(out, render(rows, seconds, repeats))
+def main(agents: list[int], seconds: float, rounds: int, out: Path = RESULTS) -> None:
+    rows = {n: measure(n, seconds, rounds) for n in agents}
+    report.write_results(out, render(rows, seconds, rounds))
