@@ -23,16 +23,28 @@ def start_dm_env_rpc_server(options: ServerOptions, gateway_servicer, pool) -> G
     Raises:
         OSError: the address cannot be bound.
     """
-    from dm_env_rpc.v1 import dm_env_rpc_pb2_grpc
+    import grpc
+    from dm_env_rpc.v1 import dm_env_rpc_pb2
 
-    from gateway.dm_env_rpc.service import DmEnvRpcServicer
+    from gateway.dm_env_rpc.service import DmEnvRpcServicer, serialize_response
 
     servicer = DmEnvRpcServicer(gateway_servicer, pool)
+    # dm_env_rpc's generated registration, with a serializer that passes the pre-serialized step responses through
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "Process": grpc.stream_stream_rpc_method_handler(
+                servicer.Process,
+                request_deserializer=dm_env_rpc_pb2.EnvironmentRequest.FromString,
+                response_serializer=serialize_response,
+            )
+        },
+    )
     shared = replace(
         grpc_server_options(options), listen=options.dm_env_rpc_listen, thread_name_prefix="tandem-dm-env-rpc"
     )
     server = start_grpc_server(
-        shared, lambda s: dm_env_rpc_pb2_grpc.add_EnvironmentServicer_to_server(servicer, s), (SERVICE_NAME,)
+        shared, lambda s: s.add_generic_rpc_handlers((handler,)), (SERVICE_NAME,)
     )
     server.set_serving(True)
     return server

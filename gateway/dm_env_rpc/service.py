@@ -37,6 +37,7 @@ import numpy as np
 from dm_env_rpc.v1 import dm_env_rpc_pb2, dm_env_rpc_pb2_grpc, tensor_utils
 from google.rpc import status_pb2
 
+from common import protowire
 from common.logging import get_logger
 from gateway.dm_env_rpc.world import BehaviorWorld, WorldError
 from gateway.env.instance import BehaviorActions
@@ -46,6 +47,14 @@ from gateway.remote.actions import InvalidArgument, decode_step_request
 from gateway.remote.client import behavior_actions, decode_steps
 from gateway.remote.pool import EnvironmentPool
 from tandem.v1 import gateway_pb2
+
+
+_STEP_FIELD = dm_env_rpc_pb2.EnvironmentResponse.DESCRIPTOR.fields_by_name["step"].number
+
+
+def serialize_response(response: dm_env_rpc_pb2.EnvironmentResponse | bytes) -> bytes:
+    """The server's response serializer: ``Process`` yields step responses already serialized."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
 
 
 class RequestError(Exception):
@@ -153,7 +162,11 @@ class DmEnvRpcServicer(dm_env_rpc_pb2_grpc.EnvironmentServicer):
                 kind = request.WhichOneof("payload")
                 response = dm_env_rpc_pb2.EnvironmentResponse()
                 try:
-                    getattr(response, kind).CopyFrom(self._answer(conn, kind, getattr(request, kind)))
+                    answer = self._answer(conn, kind, getattr(request, kind))
+                    if isinstance(answer, bytes):  # a serialized StepResponse: wrapped, not parsed
+                        yield protowire.length_delimited(_STEP_FIELD, answer)
+                        continue
+                    getattr(response, kind).CopyFrom(answer)
                 except RequestError as e:
                     response.error.CopyFrom(status_pb2.Status(code=e.code.value[0], message=str(e)))
                 except (WorldError, InvalidArgument) as e:
