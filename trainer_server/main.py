@@ -153,7 +153,8 @@ def run(options: RunOptions, server: ServerSettings) -> int:
     app = TrainingApp(options, results, timer, slow_updates_s=server.slow_updates_s)
     try:
         running = start_server(
-            app, server.listen, tls_cert=server.tls_cert, tls_key=server.tls_key, token=server.token
+            app, server.listen, tls_cert=server.tls_cert, tls_key=server.tls_key, token=server.token,
+            hello_timeout_s=server.hello_timeout_s,
         )
     except (ValueError, RuntimeError, OSError) as e:
         _log.error("cannot start the trainer server", listen=server.listen, error=str(e))
@@ -201,6 +202,7 @@ def run(options: RunOptions, server: ServerSettings) -> int:
             app.join(120)
             running.stop(5.0)
     if app.error is not None:
+        _log.error("training failed: the run stopped", run_id=cs.run_id, error=str(app.error))
         return EXIT_FAILED
     if app.completed:
         _log.info("training complete", run_id=cs.run_id, results=str(results.run_dir))
