@@ -367,6 +367,9 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
             snapshot = self._app.register_behavior(spec)
         except ExperienceError as e:
             raise _StreamError(_experience_code(e), str(e)) from None
+        except Exception as e:  # a trainer fault: INTERNAL with its reason, never a bare UNKNOWN
+            _log.exception("could not register a behavior", behavior=spec.name)
+            raise _StreamError(grpc.StatusCode.INTERNAL, f"trainer error registering {spec.name}: {e}") from None
         conn.announce(spec.name)
         return snapshot
 
