@@ -12,7 +12,7 @@ import pytest
 
 from common import specs as specs_mod
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
-from test_service import Harness, _acks, _handshake, _wait_for
+from test_service import Harness, _acks, _handshake, _wait_for, harness  # noqa: F401 (the fixture)
 from test_service_support import BALL, GRID, GatewayClient, chunk_message, hello_message, make_trajectory, train_app
 from test_service_support import make_options
 from trainer_server import validation
@@ -22,20 +22,6 @@ from tandem.v1 import trainer_pb2
 BALL_9 = BehaviorSpec(
     name=BALL.name, observations=(ObservationSpec(name="VectorSensor", shape=(9,)),), action_spec=ActionSpec(2)
 )
-
-
-@pytest.fixture
-def harness(tmp_path):
-    made = []
-
-    def make(**kw) -> Harness:
-        h = Harness(tmp_path, **kw)
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.close()
 
 
 def _poisoned(field: str, value: float):
@@ -124,12 +110,18 @@ def test_spec_bounds_name_the_field(harness, mutate, field):
     assert set(h.registry.learners) == {GRID.name}  # nothing was allocated for it
 
 
+def _trained_once(h: Harness, gateway_id: str) -> GatewayClient:
+    """A gateway whose chunk 1 (first reward 1.0) was acknowledged."""
+    client = h.connect()
+    _handshake(client, gateway_id, BALL)
+    client.send(chunk_message(BALL, 1, [make_trajectory(BALL, 4, first_reward=1.0)]))
+    assert _acks(client.recv_until(lambda m: m.HasField("ack"))) == [1]
+    return client
+
+
 def test_a_second_stream_with_the_same_gateway_id_cannot_drop_acknowledged_experience(harness):
     h = harness()
-    real = h.connect()
-    _handshake(real, "gw-real", BALL)
-    real.send(chunk_message(BALL, 1, [make_trajectory(BALL, 4, first_reward=1.0)]))
-    assert _acks(real.recv_until(lambda m: m.HasField("ack"))) == [1]
+    real = _trained_once(h, "gw-real")
     # an intruder with the same id and the largest sequence
     intruder = h.connect()
     intruder.send(hello_message("gw-real", BALL))
@@ -143,10 +135,7 @@ def test_a_second_stream_with_the_same_gateway_id_cannot_drop_acknowledged_exper
 
 def test_a_sequence_jump_is_refused_and_later_chunks_still_train(harness):
     h = harness()
-    client = h.connect()
-    _handshake(client, "gw", BALL)
-    client.send(chunk_message(BALL, 1, [make_trajectory(BALL, 4, first_reward=1.0)]))
-    assert _acks(client.recv_until(lambda m: m.HasField("ack"))) == [1]
+    client = _trained_once(h, "gw")
     client.send(chunk_message(BALL, 2**64 - 1, [make_trajectory(BALL, 4, first_reward=9.0)]))
     error = client.wait_end()
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "contiguous" in error.details()
