@@ -290,12 +290,19 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
                 f"gateway_id {hello.gateway_id!r} already has a live stream: one stream per gateway "
                 "(a reconnecting gateway retries once its previous stream has ended)",
             )
-        try:
-            yield from self._serve(hello, request_iterator, context, peer)
-        finally:
+
+        def release() -> None:
             with self._lock:
                 if self._live_ids.get(hello.gateway_id) is token:
                     del self._live_ids[hello.gateway_id]
+
+        # also when the RPC ends (a cancelled stream): its gateway's reconnect is not refused
+        # while the handler is still winding down
+        context.add_callback(release)
+        try:
+            yield from self._serve(hello, request_iterator, context, peer)
+        finally:
+            release()
 
     def _serve(self, hello, request_iterator, context, peer: str) -> Iterator[trainer_pb2.TrainerMessage]:
         """The stream of a gateway whose Hello was accepted and whose gateway_id is reserved."""
