@@ -42,11 +42,18 @@ MAX_BEHAVIOR_NAME = 512
 #: observations per behavior
 MAX_OBSERVATIONS = 64
 #: elements of one observation by its rank: vector, 2-D (buffer sensors), 3-D (visual, grid)
-MAX_OBSERVATION_ELEMENTS = {1: 16_384, 2: 65_536, 3: 1_048_576}
+MAX_OBSERVATION_ELEMENTS = {1: 16_384, 2: 65_536, 3: 131_072}
+#: height and width of a 3-D observation (the visual encoder's first dense layer grows with both)
+MAX_VISUAL_SIDE = 256
+#: elements of all of a behavior's observations together, and of its vector observations
+#: together (they share one encoder): with the default network (128 units) the largest spec's
+#: PPO learner holds about 200 MB (parameters and Adam's moments), not gigabytes
+MAX_TOTAL_ELEMENTS = 131_072
+MAX_VECTOR_ELEMENTS = 16_384
 #: continuous action size, and number and size of discrete branches
-MAX_CONTINUOUS_ACTIONS = 512
-MAX_DISCRETE_BRANCHES = 64
-MAX_BRANCH_SIZE = 1024
+MAX_CONTINUOUS_ACTIONS = 256
+MAX_DISCRETE_BRANCHES = 32
+MAX_BRANCH_SIZE = 256
 #: behaviors one run registers at most (each has a learner)
 MAX_BEHAVIORS = 64
 
@@ -80,6 +87,17 @@ def check_spec_message(msg: specs_pb2.BehaviorSpec, field_name: str) -> None:
                 f"{field_name}.observations[{i}].shape: {shape} has {elements} elements, "
                 f"at most {limit} for a rank-{len(shape)} observation"
             )
+        if len(shape) == 3 and max(shape[1:]) > MAX_VISUAL_SIDE:
+            raise ValueError(
+                f"{field_name}.observations[{i}].shape: {shape}: height and width at most {MAX_VISUAL_SIDE}"
+            )
+    sizes = [(len(o.shape), math.prod(o.shape)) for o in msg.observations if all(d > 0 for d in o.shape)]
+    for what, total, limit in (
+        ("elements together", sum(n for _, n in sizes), MAX_TOTAL_ELEMENTS),
+        ("vector elements together", sum(n for rank, n in sizes if rank == 1), MAX_VECTOR_ELEMENTS),
+    ):
+        if total > limit:
+            raise ValueError(f"{field_name}.observations: {total} {what}, at most {limit}")
     a = msg.action_spec
     if a.continuous_size > MAX_CONTINUOUS_ACTIONS:
         raise ValueError(f"{field_name}.action_spec.continuous_size: {a.continuous_size}, at most {MAX_CONTINUOUS_ACTIONS}")
