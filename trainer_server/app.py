@@ -276,11 +276,11 @@ class TrainingApp:
                     f"behavior {spec.name}: {validation.MAX_BEHAVIORS} behaviors are registered already, "
                     "the most one run takes", invalid=False, exhausted=True,
                 )
-            for other in replaced:  # before the new one opens the same folder
+            with self.timer.block("register_behavior"):
+                behavior = self._create_behavior(spec)  # a newcomer that fails replaces nothing
+            for other in replaced:
                 del self._behaviors[other.name]
                 other.discard()
-            with self.timer.block("register_behavior"):
-                behavior = self._create_behavior(spec)
             self._behaviors[spec.name] = behavior
             listeners = list(self._replaced_listeners)
         for other in replaced:

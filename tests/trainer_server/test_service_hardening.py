@@ -280,3 +280,16 @@ def test_the_limits_module_states_what_the_proto_says():
         written = f"{bound:.0e}".replace("e+0", "e").replace("e+", "e")  # 1e6, 1e15
         assert f"<= {written}" in text, written
     assert np.float32(validation.MAX_ABS_OBSERVATION) ** 2 * np.float32(1e9) < np.finfo(np.float32).max
+
+
+def test_a_newcomer_that_cannot_register_replaces_nothing(harness):
+    h = harness()
+    real = h.connect()
+    _handshake(real, "gw-real", BALL)
+    junk = h.connect()
+    flat = specs_mod.to_proto(BALL)
+    flat.observations[0].shape[:] = [4, 2]  # rank 2: bounded, but no network takes it yet
+    junk.send(trainer_pb2.GatewayMessage(hello=trainer_pb2.Hello(gateway_id="junk", behaviors=[flat])))
+    assert junk.wait_end().code() == grpc.StatusCode.FAILED_PRECONDITION
+    real.send(chunk_message(BALL, 1, [make_trajectory(BALL, 4)]))
+    assert _acks(real.recv_until(lambda m: m.HasField("ack"))) == [1]
