@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 
+from common import lifeline
 from common.grpc_server import GrpcServer
 from common.logging import get_logger
 from gateway.options import GatewayOptions
@@ -131,6 +132,9 @@ def run(options: GatewayOptions, log_json: bool = False) -> int:
             raise _Interrupted()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    parent = lifeline.parent_to_watch()
+    if parent is not None:  # launched by tandem-trainer: stop (as on SIGTERM) when it is gone
+        lifeline.watch_parent(parent=parent)
     gateway = Gateway(options, log_json)
     try:
         try:

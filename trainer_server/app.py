@@ -10,6 +10,15 @@ experience (updates, snapshots, summaries, checkpoints, restore) is
   learner then, restored from ``--resume``/``--initialize-from``/``init_path``) and
   ``submit`` (a chunk already decoded and validated as a whole; it blocks while the
   queue is full: backpressure);
+* a registration *holds* once a chunk of it is queued: a later spec that conflicts with
+  it (another spec under the same name, or another name with the same results folder) is
+  refused. Until then it is provisional: a conflicting registration replaces it (the
+  replaced listeners end its gateways' streams), and it is dropped when the last stream
+  that announced it ends (``release_behavior``). So a name registered first with a junk
+  spec cannot lock the real gateway out, and junk that never sends experience neither
+  keeps the run from completing (only behaviors named in the configuration or with
+  experience count) nor leaves a checkpoint. At most ``validation.MAX_BEHAVIORS``
+  behaviors are registered at once (RESOURCE_EXHAUSTED beyond);
 * a chunk is acknowledged once the training thread has taken it into the learner (the
   processed listeners, ``add_processed_listener``): an ack means that every checkpoint
   written from then on includes it, so a stop never loses acknowledged experience, and a
@@ -43,12 +52,14 @@ from common.logging import get_logger
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from trainer_server import stats as stats_mod
+from trainer_server import validation
 from trainer_server.behavior_run import BehaviorRun, RunContext, SnapshotListener
+from trainer_server.checkpoints import CheckpointError
 from trainer_server.collection import CollectionControl, Collector
 from trainer_server.environment_parameters import ParametersListener, RunParameters
 from trainer_server.learning.learner import Learner
 from trainer_server.learning.registry import make_learner
-from trainer_server.results import RunResults
+from trainer_server.results import RunResults, behavior_folder_name
 from trainer_server.config.schema import RunOptions, TrainerSettings
 from trainer_server.timers import HierarchicalTimer
 from tandem.v1 import trainer_pb2
@@ -61,11 +72,13 @@ LearnerFactory = Callable[[BehaviorSpec, TrainerSettings, int], Learner]
 
 class ExperienceError(Exception):
     """Experience the trainer refuses. ``invalid``: the data is malformed (INVALID_ARGUMENT);
-    otherwise it does not fit the trainer's state (FAILED_PRECONDITION)."""
+    ``exhausted``: a limit of the trainer is reached (RESOURCE_EXHAUSTED); otherwise it does
+    not fit the trainer's state (FAILED_PRECONDITION)."""
 
-    def __init__(self, message: str, *, invalid: bool) -> None:
+    def __init__(self, message: str, *, invalid: bool, exhausted: bool = False) -> None:
         super().__init__(message)
         self.invalid = invalid
+        self.exhausted = exhausted
 
 
 class TrainerStoppingError(ExperienceError):
@@ -104,6 +117,8 @@ class _Chunk:
 
 #: ``listener(gateway_id, sequence)``: the chunk is in the learner's state (training thread)
 ProcessedListener = Callable[[str, int], None]
+#: ``listener(behavior, reason)``: a provisional registration was replaced by a conflicting one
+ReplacedListener = Callable[[str, str], None]
 
 
 class TrainingApp:
@@ -158,6 +173,9 @@ class TrainingApp:
         self._last_sequence: dict[str, int] = {}
         self._last_processed: dict[str, int] = {}
         self._processed_listeners: list[ProcessedListener] = []
+        self._replaced_listeners: list[ReplacedListener] = []
+        #: behaviors whose registration holds: a chunk of them was queued
+        self._held: set[str] = set()
         self._queue: queue.Queue[_Chunk] = queue.Queue(maxsize=queue_size)
         self._listeners: list[SnapshotListener] = []
         self._stop = threading.Event()
@@ -180,6 +198,12 @@ class TrainingApp:
         in the learner's state (or dropped as stale): the moment it may be acknowledged."""
         with self._lock:
             self._processed_listeners.append(listener)
+
+    def add_replaced_listener(self, listener: ReplacedListener) -> None:
+        """``listener(behavior, reason)`` is called when a provisional registration is replaced
+        (on the registering handler's thread): its gateways' streams must end."""
+        with self._lock:
+            self._replaced_listeners.append(listener)
 
     def add_parameters_listener(self, listener: ParametersListener) -> None:
         """``listener(message)`` is called on the training thread after every lesson change."""
@@ -215,26 +239,69 @@ class TrainingApp:
     def register_behavior(self, spec: BehaviorSpec) -> trainer_pb2.PolicySnapshot:
         """Creates the behavior's learner on first sight; later calls check the spec.
 
+        A registration conflicts with ``spec`` when it has the same name and another spec, or
+        another name and the same results folder (``3DBall`` and ``3DBall?team=0``). A held
+        one (experience queued) wins; a provisional one is replaced, and the replaced
+        listeners are told.
+
         Returns:
             the behavior's latest snapshot.
 
         Raises:
-            SpecMismatchError: the behavior exists with another spec.
-            UnsupportedBehaviorError: its settings ask for something not implemented.
+            SpecMismatchError: a held registration conflicts.
+            UnsupportedBehaviorError: its settings ask for something not implemented, or its
+                checkpoint (``--resume``, ``init_path``) does not fit it.
+            ExperienceError: ``exhausted``: ``validation.MAX_BEHAVIORS`` are registered.
         """
+        replaced: list[BehaviorRun] = []
         with self._lock:
             existing = self._behaviors.get(spec.name)
-            if existing is not None:
-                if existing.spec != spec:
-                    raise SpecMismatchError(
-                        f"behavior {spec.name}: spec differs from the one first registered "
-                        f"(first {_describe(existing.spec)}, now {_describe(spec)})"
-                    )
+            if existing is not None and existing.spec == spec:
                 return existing.snapshot
+            folder = behavior_folder_name(spec.name)
+            for other in self._behaviors.values():
+                if other.name != spec.name and behavior_folder_name(other.name) != folder:
+                    continue
+                if other.name in self._held:
+                    what = (
+                        f"spec differs from the one registered (registered {_describe(other.spec)}, "
+                        f"now {_describe(spec)})"
+                        if other.name == spec.name
+                        else f"its results folder {folder!r} belongs to behavior {other.name!r}"
+                    )
+                    raise SpecMismatchError(f"behavior {spec.name}: {what}; that registration has experience and holds")
+                replaced.append(other)
+            if len(self._behaviors) - len(replaced) >= validation.MAX_BEHAVIORS:
+                raise ExperienceError(
+                    f"behavior {spec.name}: {validation.MAX_BEHAVIORS} behaviors are registered already, "
+                    "the most one run takes", invalid=False, exhausted=True,
+                )
             with self.timer.block("register_behavior"):
-                behavior = self._create_behavior(spec)
+                behavior = self._create_behavior(spec)  # a newcomer that fails replaces nothing
+            for other in replaced:
+                del self._behaviors[other.name]
+                other.discard()
             self._behaviors[spec.name] = behavior
-            return behavior.snapshot
+            listeners = list(self._replaced_listeners)
+        for other in replaced:
+            reason = (
+                f"behavior {other.name}: its registration was replaced by a conflicting one "
+                f"({spec.name!r}, {_describe(spec)}) before any experience of it arrived"
+            )
+            _log.warning("provisional behavior replaced", behavior=other.name, by=spec.name)
+            for listener in listeners:
+                listener(other.name, reason)
+        return behavior.snapshot
+
+    def release_behavior(self, name: str) -> None:
+        """The last stream that announced ``name`` ended: a provisional registration is dropped."""
+        with self._lock:
+            behavior = self._behaviors.get(name)
+            if behavior is None or name in self._held:
+                return
+            del self._behaviors[name]
+        behavior.discard()
+        _log.info("behavior without experience dropped: no gateway announces it any more", behavior=name)
 
     def submit(
         self,
@@ -247,12 +314,17 @@ class TrainingApp:
         collector: Collector | None = None,
         returned_steps: int = 0,
         parameters_generation: int = 0,
+        spec: BehaviorSpec | None = None,
     ) -> bool:
         """Queues a validated chunk for the training thread; blocks while the queue is full.
+
+        Queuing it makes the behavior's registration hold.
 
         Args:
             collector: the connection it came through, for flow control (None: not counted).
             returned_steps: credit the gateway gives back with it (``ExperienceChunk.returned_steps``).
+            spec: the spec the trajectories were decoded with; refused when the behavior's
+                registration was replaced since (None: not checked).
 
         Returns:
             False when ``sequence`` was already queued from this gateway (a resend after a
@@ -265,6 +337,8 @@ class TrainingApp:
         with self._lock:
             if behavior not in self._behaviors:
                 raise ExperienceError(f"chunk {sequence}: unknown behavior {behavior!r}", invalid=False)
+            if spec is not None and self._behaviors[behavior].spec != spec:
+                raise SpecMismatchError(f"chunk {sequence}: behavior {behavior}'s registration was replaced")
             lock = self._gateway_locks.setdefault(gateway_id, threading.Lock())
         parsed = []
         for i, (key, value, aggregation) in enumerate(stats):
@@ -276,6 +350,7 @@ class TrainingApp:
             with self._lock:
                 if sequence <= self._last_sequence.get(gateway_id, 0):
                     return False
+            self._hold(behavior, spec, sequence)
             steps = sum(len(t) for t in trajectories)
             item = _Chunk(gateway_id, sequence, behavior, trajectories, parsed, collector, steps, parameters_generation)
             by_version: dict[int, int] = {}
@@ -300,6 +375,14 @@ class TrainingApp:
             with self._lock:
                 self._last_sequence[gateway_id] = sequence
         return True
+
+    def _hold(self, behavior: str, spec: BehaviorSpec | None, sequence: int) -> None:
+        """Makes ``behavior``'s registration hold (a chunk of it is about to be queued)."""
+        with self._lock:
+            current = self._behaviors.get(behavior)
+            if current is None or (spec is not None and current.spec != spec):
+                raise SpecMismatchError(f"chunk {sequence}: behavior {behavior}'s registration was replaced")
+            self._held.add(behavior)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -330,7 +413,10 @@ class TrainingApp:
         except (ValueError, NotImplementedError) as e:  # the registry's errors name the behavior already
             message = str(e) if str(e).startswith("behavior ") else f"behavior {spec.name}: {e}"
             raise UnsupportedBehaviorError(message) from None
-        return BehaviorRun(spec, settings, learner, self._context, self._publish)
+        try:
+            return BehaviorRun(spec, settings, learner, self._context, self._publish)
+        except (CheckpointError, ValueError) as e:  # a checkpoint to restore that does not fit this spec
+            raise UnsupportedBehaviorError(f"behavior {spec.name}: cannot restore its checkpoint: {e}") from None
 
     def _publish(self, snapshot: trainer_pb2.PolicySnapshot) -> None:
         """Hands a behavior's new snapshot to every listener (training thread)."""
@@ -364,9 +450,17 @@ class TrainingApp:
             finally:
                 self.finished.set()
 
-    def _all_done(self) -> bool:
+    def _counted(self) -> list[BehaviorRun]:
+        """The behaviors the run waits for: those named in the configuration or with experience
+        (a registration nothing backs, e.g. a stray client's, must not keep the run going)."""
         with self._lock:
-            behaviors = list(self._behaviors.values())
+            return [
+                b for b in self._behaviors.values()
+                if b.name in self._held or b.spec.brain_name in self.options.behaviors
+            ]
+
+    def _all_done(self) -> bool:
+        behaviors = self._counted()
         return bool(behaviors) and not self.inference and all(b.done for b in behaviors)
 
     def _process(self, chunk: _Chunk) -> None:
@@ -387,12 +481,13 @@ class TrainingApp:
             listener(chunk.gateway_id, chunk.sequence)
 
     def _finish(self) -> None:
-        """Final checkpoints, TensorBoard flush, training_status.json and timers.json."""
+        """Final checkpoints (of behaviors with experience), TensorBoard flush,
+        training_status.json and timers.json."""
         with self._lock:
-            behaviors = list(self._behaviors.values())
-        for behavior in behaviors:
+            behaviors = [(b, b.name in self._held) for b in self._behaviors.values()]
+        for behavior, held in behaviors:
             try:
-                behavior.finish()
+                behavior.finish(save=held)
             except Exception:
                 _log.exception("could not finish behavior", behavior=behavior.name)
         try:

@@ -43,6 +43,13 @@ _log = get_logger("trainer_server.app")
 #: ``listener(snapshot)``: called on the training thread with every new snapshot.
 SnapshotListener = Callable[[trainer_pb2.PolicySnapshot], None]
 
+#: consecutive skipped (non-finite) updates after which a behavior cannot continue
+MAX_CONSECUTIVE_SKIPPED_UPDATES = 10
+
+
+class TrainingDivergedError(RuntimeError):
+    """A behavior's updates keep producing non-finite values: the run cannot continue."""
+
 
 @dataclass(frozen=True)
 class RunContext:
@@ -114,6 +121,8 @@ class BehaviorRun:
             folder, self._folder_name, settings.keep_checkpoints, adopt_existing=context.resume
         )
         self.last_reward: float | None = None
+        #: updates skipped in a row because their result was not finite
+        self.skipped_updates = 0
         restored_from = self._restore()
         resumed = restored_from is not None and context.resume
         self.version = self._resumed_version() if resumed else 1
@@ -177,7 +186,10 @@ class BehaviorRun:
             if not latest.is_file():
                 _log.warning("--resume: no checkpoint for this behavior, starting it fresh", behavior=self.name)
                 return None
-            state, _ = ckpt.load_file(latest)
+            state, meta = ckpt.load_file(latest)
+            owner = meta.get("behavior")
+            if owner not in (None, self.name):  # another behavior wrote into this folder
+                raise ckpt.CheckpointError(f"{latest}: belongs to behavior {owner!r}, not {self.name!r}")
             self.learner.load_state_dict(state)
             self.learner.load_extra(latest.parent)
             return latest
@@ -292,14 +304,38 @@ class BehaviorRun:
             self.stats.add(stats_mod.EXTRINSIC_REWARD, trajectory.episode_return * self._extrinsic_strength)
 
     def _update(self) -> None:
+        """One learner update, its metrics, a new version and snapshot.
+
+        A learner reports an update whose result was not finite as skipped
+        (``stats.SKIPPED_UPDATES`` in its metrics; its state is left as it was): it is logged
+        and counted (TensorBoard ``Policy/Skipped Updates``), the version still advances so
+        that collection goes on; ``MAX_CONSECUTIVE_SKIPPED_UPDATES`` in a row raise
+        ``TrainingDivergedError`` (the run stops with an error).
+        """
         timer = self._context.timer
         with timer.block("update_policy"), self._progress.update():
             metrics = self.learner.update()
             if self._context.slow_updates_s:
                 time.sleep(self._context.slow_updates_s)
-        for tag, value in metrics.items():
-            if tag != stats_mod.EXTRINSIC_REWARD:  # recorded per episode, as ML-Agents does
-                self.stats.add(tag, float(value))
+        skipped = bool(metrics.pop(stats_mod.SKIPPED_UPDATES, 0.0))
+        if skipped:
+            self.stats.add(stats_mod.SKIPPED_UPDATES, 1.0, stats_mod.Aggregation.SUM)
+            self.skipped_updates += 1
+            _log.error(
+                "update skipped: its result was not finite (the policy stays as it was)",
+                behavior=self.name, step=self.learner.step, in_a_row=self.skipped_updates,
+            )
+            if self.skipped_updates >= MAX_CONSECUTIVE_SKIPPED_UPDATES:
+                raise TrainingDivergedError(
+                    f"behavior {self.name}: {self.skipped_updates} updates in a row were not finite and "
+                    f"were skipped at step {self.learner.step}: training cannot continue (check the "
+                    "environment's observations and rewards, and the learning rate)"
+                )
+        else:
+            self.skipped_updates = 0
+            for tag, value in metrics.items():
+                if tag != stats_mod.EXTRINSIC_REWARD:  # recorded per episode, as ML-Agents does
+                    self.stats.add(tag, float(value))
         self.version += 1
         with timer.block("build_snapshot"):
             self.snapshot = self._build_snapshot()
@@ -369,7 +405,12 @@ class BehaviorRun:
                 "trainer_type": self.settings.trainer_type,
                 "run_id": context.run_id,
             }
-            saved, removed = self.checkpoints.save(step, self.learner.state_dict(), meta, time.time())
+            try:
+                saved, removed = self.checkpoints.save(step, self.learner.state_dict(), meta, time.time())
+            except ckpt.NonFiniteStateError as e:  # never on disk: the previous checkpoint stays the latest
+                _log.error("checkpoint not written: the learner's state is not finite", behavior=self.name,
+                           step=step, error=str(e))
+                return
             with context.timer.block("save_extra"):
                 self.learner.save_extra(saved.file_path.parent)
             model = self._export_onnx(saved.file_path.with_suffix(".onnx"), removed)
@@ -407,10 +448,14 @@ class BehaviorRun:
             _log.warning("onnx export failed", behavior=self.name, error=str(e))
             return None
 
-    def finish(self) -> None:
-        """Final checkpoint (when training) and TensorBoard flush."""
-        if not self._context.inference:
+    def finish(self, save: bool = True) -> None:
+        """Final checkpoint (when training and ``save``) and TensorBoard flush."""
+        if save and not self._context.inference:
             self._save(final=True)
+        self.tensorboard.close()
+
+    def discard(self) -> None:
+        """The registration is dropped before any experience (replaced or released): nothing is saved."""
         self.tensorboard.close()
 
 

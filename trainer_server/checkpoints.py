@@ -45,6 +45,25 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read (missing, truncated, or not a Tandem checkpoint)."""
 
 
+class NonFiniteStateError(ValueError):
+    """A state with NaN or infinite values: never written (the previous checkpoint stays)."""
+
+
+def non_finite_entries(state: Any, path: str = "") -> list[str]:
+    """The paths (``params/actor/w0``) of the floating-point values of ``state`` holding NaN or inf."""
+    if isinstance(state, dict):
+        return [e for k, v in state.items() for e in non_finite_entries(v, f"{path}/{k}" if path else str(k))]
+    if isinstance(state, (list, tuple)):
+        return [e for i, v in enumerate(state) for e in non_finite_entries(v, f"{path}/{i}" if path else str(i))]
+    if isinstance(state, (bool, int, str)) or state is None:
+        return []
+    if isinstance(state, float) or isinstance(state, (np.ndarray, np.generic)) or hasattr(state, "__array__"):
+        array = np.asarray(state)
+        if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+            return [path or "state"]
+    return []
+
+
 # --------------------------------------------------------------------------- atomic files
 
 
@@ -258,7 +277,13 @@ class CheckpointManager:
 
         Returns:
             the saved checkpoint and the steps whose files were deleted.
+
+        Raises:
+            NonFiniteStateError: naming the entries with NaN or infinity; nothing is written.
         """
+        bad = non_finite_entries(state)
+        if bad:
+            raise NonFiniteStateError(f"{self.file_stem} step {step}: not finite: {', '.join(bad[:8])}")
         data = dumps(state, metadata)
         path = self.step_path(step)
         atomic_write_bytes(path, data)

@@ -138,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="sleep this long after every update, to emulate a slow trainer (benchmarks of the coupling)",
     )
+    server.add_argument(
+        "--hello-timeout",
+        dest="hello_timeout_s",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a gateway stream that sends no Hello within this many seconds is ended with "
+        "DEADLINE_EXCEEDED (default: 10)",
+    )
     return parser
 
 

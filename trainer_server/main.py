@@ -8,7 +8,9 @@ stops everything. ``--env`` (a build, or ``editor``) launches that gateway witho
 ``--with-gateway``, as ``mlagents-learn --env`` launches the build: a trainer told which
 environment to use and then waiting for someone else to start it would be a trap. SIGINT/SIGTERM (Ctrl-C) end the run the same way: the training
 thread writes final checkpoints, ``training_status.json`` and ``timers.json``, the
-streams end, the gateway is stopped (terminated, then killed if it lingers).
+streams end, the gateway is stopped (terminated, then killed if it lingers). A trainer
+killed without clean-up (``kill -9``) takes its gateway, the gateway's workers and Unity
+with it (``common.lifeline``), so that ``--resume`` finds the Unity port free.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import threading
 from typing import Any
 
+from common import lifeline
 from common.environment_options import environment_arguments
 from common.logging import get_logger
 from trainer_server.app import TrainingApp
@@ -153,7 +156,8 @@ def run(options: RunOptions, server: ServerSettings) -> int:
     app = TrainingApp(options, results, timer, slow_updates_s=server.slow_updates_s)
     try:
         running = start_server(
-            app, server.listen, tls_cert=server.tls_cert, tls_key=server.tls_key, token=server.token
+            app, server.listen, tls_cert=server.tls_cert, tls_key=server.tls_key, token=server.token,
+            hello_timeout_s=server.hello_timeout_s,
         )
     except (ValueError, RuntimeError, OSError) as e:
         _log.error("cannot start the trainer server", listen=server.listen, error=str(e))
@@ -179,6 +183,8 @@ def run(options: RunOptions, server: ServerSettings) -> int:
                     env["TANDEM_TRAINER_TOKEN"] = server.token
                 if server.log_json:  # its logs join the trainer's stderr: one format
                     env["TANDEM_LOG_JSON"] = "1"
+                # it stops (with its workers and Unity) when this process is gone, even after kill -9
+                env[lifeline.EXIT_WITH_PARENT_ENV] = str(os.getpid())
                 _log.info("launching a local gateway", command=" ".join(cmd))
                 gateway = subprocess.Popen(cmd, env=env)
             while not app.wait(0.5):
@@ -201,6 +207,7 @@ def run(options: RunOptions, server: ServerSettings) -> int:
             app.join(120)
             running.stop(5.0)
     if app.error is not None:
+        _log.error("training failed: the run stopped", run_id=cs.run_id, error=str(app.error))
         return EXIT_FAILED
     if app.completed:
         _log.info("training complete", run_id=cs.run_id, results=str(results.run_dir))

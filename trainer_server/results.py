@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from common.logging import get_logger
-from trainer_server.checkpoints import SavedCheckpoint, atomic_write_text
+from trainer_server.checkpoints import SavedCheckpoint, atomic_write_text, remove_stale_temporaries
 from trainer_server.timers import HierarchicalTimer
 
 STATS_FORMAT_VERSION = "0.3.0"
@@ -168,6 +168,10 @@ class RunResults:
             _delete_event_files(run_dir)
         results = cls(run_dir)
         results.run_logs.mkdir(parents=True, exist_ok=True)
+        for folder in (results.run_dir, results.run_logs):  # a writer killed mid-write left them
+            removed = remove_stale_temporaries(folder)
+            if removed:
+                _log.warning("removed temporaries of an interrupted write", folder=str(folder), count=removed)
         if resume:
             results._load_status()
         return results

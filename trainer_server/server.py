@@ -12,6 +12,7 @@ from __future__ import annotations
 from common.grpc_server import GrpcServer, GrpcServerOptions, start_grpc_server
 from common.logging import get_logger
 from trainer_server.app import TrainingApp
+from trainer_server.server_settings import DEFAULT_HELLO_TIMEOUT_S
 from trainer_server.service import SERVICE_NAME, TrainerService
 from tandem.v1 import trainer_pb2_grpc
 
@@ -32,6 +33,7 @@ def start_server(
     tls_key: str | None = None,
     token: str | None = None,
     max_workers: int = 64,
+    hello_timeout_s: float = DEFAULT_HELLO_TIMEOUT_S,
 ) -> GrpcServer:
     """Starts the Trainer service (health NOT_SERVING until ``set_serving(True)``).
 
@@ -44,6 +46,7 @@ def start_server(
         tls_key: PEM private key file.
         token: when set, every call but health checks needs ``authorization: Bearer <token>``.
         max_workers: handler threads (each gateway stream uses two).
+        hello_timeout_s: a Connect stream without Hello this long is ended (DEADLINE_EXCEEDED).
 
     Raises:
         ValueError: only one of ``tls_cert``/``tls_key``.
@@ -60,7 +63,7 @@ def start_server(
         max_workers=max_workers,
         thread_name_prefix="trainer-grpc",
     )
-    service = TrainerService(app)
+    service = TrainerService(app, hello_timeout_s=hello_timeout_s)
     running = start_grpc_server(
         options,
         lambda server: trainer_pb2_grpc.add_TrainerServicer_to_server(service, server),

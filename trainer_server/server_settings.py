@@ -16,9 +16,11 @@ from typing import Any
 from common.environment_options import TOKEN_ENV_VAR
 from trainer_server.config.schema import ConfigError
 
-__all__ = ["DEFAULT_LISTEN", "ServerSettings", "server_settings_from_args"]
+__all__ = ["DEFAULT_HELLO_TIMEOUT_S", "DEFAULT_LISTEN", "ServerSettings", "server_settings_from_args"]
 
 DEFAULT_LISTEN = "127.0.0.1:5755"
+#: seconds a new Connect stream has to send its Hello (``--hello-timeout``)
+DEFAULT_HELLO_TIMEOUT_S = 10.0
 
 
 
@@ -37,6 +39,8 @@ class ServerSettings:
         log_json: JSON-lines logs.
         slow_updates_s: seconds of sleep after every update: emulates a slow trainer
             (benchmarks and tests of the actor-learner coupling; 0 in real runs).
+        hello_timeout_s: seconds a new Connect stream has to send its Hello
+            (``--hello-timeout``): a peer that says nothing must not hold a server thread.
     """
 
     listen: str = DEFAULT_LISTEN
@@ -47,6 +51,7 @@ class ServerSettings:
     gateway_args: tuple[str, ...] = ()
     log_json: bool = False
     slow_updates_s: float = 0.0
+    hello_timeout_s: float = DEFAULT_HELLO_TIMEOUT_S
 
     @property
     def host(self) -> str:
@@ -106,6 +111,10 @@ def server_settings_from_args(
     slow = given("slow_updates_s") or 0.0
     if not (0.0 <= slow <= 3600.0):
         raise ConfigError(f"--slow-updates: seconds between 0 and 3600, got {slow}")
+    hello = given("hello_timeout_s")
+    hello = DEFAULT_HELLO_TIMEOUT_S if hello is None else hello
+    if not (0.1 <= hello <= 3600.0):
+        raise ConfigError(f"--hello-timeout: seconds between 0.1 and 3600, got {hello}")
     return ServerSettings(
         listen=listen,
         tls_cert=tls_cert,
@@ -115,5 +124,6 @@ def server_settings_from_args(
         gateway_args=tuple(given("gateway_args") or ()),
         log_json=bool(given("log_json")),
         slow_updates_s=float(slow),
+        hello_timeout_s=float(hello),
     )
 

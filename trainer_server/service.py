@@ -4,10 +4,26 @@ Why: gateways connect here (one stream each, ``Trainer.Connect``), stream experi
 in and receive policy snapshots. This module only translates between messages and
 ``trainer_server.app.TrainingApp`` and maps refusals to gRPC status codes:
 
-* the first message must be ``Hello`` (else FAILED_PRECONDITION); the answer is
-  ``Welcome`` with the last chunk sequence accepted from that ``gateway_id`` (so a
-  reconnecting gateway resends only what is missing), then the latest snapshot of
+* the first message must be ``Hello`` (else FAILED_PRECONDITION), within
+  ``hello_timeout_s`` (``DEFAULT_HELLO_TIMEOUT_S``, ``--hello-timeout``; else
+  DEADLINE_EXCEEDED: a peer that never says Hello must not hold a server thread); the
+  answer is ``Welcome`` with the last chunk sequence accepted from that ``gateway_id`` (so
+  a reconnecting gateway resends only what is missing), then the latest snapshot of
   each announced behavior;
+* one live stream per ``gateway_id``: a second one is refused with ALREADY_EXISTS (it
+  would share the first one's sequence space). A gateway's chunk sequences are
+  contiguous: after its first chunk, a chunk may repeat one already queued (a resend) or
+  be the next one; a jump is INVALID_ARGUMENT (a sequence of 2**64-1 must not make the
+  gateway's next chunks look like resends, acknowledged and dropped);
+* specs are bounded before anything is allocated, and chunk values are bounded
+  (``trainer_server.validation``; INVALID_ARGUMENT naming the field, the trajectory and
+  the behavior);
+* a behavior's registration holds once experience of it is queued
+  (``TrainingApp.register_behavior``): a gateway announcing a spec that conflicts with a
+  held one is refused (FAILED_PRECONDITION); one that conflicts with a registration no
+  experience backs yet replaces it, and the streams that announced the replaced one end
+  with FAILED_PRECONDITION. A registration no live stream announces and no experience
+  backs is dropped when its last stream ends;
 * a chunk is decoded and validated as a whole before any of it is queued: wrong
   shapes, dtypes or values are INVALID_ARGUMENT; a behavior the gateway did not
   announce, or a spec that differs from the one another gateway registered under the
@@ -36,13 +52,16 @@ from collections import OrderedDict
 from typing import Iterator
 
 import grpc
+from grpc._cython import cygrpc
 
 from common import specs as specs_mod
 from common import trajectory as trajectory_mod
 from common.logging import get_logger
 from common.tensor import TensorError
+from trainer_server import validation
 from trainer_server.app import ExperienceError, TrainerStoppingError, TrainingApp
 from trainer_server.collection import Grant
+from trainer_server.server_settings import DEFAULT_HELLO_TIMEOUT_S
 from tandem.v1 import trainer_pb2, trainer_pb2_grpc
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
@@ -156,15 +175,21 @@ class _Connection:
 class TrainerService(trainer_pb2_grpc.TrainerServicer):
     """``tandem.v1.Trainer``: translation between gateway streams and the TrainingApp."""
 
-    def __init__(self, app: TrainingApp, poll_s: float = 0.5) -> None:
+    def __init__(
+        self, app: TrainingApp, poll_s: float = 0.5, hello_timeout_s: float = DEFAULT_HELLO_TIMEOUT_S
+    ) -> None:
         self._app = app
         self._poll_s = poll_s
+        self._hello_timeout_s = hello_timeout_s
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
+        #: the live stream of each gateway_id, from its Hello until its end (one at a time)
+        self._live_ids: dict[str, object] = {}
         self._shutdown = threading.Event()
         app.add_snapshot_listener(self._broadcast)
         app.add_processed_listener(self._acknowledge)
         app.add_parameters_listener(self._broadcast_parameters)
+        app.add_replaced_listener(self._replaced)
 
     @property
     def connected_gateways(self) -> list[str]:
@@ -198,25 +223,96 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
         for c in connections:
             c.push_parameters(parameters)
 
+    def _replaced(self, behavior: str, reason: str) -> None:
+        """A registration no experience backed was replaced: the streams that announced it end."""
+        with self._lock:
+            connections = [c for c in self._connections if behavior in c.announced]
+        for c in connections:
+            c.fail(_StreamError(grpc.StatusCode.FAILED_PRECONDITION, reason))
+
+    def _release(self, conn: _Connection) -> None:
+        """A stream ended: the registrations only it announced and no experience backs are dropped."""
+        with self._lock:
+            others = set().union(*(c.announced for c in self._connections if c is not conn))
+        for behavior in conn.announced - others:
+            self._app.release_behavior(behavior)
+
+    def _first_message(self, request_iterator, context):
+        """The stream's first message, or None when the peer closed it; DEADLINE_EXCEEDED after
+        ``hello_timeout_s`` without one (the stream is cancelled with that status)."""
+        timeout = self._hello_timeout_s
+
+        def expire() -> None:
+            message = f"no Hello within {timeout:g} s: the first message of Connect must be Hello"
+            _log.warning("gateway stream without Hello cancelled", peer=context.peer(), timeout_s=timeout)
+            call = getattr(getattr(context, "_rpc_event", None), "call", None)
+            try:
+                call.cancel(cygrpc.StatusCode.deadline_exceeded, message)
+            except (AttributeError, TypeError):  # another grpc implementation: a plain cancel
+                context.cancel()
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            return next(request_iterator)
+        except (StopIteration, grpc.RpcError):
+            return None
+        finally:
+            timer.cancel()
+
     # ------------------------------------------------------------------ the RPC
 
     def Connect(self, request_iterator, context) -> Iterator[trainer_pb2.TrainerMessage]:
         peer = context.peer()
-        try:
-            first = next(request_iterator)
-        except StopIteration:
+        first = self._first_message(request_iterator, context)
+        if first is None:
             return
         if first.WhichOneof("message") != "hello":
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the first message of Connect must be Hello")
         hello = first.hello
         if not hello.gateway_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.gateway_id: must not be empty")
+        if len(hello.gateway_id) > validation.MAX_BEHAVIOR_NAME:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"hello.gateway_id: {len(hello.gateway_id)} characters, at most {validation.MAX_BEHAVIOR_NAME}",
+            )
+        token = object()
+        with self._lock:
+            taken = hello.gateway_id in self._live_ids
+            if not taken:
+                self._live_ids[hello.gateway_id] = token
+        if taken:
+            _log.warning("second stream for a gateway_id refused", gateway_id=hello.gateway_id, peer=peer)
+            context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"gateway_id {hello.gateway_id!r} already has a live stream: one stream per gateway "
+                "(a reconnecting gateway retries once its previous stream has ended)",
+            )
+
+        def release() -> None:
+            with self._lock:
+                if self._live_ids.get(hello.gateway_id) is token:
+                    del self._live_ids[hello.gateway_id]
+
+        # also when the RPC ends (a cancelled stream): its gateway's reconnect is not refused
+        # while the handler is still winding down
+        context.add_callback(release)
+        try:
+            yield from self._serve(hello, request_iterator, context, peer)
+        finally:
+            release()
+
+    def _serve(self, hello, request_iterator, context, peer: str) -> Iterator[trainer_pb2.TrainerMessage]:
+        """The stream of a gateway whose Hello was accepted and whose gateway_id is reserved."""
         conn = _Connection(hello.gateway_id, peer, hello.num_instances)
         log = _log.bind(gateway_id=hello.gateway_id, peer=peer)
         try:
             snapshots = [self._announce(conn, b, f"hello.behaviors[{i}]") for i, b in enumerate(hello.behaviors)]
         except _StreamError as e:
             log.warning("gateway refused", code=e.code.name, reason=e.message)
+            self._release(conn)
             context.abort(e.code, e.message)
         welcome = trainer_pb2.Welcome(
             last_accepted_sequence=self._app.last_accepted_sequence(hello.gateway_id), run_id=self._app.run_id
@@ -264,18 +360,23 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
                 self._connections.discard(conn)
             collection.disconnect(conn)
             conn.close()
+            self._release(conn)
             log.info("gateway disconnected")
 
     def _announce(self, conn: _Connection, spec_msg, field_name: str) -> trainer_pb2.PolicySnapshot:
         try:
+            validation.check_spec_message(spec_msg, field_name)  # before anything is allocated
             spec = specs_mod.from_proto(spec_msg)
         except (ValueError, TensorError) as e:
-            raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, f"{field_name}: {e}") from None
+            message = str(e) if str(e).startswith(field_name) else f"{field_name}: {e}"
+            raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, message) from None
         try:
             snapshot = self._app.register_behavior(spec)
         except ExperienceError as e:
-            code = grpc.StatusCode.INVALID_ARGUMENT if e.invalid else grpc.StatusCode.FAILED_PRECONDITION
-            raise _StreamError(code, str(e)) from None
+            raise _StreamError(_experience_code(e), str(e)) from None
+        except Exception as e:  # a trainer fault: INTERNAL with its reason, never a bare UNKNOWN
+            _log.exception("could not register a behavior", behavior=spec.name)
+            raise _StreamError(grpc.StatusCode.INTERNAL, f"trainer error registering {spec.name}: {e}") from None
         conn.announce(spec.name)
         return snapshot
 
@@ -321,15 +422,30 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
         if chunk.sequence <= self._app.last_accepted_sequence(conn.gateway_id):
             conn.push_ack(chunk.sequence)  # a resend after a reconnect: already taken in
             return
-        if chunk.sequence <= self._app.last_queued_sequence(conn.gateway_id):
+        last_queued = self._app.last_queued_sequence(conn.gateway_id)
+        if chunk.sequence <= last_queued:
             return  # a resend of a chunk still queued: acked once taken in
+        if last_queued and chunk.sequence != last_queued + 1:
+            raise _StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"chunk.sequence: {chunk.sequence} after {last_queued} from gateway {conn.gateway_id!r}: "
+                "sequences are contiguous (a resend, or the next one)",
+            )
         spec = self._app.behavior_spec(chunk.behavior)
-        assert spec is not None  # announced => registered
+        if spec is None:
+            raise _StreamError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"chunk {chunk.sequence}: behavior {chunk.behavior!r} is no longer registered (announce it again)",
+            )
         try:
-            trajectories = [
-                trajectory_mod.from_proto(t, spec, name=f"chunk {chunk.sequence}: trajectories[{i}]")
-                for i, t in enumerate(chunk.trajectories)
-            ]
+            trajectories = []
+            for i, t in enumerate(chunk.trajectories):
+                name = f"chunk {chunk.sequence}: trajectories[{i}]"
+                trajectory = trajectory_mod.from_proto(t, spec, name=name)
+                validation.check_trajectory_values(trajectory, name, spec.name)
+                trajectories.append(trajectory)
+            for i, stat in enumerate(chunk.stats):
+                validation.check_stat_value(stat.value, f"chunk {chunk.sequence}: stats[{i}].value ({stat.key!r})")
         except TensorError as e:
             raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         stats = [(s.key, s.value, s.aggregation) for s in chunk.stats]
@@ -337,10 +453,17 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
             self._app.submit(
                 conn.gateway_id, chunk.sequence, chunk.behavior, trajectories, stats,
                 collector=conn, returned_steps=chunk.returned_steps,
-                parameters_generation=chunk.parameters_generation,
+                parameters_generation=chunk.parameters_generation, spec=spec,
             )
-        except TrainerStoppingError as e:
-            raise _StreamError(grpc.StatusCode.UNAVAILABLE, str(e)) from None
         except ExperienceError as e:
-            code = grpc.StatusCode.INVALID_ARGUMENT if e.invalid else grpc.StatusCode.FAILED_PRECONDITION
-            raise _StreamError(code, str(e)) from None
+            raise _StreamError(_experience_code(e), str(e)) from None
+
+
+def _experience_code(error: ExperienceError) -> grpc.StatusCode:
+    """The status of a refusal: UNAVAILABLE while stopping, RESOURCE_EXHAUSTED for the behavior
+    limit, INVALID_ARGUMENT for malformed data, FAILED_PRECONDITION otherwise."""
+    if isinstance(error, TrainerStoppingError):
+        return grpc.StatusCode.UNAVAILABLE
+    if getattr(error, "exhausted", False):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return grpc.StatusCode.INVALID_ARGUMENT if error.invalid else grpc.StatusCode.FAILED_PRECONDITION

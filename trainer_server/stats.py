@@ -35,6 +35,8 @@ POLICY_LAG = "Policy/Lag"
 #: steps a gateway sent that the learner did not train on: acted by a policy too old for
 #: the behavior's coupling (``trainer_server.collection``); a Tandem tag, summed per summary
 STALE_STEPS_DROPPED = "Policy/Stale Steps Dropped"
+#: updates skipped because their result was not finite (a learner's metric, 1.0 when skipped)
+SKIPPED_UPDATES = "Policy/Skipped Updates"
 IS_TRAINING = "Is Training"
 STEP = "Step"
 #: recorded (console, timers.json gauges) but not written to TensorBoard, as ML-Agents hides them

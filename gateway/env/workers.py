@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common import lifeline
 from common.logging import configure_logging, get_logger
 from gateway.env import steps as steps_mod
 from gateway.env.instance import InstanceFailure, UnityInstance, kill_process
@@ -192,6 +193,12 @@ def _worker_main(config: WorkerConfig, conn) -> None:
     configure_logging(json=config.log_json)
     pipe = Pipe(conn)
     worker = InstanceWorker(config, pipe)
+
+    def orphaned() -> None:  # the gateway died without closing us (kill -9): Unity goes too
+        worker.instance.kill()
+        os._exit(1)
+
+    lifeline.watch_parent(orphaned)
     try:
         pipe.send(worker.ready())
         while True:

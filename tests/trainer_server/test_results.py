@@ -99,3 +99,15 @@ def test_final_checkpoint_points_at_the_run_folders_model_and_the_metadata_has_m
     metadata = status["metadata"]
     assert {"stats_format_version", "mlagents_version", "torch_version", "tandem_version", "jax_version"} <= set(metadata)
     assert metadata["torch_version"] == metadata["jax_version"]
+
+
+def test_temporaries_a_killed_writer_left_in_the_run_folder_are_removed_at_start(tmp_path):
+    results = prepare_results(make_options(tmp_path, "r"))
+    results.write_training_status()
+    leftover = results.run_logs / ".training_status.json.1a2b3c4d.tmp"
+    leftover.write_text("{")
+    model = results.run_dir / ".3DBall.onnx.5e6f7a8b.tmp"
+    model.write_bytes(b"\0")
+    again = prepare_results(make_options(tmp_path, "r", resume=True))
+    assert not leftover.exists() and not model.exists()
+    assert (again.run_logs / "training_status.json").is_file()

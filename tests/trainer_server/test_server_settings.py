@@ -51,3 +51,13 @@ def test_slow_updates_is_checked_at_the_edge() -> None:
     assert server_settings_from_args(cli(slow_updates_s=0.5), environ={}).slow_updates_s == 0.5
     with pytest.raises(ConfigError, match="--slow-updates"):
         server_settings_from_args(cli(slow_updates_s=-1.0), environ={})
+
+
+def test_hello_timeout_defaults_to_ten_seconds_and_is_checked_at_the_edge() -> None:
+    from trainer_server.cli import build_parser
+
+    assert server_settings_from_args(cli(), environ={}).hello_timeout_s == 10.0
+    args = build_parser().parse_args(["--hello-timeout", "2.5"])
+    assert server_settings_from_args(args, environ={}).hello_timeout_s == 2.5
+    with pytest.raises(ConfigError, match="--hello-timeout"):
+        server_settings_from_args(cli(hello_timeout_s=0.0), environ={})

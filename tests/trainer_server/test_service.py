@@ -258,6 +258,10 @@ def test_spec_mismatch_between_gateways_is_refused_and_the_first_keeps_training(
     h = harness(buffer_size=10_000)
     first = h.connect()
     _handshake(first, "gw-1", BALL)
+    # experience makes the first registration hold (before it, a conflicting one replaces it:
+    # tests/trainer_server/test_service_hardening.py)
+    first.send(chunk_message(BALL, 1, [make_trajectory(BALL, 4)]))
+    assert _acks(first.recv_until(lambda m: m.HasField("ack"))) == [1]
     other_ball = BehaviorSpec(
         name=BALL.name, observations=(ObservationSpec(name="VectorSensor", shape=(9,)),), action_spec=ActionSpec(2)
     )
@@ -272,8 +276,8 @@ def test_spec_mismatch_between_gateways_is_refused_and_the_first_keeps_training(
     third.send(trainer_pb2.GatewayMessage(new_behavior=specs_mod.to_proto(other_ball)))
     assert third.wait_end().code() == grpc.StatusCode.FAILED_PRECONDITION
 
-    first.send(chunk_message(BALL, 1, [make_trajectory(BALL, 4)]))
-    assert _acks(first.recv_until(lambda m: m.HasField("ack"))) == [1]
+    first.send(chunk_message(BALL, 2, [make_trajectory(BALL, 4)]))
+    assert _acks(first.recv_until(lambda m: m.HasField("ack"))) == [2]
 
 
 def test_new_behavior_mid_stream_gets_a_learner_and_a_snapshot(harness):

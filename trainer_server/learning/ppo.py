@@ -253,7 +253,9 @@ def make_update_fn(
             "Policy/Epsilon": epsilon,
             "Policy/Beta": beta,
         }
-        return state._replace(params=params, opt_state=opt_state), metrics
+        new_state, finite = shared.keep_finite(state, state._replace(params=params, opt_state=opt_state))
+        metrics[shared.SKIPPED_UPDATE_METRIC] = 1.0 - finite.astype(jnp.float32)
+        return new_state, metrics
 
     return update
 
@@ -294,7 +296,8 @@ def make_process_fn(
         parts = distributions.log_prob_parts(dist, continuous, discrete, a_spec.discrete_branches)
         old_log_probs = parts + ((log_probs - jnp.sum(parts, axis=-1)) / parts.shape[-1])[:, None]
         if arch.normalize:
-            normalizer = norm_mod.update(normalizer, [o[:padded] for o in observations], mask)
+            updated = norm_mod.update(normalizer, [o[:padded] for o in observations], mask)
+            normalizer, _ = shared.keep_finite(normalizer, updated)  # never an infinite variance
         values_all = networks.critic_forward(
             params["actor"], params["critic"], arch, list(observations), _norm_stats(normalizer, arch.normalize),
             hp.shared_critic,

@@ -379,8 +379,11 @@ def make_update_fn(
                 st,
             )
 
-        state, metrics = jax.lax.scan(guarded, state, (minibatches.transitions, keys, minibatches.valid))
-        return state, jax.tree_util.tree_map(lambda m: jnp.sum(m, axis=0), metrics)
+        new_state, metrics = jax.lax.scan(guarded, state, (minibatches.transitions, keys, minibatches.valid))
+        metrics = jax.tree_util.tree_map(lambda m: jnp.sum(m, axis=0), metrics)
+        new_state, finite = shared.keep_finite(state, new_state)  # a non-finite call is skipped whole
+        metrics[shared.SKIPPED_UPDATE_METRIC] = 1.0 - finite.astype(jnp.float32)
+        return new_state, metrics
 
     return update
 
@@ -434,7 +437,7 @@ class SACLearner:
         self.trace_counts = self._traces.counts
         self._policy_fn = make_policy_fn(arch)
         self._update_fn = jax.jit(make_update_fn(arch, settings, shared.make_optimizer(), self._traces.hook("update")))
-        self._normalizer_update = jax.jit(norm_mod.update)
+        self._normalizer_update = jax.jit(lambda n, o, m: shared.keep_finite(n, norm_mod.update(n, o, m))[0])
 
     def _auto_steps_per_call(self) -> int:
         floats = sum(2 * int(np.prod(o.shape)) for o in self.spec.observations)

@@ -21,6 +21,10 @@ from common.specs import BehaviorSpec
 from trainer_server.learning import normalizer as norm_mod
 from trainer_server.config.schema import RewardSignalSettings, TrainerSettings
 
+#: the metric a learner's ``update()`` reports as 1.0 when its result was not finite and its
+#: state was left as it was (``keep_finite``); ``trainer_server.stats.SKIPPED_UPDATES``
+SKIPPED_UPDATE_METRIC = "Policy/Skipped Updates"
+
 #: state_dict entries that belong to a run rather than to the networks: ``load_weights``
 #: (``init_path`` / ``--initialize-from``) leaves them out, the new run counts from step 0
 RUN_ENTRIES = ("buffer", "step")
@@ -186,3 +190,19 @@ def load_weights(learner: _Resumable, state: dict[str, Any]) -> None:
     run counts from step 0 (setting ``step`` lets a learner reset what depends on it)."""
     learner.load_state_dict({**{k: v for k, v in state.items() if k not in RUN_ENTRIES}, "step": 0})
     learner.step = 0
+
+
+# -- finite updates --------------------------------------------------------------------------
+def keep_finite(old: Any, new: Any) -> tuple[Any, jax.Array]:
+    """``new`` when every floating-point leaf of it is finite, else ``old`` (inside jit).
+
+    Why: one update on extreme (finite) inputs can make parameters, optimizer moments or the
+    normalizer infinite, and nothing recovers from that; skipping the update keeps the last
+    finite state. Cost: one reduction per leaf.
+
+    Returns:
+        the state to keep (same structure as ``old``/``new``) and a bool scalar: ``new`` was finite.
+    """
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(new) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    ok = jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, b, a), old, new), ok
