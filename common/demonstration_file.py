@@ -348,12 +348,14 @@ class DemonstrationWriter:
     Args:
         path: the file to create (see :func:`demonstration_path`).
         spec: the behavior; its brain name names the demonstration.
+        exclusive: fail with ``FileExistsError`` when the file exists (writers of several
+            processes choosing names in one folder).
 
     Raises:
         DemonstrationError: when the file cannot be created.
     """
 
-    def __init__(self, path: str | os.PathLike, spec: BehaviorSpec) -> None:
+    def __init__(self, path: str | os.PathLike, spec: BehaviorSpec, exclusive: bool = False) -> None:
         self.path = Path(path)
         self.spec = spec
         self.name = sanitized_name(spec.name)
@@ -371,7 +373,9 @@ class DemonstrationWriter:
             ),
         )
         try:
-            self._file: BinaryIO = open(self.path, "wb")
+            self._file: BinaryIO = open(self.path, "xb" if exclusive else "wb")
+        except FileExistsError:
+            raise  # only with ``exclusive``: the caller picks another name
         except OSError as exc:
             raise DemonstrationError(f"{self.path}: cannot create the demonstration file ({exc.strerror or exc})") from exc
         self._write_meta()

@@ -28,7 +28,7 @@ from common.demonstration_file import (
 )
 from common.specs import BehaviorSpec
 
-__all__ = ["DemonstrationError", "Demonstrations", "load_demonstrations", "transitions"]
+__all__ = ["DemonstrationError", "Demonstrations", "demonstrations_of", "load_demonstrations", "transitions"]
 
 
 @dataclass(frozen=True)
@@ -129,11 +129,23 @@ def load_demonstrations(demo_path: str | os.PathLike, spec: BehaviorSpec | None 
         DemonstrationError: naming the file and what is wrong (missing, unreadable, a spec
             that does not match the behavior's or another file's, no step at all).
     """
+    return demonstrations_of([read_demonstration_file(path) for path in demonstration_files(demo_path)], spec, str(demo_path))
+
+
+def demonstrations_of(demos: list[DemonstrationFile], spec: BehaviorSpec | None = None, source: str = "") -> Demonstrations:
+    """The steps of parsed files (``load_demonstrations`` once they are read; the offline
+    trainer groups a folder's files by behavior first).
+
+    Raises:
+        DemonstrationError: as :func:`load_demonstrations`.
+    """
+    if not demos:
+        raise DemonstrationError(f"{source}: no demonstration file")
     parts = []
     files = []
     first: DemonstrationFile | None = None
-    for path in demonstration_files(demo_path):
-        demo = read_demonstration_file(path)
+    for demo in demos:
+        path = demo.path
         if spec is not None:
             _check_spec(demo, spec)
         if first is None:
@@ -145,7 +157,7 @@ def load_demonstrations(demo_path: str | os.PathLike, spec: BehaviorSpec | None 
     assert first is not None  # demonstration_files never returns an empty list
     steps = sum(len(p["rewards"]) for p in parts)
     if steps == 0:
-        raise DemonstrationError(f"{demo_path}: the demonstrations hold no step with an action (only episode ends)")
+        raise DemonstrationError(f"{source or first.path}: the demonstrations hold no step with an action (only episode ends)")
     joined = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key != "observations"}
     observations = tuple(np.concatenate([p["observations"][j] for p in parts]) for j in range(len(first.spec.observations)))
     return Demonstrations(
