@@ -59,6 +59,7 @@ __all__ = [
     "demonstration_files",
     "demonstration_path",
     "read_demonstration_file",
+    "read_meta",
 ]
 
 #: the meta record's version Unity writes (ML-Agents reads 0 and 1)
@@ -278,6 +279,26 @@ def read_demonstration_file(path: str | os.PathLike) -> DemonstrationFile:
     )
     spec = BehaviorSpec(name=brain.brain_name or meta.name, observations=observations, action_spec=action_spec)
     return DemonstrationFile(path=path, meta=meta, spec=spec, records=tuple(records))
+
+
+def read_meta(path: str | os.PathLike) -> DemonstrationMeta:
+    """Only the meta record (the counts a writer updates after each episode).
+
+    Raises:
+        DemonstrationError: the file cannot be read or does not start with a meta record.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(META_RESERVED_BYTES)
+    except OSError as exc:
+        raise DemonstrationError(f"{path}: cannot read the demonstration file ({exc.strerror or exc})") from exc
+    payload, _ = _message(data, 0, path, "meta record")
+    meta = _parse(DemonstrationMetaProto(), payload, path, "the meta record")
+    return DemonstrationMeta(
+        name=meta.demonstration_name, number_steps=int(meta.number_steps), number_episodes=int(meta.number_episodes),
+        mean_reward=float(meta.mean_reward), api_version=int(meta.api_version),
+    )
 
 
 def demonstration_files(demo_path: str | os.PathLike) -> list[Path]:

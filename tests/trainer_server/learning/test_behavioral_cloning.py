@@ -10,50 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common.demonstration_file import DemonstrationWriter, Record
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
 from trainer_server.learning import behavioral_cloning as bc_mod
 from trainer_server.learning import networks, shared
 from trainer_server.learning.ppo import PPOLearner
 from trainer_server.learning.registry import make_learner
+from tests.trainer_server.demo_helpers import OBS, expert, write_expert_demo
 from tests.trainer_server.learning.learning_helpers import trainer_settings
 
-OBS = 4
 CONTINUOUS = BehaviorSpec("Cont", (ObservationSpec("obs", (OBS,)),), ActionSpec(continuous_size=2))
 DISCRETE = BehaviorSpec("Disc", (ObservationSpec("obs", (OBS,)),), ActionSpec(discrete_branches=(3, 2)))
-
-
-def expert(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A deterministic expert: continuous ``tanh`` of a linear map, discrete argmax picks."""
-    continuous = np.tanh(obs[:, :2] - 0.5 * obs[:, 2:]).astype(np.float32)
-    discrete = np.stack([np.argmax(obs[:, :3], axis=1), (obs[:, 3] > 0).astype(np.int64)], axis=1).astype(np.int32)
-    return continuous, discrete
-
-
-def write_expert_demo(path: Path, spec: BehaviorSpec, episodes: int = 8, length: int = 25, seed: int = 0) -> Path:
-    """Episodes of the expert in Unity's record layout (each record stores the previous action)."""
-    rng = np.random.default_rng(seed)
-    a = spec.action_spec
-    with DemonstrationWriter(path, spec) as writer:
-        for _ in range(episodes):
-            obs = rng.normal(size=(length + 1, OBS)).astype(np.float32)
-            continuous, discrete = expert(obs)
-            continuous, discrete = continuous[:, : a.continuous_size], discrete[:, : a.num_branches]
-            records = []
-            for t in range(length + 1):
-                records.append(
-                    Record(
-                        observations=(obs[t],),
-                        reward=0.0 if t == 0 else 1.0,
-                        done=t == length,
-                        max_step_reached=False,
-                        continuous_actions=continuous[t - 1] if t else np.zeros(a.continuous_size, np.float32),
-                        discrete_actions=discrete[t - 1] if t else np.zeros(a.num_branches, np.int32),
-                    )
-                )
-            writer.write_episode(records)
-    return path
 
 
 def _arch(spec: BehaviorSpec, distribution: str = "gaussian"):
