@@ -205,6 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.demos is not None:
         return _run_offline(args, options)
+    from trainer_server.demonstrations import demonstration_problems
+
+    problems = demonstration_problems(options)
+    if problems:
+        _error("\n".join(problems))
+        return EXIT_CONFIG_ERROR
 
     try:
         from trainer_server.main import run

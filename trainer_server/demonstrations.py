@@ -167,3 +167,25 @@ def demonstrations_of(demos: list[DemonstrationFile], spec: BehaviorSpec | None 
         files=tuple(files),
         **joined,
     )
+
+
+def demonstration_problems(options) -> list[str]:
+    """``behavioral_cloning.demo_path`` of every behavior (and ``default_settings``) that names
+    no ``.demo`` file: one line each, naming the configuration file and key.
+
+    Why: the learner reads the demonstrations only when its behavior first connects; a
+    wrong path is better reported before anything starts.
+    """
+    source = options.config_path or "<defaults>"
+    sections = [(f"behaviors.{name}", settings) for name, settings in options.behaviors.items()]
+    if options.default_settings is not None:
+        sections.append(("default_settings", options.default_settings))
+    problems = []
+    for where, settings in sections:
+        if settings.behavioral_cloning is None:
+            continue
+        try:
+            demonstration_files(settings.behavioral_cloning.demo_path)
+        except DemonstrationError as e:
+            problems.append(f"{source}: {where}.behavioral_cloning.demo_path: {e}")
+    return problems

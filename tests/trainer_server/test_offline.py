@@ -70,3 +70,11 @@ def test_missing_demonstrations_are_named(tmp_path: Path, capsys: pytest.Capture
     code = cli.main(["--demos", str(tmp_path / "nowhere"), "--run-id", "x", "--results-dir", str(tmp_path)])
     assert code == cli.EXIT_FAILED
     assert f"--demos: {tmp_path / 'nowhere'}: no such demonstration file or folder" in capsys.readouterr().err
+
+
+def test_a_missing_demo_path_is_named_before_training_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bc.yaml"
+    config.write_text(CONFIG.format(trainer_type="ppo").replace("ignored-with-demos", str(tmp_path / "none.demo")))
+    assert cli.main([str(config), "--run-id", "x", "--results-dir", str(tmp_path)]) == cli.EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert f"{config}: behaviors.Hybrid.behavioral_cloning.demo_path: {tmp_path / 'none.demo'}: no such demonstration" in err

@@ -183,14 +183,8 @@ class BehavioralCloning:
         self._update_fn = jax.jit(make_update_fn(arch, n, self.batch_size, self.num_batches, self.num_epoch, self._traces.hook("bc_update")))
         self.update_count = 0
         log.info(
-            "behavioral cloning",
-            behavior=spec.name,
-            demo_path=bc.demo_path,
-            steps=n,
-            episodes=demos.num_episodes,
-            batch_size=self.batch_size,
-            batches_per_epoch=self.num_batches,
-            num_epoch=self.num_epoch,
+            "behavioral cloning", behavior=spec.name, demo_path=bc.demo_path, steps=n, episodes=demos.num_episodes,
+            batch_size=self.batch_size, batches_per_epoch=self.num_batches, num_epoch=self.num_epoch,
         )
 
     def learning_rate(self, step: int) -> float:
