@@ -43,9 +43,10 @@ class Demonstrations:
         discrete_actions: ``[N, num_branches]`` int32.
         rewards: ``[N]`` float32, the reward after the step.
         dones: ``[N]`` bool, the episode ended after this step (terminal or interrupted).
-        interrupted: ``[N]`` bool, it ended by max step (a subset of ``dones``).
+        interrupted: ``[N]`` bool, it ended by max step (a subset of ``dones``); None given:
+            all false.
         action_masks: ``[N, sum(branches)]`` bool, true = not allowed (all false when the
-            files carry no masks).
+            files carry no masks, or None given).
         num_episodes: episodes that ended within the files.
         files: the files read, in order.
     """
@@ -56,10 +57,17 @@ class Demonstrations:
     discrete_actions: np.ndarray
     rewards: np.ndarray
     dones: np.ndarray
-    interrupted: np.ndarray
-    action_masks: np.ndarray
+    interrupted: np.ndarray | None = None
+    action_masks: np.ndarray | None = None
     num_episodes: int = 0
     files: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = int(self.rewards.shape[0])
+        if self.interrupted is None:
+            object.__setattr__(self, "interrupted", np.zeros(n, bool))
+        if self.action_masks is None:
+            object.__setattr__(self, "action_masks", np.zeros((n, self.spec.action_spec.mask_size), bool))
 
     @property
     def num_steps(self) -> int:

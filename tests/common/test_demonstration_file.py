@@ -243,3 +243,39 @@ def test_meta_record_fits_the_reserved_bytes(tmp_path: Path) -> None:
     _write(path, [_episode(np.random.default_rng(4), 2)] * 3)
     data = path.read_bytes()
     assert data[0] < META_RESERVED_BYTES  # one-byte length prefix, payload within the reserved bytes
+
+
+def test_visual_observations_float_written_and_png_compressed_read(tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+    from mlagents_envs.communicator_objects.agent_action_pb2 import AgentActionProto
+    from mlagents_envs.communicator_objects.agent_info_action_pair_pb2 import AgentInfoActionPairProto
+    from mlagents_envs.communicator_objects.agent_info_pb2 import AgentInfoProto
+    from mlagents_envs.communicator_objects.observation_pb2 import ObservationProto
+
+    spec = BehaviorSpec("Eyes", (ObservationSpec("CameraSensor", (3, 4, 5), dimension_properties=(1, 2, 2)),), ActionSpec(discrete_branches=(2,)))
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, size=(4, 5, 3), dtype=np.uint8)
+    channels_first = np.transpose(image.astype(np.float32) / 255.0, (2, 0, 1))
+    records = [
+        Record((channels_first,), 0.0, False, False, np.zeros(0, np.float32), np.array([0], np.int32)),
+        Record((channels_first,), 1.0, True, False, np.zeros(0, np.float32), np.array([1], np.int32)),
+    ]
+    path = tmp_path / "Eyes.demo"
+    _write(path, [records], spec)
+    demo = read_demonstration_file(path)
+    assert demo.spec.observations[0].shape == (3, 4, 5)
+    np.testing.assert_allclose(demo.records[0].observations[0], channels_first, rtol=1e-6)
+    # a camera sensor's PNG, as Unity sends it, appended by hand in the record layout
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    obs = ObservationProto(shape=[3, 4, 5], compression_type=1, compressed_data=png.getvalue(), name="CameraSensor")
+    pair = AgentInfoActionPairProto(agent_info=AgentInfoProto(observations=[obs]), action_info=AgentActionProto(discrete_actions=[1]))
+    payload = pair.SerializeToString()
+    from common.protowire import varint
+
+    with open(path, "ab") as f:
+        f.write(varint(len(payload)) + payload)
+    decoded = read_demonstration_file(path).records[-1].observations[0]
+    np.testing.assert_allclose(decoded, channels_first, atol=1e-6)
