@@ -4,13 +4,16 @@ Remote-control mode (default): any gRPC client drives the environments with Play
 Actor mode (``--trainer host:port``): the gateway acts with the trainer's policy
 snapshots and streams experience to it.
 Local inference (``--policy BEHAVIOR=PATH.onnx``): the gateway acts with exported
-models, deterministically, and logs the mean reward per behavior (no trainer, no Unity Editor needed).
+models, deterministically, and logs the mean reward per behavior (no trainer, no Unity Editor needed);
+``--heuristic BEHAVIOR`` acts with the stand-in's scripted expert instead.
+``--record-demo DIR`` records what the agents do, in any mode, as ML-Agents ``.demo`` files.
 
 Examples:
     tandem-gateway                                   # the built-in stand-in (3DBall-like)
     tandem-gateway --env builds/3DBall --num-envs 2 --no-graphics
     tandem-gateway --trainer 127.0.0.1:5757 --env-args --task gridworld
     tandem-gateway --policy 3DBall=results/tandem-3dball/3DBall.onnx
+    tandem-gateway --heuristic 3DBall --record-demo demos   # expert demonstrations from the stand-in
 """
 
 from __future__ import annotations
@@ -70,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for each Unity player's log, Player-<worker id>.log (passed as -logFile, as mlagents-learn "
         "does with results/<run-id>/run_logs); default: none, players log where they would by default",
     )
+    env.add_argument(
+        "--record-demo",
+        default=None,
+        metavar="DIR",
+        help="record what every behavior's agents observe and do (under a trainer, --policy, --heuristic or "
+        "remote control) into ML-Agents .demo files in DIR, one per behavior and instance (<Behavior>.demo, "
+        "then <Behavior>_0.demo...), for demo_path (behavioral_cloning, gail) and tandem-trainer --demos",
+    )
     srv = add_server_arguments(p, title="server", listen="127.0.0.1:5756")
     srv.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message")
     srv.add_argument(
@@ -104,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BEHAVIOR=PATH.onnx",
         help="act with this exported model for BEHAVIOR (name without ?team=), deterministically, without a "
         "trainer; repeat for each behavior; logs the mean reward, streams nothing",
+    )
+    inf.add_argument(
+        "--heuristic",
+        action="append",
+        default=None,
+        metavar="BEHAVIOR",
+        help="act for BEHAVIOR (3DBall, GridWorld: the stand-in's tasks) with a scripted expert, as Unity's "
+        "Heuristic Only behavior type; repeatable, with --policy for other behaviors (to make demonstrations "
+        "with --record-demo)",
     )
     inf.add_argument(
         "--summary-interval-s", type=float, default=10.0, help="seconds between reward summaries with --policy"
@@ -155,6 +175,7 @@ def options_from_args(args: argparse.Namespace) -> GatewayOptions:
             rate_limit_period_s=args.restarts_rate_limit_period_s,
         ),
         log_folder=os.path.abspath(args.log_folder) if args.log_folder else None,
+        record_demo=os.path.abspath(args.record_demo) if args.record_demo else None,
     )
     server = ServerOptions(
         listen=args.listen,
@@ -176,14 +197,15 @@ def options_from_args(args: argparse.Namespace) -> GatewayOptions:
             snapshot_wait_s=args.snapshot_wait_s,
         )
     inference = None
-    if args.env_parameter and not args.policy:
+    if args.env_parameter and not (args.policy or args.heuristic):
         raise OptionsError(
             "--env-parameter: only with --policy (with --trainer the trainer's environment_parameters decide; "
             "in remote control, clients send set_environment_parameters)"
         )
-    if args.policy:
+    if args.policy or args.heuristic:
         inference = InferenceOptions(
-            policies=tuple(_parse_policy(text) for text in args.policy),
+            policies=tuple(_parse_policy(text) for text in args.policy or ()),
+            heuristics=tuple(args.heuristic or ()),
             summary_interval_s=args.summary_interval_s,
             parameters=tuple(_parse_parameter(text) for text in args.env_parameter or ()),
         )

@@ -65,6 +65,8 @@ class EnvironmentOptions:
             ``Player-<worker id>.log`` (passed as ``-logFile``, as mlagents-learn does with
             ``results/<run-id>/run_logs``); None: the player logs where it would by default
             (a Unity build: Unity's own Player.log; the stand-in: the gateway's stderr).
+        record_demo: absolute folder where every instance records what its agents observe
+            and do as ML-Agents ``.demo`` files (``--record-demo``); None: no recording.
     """
 
     file_name: str | None
@@ -78,6 +80,7 @@ class EnvironmentOptions:
     engine: EngineSettings = field(default_factory=EngineSettings)
     restarts: RestartLimits = field(default_factory=RestartLimits)
     log_folder: str | None = None
+    record_demo: str | None = None
 
     def worker_id(self, index: int) -> int:
         """The mlagents worker id of instance ``index`` (its port is ``base_port + worker_id``)."""
@@ -129,12 +132,15 @@ class InferenceOptions:
             acts randomly after this long (with a warning).
         parameters: (name, value) environment parameters set on every instance before its
             first reset (``--env-parameter``): evaluating a model at chosen values.
+        heuristics: behavior names (without ``?team=``) acted by the stand-in's scripted
+            expert (``--heuristic``, ``unity_standin.heuristics``) instead of a model.
     """
 
     policies: tuple[tuple[str, str], ...]
     summary_interval_s: float = 10.0
     unknown_behavior_wait_s: float = 5.0
     parameters: tuple[tuple[str, float], ...] = ()
+    heuristics: tuple[str, ...] = ()
 
     def model_for(self, behavior: str) -> str | None:
         """The model path for a fully qualified behavior name (``3DBall?team=0``), or None."""
@@ -209,6 +215,22 @@ def _check_dm_env_rpc(options: GatewayOptions) -> None:
         ) from None
 
 
+def _check_heuristics(inf: InferenceOptions) -> None:
+    from unity_standin.heuristics import HEURISTICS
+
+    models = {name for name, _ in inf.policies}
+    for name in inf.heuristics:
+        if name not in HEURISTICS:
+            raise OptionsError(
+                f"--heuristic {name}: no scripted heuristic for it (available: {', '.join(sorted(HEURISTICS))}; "
+                "the name without ?team=)"
+            )
+        if name in models:
+            raise OptionsError(f"--heuristic {name}: also given a --policy model; choose one")
+    if len(set(inf.heuristics)) != len(inf.heuristics):
+        raise OptionsError("--heuristic: a behavior is given twice")
+
+
 def validate(options: GatewayOptions) -> GatewayOptions:
     """Checks every option; returns ``options`` unchanged.
 
@@ -228,6 +250,8 @@ def validate(options: GatewayOptions) -> GatewayOptions:
         raise OptionsError(f"--num-areas: must be >= 1, got {env.num_areas}")
     if env.seed < -1:
         raise OptionsError(f"--seed: must be >= 0, or -1 for random, got {env.seed}")
+    if env.record_demo is not None and (not os.path.isabs(env.record_demo) or os.path.isfile(env.record_demo)):
+        raise OptionsError(f"--record-demo: expected a folder, got {env.record_demo!r}")
     if env.log_folder is not None and (not os.path.isabs(env.log_folder) or os.path.isfile(env.log_folder)):
         raise OptionsError(f"--log-folder: expected an absolute folder path, got {env.log_folder!r}")
     eng = env.engine
@@ -280,8 +304,9 @@ def validate(options: GatewayOptions) -> GatewayOptions:
     if inf is not None:
         if act is not None:
             raise OptionsError("--policy: runs without a trainer; give --policy or --trainer, not both")
-        if not inf.policies:
+        if not inf.policies and not inf.heuristics:
             raise OptionsError("--policy: give at least one BEHAVIOR=PATH.onnx")
+        _check_heuristics(inf)
         seen = set()
         for name, path in inf.policies:
             if not name or "?" in name:

@@ -343,6 +343,13 @@ class BehaviorRun:
             self._publish(self.snapshot)
             self._context.collection.updated(self.name, self.version, self.learner.step)
 
+    def update_offline(self) -> None:
+        """Offline training (``tandem-trainer --demos``): one update that needs no experience,
+        then the summaries and checkpoints its steps made due."""
+        before = self.learner.step
+        self._update()
+        self._after_steps(before, self.learner.step)
+
     def _after_steps(self, before: int, after: int) -> None:
         """Summaries and checkpoints due now that the learner went from ``before`` to ``after`` steps.
 

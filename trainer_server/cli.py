@@ -104,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="accepted for mlagents-learn compatibility and recorded; JAX chooses its own device",
     )
 
+    run.add_argument(
+        "--demos",
+        metavar="DEMO_PATH",
+        default=None,
+        help="train by behavioral cloning from these demonstrations alone (a .demo file or a folder of them), "
+        "with no environment: each behavior recorded there trains with its settings from CONFIG "
+        "(what ML-Agents' removed offline_bc trainer did)",
+    )
+
     _, engine = add_environment_arguments(
         parser,
         overrides=True,
@@ -154,6 +163,21 @@ def _error(message: str) -> None:
     sys.stderr.write(f"{_PROG}: error: {message}\n")
 
 
+def _run_offline(args: argparse.Namespace, options) -> int:
+    """``--demos``: offline behavioral cloning (``trainer_server.offline``), no server, no gateway."""
+    clashes = [flag for flag, given in (("--with-gateway", args.with_gateway), ("--env", options.env_settings.env_path),
+                                        ("--inference", args.inference)) if given]
+    if clashes:
+        _error(f"--demos trains from demonstrations alone: it cannot be used with {', '.join(clashes)}")
+        return EXIT_CONFIG_ERROR
+    from trainer_server.offline import run_offline
+
+    try:
+        return int(run_offline(options, args.demos))
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``tandem-trainer``; returns the process exit code."""
     parser = build_parser()
@@ -187,6 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NOT_SUPPORTED
     if args.dry_run:
         return EXIT_OK
+
+    if args.demos is not None:
+        return _run_offline(args, options)
+    from trainer_server.demonstrations import demonstration_problems
+
+    problems = demonstration_problems(options)
+    if problems:
+        _error("\n".join(problems))
+        return EXIT_CONFIG_ERROR
 
     try:
         from trainer_server.main import run

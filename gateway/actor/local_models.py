@@ -58,6 +58,8 @@ class LocalModels:
         with self._lock:
             specs = dict(self._specs)
             self._started = True
+        heuristics = set(self.options.heuristics)  # acted by the workers' scripted expert, no snapshot
+        specs = {name: spec for name, spec in specs.items() if spec.brain_name not in heuristics}
         bases = {spec.brain_name for spec in specs.values()}
         missing = sorted({spec.brain_name for spec in specs.values() if spec.brain_name not in self.models})
         if missing:
@@ -87,7 +89,7 @@ class LocalModels:
         with self._lock:
             self._specs[spec.name] = spec
             started = self._started
-        if not started:
+        if not started or spec.brain_name in self.options.heuristics:
             return
         if spec.brain_name not in self.models:
             self.log.warning(

@@ -281,6 +281,7 @@ class ActorRunner:
                 snapshot_wait_s=self.options.inference.unknown_behavior_wait_s,
                 seed=self._base_seed + 7919 * index,
                 stream=False,
+                heuristics=self.options.inference.heuristics,
             )
         a = self.options.actor
         return ActorWorkerConfig(

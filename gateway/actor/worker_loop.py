@@ -90,6 +90,8 @@ class ActorWorkerConfig:
         seed: seed of the worker's random generator (actions are sampled from it).
         stream: build and send trajectories (a trainer takes them); False for ``--policy``,
             which only tallies episodes.
+        heuristics: behavior names (without ``?team=``) acted by the stand-in's scripted
+            expert (``--heuristic``), with no snapshot.
     """
 
     chunk_steps: int = 512
@@ -98,6 +100,7 @@ class ActorWorkerConfig:
     max_outstanding: int = 2
     seed: int = 0
     stream: bool = True
+    heuristics: tuple[str, ...] = ()
 
 
 @dataclass
@@ -287,8 +290,19 @@ class InstanceActor:
 
     def _announce(self) -> None:
         fresh = self.instance.new_behaviors()
+        for spec in fresh:
+            if spec.brain_name in self.config.heuristics:
+                self._use_heuristic(spec.name)
         if fresh:
             self.pipe.send(NewBehaviors(fresh))
+
+    def _use_heuristic(self, behavior: str) -> None:
+        """``--heuristic``: the behavior acts with the stand-in's scripted expert (version 1, no stream)."""
+        from gateway.actor.heuristic_policy import HeuristicPolicy
+
+        self.policies[behavior] = _Policy(HeuristicPolicy(behavior), 1, True, time_horizon(0))
+        self.tallies.setdefault(behavior, EpisodeTally())
+        self.log.info("acting with the scripted heuristic", behavior=behavior)
 
     def _end_open_episodes(self) -> None:
         """Ends every open trajectory as interrupted and sends them (Unity failed or is reset)."""

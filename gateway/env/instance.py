@@ -24,6 +24,7 @@ from gateway.env.unity_environment import open_unity_environment
 from common.specs import BehaviorSpec, from_mlagents
 from gateway.env import parameters as parameters_mod
 from gateway.env import steps as steps_mod
+from gateway.env.demo_recorder import DemoRecorder
 from gateway.env.parameters import ParameterValue
 from gateway.options import EnvironmentOptions
 from gateway.env.steps import Stat, StepBatch
@@ -72,6 +73,8 @@ class UnityInstance:
         self._process = None
         self._opened_before = False
         self.log = get_logger("gateway.environment", instance=index, port=self.port)
+        #: ``--record-demo``: records every step into .demo files (None: not recording)
+        self.recorder = DemoRecorder(options.record_demo, index) if options.record_demo else None
 
     @property
     def player_log(self) -> str | None:
@@ -165,7 +168,9 @@ class UnityInstance:
         self._opened_before = True
 
     def close(self) -> None:
-        """Asks Unity to quit, then kills it if it is still there."""
+        """Asks Unity to quit, then kills it if it is still there (and finishes ``--record-demo``'s files)."""
+        if self.recorder is not None:
+            self.recorder.close()
         env, self._env = self._env, None
         if env is not None:
             try:
@@ -211,7 +216,10 @@ class UnityInstance:
 
     def reset(self) -> dict[str, tuple[StepBatch, StepBatch]]:
         """Resets the instance; returns ``{behavior: (decisions, terminals)}``."""
-        return self._exchange(lambda env: env.reset())
+        out = self._exchange(lambda env: env.reset())
+        if self.recorder is not None:
+            self.recorder.reset(self.specs, out)
+        return out
 
     def step(
         self, actions: dict[str, BehaviorActions], while_unity_steps: Callable[[], None] | None = None
@@ -254,10 +262,14 @@ class UnityInstance:
                 if overlap:
                     communicator.while_unity_steps = None
 
+        if self.recorder is not None:
+            self.recorder.acted(self.specs, actions)
         try:
             out = self._exchange(run)
         finally:
             run_hook()  # when the step failed before reaching Unity, or no overlap was possible
+        if self.recorder is not None:
+            self.recorder.observe(self.specs, out)
         if hook_errors:
             raise hook_errors[0]
         return out

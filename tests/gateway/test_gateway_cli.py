@@ -42,3 +42,20 @@ def test_env_parameter_needs_policy_and_a_number(tmp_path: Path) -> None:
             _parse_parameter(bad)
     with pytest.raises(OptionsError, match="--env-parameter: only with --policy"):
         options_from_args(build_parser().parse_args(["--env-parameter", "gravity=20"]))
+
+
+def test_heuristic_and_record_demo_options(tmp_path: Path) -> None:
+    from gateway.cli import options_from_args
+    from gateway.options import OptionsError
+
+    options = options_from_args(build_parser().parse_args(["--heuristic", "3DBall", "--record-demo", str(tmp_path / "d")]))
+    assert options.inference is not None and options.inference.heuristics == ("3DBall",) and options.is_actor
+    assert options.environment.record_demo == str(tmp_path / "d")
+    with pytest.raises(OptionsError, match=r"--heuristic Walker: no scripted heuristic for it \(available: 3DBall, GridWorld"):
+        options_from_args(build_parser().parse_args(["--heuristic", "Walker"]))
+    with pytest.raises(OptionsError, match="--heuristic: a behavior is given twice"):
+        options_from_args(build_parser().parse_args(["--heuristic", "3DBall", "--heuristic", "3DBall"]))
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(OptionsError, match="--record-demo: expected a folder"):
+        options_from_args(build_parser().parse_args(["--record-demo", str(afile)]))

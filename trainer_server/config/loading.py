@@ -502,7 +502,8 @@ def _parse_hyperparameters(raw: Any, trainer_type: str, path: KeyPath, ctx: _Con
 _OFFLINE_BC_MESSAGE = (
     "trainer_type offline_bc was removed from ML-Agents: to learn from demonstrations, "
     "use trainer_type ppo or sac with a behavioral_cloning section (demo_path: your .demo file), "
-    "optionally with a gail reward signal"
+    "optionally with a gail reward signal; to train from demonstrations alone, with no environment, "
+    "run tandem-trainer CONFIG --demos DEMO_PATH (offline behavioral cloning, docs/DEMONSTRATIONS.md)"
 )
 
 

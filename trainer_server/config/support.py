@@ -3,7 +3,7 @@
 Why: :mod:`trainer_server.config.loading` accepts every valid ML-Agents file (so that
 ``--dry-run`` shows any file resolved); training needs more. :func:`check_supported`
 raises :class:`NotSupportedError` for what the learners cannot do yet (``poca``,
-``memory``, ``gail``...). The trainer calls it before it starts; the service calls
+``memory``, ``self_play``...). The trainer calls it before it starts; the service calls
 :func:`check_behavior_supported` for behaviors that first appear at run time and fall
 back to ``default_settings``. The trainer types come from the learner registry: a type
 is supported when a learner exists for it.
@@ -111,8 +111,6 @@ def unsupported_features(
             found.append(
                 (f"reward_signals.{name}", f"the {name} reward signal is not supported yet (supported: extrinsic)")
             )
-    if settings.behavioral_cloning is not None:
-        found.append(("behavioral_cloning", "behavioral cloning is not supported yet"))
     if settings.self_play is not None:
         found.append(("self_play", "self-play is not supported yet"))
     return found

@@ -51,7 +51,7 @@ from common.architecture import PolicyArchitecture, PolicyOutput
 from common.logging import get_logger
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
-from trainer_server.learning import distributions, networks, shared
+from trainer_server.learning import behavioral_cloning, distributions, networks, shared
 from trainer_server.learning import normalizer as norm_mod
 from trainer_server.learning import rollout_buffer
 from trainer_server.config.schema import PPOSettings, TrainerSettings
@@ -358,6 +358,8 @@ class PPOLearner:
         )
         self._key = key
         self._acting_normalizer = self._state.normalizer
+        #: behavioral cloning after each update (``behavioral_cloning``), or None
+        self._bc = behavioral_cloning.for_learner(spec, settings, arch, params["actor"], seed)
         self.step = 0
         self.update_count = 0
         self.rollout_buffer = rollout_buffer.RolloutBuffer(spec)
@@ -477,6 +479,11 @@ class PPOLearner:
         self.update_count += 1
         out = {name: float(value) for name, value in jax.device_get(metrics).items()}
         out["Policy/Extrinsic Value Estimate"] = float(np.mean(data["values"]))
+        params, bc_metrics = behavioral_cloning.after_rl_update(
+            self._bc, self._state.params, self._state.normalizer, self.policy_architecture.normalize, self.step
+        )
+        self._state = self._state._replace(params=params)
+        out.update(bc_metrics)
         return out
 
     # -- acting and snapshots ------------------------------------------------------------
@@ -553,6 +560,7 @@ class PPOLearner:
             "update_count": int(self.update_count),
             "key": shared.key_to_numpy(self._key),
             "buffer": self.rollout_buffer.state_dict(),
+            **behavioral_cloning.state_entry(self._bc),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -573,6 +581,7 @@ class PPOLearner:
         self.step = int(np.asarray(state["step"]))
         self.update_count = int(np.asarray(state["update_count"]))
         self._key = shared.key_from_numpy(state["key"])
+        behavioral_cloning.load_entry(self._bc, state)
         buffer = state.get("buffer")
         if buffer is not None and np.ndim(buffer["log_probs"]) == 1:
             # a checkpoint from before the per-dimension ratio kept joint log-probs: an

@@ -69,7 +69,7 @@ from common.architecture import PolicyArchitecture
 from common.logging import get_logger
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
-from trainer_server.learning import distributions, networks, shared
+from trainer_server.learning import behavioral_cloning, distributions, networks, shared
 from trainer_server.learning import normalizer as norm_mod
 from trainer_server.learning.replay_buffer import (
     ReplayBuffer,
@@ -433,6 +433,8 @@ class SACLearner:
         self._key = key
         self._sampler = new_generator(seed)
         self._state = init_state(k_init, spec, arch, self.hyperparameters.init_entcoef)
+        #: behavioral cloning after each gradient step (``behavioral_cloning``), or None
+        self._bc = behavioral_cloning.for_learner(spec, settings, arch, self._state.params["actor"], seed)
         self._traces = shared.TraceCounter("update")
         self.trace_counts = self._traces.counts
         self._policy_fn = make_policy_fn(arch)
@@ -561,9 +563,13 @@ class SACLearner:
             state, metrics = self._update_fn(state, batches, key)
             sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
             done += n
-        self._state = state
+        params, bc_metrics = behavioral_cloning.after_rl_update(
+            self._bc, state.params, state.normalizer, self.policy_architecture.normalize, self._step, times=pending
+        )
+        self._state = state._replace(params=params)
         self.update_steps += pending
         out = {name: float(total) / pending for name, total in jax.device_get(sums).items()}
+        out.update(bc_metrics)
         out["Policy/Learning Rate"] = learning_rate_at(self.settings, self._step)
         self._log.debug("sac update", gradient_steps=pending, step=self._step)
         return out
@@ -594,6 +600,7 @@ class SACLearner:
             "target": shared.to_numpy(self._state.target),
             "opt_state": shared.to_numpy(serialization.to_state_dict(self._state.opt_state)),
             "normalizer": shared.normalizer_state_dict(self._state.normalizer),
+            **behavioral_cloning.state_entry(self._bc),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -617,6 +624,7 @@ class SACLearner:
         )
         self._key = shared.key_from_numpy(state["key"])
         self._sampler = generator_from_state(state["sampler"])
+        behavioral_cloning.load_entry(self._bc, state)
         self._step = int(np.asarray(state["step"]))
         self.update_steps = int(np.asarray(state["update_steps"]))
 

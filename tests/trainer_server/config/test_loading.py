@@ -310,6 +310,7 @@ def test_offline_bc_gets_the_removal_explanation(tmp_path: Path) -> None:
     assert "behaviors.Expert.trainer_type" in message
     assert "offline_bc was removed" in message
     assert "behavioral_cloning" in message and "ppo or sac" in message
+    assert "tandem-trainer CONFIG --demos DEMO_PATH" in message
 
 
 def test_missing_file_and_invalid_yaml_are_named(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from trainer_server.config.support import check_behavior_supported, check_suppor
         ("ppo/Pyramids.yaml", ["behaviors.Pyramids.reward_signals.curiosity:", "not supported yet"]),
         (
             "imitation/Crawler.yaml",
-            ["behaviors.Crawler.reward_signals.gail:", "behaviors.Crawler.behavioral_cloning:"],
+            ["behaviors.Crawler.reward_signals.gail:"],
         ),
     ],
 )
@@ -58,10 +58,6 @@ def test_tandem_configs_load_and_are_supported(name: str) -> None:
         (
             "reward_signals:\n      rnd: {}",
             "behaviors.Team.reward_signals.rnd: the rnd reward signal is not supported yet",
-        ),
-        (
-            "behavioral_cloning:\n      demo_path: a.demo",
-            "behaviors.Team.behavioral_cloning: behavioral cloning is not",
         ),
         ("self_play: {}", "behaviors.Team.self_play: self-play is not supported yet"),
         (
