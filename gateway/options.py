@@ -156,6 +156,8 @@ class ServerOptions:
         dm_env_rpc_listen: ``host:port`` where the dm_env_rpc v1 protocol is served too
             (remote-control mode; port 0 = any free port); None = not served. Same TLS,
             token and message limit as ``listen``. Needs the ``dm-env-rpc`` package.
+        first_message_timeout_s: a stream (Play, reflection...) whose client sends nothing
+            within this many seconds is cancelled, freeing its handler thread.
     """
 
     listen: str = "127.0.0.1:5756"
@@ -165,6 +167,7 @@ class ServerOptions:
     max_message_mb: int = 64
     keepalive_s: float = 30.0
     dm_env_rpc_listen: str | None = None
+    first_message_timeout_s: float = 20.0
 
     @property
     def max_message_bytes(self) -> int:
@@ -256,6 +259,8 @@ def validate(options: GatewayOptions) -> GatewayOptions:
         raise OptionsError(f"--max-message-mb: must be 1..2047, got {srv.max_message_mb}")
     if srv.keepalive_s <= 0:
         raise OptionsError("keepalive_s: must be positive")
+    if not srv.first_message_timeout_s > 0:
+        raise OptionsError("first_message_timeout_s: must be positive")
     if srv.dm_env_rpc_listen is not None:
         _check_dm_env_rpc(options)
     act = options.actor
