@@ -70,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for each Unity player's log, Player-<worker id>.log (passed as -logFile, as mlagents-learn "
         "does with results/<run-id>/run_logs); default: none, players log where they would by default",
     )
+    env.add_argument(
+        "--unity-listen-host",
+        default="localhost",
+        metavar="HOST",
+        help="address where the gateway's server for Unity (port --base-port + i) listens: localhost = loopback "
+        "only (default; a Unity build runs on this machine); 0.0.0.0 or :: (all interfaces) or one interface's "
+        "address for a Unity Editor on another machine. That port has no authentication (Unity's protocol has "
+        "none): open it on trusted networks only",
+    )
     srv = add_server_arguments(p, title="server", listen="127.0.0.1:5756")
     srv.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message")
     srv.add_argument(
@@ -155,6 +164,7 @@ def options_from_args(args: argparse.Namespace) -> GatewayOptions:
             rate_limit_period_s=args.restarts_rate_limit_period_s,
         ),
         log_folder=os.path.abspath(args.log_folder) if args.log_folder else None,
+        unity_listen_host=args.unity_listen_host,
     )
     server = ServerOptions(
         listen=args.listen,

@@ -7,7 +7,9 @@ option exists there (``--base-port 5005``, ``--time-scale 20``, ``--width 84``, 
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 
 from common.environment_options import EDITOR, EngineSettings
@@ -65,6 +67,10 @@ class EnvironmentOptions:
             ``Player-<worker id>.log`` (passed as ``-logFile``, as mlagents-learn does with
             ``results/<run-id>/run_logs``); None: the player logs where it would by default
             (a Unity build: Unity's own Player.log; the stand-in: the gateway's stderr).
+        unity_listen_host: the address the server Unity connects to binds (``--unity-listen-host``):
+            ``localhost`` (loopback only: a Unity build runs beside the gateway), or an
+            interface's address (``0.0.0.0``, ``::``, ...) for a Unity Editor on another machine.
+            That port has no authentication (Unity's side of the protocol has none).
     """
 
     file_name: str | None
@@ -78,6 +84,7 @@ class EnvironmentOptions:
     engine: EngineSettings = field(default_factory=EngineSettings)
     restarts: RestartLimits = field(default_factory=RestartLimits)
     log_folder: str | None = None
+    unity_listen_host: str = "localhost"
 
     def worker_id(self, index: int) -> int:
         """The mlagents worker id of instance ``index`` (its port is ``base_port + worker_id``)."""
@@ -195,6 +202,24 @@ def _check_host_port(name: str, value: str) -> None:
         raise OptionsError(f"{name}: expected host:port, got {value!r}")
 
 
+#: a host name as RFC 1123 allows (letters, digits, hyphens, dot-separated labels)
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _check_listen_host(name: str, value: str) -> None:
+    """An IP address (v4 or v6, no brackets, no port) or a host name."""
+    try:
+        ipaddress.ip_address(value)
+        return
+    except ValueError:
+        pass
+    if not _HOST_NAME.match(value):
+        raise OptionsError(
+            f"{name}: expected an address or host name without a port (localhost, 0.0.0.0, ::, 192.168.1.5), "
+            f"got {value!r}"
+        )
+
+
 def _check_file(name: str, path: str | None) -> None:
     if path is not None and not os.path.isfile(path):
         raise OptionsError(f"{name}: no such file {path!r}")
@@ -231,6 +256,7 @@ def validate(options: GatewayOptions) -> GatewayOptions:
         raise OptionsError(f"--num-areas: must be >= 1, got {env.num_areas}")
     if env.seed < -1:
         raise OptionsError(f"--seed: must be >= 0, or -1 for random, got {env.seed}")
+    _check_listen_host("--unity-listen-host", env.unity_listen_host)
     if env.log_folder is not None and (not os.path.isabs(env.log_folder) or os.path.isfile(env.log_folder)):
         raise OptionsError(f"--log-folder: expected an absolute folder path, got {env.log_folder!r}")
     eng = env.engine

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "per-episode: a fresh id for every episode")
     own.add_argument("--connect-timeout", type=float, default=60.0,
                      help="seconds to wait for the trainer's server at start (default 60)")
+    own.add_argument("--unknown-side-channel", action="store_true",
+                     help="send a message on a side channel no trainer registers with every output "
+                     "(as a scene with a custom channel)")
     own.add_argument("--log-json", action="store_true", help="JSON log lines")
     return parser
 
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after logging is configured: these pull in grpc and the protocol modules.
     from unity_standin.academy import Academy, PlayerClosed
     from unity_standin.communicator import Communicator, ConnectionLost
-    from unity_standin.side_channels import SideChannels
+    from unity_standin.side_channels import UNKNOWN_CHANNEL, SideChannels, pack_message
     from unity_standin.tasks import TaskOptions, make_task, task_names
 
     task_name = args.task or os.environ.get(TASK_ENV_VAR) or "3dball"
@@ -119,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         if first_input is None:
             return 0
         side_channels = SideChannels()
+        if args.unknown_side_channel:
+            side_channels.every_output = pack_message(UNKNOWN_CHANNEL, b"custom channel data")
         options = TaskOptions(
             seed=args.seed if args.seed is not None else init_input.seed,
             num_agents=args.num_agents,

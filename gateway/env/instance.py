@@ -128,6 +128,7 @@ class UnityInstance:
                     side_channels=[engine_channel, self._params_channel, self._stats_channel],
                     log_folder=self.options.log_folder,
                     num_areas=self.options.num_areas,
+                    listen_host=self.options.unity_listen_host,
                 )
                 break
             except UnityWorkerInUseException as e:
