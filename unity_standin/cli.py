@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--unknown-side-channel", action="store_true",
                      help="send a message on a side channel no trainer registers with every output "
                      "(as a scene with a custom channel)")
+    own.add_argument("--crash-on-parameter", default=None, metavar="NAME",
+                     help="die (exit status 3, no goodbye) when the environment parameter NAME is set, "
+                     "as a scene that crashes on a value")
     own.add_argument("--log-json", action="store_true", help="JSON log lines")
     return parser
 
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if first_input is None:
             return 0
         side_channels = SideChannels()
+        side_channels.fatal_parameter = args.crash_on_parameter
         if args.unknown_side_channel:
             side_channels.every_output = pack_message(UNKNOWN_CHANNEL, b"custom channel data")
         options = TaskOptions(

@@ -12,6 +12,7 @@ int32 payload length | payload``, messages are concatenated. Inside payloads, st
 
 from __future__ import annotations
 
+import os
 import struct
 import uuid
 from dataclasses import dataclass, field
@@ -214,6 +215,9 @@ class SideChannels:
     float_properties: dict[str, float] = field(default_factory=dict)
     #: sent with every output besides the queued messages (``--unknown-side-channel``)
     every_output: bytes = b""
+    #: an environment parameter the scene cannot take: the player dies when it is set
+    #: (``--crash-on-parameter``, a scene that crashes on a value)
+    fatal_parameter: str | None = None
     _outgoing: list[bytes] = field(default_factory=list)
 
     def process(self, data: bytes) -> None:
@@ -231,6 +235,10 @@ class SideChannels:
                 self._dispatch(channel_id, payload)
             except (struct.error, UnicodeDecodeError, SideChannelError) as err:
                 _log.warning("malformed side-channel message ignored", channel=str(channel_id), error=str(err))
+        fatal = self.fatal_parameter
+        if fatal is not None and (fatal in self.parameters.floats or fatal in self.parameters.samplers):
+            _log.error("the scene crashed on an environment parameter", key=fatal)
+            os._exit(3)  # as a crashing player: no goodbye to the trainer
         if any(channel_id == ENGINE_CONFIGURATION for channel_id, _ in messages):
             # once per input: mlagents sends one message per setting (five for one configuration)
             _log.info("engine configuration", **self.engine.__dict__)

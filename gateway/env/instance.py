@@ -210,6 +210,11 @@ class UnityInstance:
             parameters_mod.apply(self._params_channel, changed)
         return bool(changed)
 
+    def forget_parameters(self, names) -> None:
+        """Drops remembered environment parameters: a restart does not set them again."""
+        for name in names:
+            self._parameters.pop(name, None)
+
     def reset(self) -> dict[str, tuple[StepBatch, StepBatch]]:
         """Resets the instance; returns ``{behavior: (decisions, terminals)}``."""
         return self._exchange(lambda env: env.reset())

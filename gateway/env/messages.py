@@ -11,7 +11,8 @@ Remote control (parent -> worker, and the worker's answer):
     Reset(parameters)      -> Stepped | Failed | Refused
     PackedStep(actions)    -> Stepped | Failed | Refused   (``Step`` packed for the pipe)
     SetParameters(parameters)       no answer; applied with the next reset or step
-    Restart()              after Failed: relaunch Unity and reset -> like Reset
+    Restart(forget)        after Failed: relaunch Unity (without the environment parameters
+                           named in ``forget``) and reset -> like Reset
     GiveUp()               after Failed: stay down -> Stepped with the interrupted terminal steps
     StartActor(config)     hand the worker to actor mode (``gateway.actor.worker_loop``)
     Close()                -> Closed, then the worker exits
@@ -114,7 +115,14 @@ class SetParameters:
 
 @dataclass(frozen=True, slots=True)
 class Restart:
-    """After ``Failed``: relaunch Unity and reset it."""
+    """After ``Failed``: relaunch Unity and reset it.
+
+    Attributes:
+        forget: environment parameters the replacement must not get again (they were new
+            in the command that failed: they may be what killed Unity).
+    """
+
+    forget: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

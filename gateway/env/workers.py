@@ -171,7 +171,8 @@ class InstanceWorker:
                     if parameters:
                         self.instance.set_parameters(parameters)
                     out = self.instance.reset()
-                case Restart():
+                case Restart(forget):
+                    self.instance.forget_parameters(forget)
                     out = self.restart()
                 case _:
                     raise ValueError(f"unknown worker command {command!r}")

@@ -130,3 +130,76 @@ def test_unknown_side_channel_data_is_logged_once_with_its_id(rng, capfd):
     assert len(lines) == 1, lines
     assert "nobody registered" in lines[0]
     assert "Unknown side channel data received" not in out + err
+
+
+# -- environment parameters ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    with running_gateway(environment_options()) as gw:
+        yield gw
+
+
+def _play_error(address: str, request: gateway_pb2.PlayRequest) -> grpc.RpcError:
+    with GatewayClient(address) as client:
+        calls = client.stub.Play(iter([request]), timeout=60, metadata=client.metadata)
+        with pytest.raises(grpc.RpcError) as err:
+            list(calls)
+        return err.value
+
+
+@pytest.mark.parametrize(
+    "name, value, expected",
+    [
+        ("scale", 3e38, "must be within [-1e+09, 1e+09]"),
+        ("scale", -1e10, "must be within"),
+        ("größe", 1.0, "must be printable ASCII"),
+        ("tab\there", 1.0, "must be printable ASCII"),
+        ("x" * 300, 1.0, "a parameter name of 300 characters"),
+        ("", 1.0, "must not be empty"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["reset", "set_environment_parameters"])
+def test_bad_environment_parameters_are_invalid_arguments_and_nothing_is_applied(gateway, kind, name, value, expected):
+    if kind == "reset":
+        request = gateway_pb2.PlayRequest(reset=gateway_pb2.ResetRequest(environment_parameters={name: value}))
+        field = "reset.environment_parameters"
+    else:
+        request = gateway_pb2.PlayRequest(
+            set_environment_parameters=gateway_pb2.SetEnvironmentParameters(parameters={name: value})
+        )
+        field = "set_environment_parameters.parameters"
+    err = _play_error(gateway.address, request)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith(field) and expected in err.details()
+    assert len(err.details()) < 1000
+    with GatewayClient(gateway.address) as client:  # the instance is untouched and the next stream works
+        session = client.play(timeout_s=60)
+        [view] = decode_steps(session.reset(), client.specs())
+        assert len(view.decisions) == 12
+        session.close()
+        [instance] = client.describe().instances
+        assert (instance.alive, instance.restarts) == (True, 0)
+
+
+def test_a_parameter_that_kills_unity_is_not_replayed_and_the_client_is_told():
+    """A scene that crashes on a parameter: the instance is restarted once, without it, and the
+    request says so (FAILED_PRECONDITION naming it); the next reset plays on."""
+    limits = RestartLimits(max_lifetime_restarts=3, rate_limit_n=-1)
+    options = environment_options(env_args=("--crash-on-parameter", "boom"), restarts=limits)
+    with running_gateway(options) as gw, GatewayClient(gw.address) as client:
+        specs = client.specs()
+        session = client.play(timeout_s=120)
+        decode_steps(session.reset({"gravity": 9.0}), specs)
+        with pytest.raises(grpc.RpcError) as err:
+            session.reset({"boom": 1.0})
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "['boom']" in err.value.details() and "restarted without them" in err.value.details()
+        [instance] = client.describe().instances
+        assert (instance.alive, instance.restarts) == (True, 1)
+        session = client.play(timeout_s=120)
+        [view] = decode_steps(session.reset(), specs)
+        assert len(view.decisions) == 12
+        session.close()
+        assert client.describe().instances[0].restarts == 1
