@@ -203,3 +203,45 @@ def test_a_parameter_that_kills_unity_is_not_replayed_and_the_client_is_told():
         assert len(view.decisions) == 12
         session.close()
         assert client.describe().instances[0].restarts == 1
+
+
+# -- step requests: cheap checks first, bounded names, named fields ------------------------------
+
+
+def _bad_step(address: str, entry: gateway_pb2.BehaviorActions, timeout_s: float = 60) -> grpc.RpcError:
+    with GatewayClient(address, timeout_s=timeout_s) as client:
+        session = client.play(timeout_s=timeout_s)
+        session.reset()
+        with pytest.raises(grpc.RpcError) as err:
+            session.step([entry])
+        return err.value
+
+
+def test_a_step_with_millions_of_agent_ids_is_refused_before_any_costly_check(gateway):
+    """16.5M ids (63 MiB): refused on the count alone. Checking duplicates first took a minute
+    of CPU under the one-driver lock; the deadline here leaves room for a loaded machine only."""
+    ids = np.arange(16_500_000, dtype=np.int32)
+    entry = gateway_pb2.BehaviorActions(instance=0, behavior=BALL)
+    entry.agent_ids.dtype = tensor_pb2.INT32
+    entry.agent_ids.shape.append(ids.size)
+    entry.agent_ids.data = ids.tobytes()
+    err = _bad_step(gateway.address, entry, timeout_s=30)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "step.actions[0].agent_ids: 16500000 agent ids given, but 12 agents" in err.details()
+
+
+def test_a_huge_behavior_name_is_a_short_invalid_argument(gateway):
+    err = _bad_step(gateway.address, gateway_pb2.BehaviorActions(instance=0, behavior="x" * 100_000))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == "step.actions[0].behavior: a behavior name of 100000 characters (at most 256)"
+
+
+@pytest.mark.parametrize("field", ["agent_ids", "continuous"])
+def test_an_unknown_dtype_names_the_field(gateway, field):
+    entry = gateway_pb2.BehaviorActions(instance=0, behavior=BALL)
+    entry.agent_ids.CopyFrom(tensor_pb2.Tensor(dtype=tensor_pb2.INT32, shape=[0]))
+    entry.continuous.CopyFrom(tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, shape=[0, 2]))
+    getattr(entry, field).dtype = 99
+    err = _bad_step(gateway.address, entry)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == f"step.actions[0].{field}: unknown or unspecified dtype 99"
