@@ -245,3 +245,47 @@ def test_an_unknown_dtype_names_the_field(gateway, field):
     err = _bad_step(gateway.address, entry)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.details() == f"step.actions[0].{field}: unknown or unspecified dtype 99"
+
+
+# -- idle streams beside real clients ------------------------------------------------------------
+
+
+def _idle_reflection_streams(channel: grpc.Channel, count: int) -> list:
+    """``count`` reflection streams that never send their first message."""
+    import threading
+
+    never = threading.Event()
+
+    def nothing():
+        never.wait()
+        yield  # pragma: no cover - never reached
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    return [stub.ServerReflectionInfo(nothing(), timeout=300) for _ in range(count)]
+
+
+def test_idle_reflection_streams_do_not_starve_describe_and_play(gateway):
+    with grpc.insecure_channel(gateway.address) as idle:
+        calls = _idle_reflection_streams(idle, 40)
+        try:
+            with GatewayClient(gateway.address, timeout_s=30) as client:
+                assert client.describe().behaviors
+                session = client.play(timeout_s=30)
+                [view] = decode_steps(session.reset(), client.specs())
+                assert len(view.decisions) == 12
+                session.close()
+        finally:
+            for call in calls:
+                call.cancel()
+
+
+def test_streams_without_a_first_message_are_cancelled_and_real_peers_served_again():
+    server = ServerOptions(listen="127.0.0.1:0", first_message_timeout_s=2.0)
+    with running_gateway(environment_options(), server) as gw, grpc.insecure_channel(gw.address) as idle:
+        calls = _idle_reflection_streams(idle, 64)  # every call the gateway serves at once
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as err:
+                list(call)
+            assert err.value.code() == grpc.StatusCode.CANCELLED
+        with GatewayClient(gw.address, timeout_s=30) as client:
+            assert client.describe().behaviors
