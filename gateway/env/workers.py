@@ -186,10 +186,28 @@ class InstanceWorker:
         self.out.send(self.result(out))
 
 
+def _leave_sigterm_to_the_parent() -> None:
+    """SIGTERM while the parent lives is the parent's to act on; without a parent it ends the worker.
+
+    Why: ``timeout``, container runtimes and process supervisors send SIGTERM to the whole
+    process group. A worker that died of it at once would take its end of Unity's
+    connection along (Unity sees a broken stream instead of a quit); the parent got the
+    same signal and closes every instance in order (``Close``: Unity gets its closing
+    message). A worker whose parent is gone exits through its ``finally``, closing Unity.
+    """
+    parent = os.getppid()
+
+    def on_sigterm(signum, frame):
+        if os.getppid() != parent:
+            raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def _worker_main(config: WorkerConfig, conn) -> None:
     """Entry point of a worker process (spawned, never forked: the parent runs gRPC threads)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates shutdown
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _leave_sigterm_to_the_parent()
     configure_logging(json=config.log_json)
     pipe = Pipe(conn)
     worker = InstanceWorker(config, pipe)

@@ -125,7 +125,7 @@ def test_hung_unity_is_detected_after_timeout_wait_and_restarted(rng):
             session.close()
 
 
-def _start_cli(*args: str, env=None) -> tuple[subprocess.Popen, dict, list[str]]:
+def _start_cli(*args: str, env=None, start_new_session: bool = False) -> tuple[subprocess.Popen, dict, list[str]]:
     """Runs ``tandem-gateway`` and waits for its "gateway ready" JSON log line."""
     exe = Path(sys.executable).with_name("tandem-gateway")
     proc = subprocess.Popen(
@@ -134,6 +134,7 @@ def _start_cli(*args: str, env=None) -> tuple[subprocess.Popen, dict, list[str]]
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=start_new_session,
     )
     lines: list[str] = []
     ready: dict = {}
@@ -169,6 +170,35 @@ def test_signal_shuts_down_leaving_no_unity_process(signum, num_envs):
             assert proc.wait(30) == 0
         assert wait_until(lambda: not any(pid_alive(p) for p in unity), 10)
         assert any('"gateway stopped"' in line for line in lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_envs", [1, 2])  # 2: worker processes, which get the signal too
+def test_sigterm_to_the_whole_process_group_closes_unity_cleanly(tmp_path, num_envs):
+    """As ``timeout`` and container runtimes do: every process of the gateway's group gets
+    SIGTERM (Unity runs in its own session, as mlagents-envs launches it). Unity must get
+    its closing message and quit, not see its connection break."""
+    base = free_ports(num_envs)
+    proc, ready, lines = _start_cli(
+        "--num-envs", str(num_envs), "--base-port", str(base), "--timeout-wait", "10", "--log-folder", str(tmp_path),
+        start_new_session=True,
+    )
+    try:
+        unity = [pid for i in range(num_envs) for pid in pids_with_arg("--mlagents-port", str(base + i))]
+        assert len(unity) == num_envs
+        with GatewayClient(f"127.0.0.1:{ready['port']}") as client:
+            session = client.play(timeout_s=30)
+            session.reset()
+            os.killpg(proc.pid, signal.SIGTERM)
+            assert proc.wait(30) == 0
+        assert wait_until(lambda: not any(pid_alive(p) for p in unity), 20)
+        for i in range(num_envs):
+            text = (tmp_path / f"Player-{i}.log").read_text()
+            assert "trainer closed the connection" in text and "player quitting" in text, text[-2000:]
+            assert "lost the connection" not in text, text[-2000:]
     finally:
         if proc.poll() is None:
             proc.kill()
