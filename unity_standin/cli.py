@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--crash-on-parameter", default=None, metavar="NAME",
                      help="die (exit status 3, no goodbye) when the environment parameter NAME is set, "
                      "as a scene that crashes on a value")
+    own.add_argument("--leave-play-after", type=_positive_int, default=None, metavar="EXCHANGES",
+                     help="after this many exchanges with the trainer, say goodbye (status 400) and quit, "
+                     "as the Unity Editor does when the user leaves Play mode")
     own.add_argument("--log-json", action="store_true", help="JSON log lines")
     return parser
 
@@ -145,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             academy.apply_input(first_input)
-            while True:
+            while args.leave_play_after is None or academy.exchanges < args.leave_play_after:
                 academy.step()
+            log.info("leaving Play mode", exchanges=academy.exchanges)
+            communicator.goodbye()
+            return 0
         except PlayerClosed:
             log.info("player quitting", exchanges=academy.exchanges, academy_steps=academy.step_count)
             return 0

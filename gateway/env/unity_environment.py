@@ -42,7 +42,12 @@ from mlagents_envs.communicator_objects.unity_message_pb2 import UnityMessagePro
 from mlagents_envs.communicator_objects.unity_output_pb2 import UnityOutputProto
 from mlagents_envs.environment import UnityEnvironment
 from google.protobuf.message import DecodeError
-from mlagents_envs.exception import UnityEnvironmentException, UnityTimeOutException, UnityWorkerInUseException
+from mlagents_envs.exception import (
+    UnityCommunicatorStoppedException,
+    UnityEnvironmentException,
+    UnityTimeOutException,
+    UnityWorkerInUseException,
+)
 from mlagents_envs.rpc_communicator import RpcCommunicator
 from mlagents_envs.side_channel.incoming_message import IncomingMessage
 from mlagents_envs.side_channel.side_channel import SideChannel
@@ -57,6 +62,8 @@ _TAKE_WAIT_S = 0.05
 DEFAULT_MAX_MESSAGE_MB = 256
 #: where the server Unity connects to listens by default: loopback only (127.0.0.1 and ::1)
 DEFAULT_LISTEN_HOST = "localhost"
+#: how often a wait for Unity checks the Unity process and the connection
+_POLL_EVERY_S = 1.0
 #: how long a closing server lets Unity's call receive its closing message
 _CLOSE_GRACE_S = 1.0
 #: the longest sender description kept in a log line about a refused message
@@ -116,6 +123,8 @@ class _Handoff:
         #: set by the gRPC thread once it took Python's answer (cleared by the stepping thread)
         self.taken = threading.Event()
         self.closed = threading.Event()
+        #: a call's client went away while it waited for Python's answer (Unity vanished)
+        self.abandoned = threading.Event()
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
         """The service with bytes in and out (no (de)serializers: the stepping thread does that)."""
@@ -126,14 +135,25 @@ class _Handoff:
         if self.closed.is_set():
             return _status_message(400).SerializeToString()  # Python is gone: tell Unity to quit
         call = _Exchange(request, context.peer())
+        context.add_callback(lambda: self._ended(call))
         self.from_unity.put(call)
         while not call.done.wait(self._CHECK_EVERY_S):
-            if self.closed.is_set() or not context.is_active():
+            if self.closed.is_set():
+                return _status_message(400).SerializeToString()
+            if not context.is_active():
+                if self.current is call:  # Unity itself is gone (an Editor closed without goodbye)
+                    self.abandoned.set()
                 return _status_message(400).SerializeToString()
         if call.refused is not None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, call.refused)
         self.taken.set()
         return call.answer
+
+    def _ended(self, call: _Exchange) -> None:
+        """gRPC's end-of-call callback: a call that ends before its answer was given lost its
+        client; when it is Unity's own (an Editor closed without goodbye), Unity is gone."""
+        if not call.done.is_set() and self.current is call:
+            self.abandoned.set()
 
     def answer(self, message: bytes) -> None:
         """Gives the call taken last its answer (nothing when no call waits: Unity left)."""
@@ -259,6 +279,7 @@ class LargeMessageRpcCommunicator(RpcCommunicator):
         worker_id, base_port, timeout_wait: as ``RpcCommunicator``.
         max_message_bytes: receive and send limit of the server.
         listen_host: the address the server binds (``localhost``: loopback only).
+        editor: the peer is a Unity Editor (no process to watch; errors give Editor advice).
     """
 
     def __init__(
@@ -268,9 +289,11 @@ class LargeMessageRpcCommunicator(RpcCommunicator):
         timeout_wait: int,
         max_message_bytes: int,
         listen_host: str = DEFAULT_LISTEN_HOST,
+        editor: bool = False,
     ) -> None:
         self._max_message_bytes = max_message_bytes
         self._listen_host = listen_host
+        self._editor = editor
         self.handoff = _Handoff()
         #: called once per ``exchange`` after Python's message went to Unity and before waiting
         #: for Unity's answer: work that overlaps with Unity's step (see ``gateway.actor.worker_loop``)
@@ -301,22 +324,40 @@ class LargeMessageRpcCommunicator(RpcCommunicator):
         """Unity's next message; raises ``UnityTimeOutException`` after ``timeout_wait`` seconds.
 
         ``poll_callback`` (mlagents' check that the Unity process is alive) runs every
-        tenth of the timeout, as in mlagents-envs, so a dead process is noticed early.
+        second while waiting, so a dead process is noticed early. A Unity (an Editor) whose
+        call was dropped while it waited for Python's answer is gone too: that raises
+        ``UnityCommunicatorStoppedException`` at once instead of after the timeout.
         """
         deadline = time.monotonic() + self.timeout_wait
-        slice_s = max(1, self.timeout_wait // 10)
         while True:
-            message = self.handoff.take(max(0.0, min(slice_s, deadline - time.monotonic())))
+            if self.handoff.abandoned.is_set():
+                if poll_callback:
+                    poll_callback()  # a dead process says how it died
+                raise UnityCommunicatorStoppedException(
+                    "Unity's connection closed without a goodbye"
+                    + (" (was the Unity Editor closed?)" if self._editor else "")
+                )
+            message = self.handoff.take(max(0.0, min(_POLL_EVERY_S, deadline - time.monotonic())))
             if message is not None:
                 return message
             if time.monotonic() >= deadline:
-                raise UnityTimeOutException(
-                    f"Unity did not answer within {self.timeout_wait} s (timeout_wait): the build may need user "
-                    "interaction to start, its Behavior Type may not be 'Default', its ML-Agents package may not "
-                    "match this Python side, or it may need --no-graphics on a headless machine"
-                )
+                raise UnityTimeOutException(self._timeout_advice())
             if poll_callback:
                 poll_callback()  # raises when the Unity process died
+
+    def _timeout_advice(self) -> str:
+        if self._editor:
+            return (
+                f"the Unity Editor did not answer within {self.timeout_wait} s (timeout_wait): press Play in the "
+                "Editor (the gateway must be listening before Play is pressed); check that the agents' Behavior "
+                "Type is 'Default', that the Editor's ML-Agents package matches this Python side, and that the "
+                "Editor is not paused or stopped at a breakpoint"
+            )
+        return (
+            f"Unity did not answer within {self.timeout_wait} s (timeout_wait): the build may need user "
+            "interaction to start, its Behavior Type may not be 'Default', its ML-Agents package may not "
+            "match this Python side, or it may need --no-graphics on a headless machine"
+        )
 
     def _to_unity(self, inputs: UnityInputProto) -> None:
         message = _status_message(200)
@@ -364,6 +405,7 @@ class LargeMessageUnityEnvironment(UnityEnvironment):
 
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
     listen_host: str = DEFAULT_LISTEN_HOST
+    editor: bool = False
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -406,6 +448,7 @@ class LargeMessageUnityEnvironment(UnityEnvironment):
                 timeout_wait,
                 max_message_bytes=self.max_message_mb * 1024 * 1024,
                 listen_host=self.listen_host,
+                editor=self.editor,
             )
         except BaseException:
             # mlagents registered ``atexit(self._close)`` before asking for the communicator;
@@ -465,7 +508,7 @@ def open_unity_environment(
     env_class = type(
         "LargeMessageUnityEnvironment",
         (LargeMessageUnityEnvironment,),
-        {"max_message_mb": int(max_message_mb), "listen_host": listen_host},
+        {"max_message_mb": int(max_message_mb), "listen_host": listen_host, "editor": file_name is None},
     )
     _log.info(
         "opening unity environment",

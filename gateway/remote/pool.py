@@ -17,7 +17,8 @@ from common.logging import get_logger
 from common.specs import BehaviorSpec
 from gateway.env import steps as steps_mod
 from gateway.env.instance import BehaviorActions
-from gateway.env.messages import Failed, GiveUp, Ready, Refused, Reset, Restart, SetParameters, Step, Stepped
+from gateway.env.messages import AwaitingEditor, Failed, GiveUp, Ready, Refused, Reset, Restart, SetParameters, Step
+from gateway.env.messages import Stepped
 from gateway.options import EnvironmentOptions
 from gateway.env.steps import StepBatch
 from gateway.env.workers import Command, InProcessWorkerHandle, InstanceInfo, PoolError, WorkerHandle
@@ -236,6 +237,12 @@ class EnvironmentPool:
                     return msg
                 case Refused(message):
                     raise PoolError(f"instance {w.index} refused the command: {message}")
+                case AwaitingEditor(message):
+                    # not a crash: nothing is counted; the agents of the Editor's last Play are gone
+                    with self._info_lock:
+                        self._decisions[w.index] = {}
+                        self._last_steps.pop(w.index, None)
+                    raise PoolError(message)
                 case Failed(message):
                     if self._closed:
                         raise PoolError("the gateway is shutting down")
