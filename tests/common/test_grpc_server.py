@@ -297,6 +297,8 @@ def test_calls_beyond_the_threads_are_refused_at_once_until_idle_streams_expire(
 
 
 def test_a_stream_that_sent_its_first_message_is_not_cancelled():
+    """Held past the deadline (the handler waits on ``release`` after the first message): the
+    deadline was cancelled by that message, the stream ends normally."""
     echo = _Echo()
     running = _start(echo, first_message_timeout_s=1.0)
     echo.release.clear()
@@ -304,8 +306,7 @@ def test_a_stream_that_sent_its_first_message_is_not_cancelled():
         with grpc.insecure_channel(running.address) as channel:
             held = channel.stream_stream(f"/{SERVICE}/BothStream")(iter([b"a", b"b"]), timeout=30)
             assert echo.entered.wait(10)
-            # held past the deadline (the handler waits on ``release``): the deadline was cancelled
-            threading.Event().wait(2.0)
+            threading.Event().wait(2.0)  # past the deadline: the property under test is about time
             echo.release.set()
             assert list(held) == [b"a", b"b"]
     finally:

@@ -156,31 +156,13 @@ def _start_cli(*args: str, env=None, start_new_session: bool = False) -> tuple[s
 
 @pytest.mark.slow
 @pytest.mark.parametrize("num_envs", [1, 2])  # 1: the instance steps inside the gateway process
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_shuts_down_leaving_no_unity_process(signum, num_envs):
-    base = free_ports(num_envs)
-    proc, ready, lines = _start_cli("--num-envs", str(num_envs), "--base-port", str(base), "--timeout-wait", "10")
-    try:
-        unity = [pid for i in range(num_envs) for pid in pids_with_arg("--mlagents-port", str(base + i))]
-        assert len(unity) == num_envs
-        with GatewayClient(f"127.0.0.1:{ready['port']}") as client:
-            session = client.play(timeout_s=30)
-            session.reset()
-            proc.send_signal(signum)
-            assert proc.wait(30) == 0
-        assert wait_until(lambda: not any(pid_alive(p) for p in unity), 10)
-        assert any('"gateway stopped"' in line for line in lines)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("num_envs", [1, 2])  # 2: worker processes, which get the signal too
-def test_sigterm_to_the_whole_process_group_closes_unity_cleanly(tmp_path, num_envs):
-    """As ``timeout`` and container runtimes do: every process of the gateway's group gets
-    SIGTERM (Unity runs in its own session, as mlagents-envs launches it). Unity must get
-    its closing message and quit, not see its connection break."""
+@pytest.mark.parametrize(
+    "signum, to_group",
+    # to the whole process group, as ``timeout`` and container runtimes send it: the worker
+    # processes get it too (Unity runs in its own session, as mlagents-envs launches it)
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGTERM, True)],
+)
+def test_signal_shuts_down_closing_unity_cleanly_and_leaving_no_unity_process(tmp_path, signum, to_group, num_envs):
     base = free_ports(num_envs)
     proc, ready, lines = _start_cli(
         "--num-envs", str(num_envs), "--base-port", str(base), "--timeout-wait", "10", "--log-folder", str(tmp_path),
@@ -192,10 +174,14 @@ def test_sigterm_to_the_whole_process_group_closes_unity_cleanly(tmp_path, num_e
         with GatewayClient(f"127.0.0.1:{ready['port']}") as client:
             session = client.play(timeout_s=30)
             session.reset()
-            os.killpg(proc.pid, signal.SIGTERM)
+            if to_group:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
             assert proc.wait(30) == 0
         assert wait_until(lambda: not any(pid_alive(p) for p in unity), 20)
-        for i in range(num_envs):
+        assert any('"gateway stopped"' in line for line in lines)
+        for i in range(num_envs):  # Unity got its closing message, not a broken connection
             text = (tmp_path / f"Player-{i}.log").read_text()
             assert "trainer closed the connection" in text and "player quitting" in text, text[-2000:]
             assert "lost the connection" not in text, text[-2000:]
