@@ -309,7 +309,7 @@ class UnityInstance:
             what = "the Unity Editor stopped answering"
         return EditorAway(
             f"instance {self.index}: {what}: {error}; the gateway listens on port {self.port} again: press Play "
-            "in the Editor, then reset"
+            "in the Editor"
         )
 
     def _refresh_specs(self) -> None:

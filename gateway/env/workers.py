@@ -124,7 +124,7 @@ class InstanceWorker:
         self._editor_back = threading.Event()
         self._editor_thread = threading.Thread(target=self._await_editor, name="await-unity-editor", daemon=True)
         self._editor_thread.start()
-        self.out.send(AwaitingEditor(str(error)))
+        self.out.send(AwaitingEditor(f"{error}, then reset"))
 
     def _await_editor(self) -> None:
         """Listens until an Editor connects (each wait lasts ``--timeout-wait``, then listens again)."""

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 import unity_standin
+from fake_trainer import FakeTrainerServer, TrainerState
 from gateway.env.workers import PoolError
-from gateway.options import RestartLimits
+from gateway.options import ActorOptions, RestartLimits
 from gateway.remote.client import GatewayClient, decode_steps, random_actions
-from gateway_helpers import environment_options, running_gateway
+from gateway_helpers import environment_options, running_gateway, wait_until
 from tandem.v1 import gateway_pb2
 
 #: ML-Agents' default limits for builds: one restart per minute
@@ -125,3 +126,26 @@ def test_an_editor_that_never_plays_gets_editor_advice():
     text = str(err.value)
     assert "the Unity Editor did not answer within 10 s" in text and "press Play in the Editor" in text
     assert "--no-graphics" not in text
+
+
+def test_in_actor_mode_leaving_play_is_not_counted_and_each_next_play_is_served():
+    """Three Plays of 40 exchanges each: every Editor is driven to its goodbye (exit 0), and
+    no restart is counted (the build limits would have taken the instance down)."""
+    options = _editor_options()
+    trainer = FakeTrainerServer(TrainerState(time_horizon=16))
+    actor = ActorOptions(trainer=trainer.address, chunk_steps=64, flush_interval_s=0.2, reconnect_min_s=0.1)
+    editors = [_press_play(options.base_port, "--leave-play-after", "40")]
+    try:
+        with running_gateway(options, actor=actor) as gw:
+            for play in range(3):
+                if play:
+                    editors.append(_press_play(options.base_port, "--leave-play-after", "40"))
+                assert wait_until(lambda: editors[-1].poll() is not None, 90), "the gateway drives the Editor"
+                assert editors[-1].returncode == 0
+            [instance] = gw.actor.instances()
+            assert (instance.alive, instance.restarts) == (True, 0)
+    finally:
+        trainer.stop()
+        for process in editors:
+            if process.poll() is None:
+                process.kill()
