@@ -193,42 +193,51 @@ def _denying_handler(request_streaming: bool, response_streaming: bool) -> grpc.
 
 
 class _Deadlines:
-    """Calls a function at a time, unless cancelled before: one daemon thread for every stream.
+    """Calls a function at a time, unless cancelled before: one thread for every stream.
 
     Why: a thread (``threading.Timer``) per stream would be one more thread per idle peer,
-    the very thing the first-message deadline bounds.
+    the very thing the first-message deadline bounds. The thread runs only while some
+    deadline is pending (servers come and go in tests and tools).
     """
 
     def __init__(self, name: str) -> None:
+        self._name = name
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._cancelled: set[int] = set()
+        self._pending: set[int] = set()
         self._ids = itertools.count()
         self._wake = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._running = False
 
     def at(self, when: float, call: Callable[[], None]) -> int:
         """Schedules ``call`` at ``when`` (``time.monotonic()``); returns an id for ``cancel``."""
         with self._wake:
             key = next(self._ids)
             heapq.heappush(self._heap, (when, key, call))
+            self._pending.add(key)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name=self._name, daemon=True).start()
             self._wake.notify()
             return key
 
     def cancel(self, key: int) -> None:
         with self._wake:
-            if any(k == key for _, k, _ in self._heap):
-                self._cancelled.add(key)
+            self._pending.discard(key)
 
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._heap or self._heap[0][0] > time.monotonic():
-                    self._wake.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
-                _, key, call = heapq.heappop(self._heap)
-                if key in self._cancelled:
-                    self._cancelled.discard(key)
+                while self._heap and self._heap[0][1] not in self._pending:
+                    heapq.heappop(self._heap)  # cancelled
+                if not self._heap:
+                    self._running = False
+                    return
+                when, key, call = self._heap[0]
+                if when > time.monotonic():
+                    self._wake.wait(when - time.monotonic())
                     continue
+                heapq.heappop(self._heap)
+                self._pending.discard(key)
             try:
                 call()
             except Exception as e:  # a failing callback must not end the watcher

@@ -102,6 +102,21 @@ def test_restart_limit_reached_takes_the_instance_down_but_keeps_serving(rng):
             assert "step.actions[0].instance" in err.value.details()
 
 
+def test_once_every_instance_is_down_requests_say_why(rng):
+    limits = RestartLimits(max_lifetime_restarts=0, rate_limit_n=-1)
+    with running_gateway(environment_options(restarts=limits)) as gw, GatewayClient(gw.address) as client:
+        specs = client.specs()
+        session = client.play(timeout_s=60)
+        views = decode_steps(session.reset(), specs)
+        os.kill(gw.pool.workers[0].unity_pid, signal.SIGKILL)
+        [view] = _step_random(session, specs, views, rng)
+        assert view.terminals.interrupted.all() and len(view.decisions) == 0
+        with pytest.raises(grpc.RpcError) as err:
+            session.step([])
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "every environment instance is down (instance 0: restart limits reached after:" in err.value.details()
+
+
 @pytest.mark.slow
 def test_hung_unity_is_detected_after_timeout_wait_and_restarted(rng):
     with running_gateway(environment_options(timeout_wait=10)) as gw:
