@@ -82,7 +82,7 @@ class _Exchange:
         refused: why the message was refused (the caller gets INVALID_ARGUMENT), or None.
     """
 
-    __slots__ = ("request", "peer", "answer", "refused", "done")
+    __slots__ = ("request", "peer", "answer", "refused", "done", "ended")
 
     def __init__(self, request: bytes, peer: str) -> None:
         self.request = request
@@ -90,6 +90,8 @@ class _Exchange:
         self.answer: bytes | None = None
         self.refused: str | None = None
         self.done = threading.Event()
+        #: the call ended (its client may be gone) before the stepping thread answered it
+        self.ended = False
 
 
 class _Handoff:
@@ -152,8 +154,10 @@ class _Handoff:
     def _ended(self, call: _Exchange) -> None:
         """gRPC's end-of-call callback: a call that ends before its answer was given lost its
         client; when it is Unity's own (an Editor closed without goodbye), Unity is gone."""
-        if not call.done.is_set() and self.current is call:
-            self.abandoned.set()
+        if not call.done.is_set():
+            call.ended = True
+            if self.current is call:
+                self.abandoned.set()
 
     def answer(self, message: bytes) -> None:
         """Gives the call taken last its answer (nothing when no call waits: Unity left)."""
@@ -186,6 +190,8 @@ class _Handoff:
                 )
                 continue
             self.current = call
+            if call.ended:  # Unity sent this and left before it could be answered
+                self.abandoned.set()
             return message
 
     def close(self) -> None:
