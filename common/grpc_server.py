@@ -8,11 +8,21 @@ live here once; each service only says which servicer it adds and which limits i
 
 Errors name the command-line flag both services use for the value (``--listen``,
 ``--tls-cert``, ``--tls-key``), so a user sees at once what to change.
+
+Idle peers cannot starve real ones: every accepted call gets a handler thread at once
+(``max_workers`` is never below ``max_concurrent_rpcs``; calls beyond that limit are
+refused with RESOURCE_EXHAUSTED instead of waiting unseen in a queue), and a stream
+whose client sends no first message within ``first_message_timeout_s`` is cancelled,
+so that a peer opening streams and saying nothing holds threads for seconds, not forever.
 """
 
 from __future__ import annotations
 
+import heapq
 import hmac
+import itertools
+import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +38,8 @@ from common.logging import get_logger
 _UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
 _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _DENIED = "missing or wrong bearer token (metadata 'authorization: Bearer <token>')"
+#: default wait for a stream's first message before the stream is cancelled
+FIRST_MESSAGE_TIMEOUT_S = 20.0
 
 _log = get_logger("common.grpc_server")
 
@@ -65,8 +77,13 @@ class GrpcServerOptions:
         keepalive_s: interval of HTTP/2 keepalive pings to clients.
         keepalive_timeout_s: how long a ping may go unanswered before the connection is dropped.
         max_workers: handler threads (a bidirectional stream holds one for its whole life).
-        max_concurrent_rpcs: calls beyond this are refused with RESOURCE_EXHAUSTED; None = no limit.
+        max_concurrent_rpcs: calls beyond this are refused with RESOURCE_EXHAUSTED; None =
+            ``max_workers`` (a call beyond the threads would otherwise wait in a queue, unseen,
+            behind idle streams).
         thread_name_prefix: names the handler threads in stack dumps and profiles.
+        first_message_timeout_s: a client-streaming call whose first message does not arrive
+            within this many seconds is cancelled (CANCELLED; logged with the peer), which
+            frees its handler thread; None = wait forever.
 
     Raises:
         ValueError: only one of ``tls_cert``/``tls_key``, an empty token, or a limit that
@@ -83,6 +100,7 @@ class GrpcServerOptions:
     max_workers: int = 16
     max_concurrent_rpcs: int | None = None
     thread_name_prefix: str = "grpc-server"
+    first_message_timeout_s: float | None = FIRST_MESSAGE_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -93,26 +111,56 @@ class GrpcServerOptions:
             raise ValueError("message size and keepalive times must be positive")
         if self.max_workers < 1 or (self.max_concurrent_rpcs is not None and self.max_concurrent_rpcs < 1):
             raise ValueError("max_workers and max_concurrent_rpcs must be >= 1")
+        if self.max_concurrent_rpcs is not None and self.max_concurrent_rpcs > self.max_workers:
+            raise ValueError(
+                f"max_concurrent_rpcs ({self.max_concurrent_rpcs}) must not exceed max_workers ({self.max_workers}): "
+                "calls beyond the handler threads would wait unseen behind idle streams"
+            )
+        if self.first_message_timeout_s is not None and not self.first_message_timeout_s > 0:
+            raise ValueError(f"first_message_timeout_s must be positive or None, got {self.first_message_timeout_s}")
+
+    @property
+    def concurrent_rpcs(self) -> int:
+        """The calls served at once: ``max_concurrent_rpcs``, or one per handler thread."""
+        return self.max_concurrent_rpcs if self.max_concurrent_rpcs is not None else self.max_workers
+
+
+def bearer_token_matches(metadata, token: str) -> bool:
+    """Whether call metadata carries ``authorization: Bearer <token>``: the one rule of both servers.
+
+    The scheme is case-insensitive (RFC 6750 section 2.1, via RFC 7235: ``bearer`` and
+    ``BEARER`` work), surrounding white space is ignored, and the token is compared in
+    constant time. A call with two or more ``authorization`` entries is refused whatever
+    they hold: which one a proxy or library keeps differs, so neither may win.
+
+    Args:
+        metadata: ``(key, value)`` pairs of the call (values ``str`` or ``bytes``), or None.
+        token: the expected token (not empty).
+
+    Returns:
+        True only for exactly one ``authorization`` entry with the right scheme and token.
+    """
+    found = [value for key, value in metadata or () if key.lower() == "authorization"]
+    if len(found) != 1:
+        return False
+    value = found[0]
+    text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+    scheme, _, credential = text.strip().partition(" ")
+    given = f"{scheme.lower()} {credential.strip()}".encode()
+    return hmac.compare_digest(given, f"bearer {token}".encode())
 
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):
     """Refuses calls whose ``authorization`` metadata is not ``Bearer <token>`` (UNAUTHENTICATED).
 
-    The scheme is case-insensitive (RFC 6750 via RFC 7235: ``bearer``, ``BEARER`` work);
-    the token is compared in constant time. Health checks pass without a token.
+    The rule is :func:`bearer_token_matches`. Health checks pass without a token.
     """
 
     def __init__(self, token: str) -> None:
-        self._expected = f"bearer {token}".encode()
+        self._token = token
 
     def _authorized(self, metadata) -> bool:
-        for key, value in metadata or ():
-            if key == "authorization":
-                text = value if isinstance(value, str) else value.decode("utf-8", "replace")
-                scheme, _, credential = text.strip().partition(" ")
-                given = f"{scheme.lower()} {credential.strip()}".encode()
-                return hmac.compare_digest(given, self._expected)
-        return False
+        return bearer_token_matches(metadata, self._token)
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
@@ -142,6 +190,113 @@ def _denying_handler(request_streaming: bool, response_streaming: bool) -> grpc.
     if response_streaming:
         return grpc.unary_stream_rpc_method_handler(deny_stream)
     return grpc.unary_unary_rpc_method_handler(deny)
+
+
+class _Deadlines:
+    """Calls a function at a time, unless cancelled before: one thread for every stream.
+
+    Why: a thread (``threading.Timer``) per stream would be one more thread per idle peer,
+    the very thing the first-message deadline bounds. The thread runs only while some
+    deadline is pending (servers come and go in tests and tools).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._pending: set[int] = set()
+        self._ids = itertools.count()
+        self._wake = threading.Condition()
+        self._running = False
+
+    def at(self, when: float, call: Callable[[], None]) -> int:
+        """Schedules ``call`` at ``when`` (``time.monotonic()``); returns an id for ``cancel``."""
+        with self._wake:
+            key = next(self._ids)
+            heapq.heappush(self._heap, (when, key, call))
+            self._pending.add(key)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name=self._name, daemon=True).start()
+            self._wake.notify()
+            return key
+
+    def cancel(self, key: int) -> None:
+        with self._wake:
+            self._pending.discard(key)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while self._heap and self._heap[0][1] not in self._pending:
+                    heapq.heappop(self._heap)  # cancelled
+                if not self._heap:
+                    self._running = False
+                    return
+                when, key, call = self._heap[0]
+                if when > time.monotonic():
+                    self._wake.wait(when - time.monotonic())
+                    continue
+                heapq.heappop(self._heap)
+                self._pending.discard(key)
+            try:
+                call()
+            except Exception as e:  # a failing callback must not end the watcher
+                _log.warning("deadline callback failed", error=repr(e))
+
+
+class FirstMessageDeadlineInterceptor(grpc.ServerInterceptor):
+    """Cancels a client-streaming call whose first message does not arrive in time.
+
+    Why: a streaming handler blocks a thread while it waits for the client's next
+    message, and nothing else bounds how long a client may open a stream and say
+    nothing (a trainer's ``Connect`` before its Hello, an idle reflection stream).
+
+    Args:
+        timeout_s: seconds from the start of the handler to the first message.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._deadlines = _Deadlines("grpc-first-message-deadlines")
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or not handler.request_streaming:
+            return handler
+        method = handler_call_details.method
+        behavior = handler.stream_stream or handler.stream_unary
+        guarded = self._guard(behavior, method)
+        if handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(
+                guarded, handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.stream_unary_rpc_method_handler(guarded, handler.request_deserializer, handler.response_serializer)
+
+    def _guard(self, behavior, method: str):
+        timeout_s = self._timeout_s
+
+        def expire(context, received: threading.Event) -> None:
+            if not received.is_set() and context.is_active():
+                _log.warning(
+                    "stream cancelled: no first message in time", method=method, peer=context.peer(), timeout_s=timeout_s
+                )
+                context.cancel()
+
+        def guarded(request_iterator, context):
+            received = threading.Event()
+            key = self._deadlines.at(time.monotonic() + timeout_s, lambda: expire(context, received))
+            context.add_callback(lambda: self._deadlines.cancel(key))
+
+            def requests():
+                for request in request_iterator:
+                    if not received.is_set():
+                        received.set()
+                        self._deadlines.cancel(key)
+                    yield request
+
+            return behavior(requests(), context)
+
+        return guarded
 
 
 @dataclass(frozen=True)
@@ -220,12 +375,17 @@ def start_grpc_server(
             names the flag and the file).
     """
     names = tuple(service_names)
+    interceptors: list[grpc.ServerInterceptor] = []
+    if options.token:
+        interceptors.append(BearerTokenInterceptor(options.token))
+    if options.first_message_timeout_s is not None:
+        interceptors.append(FirstMessageDeadlineInterceptor(options.first_message_timeout_s))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix=options.thread_name_prefix),
-        interceptors=[BearerTokenInterceptor(options.token)] if options.token else [],
+        interceptors=interceptors,
         options=channel_options(options.max_message_bytes, options.keepalive_s, options.keepalive_timeout_s)
         + [("grpc.http2.min_ping_interval_without_data_ms", 5_000), ("grpc.so_reuseport", 0)],
-        maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+        maximum_concurrent_rpcs=options.concurrent_rpcs,
     )
     add_services(server)
     health_servicer = health.HealthServicer()

@@ -81,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
         "remote control) into ML-Agents .demo files in DIR, one per behavior and instance (<Behavior>.demo, "
         "then <Behavior>_0.demo...), for demo_path (behavioral_cloning, gail) and tandem-trainer --demos",
     )
+    env.add_argument(
+        "--unity-listen-host",
+        default="localhost",
+        metavar="HOST",
+        help="address where the gateway's server for Unity (port --base-port + i) listens: localhost = loopback "
+        "only (default; a Unity build runs on this machine); 0.0.0.0 or :: (all interfaces) or one interface's "
+        "address for a Unity Editor on another machine. That port has no authentication (Unity's protocol has "
+        "none): open it on trusted networks only",
+    )
     srv = add_server_arguments(p, title="server", listen="127.0.0.1:5756")
     srv.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message")
     srv.add_argument(
@@ -176,6 +185,7 @@ def options_from_args(args: argparse.Namespace) -> GatewayOptions:
         ),
         log_folder=os.path.abspath(args.log_folder) if args.log_folder else None,
         record_demo=os.path.abspath(args.record_demo) if args.record_demo else None,
+        unity_listen_host=args.unity_listen_host,
     )
     server = ServerOptions(
         listen=args.listen,

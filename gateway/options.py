@@ -7,7 +7,9 @@ option exists there (``--base-port 5005``, ``--time-scale 20``, ``--width 84``, 
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 
 from common.environment_options import EDITOR, EngineSettings
@@ -67,6 +69,10 @@ class EnvironmentOptions:
             (a Unity build: Unity's own Player.log; the stand-in: the gateway's stderr).
         record_demo: absolute folder where every instance records what its agents observe
             and do as ML-Agents ``.demo`` files (``--record-demo``); None: no recording.
+        unity_listen_host: the address the server Unity connects to binds (``--unity-listen-host``):
+            ``localhost`` (loopback only: a Unity build runs beside the gateway), or an
+            interface's address (``0.0.0.0``, ``::``, ...) for a Unity Editor on another machine.
+            That port has no authentication (Unity's side of the protocol has none).
     """
 
     file_name: str | None
@@ -81,6 +87,7 @@ class EnvironmentOptions:
     restarts: RestartLimits = field(default_factory=RestartLimits)
     log_folder: str | None = None
     record_demo: str | None = None
+    unity_listen_host: str = "localhost"
 
     def worker_id(self, index: int) -> int:
         """The mlagents worker id of instance ``index`` (its port is ``base_port + worker_id``)."""
@@ -162,6 +169,8 @@ class ServerOptions:
         dm_env_rpc_listen: ``host:port`` where the dm_env_rpc v1 protocol is served too
             (remote-control mode; port 0 = any free port); None = not served. Same TLS,
             token and message limit as ``listen``. Needs the ``dm-env-rpc`` package.
+        first_message_timeout_s: a stream (Play, reflection...) whose client sends nothing
+            within this many seconds is cancelled, freeing its handler thread.
     """
 
     listen: str = "127.0.0.1:5756"
@@ -171,6 +180,7 @@ class ServerOptions:
     max_message_mb: int = 64
     keepalive_s: float = 30.0
     dm_env_rpc_listen: str | None = None
+    first_message_timeout_s: float = 20.0
 
     @property
     def max_message_bytes(self) -> int:
@@ -196,6 +206,24 @@ def _check_host_port(name: str, value: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise OptionsError(f"{name}: expected host:port, got {value!r}")
+
+
+#: a host name as RFC 1123 allows (letters, digits, hyphens, dot-separated labels)
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _check_listen_host(name: str, value: str) -> None:
+    """An IP address (v4 or v6, no brackets, no port) or a host name."""
+    try:
+        ipaddress.ip_address(value)
+        return
+    except ValueError:
+        pass
+    if not _HOST_NAME.match(value):
+        raise OptionsError(
+            f"{name}: expected an address or host name without a port (localhost, 0.0.0.0, ::, 192.168.1.5), "
+            f"got {value!r}"
+        )
 
 
 def _check_file(name: str, path: str | None) -> None:
@@ -252,6 +280,7 @@ def validate(options: GatewayOptions) -> GatewayOptions:
         raise OptionsError(f"--seed: must be >= 0, or -1 for random, got {env.seed}")
     if env.record_demo is not None and (not os.path.isabs(env.record_demo) or os.path.isfile(env.record_demo)):
         raise OptionsError(f"--record-demo: expected a folder, got {env.record_demo!r}")
+    _check_listen_host("--unity-listen-host", env.unity_listen_host)
     if env.log_folder is not None and (not os.path.isabs(env.log_folder) or os.path.isfile(env.log_folder)):
         raise OptionsError(f"--log-folder: expected an absolute folder path, got {env.log_folder!r}")
     eng = env.engine
@@ -280,6 +309,8 @@ def validate(options: GatewayOptions) -> GatewayOptions:
         raise OptionsError(f"--max-message-mb: must be 1..2047, got {srv.max_message_mb}")
     if srv.keepalive_s <= 0:
         raise OptionsError("keepalive_s: must be positive")
+    if not srv.first_message_timeout_s > 0:
+        raise OptionsError("first_message_timeout_s: must be positive")
     if srv.dm_env_rpc_listen is not None:
         _check_dm_env_rpc(options)
     act = options.actor

@@ -21,8 +21,11 @@ SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 def grpc_server_options(options: ServerOptions) -> GrpcServerOptions:
     """The shared server options for the gateway's ``ServerOptions``.
 
-    A gateway serves few clients (16 handler threads, at most 64 calls at once) and
-    drops a connection whose keepalive ping goes unanswered for 20 s.
+    A gateway serves few clients: at most 64 calls at once, each with its own handler
+    thread at once (threads start on demand), so that a few idle streams cannot make
+    Describe or Play wait; a stream without a first message within
+    ``first_message_timeout_s`` is cancelled; a connection whose keepalive ping goes
+    unanswered for 20 s is dropped.
     """
     return GrpcServerOptions(
         listen=options.listen,
@@ -32,9 +35,10 @@ def grpc_server_options(options: ServerOptions) -> GrpcServerOptions:
         token=options.token,
         keepalive_s=options.keepalive_s,
         keepalive_timeout_s=20.0,
-        max_workers=16,
+        max_workers=64,
         max_concurrent_rpcs=64,
         thread_name_prefix="tandem-gateway-rpc",
+        first_message_timeout_s=options.first_message_timeout_s,
     )
 
 

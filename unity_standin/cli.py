@@ -71,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "per-episode: a fresh id for every episode")
     own.add_argument("--connect-timeout", type=float, default=60.0,
                      help="seconds to wait for the trainer's server at start (default 60)")
+    own.add_argument("--unknown-side-channel", action="store_true",
+                     help="send a message on a side channel no trainer registers with every output "
+                     "(as a scene with a custom channel)")
+    own.add_argument("--crash-on-parameter", default=None, metavar="NAME",
+                     help="die (exit status 3, no goodbye) when the environment parameter NAME is set, "
+                     "as a scene that crashes on a value")
+    own.add_argument("--leave-play-after", type=_positive_int, default=None, metavar="EXCHANGES",
+                     help="after this many exchanges with the trainer, say goodbye (status 400) and quit, "
+                     "as the Unity Editor does when the user leaves Play mode")
     own.add_argument("--log-json", action="store_true", help="JSON log lines")
     return parser
 
@@ -103,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after logging is configured: these pull in grpc and the protocol modules.
     from unity_standin.academy import Academy, PlayerClosed
     from unity_standin.communicator import Communicator, ConnectionLost
-    from unity_standin.side_channels import SideChannels
+    from unity_standin.side_channels import UNKNOWN_CHANNEL, SideChannels, pack_message
     from unity_standin.tasks import TaskOptions, make_task, task_names
 
     task_name = args.task or os.environ.get(TASK_ENV_VAR) or "3dball"
@@ -119,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         if first_input is None:
             return 0
         side_channels = SideChannels()
+        side_channels.fatal_parameter = args.crash_on_parameter
+        if args.unknown_side_channel:
+            side_channels.every_output = pack_message(UNKNOWN_CHANNEL, b"custom channel data")
         options = TaskOptions(
             seed=args.seed if args.seed is not None else init_input.seed,
             num_agents=args.num_agents,
@@ -136,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             academy.apply_input(first_input)
-            while True:
+            while args.leave_play_after is None or academy.exchanges < args.leave_play_after:
                 academy.step()
+            log.info("leaving Play mode", exchanges=academy.exchanges)
+            communicator.goodbye()
+            return 0
         except PlayerClosed:
             log.info("player quitting", exchanges=academy.exchanges, academy_steps=academy.step_count)
             return 0

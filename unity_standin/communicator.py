@@ -120,5 +120,14 @@ class Communicator:
             return None
         return reply.unity_input
 
+    def goodbye(self) -> None:
+        """Says goodbye as Unity does when it quits or the Editor leaves Play mode: one
+        ``Exchange`` with status 400 (whatever comes back, or a broken connection, is ignored)."""
+        try:
+            self._stub.Exchange(UnityMessageProto(header=HeaderProto(status=400)), timeout=10)
+        except grpc.RpcError as err:
+            _log.info("the goodbye was not answered", error=f"{err.code().name}: {err.details()}")
+        self.is_open = False
+
     def close(self) -> None:
         self._channel.close()

@@ -12,6 +12,7 @@ int32 payload length | payload``, messages are concatenated. Inside payloads, st
 
 from __future__ import annotations
 
+import os
 import struct
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ ENVIRONMENT_PARAMETERS = uuid.UUID("534c891e-810f-11ea-a9d0-822485860400")
 STATS = uuid.UUID("a1d8f7b7-cec8-50f9-b78b-d3e165a78520")
 TRAINING_ANALYTICS = uuid.UUID("b664a4a9-d86f-5a5f-95cb-e8353a7e8356")
 FLOAT_PROPERTIES = uuid.UUID("60ccf7d0-4f7e-11ea-b238-784f4387d1f7")
+#: a channel no trainer registers: what a scene with its own custom side channel sends
+#: (``--unknown-side-channel``)
+UNKNOWN_CHANNEL = uuid.UUID("7a4d0c3e-2f0b-4c55-9d5e-5a1a6e7b0c19")
 
 # StatsAggregationMethod values as ML-Agents numbers them.
 STATS_AVERAGE = 0
@@ -209,6 +213,11 @@ class SideChannels:
     engine: EngineConfiguration = field(default_factory=EngineConfiguration)
     parameters: EnvironmentParameters = field(default_factory=EnvironmentParameters)
     float_properties: dict[str, float] = field(default_factory=dict)
+    #: sent with every output besides the queued messages (``--unknown-side-channel``)
+    every_output: bytes = b""
+    #: an environment parameter the scene cannot take: the player dies when it is set
+    #: (``--crash-on-parameter``, a scene that crashes on a value)
+    fatal_parameter: str | None = None
     _outgoing: list[bytes] = field(default_factory=list)
 
     def process(self, data: bytes) -> None:
@@ -226,6 +235,10 @@ class SideChannels:
                 self._dispatch(channel_id, payload)
             except (struct.error, UnicodeDecodeError, SideChannelError) as err:
                 _log.warning("malformed side-channel message ignored", channel=str(channel_id), error=str(err))
+        fatal = self.fatal_parameter
+        if fatal is not None and (fatal in self.parameters.floats or fatal in self.parameters.samplers):
+            _log.error("the scene crashed on an environment parameter", key=fatal)
+            os._exit(3)  # as a crashing player: no goodbye to the trainer
         if any(channel_id == ENGINE_CONFIGURATION for channel_id, _ in messages):
             # once per input: mlagents sends one message per setting (five for one configuration)
             _log.info("engine configuration", **self.engine.__dict__)
@@ -264,6 +277,6 @@ class SideChannels:
 
     def take_outgoing(self) -> bytes:
         """Returns and clears the side-channel bytes for the next output."""
-        data = b"".join(self._outgoing)
+        data = b"".join(self._outgoing) + self.every_output
         self._outgoing.clear()
         return data

@@ -451,7 +451,12 @@ class ActorRunner:
             case UnityStarted(pid):
                 w.unity_pid = pid
             case Failed(message):
-                if w.quota.allowed():
+                if self.options.environment.file_name is None:
+                    # the Unity Editor left Play mode or went away: not a crash, nothing counted;
+                    # the worker listens again at once and waits for the next Play
+                    self.log.warning("the unity editor is away: waiting for the next Play", instance=w.index, error=message)
+                    self._to_worker(w, Restart())
+                elif w.quota.allowed():
                     w.quota.record()
                     self.log.warning("restarting unity instance", instance=w.index, error=message, restarts=w.quota.restarts)
                     self._to_worker(w, Restart())

@@ -37,6 +37,13 @@ class InstanceFailure(RuntimeError):
     """The Unity process of an instance crashed, hung, or could not be launched."""
 
 
+class EditorAway(InstanceFailure):
+    """The Unity Editor left Play mode, closed, or stopped answering: not a crash.
+
+    The instance listens again and waits for the next Play; no restart is counted.
+    """
+
+
 @dataclass
 class BehaviorActions:
     """Actions for every agent of a behavior's last decision steps, in their order.
@@ -131,6 +138,7 @@ class UnityInstance:
                     side_channels=[engine_channel, self._params_channel, self._stats_channel],
                     log_folder=self.options.log_folder,
                     num_areas=self.options.num_areas,
+                    listen_host=self.options.unity_listen_host,
                 )
                 break
             except UnityWorkerInUseException as e:
@@ -214,6 +222,11 @@ class UnityInstance:
             parameters_mod.apply(self._params_channel, changed)
         return bool(changed)
 
+    def forget_parameters(self, names) -> None:
+        """Drops remembered environment parameters: a restart does not set them again."""
+        for name in names:
+            self._parameters.pop(name, None)
+
     def reset(self) -> dict[str, tuple[StepBatch, StepBatch]]:
         """Resets the instance; returns ``{behavior: (decisions, terminals)}``."""
         out = self._exchange(lambda env: env.reset())
@@ -293,9 +306,23 @@ class UnityInstance:
         except UnityActionException as e:  # our bug, not Unity's: Unity is fine
             raise ValueError(f"instance {self.index}: actions do not fit the decision steps: {e}") from e
         except UnityException as e:
+            if self.options.file_name is None:
+                raise self._editor_away(e) from e
             raise self._failure(type(e).__name__, e) from e
         except (OSError, EOFError, BrokenPipeError) as e:
             raise self._failure("connection lost", e) from e
+
+    def _editor_away(self, error: BaseException) -> EditorAway:
+        from mlagents_envs.exception import UnityCommunicatorStoppedException
+
+        if isinstance(error, UnityCommunicatorStoppedException):
+            what = "the Unity Editor left Play mode (or closed)"
+        else:
+            what = "the Unity Editor stopped answering"
+        return EditorAway(
+            f"instance {self.index}: {what}: {error}; the gateway listens on port {self.port} again: press Play "
+            "in the Editor"
+        )
 
     def _refresh_specs(self) -> None:
         current = self._env.behavior_specs

@@ -11,7 +11,10 @@ Remote control (parent -> worker, and the worker's answer):
     Reset(parameters)      -> Stepped | Failed | Refused
     PackedStep(actions)    -> Stepped | Failed | Refused   (``Step`` packed for the pipe)
     SetParameters(parameters)       no answer; applied with the next reset or step
-    Restart()              after Failed: relaunch Unity and reset -> like Reset
+    AwaitingEditor(message)  (answer) the Unity Editor is away; the worker listens again
+                           in the background and answers every command so until Play
+    Restart(forget)        after Failed: relaunch Unity (without the environment parameters
+                           named in ``forget``) and reset -> like Reset
     GiveUp()               after Failed: stay down -> Stepped with the interrupted terminal steps
     StartActor(config)     hand the worker to actor mode (``gateway.actor.worker_loop``)
     Close()                -> Closed, then the worker exits
@@ -114,7 +117,22 @@ class SetParameters:
 
 @dataclass(frozen=True, slots=True)
 class Restart:
-    """After ``Failed``: relaunch Unity and reset it."""
+    """After ``Failed``: relaunch Unity and reset it.
+
+    Attributes:
+        forget: environment parameters the replacement must not get again (they were new
+            in the command that failed: they may be what killed Unity).
+    """
+
+    forget: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingEditor:
+    """Worker -> parent: the Unity Editor left Play mode or went away (not a crash: no restart
+    is counted); the worker listens again and says so until the Editor is back."""
+
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +337,7 @@ class InferenceReport:
 _TYPES: tuple[type, ...] = (
     Reset, PackedStep, SetParameters, Restart, GiveUp, StartActor, Close, Snapshot, Credit,
     Ready, Failed, Refused, Stepped, Closed, NewBehaviors, Experience, UnityStarted, Progress, InferenceReport,
-    Grant, ResetCredit, ApplyParameters,
+    Grant, ResetCredit, ApplyParameters, AwaitingEditor,
 )
 _INDEX = {cls: i for i, cls in enumerate(_TYPES)}
 

@@ -11,10 +11,17 @@ cheaply and compares by value (an instance skips values it already has).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tandem.v1 import trainer_pb2
+
+#: the largest magnitude of an environment parameter value: far inside float32's range
+#: (3.4e38, the type Unity reads), so that a scene's arithmetic on a value stays finite
+MAX_MAGNITUDE = 1e9
+#: the longest environment parameter name (ML-Agents' names are a few words)
+MAX_NAME_CHARS = 256
 
 CONSTANT = "constant"
 UNIFORM = "uniform"
@@ -39,6 +46,31 @@ class ParameterValue:
     @classmethod
     def constant(cls, value: float) -> ParameterValue:
         return cls(CONSTANT, (float(value),))
+
+
+def check_name(name: str) -> str | None:
+    """Why ``name`` cannot be an environment parameter's name, or None when it can.
+
+    Unity reads names as ASCII (mlagents-envs' channel encodes them so; another character
+    fails inside the worker, after the request was acknowledged), so names are printable
+    ASCII, not empty, at most ``MAX_NAME_CHARS`` characters.
+    """
+    if not name:
+        return "parameter names must not be empty"
+    if len(name) > MAX_NAME_CHARS:
+        return f"a parameter name of {len(name)} characters (at most {MAX_NAME_CHARS})"
+    if not (name.isascii() and name.isprintable()):
+        return f"parameter name {name!r} must be printable ASCII (Unity reads names as ASCII)"
+    return None
+
+
+def check_value(value: float) -> str | None:
+    """Why ``value`` cannot be an environment parameter's value, or None when it can (finite, bounded)."""
+    if not math.isfinite(value):
+        return f"must be finite, got {value}"
+    if abs(value) > MAX_MAGNITUDE:
+        return f"must be within [-{MAX_MAGNITUDE:g}, {MAX_MAGNITUDE:g}] (Unity computes in float32), got {value:g}"
+    return None
 
 
 def from_proto(message: trainer_pb2.EnvironmentParameters) -> dict[str, ParameterValue]:

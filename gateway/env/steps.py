@@ -61,7 +61,14 @@ def read_tensor(msg, name: str, dtype: np.dtype, shape: tuple[int | None, ...]) 
             data = msg.data
             if len(data) == count * dtype.itemsize:
                 return np.frombuffer(data, dtype=dtype).reshape(dims)
-    return tensor.from_proto(msg, name=name, dtype=dtype, shape=shape)
+    try:
+        return tensor.from_proto(msg, name=name, dtype=dtype, shape=shape)
+    except tensor.TensorError as e:
+        if str(e).startswith(f"{name}:"):
+            raise
+        raise tensor.TensorError(f"{name}: {e}") from None  # e.g. an unknown dtype code
+    except ValueError as e:  # e.g. dimensions whose product overflows
+        raise tensor.TensorError(f"{name}: shape {list(msg.shape)} cannot be read: {e}") from None
 
 
 @dataclass

@@ -21,6 +21,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -30,8 +31,8 @@ import numpy as np
 from common import lifeline
 from common.logging import configure_logging, get_logger
 from gateway.env import steps as steps_mod
-from gateway.env.instance import InstanceFailure, UnityInstance, kill_process
-from gateway.env.messages import Close, Closed, Failed, GiveUp, PackedStep, Pipe, Ready, Refused, Reset
+from gateway.env.instance import EditorAway, InstanceFailure, UnityInstance, kill_process
+from gateway.env.messages import AwaitingEditor, Close, Closed, Failed, GiveUp, PackedStep, Pipe, Ready, Refused, Reset
 from gateway.env.messages import Restart, SetParameters, StartActor, Step, Stepped
 from gateway.env.restarts import RestartQuota
 from gateway.env.steps import StepBatch
@@ -90,6 +91,9 @@ class InstanceWorker:
         self.last_decisions: dict[str, StepBatch] = {}
         self.interrupted: dict[str, StepBatch] = dict(config.interrupted)
         self.alive = True
+        self._editor_back: threading.Event | None = None
+        self._editor_thread: threading.Thread | None = None
+        self._closing = threading.Event()
         self.log = get_logger("gateway.worker", instance=config.index)
 
     def fail(self, error: Exception) -> None:
@@ -108,6 +112,44 @@ class InstanceWorker:
         self.instance.close()
         self.instance.open()
         return self.instance.reset()
+
+    # -- the Unity Editor -----------------------------------------------------------------------
+
+    def editor_away(self, error: EditorAway) -> None:
+        """The Editor left Play or went away: listen again at once (in the background: the
+        Editor connects only if the port is open when Play is pressed) and say so."""
+        self.log.warning("the unity editor is away: waiting for the next Play", error=str(error))
+        self.instance.close()
+        self.last_decisions = {}
+        self.interrupted = {}  # the client resets: the episodes of the Editor's last Play are over
+        self._editor_back = threading.Event()
+        self._editor_thread = threading.Thread(target=self._await_editor, name="await-unity-editor", daemon=True)
+        self._editor_thread.start()
+        self.out.send(AwaitingEditor(f"{error}, then reset"))
+
+    def _await_editor(self) -> None:
+        """Listens until an Editor connects (each wait lasts ``--timeout-wait``, then listens again)."""
+        while not self._closing.is_set():
+            try:
+                self.instance.open()
+            except InstanceFailure as e:
+                self.log.info("still waiting for the unity editor to enter Play mode", detail=str(e)[:200])
+                continue
+            if self._closing.is_set():
+                self.instance.close()
+            else:
+                self.log.info("the unity editor is back")
+            break
+        self._editor_back.set()
+
+    def waiting_for_editor(self) -> bool:
+        """True while the Editor has not come back (commands are answered ``AwaitingEditor``)."""
+        return self._editor_back is not None and not self._editor_back.is_set()
+
+    def close_instance(self) -> None:
+        """Closes Unity (and stops waiting for the Editor)."""
+        self._closing.set()
+        self.instance.close()
 
     def result(self, out: dict[str, tuple[StepBatch, StepBatch]]) -> Stepped:
         """Encodes the instance's steps (plus pending interrupts and stats) as ``Steps`` bytes."""
@@ -164,6 +206,12 @@ class InstanceWorker:
         if isinstance(command, GiveUp) or not self.alive:
             self.out.send(self.give_up())
             return
+        if self.waiting_for_editor():
+            self.out.send(AwaitingEditor(
+                f"instance {self.index}: waiting for the Unity Editor: press Play in the Editor (the gateway "
+                f"listens on port {self.instance.port}), then reset"
+            ))
+            return
         try:
             match command:
                 case Step(actions):
@@ -172,10 +220,14 @@ class InstanceWorker:
                     if parameters:
                         self.instance.set_parameters(parameters)
                     out = self.instance.reset()
-                case Restart():
+                case Restart(forget):
+                    self.instance.forget_parameters(forget)
                     out = self.restart()
                 case _:
                     raise ValueError(f"unknown worker command {command!r}")
+        except EditorAway as e:
+            self.editor_away(e)
+            return
         except InstanceFailure as e:
             self.fail(e)
             return
@@ -186,10 +238,28 @@ class InstanceWorker:
         self.out.send(self.result(out))
 
 
+def _leave_sigterm_to_the_parent() -> None:
+    """SIGTERM while the parent lives is the parent's to act on; without a parent it ends the worker.
+
+    Why: ``timeout``, container runtimes and process supervisors send SIGTERM to the whole
+    process group. A worker that died of it at once would take its end of Unity's
+    connection along (Unity sees a broken stream instead of a quit); the parent got the
+    same signal and closes every instance in order (``Close``: Unity gets its closing
+    message). A worker whose parent is gone exits through its ``finally``, closing Unity.
+    """
+    parent = os.getppid()
+
+    def on_sigterm(signum, frame):
+        if os.getppid() != parent:
+            raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def _worker_main(config: WorkerConfig, conn) -> None:
     """Entry point of a worker process (spawned, never forked: the parent runs gRPC threads)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates shutdown
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _leave_sigterm_to_the_parent()
     configure_logging(json=config.log_json)
     pipe = Pipe(conn)
     worker = InstanceWorker(config, pipe)
@@ -210,7 +280,7 @@ def _worker_main(config: WorkerConfig, conn) -> None:
                 case PackedStep():  # actions cross the pipe as bytes (see WorkerHandle.send)
                     worker.run_command(msg.unpack(worker.instance.specs))
                 case Close():
-                    worker.instance.close()
+                    worker.close_instance()
                     pipe.send(Closed())
                     break
                 case StartActor(actor_config):
@@ -221,7 +291,7 @@ def _worker_main(config: WorkerConfig, conn) -> None:
                 case _:
                     worker.run_command(msg)
     finally:
-        worker.instance.close()
+        worker.close_instance()
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,7 +449,7 @@ class InProcessWorkerHandle(_InstanceHandle):
         try:
             match msg:
                 case Close():
-                    worker.instance.close()
+                    worker.close_instance()
                     self._answers.send(Closed())
                 case StartActor():
                     raise ValueError("actor mode runs its instances in worker processes")
@@ -399,7 +469,7 @@ class InProcessWorkerHandle(_InstanceHandle):
         worker, self._worker, self._answers = self._worker, None, None
         if worker is not None:
             worker.instance.kill()
-            worker.instance.close()  # Unity is gone; this releases mlagents' server and port
+            worker.close_instance()  # Unity is gone; this releases mlagents' server and port
         elif self.unity_pid is not None:
             kill_process(self.unity_pid)
         self.unity_pid = None
@@ -407,7 +477,7 @@ class InProcessWorkerHandle(_InstanceHandle):
     def close(self, timeout_s: float = 10.0) -> None:
         worker = self._worker
         if worker is not None:
-            worker.instance.close()
+            worker.close_instance()
         self.kill()
 
 

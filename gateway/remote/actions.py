@@ -22,8 +22,17 @@ from tandem.v1 import gateway_pb2
 _F32, _I32 = np.dtype("<f4"), np.dtype("<i4")
 
 
+#: the longest name a request may carry (behavior names are a few words and a team)
+MAX_NAME_CHARS = 256
+
+
 class InvalidArgument(ValueError):
     """A client request that cannot be applied; the message starts with the field's path."""
+
+
+def _short(name: str, limit: int = 80) -> str:
+    """``repr`` of a client-given name, cut to ``limit`` characters (messages stay readable)."""
+    return repr(name) if len(name) <= limit else repr(name[:limit]) + f"... ({len(name)} characters)"
 
 
 def _positions(decision_ids: np.ndarray, agent_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,10 +73,14 @@ def decode_step_request(
                 f"{field}.instance: no live environment instance {entry.instance} "
                 f"(live instances: {sorted(decisions)})"
             )
+        if len(entry.behavior) > MAX_NAME_CHARS:
+            raise InvalidArgument(
+                f"{field}.behavior: a behavior name of {len(entry.behavior)} characters (at most {MAX_NAME_CHARS})"
+            )
         spec = specs.get(entry.behavior)
         if spec is None:
             raise InvalidArgument(
-                f"{field}.behavior: unknown behavior {entry.behavior!r} (known: {sorted(specs)})"
+                f"{field}.behavior: unknown behavior {_short(entry.behavior)} (known: {sorted(specs)})"
             )
         decision_ids = decisions[entry.instance].get(entry.behavior)
         if decision_ids is None:  # mlagents-envs would refuse actions for it
@@ -94,11 +107,20 @@ def _decode_entry(
         raise InvalidArgument(f"{field}.agent_ids: required")
     agent_ids = read_tensor(entry.agent_ids, f"{field}.agent_ids", _I32, (None,))
     n = agent_ids.shape[0]
+    # Cheap checks first: more ids than agents awaiting a decision cannot be right, and
+    # finding out which ones are wrong (sorting, a hash of every id) costs seconds per
+    # million ids, while the caller holds the one-driver lock.
+    if n > decision_ids.size:
+        raise InvalidArgument(
+            f"{field}.agent_ids: {n} agent ids given, but {decision_ids.size} agents of behavior "
+            f"{_short(spec.name)} requested a decision in instance {entry.instance}"
+        )
     # The usual request answers every agent in the order of the decision steps: then the
     # client's arrays are the actions as they are (no duplicate check, no reordering).
     in_order = n == decision_ids.size and np.array_equal(agent_ids, decision_ids)
     if not in_order:
-        if np.unique(agent_ids).size != n:
+        ordered = np.sort(agent_ids)
+        if n > 1 and (ordered[1:] == ordered[:-1]).any():
             raise InvalidArgument(f"{field}.agent_ids: an agent id appears more than once")
         positions, found = _positions(decision_ids, agent_ids)
         if not found.all():

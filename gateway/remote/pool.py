@@ -17,12 +17,18 @@ from common.logging import get_logger
 from common.specs import BehaviorSpec
 from gateway.env import steps as steps_mod
 from gateway.env.instance import BehaviorActions
-from gateway.env.messages import Failed, GiveUp, Ready, Refused, Reset, Restart, SetParameters, Step, Stepped
+from gateway.env.messages import AwaitingEditor, Failed, GiveUp, Ready, Refused, Reset, Restart, SetParameters, Step
+from gateway.env.messages import Stepped
 from gateway.options import EnvironmentOptions
 from gateway.env.steps import StepBatch
 from gateway.env.workers import Command, InProcessWorkerHandle, InstanceInfo, PoolError, WorkerHandle
 from gateway.env.workers import WorkerLost, start_workers
 from tandem.v1 import gateway_pb2
+
+
+class ParametersDropped(PoolError):
+    """Instances failed right after new environment parameters reached them; they were
+    restarted without those parameters (the operation's steps are recorded)."""
 
 
 class EnvironmentPool:
@@ -41,6 +47,12 @@ class EnvironmentPool:
         self._decisions: dict[int, dict[str, np.ndarray]] = {}
         self._last_steps: dict[int, bytes] = {}
         self._parameters: dict[str, float] = {}
+        #: parameters sent since the last operation that every live instance survived: an
+        #: instance that fails now is restarted without them (they may be what killed it)
+        self._untried: set[str] = set()
+        self._dropped: dict[int, tuple[tuple[str, ...], str]] = {}
+        #: why each instance that is down went down
+        self._down: dict[int, str] = {}
         self._info_lock = threading.Lock()
         self._op_lock = threading.Lock()
         self._closed = False
@@ -114,6 +126,7 @@ class EnvironmentPool:
             if not parameters:
                 return
             self._parameters.update(parameters)
+            self._untried.update(parameters)
             for w in self.workers:
                 if w.alive:
                     try:
@@ -127,6 +140,7 @@ class EnvironmentPool:
             self._check_open()
             if parameters:
                 self._parameters.update(parameters)
+                self._untried.update(parameters)
             return self._run_all({w.index: Reset(dict(parameters or {})) for w in self.workers if w.alive})
 
     def step(self, actions: dict[int, dict[str, BehaviorActions]]) -> list[bytes]:
@@ -139,9 +153,51 @@ class EnvironmentPool:
         if self._closed:
             raise PoolError("the gateway is shutting down")
         if not self.any_alive:
-            raise PoolError("every environment instance is down (restart limits reached)")
+            reasons = "; ".join(f"instance {i}: {why}" for i, why in sorted(self._down.items()))
+            raise PoolError(f"every environment instance is down ({reasons or 'no reason recorded'})")
+
+    def _down_for_good(self, w: WorkerHandle, why: str) -> None:
+        w.alive = False
+        self._down[w.index] = why
 
     def _run_all(self, commands: dict[int, Command]) -> list[bytes]:
+        """Sends every command, reads every answer (following restarts); returns the ``Steps`` bytes.
+
+        Raises:
+            PoolError: an instance refused its command.
+            ParametersDropped: an instance failed right after new environment parameters
+                and was restarted without them (after every answer is recorded).
+        """
+        self._dropped = {}
+        try:
+            steps = self._exchange_all(commands)
+        finally:
+            if not self._dropped:
+                self._untried.clear()  # every instance survived them (or none was told)
+        if self._dropped:
+            raise ParametersDropped(
+                "; ".join(
+                    f"instance {i} failed right after environment parameters {list(names)} reached it ({error}); "
+                    "it was restarted without them: they were dropped, reset to go on"
+                    for i, (names, error) in sorted(self._dropped.items())
+                )
+            )
+        return steps
+
+    def _forget_untried(self, w: WorkerHandle, error: str) -> tuple[str, ...]:
+        """The untried parameters, forgotten for a restart of ``w`` (and recorded to be reported)."""
+        names = tuple(sorted(self._untried))
+        if names:
+            for name in names:
+                self._parameters.pop(name, None)
+            self._dropped[w.index] = (names, error[:500])
+            self.log.error(
+                "unity instance failed right after new environment parameters: restarted without them",
+                instance=w.index, parameters=list(names), error=error[:500],
+            )
+        return names
+
+    def _exchange_all(self, commands: dict[int, Command]) -> list[bytes]:
         lost: dict[int, str] = {}
         for index, command in commands.items():
             try:
@@ -181,16 +237,22 @@ class EnvironmentPool:
                     return msg
                 case Refused(message):
                     raise PoolError(f"instance {w.index} refused the command: {message}")
+                case AwaitingEditor(message):
+                    # not a crash: nothing is counted; the agents of the Editor's last Play are gone
+                    with self._info_lock:
+                        self._decisions[w.index] = {}
+                        self._last_steps.pop(w.index, None)
+                    raise PoolError(message)
                 case Failed(message):
                     if self._closed:
                         raise PoolError("the gateway is shutting down")
                     if w.quota.allowed():
                         w.quota.record()
                         self.log.warning("restarting unity instance", instance=w.index, error=message, restarts=w.quota.restarts)
-                        w.send(Restart())
+                        w.send(Restart(self._forget_untried(w, message)))
                     else:
                         self.log.error("unity instance down for good: restart limits reached", instance=w.index, error=message)
-                        w.alive = False
+                        self._down_for_good(w, f"restart limits reached after: {message[:500]}")
                         w.send(GiveUp())
                 case _:
                     raise PoolError(f"instance {w.index}: unexpected answer {type(msg).__name__}")
@@ -205,9 +267,11 @@ class EnvironmentPool:
         w.kill()
         interrupted = self._interrupted_from_last_steps(w.index)
         if not w.alive or not w.quota.allowed():
-            w.alive = False
+            if w.alive:
+                self._down_for_good(w, f"restart limits reached after: {error[:500]}")
             return self._encode_interrupts(w.index, interrupted)
         w.quota.record()
+        self._forget_untried(w, error)
         w.start(interrupted)
         try:
             msg = w.recv()
@@ -218,7 +282,7 @@ class EnvironmentPool:
             return self._answer(w, msg)
         except WorkerLost as e:
             w.kill()
-            w.alive = False
+            self._down_for_good(w, f"its replacement worker was lost too: {str(e)[:500]}")
             self.log.error("replacement worker lost too; instance down", instance=w.index, error=str(e))
             return self._encode_interrupts(w.index, interrupted)
 
@@ -258,6 +322,7 @@ class EnvironmentPool:
                 self._decisions[w.index] = result.agent_ids()
                 self._last_steps[w.index] = result.steps
             else:
-                w.alive = False
+                if w.alive:
+                    self._down_for_good(w, "its worker gave up")
                 self._decisions.pop(w.index, None)
                 self._last_steps.pop(w.index, None)

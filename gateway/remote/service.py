@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import threading
 from typing import Protocol
 
@@ -18,10 +17,11 @@ import grpc
 
 from common import specs as specs_mod
 from common.logging import get_logger
+from gateway.env import parameters as parameters_mod
 from gateway.remote.actions import InvalidArgument, decode_step_request
 from gateway.options import EngineSettings
 from gateway.env.workers import InstanceInfo, PoolError
-from gateway.remote.pool import EnvironmentPool
+from gateway.remote.pool import EnvironmentPool, ParametersDropped
 from tandem.v1 import gateway_pb2, gateway_pb2_grpc
 
 API_VERSION = "v1"
@@ -40,15 +40,28 @@ class EnvironmentView(Protocol):
     def instances(self) -> list[InstanceInfo]: ...
 
 
+#: the longest status message sent (gRPC refuses trailers over its metadata limit with
+#: RESOURCE_EXHAUSTED, which would hide the real error)
+MAX_DETAILS_CHARS = 2000
+
+
 def _check_parameters(parameters, field: str) -> dict[str, float]:
+    """The request's environment parameters, or INVALID_ARGUMENT naming the first bad one."""
     out = {}
     for key, value in parameters.items():
-        if not key:
-            raise InvalidArgument(f"{field}: parameter names must not be empty")
-        if not math.isfinite(value):
-            raise InvalidArgument(f"{field}[{key!r}]: must be finite, got {value}")
+        problem = parameters_mod.check_name(key)
+        if problem is not None:
+            raise InvalidArgument(f"{field}: {problem}")
+        problem = parameters_mod.check_value(value)
+        if problem is not None:
+            raise InvalidArgument(f"{field}[{key!r}]: {problem}")
         out[key] = float(value)
     return out
+
+
+def _details(text: str) -> str:
+    """A status message within ``MAX_DETAILS_CHARS`` (the start names the field)."""
+    return text if len(text) <= MAX_DETAILS_CHARS else text[: MAX_DETAILS_CHARS - 15] + "... (truncated)"
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -115,11 +128,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 requests += 1
                 yield self._answer(pool, request, context)
         except InvalidArgument as e:
-            log.info("play request rejected", error=str(e), request=requests)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            log.info("play request rejected", error=_details(str(e)), request=requests)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _details(str(e)))
+        except ParametersDropped as e:
+            log.warning("play request failed", error=_details(str(e)), request=requests)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, _details(str(e)))
         except PoolError as e:
-            log.warning("play request failed", error=str(e), request=requests)
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+            log.warning("play request failed", error=_details(str(e)), request=requests)
+            context.abort(grpc.StatusCode.UNAVAILABLE, _details(str(e)))
         finally:
             self._play_holder = None
             self._play_lock.release()

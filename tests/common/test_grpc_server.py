@@ -9,7 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from common.grpc_server import GrpcServer, GrpcServerOptions, channel_options, start_grpc_server
+from common.grpc_server import GrpcServer, GrpcServerOptions, bearer_token_matches, channel_options, start_grpc_server
 from tls_certificate import self_signed
 
 SERVICE = "test.Echo"
@@ -180,6 +180,8 @@ def test_a_taken_port_is_an_error_naming_the_address(server):
         {"keepalive_s": 0},
         {"max_workers": 0},
         {"max_concurrent_rpcs": 0},
+        {"max_workers": 4, "max_concurrent_rpcs": 8},
+        {"first_message_timeout_s": 0},
     ],
 )
 def test_options_that_cannot_work_are_refused(options):
@@ -243,3 +245,99 @@ def test_stop_says_not_serving_first_then_calls_on_stop_then_stops():
         with pytest.raises(grpc.RpcError) as err:
             _call(channel, "Unary")
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _idle_streams(channel: grpc.Channel, method: str, count: int) -> list:
+    """``count`` open streams of ``method`` whose request iterators never yield (idle peers)."""
+    never = threading.Event()
+
+    def nothing():
+        never.wait()
+        yield b""  # pragma: no cover - never reached
+
+    calls = [channel.stream_stream(f"/{SERVICE}/{method}")(nothing(), timeout=120) for _ in range(count)]
+    return calls
+
+
+def test_idle_streams_cannot_starve_real_calls_and_are_cancelled_without_a_first_message():
+    """Idle streams (no first message) each get a thread, real calls go on beside them, and the
+    idle ones are cancelled at the first-message deadline, freeing their threads."""
+    running = _start(max_workers=8, first_message_timeout_s=2.0)
+    try:
+        with grpc.insecure_channel(running.address) as idle, grpc.insecure_channel(running.address) as real:
+            calls = _idle_streams(idle, "BothStream", 6)
+            for method in KINDS:  # 6 of 8 threads held: the real peer is served at once
+                assert _call(real, method) == b"hi"
+            for call in calls:  # then the idle streams end, CANCELLED by the server
+                with pytest.raises(grpc.RpcError) as err:
+                    list(call)
+                assert err.value.code() == grpc.StatusCode.CANCELLED
+            for method in KINDS:
+                assert _call(real, method) == b"hi"
+    finally:
+        running.stop(0)
+
+
+def test_calls_beyond_the_threads_are_refused_at_once_until_idle_streams_expire():
+    """With every thread held by idle streams, a call is refused (RESOURCE_EXHAUSTED), never
+    queued unseen; once the deadline frees the threads, calls are served again."""
+    running = _start(max_workers=4, first_message_timeout_s=3.0)
+    try:
+        with grpc.insecure_channel(running.address) as idle, grpc.insecure_channel(running.address) as real:
+            calls = _idle_streams(idle, "BothStream", 4)
+            with pytest.raises(grpc.RpcError) as err:
+                _call(real, "Unary")
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for call in calls:
+                with pytest.raises(grpc.RpcError):
+                    list(call)
+            assert _call(real, "Unary") == b"hi"
+    finally:
+        running.stop(0)
+
+
+def test_a_stream_that_sent_its_first_message_is_not_cancelled():
+    """Held past the deadline (the handler waits on ``release`` after the first message): the
+    deadline was cancelled by that message, the stream ends normally."""
+    echo = _Echo()
+    running = _start(echo, first_message_timeout_s=1.0)
+    echo.release.clear()
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            held = channel.stream_stream(f"/{SERVICE}/BothStream")(iter([b"a", b"b"]), timeout=30)
+            assert echo.entered.wait(10)
+            threading.Event().wait(2.0)  # past the deadline: the property under test is about time
+            echo.release.set()
+            assert list(held) == [b"a", b"b"]
+    finally:
+        echo.release.set()
+        running.stop(0)
+
+
+@pytest.mark.parametrize(
+    "metadata, expected",
+    [
+        ((("authorization", f"Bearer {TOKEN}"),), True),
+        ((("authorization", f"bEaReR {TOKEN}"),), True),
+        ((("authorization", f"  Bearer   {TOKEN} "),), True),
+        ((("authorization", f"Bearer {TOKEN}".encode()),), True),
+        ((("authorization", f"Bearer {TOKEN}"), ("authorization", f"Bearer {TOKEN}")), False),
+        ((("authorization", f"Bearer {TOKEN}"), ("authorization", "Bearer wrong")), False),
+        ((("authorization", "Bearer wrong"), ("authorization", f"Bearer {TOKEN}")), False),
+        ((("authorization", f"Basic {TOKEN}"),), False),
+        ((), False),
+        (None, False),
+    ],
+)
+def test_the_bearer_rule_both_servers_share(metadata, expected):
+    assert bearer_token_matches(metadata, TOKEN) is expected
+
+
+@pytest.mark.parametrize("order", ["right first", "wrong first"])
+def test_two_authorization_headers_are_refused_whichever_comes_first(token_server, order):
+    pair = [("authorization", f"Bearer {TOKEN}"), ("authorization", "Bearer wrong")]
+    metadata = tuple(pair if order == "right first" else reversed(pair))
+    with grpc.insecure_channel(token_server.address) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            _call(channel, "Unary", metadata=metadata)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

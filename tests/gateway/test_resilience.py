@@ -102,6 +102,21 @@ def test_restart_limit_reached_takes_the_instance_down_but_keeps_serving(rng):
             assert "step.actions[0].instance" in err.value.details()
 
 
+def test_once_every_instance_is_down_requests_say_why(rng):
+    limits = RestartLimits(max_lifetime_restarts=0, rate_limit_n=-1)
+    with running_gateway(environment_options(restarts=limits)) as gw, GatewayClient(gw.address) as client:
+        specs = client.specs()
+        session = client.play(timeout_s=60)
+        views = decode_steps(session.reset(), specs)
+        os.kill(gw.pool.workers[0].unity_pid, signal.SIGKILL)
+        [view] = _step_random(session, specs, views, rng)
+        assert view.terminals.interrupted.all() and len(view.decisions) == 0
+        with pytest.raises(grpc.RpcError) as err:
+            session.step([])
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "every environment instance is down (instance 0: restart limits reached after:" in err.value.details()
+
+
 @pytest.mark.slow
 def test_hung_unity_is_detected_after_timeout_wait_and_restarted(rng):
     with running_gateway(environment_options(timeout_wait=10)) as gw:
@@ -125,7 +140,7 @@ def test_hung_unity_is_detected_after_timeout_wait_and_restarted(rng):
             session.close()
 
 
-def _start_cli(*args: str, env=None) -> tuple[subprocess.Popen, dict, list[str]]:
+def _start_cli(*args: str, env=None, start_new_session: bool = False) -> tuple[subprocess.Popen, dict, list[str]]:
     """Runs ``tandem-gateway`` and waits for its "gateway ready" JSON log line."""
     exe = Path(sys.executable).with_name("tandem-gateway")
     proc = subprocess.Popen(
@@ -134,6 +149,7 @@ def _start_cli(*args: str, env=None) -> tuple[subprocess.Popen, dict, list[str]]
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=start_new_session,
     )
     lines: list[str] = []
     ready: dict = {}
@@ -155,20 +171,35 @@ def _start_cli(*args: str, env=None) -> tuple[subprocess.Popen, dict, list[str]]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("num_envs", [1, 2])  # 1: the instance steps inside the gateway process
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_shuts_down_leaving_no_unity_process(signum, num_envs):
+@pytest.mark.parametrize(
+    "signum, to_group",
+    # to the whole process group, as ``timeout`` and container runtimes send it: the worker
+    # processes get it too (Unity runs in its own session, as mlagents-envs launches it)
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGTERM, True)],
+)
+def test_signal_shuts_down_closing_unity_cleanly_and_leaving_no_unity_process(tmp_path, signum, to_group, num_envs):
     base = free_ports(num_envs)
-    proc, ready, lines = _start_cli("--num-envs", str(num_envs), "--base-port", str(base), "--timeout-wait", "10")
+    proc, ready, lines = _start_cli(
+        "--num-envs", str(num_envs), "--base-port", str(base), "--timeout-wait", "10", "--log-folder", str(tmp_path),
+        start_new_session=True,
+    )
     try:
         unity = [pid for i in range(num_envs) for pid in pids_with_arg("--mlagents-port", str(base + i))]
         assert len(unity) == num_envs
         with GatewayClient(f"127.0.0.1:{ready['port']}") as client:
             session = client.play(timeout_s=30)
             session.reset()
-            proc.send_signal(signum)
+            if to_group:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
             assert proc.wait(30) == 0
-        assert wait_until(lambda: not any(pid_alive(p) for p in unity), 10)
+        assert wait_until(lambda: not any(pid_alive(p) for p in unity), 20)
         assert any('"gateway stopped"' in line for line in lines)
+        for i in range(num_envs):  # Unity got its closing message, not a broken connection
+            text = (tmp_path / f"Player-{i}.log").read_text()
+            assert "trainer closed the connection" in text and "player quitting" in text, text[-2000:]
+            assert "lost the connection" not in text, text[-2000:]
     finally:
         if proc.poll() is None:
             proc.kill()

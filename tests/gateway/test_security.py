@@ -76,3 +76,18 @@ def test_tls_with_token(tmp_path):
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             plaintext.close()
+
+
+@pytest.mark.parametrize("order", ["right first", "wrong first"])
+def test_two_authorization_headers_are_refused(token_gateway, order):
+    """One rule for both services (``common.grpc_server.bearer_token_matches``): neither header wins."""
+    pair = [("authorization", f"Bearer {TOKEN}"), ("authorization", "Bearer wrong")]
+    with grpc.insecure_channel(token_gateway.address) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Describe(
+                gateway_pb2.DescribeRequest(),
+                metadata=tuple(pair if order == "right first" else reversed(pair)),
+                timeout=10,
+            )
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -15,14 +15,14 @@ def open_env():
     """Opens ``UnityEnvironment`` against the stand-in: ``open_env(task, args=[...], **kwargs)``."""
     opened = []
 
-    def _open(task: str = "3dball", *, args=(), side_channels=(), **kwargs):
+    def _open(task: str = "3dball", *, args=(), side_channels=(), timeout_wait: int = 10, **kwargs):
         for attempt in range(3):
             try:
                 env = open_unity_environment(
                     unity_standin.executable_path(),
                     worker_id=0,
                     base_port=free_port(),
-                    timeout_wait=10,
+                    timeout_wait=timeout_wait,
                     additional_args=["--task", task, *args],
                     side_channels=list(side_channels),
                     **kwargs,

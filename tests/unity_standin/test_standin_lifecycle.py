@@ -138,8 +138,10 @@ def test_no_trainer_at_start_ends_with_status_1():
 
 @pytest.mark.slow
 def test_large_outputs_pass_the_raised_message_limit(open_env):
-    # 20000 gridworld agents: one output is well over gRPC's default 4 MiB.
-    env = open_env("gridworld", args=["--num-agents", "20000"])
+    # 20000 gridworld agents: one output is well over gRPC's default 4 MiB. Building it takes
+    # seconds, many more on a loaded machine: timeout_wait only bounds the wait (the player
+    # process is checked every second), it does not pace the test.
+    env = open_env("gridworld", args=["--num-agents", "20000"], timeout_wait=300)
     env.reset()
     decision, _ = env.get_steps(GRID)
     assert len(decision) == 20000
@@ -149,9 +151,11 @@ def test_large_outputs_pass_the_raised_message_limit(open_env):
 @pytest.mark.slow
 def test_the_default_message_limit_rejects_the_same_outputs():
     # Why gateway.env.unity_environment exists: mlagents-envs' own server refuses outputs over 4 MiB;
-    # the player reports RESOURCE_EXHAUSTED and quits, the client sees it exit.
+    # the player reports RESOURCE_EXHAUSTED and quits, the client sees it exit. timeout_wait
+    # bounds the wait for the player's start and output (seconds, or a minute on a loaded
+    # machine); its exit is what ends the wait (mlagents checks the process every tenth of it).
     env = UnityEnvironment(
-        unity_standin.executable_path(), worker_id=0, base_port=free_port(), timeout_wait=10,
+        unity_standin.executable_path(), worker_id=0, base_port=free_port(), timeout_wait=120,
         additional_args=["--task", "gridworld", "--num-agents", "20000"],
     )
     try:
