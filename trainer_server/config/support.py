@@ -96,8 +96,8 @@ def unsupported_features(
             )
         )
     network = settings.network_settings
-    if network.memory is not None:
-        found.append(("network_settings.memory", "recurrent networks (memory) are not supported yet"))
+    if network.memory is not None and settings.trainer_type != "ppo":
+        found.append(("network_settings.memory", f"recurrent networks (memory) are not supported yet with {settings.trainer_type} (PPO only)"))
     if network.vis_encode_type not in SUPPORTED_VIS_ENCODE_TYPES:
         supported = ", ".join(sorted(SUPPORTED_VIS_ENCODE_TYPES))
         found.append(
