@@ -70,6 +70,23 @@ def _fill(learner, rng: np.random.Generator) -> float:
     return seconds / steps
 
 
+def _time_updates(learner, fill, updates: int) -> tuple[float, list[float], list[float]]:
+    """(the first update's seconds, each later update's seconds, processing seconds per step
+    of each fill) with the buffer refilled by ``fill(learner, rng)`` before every update."""
+    rng = np.random.default_rng(0)
+    per_step = [fill(learner, rng)]
+    start = time.perf_counter()
+    learner.update()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(updates):
+        per_step.append(fill(learner, rng))
+        start = time.perf_counter()
+        learner.update()
+        times.append(time.perf_counter() - start)
+    return first, times, per_step
+
+
 def bench_update(updates: int) -> dict[str, float]:
     import jax
 
@@ -91,17 +108,7 @@ def bench_update(updates: int) -> dict[str, float]:
     )
     hp = settings.hyperparameters
     learner = PPOLearner(SPEC, settings, seed=0)
-    rng = np.random.default_rng(0)
-    per_step = [_fill(learner, rng)]
-    start = time.perf_counter()
-    learner.update()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(updates):
-        per_step.append(_fill(learner, rng))
-        start = time.perf_counter()
-        learner.update()
-        times.append(time.perf_counter() - start)
+    first, times, per_step = _time_updates(learner, _fill, updates)
     steady = float(np.median(times))
     minibatches = hp.buffer_size // hp.batch_size
     return {
@@ -176,17 +183,7 @@ def bench_memory_update(updates: int) -> list[dict]:
     rows = []
     for memory in (True, False):
         learner = PPOLearner(MEMORY_SPEC, _memory_settings(memory), seed=0)
-        rng = np.random.default_rng(0)
-        per_step = [_fill_memory(learner, rng)]
-        start = time.perf_counter()
-        learner.update()
-        first = time.perf_counter() - start
-        times = []
-        for _ in range(updates):
-            per_step.append(_fill_memory(learner, rng))
-            start = time.perf_counter()
-            learner.update()
-            times.append(time.perf_counter() - start)
+        first, times, per_step = _time_updates(learner, _fill_memory, updates)
         rows.append({
             "memory": memory, "first_update_s": first, "update_s": float(np.median(times)),
             "update_min_s": float(np.min(times)), "process_us_per_step": 1e6 * float(np.median(per_step[1:])),

@@ -343,26 +343,11 @@ def critic_forward(
     With memory, ``memories`` and ``sequence_length`` as ``actor_forward`` (the critic's own
     memories, or the actor's with ``shared_critic``).
     """
-    return critic_step(actor_params, critic_params, arch, observations, norm, shared_critic, memories, sequence_length)[0]
-
-
-def critic_step(
-    actor_params: Params,
-    critic_params: Params,
-    arch: PolicyArchitecture,
-    observations: list[jax.Array],
-    norm: NormStats,
-    shared_critic: bool = False,
-    memories: jax.Array | None = None,
-    sequence_length: int = 1,
-) -> tuple[jax.Array, jax.Array | None]:
-    """``critic_forward`` and the memories after each sequence (None without memory)."""
     params, prefix = (actor_params, "") if shared_critic else (critic_params, "critic/")
     h = encode(params, prefix, arch, observations, norm)
-    final = None
     if arch.memory_size:
-        h, final = recurrent(params, prefix, arch, h, memories, sequence_length)
-    return (h @ critic_params["critic/value/kernel"] + critic_params["critic/value/bias"])[:, 0], final
+        h, _ = recurrent(params, prefix, arch, h, memories, sequence_length)
+    return (h @ critic_params["critic/value/kernel"] + critic_params["critic/value/bias"])[:, 0]
 
 
 def q_critic_forward(
