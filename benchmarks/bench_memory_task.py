@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `make bench BENCH=bench_memory_task` (`python -m benchmarks.run bench_memory_task`).",
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
-        f"Machine: {report.cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured), "
+        f"Machine: {report.cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured: load average "
+        f"{os.getloadavg()[0]:.1f} at the end), "
         f"Python {platform.python_version()}, numpy {np.__version__}.",
         "",
         f"| config | seed | agent steps to solve | mean return, last {WINDOW} episodes | updates | wall |",

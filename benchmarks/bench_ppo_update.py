@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Command: `make bench BENCH=bench_ppo_update` (`python -m benchmarks.run bench_ppo_update`).",
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
-        f"Machine: {report.cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured), "
+        f"Machine: {report.cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured: load average "
+        f"{os.getloadavg()[0]:.1f} at the end), "
         f"Python {platform.python_version()}, numpy {np.__version__}; JAX backend: {update['backend']}.",
         "",
         "## One full PPO update (`PPOLearner.update`)",
