@@ -336,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         *(f"| {r['agents']} | {r['memory_us_per_agent']:.2f} | {r['plain_us_per_agent']:.2f} |" for r in memory_acting),
         "",
         "The LSTM runs along each sequence in a `lax.scan` of 64 steps inside every minibatch step, so the "
-        "memory update is sequential in time where the feed-forward one is not.",
+        "memory update is sequential in time where the feed-forward one is not. The acting rows use the "
+        "default BLAS threads: at 256 agents on a busy machine their noise outweighs the LSTM's cost "
+        "(see the BLAS rows above).",
         "",
         "The update is one jit-compiled function (epochs x minibatches in `lax.scan`), so its time is "
         "compute only; on CPU it is dominated by the 561 small sequential Adam steps. Acting at 12 "
