@@ -7,6 +7,12 @@ run) is timed on its own, then ``--updates`` more are timed one by one (refillin
 buffer in between is not counted). Also timed: ``process_trajectory`` (normalizer, values,
 GAE) per step. Acting: ``NumpyPolicy.act`` of the same 2x128 policy for 12 and 256 agents.
 
+Memory (``bench_memory_update``): ML-Agents' Hallway.yaml network and hyperparameters (2x128,
+LSTM memory 128, sequence_length 64, buffer 1024, batch 128, 3 epochs) on 36 vector
+observations and one discrete branch of 5, filled with 64-step fragments (whole sequences),
+measured side by side with the same config without memory; and the numpy acting cost per
+agent with and without the LSTM.
+
 ``make bench BENCH=bench_ppo_update`` writes ``benchmarks/results/bench_ppo_update.md``.
 """
 
@@ -64,6 +70,23 @@ def _fill(learner, rng: np.random.Generator) -> float:
     return seconds / steps
 
 
+def _time_updates(learner, fill, updates: int) -> tuple[float, list[float], list[float]]:
+    """(the first update's seconds, each later update's seconds, processing seconds per step
+    of each fill) with the buffer refilled by ``fill(learner, rng)`` before every update."""
+    rng = np.random.default_rng(0)
+    per_step = [fill(learner, rng)]
+    start = time.perf_counter()
+    learner.update()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(updates):
+        per_step.append(fill(learner, rng))
+        start = time.perf_counter()
+        learner.update()
+        times.append(time.perf_counter() - start)
+    return first, times, per_step
+
+
 def bench_update(updates: int) -> dict[str, float]:
     import jax
 
@@ -85,17 +108,7 @@ def bench_update(updates: int) -> dict[str, float]:
     )
     hp = settings.hyperparameters
     learner = PPOLearner(SPEC, settings, seed=0)
-    rng = np.random.default_rng(0)
-    per_step = [_fill(learner, rng)]
-    start = time.perf_counter()
-    learner.update()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(updates):
-        per_step.append(_fill(learner, rng))
-        start = time.perf_counter()
-        learner.update()
-        times.append(time.perf_counter() - start)
+    first, times, per_step = _time_updates(learner, _fill, updates)
     steady = float(np.median(times))
     minibatches = hp.buffer_size // hp.batch_size
     return {
@@ -111,6 +124,98 @@ def bench_update(updates: int) -> dict[str, float]:
         "updates": updates,
         "traces": learner.trace_counts["update"],
     }
+
+
+MEMORY_SPEC = BehaviorSpec("Hallway?team=0", (ObservationSpec("RayPerceptionSensor", (36,)),), ActionSpec(0, (5,)))
+
+
+def _memory_settings(memory: bool):
+    from trainer_server.config.loading import trainer_settings_from_dict
+
+    network = {"hidden_units": 128, "num_layers": 2, "normalize": False}
+    if memory:
+        network["memory"] = {"memory_size": 128, "sequence_length": 64}
+    return trainer_settings_from_dict(
+        {
+            "trainer_type": "ppo",
+            "hyperparameters": {"batch_size": 128, "buffer_size": 1024, "num_epoch": 3, "learning_rate": 3e-4, "beta": 0.03},
+            "network_settings": network,
+            "reward_signals": {"extrinsic": {"gamma": 0.99}},
+            "max_steps": 1_000_000,
+            "time_horizon": 64,
+        }
+    )
+
+
+def _fill_memory(learner, rng: np.random.Generator) -> float:
+    """Feeds synthetic 64-step fragments (acted step by step, memories carried) until an update
+    is ready; returns seconds per processed step."""
+    policy = NumpyPolicy(learner.architecture(), learner.policy_parameters())
+    m, seconds, steps = policy.memory_size, 0.0, 0
+    while not learner.ready():
+        t = 64
+        obs = rng.standard_normal((t, 36)).astype(np.float32)
+        memories = np.zeros((t, m), np.float32)
+        outs, mem = [], np.zeros((1, m), np.float32)
+        for i in range(t):
+            memories[i] = mem[0] if m else 0.0
+            outs.append(policy.act([obs[i : i + 1]], None, rng, memories=mem if m else None))
+            mem = outs[-1].memories
+        traj = Trajectory(
+            instance=0, agent_id=steps, observations=[obs], next_observations=[obs[0]],
+            continuous_actions=np.zeros((t, 0), np.float32),
+            discrete_actions=np.concatenate([o.discrete for o in outs]),
+            log_probs=np.concatenate([o.log_probs for o in outs]),
+            rewards=rng.standard_normal(t).astype(np.float32) * 0.1, action_masks=np.zeros((t, 5), bool),
+            policy_versions=np.zeros(t, np.int64), memories=memories if m else None,
+        )
+        start = time.perf_counter()
+        learner.process_trajectory(traj)
+        seconds += time.perf_counter() - start
+        steps += t
+    return seconds / steps
+
+
+def bench_memory_update(updates: int) -> list[dict]:
+    """Update time of the Hallway-sized config with and without memory, side by side."""
+    from trainer_server.learning.ppo import PPOLearner
+
+    rows = []
+    for memory in (True, False):
+        learner = PPOLearner(MEMORY_SPEC, _memory_settings(memory), seed=0)
+        first, times, per_step = _time_updates(learner, _fill_memory, updates)
+        rows.append({
+            "memory": memory, "first_update_s": first, "update_s": float(np.median(times)),
+            "update_min_s": float(np.min(times)), "process_us_per_step": 1e6 * float(np.median(per_step[1:])),
+            "traces": learner.trace_counts["update"],
+        })
+    return rows
+
+
+def bench_memory_acting(agents: int, calls: int) -> dict[str, float]:
+    """us per agent of ``NumpyPolicy.act`` for the Hallway-sized policy, with and without the LSTM."""
+    import jax
+
+    from common.architecture import PolicyArchitecture
+    from trainer_server.learning import networks
+
+    out: dict[str, float] = {"agents": agents}
+    rng = np.random.default_rng(0)
+    obs = [rng.standard_normal((agents, 36)).astype(np.float32)]
+    for memory in (128, 0):
+        arch = PolicyArchitecture(MEMORY_SPEC, 128, 2, memory_size=memory, sequence_length=64 if memory else 0)
+        policy = NumpyPolicy(arch, {k: np.asarray(v) for k, v in networks.init_actor(jax.random.key(0), arch).items()})
+        mem = np.zeros((agents, memory), np.float32) if memory else None
+        for _ in range(20):
+            policy.act(obs, None, rng, memories=mem)
+        samples = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(calls):
+                policy.act(obs, None, rng, memories=mem)
+            samples.append((time.perf_counter() - start) / calls)
+        out["memory_us_per_agent" if memory else "plain_us_per_agent"] = 1e6 * float(np.median(samples)) / agents
+    return out
 
 
 def bench_acting(agents: int, calls: int) -> dict[str, float]:
@@ -166,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([bench_acting(n, args.calls) for n in (12, 256)]))  # read by the parent process
         return 0
 
+    memory_rows = bench_memory_update(args.updates)
+    memory_acting = [bench_memory_acting(n, max(args.calls // 5, 1)) for n in (12, 256)]
     update = bench_update(args.updates)
     log.warning("update measured", **{k: round(v, 4) if isinstance(v, float) else v for k, v in update.items()})
     acting = [bench_acting(n, args.calls) for n in (12, 256)]
@@ -183,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Command: `make bench BENCH=bench_ppo_update` (`python -m benchmarks.run bench_ppo_update`).",
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
-        f"Machine: {report.cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured), "
+        f"Machine: {report.cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured: load average "
+        f"{os.getloadavg()[0]:.1f} at the end), "
         f"Python {platform.python_version()}, numpy {np.__version__}; JAX backend: {update['backend']}.",
         "",
         "## One full PPO update (`PPOLearner.update`)",
@@ -208,6 +316,29 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             lines.append(f"| {row['agents']} | {threads} | {row['us_per_call']:.1f} | {row['us_per_agent']:.2f} |")
     lines += [
+        "",
+        "## Memory (LSTM): PPO update and acting, Hallway-sized",
+        "",
+        "ML-Agents' Hallway.yaml network and hyperparameters (2x128, `memory_size` 128, `sequence_length` 64, "
+        "buffer 1024, batch 128 = 2 sequences, 3 epochs) on 36 vector observations and one branch of 5, "
+        "fed 64-step fragments; the same config without memory beside it.",
+        "",
+        "| network | first update (compile + run) | steady update, median (min) | `process_trajectory` per step | compilations |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {'LSTM (memory 128)' if r['memory'] else 'no memory'} | {r['first_update_s']:.2f} s | "
+            f"{r['update_s']:.3f} s ({r['update_min_s']:.3f} s) | {r['process_us_per_step']:.1f} us | {r['traces']} |"
+            for r in memory_rows
+        ),
+        "",
+        "| agents | numpy acting with LSTM, us per agent | without, us per agent |",
+        "|---:|---:|---:|",
+        *(f"| {r['agents']} | {r['memory_us_per_agent']:.2f} | {r['plain_us_per_agent']:.2f} |" for r in memory_acting),
+        "",
+        "The LSTM runs along each sequence in a `lax.scan` of 64 steps inside every minibatch step, so the "
+        "memory update is sequential in time where the feed-forward one is not. The acting rows use the "
+        "default BLAS threads: at 256 agents on a busy machine their noise outweighs the LSTM's cost "
+        "(see the BLAS rows above).",
         "",
         "The update is one jit-compiled function (epochs x minibatches in `lax.scan`), so its time is "
         "compute only; on CPU it is dominated by the 561 small sequential Adam steps. Acting at 12 "

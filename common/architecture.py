@@ -16,6 +16,12 @@ Network (ML-Agents-like, ``vis_encode_type: simple``):
   HWC order, dense to ``hidden_units``, leaky ReLU; "valid" padding, kernels HWIO;
 * body: concatenation ``[vector obs in spec order..., visual encodings in spec order...]``
   through ``num_layers`` dense layers of ``hidden_units`` with swish;
+* memory (``memory_size`` m > 0, ML-Agents' ``network_settings.memory``): the body's output
+  goes through one LSTM layer of m/2 units (gates in torch's order input, forget, cell,
+  output: ``lstm/kernel`` [body width, 2m], ``lstm/recurrent_kernel`` [m/2, 2m] and one
+  ``lstm/bias`` [2m], the sum of torch's two biases); an agent's memory is
+  ``[hidden m/2, cell m/2]`` as ML-Agents' ``recurrent_in``/``recurrent_out`` carry it, and
+  the heads read the LSTM's hidden output (width m/2);
 * heads: Gaussian mean ``policy/mu``; ``policy/log_std`` [c] (``gaussian``, PPO) or a dense
   ``policy/log_std`` head clipped to [-20, 2] (``tanh_gaussian``, SAC); discrete logits
   ``policy/logits`` [h, sum(branches)], masked entries (true = not allowed) set to
@@ -64,8 +70,14 @@ class PolicyArchitecture:
     normalize: bool = False
     vis_encode_type: str = "simple"
     continuous_distribution: str = "gaussian"
+    memory_size: int = 0
+    sequence_length: int = 0
 
     def __post_init__(self) -> None:
+        if self.memory_size < 0 or self.memory_size % 2:
+            raise ValueError(f"architecture.memory_size: must be even and >= 0, got {self.memory_size}")
+        if self.memory_size and self.sequence_length < 1:
+            raise ValueError(f"architecture.sequence_length: must be >= 1 with memory, got {self.sequence_length}")
         if self.hidden_units <= 0:
             raise ValueError(f"architecture.hidden_units: must be positive, got {self.hidden_units}")
         if self.num_layers < 0:
@@ -107,6 +119,8 @@ class PolicyArchitecture:
             normalize=bool(msg.normalize),
             vis_encode_type=msg.vis_encode_type or "simple",
             continuous_distribution=msg.continuous_distribution or "gaussian",
+            memory_size=int(msg.memory_size),
+            sequence_length=int(msg.sequence_length),
         )
 
     def to_proto(self, out=None):
@@ -119,6 +133,8 @@ class PolicyArchitecture:
         msg.normalize = self.normalize
         msg.vis_encode_type = self.vis_encode_type
         msg.continuous_distribution = self.continuous_distribution
+        msg.memory_size = self.memory_size
+        msg.sequence_length = self.sequence_length
         specs_mod.to_proto(self.behavior_spec, msg.behavior_spec)
         return msg
 
@@ -149,6 +165,34 @@ def encoding_size(arch: PolicyArchitecture) -> int:
     return size + arch.hidden_units * len(visual_indices(spec))
 
 
+def lstm_step(
+    x: np.ndarray, memories: np.ndarray, kernel: np.ndarray, recurrent_kernel: np.ndarray, bias: np.ndarray, xp=np
+):
+    """One LSTM step, as torch's ``nn.LSTM`` (gates input, forget, cell, output).
+
+    Written once for numpy and JAX (``xp`` is ``numpy`` or ``jax.numpy``).
+
+    Args:
+        x: ``[n, width]`` the body's output.
+        memories: ``[n, m]``, ``[hidden, cell]`` halves.
+        kernel, recurrent_kernel, bias: ``lstm/...`` parameters.
+
+    Returns:
+        (hidden output ``[n, m/2]``, new memories ``[n, m]``).
+    """
+    half = recurrent_kernel.shape[0]
+    h, c = memories[:, :half], memories[:, half:]
+    gates = x @ kernel + h @ recurrent_kernel + bias
+    i, f, g, o = (gates[:, k * half : (k + 1) * half] for k in range(4))
+
+    def sigmoid(v):
+        return 0.5 * (xp.tanh(0.5 * v) + 1.0)
+
+    c = sigmoid(f) * c + sigmoid(i) * xp.tanh(g)
+    h = sigmoid(o) * xp.tanh(c)
+    return h, xp.concatenate([h, c], axis=-1)
+
+
 def parameter_shapes(arch: PolicyArchitecture) -> dict[str, tuple[int, ...]]:
     """Every actor parameter name of a snapshot with its shape: the naming contract."""
     spec = arch.behavior_spec
@@ -174,6 +218,12 @@ def parameter_shapes(arch: PolicyArchitecture) -> dict[str, tuple[int, ...]]:
         shapes[f"body/dense{j}/kernel"] = (width_in, h)
         shapes[f"body/dense{j}/bias"] = (h,)
         width_in = h
+    if arch.memory_size:
+        half = arch.memory_size // 2
+        shapes["lstm/kernel"] = (width_in, 4 * half)
+        shapes["lstm/recurrent_kernel"] = (half, 4 * half)
+        shapes["lstm/bias"] = (4 * half,)
+        width_in = half
     c = spec.action_spec.continuous_size
     if c:
         shapes["policy/mu/kernel"] = (width_in, c)
@@ -201,12 +251,15 @@ class PolicyOutput:
             quantity the PPO ratio uses.
         env_continuous: float32 ``[n, c]``, what the environment receives
             (``clip(a, -3, 3) / 3`` for gaussian, ``tanh(a)`` for tanh_gaussian).
+        memories: float32 ``[n, memory_size]``, the LSTM memory after this step (the
+            input of the agent's next step), or None without memory.
     """
 
     continuous: np.ndarray
     discrete: np.ndarray
     log_probs: np.ndarray
     env_continuous: np.ndarray
+    memories: np.ndarray | None = None
 
 
 def make_snapshot(

@@ -36,6 +36,8 @@ class Trajectory:
         interrupted: the end was a max-step interruption (bootstrap from next_observations).
         episode_return: when done, the whole episode's return.
         episode_length: when done, the whole episode's length in decision steps.
+        memories: float32 ``[T, memory_size]``, the actor's LSTM memory before each step
+            (policies with memory), else None.
     """
 
     instance: int
@@ -52,6 +54,7 @@ class Trajectory:
     interrupted: bool = False
     episode_return: float = 0.0
     episode_length: int = 0
+    memories: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.rewards.shape[0])
@@ -73,6 +76,7 @@ class Trajectory:
             rewards=self.rewards[start:],
             action_masks=self.action_masks[start:],
             policy_versions=self.policy_versions[start:],
+            memories=None if self.memories is None else self.memories[start:],
         )
 
 
@@ -94,6 +98,8 @@ def to_proto(traj: Trajectory, out: trainer_pb2.Trajectory | None = None) -> tra
     msg.interrupted = traj.interrupted
     msg.episode_return = float(traj.episode_return)
     msg.episode_length = int(traj.episode_length)
+    if traj.memories is not None:
+        tensor.to_proto(np.asarray(traj.memories, np.float32), msg.memories)
     return msg
 
 
@@ -139,7 +145,11 @@ def from_proto(msg: trainer_pb2.Trajectory, spec: BehaviorSpec, name: str = "tra
     log_probs = tensor.from_proto(msg.log_probs, name=f"{name}.log_probs", dtype=np.float32, shape=(t,))
     masks = tensor.from_proto(msg.action_masks, name=f"{name}.action_masks", dtype=bool, shape=(t, a.mask_size))
     versions = tensor.from_proto(msg.policy_versions, name=f"{name}.policy_versions", dtype=np.int64, shape=(t,))
+    memories = None
+    if msg.HasField("memories"):
+        memories = tensor.from_proto(msg.memories, name=f"{name}.memories", dtype=np.float32, shape=(t, None))
     for field_name, arr in (
+        *((("memories", memories),) if memories is not None else ()),
         ("rewards", rewards),
         ("continuous_actions", cont),
         ("log_probs", log_probs),
@@ -163,4 +173,5 @@ def from_proto(msg: trainer_pb2.Trajectory, spec: BehaviorSpec, name: str = "tra
         interrupted=bool(msg.interrupted),
         episode_return=float(msg.episode_return),
         episode_length=int(msg.episode_length),
+        memories=memories,
     )

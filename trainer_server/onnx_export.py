@@ -14,7 +14,11 @@ The contract (see docs/ONNX.md for the full table):
   ``[batch, channels, height, width]`` for visual ones (Unity feeds channels-first);
   ``action_masks``: float32 ``[batch, sum(branches)]``, 1 = allowed, 0 = masked, only
   when the behavior has discrete branches.
-* outputs ``version_number`` (3), ``memory_size`` (0); for continuous actions
+* with memory (``memory_size`` m > 0): input ``recurrent_in`` float32 ``[batch, 1, m]`` (the
+  agent's ``[hidden, cell]`` before the step), output ``recurrent_out`` ``[batch, 1, m]``
+  after it, last of the contract's outputs, as ML-Agents' recurrent models; the LSTM is
+  one ONNX ``LSTM`` node (gates reordered from the snapshot's i, f, g, o to ONNX's i, o, f, c).
+* outputs ``version_number`` (3), ``memory_size`` (m, 0 without memory); for continuous actions
   ``continuous_actions`` (sampled), ``continuous_action_output_shape``,
   ``deterministic_continuous_actions``; for discrete branches ``discrete_actions``
   (sampled, int64 indices), ``discrete_action_output_shape``,
@@ -249,14 +253,20 @@ class _PolicyGraph:
         hidden = features[0] if len(features) == 1 else self._node("Concat", features, hint="features", axis=1)
         for j in range(self.arch.num_layers):
             hidden = self._swish(self._dense(hidden, f"body/dense{j}"))
+        if self.arch.memory_size:
+            hidden = self._lstm(hidden)
 
         self._constant_output("version_number", [MODEL_API_VERSION])
-        self._constant_output("memory_size", [0])
+        self._constant_output("memory_size", [self.arch.memory_size])
         action = self.spec.action_spec
         if action.continuous_size > 0:
             self._continuous_head(hidden, action.continuous_size)
         if action.num_branches > 0:
             self._discrete_head(hidden, action.discrete_branches)
+        if self.arch.memory_size:
+            m = self.arch.memory_size
+            self.inputs.append(helper.make_tensor_value_info("recurrent_in", TensorProto.FLOAT, [BATCH, 1, m]))
+            self._output("recurrent_out", TensorProto.FLOAT, [BATCH, 1, m])
         if self.training_outputs:
             self._join_log_probs()
         return helper.make_graph(
@@ -298,6 +308,31 @@ class _PolicyGraph:
         x = self._node("Transpose", [x], hint=f"{prefix}/nhwc", perm=[0, 2, 3, 1])
         x = self._node("Flatten", [x], hint=f"{prefix}/flat", axis=1)
         return self._leaky_relu(self._dense(x, f"{prefix}/dense"), prefix)
+
+    def _lstm(self, hidden: str) -> str:
+        """One LSTM step from ``recurrent_in``; writes ``recurrent_out``, returns the hidden output [batch, m/2]."""
+        m = self.arch.memory_size
+        half = m // 2
+
+        def onnx_gates(matrix: np.ndarray) -> np.ndarray:  # [.., 4h] i, f, g, o -> [1, 4h, ..] i, o, f, c
+            i, f, g, o = np.split(matrix, 4, axis=-1)
+            return np.concatenate([i, o, f, g], axis=-1).T[None]
+
+        w = self._const("lstm/W", onnx_gates(self.params["lstm/kernel"]))
+        r = self._const("lstm/R", onnx_gates(self.params["lstm/recurrent_kernel"]))
+        bias = onnx_gates(self.params["lstm/bias"][None])[:, :, 0]  # [1, 4h]
+        b = self._const("lstm/B", np.concatenate([bias, np.zeros_like(bias)], axis=1))
+        memories = self._node("Transpose", ["recurrent_in"], hint="lstm/memories", perm=[1, 0, 2])  # [1, batch, m]
+        h0 = self._node("Slice", [memories], hint="lstm/h0", axes=[2], starts=[0], ends=[half])
+        c0 = self._node("Slice", [memories], hint="lstm/c0", axes=[2], starts=[half], ends=[m])
+        x = self._node("Unsqueeze", [hidden], hint="lstm/x", axes=[0])  # [1, batch, width]
+        y, y_h, y_c = self._name("lstm/y"), self._name("lstm/h"), self._name("lstm/c")
+        self.nodes.append(
+            helper.make_node("LSTM", [x, w, r, b, "", h0, c0], [y, y_h, y_c], name=self._name("LSTM"), hidden_size=half)
+        )
+        new = self._node("Concat", [y_h, y_c], hint="lstm/new_memories", axis=2)
+        self._node("Transpose", [new], output="recurrent_out", perm=[1, 0, 2])
+        return self._node("Squeeze", [y_h], hint="lstm/out", axes=[0])
 
     def _continuous_head(self, hidden: str, size: int) -> None:
         mu = self._dense(hidden, "policy/mu")

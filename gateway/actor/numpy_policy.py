@@ -27,6 +27,7 @@ from common.architecture import (
     SIMPLE_CONVS,
     TANH_EPS,
     PolicyArchitecture,
+    lstm_step,
     PolicyOutput,
     parameter_shapes,
     vector_indices,
@@ -171,11 +172,46 @@ class NumpyPolicy:
             h = _swish(h)
         return h
 
-    def distribution(self, observations: list[np.ndarray], action_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Distribution parameters: ``mu``/``log_std`` ([n, c]) and masked ``logits`` ([n, sum(branches)])."""
+    @property
+    def memory_size(self) -> int:
+        """Floats of LSTM memory per agent (0: no memory)."""
+        return self.architecture.memory_size
+
+    def initial_memories(self, n: int) -> np.ndarray:
+        """The memory of agents starting an episode: zeros ``[n, memory_size]``."""
+        return np.zeros((n, self.memory_size), np.float32)
+
+    def recurrent(self, h: np.ndarray, memories: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """One LSTM step after the body.
+
+        Args:
+            h: float32 ``[n, width]``, the body's output.
+            memories: float32 ``[n, memory_size]`` before this step (None: zeros, a new episode).
+
+        Returns:
+            (the LSTM's hidden output ``[n, memory_size / 2]``, the memories after the step ``[n, memory_size]``).
+        """
+        n = h.shape[0]
+        if memories is None:
+            memories = self.initial_memories(n)
+        memories = np.asarray(memories, np.float32)
+        if memories.shape != (n, self.memory_size):
+            raise ValueError(f"memories: shape {memories.shape}, expected {(n, self.memory_size)}")
+        p = self.params
+        out, new = lstm_step(h, memories, p["lstm/kernel"], p["lstm/recurrent_kernel"], p["lstm/bias"])
+        return out.astype(np.float32, copy=False), new.astype(np.float32, copy=False)
+
+    def distribution(
+        self, observations: list[np.ndarray], action_mask: np.ndarray | None = None, memories: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Distribution parameters: ``mu``/``log_std`` ([n, c]) and masked ``logits`` ([n, sum(branches)]);
+        with memory also ``memories`` [n, memory_size], the state after this step (``memories``
+        is the state before it, None: zeros)."""
         h = self.hidden(observations)
         p = self.params
         out: dict[str, np.ndarray] = {}
+        if self.memory_size:
+            h, out["memories"] = self.recurrent(h, memories)
         if "policy/mu/kernel" in p:
             out["mu"] = h @ p["policy/mu/kernel"] + p["policy/mu/bias"]
             if self.architecture.continuous_distribution == "gaussian":
@@ -197,6 +233,7 @@ class NumpyPolicy:
         action_mask: np.ndarray | None,
         rng: np.random.Generator,
         deterministic: bool = False,
+        memories: np.ndarray | None = None,
     ) -> PolicyOutput:
         """Chooses actions for n agents.
 
@@ -209,8 +246,10 @@ class NumpyPolicy:
                 sample: ``clip(mu, -3, 3) / 3`` (PPO) or ``tanh(mu)`` (SAC), as the ONNX
                 model's ``deterministic_continuous_actions`` and the JAX actor give it
                 (ML-Agents sends SAC's raw mean; docs/ONNX.md says why Tandem does not).
+            memories: float32 ``[n, memory_size]``, each agent's LSTM memory before this step
+                (None: zeros); the output's ``memories`` is the state after it.
         """
-        dist = self.distribution(observations, action_mask)
+        dist = self.distribution(observations, action_mask, memories)
         spec = self.architecture.behavior_spec
         n = np.asarray(observations[0]).shape[0]
         c = spec.action_spec.continuous_size
@@ -252,6 +291,7 @@ class NumpyPolicy:
             discrete=discrete,
             log_probs=log_probs.astype(np.float32, copy=False),
             env_continuous=np.asarray(env_continuous, dtype=np.float32),
+            memories=dist.get("memories"),
         )
 
     def log_prob(
@@ -260,9 +300,10 @@ class NumpyPolicy:
         action_mask: np.ndarray | None,
         continuous: np.ndarray,
         discrete: np.ndarray,
+        memories: np.ndarray | None = None,
     ) -> np.ndarray:
         """Joint log-probability float32 ``[n]`` of given raw actions (for tests and checks)."""
-        dist = self.distribution(observations, action_mask)
+        dist = self.distribution(observations, action_mask, memories)
         n = np.asarray(observations[0]).shape[0]
         total = np.zeros(n, dtype=np.float64)
         if "mu" in dist:

@@ -63,7 +63,10 @@ class OnnxPolicy:
 
     Raises:
         OnnxModelError: the bytes are not an ONNX model, the model does not follow the
-            contract (no ``obs_0``, no action outputs, recurrent memory), or it does not fit ``spec``.
+            contract (no ``obs_0``, no action outputs, a ``memory_size`` that does not match
+            ``recurrent_in``), or it does not fit ``spec``. Recurrent models (``recurrent_in``
+            ``[batch, 1, m]`` and ``recurrent_out``, ML-Agents' contract) are run with the
+            memories the caller carries per agent.
     """
 
     def __init__(self, model: bytes, source: str = "model", spec: BehaviorSpec | None = None) -> None:
@@ -80,11 +83,15 @@ class OnnxPolicy:
                 f"{source}: has no input obs_0; inputs are {sorted(inputs)} "
                 "(expected the ML-Agents model contract: obs_0..obs_{{n-1}}, action_masks)"
             )
-        extra = sorted(set(inputs) - {f"obs_{i}" for i in range(self.num_observations)} - {"action_masks"})
+        extra = sorted(set(inputs) - {f"obs_{i}" for i in range(self.num_observations)} - {"action_masks", "recurrent_in"})
         if extra:
-            raise OnnxModelError(
-                f"{source}: unexpected inputs {extra} (recurrent models and other model API versions are not supported)"
-            )
+            raise OnnxModelError(f"{source}: unexpected inputs {extra} (other model API versions are not supported)")
+        #: floats of memory per agent (``recurrent_in``'s last dimension), 0 for a feed-forward model
+        self.memory_size = 0
+        if "recurrent_in" in inputs:
+            self.memory_size = _static(inputs["recurrent_in"].shape[-1]) or 0
+            if not self.memory_size or "recurrent_out" not in self._outputs:
+                raise OnnxModelError(f"{source}: recurrent_in needs a static memory size and a recurrent_out output")
         for name, value in inputs.items():
             if value.type != "tensor(float)":
                 raise OnnxModelError(f"{source}: input {name} is {value.type}, expected tensor(float)")
@@ -198,8 +205,10 @@ class OnnxPolicy:
                 f"expected [{MODEL_API_VERSION}] (ML-Agents model API 2.0)"
             )
         memory = probe.get("memory_size")
-        if memory is not None and int(np.asarray(memory).ravel()[0]) != 0:
-            raise OnnxModelError(f"{where}: memory_size is {np.asarray(memory).ravel().tolist()}; recurrent models are not supported")
+        if memory is not None and int(np.asarray(memory).ravel()[0]) != self.memory_size:
+            raise OnnxModelError(
+                f"{where}: memory_size is {np.asarray(memory).ravel().tolist()}, recurrent_in carries {self.memory_size}"
+            )
         if a.continuous_size:
             got = np.asarray(probe["deterministic_continuous_actions"]).shape
             if got != (1, a.continuous_size):
@@ -222,10 +231,17 @@ class OnnxPolicy:
                 )
         self._checked_spec = spec
 
-    def _run(self, observations: list[np.ndarray], action_mask: np.ndarray | None, names: list[str]) -> dict:
+    def _run(
+        self, observations: list[np.ndarray], action_mask: np.ndarray | None, names: list[str], memories: np.ndarray | None = None
+    ) -> dict:
         if len(observations) != self.num_observations:
             raise ValueError(f"{self.source}: {len(observations)} observations given, the model takes {self.num_observations}")
         feeds = {f"obs_{i}": np.ascontiguousarray(o, dtype=np.float32) for i, o in enumerate(observations)}
+        if self.memory_size:
+            n = feeds["obs_0"].shape[0]
+            if memories is None:
+                memories = np.zeros((n, self.memory_size), np.float32)
+            feeds["recurrent_in"] = np.ascontiguousarray(memories, dtype=np.float32).reshape(n, 1, self.memory_size)
         if self.has_masks:
             n = feeds["obs_0"].shape[0]
             if action_mask is None:
@@ -242,6 +258,7 @@ class OnnxPolicy:
         action_mask: np.ndarray | None,
         rng: np.random.Generator | None = None,
         deterministic: bool = False,
+        memories: np.ndarray | None = None,
     ) -> PolicyOutput:
         """Chooses actions for n agents (``NumpyPolicy.act``'s interface).
 
@@ -250,6 +267,8 @@ class OnnxPolicy:
             action_mask: bool ``[n, sum(branches)]``, true = not allowed; None allows all.
             rng: unused: the model samples with its own random nodes.
             deterministic: the ``deterministic_*`` outputs (mean, most probable allowed action).
+            memories: recurrent models: float32 ``[n, memory_size]`` before the step (None: zeros);
+                the output's ``memories`` is ``recurrent_out``.
 
         Returns:
             ``PolicyOutput``. Deterministic: ``continuous`` equals ``env_continuous`` (the model
@@ -274,7 +293,9 @@ class OnnxPolicy:
             if self.has_discrete:
                 names.append("discrete_actions")
             names.append("tandem_log_probs")
-        out = self._run(observations, action_mask, names) if n else {}
+        if self.memory_size:
+            names.append("recurrent_out")
+        out = self._run(observations, action_mask, names, memories) if n else {}
         c, b = self._action_sizes()
         if deterministic:
             env = out.get("deterministic_continuous_actions", np.zeros((n, c), np.float32))
@@ -291,6 +312,10 @@ class OnnxPolicy:
             discrete=np.asarray(discrete).astype(np.int32).reshape(n, b),
             log_probs=np.asarray(log_probs, np.float32).reshape(n),
             env_continuous=np.asarray(env, np.float32).reshape(n, c),
+            memories=(
+                np.asarray(out.get("recurrent_out", np.zeros((n, self.memory_size))), np.float32).reshape(n, self.memory_size)
+                if self.memory_size else None
+            ),
         )
 
     def _action_sizes(self) -> tuple[int, int]:

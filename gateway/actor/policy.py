@@ -22,9 +22,12 @@ from tandem.v1 import trainer_pb2
 class Policy(Protocol):
     """The actor of one behavior."""
 
+    #: floats of LSTM memory per agent (0: no memory); the caller carries it per agent
+    memory_size: int
+
     def act(
         self, observations: list[np.ndarray], action_mask: np.ndarray | None, rng: np.random.Generator,
-        deterministic: bool = False,
+        deterministic: bool = False, memories: np.ndarray | None = None,
     ) -> PolicyOutput:
         """Chooses actions for n agents.
 
@@ -33,6 +36,8 @@ class Policy(Protocol):
             action_mask: bool ``[n, sum(branches)]``, true = not allowed; None allows all.
             rng: the worker's source of randomness (a model with its own random nodes ignores it).
             deterministic: the mode (mean, most probable allowed action) instead of a sample.
+            memories: float32 ``[n, memory_size]``, each agent's memory before this step
+                (policies with memory; None: zeros). The output's ``memories`` follow it.
 
         Returns:
             ``PolicyOutput``: raw and environment continuous actions ``[n, c]``, discrete

@@ -32,14 +32,19 @@ class TrajectoryBuilder:
         instance: the instance index written into every trajectory.
         time_horizon: cut an agent's trajectory after this many steps (>= 1).
         capacity: initial number of agent slots (grows as needed).
+        memory_size: the policy's LSTM memory per agent (0: none); with memory each step
+            records the memory the agent acted from, and trajectories carry it.
     """
 
-    def __init__(self, spec: BehaviorSpec, instance: int, time_horizon: int, capacity: int = 16) -> None:
+    def __init__(
+        self, spec: BehaviorSpec, instance: int, time_horizon: int, capacity: int = 16, memory_size: int = 0
+    ) -> None:
         if time_horizon < 1:
             raise ValueError(f"time_horizon must be >= 1, got {time_horizon}")
         self.spec = spec
         self.instance = instance
         self.time_horizon = int(time_horizon)
+        self.memory_size = int(memory_size)
         self._slot_of: dict[int, int] = {}
         self._free: list[int] = []
         self._observed: tuple[object, np.ndarray] = (None, np.zeros(0, np.intp))
@@ -58,6 +63,7 @@ class TrajectoryBuilder:
             "_rewards": np.zeros((slots, steps), np.float32),
             "_masks": np.zeros((slots, steps, a.mask_size), bool),
             "_versions": np.zeros((slots, steps), np.int64),
+            "_memories": np.zeros((slots, steps, self.memory_size), np.float32),
             "_length": np.zeros(slots, np.int64),
             "_pending": np.zeros(slots, bool),
             "_orphan": np.zeros(slots, bool),
@@ -151,6 +157,7 @@ class TrajectoryBuilder:
             interrupted=interrupted,
             episode_return=float(self._episode_return[slot]) if done else 0.0,
             episode_length=int(self._episode_length[slot]) if done else 0,
+            memories=self._memories[slot, :t].copy() if self.memory_size else None,
         )
         self._length[slot] = 0
         return traj
@@ -198,6 +205,7 @@ class TrajectoryBuilder:
         discrete: np.ndarray,
         log_probs: np.ndarray,
         version: int,
+        memories: np.ndarray | None = None,
     ) -> None:
         """Records the actions chosen for ``decisions`` (after ``observe`` of the same batch).
 
@@ -207,6 +215,8 @@ class TrajectoryBuilder:
             discrete: int32 ``[n, num_branches]``.
             log_probs: float32 ``[n]``.
             version: the snapshot version that chose them.
+            memories: float32 ``[n, memory_size]``, the LSTM memory each agent acted from
+                (with ``memory_size``; None records zeros).
         """
         if not len(decisions):
             return
@@ -223,6 +233,8 @@ class TrajectoryBuilder:
         self._log_probs[slots, idx] = log_probs
         self._masks[slots, idx] = decisions.action_mask
         self._versions[slots, idx] = version
+        if self.memory_size:
+            self._memories[slots, idx] = 0.0 if memories is None else memories
         self._length[slots] = idx + 1
         self._pending[slots] = True
         self._episode_length[slots] += 1

@@ -56,6 +56,7 @@ import numpy as np
 
 from common.logging import get_logger
 from common.trajectory import Trajectory
+from gateway.actor.memories import AgentMemories
 from gateway.actor.policy import Policy, policy_from_snapshot
 from gateway.actor.trajectories import EpisodeTally, TrajectoryBuilder
 from gateway.env.instance import BehaviorActions, InstanceFailure
@@ -158,6 +159,8 @@ class InstanceActor:
         self.finished_behaviors: set[str] = set()
         self.paused = False
         self.current: dict[str, tuple[StepBatch, StepBatch]] = {}
+        #: per behavior, the LSTM memory of its agents (policies with memory only)
+        self.memories: dict[str, AgentMemories] = {}
         #: the last step's answer until ``_bookkeeping`` observed it (during the next step)
         self.unobserved: dict[str, tuple[StepBatch, StepBatch]] | None = None
         self.env_steps = 0
@@ -314,6 +317,8 @@ class InstanceActor:
             self._finish(behavior, builder.interrupt_all())
         for tally in self.tallies.values():
             tally.forget_open()
+        for memories in self.memories.values():
+            memories.clear()
         self._flush(force=True, returned=lost)
 
     def _apply_parameters(self, values: dict, reset: bool, generation: int) -> None:
@@ -381,21 +386,33 @@ class InstanceActor:
         """
         actions: dict[str, BehaviorActions] = {}
         acted: list[tuple] = []
-        for behavior, (dec, _) in self.current.items():
+        for behavior, (dec, term) in self.current.items():
+            store = self.memories.get(behavior)
+            if store is not None and len(term):
+                store.forget(term.agent_ids)  # before the decisions: an agent may restart with its id
             if not len(dec):
                 continue
             entry = self.policies.get(behavior)
             if entry is None:
                 actions[behavior] = self._random_actions(behavior, dec)
                 continue
-            out = entry.policy.act(dec.observations, dec.action_mask, self.rng, deterministic=entry.deterministic)
+            memories = None
+            if entry.policy.memory_size:
+                if store is None or store.memory_size != entry.policy.memory_size:
+                    store = self.memories[behavior] = AgentMemories(entry.policy.memory_size)
+                memories = store.take(dec.agent_ids)
+            out = entry.policy.act(
+                dec.observations, dec.action_mask, self.rng, deterministic=entry.deterministic, memories=memories
+            )
+            if store is not None and memories is not None:
+                store.keep(dec.agent_ids, out.memories)
             actions[behavior] = BehaviorActions(continuous=out.env_continuous, discrete=out.discrete)
             if behavior in self.finished_behaviors:
                 continue  # acts on with the final policy; nothing is streamed
             credit = self.credit.get(behavior)
             if credit is not None:
                 credit.steps -= len(dec)
-            acted.append((behavior, entry, dec, out))
+            acted.append((behavior, entry, dec, out, memories))
         return actions, acted
 
     def _bookkeeping(self, acted: list[tuple]) -> None:
@@ -405,7 +422,7 @@ class InstanceActor:
         actions just sent are recorded, then finished trajectories are flushed to the parent.
         """
         self._catch_up()
-        for behavior, entry, dec, out in acted:
+        for behavior, entry, dec, out, memories in acted:
             if not self.config.stream:
                 tally = self.tallies.get(behavior)
                 if tally is not None:
@@ -415,9 +432,10 @@ class InstanceActor:
             builder = self.builders.get(behavior)
             if builder is None:
                 builder = self.builders[behavior] = TrajectoryBuilder(
-                    self.instance.specs[behavior], self.worker.index, entry.time_horizon, capacity=max(16, len(dec))
+                    self.instance.specs[behavior], self.worker.index, entry.time_horizon, capacity=max(16, len(dec)),
+                    memory_size=entry.policy.memory_size,
                 )
-            builder.record(dec, out.continuous, out.discrete, out.log_probs, entry.version)
+            builder.record(dec, out.continuous, out.discrete, out.log_probs, entry.version, memories)
         self._flush()
 
     def _catch_up(self) -> None:

@@ -155,3 +155,45 @@ def test_snapshot_round_trip_and_clear_errors():
 def test_numpy_policy_module_does_not_import_jax():
     code = "import sys, gateway.actor.numpy_policy; sys.exit(1 if 'jax' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def _reference_lstm(x, h, c, kernel, recurrent, bias):
+    """torch.nn.LSTM's cell for one agent, element by element (gates i, f, g, o)."""
+    half = len(h)
+    gates = [sum(x[k] * kernel[k, j] for k in range(len(x))) + sum(h[k] * recurrent[k, j] for k in range(half)) + bias[j]
+             for j in range(4 * half)]
+    sig = lambda v: 1.0 / (1.0 + math.exp(-v))  # noqa: E731
+    new_c = [sig(gates[half + j]) * c[j] + sig(gates[j]) * math.tanh(gates[2 * half + j]) for j in range(half)]
+    new_h = [sig(gates[3 * half + j]) * math.tanh(new_c[j]) for j in range(half)]
+    return new_h, new_c
+
+
+def test_memory_lstm_matches_a_reference_cell_over_steps_and_starts_from_zeros():
+    rng = np.random.default_rng(5)
+    arch = PolicyArchitecture(_spec(continuous=1, branches=(3,)), hidden_units=6, num_layers=1, memory_size=8, sequence_length=4)
+    params = _random_params(arch, rng)
+    snapshot = make_snapshot(arch.behavior_spec.name, 1, arch, params)
+    policy = NumpyPolicy.from_snapshot(snapshot)
+    assert policy.architecture == arch and policy.memory_size == 8
+    n = 3
+    h = [[0.0] * 4 for _ in range(n)]
+    c = [[0.0] * 4 for _ in range(n)]
+    memories = None  # an episode start: zeros
+    for step in range(4):
+        obs = [rng.standard_normal((n, 6)).astype(np.float32)]
+        body = policy.hidden(obs)
+        out = policy.act(obs, None, rng, memories=memories)
+        for a in range(n):
+            h[a], c[a] = _reference_lstm(body[a], h[a], c[a], params["lstm/kernel"], params["lstm/recurrent_kernel"], params["lstm/bias"])
+            np.testing.assert_allclose(out.memories[a], h[a] + c[a], atol=1e-5)
+        # the heads read the LSTM's hidden output, and the log-prob uses the same memories
+        logits = np.asarray(h, np.float32) @ params["policy/logits/kernel"] + params["policy/logits/bias"]
+        np.testing.assert_allclose(policy.distribution(obs, None, memories)["logits"], logits, atol=1e-5)
+        np.testing.assert_allclose(policy.log_prob(obs, None, out.continuous, out.discrete, memories), out.log_probs, atol=1e-4)
+        memories = out.memories
+    np.testing.assert_array_equal(policy.act(obs, None, rng, memories=None).memories,
+                                  policy.act(obs, None, rng, memories=np.zeros((n, 8), np.float32)).memories)
+    with pytest.raises(ValueError, match=r"memories: shape \(3, 6\), expected \(3, 8\)"):
+        policy.act(obs, None, rng, memories=np.zeros((n, 6), np.float32))
+    with pytest.raises(ValueError, match="memory_size: must be even"):
+        PolicyArchitecture(arch.behavior_spec, 6, 1, memory_size=7, sequence_length=4)

@@ -137,6 +137,35 @@ def test_training_snapshot_samples_with_log_probs():
     OnnxPolicy.from_snapshot(snapshot, spec=GRID_SPEC)
 
 
+@pytest.mark.parametrize("spec", [BALL_SPEC, GRID_SPEC])
+def test_recurrent_models_act_like_numpy_policy_with_the_memory_carried(spec):
+    """A model with ``recurrent_in``/``recurrent_out`` (memory): deterministic actions, the
+    memory it returns and the log-probs of its samples follow NumpyPolicy step after step."""
+    from dataclasses import replace
+
+    arch = replace(architecture(spec), memory_size=10, sequence_length=4)
+    params = known_params(arch)
+    onnx_policy = OnnxPolicy(export_policy_bytes(arch, params, training_outputs=True), spec=spec)
+    reference = NumpyPolicy(arch, params)
+    assert onnx_policy.memory_size == reference.memory_size == 10
+    n = 5
+    got_memory = want_memory = None  # None: zeros, an episode start
+    for step in range(4):
+        obs = observations(spec, n, seed=10 + step)
+        mask = random_mask(n, spec.action_spec.discrete_branches, seed=step) if spec.action_spec.num_branches else None
+        got = onnx_policy.act(obs, mask, None, deterministic=True, memories=got_memory)
+        want = reference.act(obs, mask, np.random.default_rng(0), deterministic=True, memories=want_memory)
+        np.testing.assert_allclose(got.env_continuous, want.env_continuous, atol=1e-5)
+        np.testing.assert_array_equal(got.discrete, want.discrete)
+        np.testing.assert_allclose(got.memories, want.memories, atol=1e-5)
+        sampled = onnx_policy.act(obs, mask, None, memories=got_memory)
+        np.testing.assert_allclose(sampled.memories, want.memories, atol=1e-5)  # the memory does not depend on the sample
+        score = reference.log_prob(obs, mask, sampled.continuous, sampled.discrete, memories=want_memory)
+        np.testing.assert_allclose(sampled.log_probs, score, atol=1e-4)
+        got_memory, want_memory = got.memories, want.memories
+    assert np.abs(got_memory).max() > 1e-2
+
+
 def test_bad_models_are_refused_naming_file_and_mismatch(tmp_path):
     with pytest.raises(OnnxModelError, match="missing.onnx: cannot read"):
         OnnxPolicy.from_file(tmp_path / "missing.onnx")

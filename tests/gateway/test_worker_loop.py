@@ -128,3 +128,52 @@ def test_first_trainer_values_after_the_first_reset_reset_again():
     actor.started = True  # the instance reset to learn its behaviors before Hello
     actor._handle(ApplyParameters({"gravity": ParameterValue.constant(20.0)}, False, 1))
     assert instance.resets == 1
+
+
+def _memory_snapshot(horizon: int) -> tuple[bytes, NumpyPolicy]:
+    arch = PolicyArchitecture(SPEC, hidden_units=8, num_layers=1, memory_size=6, sequence_length=2)
+    rng = np.random.default_rng(0)
+    params = {name: rng.normal(0.0, 0.5, shape).astype(np.float32) for name, shape in parameter_shapes(arch).items()}
+    return make_snapshot(SPEC.name, 3, arch, params, time_horizon=horizon).SerializeToString(), NumpyPolicy(arch, params)
+
+
+def test_lstm_memory_is_carried_per_agent_across_cuts_and_reset_at_episode_ends():
+    from gateway.env.messages import Experience
+
+    pipe = _Pipe()
+    instance = SimpleNamespace(specs={SPEC.name: SPEC}, drain_stats=lambda: [])
+    actor = InstanceActor(SimpleNamespace(index=0, instance=instance), pipe=pipe, config=ActorWorkerConfig())
+    raw, reference = _memory_snapshot(horizon=2)
+    actor._set_snapshot(SPEC.name, 3, raw)
+    rng = np.random.default_rng(1)
+    expected = {0: np.zeros(6, np.float32), 1: np.zeros(6, np.float32)}  # memory each agent acts from next
+    acted_from: list[dict[int, np.ndarray]] = []
+    for step in range(5):
+        dec = _decisions(2)
+        dec.observations = [rng.standard_normal((2, 4)).astype(np.float32)]
+        term = _decisions(0)
+        if step == 3:  # agent 0's episode ends and it starts the next one with the same id
+            term = _decisions(1)
+            term.action_mask, term.interrupted = None, np.zeros(1, bool)
+            expected[0] = np.zeros(6, np.float32)
+        actor.current = actor.unobserved = {SPEC.name: (dec, term)}
+        acted_from.append({a: expected[a].copy() for a in (0, 1)})
+        actions, acted = actor._act()
+        actor._bookkeeping(acted)
+        _, after = reference.recurrent(reference.hidden(dec.observations), np.stack([expected[0], expected[1]]))
+        expected = {0: after[0], 1: after[1]}
+        for agent in (0, 1):  # what the actor keeps is what the reference LSTM gives
+            np.testing.assert_allclose(actor.memories[SPEC.name].take(np.array([agent]))[0], expected[agent], atol=1e-6)
+    actor._flush(force=True)
+    fragments = [t for m in pipe.sent if isinstance(m, Experience) for t in m.trajectories]
+    by_agent = {a: [t for t in fragments if t.agent_id == a] for a in (0, 1)}
+    # horizon 2: steps 0-1 form a fragment; step 2 starts the next one with the memory the cut left
+    first, second = by_agent[1][:2]
+    np.testing.assert_allclose(first.memories, [acted_from[0][1], acted_from[1][1]], atol=1e-6)
+    np.testing.assert_allclose(second.memories[0], acted_from[2][1], atol=1e-6)
+    assert np.abs(second.memories[0]).max() > 1e-3
+    # agent 0's terminal at step 3 ended its fragment; the new episode acted from zeros
+    assert by_agent[0][1].done and len(by_agent[0][1]) == 1  # step 2, ended by the terminal of step 3
+    assert not acted_from[3][0].any() and np.abs(acted_from[3][1]).max() > 1e-3
+    actor._end_open_episodes()  # a reset or a failed instance: every memory is forgotten
+    assert len(actor.memories[SPEC.name]) == 0

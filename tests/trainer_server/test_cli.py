@@ -102,7 +102,7 @@ def test_shared_gail_config_reports_every_unsupported_feature(capsys: pytest.Cap
     out, err = capsys.readouterr()
     assert code == cli.EXIT_NOT_SUPPORTED
     assert yaml.safe_load(out)["behaviors"]["Hallway"]["network_settings"]["memory"]["memory_size"] == 256
-    assert "behaviors.Hallway.network_settings.memory: recurrent networks (memory) are not supported yet" in err
+    assert "network_settings.memory" not in err  # PPO with memory is supported
     assert "behaviors.Hallway.reward_signals.gail: the gail reward signal is not supported yet" in err
 
 

@@ -7,6 +7,8 @@ float tensors.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -539,3 +541,82 @@ def test_training_outputs_give_the_raw_sample_and_its_log_prob_under_numpy_polic
     reference = NumpyPolicy(arch, params).log_prob(observations, mask, raw, discrete)
     np.testing.assert_allclose(out["tandem_log_probs"], reference, atol=2e-4, rtol=1e-5)
     assert np.all(np.isfinite(out["tandem_log_probs"]))
+
+
+# -- memory (LSTM): ML-Agents' recurrent contract and parity over several steps ----------------
+MEMORY_BEHAVIORS = {
+    "vector_continuous": dict(observations=[(8,)], continuous=2),
+    "visual_hybrid_sac": dict(observations=[(7,), (1, 40, 36)], continuous=2, branches=(5,), distribution="tanh_gaussian"),
+    "discrete_masks": dict(observations=[(6,), (4,)], branches=(3, 2, 4), num_layers=1),
+}
+
+
+def memory_architecture(name: str, memory_size: int = 12) -> PolicyArchitecture:
+    base = make_architecture(**MEMORY_BEHAVIORS[name])
+    return dataclasses.replace(base, memory_size=memory_size, sequence_length=4)
+
+
+def test_recurrent_model_follows_the_mlagents_contract():
+    arch = memory_architecture("discrete_masks", memory_size=10)
+    model = onnx.load_from_string(export_policy_bytes(arch, random_params(arch)))
+    onnx.checker.check_model(model, full_check=True)
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*model.graph.input, *model.graph.output)}
+    assert [i.name for i in model.graph.input] == ["obs_0", "obs_1", "action_masks", "recurrent_in"]
+    assert dims["recurrent_in"] == ["batch", 1, 10] and dims["recurrent_out"] == ["batch", 1, 10]
+    outputs = [o.name for o in model.graph.output]
+    assert outputs[-1] == "recurrent_out" and outputs[:2] == ["version_number", "memory_size"]
+    _, feed = random_inputs(arch, batch=3)
+    feed["recurrent_in"] = np.zeros((3, 1, 10), np.float32)
+    out = run(session(arch, random_params(arch)), feed)
+    assert out["memory_size"].tolist() == [10.0]
+    assert out["recurrent_out"].shape == (3, 1, 10) and np.abs(out["recurrent_out"]).max() > 1e-3
+
+
+def _jax_step(arch, params, observations, allowed, memories):
+    """One deterministic JAX actor step: (env continuous, discrete, memories after)."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from trainer_server.learning import distributions, networks
+
+    jparams = {k: jnp.asarray(v) for k, v in params.items() if not k.startswith("normalizer/")}
+    norm = None
+    if arch.normalize:
+        idx = arch_mod.vector_indices(arch.behavior_spec)
+        norm = tuple({str(i): jnp.asarray(params[f"normalizer/{s}/{i}"]) for i in idx} for s in ("mean", "var"))
+    mask = None if allowed is None else jnp.asarray(allowed == 0)
+    dist, after = networks.actor_step(jparams, arch, [jnp.asarray(o) for o in observations], norm, mask, jnp.asarray(memories))
+    branches = arch.behavior_spec.action_spec.discrete_branches
+    acts = distributions.sample(dist, jax.random.key(0), len(memories), branches, arch.continuous_distribution, deterministic=True)
+    env = distributions.env_continuous(acts.continuous, arch.continuous_distribution)
+    return np.asarray(env), np.asarray(acts.discrete), np.asarray(after)
+
+
+@pytest.mark.parametrize("name", sorted(MEMORY_BEHAVIORS))
+def test_numpy_jax_and_onnxruntime_agree_over_steps_with_the_memory_carried(name):
+    arch = memory_architecture(name)
+    params = jax_initialized_params(arch, seed=3)
+    sess = session(arch, params)
+    policy = NumpyPolicy(arch, params)
+    action = arch.behavior_spec.action_spec
+    batch = 6
+    mem_numpy = mem_onnx = mem_jax = np.zeros((batch, arch.memory_size), np.float32)
+    for step in range(5):
+        allowed = random_masks(action.discrete_branches, batch, seed=20 + step) if action.discrete_branches else None
+        observations, feed = random_inputs(arch, batch=batch, seed=30 + step, masks=allowed)
+        feed["recurrent_in"] = mem_onnx[:, None, :]
+        out = run(sess, feed)
+        ref = policy.act(observations, None if allowed is None else allowed == 0, np.random.default_rng(0),
+                         deterministic=True, memories=mem_numpy)
+        env, discrete, mem_jax = _jax_step(arch, params, observations, allowed, mem_jax)
+        mem_onnx = out["recurrent_out"][:, 0, :]
+        mem_numpy = ref.memories
+        np.testing.assert_allclose(mem_onnx, mem_numpy, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(mem_jax, mem_numpy, atol=1e-5, rtol=0)
+        if action.continuous_size:
+            np.testing.assert_allclose(out["deterministic_continuous_actions"], ref.env_continuous, atol=1e-5, rtol=0)
+            np.testing.assert_allclose(env, ref.env_continuous, atol=1e-5, rtol=0)
+        if action.discrete_branches:
+            np.testing.assert_array_equal(out["deterministic_discrete_actions"], ref.discrete)
+            np.testing.assert_array_equal(discrete, ref.discrete)
+    assert np.abs(mem_numpy).max() > 1e-2  # the memory really moved

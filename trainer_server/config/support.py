@@ -3,7 +3,7 @@
 Why: :mod:`trainer_server.config.loading` accepts every valid ML-Agents file (so that
 ``--dry-run`` shows any file resolved); training needs more. :func:`check_supported`
 raises :class:`NotSupportedError` for what the learners cannot do yet (``poca``,
-``memory``, ``self_play``...). The trainer calls it before it starts; the service calls
+SAC with ``memory``, ``self_play``...). The trainer calls it before it starts; the service calls
 :func:`check_behavior_supported` for behaviors that first appear at run time and fall
 back to ``default_settings``. The trainer types come from the learner registry: a type
 is supported when a learner exists for it.
@@ -96,8 +96,8 @@ def unsupported_features(
             )
         )
     network = settings.network_settings
-    if network.memory is not None:
-        found.append(("network_settings.memory", "recurrent networks (memory) are not supported yet"))
+    if network.memory is not None and settings.trainer_type != "ppo":
+        found.append(("network_settings.memory", f"recurrent networks (memory) are not supported yet with {settings.trainer_type} (PPO only)"))
     if network.vis_encode_type not in SUPPORTED_VIS_ENCODE_TYPES:
         supported = ", ".join(sorted(SUPPORTED_VIS_ENCODE_TYPES))
         found.append(

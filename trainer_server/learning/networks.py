@@ -13,6 +13,9 @@ Layout (shapes for ``hidden_units`` h):
   observations through the ``simple`` CNN (conv 8x8/4 16 filters, leaky ReLU, conv 4x4/2 32
   filters, leaky ReLU, dense h, leaky ReLU), as ML-Agents' SimpleVisualEncoder;
 * body: ``num_layers`` dense layers of h with swish (ML-Agents' LinearEncoder);
+* memory (``memory_size`` m > 0): one LSTM of m/2 units after the body (``lstm/...``, the
+  critic's own ``critic/lstm/...``), heads read its hidden output; training runs it over
+  sequences of ``sequence_length`` steps from stored initial memories (``recurrent``);
 * actor heads: ``policy/mu`` + state-independent ``policy/log_std`` (PPO) or a dense
   ``policy/log_std`` head (SAC's tanh_gaussian); ``policy/logits`` for all discrete branches;
 * PPO's critic: its own encoders and body under ``critic/`` and a ``critic/value`` head
@@ -36,7 +39,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from common.architecture import LEAKY_SLOPE, LOG_STD_MAX, LOG_STD_MIN, SIMPLE_CONVS, PolicyArchitecture, conv_output_hw, encoding_size, vector_indices, visual_indices
+from common.architecture import LEAKY_SLOPE, LOG_STD_MAX, LOG_STD_MIN, SIMPLE_CONVS, PolicyArchitecture, conv_output_hw, encoding_size, lstm_step, vector_indices, visual_indices
 from trainer_server.learning import normalizer as normalizer_mod
 from trainer_server.learning.distributions import DistParams, mask_logits
 
@@ -95,11 +98,35 @@ def body_output_size(arch: PolicyArchitecture) -> int:
     return arch.hidden_units if arch.num_layers else encoding_size(arch)
 
 
+def head_width(arch: PolicyArchitecture) -> int:
+    """Width the heads read: the LSTM's output (memory_size / 2) with memory, else the body's."""
+    return arch.memory_size // 2 if arch.memory_size else body_output_size(arch)
+
+
+def _init_lstm(key: jax.Array, arch: PolicyArchitecture, prefix: str) -> Params:
+    """ML-Agents' LSTM initialization: Xavier-uniform per gate block of torch's weight
+    matrices, zero biases plus a forget-gate bias of 1 on each of torch's two biases (2 in
+    the single ``lstm/bias``). Empty without memory."""
+    if not arch.memory_size:
+        return {}
+    half, width = arch.memory_size // 2, body_output_size(arch)
+    k_in, k_rec = jax.random.split(key)
+    blocks_in = [_xavier_uniform(k, width, half, 1.0) for k in jax.random.split(k_in, 4)]
+    blocks_rec = [_xavier_uniform(k, half, half, 1.0) for k in jax.random.split(k_rec, 4)]
+    bias = jnp.zeros((4 * half,), jnp.float32).at[half : 2 * half].set(2.0)
+    return {
+        f"{prefix}lstm/kernel": jnp.concatenate(blocks_in, axis=1),
+        f"{prefix}lstm/recurrent_kernel": jnp.concatenate(blocks_rec, axis=1),
+        f"{prefix}lstm/bias": bias,
+    }
+
+
 def init_actor(key: jax.Array, arch: PolicyArchitecture) -> Params:
     """Actor parameters with snapshot names (without the normalizer statistics)."""
     k_enc, k_body, k_mu, k_std, k_logits = jax.random.split(key, 5)
     params = {**_init_encoders(k_enc, arch, ""), **_init_body(k_body, arch, "", encoding_size(arch))}
-    width = body_output_size(arch)
+    params.update(_init_lstm(jax.random.fold_in(k_body, 1), arch, ""))
+    width = head_width(arch)
     a = arch.behavior_spec.action_spec
     if a.continuous_size:
         c = a.continuous_size
@@ -128,7 +155,8 @@ def init_critic(key: jax.Array, arch: PolicyArchitecture, shared_critic: bool = 
     if not shared_critic:
         params.update(_init_encoders(k_enc, arch, "critic/"))
         params.update(_init_body(k_body, arch, "critic/", encoding_size(arch)))
-    params["critic/value/kernel"] = _xavier_uniform(k_value, body_output_size(arch), 1, 1.0)
+        params.update(_init_lstm(jax.random.fold_in(k_body, 1), arch, "critic/"))
+    params["critic/value/kernel"] = _xavier_uniform(k_value, head_width(arch), 1, 1.0)
     params["critic/value/bias"] = jnp.zeros((1,), jnp.float32)
     return params
 
@@ -199,6 +227,58 @@ def encode(params: Params, prefix: str, arch: PolicyArchitecture, observations: 
     return _body(params, prefix, arch, _encoders(params, prefix, arch, observations, norm))
 
 
+def _lstm_scan(params: Params, prefix: str, steps: jax.Array, memories: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The LSTM over ``steps`` ``[L, s, width]`` from ``memories`` ``[s, m]``: (final memories
+    ``[s, m]``, hidden outputs ``[L, s, m/2]``, memories before each step ``[L, s, m]``)."""
+    kernel, rec, bias = (params[f"{prefix}lstm/{n}"] for n in ("kernel", "recurrent_kernel", "bias"))
+
+    def step(mem, x):
+        out, new = lstm_step(x, mem, kernel, rec, bias, xp=jnp)
+        return new, (out, mem)
+
+    final, (outs, before) = jax.lax.scan(step, memories, steps)
+    return final, outs, before
+
+
+def recurrent(
+    params: Params, prefix: str, arch: PolicyArchitecture, h: jax.Array, memories: jax.Array, sequence_length: int
+) -> tuple[jax.Array, jax.Array]:
+    """The LSTM over sequences, as ML-Agents' NetworkBody: ``h`` is ``[s * sequence_length,
+    width]`` (s sequences of consecutive steps, in order) and each sequence starts from its
+    row of ``memories`` ``[s, memory_size]``.
+
+    Returns:
+        (hidden outputs ``[s * sequence_length, memory_size / 2]``, the memories after each
+        sequence's last step ``[s, memory_size]``).
+    """
+    steps = jnp.swapaxes(h.reshape(-1, sequence_length, h.shape[-1]), 0, 1)  # [L, s, width]
+    final, outs, _ = _lstm_scan(params, prefix, steps, memories)
+    return jnp.swapaxes(outs, 0, 1).reshape(h.shape[0], -1), final
+
+
+def critic_trace(
+    actor_params: Params,
+    critic_params: Params,
+    arch: PolicyArchitecture,
+    observations: list[jax.Array],
+    norm: NormStats,
+    shared_critic: bool,
+    memory: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """The critic with memory along one agent's consecutive steps ``[T, ...]`` from ``memory``
+    ``[m]``: (values ``[T]``, the critic's memory before each step ``[T, m]``).
+
+    Why: ML-Agents evaluates a trajectory's values sequence by sequence, carrying the
+    critic's memory from one sequence to the next, which is one unbroken LSTM run; the
+    memories before each step give the initial memory of every training sequence.
+    """
+    params, prefix = (actor_params, "") if shared_critic else (critic_params, "critic/")
+    h = encode(params, prefix, arch, observations, norm)
+    _, outs, before = _lstm_scan(params, prefix, h[:, None, :], memory[None, :])
+    values = outs[:, 0, :] @ critic_params["critic/value/kernel"] + critic_params["critic/value/bias"]
+    return values[:, 0], before[:, 0, :]
+
+
 def actor_heads(params: Params, arch: PolicyArchitecture, h: jax.Array, action_mask: jax.Array | None) -> DistParams:
     """Distribution parameters from the body's output ``h`` ``[n, width]``."""
     mu = log_std = logits = None
@@ -214,10 +294,38 @@ def actor_heads(params: Params, arch: PolicyArchitecture, h: jax.Array, action_m
 
 
 def actor_forward(
-    params: Params, arch: PolicyArchitecture, observations: list[jax.Array], norm: NormStats, action_mask: jax.Array | None = None
+    params: Params,
+    arch: PolicyArchitecture,
+    observations: list[jax.Array],
+    norm: NormStats,
+    action_mask: jax.Array | None = None,
+    memories: jax.Array | None = None,
+    sequence_length: int = 1,
 ) -> DistParams:
-    """The policy: distribution parameters for n agents (see ``gateway.actor.numpy_policy.NumpyPolicy.distribution``)."""
-    return actor_heads(params, arch, encode(params, "", arch, observations, norm), action_mask)
+    """The policy: distribution parameters for n agents (see ``gateway.actor.numpy_policy.NumpyPolicy.distribution``).
+
+    With memory, ``memories`` ``[n / sequence_length, memory_size]`` start the sequences of
+    ``sequence_length`` consecutive rows (``recurrent``); ``sequence_length`` 1 is one step
+    per agent, as when acting.
+    """
+    return actor_step(params, arch, observations, norm, action_mask, memories, sequence_length)[0]
+
+
+def actor_step(
+    params: Params,
+    arch: PolicyArchitecture,
+    observations: list[jax.Array],
+    norm: NormStats,
+    action_mask: jax.Array | None = None,
+    memories: jax.Array | None = None,
+    sequence_length: int = 1,
+) -> tuple[DistParams, jax.Array | None]:
+    """``actor_forward`` and the memories after each sequence (None without memory)."""
+    h = encode(params, "", arch, observations, norm)
+    final = None
+    if arch.memory_size:
+        h, final = recurrent(params, "", arch, h, memories, sequence_length)
+    return actor_heads(params, arch, h, action_mask), final
 
 
 def critic_forward(
@@ -227,12 +335,18 @@ def critic_forward(
     observations: list[jax.Array],
     norm: NormStats,
     shared_critic: bool = False,
+    memories: jax.Array | None = None,
+    sequence_length: int = 1,
 ) -> jax.Array:
-    """PPO's state values ``[n]``; with ``shared_critic`` from the actor's encoders and body."""
-    if shared_critic:
-        h = encode(actor_params, "", arch, observations, norm)
-    else:
-        h = encode(critic_params, "critic/", arch, observations, norm)
+    """PPO's state values ``[n]``; with ``shared_critic`` from the actor's encoders and body.
+
+    With memory, ``memories`` and ``sequence_length`` as ``actor_forward`` (the critic's own
+    memories, or the actor's with ``shared_critic``).
+    """
+    params, prefix = (actor_params, "") if shared_critic else (critic_params, "critic/")
+    h = encode(params, prefix, arch, observations, norm)
+    if arch.memory_size:
+        h, _ = recurrent(params, prefix, arch, h, memories, sequence_length)
     return (h @ critic_params["critic/value/kernel"] + critic_params["critic/value/bias"])[:, 0]
 
 

@@ -31,6 +31,23 @@ The ratio is taken per action dimension and per discrete branch, as ML-Agents do
 fragments carry only the joint acting log-prob, so ``process_trajectory`` recomputes the
 per-dimension ones (see ``make_process_fn``).
 
+Memory (``network_settings.memory``, ML-Agents' recurrent PPO): fragments carry the
+actor's memory before each step. ``process_trajectory`` recomputes the acting log-probs
+step by step from those memories, and runs the critic's LSTM along the fragment from the
+critic memory this agent's previous fragment left (zeros at an episode start, dropped
+when the episode ends; ML-Agents' ``critic_memory_dict``), bootstrapping from the memory
+after the last step. The fragment then enters the buffer cut into sequences of
+``sequence_length`` steps from its first step, the last one padded at its end with zero
+rows whose loss mask is false (ML-Agents' ``resequence_and_append``): padded rows count
+towards ``buffer_size`` as in ML-Agents, and the update takes the oldest
+``buffer_size // sequence_length`` whole sequences. Each sequence starts from the stored
+memories of its first step (the actor's acting memory, the critic's memory from
+processing); there is no burn-in: the LSTM runs over the sequence from that memory, as in
+ML-Agents. Minibatches are ``batch_size // sequence_length`` shuffled whole sequences
+(``batch_size`` rounded down to a multiple of ``sequence_length``, at least one
+sequence); losses and entropy are means over the unpadded rows; advantages are
+normalized over all rows of the batch, padding included (its advantage is 0), as ML-Agents does.
+
 Differences from ML-Agents, on purpose: "Policy/Entropy" is the mean entropy over the
 update's minibatches (ML-Agents reports it while acting); the buffer handling above.
 """
@@ -110,6 +127,10 @@ class Batch(NamedTuple):
     values: jax.Array  # [N] critic's values when the step was processed
     advantages: jax.Array  # [N]
     returns: jax.Array  # [N]
+    # with memory only (else None); N = sequences * sequence_length rows, sequence by sequence
+    memories: jax.Array | None = None  # [N, m] the actor's memory before each step
+    critic_memories: jax.Array | None = None  # [N, m] the critic's memory at the start of each row's sequence
+    loss_masks: jax.Array | None = None  # [N] float32, 1 on real steps, 0 on sequence padding
 
 
 def _norm_stats(state: norm_mod.NormalizerState, normalize: bool):
@@ -124,6 +145,15 @@ def init_params(key: jax.Array, arch: PolicyArchitecture, shared_critic: bool) -
 
 
 # -- the loss ------------------------------------------------------------------------------
+def masked_mean(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Mean of ``x`` ``[n, ...]`` over rows where ``mask`` ``[n]`` is 1 (all rows when None),
+    as ML-Agents' ``ModelUtils.masked_mean`` (a zero mask gives 0, not NaN)."""
+    if mask is None:
+        return jnp.mean(x)
+    weights = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (x.ndim - 1)), x.shape)
+    return jnp.sum(jnp.where(weights > 0, x, 0.0)) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
 def gae(
     rewards: jax.Array, values: jax.Array, bootstrap_value: jax.Array, mask: jax.Array, gamma: float, lambd: float
 ) -> tuple[jax.Array, jax.Array]:
@@ -179,28 +209,35 @@ def ppo_loss(
     """
     obs = list(batch.observations)
     mask = batch.action_masks if arch.behavior_spec.action_spec.mask_size else None
-    dist = networks.actor_forward(params["actor"], arch, obs, norm_stats, mask)
+    seq = {}
+    if arch.memory_size:  # rows are whole sequences: each starts from its first row's memories
+        length = arch.sequence_length
+        seq = {"memories": batch.memories[::length], "sequence_length": length}
+    dist = networks.actor_forward(params["actor"], arch, obs, norm_stats, mask, **seq)
     branches = arch.behavior_spec.action_spec.discrete_branches
     log_prob = distributions.log_prob_parts(dist, batch.continuous_actions, batch.discrete_actions, branches)
     _, entropy = distributions.log_prob_and_entropy(dist, batch.continuous_actions, batch.discrete_actions, branches)
+    if seq:
+        seq = {**seq, "memories": batch.critic_memories[:: seq["sequence_length"]]}
     values = networks.critic_forward(
-        params["actor"], params["critic"], arch, obs, norm_stats, hyperparameters(settings).shared_critic
+        params["actor"], params["critic"], arch, obs, norm_stats, hyperparameters(settings).shared_critic, **seq
     )
+    rows = batch.loss_masks  # None without memory: every row is a real step
     # one ratio per action dimension and branch, each clipped, averaged over all of them
     log_ratio = log_prob - batch.log_probs  # [n, c + b]
     ratio = jnp.exp(log_ratio)
     adv = batch.advantages[:, None]
     surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon) * adv)
-    policy_loss = -jnp.mean(surrogate)
+    policy_loss = -masked_mean(surrogate, rows)
     clipped_values = batch.values + jnp.clip(values - batch.values, -epsilon, epsilon)
-    value_loss = jnp.mean(jnp.maximum((batch.returns - values) ** 2, (batch.returns - clipped_values) ** 2))
-    mean_entropy = jnp.mean(entropy)
+    value_loss = masked_mean(jnp.maximum((batch.returns - values) ** 2, (batch.returns - clipped_values) ** 2), rows)
+    mean_entropy = masked_mean(entropy, rows)
     loss = policy_loss + 0.5 * value_loss - beta * mean_entropy
     aux = {
         "policy_loss": policy_loss,
         "value_loss": value_loss,
         "entropy": mean_entropy,
-        "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
+        "approx_kl": masked_mean((ratio - 1.0) - log_ratio, rows),
     }
     return loss, aux
 
@@ -218,6 +255,10 @@ def make_update_fn(
     """
     hp = hyperparameters(settings)
     num_minibatches = hp.buffer_size // hp.batch_size
+    length = arch.sequence_length if arch.memory_size else 1
+    if arch.memory_size:  # shuffled units are whole sequences
+        sequences, per_minibatch = update_rows(arch, settings) // length, minibatch_sequences(arch, settings)
+        num_minibatches = sequences // per_minibatch
 
     def update(state: PPOState, batch: Batch, key: jax.Array):
         if on_trace is not None:
@@ -237,8 +278,12 @@ def make_update_fn(
             return (params, opt_state), aux
 
         def epoch_step(carry, epoch_key):
-            order = jax.random.permutation(epoch_key, hp.buffer_size)
-            order = order[: num_minibatches * hp.batch_size].reshape(num_minibatches, hp.batch_size)
+            if not arch.memory_size:
+                order = jax.random.permutation(epoch_key, hp.buffer_size)
+                order = order[: num_minibatches * hp.batch_size].reshape(num_minibatches, hp.batch_size)
+                return jax.lax.scan(minibatch_step, carry, order)
+            starts = jax.random.permutation(epoch_key, sequences)[: num_minibatches * per_minibatch] * length
+            order = (starts[:, None] + jnp.arange(length)[None, :]).reshape(num_minibatches, per_minibatch * length)
             return jax.lax.scan(minibatch_step, carry, order)
 
         keys = jax.random.split(key, hp.num_epoch)
@@ -266,9 +311,13 @@ def make_process_fn(
     """The pure per-fragment step: normalizer update, values, GAE (fixed padded shapes).
 
     Signature: ``(params, normalizer, acting_normalizer, observations [L+1, ...] per spec, rewards [L], length,
-    bootstrap, continuous [L, c], discrete [L, b], action_masks [L, m], log_probs [L]) ->
-    (normalizer, values [L], advantages [L], returns [L], old_log_probs [L, c + b])``; row
-    ``length`` of each observation holds ``next_observations``.
+    bootstrap, continuous [L, c], discrete [L, b], action_masks [L, m], log_probs [L],
+    memories [L, M] | None, critic_memory [M] | None) -> (normalizer, values [L], advantages
+    [L], returns [L], old_log_probs [L, c + b], critic_memories [L, M] | None, critic_final
+    [M] | None)``; row ``length`` of each observation holds ``next_observations``. With
+    memory (M floats): ``memories`` are the actor's before each step, ``critic_memory`` the
+    critic's before the first; ``critic_memories`` is, per row, the critic's memory at the
+    start of the row's training sequence and ``critic_final`` its memory after the last step.
 
     ``old_log_probs`` are the per-dimension log-probs PPO's ratio needs, while fragments
     carry only the acting policy's joint log-prob: they are recomputed with the current
@@ -284,28 +333,39 @@ def make_process_fn(
     hp, gamma = hyperparameters(settings), shared.extrinsic(settings).gamma
     a_spec = arch.behavior_spec.action_spec
 
-    def process(params, normalizer, acting_normalizer, observations, rewards, length, bootstrap, continuous, discrete, action_masks, log_probs):
+    def process(
+        params, normalizer, acting_normalizer, observations, rewards, length, bootstrap, continuous, discrete, action_masks, log_probs,
+        memories=None, critic_memory=None,
+    ):
         if on_trace is not None:
             on_trace()
         padded = rewards.shape[0]
         mask = jnp.arange(padded) < length
-        dist = networks.actor_forward(
+        dist = networks.actor_forward(  # with memory: step by step from the acting memories [L, m]
             params["actor"], arch, [o[:padded] for o in observations], _norm_stats(acting_normalizer, arch.normalize),
-            action_masks if a_spec.mask_size else None,
+            action_masks if a_spec.mask_size else None, memories,
         )
         parts = distributions.log_prob_parts(dist, continuous, discrete, a_spec.discrete_branches)
         old_log_probs = parts + ((log_probs - jnp.sum(parts, axis=-1)) / parts.shape[-1])[:, None]
         if arch.normalize:
             updated = norm_mod.update(normalizer, [o[:padded] for o in observations], mask)
             normalizer, _ = shared.keep_finite(normalizer, updated)  # never an infinite variance
-        values_all = networks.critic_forward(
-            params["actor"], params["critic"], arch, list(observations), _norm_stats(normalizer, arch.normalize),
-            hp.shared_critic,
-        )
+        norm_after = _norm_stats(normalizer, arch.normalize)
+        critic_memories = critic_final = None
+        if arch.memory_size:  # one unbroken critic LSTM run over the steps and next_observations
+            values_all, before = networks.critic_trace(
+                params["actor"], params["critic"], arch, list(observations), norm_after, hp.shared_critic, critic_memory
+            )
+            critic_memories = before[(jnp.arange(padded) // arch.sequence_length) * arch.sequence_length]
+            critic_final = before[length]
+        else:
+            values_all = networks.critic_forward(
+                params["actor"], params["critic"], arch, list(observations), norm_after, hp.shared_critic
+            )
         bootstrap_value = jnp.where(bootstrap, values_all[length], 0.0)
         values = jnp.where(mask, values_all[:padded], 0.0)
         advantages, returns = gae(rewards, values, bootstrap_value, mask, gamma, hp.lambd)
-        return normalizer, values, advantages, returns, old_log_probs
+        return normalizer, values, advantages, returns, old_log_probs, critic_memories, critic_final
 
     return process
 
@@ -316,6 +376,21 @@ def _pad_rows(rows: np.ndarray, length: int) -> np.ndarray:
     out = np.zeros((length, *rows.shape[1:]), rows.dtype)
     out[: rows.shape[0]] = rows
     return out
+
+
+def update_rows(arch: PolicyArchitecture, settings: TrainerSettings) -> int:
+    """Rows one update trains on: ``buffer_size``, or with memory its whole sequences
+    (``buffer_size // sequence_length``, at least one, times ``sequence_length``)."""
+    buffer_size = hyperparameters(settings).buffer_size
+    if not arch.memory_size:
+        return buffer_size
+    return max(buffer_size // arch.sequence_length, 1) * arch.sequence_length
+
+
+def minibatch_sequences(arch: PolicyArchitecture, settings: TrainerSettings) -> int:
+    """Sequences per minibatch with memory: ``batch_size`` rounded down to a multiple of
+    ``sequence_length`` (at least one sequence), as ML-Agents' on-policy trainer."""
+    return max(hyperparameters(settings).batch_size // arch.sequence_length, 1)
 
 
 def ratio_columns(spec: BehaviorSpec) -> int:
@@ -362,7 +437,11 @@ class PPOLearner:
         self._bc = behavioral_cloning.for_learner(spec, settings, arch, params["actor"], seed)
         self.step = 0
         self.update_count = 0
-        self.rollout_buffer = rollout_buffer.RolloutBuffer(spec)
+        m = arch.memory_size
+        extra = {"memories": ((m,), np.float32), "critic_memories": ((m,), np.float32), "loss_masks": ((), np.float32)}
+        self.rollout_buffer = rollout_buffer.RolloutBuffer(spec, extra if m else None)
+        #: with memory: the critic's memory each agent's last fragment left, by (instance, agent id)
+        self.critic_memories: dict[tuple[int, int], np.ndarray] = {}
         self._traces = shared.TraceCounter("update", "process", "act")
         self.trace_counts = self._traces.counts
         self._warned_long = False
@@ -403,27 +482,62 @@ class PPOLearner:
         }
         padded_actions = {name: _pad_rows(value, padded) for name, value in actions.items()}
         joint = _pad_rows(np.asarray(trajectory.log_probs, np.float32).reshape(t), padded)
-        normalizer, values, advantages, returns, old_log_probs = self._process_fn(
+        memory_args = ()
+        m = self.policy_architecture.memory_size
+        agent = (int(trajectory.instance), int(trajectory.agent_id))
+        if m:
+            critic_memory = self.critic_memories.get(agent, np.zeros(m, np.float32))
+            memory_args = (_pad_rows(np.asarray(trajectory.memories, np.float32), padded), critic_memory)
+        normalizer, values, advantages, returns, old_log_probs, critic_memories, critic_final = self._process_fn(
             self._state.params, self._state.normalizer, self._acting_normalizer, tuple(observations), rewards, np.int32(t), np.bool_(bootstrap),
             padded_actions["continuous_actions"], padded_actions["discrete_actions"], padded_actions["action_masks"], joint,
+            *memory_args,
         )
         self._state = self._state._replace(normalizer=normalizer)
-        self.rollout_buffer.add(
-            {
-                "observations": [np.asarray(o, np.float32) for o in trajectory.observations],
-                **actions,
-                "log_probs": np.asarray(old_log_probs)[:t],
-                "values": np.asarray(values)[:t],
-                "advantages": np.asarray(advantages)[:t],
-                "returns": np.asarray(returns)[:t],
-            }
-        )
+        chunk = {
+            "observations": [np.asarray(o, np.float32) for o in trajectory.observations],
+            **actions,
+            "log_probs": np.asarray(old_log_probs)[:t],
+            "values": np.asarray(values)[:t],
+            "advantages": np.asarray(advantages)[:t],
+            "returns": np.asarray(returns)[:t],
+        }
+        if m:
+            if trajectory.done:
+                self.critic_memories.pop(agent, None)
+            else:
+                self.critic_memories[agent] = np.asarray(critic_final, np.float32)
+            chunk = self._sequences(chunk, trajectory, np.asarray(critic_memories)[:t])
+        self.rollout_buffer.add(chunk)
         self.step += t
+
+    def _sequences(self, chunk: dict[str, Any], trajectory: Trajectory, critic_memories: np.ndarray) -> dict[str, Any]:
+        """One processed fragment of t steps as whole sequences for the buffer (with memory):
+        every field zero-padded at its end to a multiple of ``sequence_length`` rows, plus the
+        actor's ``memories``, the ``critic_memories`` and ``loss_masks`` (1 on the t real rows)."""
+        t = len(trajectory)
+        length = self.policy_architecture.sequence_length
+        rows = length * math.ceil(t / length)
+        chunk = {
+            **{name: _pad_rows(value, rows) for name, value in chunk.items() if name != "observations"},
+            "observations": [_pad_rows(o, rows) for o in chunk["observations"]],
+            "memories": _pad_rows(np.asarray(trajectory.memories, np.float32), rows),
+            "critic_memories": _pad_rows(critic_memories, rows),
+            "loss_masks": _pad_rows(np.ones(t, np.float32), rows),
+        }
+        return chunk
 
     def _check(self, trajectory: Trajectory) -> None:
         t = len(trajectory)
         if t == 0:
             raise ValueError(f"behavior {self.spec.name}: empty trajectory")
+        m = self.policy_architecture.memory_size
+        got = None if trajectory.memories is None else tuple(np.shape(trajectory.memories))
+        if m and got != (t, m):
+            raise ValueError(
+                f"behavior {self.spec.name}: trajectory memories have shape {got}, expected {(t, m)} "
+                "(network_settings.memory: the actor's memory before each step)"
+            )
         if len(trajectory.observations) != len(self.spec.observations) or len(trajectory.next_observations) != len(
             self.spec.observations
         ):
@@ -450,8 +564,9 @@ class PPOLearner:
         return dropped
 
     def ready(self) -> bool:
-        """True once ``buffer_size`` steps are buffered."""
-        return self.rollout_buffer.size >= self.hyperparameters.buffer_size
+        """True once ``buffer_size`` steps are buffered (with memory: rows, padding included, as ML-Agents)."""
+        rows = update_rows(self.policy_architecture, self.settings)
+        return self.rollout_buffer.size >= max(self.hyperparameters.buffer_size, rows)
 
     # -- update ------------------------------------------------------------------------
     def update(self) -> dict[str, float]:
@@ -470,15 +585,16 @@ class PPOLearner:
                 f"behavior {self.spec.name}: update needs {self.hyperparameters.buffer_size} steps, "
                 f"{self.rollout_buffer.size} buffered"
             )
-        data = self.rollout_buffer.take(self.hyperparameters.buffer_size)
-        batch = Batch(observations=tuple(data["observations"]), **{f: data[f] for f in rollout_buffer.FIELDS})
+        data = self.rollout_buffer.take(update_rows(self.policy_architecture, self.settings))
+        batch = Batch(observations=tuple(data["observations"]), **{f: data[f] for f in self.rollout_buffer.fields})
         self._key, key = jax.random.split(self._key)
         state = self._state._replace(step=jnp.asarray(min(self.step, np.iinfo(np.int32).max), jnp.int32))
         self._state, metrics = self._update_fn(state, batch, key)
         self._acting_normalizer = self._state.normalizer  # what the snapshot after this update acts with
         self.update_count += 1
         out = {name: float(value) for name, value in jax.device_get(metrics).items()}
-        out["Policy/Extrinsic Value Estimate"] = float(np.mean(data["values"]))
+        real = data["loss_masks"] > 0 if "loss_masks" in data else slice(None)
+        out["Policy/Extrinsic Value Estimate"] = float(np.mean(data["values"][real]))
         params, bc_metrics = behavioral_cloning.after_rl_update(
             self._bc, self._state.params, self._state.normalizer, self.policy_architecture.normalize, self.step
         )
@@ -487,13 +603,15 @@ class PPOLearner:
         return out
 
     # -- acting and snapshots ------------------------------------------------------------
-    def _act(self, actor_params, normalizer, observations, action_mask, key, deterministic: bool):
+    def _act(self, actor_params, normalizer, observations, action_mask, key, memories, deterministic: bool):
         self._on_act_trace()
         arch = self.policy_architecture
-        dist = networks.actor_forward(actor_params, arch, list(observations), _norm_stats(normalizer, arch.normalize), action_mask)
+        dist, memories = networks.actor_step(
+            actor_params, arch, list(observations), _norm_stats(normalizer, arch.normalize), action_mask, memories
+        )
         n = observations[0].shape[0]
         actions = distributions.sample(dist, key, n, arch.behavior_spec.action_spec.discrete_branches, deterministic=deterministic)
-        return actions, distributions.env_continuous(actions.continuous)
+        return actions, distributions.env_continuous(actions.continuous), memories
 
     def act(
         self,
@@ -501,6 +619,7 @@ class PPOLearner:
         action_mask: np.ndarray | None = None,
         key: jax.Array | None = None,
         deterministic: bool = False,
+        memories: np.ndarray | None = None,
     ) -> PolicyOutput:
         """Acts with the current policy in JAX (tests, local checks); the gateway uses NumpyPolicy.
 
@@ -508,6 +627,7 @@ class PPOLearner:
             observations: per observation spec, float32 ``[n, *shape]``.
             action_mask: bool ``[n, sum(branches)]``, true = not allowed; None allows all.
             key: PRNG key; None draws one from the learner's key.
+            memories: with memory, float32 ``[n, memory_size]`` before the step (None: zeros).
         """
         if key is None:
             self._key, key = jax.random.split(self._key)
@@ -516,12 +636,16 @@ class PPOLearner:
         mask = None
         if a.mask_size:
             mask = np.zeros((n, a.mask_size), bool) if action_mask is None else np.asarray(action_mask, bool)
-        actions, env = self._act_fn(
+        m = self.policy_architecture.memory_size
+        if m and memories is None:
+            memories = np.zeros((n, m), np.float32)
+        actions, env, memories = self._act_fn(
             self._state.params["actor"],
             self._state.normalizer,
             tuple(np.asarray(o, np.float32) for o in observations),
             mask,
             key,
+            None if not m else np.asarray(memories, np.float32),
             deterministic=deterministic,
         )
         return PolicyOutput(
@@ -529,6 +653,7 @@ class PPOLearner:
             discrete=np.asarray(actions.discrete, np.int32),
             log_probs=np.asarray(actions.log_probs, np.float32),
             env_continuous=np.asarray(env, np.float32),
+            memories=None if memories is None else np.asarray(memories, np.float32),
         )
 
     def architecture(self) -> PolicyArchitecture:

@@ -11,7 +11,9 @@ Each step holds: ``observations[k]`` ``[*shape_k]`` per observation spec,
 ``continuous_actions`` ``[c]``, ``discrete_actions`` ``[b]`` int32, ``action_masks``
 ``[sum(branches)]`` bool (true = not allowed), ``log_probs`` ``[c + b]`` (PPO's
 per-dimension / per-branch log-probs of the acting policy), and float32 scalars ``values``,
-``advantages``, ``returns``.
+``advantages``, ``returns``. A learner may add per-step fields of its own
+(``extra_fields``: PPO with memory adds the LSTM memories and the loss mask of its
+sequence padding).
 """
 
 from __future__ import annotations
@@ -31,10 +33,14 @@ class RolloutBuffer:
 
     Args:
         spec: the behavior (shapes of the empty buffer's arrays).
+        extra_fields: per-step fields besides ``FIELDS``: name -> (shape of one step, dtype).
     """
 
-    def __init__(self, spec: BehaviorSpec) -> None:
+    def __init__(self, spec: BehaviorSpec, extra_fields: dict[str, tuple[tuple[int, ...], Any]] | None = None) -> None:
         self.spec = spec
+        self.extra_fields = dict(extra_fields or {})
+        #: every per-step field besides the observations
+        self.fields = FIELDS + tuple(self.extra_fields)
         self._chunks: list[dict[str, Any]] = []
         self._size = 0
 
@@ -48,15 +54,15 @@ class RolloutBuffer:
 
     def add(self, chunk: dict[str, Any]) -> None:
         """Appends one processed fragment: ``observations`` (a list per spec, ``[t, ...]``) and
-        every name of ``FIELDS`` (``[t, ...]``)."""
+        every name of ``fields`` (``[t, ...]``)."""
         self._chunks.append(chunk)
         self._size += int(np.shape(chunk["log_probs"])[0])
 
     def chronological(self) -> dict[str, Any]:
-        """Every held step, oldest first: ``FIELDS`` ``[size, ...]`` and ``observations`` (a list)."""
+        """Every held step, oldest first: ``fields`` ``[size, ...]`` and ``observations`` (a list)."""
         if not self._chunks:
             return self._empty()
-        merged = {f: np.concatenate([c[f] for c in self._chunks]) for f in FIELDS}
+        merged = {f: np.concatenate([c[f] for c in self._chunks]) for f in self.fields}
         merged["observations"] = [
             np.concatenate([c["observations"][i] for c in self._chunks]) for i in range(len(self.spec.observations))
         ]
@@ -71,11 +77,11 @@ class RolloutBuffer:
         if size > self._size:
             raise ValueError(f"rollout buffer: {size} steps asked, {self._size} held")
         merged = self.chronological()
-        batch = {f: merged[f][:size] for f in FIELDS}
+        batch = {f: merged[f][:size] for f in self.fields}
         batch["observations"] = [o[:size] for o in merged["observations"]]
         self._chunks, self._size = [], 0
         if len(merged["log_probs"]) > size:
-            rest = {f: merged[f][size:] for f in FIELDS}
+            rest = {f: merged[f][size:] for f in self.fields}
             rest["observations"] = [o[size:] for o in merged["observations"]]
             self.add(rest)
         return batch
@@ -87,12 +93,12 @@ class RolloutBuffer:
             "discrete_actions": np.zeros((0, a.num_branches), np.int32),
             "action_masks": np.zeros((0, a.mask_size), bool),
         }
-        out: dict[str, Any] = {f: empty.get(f, np.zeros((0,), np.float32)) for f in FIELDS}
+        out: dict[str, Any] = {f: empty.get(f, np.zeros((0,), np.float32)) for f in self.fields}
         out["observations"] = [np.zeros((0, *o.shape), np.float32) for o in self.spec.observations]
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """The held steps for a checkpoint: ``FIELDS`` and ``observations`` as ``{"0": ..., "1": ...}``."""
+        """The held steps for a checkpoint: ``fields`` and ``observations`` as ``{"0": ..., "1": ...}``."""
         data = self.chronological()
         data["observations"] = {str(i): o for i, o in enumerate(data["observations"])}
         return data
@@ -102,6 +108,6 @@ class RolloutBuffer:
         self._chunks, self._size = [], 0
         if state is None or not int(np.asarray(state["log_probs"]).shape[0]):
             return
-        chunk = {f: np.asarray(state[f]) for f in FIELDS}
+        chunk = {f: np.asarray(state[f]) for f in self.fields}
         chunk["observations"] = [np.asarray(state["observations"][str(i)]) for i in range(len(self.spec.observations))]
         self.add(chunk)

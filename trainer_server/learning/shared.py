@@ -50,6 +50,8 @@ def policy_architecture(spec: BehaviorSpec, settings: TrainerSettings, continuou
         normalize=network.normalize,
         vis_encode_type=network.vis_encode_type,
         continuous_distribution=continuous_distribution,
+        memory_size=network.memory.memory_size if network.memory is not None else 0,
+        sequence_length=network.memory.sequence_length if network.memory is not None else 0,
     )
 
 

@@ -6,12 +6,14 @@ from unity_standin.side_channels import SideChannels
 from unity_standin.tasks.ball3d import Ball3D
 from unity_standin.tasks.base import Task, TaskOptions
 from unity_standin.tasks.gridworld import GridWorld
+from unity_standin.tasks.hallway import Hallway
 from unity_standin.tasks.multibehavior import MultiBehavior
 from unity_standin.tasks.walljump import WallJump
 
 TASKS: dict[str, type[Task]] = {
     Ball3D.name: Ball3D,
     GridWorld.name: GridWorld,
+    Hallway.name: Hallway,
     MultiBehavior.name: MultiBehavior,
     WallJump.name: WallJump,
 }

@@ -18,7 +18,7 @@ from trainer_server.config.support import check_behavior_supported, check_suppor
     [
         ("poca/DungeonEscape.yaml", ["behaviors.DungeonEscape.trainer_type: poca is not supported yet"]),
         ("poca/SoccerTwos.yaml", ["behaviors.SoccerTwos.self_play: self-play is not supported yet"]),
-        ("ppo/Hallway.yaml", ["behaviors.Hallway.network_settings.memory:", "not supported yet"]),
+        ("imitation/Hallway.yaml", ["behaviors.Hallway.reward_signals.gail:", "not supported yet"]),
         ("ppo/Pyramids.yaml", ["behaviors.Pyramids.reward_signals.curiosity:", "not supported yet"]),
         (
             "imitation/Crawler.yaml",
@@ -38,12 +38,14 @@ def test_shared_configs_with_unsupported_features_load_but_are_refused_for_train
 
 
 @needs_shared
-@pytest.mark.parametrize("relative", ["ppo/3DBall.yaml", "ppo/GridWorld.yaml", "ppo/Sorter_curriculum.yaml"])
+@pytest.mark.parametrize("relative", ["ppo/3DBall.yaml", "ppo/GridWorld.yaml", "ppo/Sorter_curriculum.yaml", "ppo/Hallway.yaml"])
 def test_plain_ppo_example_configs_are_supported(relative: str) -> None:
     check_supported(load_run_options(SHARED_CONFIGS / relative))
 
 
-@pytest.mark.parametrize("name", ["ppo/3DBall.yaml", "ppo/GridWorld.yaml", "ppo/MultiBehavior.yaml"])
+@pytest.mark.parametrize(
+    "name", ["ppo/3DBall.yaml", "ppo/GridWorld.yaml", "ppo/MultiBehavior.yaml", "ppo/Hallway.yaml", "ppo/Hallway_no_memory.yaml"]
+)
 def test_tandem_configs_load_and_are_supported(name: str) -> None:
     options = load_run_options(REPO_ROOT / "configs" / name)
     check_supported(options)
@@ -53,7 +55,10 @@ def test_tandem_configs_load_and_are_supported(name: str) -> None:
     ("section", "fragment"),
     [
         ("trainer_type: poca", "behaviors.Team.trainer_type: poca is not supported yet"),
-        ("network_settings:\n      memory: {}", "behaviors.Team.network_settings.memory: recurrent networks"),
+        (
+            "trainer_type: sac\n    network_settings:\n      memory: {}",
+            "behaviors.Team.network_settings.memory: recurrent networks (memory) are not supported yet with sac",
+        ),
         ("reward_signals:\n      gail:\n        demo_path: a.demo", "behaviors.Team.reward_signals.gail: the gail"),
         (
             "reward_signals:\n      rnd: {}",

@@ -160,3 +160,27 @@ def test_initialization_uses_ml_agents_linear_kaiming_gains():
             kernel = np.asarray(params[name])
             expected = gain / np.sqrt(kernel.shape[0])
             assert abs(kernel.std() / expected - 1.0) < 0.03, (distribution, name, kernel.std(), expected)
+
+
+def test_memory_adds_ml_agents_lstm_to_actor_and_critic():
+    """ML-Agents' LSTM: m/2 units, Xavier-uniform per gate block, forget bias 1 on each of
+    torch's two biases (2 in the summed bias); heads and value read the hidden output."""
+    from common.architecture import parameter_shapes
+
+    spec = BehaviorSpec("Mem", (VECTOR,), ActionSpec(2, (3,)))
+    arch = PolicyArchitecture(spec, hidden_units=64, num_layers=2, memory_size=128, sequence_length=8)
+    actor = networks.init_actor(jax.random.key(0), arch)
+    assert {k: v.shape for k, v in actor.items()} == parameter_shapes(arch)
+    assert actor["lstm/kernel"].shape == (64, 256) and actor["policy/mu/kernel"].shape == (64, 2)
+    bias = np.asarray(actor["lstm/bias"])
+    assert (bias[64:128] == 2.0).all() and not bias[:64].any() and not bias[128:].any()
+    for name, fan_in in (("lstm/kernel", 64), ("lstm/recurrent_kernel", 64)):
+        limit = np.sqrt(6.0 / (fan_in + 64))  # each gate block [64 units, fan_in] of torch's weight
+        kernel = np.asarray(actor[name])
+        assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.95 * limit
+    critic = networks.init_critic(jax.random.key(1), arch)
+    assert critic["critic/lstm/kernel"].shape == (64, 256) and critic["critic/value/kernel"].shape == (64, 1)
+    assert "critic/lstm/kernel" not in networks.init_critic(jax.random.key(1), arch, shared_critic=True)
+    obs = [jnp.ones((6, 7))]
+    values = networks.critic_forward(actor, critic, arch, obs, None, memories=jnp.zeros((2, 128)), sequence_length=3)
+    assert values.shape == (6,)

@@ -1,0 +1,59 @@
+"""ML-Agents' configs with ``network_settings.memory`` train through the real processes:
+``tandem-trainer CONFIG --with-gateway`` for a few hundred steps on the stand-in's
+``hallway`` task (the behavior ``Hallway``, as in ML-Agents' example), and the exported
+model follows ML-Agents' recurrent contract. The memories travel from the gateway's actor
+to the trainer in every trajectory (``Trajectory.memories``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+
+from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
+from gateway.actor.onnx_policy import OnnxPolicy
+from test_train_3dball import run_trainer
+from trainer_server.config.loading import load_run_options
+from trainer_server.config.support import unsupported_features
+from trainer_server.stats import read_scalars
+
+SHARED = next(
+    (p / "shared" / "mlagents-configs" for p in Path(__file__).resolve().parents if (p / "shared" / "mlagents-configs").is_dir()),
+    Path("/nonexistent"),
+)
+MEMORY_CONFIGS = sorted(str(p.relative_to(SHARED)) for p in SHARED.glob("*/*.yaml") if "memory:" in p.read_text())
+STEPS = 300
+HALLWAY_SPEC = BehaviorSpec("Hallway?team=0", (ObservationSpec("VectorSensor_size3", (3,)),), ActionSpec(0, (2,)))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MEMORY_CONFIGS, reason=f"no ML-Agents configs with memory under {SHARED}")
+@pytest.mark.parametrize("relative", MEMORY_CONFIGS)
+def test_mlagents_memory_configs_train_a_few_hundred_steps_on_the_standin(relative, tmp_path):
+    options = load_run_options(SHARED / relative)
+    refused = {name: unsupported_features(s) for name, s in options.behaviors.items()}
+    if any(refused.values()):  # e.g. imitation/Hallway.yaml: its gail signal, not its memory
+        assert not any(key == "network_settings.memory" for found in refused.values() for key, _ in found), refused
+        pytest.skip(f"{relative}: refused for {refused}")
+    config = yaml.safe_load((SHARED / relative).read_text())
+    [(name, behavior)] = config["behaviors"].items()
+    behavior.update(max_steps=STEPS, summary_freq=100, checkpoint_interval=STEPS)
+    config["env_settings"] = {"env_args": ["--task", "hallway"]}
+    path = tmp_path / "memory-e2e.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_trainer(path, tmp_path, "memory", 420, f"{STEPS} steps")
+
+    scalars = read_scalars(tmp_path / "results" / "memory" / name)
+    assert len(scalars["Losses/Policy Loss"]) >= 1 and np.isfinite([v for _, v in scalars["Losses/Value Loss"]]).all()
+    memory_size = behavior["network_settings"]["memory"]["memory_size"]
+    [model_path] = sorted((tmp_path / "results" / "memory").glob(f"{name}.onnx"))
+    model = onnx.load(str(model_path))
+    assert "recurrent_in" in [i.name for i in model.graph.input]
+    assert [o.name for o in model.graph.output][-1] == "recurrent_out"
+    policy = OnnxPolicy(model_path.read_bytes(), spec=HALLWAY_SPEC)  # memory_size output = recurrent_in's width
+    assert policy.memory_size == memory_size
+    out = policy.act([np.zeros((2, 3), np.float32)], np.zeros((2, 2), bool), None, deterministic=True)
+    assert out.memories.shape == (2, memory_size) and np.isfinite(out.memories).all()
