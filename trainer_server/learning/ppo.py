@@ -51,7 +51,7 @@ from common.architecture import PolicyArchitecture, PolicyOutput
 from common.logging import get_logger
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
-from trainer_server.learning import distributions, networks, shared
+from trainer_server.learning import devices, distributions, networks, shared
 from trainer_server.learning import normalizer as norm_mod
 from trainer_server.learning import rollout_buffer
 from trainer_server.config.schema import PPOSettings, TrainerSettings
@@ -211,10 +211,13 @@ def make_update_fn(
     settings: TrainerSettings,
     tx: optax.GradientTransformation,
     on_trace: Callable[[], None] | None = None,
+    constrain: Callable[[Batch], Batch] | None = None,
 ) -> Callable[[PPOState, Batch, jax.Array], tuple[PPOState, dict[str, jax.Array]]]:
     """The pure update ``(state, batch, key) -> (state, metrics)``; jit it once.
 
     ``on_trace`` is called whenever JAX traces the function (tests count recompilations).
+    ``constrain`` is applied to every gathered minibatch (``devices.batch_constraint``: keeps
+    it split across the devices of a data-parallel update).
     """
     hp = hyperparameters(settings)
     num_minibatches = hp.buffer_size // hp.batch_size
@@ -231,6 +234,8 @@ def make_update_fn(
         def minibatch_step(carry, idx):
             params, opt_state = carry
             minibatch = jax.tree.map(lambda x: x[idx], batch)
+            if constrain is not None:
+                minibatch = constrain(minibatch)
             (_, aux), grads = grad_fn(params, arch, settings, minibatch, norm_stats, epsilon, beta)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
@@ -356,7 +361,10 @@ class PPOLearner:
         self._traces = shared.TraceCounter("update", "process", "act")
         self.trace_counts = self._traces.counts
         self._warned_long = False
-        self._update_fn = jax.jit(make_update_fn(arch, settings, self._tx, self._traces.hook("update")))
+        devices.check_batch_sizes(spec.name, settings)
+        self._update_fn = devices.compile_update(
+            make_update_fn(arch, settings, self._tx, self._traces.hook("update"), devices.batch_constraint(0))
+        )
         self._process_fn = jax.jit(make_process_fn(arch, settings, self._traces.hook("process")))
         self._on_act_trace = self._traces.hook("act")
         self._act_fn = jax.jit(self._act, static_argnames=("deterministic",))
