@@ -112,8 +112,9 @@ def _random_params(arch: PolicyArchitecture) -> dict[str, np.ndarray]:
 class _Recorder(trainer_pb2_grpc.TrainerServicer):
     """A Trainer that grants without limit, acks every chunk at once and keeps it."""
 
-    def __init__(self, recording: Recording) -> None:
+    def __init__(self, recording: Recording, time_horizon: int) -> None:
         self.recording = recording
+        self.time_horizon = time_horizon
         self.lock = threading.Lock()
 
     def Connect(self, request_iterator, context):
@@ -124,7 +125,7 @@ class _Recorder(trainer_pb2_grpc.TrainerServicer):
         for spec_msg in hello.behaviors:
             spec = specs_mod.from_proto(spec_msg)
             arch = PolicyArchitecture(spec, hidden_units=128, num_layers=2)
-            yield trainer_pb2.TrainerMessage(snapshot=make_snapshot(spec.name, 1, arch, _random_params(arch), 1000))
+            yield trainer_pb2.TrainerMessage(snapshot=make_snapshot(spec.name, 1, arch, _random_params(arch), self.time_horizon))
             yield trainer_pb2.TrainerMessage(grant=trainer_pb2.CollectionGrant(behavior=spec.name, agent_steps=10**12))
         acks: queue.Queue = queue.Queue()
 
@@ -165,19 +166,20 @@ def _gateway_exe() -> list[str]:
 
 def record(task: str, seconds: float) -> Recording:
     """``seconds`` of a real gateway's stream with one stand-in instance of ``task``."""
-    standin_task, _, _ = TASKS[task]
+    standin_task, behavior, config = TASKS[task]
+    time_horizon = int(yaml.safe_load(config.read_text())["behaviors"][behavior]["time_horizon"])
     recording = Recording(task)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trainer_pb2_grpc.add_TrainerServicer_to_server(_Recorder(recording), server)
+    trainer_pb2_grpc.add_TrainerServicer_to_server(_Recorder(recording, time_horizon), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     cmd = _gateway_exe() + [
         "--trainer", f"127.0.0.1:{port}", "--listen", "127.0.0.1:0", "--base-port", str(free_base_port()),
         "--seed", "1", "--env-args", "--task", standin_task,
     ]
-    gateway = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gateway = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=None if os.environ.get("BENCH_VERBOSE") else subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 420  # the stand-in starts slowly on a loaded machine
         while not recording.times and time.monotonic() < deadline and gateway.poll() is None:
             time.sleep(0.2)
         if not recording.times:
@@ -328,9 +330,12 @@ def _start_trainer(config: Path, folder: Path) -> tuple[subprocess.Popen, str, l
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     events: list[dict] = []
     ready = threading.Event()
+    log = (folder / "trainer.log").open("w")
 
     def pump() -> None:
         for line in process.stderr:
+            log.write(line)
+            log.flush()
             try:
                 events.append(json.loads(line))
             except json.JSONDecodeError:
@@ -381,9 +386,9 @@ def ingest(recording: Recording, clients: int, seconds: float, folder: Path) -> 
     try:
         for client in pool:
             client.start()
-        # warm-up: until every client has the first trained version (compiled update) or 120 s
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not all(1 in c.snapshots for c in pool):
+        # warm-up: until every client has the first trained version (2: the update is compiled) or 300 s
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not all(2 in c.snapshots for c in pool):
             time.sleep(0.2)
         start, cpu0 = time.monotonic(), _proc_cpu_s(process.pid)
         while time.monotonic() - start < seconds:
@@ -398,7 +403,7 @@ def ingest(recording: Recording, clients: int, seconds: float, folder: Path) -> 
             client.stop()
         _stop_trainer(process)
     spreads, sizes = [], []
-    versions = set.intersection(*(set(c.snapshots) for c in pool)) - {0}
+    versions = set.intersection(*(set(c.snapshots) for c in pool)) - {1}  # 1: sent at Hello, not fanned out
     for version in sorted(versions):
         times = [c.snapshots[version][0] for c in pool]
         spreads.append(max(times) - min(times))
