@@ -206,6 +206,13 @@ def _message(number: int, payload: bytes) -> bytes:
     return protowire.length_delimited(number, payload)
 
 
+def chunk_message(sequence: int, chunk: bytes) -> bytes:
+    """A serialized ``GatewayMessage{chunk}`` from a serialized ``ExperienceChunk`` whose
+    ``sequence`` is unset: the field is prepended (protobuf takes fields in any order), so a
+    replayed chunk is renumbered without parsing or serializing it again."""
+    return _message(3, protowire.tag(1, 0) + protowire.varint(sequence) + chunk)
+
+
 class _Client:
     """A synthetic gateway: Hello, then the recording's chunks in a loop, ``WINDOW`` in flight."""
 
@@ -245,7 +252,7 @@ class _Client:
                         return
                 sequence += 1
                 self._steps_of[sequence] = steps
-                yield _message(3, protowire.tag(1, 0) + protowire.varint(sequence) + chunk)
+                yield chunk_message(sequence, chunk)
                 if self._stop.is_set():
                     return
 
