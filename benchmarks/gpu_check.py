@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=3, help="timed updates after the first")
     parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     local = jax.local_devices()
     placements = [("1 device", devices.select(None, None, 1))]
     if len(local) > 1:
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, placement in placements:
         previous = devices.use(placement)
         try:
-            for name, spec, kind, hp, hidden, fragment in CASES:
+            for name, spec, kind, hp, hidden, fragment in [c for c in CASES if args.only in c[0]]:
                 first, steady = measure(spec, kind, hp, hidden, fragment, args.updates)
                 rows.append((name, label, first, steady))
                 _log.info("measured", case=name, devices=label, first_s=round(first, 3), steady_s=round(steady, 4))
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# gpu_check: PPO and SAC update times on the devices JAX sees",
         "",
-        f"Command: `python -m benchmarks.gpu_check {' '.join(argv or [])}`".rstrip() + "  ",
+        f"Command: `python -m benchmarks.gpu_check {' '.join(argv)}`".rstrip() + "  ",
         f"Date: {now}  ",
         f"Machine: {cpu_name()}; JAX {jax.__version__}, backend {jax.default_backend()}, devices "
         f"{[f'{d.platform}:{d.id} {d.device_kind}' for d in local]}",
