@@ -20,10 +20,21 @@ TRAINER ?=
 GATEWAY_ARGS ?=
 TRAINER_ARGS ?=
 PYTEST_ARGS ?=
+# JAX build for the trainer: auto = CUDA when `nvidia-smi -L` lists a GPU (cuda13 when its
+# driver reports CUDA 13 or newer, cuda12 otherwise), else the CPU build; or cpu, cuda12, cuda13.
+JAX ?= auto
+JAX_DETECTED = $(shell if nvidia-smi -L >/dev/null 2>&1; then \
+	  v=$$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\).*/\1/p' | head -n 1); \
+	  if [ "$${v:-12}" -ge 13 ]; then echo cuda13; else echo cuda12; fi; else echo cpu; fi)
+JAX_BUILD := $(if $(filter auto,$(JAX)),$(JAX_DETECTED),$(JAX))
+ifeq ($(filter cpu cuda12 cuda13,$(JAX_BUILD)),)
+$(error JAX=$(JAX): expected auto, cpu, cuda12 or cuda13)
+endif
+JAX_STAMP := $(VENV)/.tandem-jax-$(JAX_BUILD)
 
 .PHONY: setup run run-gateway run-trainer test bench clean protos node-client
 
-setup: $(SETUP_STAMP) $(PROTO_STAMP)
+setup: $(SETUP_STAMP) $(JAX_STAMP) $(PROTO_STAMP)
 
 $(SETUP_STAMP): pyproject.toml gateway/env/mlagents_protobuf.py
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required (set PYTHON=...)" >&2; exit 1; }
@@ -34,6 +45,14 @@ $(SETUP_STAMP): pyproject.toml gateway/env/mlagents_protobuf.py
 	# on modern versions once its protocol modules are rebuilt (see README), so no resolver.
 	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python mlagents-envs==1.1.0
 	$(BIN)/python gateway/env/mlagents_protobuf.py
+	touch $@
+
+# The JAX build: jax's own extras (`.[cuda12]` -> `jax[cuda12]`) pin the CUDA plugin to the
+# installed jax version; the CPU build is plain jaxlib, so switching back removes the plugins.
+$(JAX_STAMP): $(SETUP_STAMP)
+	rm -f $(VENV)/.tandem-jax-*
+	$(if $(filter cpu,$(JAX_BUILD)),$(BIN)/python -m pip uninstall --quiet --yes jax-cuda12-plugin jax-cuda12-pjrt jax-cuda13-plugin jax-cuda13-pjrt,$(BIN)/python -m pip install --quiet -e '.[$(JAX_BUILD)]')
+	$(BIN)/python -c 'import jax; print("tandem: JAX", jax.__version__, "($(JAX_BUILD) build), devices:", jax.devices())'
 	touch $@
 
 $(PROTO_STAMP): $(PROTOS) $(SETUP_STAMP)

@@ -30,7 +30,7 @@ from common.logging import configure_logging, get_logger
 from trainer_server.config.loading import load_run_options
 from trainer_server.config.schema import ConfigError, NotSupportedError
 from trainer_server.config.support import check_supported, environment_warnings
-from trainer_server.server_settings import DEFAULT_LISTEN, server_settings_from_args
+from trainer_server.server_settings import DEFAULT_LISTEN, parse_torch_device, server_settings_from_args
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--torch-device",
         dest="device",
         default=None,
-        help="accepted for mlagents-learn compatibility and recorded; JAX chooses its own device",
+        help="the JAX device the learners train on: cpu, cuda or cuda:N (default: torch_settings.device, "
+        "else a GPU when the CUDA build of JAX sees one, else the CPU)",
     )
 
     run.add_argument(
@@ -156,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a gateway stream that sends no Hello within this many seconds is ended with "
         "DEADLINE_EXCEEDED (default: 10)",
     )
+    server.add_argument(
+        "--devices",
+        default=None,
+        metavar="N|all",
+        help="split every update's batch across N local devices of the training platform, or all of "
+        "them (data parallelism; default 1)",
+    )
     return parser
 
 
@@ -195,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = load_run_options(args.config, args)
         server = server_settings_from_args(args)
+        parse_torch_device(options.torch_settings.device)
     except ConfigError as exc:
         _error(str(exc))
         return EXIT_CONFIG_ERROR

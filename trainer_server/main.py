@@ -31,7 +31,7 @@ from trainer_server.app import TrainingApp
 from trainer_server.config.schema import RunOptions
 from trainer_server.results import RunDirectoryError, RunResults
 from trainer_server.server import start_server
-from trainer_server.server_settings import ServerSettings
+from trainer_server.server_settings import ServerSettings, parse_torch_device
 from trainer_server.timers import HierarchicalTimer
 
 EXIT_OK = 0
@@ -132,6 +132,26 @@ def _already_finished(options: RunOptions, results: RunResults) -> bool:
     return True
 
 
+def select_devices(options: RunOptions, server: ServerSettings) -> None:
+    """Puts the learners on ``torch_settings.device`` (``--torch-device``) and ``--devices``
+    of them, and logs which; checks that every configured behavior's batches split evenly.
+
+    Raises:
+        ValueError: the devices are not there, or a batch does not split across them.
+        ConfigError: ``torch_settings.device`` names no JAX device.
+    """
+    from trainer_server.learning import devices  # JAX starts here, not at import
+
+    platform, index = parse_torch_device(options.torch_settings.device)
+    placement = devices.select(platform, index, server.devices)
+    names = sorted(options.behaviors)
+    for name in names:
+        devices.check_batch_sizes(name, options.behavior_settings(name), placement.count)
+    if options.default_settings is not None:
+        devices.check_batch_sizes("default_settings", options.default_settings, placement.count)
+    devices.use(placement)
+
+
 def run(options: RunOptions, server: ServerSettings) -> int:
     """Trains with ``options`` behind a gRPC server set up by ``server``.
 
@@ -141,6 +161,11 @@ def run(options: RunOptions, server: ServerSettings) -> int:
     """
     timer = HierarchicalTimer()
     cs = options.checkpoint_settings
+    try:
+        select_devices(options, server)
+    except ValueError as e:  # ConfigError too
+        _log.error("cannot train on the requested devices", error=str(e))
+        return EXIT_FAILED
     try:
         with timer.block("setup"):
             results = RunResults.prepare(

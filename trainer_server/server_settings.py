@@ -16,7 +16,14 @@ from typing import Any
 from common.environment_options import TOKEN_ENV_VAR
 from trainer_server.config.schema import ConfigError
 
-__all__ = ["DEFAULT_HELLO_TIMEOUT_S", "DEFAULT_LISTEN", "ServerSettings", "server_settings_from_args"]
+__all__ = [
+    "DEFAULT_HELLO_TIMEOUT_S",
+    "DEFAULT_LISTEN",
+    "ServerSettings",
+    "parse_devices",
+    "parse_torch_device",
+    "server_settings_from_args",
+]
 
 DEFAULT_LISTEN = "127.0.0.1:5755"
 #: seconds a new Connect stream has to send its Hello (``--hello-timeout``)
@@ -41,6 +48,8 @@ class ServerSettings:
             (benchmarks and tests of the actor-learner coupling; 0 in real runs).
         hello_timeout_s: seconds a new Connect stream has to send its Hello
             (``--hello-timeout``): a peer that says nothing must not hold a server thread.
+        devices: local devices every update is split across (``--devices N``; None =
+            ``all`` of the training platform's); 1 = no data parallelism.
     """
 
     listen: str = DEFAULT_LISTEN
@@ -52,6 +61,7 @@ class ServerSettings:
     log_json: bool = False
     slow_updates_s: float = 0.0
     hello_timeout_s: float = DEFAULT_HELLO_TIMEOUT_S
+    devices: int | None = 1
 
     @property
     def host(self) -> str:
@@ -115,7 +125,12 @@ def server_settings_from_args(
     hello = DEFAULT_HELLO_TIMEOUT_S if hello is None else hello
     if not (0.1 <= hello <= 3600.0):
         raise ConfigError(f"--hello-timeout: seconds between 0.1 and 3600, got {hello}")
+    try:
+        devices = parse_devices(given("devices"))
+    except ValueError as exc:
+        raise ConfigError(f"--devices: {exc}") from None
     return ServerSettings(
+        devices=devices,
         listen=listen,
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -127,3 +142,48 @@ def server_settings_from_args(
         hello_timeout_s=float(hello),
     )
 
+
+def parse_devices(text: str | int | None) -> int | None:
+    """``--devices``: a positive count, or ``all`` (None); missing = 1.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if text is None:
+        return 1
+    if isinstance(text, str) and text.strip().lower() == "all":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        raise ValueError(f"a number of devices (1, 2, ...) or 'all', got {text!r}") from None
+    if count < 1:
+        raise ValueError(f"a number of devices (1, 2, ...) or 'all', got {text!r}")
+    return count
+
+
+#: ML-Agents' ``torch_settings.device`` words -> JAX platform
+_TORCH_PLATFORMS = {"cpu": "cpu", "cuda": "gpu", "gpu": "gpu"}
+
+
+def parse_torch_device(text: str | None) -> tuple[str | None, int | None]:
+    """ML-Agents' ``torch_settings.device`` (``--torch-device``) as a JAX (platform, index).
+
+    ``None`` -> JAX's default backend (a GPU when the CUDA build of JAX sees one, else the
+    CPU); ``cpu`` -> ("cpu", None); ``cuda`` -> ("gpu", None); ``cuda:N`` -> ("gpu", N);
+    ``cpu:N`` -> ("cpu", N). Other torch devices (``mps``, ``xpu``, ...) have no JAX
+    counterpart here.
+
+    Raises:
+        ConfigError: naming ``torch_settings.device`` and the accepted forms.
+    """
+    if text is None or not str(text).strip():
+        return None, None
+    name, sep, index_text = str(text).strip().lower().partition(":")
+    platform = _TORCH_PLATFORMS.get(name)
+    if platform is None or (sep and not index_text.isdigit()):
+        raise ConfigError(
+            f"torch_settings.device (--torch-device): {text!r} is not supported: Tandem trains with JAX on "
+            "'cpu', 'cuda' or 'cuda:N' (N = the GPU's index)"
+        )
+    return platform, int(index_text) if sep else None

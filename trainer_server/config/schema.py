@@ -554,9 +554,10 @@ EnvironmentSettings = EnvSettings
 
 @dataclass(frozen=True, kw_only=True)
 class TorchSettings:
-    """``torch_settings``: accepted and recorded for ML-Agents compatibility.
+    """``torch_settings``: the device the learners train on, in ML-Agents' words.
 
-    Tandem trains with JAX, which picks its own device; ``device`` is not used.
+    Tandem trains with JAX: ``device`` ``cpu``, ``cuda`` or ``cuda:N`` maps to a JAX device
+    (``trainer_server.server_settings.parse_torch_device``); None = JAX's default.
     """
 
     device: str | None = None

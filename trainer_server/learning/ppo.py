@@ -6,8 +6,8 @@ that ML-Agents users' hyperparameters mean what they expect.
 
 Flow (per behavior, one ``PPOLearner``):
 
-1. ``process_trajectory``: the fragment (padded to a multiple of ``time_horizon`` + 1 rows,
-   so the compiled function never sees a new shape) updates the running observation
+1. ``process_trajectory``: the fragment (padded to one of a few fixed lengths + 1 rows,
+   ``padded_length``, so the compiled function sees at most a handful of shapes) updates the running observation
    normalizer (``normalize``), gets values from the current critic, and GAE(lambda)
    advantages with the value of ``next_observations`` as bootstrap when the fragment was
    cut (``time_horizon``) or interrupted (max step), and 0 after a true terminal. Rewards
@@ -68,7 +68,7 @@ from common.architecture import PolicyArchitecture, PolicyOutput
 from common.logging import get_logger
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
-from trainer_server.learning import behavioral_cloning, distributions, networks, shared
+from trainer_server.learning import behavioral_cloning, devices, distributions, networks, shared
 from trainer_server.learning import normalizer as norm_mod
 from trainer_server.learning import rollout_buffer
 from trainer_server.config.schema import PPOSettings, TrainerSettings
@@ -248,10 +248,13 @@ def make_update_fn(
     settings: TrainerSettings,
     tx: optax.GradientTransformation,
     on_trace: Callable[[], None] | None = None,
+    constrain: Callable[[Batch], Batch] | None = None,
 ) -> Callable[[PPOState, Batch, jax.Array], tuple[PPOState, dict[str, jax.Array]]]:
     """The pure update ``(state, batch, key) -> (state, metrics)``; jit it once.
 
     ``on_trace`` is called whenever JAX traces the function (tests count recompilations).
+    ``constrain`` is applied to every gathered minibatch (``devices.batch_constraint``: keeps
+    it split across the devices of a data-parallel update).
     """
     hp = hyperparameters(settings)
     num_minibatches = hp.buffer_size // hp.batch_size
@@ -272,6 +275,8 @@ def make_update_fn(
         def minibatch_step(carry, idx):
             params, opt_state = carry
             minibatch = jax.tree.map(lambda x: x[idx], batch)
+            if constrain is not None:
+                minibatch = constrain(minibatch)
             (_, aux), grads = grad_fn(params, arch, settings, minibatch, norm_stats, epsilon, beta)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
@@ -371,6 +376,26 @@ def make_process_fn(
 
 
 # -- the learner shell ------------------------------------------------------------------------
+#: the shortest padded fragment (rows): shorter fragments share this compiled shape
+MIN_PADDED_ROWS = 16
+
+
+def padded_length(steps: int, time_horizon: int) -> int:
+    """Rows a fragment of ``steps`` steps is padded to before ``process_trajectory``'s jit.
+
+    Within ``time_horizon``: the smallest power of two >= ``steps`` (at least
+    ``MIN_PADDED_ROWS``) while it is below ``time_horizon``, else ``time_horizon``; beyond
+    it, a multiple of ``time_horizon``. Why: one padded length of ``time_horizon`` rows made
+    a 25-step 3DBall fragment (``time_horizon: 1000``) cost forty times its compute, the
+    trainer's first ingestion bottleneck (benchmarks/results/bench_ingestion.md); these
+    lengths cost at most twice it, for at most log2(time_horizon / 16) + 1 compilations.
+    """
+    if steps > time_horizon:
+        return time_horizon * math.ceil(steps / time_horizon)
+    power = max(MIN_PADDED_ROWS, 1 << max(0, steps - 1).bit_length())
+    return power if power < time_horizon else time_horizon
+
+
 def _pad_rows(rows: np.ndarray, length: int) -> np.ndarray:
     """``rows`` ``[t, ...]`` followed by zero rows up to ``[length, ...]``."""
     out = np.zeros((length, *rows.shape[1:]), rows.dtype)
@@ -445,7 +470,10 @@ class PPOLearner:
         self._traces = shared.TraceCounter("update", "process", "act")
         self.trace_counts = self._traces.counts
         self._warned_long = False
-        self._update_fn = jax.jit(make_update_fn(arch, settings, self._tx, self._traces.hook("update")))
+        devices.check_batch_sizes(spec.name, settings)
+        self._update_fn = devices.compile_update(
+            make_update_fn(arch, settings, self._tx, self._traces.hook("update"), devices.batch_constraint(0))
+        )
         self._process_fn = jax.jit(make_process_fn(arch, settings, self._traces.hook("process")))
         self._on_act_trace = self._traces.hook("act")
         self._act_fn = jax.jit(self._act, static_argnames=("deterministic",))
@@ -461,7 +489,7 @@ class PPOLearner:
         t = len(trajectory)
         self._check(trajectory)
         horizon = self.settings.time_horizon
-        padded = horizon * max(1, math.ceil(t / horizon))
+        padded = padded_length(t, horizon)
         if t > horizon and not self._warned_long:
             self._warned_long = True
             self._log.warning("trajectory longer than time_horizon: padded to a multiple of it", length=t, time_horizon=horizon)

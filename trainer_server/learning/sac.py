@@ -69,7 +69,7 @@ from common.architecture import PolicyArchitecture
 from common.logging import get_logger
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
-from trainer_server.learning import behavioral_cloning, distributions, networks, shared
+from trainer_server.learning import behavioral_cloning, devices, distributions, networks, shared
 from trainer_server.learning import normalizer as norm_mod
 from trainer_server.learning.replay_buffer import (
     ReplayBuffer,
@@ -438,7 +438,11 @@ class SACLearner:
         self._traces = shared.TraceCounter("update")
         self.trace_counts = self._traces.counts
         self._policy_fn = make_policy_fn(arch)
-        self._update_fn = jax.jit(make_update_fn(arch, settings, shared.make_optimizer(), self._traces.hook("update")))
+        devices.check_batch_sizes(spec.name, settings)
+        self._update_fn = devices.compile_update(
+            make_update_fn(arch, settings, shared.make_optimizer(), self._traces.hook("update")),
+            lambda p: Minibatches(transitions=p.sharded(1), valid=p.replicated),
+        )
         self._normalizer_update = jax.jit(lambda n, o, m: shared.keep_finite(n, norm_mod.update(n, o, m))[0])
 
     def _auto_steps_per_call(self) -> int:
