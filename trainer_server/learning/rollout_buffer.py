@@ -24,6 +24,10 @@ from common.specs import BehaviorSpec
 
 #: per-step fields besides the observations
 FIELDS = ("continuous_actions", "discrete_actions", "action_masks", "log_probs", "values", "advantages", "returns")
+#: what a buffer ``with_signal_inputs`` also keeps per step for the reward signals' updates:
+#: ``dones`` float32 and ``next_observations`` (a list per spec, like ``observations``)
+SIGNAL_FIELDS = ("dones",)
+SIGNAL_LISTS = ("next_observations",)
 
 
 class RolloutBuffer:
@@ -31,10 +35,14 @@ class RolloutBuffer:
 
     Args:
         spec: the behavior (shapes of the empty buffer's arrays).
+        with_signal_inputs: also keep ``SIGNAL_FIELDS`` and ``SIGNAL_LISTS`` (reward
+            signals such as curiosity train on next observations).
     """
 
-    def __init__(self, spec: BehaviorSpec) -> None:
+    def __init__(self, spec: BehaviorSpec, with_signal_inputs: bool = False) -> None:
         self.spec = spec
+        self.fields = FIELDS + (SIGNAL_FIELDS if with_signal_inputs else ())
+        self.lists = ("observations",) + (SIGNAL_LISTS if with_signal_inputs else ())
         self._chunks: list[dict[str, Any]] = []
         self._size = 0
 
@@ -56,10 +64,9 @@ class RolloutBuffer:
         """Every held step, oldest first: ``FIELDS`` ``[size, ...]`` and ``observations`` (a list)."""
         if not self._chunks:
             return self._empty()
-        merged = {f: np.concatenate([c[f] for c in self._chunks]) for f in FIELDS}
-        merged["observations"] = [
-            np.concatenate([c["observations"][i] for c in self._chunks]) for i in range(len(self.spec.observations))
-        ]
+        merged = {f: np.concatenate([c[f] for c in self._chunks]) for f in self.fields}
+        for name in self.lists:
+            merged[name] = [np.concatenate([c[name][i] for c in self._chunks]) for i in range(len(self.spec.observations))]
         return merged
 
     def take(self, size: int) -> dict[str, Any]:
@@ -71,12 +78,12 @@ class RolloutBuffer:
         if size > self._size:
             raise ValueError(f"rollout buffer: {size} steps asked, {self._size} held")
         merged = self.chronological()
-        batch = {f: merged[f][:size] for f in FIELDS}
-        batch["observations"] = [o[:size] for o in merged["observations"]]
+        batch = {f: merged[f][:size] for f in self.fields}
+        batch.update({name: [o[:size] for o in merged[name]] for name in self.lists})
         self._chunks, self._size = [], 0
         if len(merged["log_probs"]) > size:
-            rest = {f: merged[f][size:] for f in FIELDS}
-            rest["observations"] = [o[size:] for o in merged["observations"]]
+            rest = {f: merged[f][size:] for f in self.fields}
+            rest.update({name: [o[size:] for o in merged[name]] for name in self.lists})
             self.add(rest)
         return batch
 
@@ -87,14 +94,16 @@ class RolloutBuffer:
             "discrete_actions": np.zeros((0, a.num_branches), np.int32),
             "action_masks": np.zeros((0, a.mask_size), bool),
         }
-        out: dict[str, Any] = {f: empty.get(f, np.zeros((0,), np.float32)) for f in FIELDS}
-        out["observations"] = [np.zeros((0, *o.shape), np.float32) for o in self.spec.observations]
+        out: dict[str, Any] = {f: empty.get(f, np.zeros((0,), np.float32)) for f in self.fields}
+        for name in self.lists:
+            out[name] = [np.zeros((0, *o.shape), np.float32) for o in self.spec.observations]
         return out
 
     def state_dict(self) -> dict[str, Any]:
         """The held steps for a checkpoint: ``FIELDS`` and ``observations`` as ``{"0": ..., "1": ...}``."""
         data = self.chronological()
-        data["observations"] = {str(i): o for i, o in enumerate(data["observations"])}
+        for name in self.lists:
+            data[name] = {str(i): o for i, o in enumerate(data[name])}
         return data
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
@@ -102,6 +111,7 @@ class RolloutBuffer:
         self._chunks, self._size = [], 0
         if state is None or not int(np.asarray(state["log_probs"]).shape[0]):
             return
-        chunk = {f: np.asarray(state[f]) for f in FIELDS}
-        chunk["observations"] = [np.asarray(state["observations"][str(i)]) for i in range(len(self.spec.observations))]
+        chunk = {f: np.asarray(state[f]) for f in self.fields}
+        for name in self.lists:
+            chunk[name] = [np.asarray(state[name][str(i)]) for i in range(len(self.spec.observations))]
         self.add(chunk)
