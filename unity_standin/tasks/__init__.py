@@ -7,12 +7,14 @@ from unity_standin.tasks.ball3d import Ball3D
 from unity_standin.tasks.base import Task, TaskOptions
 from unity_standin.tasks.gridworld import GridWorld
 from unity_standin.tasks.multibehavior import MultiBehavior
+from unity_standin.tasks.pyramids import Pyramids
 from unity_standin.tasks.walljump import WallJump
 
 TASKS: dict[str, type[Task]] = {
     Ball3D.name: Ball3D,
     GridWorld.name: GridWorld,
     MultiBehavior.name: MultiBehavior,
+    Pyramids.name: Pyramids,
     WallJump.name: WallJump,
 }
 

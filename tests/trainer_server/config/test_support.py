@@ -19,7 +19,6 @@ from trainer_server.config.support import check_behavior_supported, check_suppor
         ("poca/DungeonEscape.yaml", ["behaviors.DungeonEscape.trainer_type: poca is not supported yet"]),
         ("poca/SoccerTwos.yaml", ["behaviors.SoccerTwos.self_play: self-play is not supported yet"]),
         ("ppo/Hallway.yaml", ["behaviors.Hallway.network_settings.memory:", "not supported yet"]),
-        ("ppo/Pyramids.yaml", ["behaviors.Pyramids.reward_signals.curiosity:", "not supported yet"]),
         (
             "imitation/Crawler.yaml",
             ["behaviors.Crawler.reward_signals.gail:", "behaviors.Crawler.behavioral_cloning:"],
