@@ -13,8 +13,7 @@ from flax import serialization
 from benchmarks.direct_rollout import DirectRunner, task_spec
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from tests.trainer_server.config.config_helpers import SHARED_CONFIGS
-from tests.trainer_server.learning.learning_helpers import trainer_settings
-from trainer_server.config.loading import load_run_options
+from trainer_server.config.loading import load_run_options, trainer_settings_from_dict
 from trainer_server.config.schema import CuriositySettings, GAILSettings, NetworkSettings, RewardSignalSettings, RNDSettings
 from trainer_server.config.support import SUPPORTED_REWARD_SIGNALS, check_supported
 from trainer_server.learning import ppo
@@ -277,6 +276,10 @@ def test_sac_with_curiosity_updates_signals_at_their_own_ratio_and_round_trips_i
     assert "critic/q/curiosity/kernel" in twin._state.params["critics"]
 
 
+def trainer_settings(trainer_type: str, **section) -> object:
+    return trainer_settings_from_dict({"trainer_type": trainer_type, **section})
+
+
 def test_supported_signals_and_gail_refused_while_the_demonstrations_reader_is_missing() -> None:
     import importlib.util
 
@@ -294,7 +297,7 @@ def test_mlagents_pyramids_config_is_supported_and_trains_on_the_standin_task() 
     small = replace(settings, hyperparameters=replace(settings.hyperparameters, buffer_size=256, batch_size=128))
     learner = PPOLearner(task_spec("pyramids"), small, seed=0)
     runner = DirectRunner("pyramids", learner, small.time_horizon, num_agents=8)
-    runner.run(320)
+    runner.run(640)  # episodes of 44 steps: fragments end with them
     assert learner.update_count >= 1
     assert learner.signals.names == ("extrinsic", "curiosity")
     assert learner.signals.signals[1].strength == pytest.approx(0.02)

@@ -103,7 +103,7 @@ class RewardSignals:
     def rewards(self, states: dict[str, State], batch: SignalBatch, norm: networks.NormStats) -> jax.Array:
         """Every signal's reward times its strength: ``[H, n]``."""
         return jnp.stack(
-            [s.rewards(states[name], batch, norm) * s.strength for name, s in zip(self.names, self.signals)]
+            [s.rewards((states or {}).get(name), batch, norm) * s.strength for name, s in zip(self.names, self.signals)]
         )
 
     def update(
