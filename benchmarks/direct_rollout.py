@@ -61,6 +61,7 @@ class DirectRunner:
         self.returns: list[float] = []
         self.last_metrics: dict[str, float] = {}
         self.steps = 0
+        self._rng = np.random.default_rng(seed)
         self._pending = [_Pending() for _ in range(self.n)]
         self.task.begin_episodes(self.behavior.name, np.arange(self.n))
 
@@ -91,6 +92,16 @@ class DirectRunner:
         if done:
             self.returns.append(p.episode_return)
 
+    def _act(self, obs: np.ndarray, masks: np.ndarray | None):
+        """The learner's current policy: its own ``act`` (PPO) or the gateway's numpy actor
+        on its policy parameters (SAC has no JAX ``act``)."""
+        if hasattr(self.learner, "act"):
+            return self.learner.act([obs], masks)
+        from gateway.actor.numpy_policy import NumpyPolicy
+
+        policy = NumpyPolicy(self.learner.architecture(), self.learner.policy_parameters())
+        return policy.act([obs], masks, self._rng)
+
     def run(self, steps: int) -> None:
         """Steps every agent until ``steps`` more agent steps are consumed, updating when ready."""
         name, idx = self.behavior.name, np.arange(self.n)
@@ -99,7 +110,7 @@ class DirectRunner:
             obs = self.task.observe(name, idx)[0].astype(np.float32)
             masks = self.task.action_masks(name, idx)
             masks = np.zeros((self.n, self.behavior.mask_size), bool) if masks is None else masks
-            out = self.learner.act([obs], masks if self.behavior.mask_size else None)
+            out = self._act(obs, masks if self.behavior.mask_size else None)
             result = self.task.act({name: (out.env_continuous, out.discrete)})[name]
             after = self.task.observe(name, idx)[0].astype(np.float32)
             for a in range(self.n):
