@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=60000, help="agent steps per config and seed (default 60000)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per config (default 2)")
     parser.add_argument("--solved", type=float, default=0.8, help="mean return of 100 episodes that counts as solved")
+    parser.add_argument("--signals", nargs="+", choices=SIGNALS, default=list(SIGNALS), help="configs to run (default all)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="markdown file to write")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.budget < CHUNK or args.seeds < 1:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = []
     for seed in range(args.seeds):
-        for signal in SIGNALS:
+        for signal in args.signals:
             row = train(signal, seed, args.budget, args.solved)
             rows.append(row)
             log.info("trained", **row)
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         "`configs/ppo/Pyramids_{extrinsic,curiosity,rnd}.yaml`, same budget and seeds, stepped in process "
         "(`benchmarks/direct_rollout.py`, 16 agents).",
         "",
-        f"Command: `python -m benchmarks.run bench_reward_signals` (`--budget {args.budget} --seeds {args.seeds} "
-        f"--solved {args.solved}`).",
+        f"Command: `python -m benchmarks.bench_reward_signals --budget {args.budget} --seeds {args.seeds} "
+        f"--solved {args.solved}` (`make bench` runs it with the defaults).",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Machine: {report.cpu_name()} "
         f"({os.cpu_count()} cores visible, shared with other jobs), Python {platform.python_version()}, "
         f"JAX {jax.__version__} on {device.platform}.",

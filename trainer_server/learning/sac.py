@@ -667,23 +667,9 @@ class SACLearner:
         if not self.ready():
             return {}
         pending = self.pending_updates()
-        k = self.steps_per_call
         state = self._state._replace(step=jnp.asarray(min(self._step, np.iinfo(np.int32).max), jnp.int32))
-        sums = None
-        done = 0
-        while done < pending:
-            n = min(k, pending - done)
-            batches = Minibatches(
-                transitions=self.replay_buffer.sample(self._sampler, self.hyperparameters.batch_size, num_batches=k),
-                valid=np.arange(k) < n,
-            )
-            self._key, key = jax.random.split(self._key)
-            state, metrics = self._update_fn(state, batches, key)
-            sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
-            done += n
-        self._state = state
+        self._state, out = self._in_chunks(pending, state, self._update_fn)
         self.update_steps += pending
-        out = {name: float(total) / pending for name, total in jax.device_get(sums).items()}
         out.update(self._update_signals())
         out.update({k: v for k, v in self._episode_rewards.report().items() if k != "Policy/Extrinsic Reward"})
         out["Policy/Learning Rate"] = learning_rate_at(self.settings, self._step)
@@ -696,8 +682,19 @@ class SACLearner:
         pending = self.pending_signal_updates()
         if not pending:
             return {}
+        normalizer = self._state.normalizer
+        states, out = self._in_chunks(
+            pending, self._state.signals, lambda st, batches, key: self._signal_update_fn(st, normalizer, batches, key)
+        )
+        self._state = self._state._replace(signals=states)
+        self.reward_signal_update_steps += pending
+        return out
+
+    def _in_chunks(self, pending: int, carry: Any, step: Callable) -> tuple[Any, dict[str, float]]:
+        """Runs ``pending`` steps of a compiled ``step(carry, Minibatches, key) -> (carry,
+        metric sums)`` in calls of ``steps_per_call`` replayed minibatches; returns the carry
+        and the metrics averaged over the steps."""
         k, done, sums = self.steps_per_call, 0, None
-        states = self._state.signals
         while done < pending:
             n = min(k, pending - done)
             batches = Minibatches(
@@ -705,12 +702,10 @@ class SACLearner:
                 valid=np.arange(k) < n,
             )
             self._key, key = jax.random.split(self._key)
-            states, metrics = self._signal_update_fn(states, self._state.normalizer, batches, key)
+            carry, metrics = step(carry, batches, key)
             sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
             done += n
-        self._state = self._state._replace(signals=states)
-        self.reward_signal_update_steps += pending
-        return {name: float(total) / pending for name, total in jax.device_get(sums).items()}
+        return carry, {name: float(total) / pending for name, total in jax.device_get(sums).items()}
 
     # -- snapshots -----------------------------------------------------------------------
     def architecture(self) -> PolicyArchitecture:

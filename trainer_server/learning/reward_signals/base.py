@@ -23,7 +23,7 @@ import optax
 from common.architecture import PolicyArchitecture
 from common.specs import BehaviorSpec
 from trainer_server.config.schema import RewardSignalSettings
-from trainer_server.learning import networks
+from trainer_server.learning import networks, shared
 
 State = dict[str, Any]
 Metrics = dict[str, jax.Array]
@@ -71,15 +71,8 @@ def encoder_architecture(spec: BehaviorSpec, settings: RewardSignalSettings) -> 
     """The architecture of a signal's own observation encoder and body, from its
     ``network_settings`` (ML-Agents builds a NetworkBody from them; ``memory`` is ignored
     there too)."""
-    network = settings.network_settings
-    return PolicyArchitecture(
-        behavior_spec=spec,
-        hidden_units=network.hidden_units,
-        num_layers=network.num_layers,
-        normalize=network.normalize,
-        vis_encode_type=network.vis_encode_type,
-        continuous_distribution="gaussian",
-    )
+    # reads only ``network_settings``, which a signal's settings have as a trainer's do
+    return shared.policy_architecture(spec, settings, "gaussian")  # type: ignore[arg-type]
 
 
 def body_width(arch: PolicyArchitecture) -> int:
