@@ -258,14 +258,15 @@ def make_update_fn(
     ``on_trace`` is called whenever JAX traces the function (tests count recompilations).
     With ``signals`` that train, each minibatch also takes one Adam step of every learned
     reward signal (their metrics are averaged over the minibatches); ``batch.dones`` and
-    ``batch.next_observations`` must then be given, and GAIL's expert data is read from
-    ``signals.expert``.
+    ``batch.next_observations`` must then be given, and GAIL's expert data
+    (``signals.expert``) is the optional fourth argument (an argument, not a constant of
+    the compiled function).
     """
     hp = hyperparameters(settings)
     num_minibatches = hp.buffer_size // hp.batch_size
     train_signals = signals is not None and signals.trainable
 
-    def update(state: PPOState, batch: Batch, key: jax.Array):
+    def update(state: PPOState, batch: Batch, key: jax.Array, expert: Any = None):
         if on_trace is not None:
             on_trace()
         lr, epsilon, beta = schedules(settings, state.step)
@@ -283,7 +284,7 @@ def make_update_fn(
             params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
             if train_signals:
                 inputs = signal_batch(arch, minibatch, jnp.zeros_like(minibatch.advantages))
-                signal_states, signal_aux = signals.update(signal_states, inputs, norm_stats, signal_key, signals.expert)
+                signal_states, signal_aux = signals.update(signal_states, inputs, norm_stats, signal_key, expert)
                 aux = {**aux, **signal_aux}
             return (params, opt_state, signal_states), aux
 
@@ -568,7 +569,7 @@ class PPOLearner:
             batch = batch._replace(dones=data["dones"], next_observations=tuple(data["next_observations"]))
         self._key, key = jax.random.split(self._key)
         state = self._state._replace(step=jnp.asarray(min(self.step, np.iinfo(np.int32).max), jnp.int32))
-        self._state, metrics = self._update_fn(state, batch, key)
+        self._state, metrics = self._update_fn(state, batch, key, self.signals.expert)
         self.update_count += 1
         out = {name: float(value) for name, value in jax.device_get(metrics).items()}
         for tag, values in zip(self.signals.value_tags(), np.asarray(batch.values).T):

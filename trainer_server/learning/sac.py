@@ -443,11 +443,12 @@ def make_update_fn(
 def make_signal_update_fn(
     arch: PolicyArchitecture, signals: signals_mod.RewardSignals, on_trace: Callable[[], None] | None = None
 ) -> Callable:
-    """The reward signals' pure update ``(signal_states, normalizer, minibatches, key) ->
-    (signal_states, metric sums)``: one Adam step of every learned signal per valid
-    minibatch (``lax.cond`` skips the others, as ``make_update_fn``)."""
+    """The reward signals' pure update ``(signal_states, normalizer, minibatches, key, expert)
+    -> (signal_states, metric sums)``: one Adam step of every learned signal per valid
+    minibatch (``lax.cond`` skips the others, as ``make_update_fn``); ``expert`` is GAIL's
+    ``ExpertData`` or None."""
 
-    def update(signal_states, normalizer, minibatches: Minibatches, key: jax.Array):
+    def update(signal_states, normalizer, minibatches: Minibatches, key: jax.Array, expert: Any = None):
         if on_trace is not None:
             on_trace()
         norm_stats = norm_mod.statistics(normalizer) if arch.normalize else None
@@ -455,7 +456,7 @@ def make_signal_update_fn(
         first = jax.tree_util.tree_map(lambda x: x[0], minibatches.transitions)
 
         def step(states, batch, k):
-            return signals.update(states, signal_batch(batch), norm_stats, k, signals.expert)
+            return signals.update(states, signal_batch(batch), norm_stats, k, expert)
 
         shapes = jax.eval_shape(lambda st: step(st, first, keys[0])[1], signal_states)
 
@@ -682,9 +683,9 @@ class SACLearner:
         pending = self.pending_signal_updates()
         if not pending:
             return {}
-        normalizer = self._state.normalizer
+        normalizer, expert = self._state.normalizer, self.signals.expert
         states, out = self._in_chunks(
-            pending, self._state.signals, lambda st, batches, key: self._signal_update_fn(st, normalizer, batches, key)
+            pending, self._state.signals, lambda st, batches, key: self._signal_update_fn(st, normalizer, batches, key, expert)
         )
         self._state = self._state._replace(signals=states)
         self.reward_signal_update_steps += pending

@@ -55,10 +55,6 @@ def test_tandem_configs_load_and_are_supported(name: str) -> None:
         ("network_settings:\n      memory: {}", "behaviors.Team.network_settings.memory: recurrent networks"),
         ("reward_signals:\n      gail:\n        demo_path: a.demo", "behaviors.Team.reward_signals.gail: the gail"),
         (
-            "reward_signals:\n      rnd: {}",
-            "behaviors.Team.reward_signals.rnd: the rnd reward signal is not supported yet",
-        ),
-        (
             "behavioral_cloning:\n      demo_path: a.demo",
             "behaviors.Team.behavioral_cloning: behavioral cloning is not",
         ),

@@ -23,6 +23,8 @@ from trainer_server.learning.reward_signals.curiosity import CuriositySignal
 from trainer_server.learning.reward_signals.gail import GAILSignal
 from trainer_server.learning.reward_signals.rnd import RNDSignal
 from trainer_server.learning.sac import SACLearner
+from unity_standin.side_channels import SideChannels
+from unity_standin.tasks import TaskOptions, make_task
 
 SPEC = BehaviorSpec(
     name="S?team=0",
@@ -200,11 +202,30 @@ def test_ppo_gae_per_signal_matches_a_python_loop_with_each_gamma_and_curiosity_
     np.testing.assert_array_equal(chunk["dones"], [0, 0, 0, 0, float(terminal)])
 
 
+def _pyramids_expert(episodes: int = 10) -> _Demos:
+    """A scripted expert stepped on the stand-in task directly: left to the switch, then right to the goal."""
+    task = make_task("pyramids", TaskOptions(seed=1, num_agents=1), SideChannels())
+    name, one = task.behaviors[0].name, np.arange(1)
+    task.begin_episodes(name, one)
+    obs, actions, dones = [], [], []
+    while sum(dones) < episodes:
+        obs.append(task.observe(name, one)[0][0])
+        action = np.where(task.pressed, 2, 1)[:, None].astype(np.int32)
+        result = task.act({name: (np.zeros((1, 0), np.float32), action)})[name]
+        actions.append(action[0])
+        dones.append(bool(result.ended[0]))
+        if result.ended[0]:
+            assert result.reward[0] == 1.0  # the expert always reaches the goal
+            task.begin_episodes(name, one)
+    return _Demos((np.stack(obs),), np.zeros((len(obs), 0), np.float32), np.stack(actions), np.asarray(dones))
+
+
 def _run_pyramids(trainer_type: str, signals: dict, steps: int, **hyper):
     spec = task_spec("pyramids")
     settings = trainer_settings(trainer_type, time_horizon=32, network_settings={"hidden_units": 32, "num_layers": 1},
                                 hyperparameters=hyper, reward_signals=signals)
-    learner = (PPOLearner if trainer_type == "ppo" else SACLearner)(spec, settings, seed=0)
+    demos = _pyramids_expert() if "gail" in signals else None
+    learner = (PPOLearner if trainer_type == "ppo" else SACLearner)(spec, settings, seed=0, demonstrations=demos)
     runner = DirectRunner("pyramids", learner, 32, num_agents=8)
     runner.run(steps)
     return learner, runner
@@ -259,15 +280,34 @@ def test_ppo_with_curiosity_and_rnd_trains_reports_mlagents_tags_and_resumes_fro
     assert np.any(chunks[0]["returns"][:, 1] != chunks[0]["values"][:, 1])  # curiosity rewards flow into its returns
 
 
+GAIL = {"demo_path": "expert.demo", "use_actions": True, "use_vail": True, "network_settings": {"hidden_units": 16, "num_layers": 1}}
+
+
+def test_ppo_with_gail_alone_trains_its_discriminator_on_scripted_expert_demonstrations() -> None:
+    learner, runner = _run_pyramids("ppo", {"gail": GAIL}, 640, batch_size=64, buffer_size=256, num_epoch=2)
+    assert learner.signals.names == ("gail",) and learner.update_count >= 2
+    metrics = runner.last_metrics
+    for tag in ("Losses/GAIL Loss", "Policy/GAIL Expert Estimate", "Policy/GAIL Policy Estimate", "Losses/GAIL KL Loss",
+                "Policy/GAIL Beta", "Policy/GAIL Grad Mag Loss", "Policy/Gail Value Estimate", "Policy/Gail Reward"):
+        assert tag in metrics and np.isfinite(metrics[tag]), tag
+    assert "Policy/Extrinsic Value Estimate" not in metrics
+    assert learner.trace_counts["update"] == 1
+    state = serialization.msgpack_restore(serialization.msgpack_serialize(learner.state_dict()))
+    twin = PPOLearner(learner.spec, learner.settings, seed=1, demonstrations=_pyramids_expert())
+    twin.load_state_dict(state)
+    assert _same_leaves(learner._state.signals, twin._state.signals)
+
+
 def test_sac_with_curiosity_updates_signals_at_their_own_ratio_and_round_trips_its_checkpoint() -> None:
-    signals = {"extrinsic": SIGNALS["extrinsic"], "curiosity": SIGNALS["curiosity"]}
+    signals = {"extrinsic": SIGNALS["extrinsic"], "curiosity": SIGNALS["curiosity"], "gail": {**GAIL, "strength": 0.1}}
     learner, runner = _run_pyramids("sac", signals, 400, batch_size=32, buffer_size=2000, steps_per_update=4.0,
                             reward_signal_steps_per_update=8.0)
     assert learner.update_steps > 0 and "Losses/Curiosity Forward Loss" in runner.last_metrics
+    assert "Losses/GAIL Loss" in runner.last_metrics
     assert {"Policy/Extrinsic Value Estimate", "Policy/Curiosity Value Estimate"} <= set(runner.last_metrics)
     assert learner.reward_signal_update_steps == pytest.approx(learner.update_steps / 2, abs=2)
     state = serialization.msgpack_restore(serialization.msgpack_serialize(learner.state_dict()))
-    twin = SACLearner(learner.spec, learner.settings, seed=3)
+    twin = SACLearner(learner.spec, learner.settings, seed=3, demonstrations=_pyramids_expert())
     twin.load_state_dict(state)
     assert twin.reward_signal_update_steps == learner.reward_signal_update_steps
     a = jax.tree_util.tree_leaves(learner._state.signals["curiosity"])

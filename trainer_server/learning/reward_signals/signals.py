@@ -100,10 +100,14 @@ class RewardSignals:
         keys = jax.random.split(key, len(self.signals))
         return {name: signal.init(k) for name, signal, k in zip(self.names, self.signals, keys)}
 
-    def rewards(self, states: dict[str, State], batch: SignalBatch, norm: networks.NormStats) -> jax.Array:
-        """Every signal's reward times its strength: ``[H, n]``."""
+    def rewards(self, states: dict[str, State] | None, batch: SignalBatch, norm: networks.NormStats) -> jax.Array:
+        """Every signal's reward times its strength: ``[H, n]`` (``states`` may be None with
+        the extrinsic signal alone)."""
         return jnp.stack(
-            [s.rewards((states or {}).get(name), batch, norm) * s.strength for name, s in zip(self.names, self.signals)]
+            [
+                s.rewards((states or {}).get(name), batch, _own(s, norm)) * s.strength
+                for name, s in zip(self.names, self.signals)
+            ]
         )
 
     def update(
@@ -113,7 +117,7 @@ class RewardSignals:
         keys = jax.random.split(key, len(self.signals))
         out, metrics = dict(states), {}
         for name, signal, k in zip(self.names, self.signals, keys):
-            out[name], m = signal.update(states[name], batch, norm, k, expert if signal.kind == "gail" else None)
+            out[name], m = signal.update(states[name], batch, _own(signal, norm), k, expert if signal.kind == "gail" else None)
             metrics.update(m)
         return out, metrics
 
@@ -125,6 +129,12 @@ class RewardSignals:
     def reward_tags(self) -> list[str]:
         """``Policy/{Name} Reward`` per head: the mean episode sum of the signal's reward."""
         return [f"Policy/{s.stat_name} Reward" for s in self.signals]
+
+
+def _own(signal: RewardSignal, norm: networks.NormStats) -> networks.NormStats:
+    """The observation statistics a signal's encoder uses: the policy's running ones when the
+    signal's ``network_settings.normalize`` is set (and the policy keeps them), else none."""
+    return norm if signal.settings.network_settings.normalize else None
 
 
 class EpisodeRewards:
