@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     log = get_logger("bench_reward_signals")
     parser = argparse.ArgumentParser(prog="bench_reward_signals", description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=int, default=60000, help="agent steps per config and seed (default 60000)")
+    parser.add_argument("--budget", type=int, default=81920, help="agent steps per config and seed (default 81920)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per config (default 2)")
     parser.add_argument("--solved", type=float, default=0.8, help="mean return of 100 episodes that counts as solved")
     parser.add_argument("--signals", nargs="+", choices=SIGNALS, default=list(SIGNALS), help="configs to run (default all)")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# bench_reward_signals",
         "",
-        "PPO on the stand-in's sparse-reward task `pyramids` (corridor of 11 cells: press the switch at the left "
+        "PPO on the stand-in's sparse-reward task `pyramids` (corridor of 15 cells: press the switch at the left "
         "end, then reach the goal at the right end, +1; nothing else is rewarded), with the configs "
         "`configs/ppo/Pyramids_{extrinsic,curiosity,rnd}.yaml`, same budget and seeds, stepped in process "
         "(`benchmarks/direct_rollout.py`, 16 agents).",

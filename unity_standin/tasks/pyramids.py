@@ -7,11 +7,13 @@ apart: a random walk almost never does both before its episode is interrupted, w
 agent rewarded for unfamiliar states walks to the corridor's ends and finds it.
 
 Per agent: a corridor of ``length`` cells (environment parameter ``corridor_length``,
-default 11, clipped to 5..31, read when its episode begins); the agent starts in the middle
+default 15, clipped to 5..31, read when its episode begins); the agent starts in the middle
 cell, the switch is the left end (cell 0), the goal the right end. Stepping on the switch
 presses it; reaching the goal after the switch gives +1 and ends the episode; nothing else
 is rewarded. Episodes end (EndEpisode, no reward) after 4 x length decisions (at least 40)
-decisions: with the default, a random walk scores in a few episodes out of a thousand.
+decisions (60 with the default): a random walk scores in about one episode in a thousand,
+and PPO on the extrinsic reward alone does not learn it in 80k agent steps
+(``benchmarks/results/bench_reward_signals.md``).
 Observations (``VectorSensor_size33``): the agent's cell one-hot over 31 cells, whether the
 switch is pressed, and the corridor length / 31. Actions: one discrete branch of 3
 (0 stay, 1 left, 2 right). Stats: ``Environment/SwitchesPressed`` and
@@ -28,7 +30,7 @@ from unity_standin.tasks.base import ActResult, BehaviorDef, ObservationDef, Tas
 BEHAVIOR = "Pyramids?team=0"
 PARAMETER = "corridor_length"
 DEFAULT_AGENTS = 16
-DEFAULT_LENGTH = 11
+DEFAULT_LENGTH = 15
 MIN_LENGTH, MAX_LENGTH = 5, 31
 OBSERVATION_SIZE = MAX_LENGTH + 2
 _MOVES = np.array([0, -1, 1], dtype=np.int64)
