@@ -3,7 +3,8 @@
 Why: :mod:`trainer_server.config.loading` accepts every valid ML-Agents file (so that
 ``--dry-run`` shows any file resolved); training needs more. :func:`check_supported`
 raises :class:`NotSupportedError` for what the learners cannot do yet (``poca``,
-SAC with ``memory``, ``self_play``...). The trainer calls it before it starts; the service calls
+SAC with ``memory``, ``memory`` with learned reward signals or behavioral cloning,
+``self_play``...). The trainer calls it before it starts; the service calls
 :func:`check_behavior_supported` for behaviors that first appear at run time and fall
 back to ``default_settings``. The trainer types come from the learner registry: a type
 is supported when a learner exists for it.
@@ -11,6 +12,7 @@ is supported when a learner exists for it.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from common.logging import get_logger
@@ -26,7 +28,16 @@ __all__ = [
     "unsupported_features",
 ]
 
-SUPPORTED_REWARD_SIGNALS: frozenset[str] = frozenset({"extrinsic"})
+def _reward_signals() -> frozenset[str]:
+    """The reward signals the learners train: GAIL needs the demonstrations reader
+    (``trainer_server.demonstrations``), so it counts only where that module exists."""
+    signals = {"extrinsic", "curiosity", "rnd"}
+    if importlib.util.find_spec("trainer_server.demonstrations") is not None:
+        signals.add("gail")
+    return frozenset(signals)
+
+
+SUPPORTED_REWARD_SIGNALS: frozenset[str] = _reward_signals()
 SUPPORTED_VIS_ENCODE_TYPES: frozenset[str] = frozenset({"simple"})
 
 
@@ -109,8 +120,22 @@ def unsupported_features(
     for name in settings.reward_signals:
         if name not in SUPPORTED_REWARD_SIGNALS:
             found.append(
-                (f"reward_signals.{name}", f"the {name} reward signal is not supported yet (supported: extrinsic)")
+                (
+                    f"reward_signals.{name}",
+                    f"the {name} reward signal is not supported yet (supported: {', '.join(sorted(SUPPORTED_REWARD_SIGNALS))})",
+                )
             )
+    if network.memory is not None:
+        learned = sorted(name for name in settings.reward_signals if name != "extrinsic")
+        if learned:
+            found.append(
+                (
+                    "network_settings.memory",
+                    f"recurrent networks (memory) with the {', '.join(learned)} reward signal(s) are not supported yet",
+                )
+            )
+        if settings.behavioral_cloning is not None:
+            found.append(("network_settings.memory", "recurrent networks (memory) with behavioral_cloning are not supported yet"))
     if settings.self_play is not None:
         found.append(("self_play", "self-play is not supported yet"))
     return found

@@ -360,3 +360,104 @@ def q_critic_forward(
     """One SAC Q critic: values ``[n, q_outputs]`` for squashed continuous actions ``[n, c]``."""
     h = jnp.concatenate([_encoders(params, "critic/", arch, observations, norm), continuous_actions], axis=-1)
     return _body(params, "critic/", arch, h) @ params["critic/q/kernel"] + params["critic/q/bias"]
+
+
+# -- reward signals: one value (or Q) head per signal, encoders for the signals' own networks --
+def value_head_prefix(index: int, name: str, base: str) -> str:
+    """Name prefix of head ``index`` (signal ``name``): the first head keeps ``base``
+    (``critic/value`` or ``critic/q``, so extrinsic-only checkpoints keep their names), the
+    others are ``{base}/{name}``."""
+    return base if index == 0 else f"{base}/{name}"
+
+
+def init_extra_heads(key: jax.Array, width: int, outputs: int, heads: tuple[str, ...], base: str) -> Params:
+    """Xavier-uniform heads ``{base}/{name}`` ``[width, outputs]`` for every head but the first."""
+    params: Params = {}
+    for i, name in enumerate(heads):
+        if i == 0:
+            continue
+        key, k = jax.random.split(key)
+        prefix = value_head_prefix(i, name, base)
+        params[f"{prefix}/kernel"] = _xavier_uniform(k, width, outputs, 1.0)
+        params[f"{prefix}/bias"] = jnp.zeros((outputs,), jnp.float32)
+    return params
+
+
+def apply_heads(params: Params, h: jax.Array, heads: tuple[str, ...], base: str) -> jax.Array:
+    """Every head on ``h`` ``[n, width]``: ``[H, n, outputs]`` in the order of ``heads``."""
+    outs = []
+    for i, name in enumerate(heads):
+        prefix = value_head_prefix(i, name, base)
+        outs.append(h @ params[f"{prefix}/kernel"] + params[f"{prefix}/bias"])
+    return jnp.stack(outs)
+
+
+def critic_values(
+    actor_params: Params,
+    critic_params: Params,
+    arch: PolicyArchitecture,
+    observations: list[jax.Array],
+    norm: NormStats,
+    shared_critic: bool,
+    heads: tuple[str, ...],
+) -> jax.Array:
+    """PPO's state values per reward signal ``[n, H]`` (head 0 is ``critic_forward``'s)."""
+    if shared_critic:
+        h = encode(actor_params, "", arch, observations, norm)
+    else:
+        h = encode(critic_params, "critic/", arch, observations, norm)
+    return jnp.transpose(apply_heads(critic_params, h, heads, "critic/value")[..., 0])
+
+
+def q_critic_heads(
+    params: Params,
+    arch: PolicyArchitecture,
+    observations: list[jax.Array],
+    norm: NormStats,
+    continuous_actions: jax.Array,
+    heads: tuple[str, ...],
+) -> jax.Array:
+    """One SAC Q critic with a head per reward signal: ``[H, n, q_outputs]`` (head 0 is
+    ``q_critic_forward``'s)."""
+    h = jnp.concatenate([_encoders(params, "critic/", arch, observations, norm), continuous_actions], axis=-1)
+    return apply_heads(params, _body(params, "critic/", arch, h), heads, "critic/q")
+
+
+def q_body_width(arch: PolicyArchitecture) -> int:
+    """Width of a Q critic's body output (what its heads read)."""
+    return arch.hidden_units if arch.num_layers else encoding_size(arch) + arch.behavior_spec.action_spec.continuous_size
+
+
+def init_dense(key: jax.Array, fan_in: int, fan_out: int, prefix: str, gain: float = 1.0, xavier: bool = False) -> Params:
+    """One dense layer ``{prefix}/kernel`` ``[fan_in, fan_out]`` and zero ``{prefix}/bias``:
+    Kaiming-normal (torch's linear gain, times ``gain``) or Xavier-uniform kernel."""
+    kernel = _xavier_uniform(key, fan_in, fan_out, gain) if xavier else _kaiming_normal(key, fan_in, fan_out, gain)
+    return {f"{prefix}/kernel": kernel, f"{prefix}/bias": jnp.zeros((fan_out,), jnp.float32)}
+
+
+def dense(params: Params, prefix: str, x: jax.Array) -> jax.Array:
+    """``x @ kernel + bias`` of ``init_dense``'s layer."""
+    return x @ params[f"{prefix}/kernel"] + params[f"{prefix}/bias"]
+
+
+def init_network_body(key: jax.Array, arch: PolicyArchitecture, prefix: str, extra_inputs: int = 0) -> Params:
+    """Observation encoders and a swish body (ML-Agents' NetworkBody) under ``prefix``, whose
+    body also reads ``extra_inputs`` unencoded features (e.g. GAIL's actions)."""
+    k_enc, k_body = jax.random.split(key)
+    return {**_init_encoders(k_enc, arch, prefix), **_init_body(k_body, arch, prefix, encoding_size(arch) + extra_inputs)}
+
+
+def network_body(
+    params: Params,
+    prefix: str,
+    arch: PolicyArchitecture,
+    observations: list[jax.Array],
+    norm: NormStats,
+    extra: jax.Array | None = None,
+) -> jax.Array:
+    """``init_network_body``'s network: ``[n, body width]`` from observations (and ``extra``
+    ``[n, extra_inputs]`` concatenated to the encodings)."""
+    h = _encoders(params, prefix, arch, observations, norm)
+    if extra is not None:
+        h = jnp.concatenate([h, extra], axis=-1)
+    return _body(params, prefix, arch, h)

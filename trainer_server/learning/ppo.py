@@ -48,6 +48,15 @@ ML-Agents. Minibatches are ``batch_size // sequence_length`` shuffled whole sequ
 sequence); losses and entropy are means over the unpadded rows; advantages are
 normalized over all rows of the batch, padding included (its advantage is 0), as ML-Agents does.
 
+Reward signals (``trainer_server.learning.reward_signals``): the critic has one value head
+per configured signal (``extrinsic``, ``curiosity``, ``rnd``, ``gail``; head 0 keeps the name
+``critic/value``). ``process_trajectory`` computes every signal's rewards (times its
+strength) in the compiled per-fragment step, GAE per signal with its own gamma (a signal
+that ignores episode ends, curiosity and RND, bootstraps after true terminals too), returns
+per signal, and the advantage as the mean over signals (ML-Agents); the value loss is the
+mean over heads of the clipped value loss; the learned signals take one Adam step each on
+every PPO minibatch, inside the same compiled update, as ML-Agents does.
+
 Differences from ML-Agents, on purpose: "Policy/Entropy" is the mean entropy over the
 update's minibatches (ML-Agents reports it while acting); the buffer handling above.
 """
@@ -71,6 +80,7 @@ from common.trajectory import Trajectory
 from trainer_server.learning import behavioral_cloning, devices, distributions, networks, shared
 from trainer_server.learning import normalizer as norm_mod
 from trainer_server.learning import rollout_buffer
+from trainer_server.learning import reward_signals as signals_mod
 from trainer_server.config.schema import PPOSettings, TrainerSettings
 
 #: ML-Agents' floors of the linear schedules (ModelUtils.DecayedValue in its PPO optimizer)
@@ -108,12 +118,14 @@ class PPOState(NamedTuple):
         opt_state: Adam's state for ``params``.
         normalizer: running observation statistics (read-only in the update).
         step: int32 agent steps so far: drives the schedules.
+        signals: the reward signals' states (signal name -> state, see ``reward_signals``).
     """
 
     params: dict[str, dict[str, jax.Array]]
     opt_state: Any
     normalizer: norm_mod.NormalizerState
     step: jax.Array
+    signals: Any = None
 
 
 class Batch(NamedTuple):
@@ -124,9 +136,11 @@ class Batch(NamedTuple):
     discrete_actions: jax.Array  # [N, b] int32
     action_masks: jax.Array  # [N, sum(branches)] bool, true = not allowed
     log_probs: jax.Array  # [N, c + b] per-dimension / per-branch log-probs of the acting policy
-    values: jax.Array  # [N] critic's values when the step was processed
-    advantages: jax.Array  # [N]
-    returns: jax.Array  # [N]
+    values: jax.Array  # [N, H] critic's values per reward signal when the step was processed
+    advantages: jax.Array  # [N] mean over the signals' advantages
+    returns: jax.Array  # [N, H] per reward signal
+    dones: Any = None  # [N] float32, with reward signals that train (else None)
+    next_observations: tuple[jax.Array, ...] = ()  # per spec [N, *shape], likewise
     # with memory only (else None); N = sequences * sequence_length rows, sequence by sequence
     memories: jax.Array | None = None  # [N, m] the actor's memory before each step
     critic_memories: jax.Array | None = None  # [N, m] the critic's memory at the start of each row's sequence
@@ -137,11 +151,35 @@ def _norm_stats(state: norm_mod.NormalizerState, normalize: bool):
     return norm_mod.statistics(state) if normalize else None
 
 
-def init_params(key: jax.Array, arch: PolicyArchitecture, shared_critic: bool) -> dict[str, networks.Params]:
+def init_params(
+    key: jax.Array, arch: PolicyArchitecture, shared_critic: bool, heads: tuple[str, ...] = ("extrinsic",)
+) -> dict[str, networks.Params]:
     """``{"actor": snapshot-named params, "critic": critic/... params}`` (only the value head
-    with ``shared_critic``: the critic then reads the actor's encoders and body)."""
+    with ``shared_critic``: the critic then reads the actor's encoders and body), with one
+    value head per reward signal ``heads`` (the first is ``critic/value``)."""
     k_actor, k_critic = jax.random.split(key)
-    return {"actor": networks.init_actor(k_actor, arch), "critic": networks.init_critic(k_critic, arch, shared_critic)}
+    critic = networks.init_critic(k_critic, arch, shared_critic)
+    if len(heads) > 1:
+        k_heads = jax.random.fold_in(k_critic, 1)
+        critic.update(networks.init_extra_heads(k_heads, networks.body_output_size(arch), 1, heads, "critic/value"))
+    return {"actor": networks.init_actor(k_actor, arch), "critic": critic}
+
+
+def value_heads(settings: TrainerSettings) -> tuple[str, ...]:
+    """The critic's heads: the reward signals' names, extrinsic first (``reward_signals``)."""
+    return signals_mod.head_names(settings)
+
+
+def signal_batch(arch: PolicyArchitecture, batch: "Batch", rewards: jax.Array) -> signals_mod.SignalBatch:
+    """What the reward signals read from PPO steps (continuous actions as the environment got them)."""
+    return signals_mod.SignalBatch(
+        observations=tuple(batch.observations),
+        next_observations=tuple(batch.next_observations),
+        continuous_actions=distributions.env_continuous(batch.continuous_actions),
+        discrete_actions=batch.discrete_actions,
+        dones=batch.dones,
+        rewards=rewards,
+    )
 
 
 # -- the loss ------------------------------------------------------------------------------
@@ -217,11 +255,16 @@ def ppo_loss(
     branches = arch.behavior_spec.action_spec.discrete_branches
     log_prob = distributions.log_prob_parts(dist, batch.continuous_actions, batch.discrete_actions, branches)
     _, entropy = distributions.log_prob_and_entropy(dist, batch.continuous_actions, batch.discrete_actions, branches)
-    if seq:
+    if seq:  # memory (the extrinsic signal alone): the critic's LSTM from each sequence's stored memory
         seq = {**seq, "memories": batch.critic_memories[:: seq["sequence_length"]]}
-    values = networks.critic_forward(
-        params["actor"], params["critic"], arch, obs, norm_stats, hyperparameters(settings).shared_critic, **seq
-    )
+        values = networks.critic_forward(
+            params["actor"], params["critic"], arch, obs, norm_stats, hyperparameters(settings).shared_critic, **seq
+        )[:, None]  # [n, 1]
+    else:
+        values = networks.critic_values(
+            params["actor"], params["critic"], arch, obs, norm_stats, hyperparameters(settings).shared_critic,
+            value_heads(settings),
+        )  # [n, H]
     rows = batch.loss_masks  # None without memory: every row is a real step
     # one ratio per action dimension and branch, each clipped, averaged over all of them
     log_ratio = log_prob - batch.log_probs  # [n, c + b]
@@ -230,7 +273,9 @@ def ppo_loss(
     surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon) * adv)
     policy_loss = -masked_mean(surrogate, rows)
     clipped_values = batch.values + jnp.clip(values - batch.values, -epsilon, epsilon)
-    value_loss = masked_mean(jnp.maximum((batch.returns - values) ** 2, (batch.returns - clipped_values) ** 2), rows)
+    # per head, then the mean over the reward signals' heads (ML-Agents), over the real rows
+    per_row = jnp.mean(jnp.maximum((batch.returns - values) ** 2, (batch.returns - clipped_values) ** 2), axis=-1)
+    value_loss = masked_mean(per_row, rows)
     mean_entropy = masked_mean(entropy, rows)
     loss = policy_loss + 0.5 * value_loss - beta * mean_entropy
     aux = {
@@ -249,12 +294,18 @@ def make_update_fn(
     tx: optax.GradientTransformation,
     on_trace: Callable[[], None] | None = None,
     constrain: Callable[[Batch], Batch] | None = None,
+    signals: signals_mod.RewardSignals | None = None,
 ) -> Callable[[PPOState, Batch, jax.Array], tuple[PPOState, dict[str, jax.Array]]]:
     """The pure update ``(state, batch, key) -> (state, metrics)``; jit it once.
 
     ``on_trace`` is called whenever JAX traces the function (tests count recompilations).
     ``constrain`` is applied to every gathered minibatch (``devices.batch_constraint``: keeps
     it split across the devices of a data-parallel update).
+    With ``signals`` that train, each minibatch also takes one Adam step of every learned
+    reward signal (their metrics are averaged over the minibatches); ``batch.dones`` and
+    ``batch.next_observations`` must then be given, and GAIL's expert data
+    (``signals.expert``) is the optional fourth argument (an argument, not a constant of
+    the compiled function).
     """
     hp = hyperparameters(settings)
     num_minibatches = hp.buffer_size // hp.batch_size
@@ -262,8 +313,9 @@ def make_update_fn(
     if arch.memory_size:  # shuffled units are whole sequences
         sequences, per_minibatch = update_rows(arch, settings) // length, minibatch_sequences(arch, settings)
         num_minibatches = sequences // per_minibatch
+    train_signals = signals is not None and signals.trainable
 
-    def update(state: PPOState, batch: Batch, key: jax.Array):
+    def update(state: PPOState, batch: Batch, key: jax.Array, expert: Any = None):
         if on_trace is not None:
             on_trace()
         lr, epsilon, beta = schedules(settings, state.step)
@@ -272,27 +324,35 @@ def make_update_fn(
         batch = batch._replace(advantages=(adv - jnp.mean(adv)) / (jnp.std(adv) + ADVANTAGE_EPS))
         grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
 
-        def minibatch_step(carry, idx):
-            params, opt_state = carry
+        def minibatch_step(carry, xs):
+            params, opt_state, signal_states = carry
+            idx, signal_key = xs
             minibatch = jax.tree.map(lambda x: x[idx], batch)
             if constrain is not None:
                 minibatch = constrain(minibatch)
             (_, aux), grads = grad_fn(params, arch, settings, minibatch, norm_stats, epsilon, beta)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-            return (params, opt_state), aux
+            if train_signals:
+                inputs = signal_batch(arch, minibatch, jnp.zeros_like(minibatch.advantages))
+                signal_states, signal_aux = signals.update(signal_states, inputs, norm_stats, signal_key, expert)
+                aux = {**aux, **signal_aux}
+            return (params, opt_state, signal_states), aux
 
         def epoch_step(carry, epoch_key):
+            k_signals = jax.random.fold_in(epoch_key, 1)
             if not arch.memory_size:
                 order = jax.random.permutation(epoch_key, hp.buffer_size)
                 order = order[: num_minibatches * hp.batch_size].reshape(num_minibatches, hp.batch_size)
-                return jax.lax.scan(minibatch_step, carry, order)
-            starts = jax.random.permutation(epoch_key, sequences)[: num_minibatches * per_minibatch] * length
-            order = (starts[:, None] + jnp.arange(length)[None, :]).reshape(num_minibatches, per_minibatch * length)
-            return jax.lax.scan(minibatch_step, carry, order)
+            else:
+                starts = jax.random.permutation(epoch_key, sequences)[: num_minibatches * per_minibatch] * length
+                order = (starts[:, None] + jnp.arange(length)[None, :]).reshape(num_minibatches, per_minibatch * length)
+            return jax.lax.scan(minibatch_step, carry, (order, jax.random.split(k_signals, num_minibatches)))
 
         keys = jax.random.split(key, hp.num_epoch)
-        (params, opt_state), aux = jax.lax.scan(epoch_step, (state.params, state.opt_state), keys)
+        (params, opt_state, signal_states), aux = jax.lax.scan(
+            epoch_step, (state.params, state.opt_state, state.signals), keys
+        )
         metrics = {
             # ML-Agents reports the absolute policy loss
             "Losses/Policy Loss": jnp.mean(jnp.abs(aux["policy_loss"])),
@@ -303,7 +363,10 @@ def make_update_fn(
             "Policy/Epsilon": epsilon,
             "Policy/Beta": beta,
         }
-        new_state, finite = shared.keep_finite(state, state._replace(params=params, opt_state=opt_state))
+        metrics.update({tag: jnp.mean(value) for tag, value in aux.items() if "/" in tag})
+        new_state, finite = shared.keep_finite(
+            state, state._replace(params=params, opt_state=opt_state, signals=signal_states)
+        )
         metrics[shared.SKIPPED_UPDATE_METRIC] = 1.0 - finite.astype(jnp.float32)
         return new_state, metrics
 
@@ -311,18 +374,25 @@ def make_update_fn(
 
 
 def make_process_fn(
-    arch: PolicyArchitecture, settings: TrainerSettings, on_trace: Callable[[], None] | None = None
+    arch: PolicyArchitecture,
+    settings: TrainerSettings,
+    on_trace: Callable[[], None] | None = None,
+    signals: signals_mod.RewardSignals | None = None,
 ) -> Callable:
-    """The pure per-fragment step: normalizer update, values, GAE (fixed padded shapes).
+    """The pure per-fragment step: normalizer update, rewards, values, GAE (fixed padded shapes).
 
-    Signature: ``(params, normalizer, acting_normalizer, observations [L+1, ...] per spec, rewards [L], length,
-    bootstrap, continuous [L, c], discrete [L, b], action_masks [L, m], log_probs [L],
-    memories [L, M] | None, critic_memory [M] | None) -> (normalizer, values [L], advantages
-    [L], returns [L], old_log_probs [L, c + b], critic_memories [L, M] | None, critic_final
-    [M] | None)``; row ``length`` of each observation holds ``next_observations``. With
-    memory (M floats): ``memories`` are the actor's before each step, ``critic_memory`` the
-    critic's before the first; ``critic_memories`` is, per row, the critic's memory at the
-    start of the row's training sequence and ``critic_final`` its memory after the last step.
+    Signature: ``(params, normalizer, acting_normalizer, observations [L+1, ...] per spec,
+    rewards [L], length, bootstrap, continuous [L, c], discrete [L, b], action_masks [L, m],
+    log_probs [L], signal_states, episode_ended, memories [L, M] | None, critic_memory [M] |
+    None) -> (normalizer, values [L, H], advantages [L], returns [L, H], old_log_probs [L, c +
+    b], signal_rewards [H, L], critic_memories [L, M] | None, critic_final [M] | None)``; row
+    ``length`` of each observation holds ``next_observations``; ``rewards`` are the
+    environment's (each signal applies its strength); ``episode_ended`` marks the last real
+    step done (GAIL's input). Without ``signals`` the extrinsic signal of ``settings`` alone
+    is used. With memory (M floats; the extrinsic signal alone): ``memories`` are the actor's
+    before each step, ``critic_memory`` the critic's before the first; ``critic_memories`` is,
+    per row, the critic's memory at the start of the row's training sequence and
+    ``critic_final`` its memory after the last step.
 
     ``old_log_probs`` are the per-dimension log-probs PPO's ratio needs, while fragments
     carry only the acting policy's joint log-prob: they are recomputed with the current
@@ -335,12 +405,15 @@ def make_process_fn(
     keeps the exact joint and an approximate split.
     """
 
-    hp, gamma = hyperparameters(settings), shared.extrinsic(settings).gamma
+    hp = hyperparameters(settings)
     a_spec = arch.behavior_spec.action_spec
+    signals = signals if signals is not None else signals_mod.RewardSignals(arch.behavior_spec, settings)
+    heads = signals.names
+    gammas, ignore_done = jnp.asarray(signals.gammas), jnp.asarray(signals.ignore_done)
 
     def process(
-        params, normalizer, acting_normalizer, observations, rewards, length, bootstrap, continuous, discrete, action_masks, log_probs,
-        memories=None, critic_memory=None,
+        params, normalizer, acting_normalizer, observations, rewards, length, bootstrap, continuous, discrete,
+        action_masks, log_probs, signal_states, episode_ended, memories=None, critic_memory=None,
     ):
         if on_trace is not None:
             on_trace()
@@ -355,22 +428,38 @@ def make_process_fn(
         if arch.normalize:
             updated = norm_mod.update(normalizer, [o[:padded] for o in observations], mask)
             normalizer, _ = shared.keep_finite(normalizer, updated)  # never an infinite variance
-        norm_after = _norm_stats(normalizer, arch.normalize)
+        norm_stats = _norm_stats(normalizer, arch.normalize)
         critic_memories = critic_final = None
         if arch.memory_size:  # one unbroken critic LSTM run over the steps and next_observations
             values_all, before = networks.critic_trace(
-                params["actor"], params["critic"], arch, list(observations), norm_after, hp.shared_critic, critic_memory
+                params["actor"], params["critic"], arch, list(observations), norm_stats, hp.shared_critic, critic_memory
             )
+            values_all = values_all[:, None]  # [L+1, 1]: the extrinsic signal alone
             critic_memories = before[(jnp.arange(padded) // arch.sequence_length) * arch.sequence_length]
             critic_final = before[length]
         else:
-            values_all = networks.critic_forward(
-                params["actor"], params["critic"], arch, list(observations), norm_after, hp.shared_critic
-            )
-        bootstrap_value = jnp.where(bootstrap, values_all[length], 0.0)
-        values = jnp.where(mask, values_all[:padded], 0.0)
-        advantages, returns = gae(rewards, values, bootstrap_value, mask, gamma, hp.lambd)
-        return normalizer, values, advantages, returns, old_log_probs, critic_memories, critic_final
+            values_all = networks.critic_values(
+                params["actor"], params["critic"], arch, list(observations), norm_stats, hp.shared_critic, heads
+            )  # [L+1, H]
+        dones = jnp.where((jnp.arange(padded) == length - 1) & episode_ended, 1.0, 0.0)
+        inputs = signals_mod.SignalBatch(
+            observations=tuple(o[:padded] for o in observations),
+            next_observations=tuple(o[1:] for o in observations),
+            continuous_actions=distributions.env_continuous(continuous),
+            discrete_actions=discrete,
+            dones=dones,
+            rewards=rewards,
+        )
+        signal_rewards = jnp.where(mask[None], signals.rewards(signal_states, inputs, norm_stats), 0.0)  # [H, L]
+        # per signal: its own gamma; curiosity and RND bootstrap past true terminals too
+        bootstrap_values = jnp.where(bootstrap | ignore_done, values_all[length], 0.0)  # [H]
+        values = jnp.where(mask[:, None], values_all[:padded], 0.0)  # [L, H]
+        per_head = jax.vmap(gae, in_axes=(0, 1, 0, None, 0, None), out_axes=1)
+        advantages, returns = per_head(signal_rewards, values, bootstrap_values, mask, gammas, hp.lambd)
+        return (
+            normalizer, values, jnp.mean(advantages, axis=1), returns, old_log_probs, signal_rewards,
+            critic_memories, critic_final,
+        )
 
     return process
 
@@ -418,6 +507,11 @@ def minibatch_sequences(arch: PolicyArchitecture, settings: TrainerSettings) -> 
     return max(hyperparameters(settings).batch_size // arch.sequence_length, 1)
 
 
+def _heads_layout(per_head: np.ndarray) -> np.ndarray:
+    """``[t, H]`` values or returns as the buffer keeps them: ``[t]`` for one head."""
+    return per_head[:, 0] if per_head.shape[1] == 1 else per_head
+
+
 def ratio_columns(spec: BehaviorSpec) -> int:
     """Columns of PPO's per-dimension ratio: continuous dimensions plus discrete branches."""
     return spec.action_spec.continuous_size + spec.action_spec.num_branches
@@ -432,6 +526,8 @@ class PPOLearner:
         spec: the behavior's observations and actions.
         settings: the behavior's trainer settings (``hyperparameters`` are ``PPOSettings``).
         seed: initialises the networks and every later PRNG key.
+        demonstrations: GAIL's expert steps (a ``trainer_server.demonstrations.Demonstrations``);
+            None loads ``reward_signals.gail.demo_path`` when GAIL is configured.
 
     Attributes:
         step: agent steps consumed so far (ML-Agents' "step").
@@ -441,20 +537,22 @@ class PPOLearner:
             "act"): a retrace means a recompilation.
     """
 
-    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, seed: int = 0):
+    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, seed: int = 0, demonstrations: Any = None):
         self.spec = spec
         self.settings = settings
         self.hyperparameters = hyperparameters(settings)
         self.policy_architecture = shared.policy_architecture(spec, settings, "gaussian")
         arch = self.policy_architecture
+        self.signals = signals_mod.RewardSignals(spec, settings, demonstrations)
         key, k_init = jax.random.split(shared.new_key(seed))
-        params = init_params(k_init, arch, self.hyperparameters.shared_critic)
+        params = init_params(k_init, arch, self.hyperparameters.shared_critic, self.signals.names)
         self._tx = shared.make_optimizer()
         self._state = PPOState(
             params=params,
             opt_state=self._tx.init(params),
             normalizer=norm_mod.init(spec),
             step=jnp.zeros((), jnp.int32),
+            signals=self.signals.init(jax.random.fold_in(k_init, 2)),
         )
         self._key = key
         self._acting_normalizer = self._state.normalizer
@@ -463,18 +561,21 @@ class PPOLearner:
         self.step = 0
         self.update_count = 0
         m = arch.memory_size
+        if m and self.signals.needs_inputs:
+            raise ValueError(f"behavior {spec.name}: reward signals other than extrinsic with memory are not supported yet")
         extra = {"memories": ((m,), np.float32), "critic_memories": ((m,), np.float32), "loss_masks": ((), np.float32)}
-        self.rollout_buffer = rollout_buffer.RolloutBuffer(spec, extra if m else None)
+        self.rollout_buffer = rollout_buffer.RolloutBuffer(spec, extra if m else None, with_signal_inputs=self.signals.needs_inputs)
         #: with memory: the critic's memory each agent's last fragment left, by (instance, agent id)
         self.critic_memories: dict[tuple[int, int], np.ndarray] = {}
+        self._episode_rewards = signals_mod.EpisodeRewards(self.signals.reward_tags())
         self._traces = shared.TraceCounter("update", "process", "act")
         self.trace_counts = self._traces.counts
         self._warned_long = False
         devices.check_batch_sizes(spec.name, settings)
         self._update_fn = devices.compile_update(
-            make_update_fn(arch, settings, self._tx, self._traces.hook("update"), devices.batch_constraint(0))
+            make_update_fn(arch, settings, self._tx, self._traces.hook("update"), devices.batch_constraint(0), self.signals)
         )
-        self._process_fn = jax.jit(make_process_fn(arch, settings, self._traces.hook("process")))
+        self._process_fn = jax.jit(make_process_fn(arch, settings, self._traces.hook("process"), self.signals))
         self._on_act_trace = self._traces.hook("act")
         self._act_fn = jax.jit(self._act, static_argnames=("deterministic",))
         self._log = log.bind(behavior=spec.name)
@@ -500,7 +601,7 @@ class PPOLearner:
             rows[t] = nxt
             observations.append(rows)
         rewards = np.zeros(padded, np.float32)
-        rewards[:t] = np.asarray(trajectory.rewards, np.float32) * shared.extrinsic(self.settings).strength
+        rewards[:t] = np.asarray(trajectory.rewards, np.float32)
         bootstrap = (not trajectory.done) or trajectory.interrupted
         a = self.spec.action_spec
         actions = {
@@ -516,20 +617,26 @@ class PPOLearner:
         if m:
             critic_memory = self.critic_memories.get(agent, np.zeros(m, np.float32))
             memory_args = (_pad_rows(np.asarray(trajectory.memories, np.float32), padded), critic_memory)
-        normalizer, values, advantages, returns, old_log_probs, critic_memories, critic_final = self._process_fn(
-            self._state.params, self._state.normalizer, self._acting_normalizer, tuple(observations), rewards, np.int32(t), np.bool_(bootstrap),
-            padded_actions["continuous_actions"], padded_actions["discrete_actions"], padded_actions["action_masks"], joint,
-            *memory_args,
+        (normalizer, values, advantages, returns, old_log_probs, signal_rewards, critic_memories,
+         critic_final) = self._process_fn(
+            self._state.params, self._state.normalizer, self._acting_normalizer, tuple(observations), rewards,
+            np.int32(t), np.bool_(bootstrap), padded_actions["continuous_actions"], padded_actions["discrete_actions"],
+            padded_actions["action_masks"], joint, self._state.signals, np.bool_(trajectory.done), *memory_args,
         )
         self._state = self._state._replace(normalizer=normalizer)
         chunk = {
             "observations": [np.asarray(o, np.float32) for o in trajectory.observations],
             **actions,
             "log_probs": np.asarray(old_log_probs)[:t],
-            "values": np.asarray(values)[:t],
+            # [t] with the extrinsic signal alone (the buffer's historical layout), else [t, H]
+            "values": _heads_layout(np.asarray(values)[:t]),
             "advantages": np.asarray(advantages)[:t],
-            "returns": np.asarray(returns)[:t],
+            "returns": _heads_layout(np.asarray(returns)[:t]),
         }
+        if self.signals.needs_inputs:
+            chunk["next_observations"] = [o[1 : t + 1] for o in observations]
+            chunk["dones"] = (np.arange(t) == t - 1) & trajectory.done
+            chunk["dones"] = chunk["dones"].astype(np.float32)
         if m:
             if trajectory.done:
                 self.critic_memories.pop(agent, None)
@@ -537,6 +644,9 @@ class PPOLearner:
                 self.critic_memories[agent] = np.asarray(critic_final, np.float32)
             chunk = self._sequences(chunk, trajectory, np.asarray(critic_memories)[:t])
         self.rollout_buffer.add(chunk)
+        self._episode_rewards.add(
+            (trajectory.instance, trajectory.agent_id), np.asarray(signal_rewards).sum(axis=1), trajectory.done
+        )
         self.step += t
 
     def _sequences(self, chunk: dict[str, Any], trajectory: Trajectory, critic_memories: np.ndarray) -> dict[str, Any]:
@@ -603,7 +713,10 @@ class PPOLearner:
         Returns:
             ML-Agents-named metrics: "Losses/Policy Loss", "Losses/Value Loss",
             "Policy/Entropy", "Policy/Learning Rate", "Policy/Epsilon", "Policy/Beta",
-            "Policy/Extrinsic Value Estimate", and "Policy/Approx KL".
+            "Policy/Extrinsic Value Estimate", and "Policy/Approx KL"; with reward signals
+            also ``Policy/{Name} Value Estimate`` per signal, ``Policy/{Name} Reward`` (mean
+            episode sum of the signal's reward, over the episodes finished since the last
+            update) and each signal's losses (``Losses/Curiosity Forward Loss``...).
 
         Raises:
             RuntimeError: when fewer than buffer_size steps are buffered.
@@ -613,16 +726,26 @@ class PPOLearner:
                 f"behavior {self.spec.name}: update needs {self.hyperparameters.buffer_size} steps, "
                 f"{self.rollout_buffer.size} buffered"
             )
-        data = self.rollout_buffer.take(update_rows(self.policy_architecture, self.settings))
-        batch = Batch(observations=tuple(data["observations"]), **{f: data[f] for f in self.rollout_buffer.fields})
+        n = update_rows(self.policy_architecture, self.settings)
+        data = self.rollout_buffer.take(n)
+        batch = Batch(
+            observations=tuple(data["observations"]),
+            **{f: data[f] for f in self.rollout_buffer.fields if f not in ("dones",)},
+        )
+        batch = batch._replace(values=batch.values.reshape(n, -1), returns=batch.returns.reshape(n, -1))
+        if self.signals.needs_inputs:
+            batch = batch._replace(dones=data["dones"], next_observations=tuple(data["next_observations"]))
         self._key, key = jax.random.split(self._key)
         state = self._state._replace(step=jnp.asarray(min(self.step, np.iinfo(np.int32).max), jnp.int32))
-        self._state, metrics = self._update_fn(state, batch, key)
+        self._state, metrics = self._update_fn(state, batch, key, self.signals.expert)
         self._acting_normalizer = self._state.normalizer  # what the snapshot after this update acts with
         self.update_count += 1
         out = {name: float(value) for name, value in jax.device_get(metrics).items()}
         real = data["loss_masks"] > 0 if "loss_masks" in data else slice(None)
-        out["Policy/Extrinsic Value Estimate"] = float(np.mean(data["values"][real]))
+        for tag, values in zip(self.signals.value_tags(), np.asarray(batch.values).T):
+            out[tag] = float(np.mean(values[real]))
+        # the signals' episode sums (the extrinsic one is recorded per episode by the run)
+        out.update({k: v for k, v in self._episode_rewards.report().items() if k != "Policy/Extrinsic Reward"})
         params, bc_metrics = behavioral_cloning.after_rl_update(
             self._bc, self._state.params, self._state.normalizer, self.policy_architecture.normalize, self.step
         )
@@ -714,6 +837,7 @@ class PPOLearner:
             "key": shared.key_to_numpy(self._key),
             "buffer": self.rollout_buffer.state_dict(),
             **behavioral_cloning.state_entry(self._bc),
+            "reward_signals": signals_mod.state_dict(self._state.signals),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -730,7 +854,12 @@ class PPOLearner:
             current.opt_state, shared.restore_like(opt_template, state["opt_state"], "opt_state")
         )
         normalizer = shared.restore_normalizer(current.normalizer, state["normalizer"])
-        self._state = PPOState(params=params, opt_state=opt_state, normalizer=normalizer, step=current.step)
+        signal_states = current.signals
+        if "reward_signals" in state:  # absent from checkpoints made before reward signals
+            signal_states = signals_mod.restore(current.signals, state["reward_signals"])
+        self._state = PPOState(
+            params=params, opt_state=opt_state, normalizer=normalizer, step=current.step, signals=signal_states
+        )
         self.step = int(np.asarray(state["step"]))
         self.update_count = int(np.asarray(state["update_count"]))
         self._key = shared.key_from_numpy(state["key"])

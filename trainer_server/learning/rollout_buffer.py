@@ -26,6 +26,10 @@ from common.specs import BehaviorSpec
 
 #: per-step fields besides the observations
 FIELDS = ("continuous_actions", "discrete_actions", "action_masks", "log_probs", "values", "advantages", "returns")
+#: what a buffer ``with_signal_inputs`` also keeps per step for the reward signals' updates:
+#: ``dones`` float32 and ``next_observations`` (a list per spec, like ``observations``)
+SIGNAL_FIELDS = ("dones",)
+SIGNAL_LISTS = ("next_observations",)
 
 
 class RolloutBuffer:
@@ -34,13 +38,21 @@ class RolloutBuffer:
     Args:
         spec: the behavior (shapes of the empty buffer's arrays).
         extra_fields: per-step fields besides ``FIELDS``: name -> (shape of one step, dtype).
+        with_signal_inputs: also keep ``SIGNAL_FIELDS`` and ``SIGNAL_LISTS`` (reward
+            signals such as curiosity train on next observations).
     """
 
-    def __init__(self, spec: BehaviorSpec, extra_fields: dict[str, tuple[tuple[int, ...], Any]] | None = None) -> None:
+    def __init__(
+        self,
+        spec: BehaviorSpec,
+        extra_fields: dict[str, tuple[tuple[int, ...], Any]] | None = None,
+        with_signal_inputs: bool = False,
+    ) -> None:
         self.spec = spec
         self.extra_fields = dict(extra_fields or {})
-        #: every per-step field besides the observations
-        self.fields = FIELDS + tuple(self.extra_fields)
+        #: every per-step field besides the per-observation lists
+        self.fields = FIELDS + (SIGNAL_FIELDS if with_signal_inputs else ()) + tuple(self.extra_fields)
+        self.lists = ("observations",) + (SIGNAL_LISTS if with_signal_inputs else ())
         self._chunks: list[dict[str, Any]] = []
         self._size = 0
 
@@ -63,9 +75,8 @@ class RolloutBuffer:
         if not self._chunks:
             return self._empty()
         merged = {f: np.concatenate([c[f] for c in self._chunks]) for f in self.fields}
-        merged["observations"] = [
-            np.concatenate([c["observations"][i] for c in self._chunks]) for i in range(len(self.spec.observations))
-        ]
+        for name in self.lists:
+            merged[name] = [np.concatenate([c[name][i] for c in self._chunks]) for i in range(len(self.spec.observations))]
         return merged
 
     def take(self, size: int) -> dict[str, Any]:
@@ -78,11 +89,11 @@ class RolloutBuffer:
             raise ValueError(f"rollout buffer: {size} steps asked, {self._size} held")
         merged = self.chronological()
         batch = {f: merged[f][:size] for f in self.fields}
-        batch["observations"] = [o[:size] for o in merged["observations"]]
+        batch.update({name: [o[:size] for o in merged[name]] for name in self.lists})
         self._chunks, self._size = [], 0
         if len(merged["log_probs"]) > size:
             rest = {f: merged[f][size:] for f in self.fields}
-            rest["observations"] = [o[size:] for o in merged["observations"]]
+            rest.update({name: [o[size:] for o in merged[name]] for name in self.lists})
             self.add(rest)
         return batch
 
@@ -94,13 +105,15 @@ class RolloutBuffer:
             "action_masks": np.zeros((0, a.mask_size), bool),
         }
         out: dict[str, Any] = {f: empty.get(f, np.zeros((0,), np.float32)) for f in self.fields}
-        out["observations"] = [np.zeros((0, *o.shape), np.float32) for o in self.spec.observations]
+        for name in self.lists:
+            out[name] = [np.zeros((0, *o.shape), np.float32) for o in self.spec.observations]
         return out
 
     def state_dict(self) -> dict[str, Any]:
         """The held steps for a checkpoint: ``fields`` and ``observations`` as ``{"0": ..., "1": ...}``."""
         data = self.chronological()
-        data["observations"] = {str(i): o for i, o in enumerate(data["observations"])}
+        for name in self.lists:
+            data[name] = {str(i): o for i, o in enumerate(data[name])}
         return data
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
@@ -109,5 +122,6 @@ class RolloutBuffer:
         if state is None or not int(np.asarray(state["log_probs"]).shape[0]):
             return
         chunk = {f: np.asarray(state[f]) for f in self.fields}
-        chunk["observations"] = [np.asarray(state["observations"][str(i)]) for i in range(len(self.spec.observations))]
+        for name in self.lists:
+            chunk[name] = [np.asarray(state[name][str(i)]) for i in range(len(self.spec.observations))]
         self.add(chunk)

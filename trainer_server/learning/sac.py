@@ -51,6 +51,15 @@ What is learned (ML-Agents' SAC, with one deliberate difference):
   per-parameter, so this equals ML-Agents' three Adams), all losses from the same
   parameters in one backward pass; learning rate constant or linear to 1e-10 over
   ``max_steps`` (``learning_rate_schedule``).
+
+Reward signals (``trainer_server.learning.reward_signals``), as ML-Agents' SAC: each Q
+critic has one head per configured signal (head 0 keeps the name ``critic/q``); every
+gradient step evaluates each signal's reward (times its strength) on the sampled
+minibatch with the signal's current parameters, and regresses each head on its own target
+with its own gamma (curiosity and RND ignore true terminals); the Q losses are the mean
+over heads and the policy reads the mean over heads of the first critic. The learned
+signals train apart, on their own minibatches, one Adam step each per
+``reward_signal_steps_per_update`` agent steps (counted as the policy's steps).
 """
 
 from __future__ import annotations
@@ -71,6 +80,7 @@ from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from trainer_server.learning import behavioral_cloning, devices, distributions, networks, shared
 from trainer_server.learning import normalizer as norm_mod
+from trainer_server.learning import reward_signals as signals_mod
 from trainer_server.learning.replay_buffer import (
     ReplayBuffer,
     Transitions,
@@ -144,6 +154,7 @@ class TrainState(NamedTuple):
         opt_state: Adam's state over ``params``.
         normalizer: running observation statistics (read-only in the update).
         step: int32 agent steps so far: drives the learning-rate schedule.
+        signals: the reward signals' states (signal name -> state).
     """
 
     params: dict
@@ -151,6 +162,7 @@ class TrainState(NamedTuple):
     opt_state: Any
     normalizer: norm_mod.NormalizerState
     step: jax.Array
+    signals: Any = None
 
 
 class Minibatches(NamedTuple):
@@ -161,10 +173,25 @@ class Minibatches(NamedTuple):
     valid: jax.Array
 
 
-def init_state(key: jax.Array, spec: BehaviorSpec, arch: PolicyArchitecture, init_entcoef: float) -> TrainState:
-    """Fresh actor, twin critics (the targets start as copies), entropy coefficients, Adam."""
+def init_state(
+    key: jax.Array,
+    spec: BehaviorSpec,
+    arch: PolicyArchitecture,
+    init_entcoef: float,
+    signals: signals_mod.RewardSignals | None = None,
+) -> TrainState:
+    """Fresh actor, twin critics with a Q head per reward signal (the targets start as
+    copies), entropy coefficients, Adam, the signals' states."""
     k_actor, k_critic = jax.random.split(key)
-    critics = jax.vmap(lambda k: networks.init_q_critic(k, arch))(jax.random.split(k_critic, 2))
+    heads = signals.names if signals is not None else ("extrinsic",)
+
+    def init_critic(k: jax.Array) -> networks.Params:
+        extra = networks.init_extra_heads(
+            jax.random.fold_in(k, 1), networks.q_body_width(arch), networks.q_outputs(arch), heads, "critic/q"
+        )
+        return {**networks.init_q_critic(k, arch), **extra}
+
+    critics = jax.vmap(init_critic)(jax.random.split(k_critic, 2))
     log0 = math.log(init_entcoef)
     params = {
         "actor": networks.init_actor(k_actor, arch),
@@ -180,6 +207,19 @@ def init_state(key: jax.Array, spec: BehaviorSpec, arch: PolicyArchitecture, ini
         opt_state=shared.make_optimizer().init(params),
         normalizer=norm_mod.init(spec),
         step=jnp.zeros((), jnp.int32),
+        signals=signals.init(jax.random.fold_in(key, 3)) if signals is not None else None,
+    )
+
+
+def signal_batch(batch: Transitions) -> signals_mod.SignalBatch:
+    """What the reward signals read from replayed transitions (actions already squashed)."""
+    return signals_mod.SignalBatch(
+        observations=tuple(batch.obs),
+        next_observations=tuple(batch.next_obs),
+        continuous_actions=batch.continuous_actions,
+        discrete_actions=batch.discrete_actions,
+        dones=batch.dones,
+        rewards=batch.rewards,
     )
 
 
@@ -227,21 +267,31 @@ def make_policy_fn(arch: PolicyArchitecture) -> Callable[..., _Policy]:
     return policy
 
 
-def make_loss_fn(arch: PolicyArchitecture, settings: TrainerSettings) -> Callable:
-    """``losses(params, target, norm_stats, batch [batch_size], key) -> (total loss, metrics)``:
-    the twin critics' regression, the policy's soft value and the entropy coefficients'
-    losses, all from the same parameters (one backward pass)."""
+def make_loss_fn(
+    arch: PolicyArchitecture, settings: TrainerSettings, signals: signals_mod.RewardSignals | None = None
+) -> Callable:
+    """``losses(params, target, norm_stats, batch [batch_size], key, signal_states) -> (total
+    loss, metrics)``: the twin critics' regression (one target per reward signal head), the
+    policy's soft value and the entropy coefficients' losses, all from the same parameters
+    (one backward pass)."""
     a_spec = arch.behavior_spec.action_spec
     branches, c, nb = a_spec.discrete_branches, a_spec.continuous_size, a_spec.num_branches
     seg = jnp.asarray(_branch_matrix(branches)) if nb else None
     offsets = jnp.asarray(np.concatenate([[0], np.cumsum(branches)[:-1]]).astype(np.int32)) if nb else None
     target_c = -CONTINUOUS_TARGET_ENTROPY_SCALE * float(c)
     target_d = jnp.asarray([DISCRETE_TARGET_ENTROPY_SCALE * math.log(b) for b in branches], jnp.float32)
-    gamma, strength = shared.extrinsic(settings).gamma, shared.extrinsic(settings).strength
+    signals = signals if signals is not None else signals_mod.RewardSignals(arch.behavior_spec, settings)
+    heads = signals.names
+    gammas = jnp.asarray(signals.gammas)[:, None]  # [H, 1]
+    use_dones = jnp.asarray(~signals.ignore_done, jnp.float32)[:, None]  # [H, 1]
     policy = make_policy_fn(arch)
 
-    def critics(critic_params, obs, norm_stats, action) -> jax.Array:  # [2, n, outputs]
-        return jax.vmap(lambda p: networks.q_critic_forward(p, arch, list(obs), norm_stats, action))(critic_params)
+    def critics(critic_params, obs, norm_stats, action) -> jax.Array:  # [2, H, n, outputs]
+        return jax.vmap(lambda p: networks.q_critic_heads(p, arch, list(obs), norm_stats, action, heads))(critic_params)
+
+    def head_values(q: jax.Array, pi: _Policy, alpha_c: jax.Array, alpha_d: jax.Array) -> jax.Array:
+        """Soft state value per head ``[H, n]`` from Q ``[H, n, outputs]`` (entropy in every head, as ML-Agents)."""
+        return jax.vmap(lambda qh: soft_value(qh, pi, alpha_c, alpha_d)[0])(q)
 
     def soft_value(q: jax.Array, pi: _Policy, alpha_c: jax.Array, alpha_d: jax.Array):
         """Soft state value [n] from Q [n, outputs] at pi's continuous action, entropy [n], per-branch entropy."""
@@ -272,7 +322,7 @@ def make_loss_fn(arch: PolicyArchitecture, settings: TrainerSettings) -> Callabl
             loss = loss + alpha_c * pi.log_prob - q_term
         return loss
 
-    def losses(params, target, norm_stats, batch: Transitions, key):
+    def losses(params, target, norm_stats, batch: Transitions, key, signal_states=None):
         k_now, k_next = jax.random.split(key)
         log_alpha_c = params["log_entcoef"]["continuous"]
         log_alpha_d = params["log_entcoef"]["discrete"]
@@ -281,25 +331,29 @@ def make_loss_fn(arch: PolicyArchitecture, settings: TrainerSettings) -> Callabl
 
         # critic target: target critics at a' ~ pi(s'), no gradient
         pi_next = policy(params["actor"], batch.next_obs, batch.next_action_masks, norm_stats, k_next)
-        q_next = jnp.min(critics(target, batch.next_obs, norm_stats, pi_next.action), axis=0)
-        v_next, _, _ = soft_value(q_next, pi_next, alpha_c, alpha_d)
-        y = strength * batch.rewards + gamma * (1.0 - batch.dones) * v_next
+        q_next = jnp.min(critics(target, batch.next_obs, norm_stats, pi_next.action), axis=0)  # [H, n, outputs]
+        v_next = head_values(q_next, pi_next, alpha_c, alpha_d)  # [H, n]
+        rewards = signals.rewards(signal_states, signal_batch(batch), norm_stats)  # [H, n], strengths applied
+        y = rewards + gammas * (1.0 - use_dones * batch.dones) * v_next
         y = jax.lax.stop_gradient(y)
 
         # critic regression on the replayed actions
-        q_all = critics(params["critics"], batch.obs, norm_stats, batch.continuous_actions)  # [2, n, outputs]
+        q_all = critics(params["critics"], batch.obs, norm_stats, batch.continuous_actions)  # [2, H, n, outputs]
         if nb:
             taken = batch.discrete_actions + offsets  # [n, nb]: the output column of each choice
-            q_taken = jnp.mean(jnp.take_along_axis(q_all, taken[None], axis=-1), axis=-1)  # [2, n]
+            q_taken = jnp.mean(jnp.take_along_axis(q_all, taken[None, None], axis=-1), axis=-1)  # [2, H, n]
         else:
             q_taken = q_all[..., 0]
-        q_losses = 0.5 * jnp.mean((q_taken - y[None]) ** 2, axis=-1)  # [2]
+        # per head, then the mean over the reward signals' heads (ML-Agents)
+        q_losses = 0.5 * jnp.mean((q_taken - y[None]) ** 2, axis=(-2, -1))  # [2]
 
         # policy: ML-Agents' sac_policy_loss, against the first online critic (fixed)
         pi = policy(params["actor"], batch.obs, batch.action_masks, norm_stats, k_now)
-        q_both = critics(jax.lax.stop_gradient(params["critics"]), batch.obs, norm_stats, pi.action)  # [2, n, outputs]
-        policy_loss = jnp.mean(policy_objective(q_both[0], pi, alpha_c, alpha_d))
-        v_pi, entropy, branch_entropy = soft_value(jnp.min(q_both, axis=0), pi, alpha_c, alpha_d)  # reported
+        q_both = critics(jax.lax.stop_gradient(params["critics"]), batch.obs, norm_stats, pi.action)  # [2, H, n, outputs]
+        policy_loss = jnp.mean(policy_objective(jnp.mean(q_both[0], axis=0), pi, alpha_c, alpha_d))
+        q_min = jnp.min(q_both, axis=0)  # [H, n, outputs]
+        _, entropy, branch_entropy = soft_value(q_min[0], pi, alpha_c, alpha_d)
+        v_pi = head_values(q_min, pi, alpha_c, alpha_d)  # [H, n], reported
 
         # entropy coefficients (ML-Agents' sac_entropy_loss): log(alpha) * (H - target), H
         # fixed, so log(alpha) falls while the entropy is above its target
@@ -319,8 +373,8 @@ def make_loss_fn(arch: PolicyArchitecture, settings: TrainerSettings) -> Callabl
             "Losses/Q2 Loss": q_losses[1],
             "Policy/Entropy Coefficient": jnp.mean(jnp.concatenate(coefs)),
             "Policy/Entropy": jnp.mean(entropy),
-            "Policy/Extrinsic Value Estimate": jnp.mean(v_pi),
         }
+        metrics.update({tag: jnp.mean(v) for tag, v in zip(signals.value_tags(), v_pi)})
         if c:
             metrics["Policy/Continuous Entropy Coeff"] = alpha_c
         if nb:
@@ -341,6 +395,7 @@ def make_update_fn(
     settings: TrainerSettings,
     tx: optax.GradientTransformation,
     on_trace: Callable[[], None] | None = None,
+    signals: signals_mod.RewardSignals | None = None,
 ) -> Callable[[TrainState, Minibatches, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """The pure update ``(state, minibatches, key) -> (state, metric sums)``; jit it once.
 
@@ -349,11 +404,11 @@ def make_update_fn(
     the sums). Metrics are summed over the steps taken, on the device. ``on_trace`` is
     called whenever JAX traces the function (tests count recompilations).
     """
-    grad_fn = jax.grad(make_loss_fn(arch, settings), has_aux=True)
+    grad_fn = jax.grad(make_loss_fn(arch, settings, signals), has_aux=True)
     tau = hyperparameters(settings).tau
 
     def gradient_step(state: TrainState, norm_stats, batch: Transitions, key: jax.Array, lr: jax.Array):
-        grads, metrics = grad_fn(state.params, state.target, norm_stats, batch, key)
+        grads, metrics = grad_fn(state.params, state.target, norm_stats, batch, key, state.signals)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.params, updates)
         target = soft_update(state.target, params["critics"], tau)
@@ -388,6 +443,41 @@ def make_update_fn(
     return update
 
 
+def make_signal_update_fn(
+    arch: PolicyArchitecture, signals: signals_mod.RewardSignals, on_trace: Callable[[], None] | None = None
+) -> Callable:
+    """The reward signals' pure update ``(signal_states, normalizer, minibatches, key, expert)
+    -> (signal_states, metric sums)``: one Adam step of every learned signal per valid
+    minibatch (``lax.cond`` skips the others, as ``make_update_fn``); ``expert`` is GAIL's
+    ``ExpertData`` or None."""
+
+    def update(signal_states, normalizer, minibatches: Minibatches, key: jax.Array, expert: Any = None):
+        if on_trace is not None:
+            on_trace()
+        norm_stats = norm_mod.statistics(normalizer) if arch.normalize else None
+        keys = jax.random.split(key, minibatches.valid.shape[0])
+        first = jax.tree_util.tree_map(lambda x: x[0], minibatches.transitions)
+
+        def step(states, batch, k):
+            return signals.update(states, signal_batch(batch), norm_stats, k, expert)
+
+        shapes = jax.eval_shape(lambda st: step(st, first, keys[0])[1], signal_states)
+
+        def guarded(states, xs):
+            batch, k, ok = xs
+            return jax.lax.cond(
+                ok,
+                lambda st: step(st, batch, k),
+                lambda st: (st, jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, m.dtype), shapes)),
+                states,
+            )
+
+        states, metrics = jax.lax.scan(guarded, signal_states, (minibatches.transitions, keys, minibatches.valid))
+        return states, jax.tree_util.tree_map(lambda m: jnp.sum(m, axis=0), metrics)
+
+    return update
+
+
 # -- the learner shell ------------------------------------------------------------------------
 class SACLearner:
     """One behavior's SAC: replay buffer, networks, optimizer state; implements ``Learner``.
@@ -398,6 +488,8 @@ class SACLearner:
         seed: initialises the networks, every later PRNG key and the replay sampling.
         steps_per_call: gradient steps per compiled call (k); 0 picks it from the size of a
             transition (at most 32, the k minibatches within ~64 MiB).
+        demonstrations: GAIL's expert steps (a ``Demonstrations``); None loads
+            ``reward_signals.gail.demo_path`` when GAIL is configured.
 
     Attributes:
         step: agent steps consumed so far (ML-Agents' step).
@@ -407,7 +499,9 @@ class SACLearner:
         trace_counts: how often the compiled update was traced ("update"): 1 after many updates.
     """
 
-    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, seed: int = 0, *, steps_per_call: int = 0) -> None:
+    def __init__(
+        self, spec: BehaviorSpec, settings: TrainerSettings, seed: int = 0, *, steps_per_call: int = 0, demonstrations: Any = None
+    ) -> None:
         a = spec.action_spec
         if a.continuous_size == 0 and a.num_branches == 0:
             raise ValueError(f"behavior {spec.name}: SAC needs at least one action (continuous or discrete)")
@@ -420,6 +514,9 @@ class SACLearner:
         arch = self.policy_architecture
         self._step = 0
         self.update_steps = 0
+        self.reward_signal_update_steps = 0
+        self.signals = signals_mod.RewardSignals(spec, settings, demonstrations)
+        self._episode_rewards = signals_mod.EpisodeRewards(self.signals.reward_tags())
         self._log = log.bind(behavior=spec.name)
         self.replay_buffer = ReplayBuffer(
             self.hyperparameters.buffer_size,
@@ -432,17 +529,19 @@ class SACLearner:
         key, k_init = jax.random.split(shared.new_key(seed))
         self._key = key
         self._sampler = new_generator(seed)
-        self._state = init_state(k_init, spec, arch, self.hyperparameters.init_entcoef)
+        self._state = init_state(k_init, spec, arch, self.hyperparameters.init_entcoef, self.signals)
         #: behavioral cloning after each gradient step (``behavioral_cloning``), or None
         self._bc = behavioral_cloning.for_learner(spec, settings, arch, self._state.params["actor"], seed)
-        self._traces = shared.TraceCounter("update")
+        self._traces = shared.TraceCounter("update", "signals")
         self.trace_counts = self._traces.counts
         self._policy_fn = make_policy_fn(arch)
         devices.check_batch_sizes(spec.name, settings)
         self._update_fn = devices.compile_update(
-            make_update_fn(arch, settings, shared.make_optimizer(), self._traces.hook("update")),
+            make_update_fn(arch, settings, shared.make_optimizer(), self._traces.hook("update"), self.signals),
             lambda p: Minibatches(transitions=p.sharded(1), valid=p.replicated),
         )
+        self._signal_update_fn = jax.jit(make_signal_update_fn(arch, self.signals, self._traces.hook("signals")))
+        self._signal_rewards_fn = jax.jit(self.signals.rewards)
         self._normalizer_update = jax.jit(lambda n, o, m: shared.keep_finite(n, norm_mod.update(n, o, m))[0])
 
     def _auto_steps_per_call(self) -> int:
@@ -491,7 +590,19 @@ class SACLearner:
         self.replay_buffer.add(batch)  # validates shapes before anything else changes
         if self.policy_architecture.normalize:
             self._update_normalizer(obs)
+        if self.signals.needs_inputs:
+            self._record_signal_rewards(trajectory, batch)
         self._step += t
+
+    def _record_signal_rewards(self, trajectory: Trajectory, batch: Transitions) -> None:
+        """The fragment's reward per signal (current parameters), summed into its agent's
+        episode for ``Policy/{Name} Reward`` (ML-Agents evaluates them here for its stats)."""
+        t = len(trajectory)
+        length = self.settings.time_horizon * max(1, math.ceil(t / self.settings.time_horizon))
+        padded = jax.tree_util.tree_map(lambda x: np.concatenate([x, np.zeros((length - t, *x.shape[1:]), x.dtype)]), batch)
+        norm = norm_mod.statistics(self._state.normalizer) if self.policy_architecture.normalize else None
+        rewards = np.asarray(self._signal_rewards_fn(self._state.signals, signal_batch(padded), norm))[:, :t]
+        self._episode_rewards.add((trajectory.instance, trajectory.agent_id), rewards.sum(axis=1), trajectory.done)
 
     def _update_normalizer(self, obs: tuple[np.ndarray, ...]) -> None:
         # pad to a few fixed lengths so the jitted normalizer update compiles rarely
@@ -520,6 +631,11 @@ class SACLearner:
         # assume the gradient steps up to now were taken at the configured ratio.
         self._step = int(value)
         self.update_steps = self._updates_due()
+        self.reward_signal_update_steps = self._signal_updates_due()
+
+    def _signal_updates_due(self) -> int:
+        hp = self.hyperparameters
+        return updates_due(self._step, hp.buffer_init_steps, hp.reward_signal_steps_per_update)
 
     def _updates_due(self) -> int:
         return updates_due(self._step, self.hyperparameters.buffer_init_steps, self.hyperparameters.steps_per_update)
@@ -527,6 +643,12 @@ class SACLearner:
     def pending_updates(self) -> int:
         """Gradient steps due now and not yet taken."""
         return max(0, self._updates_due() - self.update_steps)
+
+    def pending_signal_updates(self) -> int:
+        """Reward-signal steps due now (``reward_signal_steps_per_update``) and not yet taken."""
+        if not self.signals.trainable:
+            return 0
+        return max(0, self._signal_updates_due() - self.reward_signal_update_steps)
 
     on_policy = False
     buffered_steps = 0  # off-policy: nothing waits for an update (the replay buffer keeps everything)
@@ -553,10 +675,40 @@ class SACLearner:
         if not self.ready():
             return {}
         pending = self.pending_updates()
-        k = self.steps_per_call
         state = self._state._replace(step=jnp.asarray(min(self._step, np.iinfo(np.int32).max), jnp.int32))
-        sums = None
-        done = 0
+        self._state, out = self._in_chunks(pending, state, self._update_fn)
+        params, bc_metrics = behavioral_cloning.after_rl_update(
+            self._bc, self._state.params, self._state.normalizer, self.policy_architecture.normalize, self._step,
+            times=pending,
+        )
+        self._state = self._state._replace(params=params)
+        out.update(bc_metrics)
+        self.update_steps += pending
+        out.update(self._update_signals())
+        out.update({k: v for k, v in self._episode_rewards.report().items() if k != "Policy/Extrinsic Reward"})
+        out["Policy/Learning Rate"] = learning_rate_at(self.settings, self._step)
+        self._log.debug("sac update", gradient_steps=pending, step=self._step)
+        return out
+
+    def _update_signals(self) -> dict[str, float]:
+        """The reward signals' steps due (ML-Agents' ``_update_reward_signals``): each on a
+        minibatch of ``batch_size`` sampled from the replay buffer; their metrics averaged."""
+        pending = self.pending_signal_updates()
+        if not pending:
+            return {}
+        normalizer, expert = self._state.normalizer, self.signals.expert
+        states, out = self._in_chunks(
+            pending, self._state.signals, lambda st, batches, key: self._signal_update_fn(st, normalizer, batches, key, expert)
+        )
+        self._state = self._state._replace(signals=states)
+        self.reward_signal_update_steps += pending
+        return out
+
+    def _in_chunks(self, pending: int, carry: Any, step: Callable) -> tuple[Any, dict[str, float]]:
+        """Runs ``pending`` steps of a compiled ``step(carry, Minibatches, key) -> (carry,
+        metric sums)`` in calls of ``steps_per_call`` replayed minibatches; returns the carry
+        and the metrics averaged over the steps."""
+        k, done, sums = self.steps_per_call, 0, None
         while done < pending:
             n = min(k, pending - done)
             batches = Minibatches(
@@ -564,19 +716,10 @@ class SACLearner:
                 valid=np.arange(k) < n,
             )
             self._key, key = jax.random.split(self._key)
-            state, metrics = self._update_fn(state, batches, key)
+            carry, metrics = step(carry, batches, key)
             sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
             done += n
-        params, bc_metrics = behavioral_cloning.after_rl_update(
-            self._bc, state.params, state.normalizer, self.policy_architecture.normalize, self._step, times=pending
-        )
-        self._state = state._replace(params=params)
-        self.update_steps += pending
-        out = {name: float(total) / pending for name, total in jax.device_get(sums).items()}
-        out.update(bc_metrics)
-        out["Policy/Learning Rate"] = learning_rate_at(self.settings, self._step)
-        self._log.debug("sac update", gradient_steps=pending, step=self._step)
-        return out
+        return carry, {name: float(total) / pending for name, total in jax.device_get(sums).items()}
 
     # -- snapshots -----------------------------------------------------------------------
     def architecture(self) -> PolicyArchitecture:
@@ -605,6 +748,8 @@ class SACLearner:
             "opt_state": shared.to_numpy(serialization.to_state_dict(self._state.opt_state)),
             "normalizer": shared.normalizer_state_dict(self._state.normalizer),
             **behavioral_cloning.state_entry(self._bc),
+            "reward_signals": signals_mod.state_dict(self._state.signals),
+            "reward_signal_update_steps": int(self.reward_signal_update_steps),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -631,6 +776,11 @@ class SACLearner:
         behavioral_cloning.load_entry(self._bc, state)
         self._step = int(np.asarray(state["step"]))
         self.update_steps = int(np.asarray(state["update_steps"]))
+        if "reward_signals" in state:  # absent from checkpoints made before reward signals
+            self._state = self._state._replace(signals=signals_mod.restore(current.signals, state["reward_signals"]))
+            self.reward_signal_update_steps = int(np.asarray(state.get("reward_signal_update_steps", 0)))
+        else:
+            self.reward_signal_update_steps = self._signal_updates_due()
 
     def load_weights(self, state: dict[str, Any]) -> None:
         """``init_path`` / ``--initialize-from``: the checkpoint's networks, Adam state and

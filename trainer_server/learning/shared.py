@@ -32,10 +32,10 @@ RUN_ENTRIES = ("buffer", "step")
 
 # -- settings ----------------------------------------------------------------------------
 def extrinsic(settings: TrainerSettings) -> RewardSignalSettings:
-    """The extrinsic reward signal (gamma, strength): the only one the learners train with.
+    """The extrinsic reward signal (gamma, strength).
 
-    The support check at load refuses the other signals and the loader requires at least
-    one, so a supported behavior always has it.
+    Raises KeyError for a behavior without one (e.g. GAIL alone): the learners read every
+    signal through ``trainer_server.learning.reward_signals.RewardSignals`` instead.
     """
     return settings.reward_signals["extrinsic"]
 

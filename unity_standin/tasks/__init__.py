@@ -8,6 +8,7 @@ from unity_standin.tasks.base import Task, TaskOptions
 from unity_standin.tasks.gridworld import GridWorld
 from unity_standin.tasks.hallway import Hallway
 from unity_standin.tasks.multibehavior import MultiBehavior
+from unity_standin.tasks.pyramids import Pyramids
 from unity_standin.tasks.walljump import WallJump
 
 TASKS: dict[str, type[Task]] = {
@@ -15,6 +16,7 @@ TASKS: dict[str, type[Task]] = {
     GridWorld.name: GridWorld,
     Hallway.name: Hallway,
     MultiBehavior.name: MultiBehavior,
+    Pyramids.name: Pyramids,
     WallJump.name: WallJump,
 }
 

@@ -18,12 +18,7 @@ from trainer_server.config.support import check_behavior_supported, check_suppor
     [
         ("poca/DungeonEscape.yaml", ["behaviors.DungeonEscape.trainer_type: poca is not supported yet"]),
         ("poca/SoccerTwos.yaml", ["behaviors.SoccerTwos.self_play: self-play is not supported yet"]),
-        ("imitation/Hallway.yaml", ["behaviors.Hallway.reward_signals.gail:", "not supported yet"]),
-        ("ppo/Pyramids.yaml", ["behaviors.Pyramids.reward_signals.curiosity:", "not supported yet"]),
-        (
-            "imitation/Crawler.yaml",
-            ["behaviors.Crawler.reward_signals.gail:"],
-        ),
+        ("imitation/Hallway.yaml", ["behaviors.Hallway.network_settings.memory:", "not supported yet"]),
     ],
 )
 def test_shared_configs_with_unsupported_features_load_but_are_refused_for_training(relative, expected) -> None:
@@ -59,10 +54,13 @@ def test_tandem_configs_load_and_are_supported(name: str) -> None:
             "trainer_type: sac\n    network_settings:\n      memory: {}",
             "behaviors.Team.network_settings.memory: recurrent networks (memory) are not supported yet with sac",
         ),
-        ("reward_signals:\n      gail:\n        demo_path: a.demo", "behaviors.Team.reward_signals.gail: the gail"),
         (
-            "reward_signals:\n      rnd: {}",
-            "behaviors.Team.reward_signals.rnd: the rnd reward signal is not supported yet",
+            "network_settings:\n      memory: {}\n    reward_signals:\n      rnd: {}",
+            "behaviors.Team.network_settings.memory: recurrent networks (memory) with the rnd reward signal(s) are not supported yet",
+        ),
+        (
+            "network_settings:\n      memory: {}\n    behavioral_cloning:\n      demo_path: a.demo",
+            "behaviors.Team.network_settings.memory: recurrent networks (memory) with behavioral_cloning are not supported yet",
         ),
         ("self_play: {}", "behaviors.Team.self_play: self-play is not supported yet"),
         (
