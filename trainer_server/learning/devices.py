@@ -167,14 +167,18 @@ def use(placement: Placement | None) -> Placement | None:
     return previous
 
 
-def compile_update(fn: Callable, batch_sharding: Callable[[Placement], Any] | None = None) -> Callable:
-    """``jax.jit(fn)`` for ``fn(state, batch, key) -> (state, metrics)``, data-parallel when
+def compile_update(
+    fn: Callable, batch_sharding: Callable[[Placement], Any] | None = None, trailing_args: int = 1
+) -> Callable:
+    """``jax.jit(fn)`` for ``fn(state, batch, key, ...) -> (state, metrics)``, data-parallel when
     the current placement has several devices.
 
     Args:
         fn: the learner's pure update.
         batch_sharding: the batch argument's sharding (a pytree prefix of it) for a placement,
             e.g. ``lambda p: p.sharded(0)``; None = sharded along axis 0.
+        trailing_args: the arguments after the batch (the key, then e.g. PPO's expert data
+            for GAIL), all replicated.
 
     Returns:
         The compiled update: on one device plain ``jax.jit``; on several the state and key
@@ -185,7 +189,7 @@ def compile_update(fn: Callable, batch_sharding: Callable[[Placement], Any] | No
         return jax.jit(fn)
     batch = batch_sharding(placement) if batch_sharding is not None else placement.sharded(0)
     replicated = placement.replicated
-    return jax.jit(fn, in_shardings=(replicated, batch, replicated), out_shardings=replicated)
+    return jax.jit(fn, in_shardings=(replicated, batch) + (replicated,) * trailing_args, out_shardings=replicated)
 
 
 def batch_constraint(axis: int = 0) -> Callable[[Any], Any]:

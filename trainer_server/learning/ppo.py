@@ -272,9 +272,11 @@ def ppo_loss(
     adv = batch.advantages[:, None]
     surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon) * adv)
     policy_loss = -masked_mean(surrogate, rows)
-    clipped_values = batch.values + jnp.clip(values - batch.values, -epsilon, epsilon)
+    old_values = batch.values.reshape(values.shape[0], -1)  # [n, H] (a [n] batch: one head)
+    returns = batch.returns.reshape(values.shape[0], -1)
+    clipped_values = old_values + jnp.clip(values - old_values, -epsilon, epsilon)
     # per head, then the mean over the reward signals' heads (ML-Agents), over the real rows
-    per_row = jnp.mean(jnp.maximum((batch.returns - values) ** 2, (batch.returns - clipped_values) ** 2), axis=-1)
+    per_row = jnp.mean(jnp.maximum((returns - values) ** 2, (returns - clipped_values) ** 2), axis=-1)
     value_loss = masked_mean(per_row, rows)
     mean_entropy = masked_mean(entropy, rows)
     loss = policy_loss + 0.5 * value_loss - beta * mean_entropy
@@ -573,7 +575,8 @@ class PPOLearner:
         self._warned_long = False
         devices.check_batch_sizes(spec.name, settings)
         self._update_fn = devices.compile_update(
-            make_update_fn(arch, settings, self._tx, self._traces.hook("update"), devices.batch_constraint(0), self.signals)
+            make_update_fn(arch, settings, self._tx, self._traces.hook("update"), devices.batch_constraint(0), self.signals),
+            trailing_args=2,  # the key and GAIL's expert data
         )
         self._process_fn = jax.jit(make_process_fn(arch, settings, self._traces.hook("process"), self.signals))
         self._on_act_trace = self._traces.hook("act")
