@@ -538,7 +538,7 @@ def deterministic_jax(
             {str(i): jnp.asarray(params[f"normalizer/var/{i}"]) for i in idx},
         )
     mask = None if allowed is None else jnp.asarray(allowed == 0)
-    dist = networks.actor_forward(jparams, arch, [jnp.asarray(o) for o in observations], norm, mask)
+    dist = jax.jit(networks.actor_forward, static_argnums=1)(jparams, arch, [jnp.asarray(o) for o in observations], norm, mask)
     n = len(observations[0])
     branches = arch.behavior_spec.action_spec.discrete_branches
     acts = distributions.sample(dist, jax.random.key(0), n, branches, arch.continuous_distribution, deterministic=True)
