@@ -6,6 +6,9 @@ buffer is filled with synthetic 1000-step trajectories; the first ``update()`` (
 run) is timed on its own, then ``--updates`` more are timed one by one (refilling the
 buffer in between is not counted). Also timed: ``process_trajectory`` (normalizer, values,
 GAE) per step. Acting: ``NumpyPolicy.act`` of the same 2x128 policy for 12 and 256 agents.
+Per encoder (``--encoders``): the update and the acting cost per agent of a Visual3DBall-like
+behavior at the stand-in's camera sides (24x24, 84x84) for every ML-Agents visual encoder,
+and of a Sorter-like behavior through the entity attention.
 
 ``make bench BENCH=bench_ppo_update`` writes ``benchmarks/results/bench_ppo_update.md``.
 """
@@ -33,22 +36,59 @@ from common.trajectory import Trajectory
 RESULTS = Path(__file__).parent / "results" / "bench_ppo_update.md"
 SPEC = BehaviorSpec("3DBall?team=0", (ObservationSpec("VectorSensor_size8", (8,)),), ActionSpec(continuous_size=2))
 TRAJECTORY_LENGTH = 1000
+ENCODERS = ("simple", "nature_cnn", "resnet", "match3", "fully_connected")
+#: camera sides of the encoder tables: the stand-in's GridWorld camera and the 84x84 of gridworld84
+IMAGE_SIDES = (24, 84)
+#: the visual update's buffer (images make 12000 steps too big to hold here) and trajectory length
+VISUAL_BUFFER, VISUAL_LENGTH = 512, 64
+SORTER_SPEC = BehaviorSpec(
+    "Sorter?team=0",
+    (ObservationSpec("BufferSensor", (20, 23)), ObservationSpec("VectorSensor_size3", (3,))),
+    ActionSpec(discrete_branches=(5,)),
+)
 
 
-def _fill(learner, rng: np.random.Generator) -> float:
+def encoder_cases(encoders: tuple[str, ...]) -> list[tuple[str, BehaviorSpec, str]]:
+    """(label, spec, vis_encode_type) of the encoder tables: a Visual3DBall-like behavior (one RGB
+    camera, 2 continuous actions) per encoder and image side, and the Sorter-like entity attention.
+    match3 keeps the full resolution into its dense layer, so it is left out at 84x84
+    (80 * 80 * 144 inputs x 128 units: 118M parameters)."""
+    cases = []
+    for side in IMAGE_SIDES:
+        spec = BehaviorSpec("Visual3DBall?team=0", (ObservationSpec("CameraSensor", (3, side, side)),), ActionSpec(continuous_size=2))
+        cases += [(f"{e} {side}x{side}", spec, e) for e in encoders if not (e == "match3" and side > 24)]
+    cases.append(("attention, 20 entities x 23 + vector 3 (Sorter)", SORTER_SPEC, "simple"))
+    return cases
+
+
+def _observations(spec: BehaviorSpec, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Synthetic observations ``[n, *shape]``: images in [0, 1], entity buffers half padding."""
+    out = []
+    for o in spec.observations:
+        if len(o.shape) == 3:
+            out.append(rng.random((n, *o.shape), dtype=np.float32))
+            continue
+        x = rng.standard_normal((n, *o.shape)).astype(np.float32)
+        if len(o.shape) == 2:
+            x[:, o.shape[0] // 2 :] = 0.0
+        out.append(x)
+    return out
+
+
+def _fill(learner, rng: np.random.Generator, spec: BehaviorSpec = SPEC, length: int = TRAJECTORY_LENGTH) -> float:
     """Feeds synthetic trajectories until an update is ready; returns seconds per processed step."""
     policy = NumpyPolicy(learner.architecture(), learner.policy_parameters())
     seconds = 0.0
     steps = 0
     while not learner.ready():
-        t = TRAJECTORY_LENGTH
-        obs = rng.standard_normal((t, 8)).astype(np.float32)
-        out = policy.act([obs], None, rng)
+        t = length
+        obs = _observations(spec, t, rng)
+        out = policy.act(obs, None, rng)
         traj = Trajectory(
             instance=0,
             agent_id=steps,
-            observations=[obs],
-            next_observations=[rng.standard_normal(8).astype(np.float32)],
+            observations=obs,
+            next_observations=[o[0] for o in _observations(spec, 1, rng)],
             continuous_actions=out.continuous,
             discrete_actions=out.discrete,
             log_probs=out.log_probs,
@@ -64,7 +104,15 @@ def _fill(learner, rng: np.random.Generator) -> float:
     return seconds / steps
 
 
-def bench_update(updates: int) -> dict[str, float]:
+def bench_update(
+    updates: int,
+    spec: BehaviorSpec = SPEC,
+    buffer_size: int = 12000,
+    vis_encode_type: str = "simple",
+    length: int = TRAJECTORY_LENGTH,
+) -> dict[str, float]:
+    """Times ``PPOLearner.update`` (batch 64, 3 epochs, 2x128, normalize) on synthetic
+    trajectories of ``length`` steps of ``spec``."""
     import jax
 
     from trainer_server.learning.ppo import PPOLearner
@@ -74,25 +122,25 @@ def bench_update(updates: int) -> dict[str, float]:
         {
             "trainer_type": "ppo",
             "hyperparameters": {
-                "batch_size": 64, "buffer_size": 12000, "num_epoch": 3, "learning_rate": 3e-4, "beta": 1e-3,
+                "batch_size": 64, "buffer_size": buffer_size, "num_epoch": 3, "learning_rate": 3e-4, "beta": 1e-3,
                 "epsilon": 0.2, "lambd": 0.99,
             },
-            "network_settings": {"hidden_units": 128, "num_layers": 2, "normalize": True},
+            "network_settings": {"hidden_units": 128, "num_layers": 2, "normalize": True, "vis_encode_type": vis_encode_type},
             "reward_signals": {"extrinsic": {"gamma": 0.99}},
             "max_steps": 500000,
-            "time_horizon": 1000,
+            "time_horizon": length,
         }
     )
     hp = settings.hyperparameters
-    learner = PPOLearner(SPEC, settings, seed=0)
+    learner = PPOLearner(spec, settings, seed=0)
     rng = np.random.default_rng(0)
-    per_step = [_fill(learner, rng)]
+    per_step = [_fill(learner, rng, spec, length)]
     start = time.perf_counter()
     learner.update()
     first = time.perf_counter() - start
     times = []
     for _ in range(updates):
-        per_step.append(_fill(learner, rng))
+        per_step.append(_fill(learner, rng, spec, length))
         start = time.perf_counter()
         learner.update()
         times.append(time.perf_counter() - start)
@@ -113,20 +161,22 @@ def bench_update(updates: int) -> dict[str, float]:
     }
 
 
-def bench_acting(agents: int, calls: int) -> dict[str, float]:
+def bench_acting(agents: int, calls: int, spec: BehaviorSpec = SPEC, vis_encode_type: str = "simple") -> dict[str, float]:
+    """Times ``NumpyPolicy.act`` (sampling) of a 2x128 normalized policy of ``spec`` for ``agents``."""
     import jax
 
-    from common.architecture import PolicyArchitecture
+    from common.architecture import PolicyArchitecture, vector_indices
     from trainer_server.learning import networks
 
-    arch = PolicyArchitecture(SPEC, hidden_units=128, num_layers=2, normalize=True)
+    arch = PolicyArchitecture(spec, hidden_units=128, num_layers=2, normalize=True, vis_encode_type=vis_encode_type)
     params = {k: np.asarray(v) for k, v in networks.init_actor(jax.random.key(0), arch).items()}
-    params["normalizer/mean/0"] = np.zeros(8, np.float32)
-    params["normalizer/var/0"] = np.ones(8, np.float32)
+    for i in vector_indices(spec):
+        params[f"normalizer/mean/{i}"] = np.zeros(spec.observations[i].shape, np.float32)
+        params[f"normalizer/var/{i}"] = np.ones(spec.observations[i].shape, np.float32)
     policy = NumpyPolicy(arch, params)
     rng = np.random.default_rng(0)
-    obs = [rng.standard_normal((agents, 8)).astype(np.float32)]
-    for _ in range(50):
+    obs = _observations(spec, agents, rng)
+    for _ in range(min(50, calls)):
         policy.act(obs, None, rng)
     samples = []
     for _ in range(5):
@@ -157,9 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS, help="markdown file to write")
     parser.add_argument("--updates", type=int, default=3, help="timed updates after the first (default 3)")
     parser.add_argument("--calls", type=int, default=500, help="acting calls per timing sample (default 500)")
+    parser.add_argument("--encoders", default=",".join(ENCODERS),
+                        help="visual encoders of the per-encoder tables, comma-separated (default all; '' for none)")
+    parser.add_argument("--encoder-updates", type=int, default=2, help="timed updates per encoder (default 2)")
+    parser.add_argument("--encoder-calls", type=int, default=20, help="acting calls per sample per encoder (default 20)")
     parser.add_argument("--acting-json", action="store_true", help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.updates <= 0 or args.calls <= 0:
+    encoders = tuple(e for e in args.encoders.split(",") if e)
+    unknown = sorted(set(encoders) - set(ENCODERS))
+    if unknown:
+        log.error("--encoders: unknown", unknown=unknown, known=list(ENCODERS))
+        return 2
+    if args.updates <= 0 or args.calls <= 0 or args.encoder_updates <= 0 or args.encoder_calls <= 0:
         log.error("--updates and --calls must be positive", updates=args.updates, calls=args.calls)
         return 2
     if args.acting_json:
@@ -173,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     for threads, rows in (("default", acting), ("1", single)):
         for row in rows:
             log.warning("acting measured", blas_threads=threads, **{k: round(v, 2) for k, v in row.items()})
+    per_encoder = []
+    for label, spec, encoder in encoder_cases(encoders):
+        upd = bench_update(args.encoder_updates, spec, VISUAL_BUFFER, encoder, VISUAL_LENGTH)
+        act = [bench_acting(n, args.encoder_calls, spec, encoder) for n in (1, 12)]
+        log.warning("encoder measured", case=label, update_s=round(upd["update_s"], 3),
+                    us_per_agent=[round(a["us_per_agent"], 1) for a in act])
+        per_encoder.append((label, upd, act))
 
     lines = [
         "# bench_ppo_update",
@@ -207,6 +273,26 @@ def main(argv: list[str] | None = None) -> int:
     for threads, rows in (("default (all cores)", acting), ("1 (`OPENBLAS_NUM_THREADS=1`)", single)):
         for row in rows:
             lines.append(f"| {row['agents']} | {threads} | {row['us_per_call']:.1f} | {row['us_per_agent']:.2f} |")
+    if per_encoder:
+        lines += [
+            "",
+            "## Per visual encoder, and with entity attention",
+            "",
+            "Update: `PPOLearner.update` of a Visual3DBall-like behavior (one RGB camera, 2 continuous "
+            f"actions; 2x128, normalize) with buffer {VISUAL_BUFFER}, batch 64, 3 epochs "
+            f"({3 * VISUAL_BUFFER // 64} minibatch steps), trajectories of {VISUAL_LENGTH} steps; the "
+            "Sorter-like row (20 entities of 23 plus a vector of 3, 5 discrete actions) through the same "
+            "update. Acting: the gateway's `NumpyPolicy.act` (sampling) at default BLAS threads, per agent "
+            "at 1 and 12 agents per call. 24x24 is the stand-in GridWorld camera, 84x84 gridworld84's.",
+            "",
+            "| case | first update (compile + run) | steady update (median) | acting us/agent, 1 agent | acting us/agent, 12 agents |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for label, upd, act in per_encoder:
+            lines.append(
+                f"| {label} | {upd['first_update_s']:.2f} s | {upd['update_s']:.3f} s | "
+                f"{act[0]['us_per_agent']:,.0f} | {act[1]['us_per_agent']:,.0f} |"
+            )
     lines += [
         "",
         "The update is one jit-compiled function (epochs x minibatches in `lax.scan`), so its time is "

@@ -14,8 +14,14 @@ Network (ML-Agents-like, ``vis_encode_type: simple``):
   float in [0, 1], never normalized; moved to HWC inside): conv 8x8 stride 4 with 16
   filters, leaky ReLU (0.01), conv 4x4 stride 2 with 32 filters, leaky ReLU, flatten in
   HWC order, dense to ``hidden_units``, leaky ReLU; "valid" padding, kernels HWIO;
-* body: concatenation ``[vector obs in spec order..., visual encodings in spec order...]``
-  through ``num_layers`` dense layers of ``hidden_units`` with swish;
+* other visual encoders (``vis_encode_type`` nature_cnn, resnet, match3, fully_connected):
+  ML-Agents' layers, named by ``visual_encoder_shapes``; each image side at least
+  ``MIN_VISUAL_SIZE[vis_encode_type]``;
+* variable-length observations ``[max_entities, entity_size]`` (BufferSensor; all-zero rows
+  are padding): ML-Agents' entity embedding and residual self-attention (``attention_shapes``),
+  pooled to ``ATTENTION_EMBEDDING_SIZE`` values;
+* body: concatenation ``[vector obs in spec order..., visual encodings in spec order...,
+  attention]`` through ``num_layers`` dense layers of ``hidden_units`` with swish;
 * heads: Gaussian mean ``policy/mu``; ``policy/log_std`` [c] (``gaussian``, PPO) or a dense
   ``policy/log_std`` head clipped to [-20, 2] (``tanh_gaussian``, SAC); discrete logits
   ``policy/logits`` [h, sum(branches)], masked entries (true = not allowed) set to

@@ -11,7 +11,9 @@ Layout (shapes for ``hidden_units`` h):
 
 * encoders: vector observations normalized (``normalize``) and concatenated; visual
   observations through the ``simple`` CNN (conv 8x8/4 16 filters, leaky ReLU, conv 4x4/2 32
-  filters, leaky ReLU, dense h, leaky ReLU), as ML-Agents' SimpleVisualEncoder;
+  filters, leaky ReLU, dense h, leaky ReLU), as ML-Agents' SimpleVisualEncoder, or another of
+  ML-Agents' encoders (``vis_encode_type``, ``visual_encoder``); variable-length observations
+  through ML-Agents' entity embedding and residual self-attention (``entity_attention``);
 * body: ``num_layers`` dense layers of h with swish (ML-Agents' LinearEncoder);
 * actor heads: ``policy/mu`` + state-independent ``policy/log_std`` (PPO) or a dense
   ``policy/log_std`` head (SAC's tanh_gaussian); ``policy/logits`` for all discrete branches;
