@@ -51,12 +51,18 @@ SORTER_SPEC = BehaviorSpec(
 def encoder_cases(encoders: tuple[str, ...]) -> list[tuple[str, BehaviorSpec, str]]:
     """(label, spec, vis_encode_type) of the encoder tables: a Visual3DBall-like behavior (one RGB
     camera, 2 continuous actions) per encoder and image side, and the Sorter-like entity attention.
-    match3 keeps the full resolution into its dense layer, so it is left out at 84x84
-    (80 * 80 * 144 inputs x 128 units: 118M parameters)."""
+    An encoder is left out below its minimum side (nature_cnn at 24x24), and match3 at 84x84: it
+    keeps the full resolution into its dense layer (80 * 80 * 144 inputs x 128 units: 118M parameters)."""
+    from common.architecture import MIN_VISUAL_SIZE
+
     cases = []
     for side in IMAGE_SIDES:
         spec = BehaviorSpec("Visual3DBall?team=0", (ObservationSpec("CameraSensor", (3, side, side)),), ActionSpec(continuous_size=2))
-        cases += [(f"{e} {side}x{side}", spec, e) for e in encoders if not (e == "match3" and side > 24)]
+        cases += [
+            (f"{e} {side}x{side}", spec, e)
+            for e in encoders
+            if MIN_VISUAL_SIZE[e] <= side and not (e == "match3" and side > 24)
+        ]
     cases.append(("attention, 20 entities x 23 + vector 3 (Sorter)", SORTER_SPEC, "simple"))
     return cases
 
@@ -210,15 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoders", default=",".join(ENCODERS),
                         help="visual encoders of the per-encoder tables, comma-separated (default all; '' for none)")
     parser.add_argument("--encoder-updates", type=int, default=2, help="timed updates per encoder (default 2)")
+    parser.add_argument("--encoder-buffer", type=int, default=VISUAL_BUFFER,
+                        help=f"buffer_size of the per-encoder updates (default {VISUAL_BUFFER}, batch 64)")
     parser.add_argument("--encoder-calls", type=int, default=20, help="acting calls per sample per encoder (default 20)")
     parser.add_argument("--acting-json", action="store_true", help=argparse.SUPPRESS)  # child process mode
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
     encoders = tuple(e for e in args.encoders.split(",") if e)
     unknown = sorted(set(encoders) - set(ENCODERS))
     if unknown:
         log.error("--encoders: unknown", unknown=unknown, known=list(ENCODERS))
         return 2
-    if args.updates <= 0 or args.calls <= 0 or args.encoder_updates <= 0 or args.encoder_calls <= 0:
+    if args.updates <= 0 or args.calls <= 0 or args.encoder_updates <= 0 or args.encoder_calls <= 0 or args.encoder_buffer < 64:
         log.error("--updates and --calls must be positive", updates=args.updates, calls=args.calls)
         return 2
     if args.acting_json:
@@ -234,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("acting measured", blas_threads=threads, **{k: round(v, 2) for k, v in row.items()})
     per_encoder = []
     for label, spec, encoder in encoder_cases(encoders):
-        upd = bench_update(args.encoder_updates, spec, VISUAL_BUFFER, encoder, VISUAL_LENGTH)
+        upd = bench_update(args.encoder_updates, spec, args.encoder_buffer, encoder, VISUAL_LENGTH)
         act = [bench_acting(n, args.encoder_calls, spec, encoder) for n in (1, 12)]
         log.warning("encoder measured", case=label, update_s=round(upd["update_s"], 3),
                     us_per_agent=[round(a["us_per_agent"], 1) for a in act])
@@ -247,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         "buffer 12000, batch 64, 3 epochs, 2x128 MLP, `normalize: true`; separate actor and critic), "
         "and the gateway's numpy acting cost for the same policy.",
         "",
-        "Command: `make bench BENCH=bench_ppo_update` (`python -m benchmarks.run bench_ppo_update`).",
+        f"Command: `{' '.join(['python -m benchmarks.bench_ppo_update', *argv])}` "
+        "(the defaults: `make bench BENCH=bench_ppo_update`, `python -m benchmarks.run bench_ppo_update`).",
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
         f"Machine: {report.cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured), "
         f"Python {platform.python_version()}, numpy {np.__version__}; JAX backend: {update['backend']}.",
@@ -279,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
             "## Per visual encoder, and with entity attention",
             "",
             "Update: `PPOLearner.update` of a Visual3DBall-like behavior (one RGB camera, 2 continuous "
-            f"actions; 2x128, normalize) with buffer {VISUAL_BUFFER}, batch 64, 3 epochs "
-            f"({3 * VISUAL_BUFFER // 64} minibatch steps), trajectories of {VISUAL_LENGTH} steps; the "
+            f"actions; 2x128, normalize) with buffer {args.encoder_buffer}, batch 64, 3 epochs "
+            f"({3 * (args.encoder_buffer // 64)} minibatch steps), trajectories of {VISUAL_LENGTH} steps, "
+            f"median of {args.encoder_updates} after the first; the "
             "Sorter-like row (20 entities of 23 plus a vector of 3, 5 discrete actions) through the same "
             "update. Acting: the gateway's `NumpyPolicy.act` (sampling) at default BLAS threads, per agent "
             "at 1 and 12 agents per call. 24x24 is the stand-in GridWorld camera, 84x84 gridworld84's.",
