@@ -34,6 +34,7 @@ from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
 
 RESULTS = Path(__file__).parent / "results" / "bench_ppo_update.md"
+ENCODER_RESULTS = RESULTS.with_name("bench_ppo_update_encoders.md")
 SPEC = BehaviorSpec("3DBall?team=0", (ObservationSpec("VectorSensor_size8", (8,)),), ActionSpec(continuous_size=2))
 TRAJECTORY_LENGTH = 1000
 ENCODERS = ("simple", "nature_cnn", "resnet", "match3", "fully_connected")
@@ -206,6 +207,58 @@ def bench_acting_single_blas_thread(calls: int) -> list[dict[str, float]]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def provenance(argv: list[str], backend: str) -> list[str]:
+    """The command, date and machine lines of a results file."""
+    return [
+        f"Command: `{' '.join(['python -m benchmarks.bench_ppo_update', *argv])}` "
+        "(the defaults: `make bench BENCH=bench_ppo_update`, `python -m benchmarks.run bench_ppo_update`).",
+        f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
+        f"Machine: {report.cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured), "
+        f"Python {platform.python_version()}, numpy {np.__version__}; JAX backend: {backend}.",
+    ]
+
+
+def measure_encoders(args: argparse.Namespace, encoders: tuple[str, ...], log) -> list[tuple[str, dict, list[dict]]]:
+    """(label, update figures, acting figures at 1 and 12 agents) per case of ``encoder_cases``."""
+    per_encoder = []
+    for label, spec, encoder in encoder_cases(encoders):
+        upd = bench_update(args.encoder_updates, spec, args.encoder_buffer, encoder, VISUAL_LENGTH)
+        act = [bench_acting(n, args.encoder_calls, spec, encoder) for n in (1, 12)]
+        log.warning("encoder measured", case=label, update_s=round(upd["update_s"], 3),
+                    us_per_agent=[round(a["us_per_agent"], 1) for a in act])
+        per_encoder.append((label, upd, act))
+    return per_encoder
+
+
+def encoder_table(args: argparse.Namespace, per_encoder: list[tuple[str, dict, list[dict]]]) -> list[str]:
+    """The markdown section of the per-encoder figures (empty without them)."""
+    if not per_encoder:
+        return []
+    lines = [
+        "",
+        "## Per visual encoder, and with entity attention",
+        "",
+        "Update: `PPOLearner.update` of a Visual3DBall-like behavior (one RGB camera, 2 continuous "
+        f"actions; 2x128, normalize) with buffer {args.encoder_buffer}, batch 64, 3 epochs "
+        f"({3 * (args.encoder_buffer // 64)} minibatch steps), trajectories of {VISUAL_LENGTH} steps, "
+        f"median of {args.encoder_updates} after the first; the "
+        "Sorter-like row (20 entities of 23 plus a vector of 3, 5 discrete actions) through the same "
+        "update. Acting: the gateway's `NumpyPolicy.act` (sampling) at default BLAS threads, per agent "
+        "at 1 and 12 agents per call. 24x24 is the stand-in GridWorld camera, 84x84 gridworld84's. "
+        "The rows are measured one after another in one run on a machine shared with other work: "
+        "compare them with each other rather than with other runs.",
+        "",
+        "| case | first update (compile + run) | steady update (median) | acting us/agent, 1 agent | acting us/agent, 12 agents |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, upd, act in per_encoder:
+        lines.append(
+            f"| {label} | {upd['first_update_s']:.2f} s | {upd['update_s']:.3f} s | "
+            f"{act[0]['us_per_agent']:,.0f} | {act[1]['us_per_agent']:,.0f} |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_logging(level=os.environ.get("TANDEM_LOG_LEVEL", "WARNING"))
     log = get_logger("bench_ppo_update")
@@ -219,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder-buffer", type=int, default=VISUAL_BUFFER,
                         help=f"buffer_size of the per-encoder updates (default {VISUAL_BUFFER}, batch 64)")
     parser.add_argument("--encoder-calls", type=int, default=20, help="acting calls per sample per encoder (default 20)")
+    parser.add_argument("--encoders-only", action="store_true",
+                        help=f"measure only the per-encoder tables, written to {ENCODER_RESULTS.name} unless --output")
     parser.add_argument("--acting-json", action="store_true", help=argparse.SUPPRESS)  # child process mode
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
@@ -234,6 +289,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([bench_acting(n, args.calls) for n in (12, 256)]))  # read by the parent process
         return 0
 
+    if args.encoders_only:
+        import jax
+
+        lines = ["# bench_ppo_update: per encoder", "", *provenance(argv, jax.default_backend())]
+        lines += encoder_table(args, measure_encoders(args, encoders, log)) + [""]
+        report.write_results(ENCODER_RESULTS if args.output == RESULTS else args.output, "\n".join(lines))
+        return 0
+
     update = bench_update(args.updates)
     log.warning("update measured", **{k: round(v, 4) if isinstance(v, float) else v for k, v in update.items()})
     acting = [bench_acting(n, args.calls) for n in (12, 256)]
@@ -241,13 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     for threads, rows in (("default", acting), ("1", single)):
         for row in rows:
             log.warning("acting measured", blas_threads=threads, **{k: round(v, 2) for k, v in row.items()})
-    per_encoder = []
-    for label, spec, encoder in encoder_cases(encoders):
-        upd = bench_update(args.encoder_updates, spec, args.encoder_buffer, encoder, VISUAL_LENGTH)
-        act = [bench_acting(n, args.encoder_calls, spec, encoder) for n in (1, 12)]
-        log.warning("encoder measured", case=label, update_s=round(upd["update_s"], 3),
-                    us_per_agent=[round(a["us_per_agent"], 1) for a in act])
-        per_encoder.append((label, upd, act))
+    per_encoder = measure_encoders(args, encoders, log)
 
     lines = [
         "# bench_ppo_update",
@@ -256,11 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         "buffer 12000, batch 64, 3 epochs, 2x128 MLP, `normalize: true`; separate actor and critic), "
         "and the gateway's numpy acting cost for the same policy.",
         "",
-        f"Command: `{' '.join(['python -m benchmarks.bench_ppo_update', *argv])}` "
-        "(the defaults: `make bench BENCH=bench_ppo_update`, `python -m benchmarks.run bench_ppo_update`).",
-        f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
-        f"Machine: {report.cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured), "
-        f"Python {platform.python_version()}, numpy {np.__version__}; JAX backend: {update['backend']}.",
+        *provenance(argv, update["backend"]),
         "",
         "## One full PPO update (`PPOLearner.update`)",
         "",
@@ -283,27 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     for threads, rows in (("default (all cores)", acting), ("1 (`OPENBLAS_NUM_THREADS=1`)", single)):
         for row in rows:
             lines.append(f"| {row['agents']} | {threads} | {row['us_per_call']:.1f} | {row['us_per_agent']:.2f} |")
-    if per_encoder:
-        lines += [
-            "",
-            "## Per visual encoder, and with entity attention",
-            "",
-            "Update: `PPOLearner.update` of a Visual3DBall-like behavior (one RGB camera, 2 continuous "
-            f"actions; 2x128, normalize) with buffer {args.encoder_buffer}, batch 64, 3 epochs "
-            f"({3 * (args.encoder_buffer // 64)} minibatch steps), trajectories of {VISUAL_LENGTH} steps, "
-            f"median of {args.encoder_updates} after the first; the "
-            "Sorter-like row (20 entities of 23 plus a vector of 3, 5 discrete actions) through the same "
-            "update. Acting: the gateway's `NumpyPolicy.act` (sampling) at default BLAS threads, per agent "
-            "at 1 and 12 agents per call. 24x24 is the stand-in GridWorld camera, 84x84 gridworld84's.",
-            "",
-            "| case | first update (compile + run) | steady update (median) | acting us/agent, 1 agent | acting us/agent, 12 agents |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for label, upd, act in per_encoder:
-            lines.append(
-                f"| {label} | {upd['first_update_s']:.2f} s | {upd['update_s']:.3f} s | "
-                f"{act[0]['us_per_agent']:,.0f} | {act[1]['us_per_agent']:,.0f} |"
-            )
+    lines += encoder_table(args, per_encoder)
     lines += [
         "",
         "The update is one jit-compiled function (epochs x minibatches in `lax.scan`), so its time is "
