@@ -56,7 +56,7 @@ def encoder_cases(encoders: tuple[str, ...]) -> list[tuple[str, BehaviorSpec, st
     keeps the full resolution into its dense layer (80 * 80 * 144 inputs x 128 units: 118M parameters)."""
     from common.architecture import MIN_VISUAL_SIZE
 
-    cases = []
+    cases = [("attention, 20 entities x 23 + vector 3 (Sorter)", SORTER_SPEC, "simple")]
     for side in IMAGE_SIDES:
         spec = BehaviorSpec("Visual3DBall?team=0", (ObservationSpec("CameraSensor", (3, side, side)),), ActionSpec(continuous_size=2))
         cases += [
@@ -64,7 +64,6 @@ def encoder_cases(encoders: tuple[str, ...]) -> list[tuple[str, BehaviorSpec, st
             for e in encoders
             if MIN_VISUAL_SIZE[e] <= side and not (e == "match3" and side > 24)
         ]
-    cases.append(("attention, 20 entities x 23 + vector 3 (Sorter)", SORTER_SPEC, "simple"))
     return cases
 
 
@@ -100,7 +99,7 @@ def _fill(learner, rng: np.random.Generator, spec: BehaviorSpec = SPEC, length: 
             discrete_actions=out.discrete,
             log_probs=out.log_probs,
             rewards=(0.1 - np.abs(out.env_continuous).mean(axis=1)).astype(np.float32),
-            action_masks=np.zeros((t, 0), bool),
+            action_masks=np.zeros((t, spec.action_spec.mask_size), bool),
             policy_versions=np.zeros(t, np.int64),
             done=True,
         )
@@ -218,8 +217,11 @@ def provenance(argv: list[str], backend: str) -> list[str]:
     ]
 
 
-def measure_encoders(args: argparse.Namespace, encoders: tuple[str, ...], log) -> list[tuple[str, dict, list[dict]]]:
-    """(label, update figures, acting figures at 1 and 12 agents) per case of ``encoder_cases``."""
+def measure_encoders(
+    args: argparse.Namespace, encoders: tuple[str, ...], log, on_case=None
+) -> list[tuple[str, dict, list[dict]]]:
+    """(label, update figures, acting figures at 1 and 12 agents) per case of ``encoder_cases``;
+    ``on_case(rows so far)`` after each case (the encoders-only mode writes its file then)."""
     per_encoder = []
     for label, spec, encoder in encoder_cases(encoders):
         upd = bench_update(args.encoder_updates, spec, args.encoder_buffer, encoder, VISUAL_LENGTH)
@@ -227,6 +229,8 @@ def measure_encoders(args: argparse.Namespace, encoders: tuple[str, ...], log) -
         log.warning("encoder measured", case=label, update_s=round(upd["update_s"], 3),
                     us_per_agent=[round(a["us_per_agent"], 1) for a in act])
         per_encoder.append((label, upd, act))
+        if on_case is not None:
+            on_case(per_encoder)
     return per_encoder
 
 
@@ -292,9 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.encoders_only:
         import jax
 
-        lines = ["# bench_ppo_update: per encoder", "", *provenance(argv, jax.default_backend())]
-        lines += encoder_table(args, measure_encoders(args, encoders, log)) + [""]
-        report.write_results(ENCODER_RESULTS if args.output == RESULTS else args.output, "\n".join(lines))
+        header = ["# bench_ppo_update: per encoder", "", *provenance(argv, jax.default_backend())]
+        path = ENCODER_RESULTS if args.output == RESULTS else args.output
+
+        def write(rows):  # after every case, so a long run leaves what it measured
+            report.write_results(path, "\n".join(header + encoder_table(args, rows) + [""]))
+
+        measure_encoders(args, encoders, log, write)
         return 0
 
     update = bench_update(args.updates)
