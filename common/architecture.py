@@ -14,8 +14,14 @@ Network (ML-Agents-like, ``vis_encode_type: simple``):
   float in [0, 1], never normalized; moved to HWC inside): conv 8x8 stride 4 with 16
   filters, leaky ReLU (0.01), conv 4x4 stride 2 with 32 filters, leaky ReLU, flatten in
   HWC order, dense to ``hidden_units``, leaky ReLU; "valid" padding, kernels HWIO;
-* body: concatenation ``[vector obs in spec order..., visual encodings in spec order...]``
-  through ``num_layers`` dense layers of ``hidden_units`` with swish;
+* other visual encoders (``vis_encode_type`` nature_cnn, resnet, match3, fully_connected):
+  ML-Agents' layers, named by ``visual_encoder_shapes``; each image side at least
+  ``MIN_VISUAL_SIZE[vis_encode_type]``;
+* variable-length observations ``[max_entities, entity_size]`` (BufferSensor; all-zero rows
+  are padding): ML-Agents' entity embedding and residual self-attention (``attention_shapes``),
+  pooled to ``ATTENTION_EMBEDDING_SIZE`` values;
+* body: concatenation ``[vector obs in spec order..., visual encodings in spec order...,
+  attention]`` through ``num_layers`` dense layers of ``hidden_units`` with swish;
 * memory (``memory_size`` m > 0, ML-Agents' ``network_settings.memory``): the body's output
   goes through one LSTM layer of m/2 units (gates in torch's order input, forget, cell,
   output: ``lstm/kernel`` [body width, 2m], ``lstm/recurrent_kernel`` [m/2, 2m] and one
@@ -55,9 +61,34 @@ LEAKY_SLOPE = 0.01
 SIMPLE_CONVS = ((8, 4, 16), (4, 2, 32))
 #: smallest image the simple encoder accepts (ML-Agents' minimum for "simple")
 SIMPLE_MIN_SIZE = 20
+#: nature_cnn (the DQN paper's network): (kernel, stride, filters) of its three convolutions
+NATURE_CONVS = ((8, 4, 32), (4, 2, 64), (3, 1, 64))
+#: match3 (ML-Agents' SmallVisualEncoder, for board games): two 3x3 stride-1 convolutions
+MATCH3_CONVS = ((3, 1, 35), (3, 1, 144))
+#: the encoders made of valid convolutions with leaky ReLU then a dense layer with leaky ReLU;
+#: fully_connected has no convolution (the image flattened straight into the dense layer)
+PLAIN_CONVS = {"simple": SIMPLE_CONVS, "nature_cnn": NATURE_CONVS, "match3": MATCH3_CONVS, "fully_connected": ()}
+#: resnet (IMPALA-like): per stack a 3x3 "same" convolution of this many channels, a 3x3 stride-2
+#: max-pool without padding, then RESNET_BLOCKS residual blocks (swish, conv, swish, conv, + input);
+#: swish, dense, ReLU at the end
+RESNET_CHANNELS = (16, 32, 32)
+RESNET_BLOCKS = 2
+#: smallest image side each encoder accepts (ML-Agents' ModelUtils.MIN_RESOLUTION_FOR_ENCODER)
+MIN_VISUAL_SIZE = {"simple": SIMPLE_MIN_SIZE, "nature_cnn": 36, "resnet": 15, "match3": 5, "fully_connected": 1}
+#: variable-length (rank-2, [max_entities, entity_size]) observations: ML-Agents' fixed attention
+#: width and head count (ObservationEncoder.ATTENTION_EMBEDDING_SIZE, MultiHeadAttention's 4 heads)
+ATTENTION_EMBEDDING_SIZE = 128
+ATTENTION_HEADS = 4
+#: an entity row whose sum of squares is below this is padding (ML-Agents' get_zero_entities_mask)
+ENTITY_PADDING_THRESHOLD = 0.01
+#: logit added to padded entities' attention scores (ML-Agents' MultiHeadAttention.NEG_INF)
+ATTENTION_NEG_INF = -1.0e6
+#: ML-Agents' LayerNorm epsilon (no gain or bias) and the masked mean's epsilon
+LAYER_NORM_EPS = 1.0e-5
+POOL_EPS = 1.0e-7
 
 CONTINUOUS_DISTRIBUTIONS = ("gaussian", "tanh_gaussian")
-VIS_ENCODE_TYPES = ("simple",)
+VIS_ENCODE_TYPES = ("simple", "nature_cnn", "resnet", "match3", "fully_connected")
 
 
 @dataclass(frozen=True)
@@ -93,16 +124,18 @@ class PolicyArchitecture:
                 f"(known: {', '.join(CONTINUOUS_DISTRIBUTIONS)})"
             )
         for i, obs in enumerate(self.behavior_spec.observations):
-            if len(obs.shape) not in (1, 3):
+            if len(obs.shape) not in (1, 2, 3):
                 raise ValueError(
                     f"behavior {self.behavior_spec.name}: observation {i} ({obs.name!r}) has shape "
-                    f"{obs.shape}; only vector (size,) and visual (channels, height, width) are supported yet"
+                    f"{obs.shape}; only vector (size,), variable-length (max_entities, entity_size) and "
+                    f"visual (channels, height, width) are supported"
                 )
-            if obs.is_visual and min(obs.shape[1], obs.shape[2]) < SIMPLE_MIN_SIZE:
+            minimum = MIN_VISUAL_SIZE[self.vis_encode_type]
+            if obs.is_visual and min(obs.shape[1], obs.shape[2]) < minimum:
                 raise ValueError(
                     f"behavior {self.behavior_spec.name}: visual observation {i} ({obs.name!r}) is "
-                    f"{obs.shape[1]}x{obs.shape[2]}; vis_encode_type simple needs at least "
-                    f"{SIMPLE_MIN_SIZE}x{SIMPLE_MIN_SIZE}"
+                    f"{obs.shape[1]}x{obs.shape[2]}; vis_encode_type {self.vis_encode_type} needs at least "
+                    f"{minimum}x{minimum}"
                 )
 
     @classmethod
@@ -142,7 +175,12 @@ class PolicyArchitecture:
 
 def vector_indices(spec: BehaviorSpec) -> list[int]:
     """Indices of the vector observations, in spec order."""
-    return [i for i, o in enumerate(spec.observations) if not o.is_visual]
+    return [i for i, o in enumerate(spec.observations) if len(o.shape) == 1]
+
+
+def entity_indices(spec: BehaviorSpec) -> list[int]:
+    """Indices of the variable-length observations ``[max_entities, entity_size]``, in spec order."""
+    return [i for i, o in enumerate(spec.observations) if len(o.shape) == 2]
 
 
 def visual_indices(spec: BehaviorSpec) -> list[int]:
@@ -158,11 +196,93 @@ def conv_output_hw(height: int, width: int) -> tuple[int, int]:
     return height, width
 
 
-def encoding_size(arch: PolicyArchitecture) -> int:
-    """Width of the body's input: vector sizes plus hidden_units per visual observation."""
+def self_encoding_size(arch: PolicyArchitecture) -> int:
+    """Width of the fixed-size part of the encoding: vector sizes plus hidden_units per visual observation."""
     spec = arch.behavior_spec
     size = sum(int(np.prod(spec.observations[i].shape)) for i in vector_indices(spec))
     return size + arch.hidden_units * len(visual_indices(spec))
+
+
+def encoding_size(arch: PolicyArchitecture) -> int:
+    """Width of the body's input: the self encoding, plus the attention's pooled
+    ``ATTENTION_EMBEDDING_SIZE`` when there are variable-length observations."""
+    return self_encoding_size(arch) + (ATTENTION_EMBEDDING_SIZE if entity_indices(arch.behavior_spec) else 0)
+
+
+def visual_encoder_shapes(vis_encode_type: str, obs_shape: tuple[int, ...], hidden_units: int) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of one visual encoder, by name relative to ``encoder/{i}/``.
+
+    Kernels are HWIO. Plain encoders (``PLAIN_CONVS``): ``conv{j}/kernel|bias`` then
+    ``dense``; resnet: ``stack{s}/conv``, ``stack{s}/block{b}/conv{0,1}`` then ``dense``.
+    The dense layer reads the last feature map flattened in (height, width, channels) order.
+
+    Args:
+        vis_encode_type: one of ``VIS_ENCODE_TYPES``.
+        obs_shape: ``(channels, height, width)``.
+        hidden_units: the dense layer's width.
+    """
+    channels, height, width = obs_shape
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def conv(name: str, kernel: int, in_ch: int, out_ch: int) -> None:
+        shapes[f"{name}/kernel"] = (kernel, kernel, in_ch, out_ch)
+        shapes[f"{name}/bias"] = (out_ch,)
+
+    if vis_encode_type == "resnet":
+        for s, out_ch in enumerate(RESNET_CHANNELS):
+            conv(f"stack{s}/conv", 3, channels, out_ch)
+            height, width = (height - 3) // 2 + 1, (width - 3) // 2 + 1  # the 3x3 stride-2 max-pool
+            for b in range(RESNET_BLOCKS):
+                conv(f"stack{s}/block{b}/conv0", 3, out_ch, out_ch)
+                conv(f"stack{s}/block{b}/conv1", 3, out_ch, out_ch)
+            channels = out_ch
+    else:
+        for j, (kernel, stride, filters) in enumerate(PLAIN_CONVS[vis_encode_type]):
+            conv(f"conv{j}", kernel, channels, filters)
+            height, width = (height - kernel) // stride + 1, (width - kernel) // stride + 1
+            channels = filters
+    shapes["dense/kernel"] = (height * width * channels, hidden_units)
+    shapes["dense/bias"] = (hidden_units,)
+    return shapes
+
+
+def attention_shapes(arch: PolicyArchitecture) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of the variable-length observations' encoder (empty without them).
+
+    As ML-Agents' ObservationEncoder: ``attention/self/dense`` embeds the self encoding
+    (when there is one) to ``E = ATTENTION_EMBEDDING_SIZE``; ``encoder/{i}/dense`` embeds each
+    entity of observation i concatenated after that self embedding; ``attention/q|k|v|out``
+    are the residual self-attention's projections (E x E).
+    """
+    spec = arch.behavior_spec
+    entities = entity_indices(spec)
+    if not entities:
+        return {}
+    e = ATTENTION_EMBEDDING_SIZE
+    self_size = self_encoding_size(arch)
+    shapes: dict[str, tuple[int, ...]] = {}
+    if self_size:
+        shapes["attention/self/dense/kernel"] = (self_size, e)
+        shapes["attention/self/dense/bias"] = (e,)
+    for i in entities:
+        entity_size = spec.observations[i].shape[1]
+        shapes[f"encoder/{i}/dense/kernel"] = ((e if self_size else 0) + entity_size, e)
+        shapes[f"encoder/{i}/dense/bias"] = (e,)
+    for name in ("q", "k", "v", "out"):
+        shapes[f"attention/{name}/kernel"] = (e, e)
+        shapes[f"attention/{name}/bias"] = (e,)
+    return shapes
+
+
+def encoder_shapes(arch: PolicyArchitecture) -> dict[str, tuple[int, ...]]:
+    """Every observation-encoding parameter (visual encoders and attention), without prefix."""
+    spec = arch.behavior_spec
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i in visual_indices(spec):
+        for name, shape in visual_encoder_shapes(arch.vis_encode_type, spec.observations[i].shape, arch.hidden_units).items():
+            shapes[f"encoder/{i}/{name}"] = shape
+    shapes.update(attention_shapes(arch))
+    return shapes
 
 
 def lstm_step(
@@ -203,16 +323,7 @@ def parameter_shapes(arch: PolicyArchitecture) -> dict[str, tuple[int, ...]]:
             size = spec.observations[i].shape[0]
             shapes[f"normalizer/mean/{i}"] = (size,)
             shapes[f"normalizer/var/{i}"] = (size,)
-    for i in visual_indices(spec):
-        channels, height, width = spec.observations[i].shape
-        in_ch = channels
-        for j, (kernel, _, filters) in enumerate(SIMPLE_CONVS):
-            shapes[f"encoder/{i}/conv{j}/kernel"] = (kernel, kernel, in_ch, filters)
-            shapes[f"encoder/{i}/conv{j}/bias"] = (filters,)
-            in_ch = filters
-        oh, ow = conv_output_hw(height, width)
-        shapes[f"encoder/{i}/dense/kernel"] = (oh * ow * in_ch, h)
-        shapes[f"encoder/{i}/dense/bias"] = (h,)
+    shapes.update(encoder_shapes(arch))
     width_in = encoding_size(arch)
     for j in range(arch.num_layers):
         shapes[f"body/dense{j}/kernel"] = (width_in, h)

@@ -49,7 +49,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from common import architecture as arch_mod
 from common.logging import get_logger
-from common.architecture import CONTINUOUS_CLIP, LEAKY_SLOPE, LOG_STD_MAX, LOG_STD_MIN, NORMALIZED_CLIP, SIMPLE_CONVS, TANH_EPS, PolicyArchitecture
+from common.architecture import CONTINUOUS_CLIP, LEAKY_SLOPE, LOG_STD_MAX, LOG_STD_MIN, NORMALIZED_CLIP, TANH_EPS, PolicyArchitecture
 
 #: ONNX operator set of the exported graph. 9 is what ML-Agents' own exporter writes
 #: (``SerializationSettings.onnx_opset``); Barracuda (com.unity.ml-agents 2.x) and
@@ -249,7 +249,12 @@ class _PolicyGraph:
             self.inputs.append(helper.make_tensor_value_info(f"obs_{i}", TensorProto.FLOAT, shape))
         # the body's input: [vector obs in spec order..., visual encodings in spec order...]
         features = [self._normalized(i) for i in arch_mod.vector_indices(self.spec)]
-        features += [self._simple_encoder(i) for i in arch_mod.visual_indices(self.spec)]
+        features += [self._visual_encoder(i) for i in arch_mod.visual_indices(self.spec)]
+        if arch_mod.entity_indices(self.spec):
+            self_encoding = None if not features else features[0] if len(features) == 1 else self._node(
+                "Concat", features, hint="self_encoding", axis=1
+            )
+            features.append(self._entity_attention(self_encoding))
         hidden = features[0] if len(features) == 1 else self._node("Concat", features, hint="features", axis=1)
         for j in range(self.arch.num_layers):
             hidden = self._swish(self._dense(hidden, f"body/dense{j}"))
@@ -287,26 +292,42 @@ class _PolicyGraph:
         scaled = self._node("Mul", [centered, self._const(f"normalizer/inv_std/{i}", inv_std)], hint=f"obs_{i}/scaled")
         return self._node("Clip", [scaled], hint=f"obs_{i}/normalized", min=-NORMALIZED_CLIP, max=NORMALIZED_CLIP)
 
-    def _simple_encoder(self, i: int) -> str:
-        """The 'simple' CNN on a channels-first image; flattened in HWC order like the policy."""
+    def _conv(self, x: str, key: str, stride: int, pad: int) -> str:
+        """A convolution with the HWIO kernel ``{key}/kernel`` stored as OIHW."""
+        kernel = self.params[f"{key}/kernel"]
+        return self._node(
+            "Conv",
+            [x, self._const(f"{key}/kernel_oihw", kernel.transpose(3, 2, 0, 1)), self._param(f"{key}/bias")],
+            hint=key,
+            kernel_shape=[kernel.shape[0], kernel.shape[1]],
+            strides=[stride, stride],
+            pads=[pad, pad, pad, pad],
+        )
+
+    def _visual_encoder(self, i: int) -> str:
+        """The architecture's visual encoder on a channels-first image; the last feature map
+        is flattened in HWC order like the policy's."""
         x = f"obs_{i}"
         prefix = f"encoder/{i}"
-        for j, (kernel_size, stride, _) in enumerate(SIMPLE_CONVS):
-            key = f"{prefix}/conv{j}"
-            oihw = self.params[f"{key}/kernel"].transpose(3, 2, 0, 1)  # HWIO -> OIHW
-            x = self._node(
-                "Conv",
-                [x, self._const(f"{key}/kernel_oihw", oihw), self._param(f"{key}/bias")],
-                hint=key,
-                kernel_shape=[kernel_size, kernel_size],
-                strides=[stride, stride],
-                pads=[0, 0, 0, 0],
-            )
-            x = self._leaky_relu(x, key)
+        if self.arch.vis_encode_type == "resnet":
+            for s in range(len(arch_mod.RESNET_CHANNELS)):
+                x = self._conv(x, f"{prefix}/stack{s}/conv", 1, 1)
+                x = self._node("MaxPool", [x], hint=f"{prefix}/stack{s}/pool", kernel_shape=[3, 3], strides=[2, 2])
+                for b in range(arch_mod.RESNET_BLOCKS):
+                    block = f"{prefix}/stack{s}/block{b}"
+                    y = self._conv(self._swish(x), f"{block}/conv0", 1, 1)
+                    y = self._conv(self._swish(y), f"{block}/conv1", 1, 1)
+                    x = self._node("Add", [x, y], hint=block)
+            x = self._swish(x)
+        else:
+            for j, (_, stride, _) in enumerate(arch_mod.PLAIN_CONVS[self.arch.vis_encode_type]):
+                x = self._leaky_relu(self._conv(x, f"{prefix}/conv{j}", stride, 0), f"{prefix}/conv{j}")
         # NCHW -> NHWC before flattening, so the dense kernel sees features in the
         # (height, width, channels) order it was trained with.
         x = self._node("Transpose", [x], hint=f"{prefix}/nhwc", perm=[0, 2, 3, 1])
         x = self._node("Flatten", [x], hint=f"{prefix}/flat", axis=1)
+        if self.arch.vis_encode_type == "resnet":
+            return self._node("Relu", [self._dense(x, f"{prefix}/dense")], hint=prefix)
         return self._leaky_relu(self._dense(x, f"{prefix}/dense"), prefix)
 
     def _lstm(self, hidden: str) -> str:
@@ -333,6 +354,53 @@ class _PolicyGraph:
         new = self._node("Concat", [y_h, y_c], hint="lstm/new_memories", axis=2)
         self._node("Transpose", [new], output="recurrent_out", perm=[1, 0, 2])
         return self._node("Squeeze", [y_h], hint="lstm/out", axes=[0])
+
+    def _layer_norm(self, x: str, hint: str) -> str:
+        """ML-Agents' LayerNorm over the last axis (no gain or bias)."""
+        centered = self._node("Sub", [x, self._node("ReduceMean", [x], axes=[-1], keepdims=1)], hint=f"{hint}/centered")
+        var = self._node("ReduceMean", [self._node("Mul", [centered, centered])], hint=f"{hint}/var", axes=[-1], keepdims=1)
+        std = self._node("Sqrt", [self._node("Add", [var, self._const("layer_norm_eps", np.float32(arch_mod.LAYER_NORM_EPS))])])
+        return self._node("Div", [centered, std], hint=hint)
+
+    def _entity_attention(self, self_encoding: str | None) -> str:
+        """ML-Agents' entity embedding + residual self-attention + masked mean, [batch, E]."""
+        e, heads = arch_mod.ATTENTION_EMBEDDING_SIZE, arch_mod.ATTENTION_HEADS
+        embedded_self = None if self_encoding is None else self._swish(self._dense(self_encoding, "attention/self/dense"))
+        embeddings, masks, total = [], [], 0
+        for i in arch_mod.entity_indices(self.spec):
+            x = f"obs_{i}"
+            count = self.spec.observations[i].shape[0]
+            total += count
+            squares = self._node("ReduceSum", [self._node("Mul", [x, x])], hint=f"obs_{i}/squares", axes=[2], keepdims=0)
+            padding = self._node("Less", [squares, self._const("entity_threshold", np.float32(arch_mod.ENTITY_PADDING_THRESHOLD))])
+            masks.append(self._node("Cast", [padding], hint=f"obs_{i}/padding", to=TensorProto.FLOAT))
+            if embedded_self is not None:
+                one = self._node("Unsqueeze", [embedded_self], hint="self_embedding/expanded", axes=[1])
+                repeated = one if count == 1 else self._node("Concat", [one] * count, hint="self_embedding/repeated", axis=1)
+                x = self._node("Concat", [repeated, x], hint=f"obs_{i}/with_self", axis=2)
+            embeddings.append(self._swish(self._dense(x, f"encoder/{i}/dense")))
+        joined = embeddings[0] if len(embeddings) == 1 else self._node("Concat", embeddings, hint="entities", axis=1)
+        mask = masks[0] if len(masks) == 1 else self._node("Concat", masks, hint="entity_padding", axis=1)  # [batch, m]
+        inp = self._layer_norm(joined, "attention/embedding_norm")
+        split_shape = self._const_int(f"attention_split_{total}", np.array([-1, total, heads, e // heads]))
+        q, k, v = (
+            self._node("Transpose", [self._node("Reshape", [self._dense(inp, f"attention/{w}"), split_shape])], hint=f"attention/{w}/heads", perm=[0, 2, 1, 3])
+            for w in ("q", "k", "v")
+        )
+        scores = self._node("MatMul", [q, self._node("Transpose", [k], perm=[0, 1, 3, 2])], hint="attention/scores")
+        key_mask = self._node("Reshape", [mask, self._const_int(f"attention_mask_{total}", np.array([-1, 1, 1, total]))])
+        keep = self._node("Sub", [self._const("one", np.float32(1.0)), key_mask], hint="attention/keep")
+        scaled = self._node("Div", [self._node("Mul", [keep, scores]), self._const("attention_scale", np.float32(np.sqrt(e)))])
+        penalty = self._node("Mul", [key_mask, self._const("attention_neg_inf", np.float32(arch_mod.ATTENTION_NEG_INF))])
+        weights = self._node("Softmax", [self._node("Add", [scaled, penalty])], hint="attention/weights", axis=3)
+        attended = self._node("Transpose", [self._node("MatMul", [weights, v])], perm=[0, 2, 1, 3])
+        attended = self._node("Reshape", [attended, self._const_int(f"attention_join_{total}", np.array([-1, total, e]))])
+        out = self._layer_norm(self._node("Add", [self._dense(attended, "attention/out"), inp]), "attention/residual_norm")
+        kept = self._node("Sub", [self._const("one", np.float32(1.0)), mask], hint="entity_kept")  # [batch, m]
+        weighted = self._node("Mul", [out, self._node("Unsqueeze", [kept], axes=[2])], hint="attention/kept_entities")
+        numerator = self._node("ReduceSum", [weighted], hint="attention/sum", axes=[1], keepdims=0)
+        denominator = self._node("Add", [self._node("ReduceSum", [kept], axes=[1], keepdims=1), self._const("pool_eps", np.float32(arch_mod.POOL_EPS))])
+        return self._node("Div", [numerator, denominator], hint="attention/pooled")
 
     def _continuous_head(self, hidden: str, size: int) -> None:
         mu = self._dense(hidden, "policy/mu")

@@ -18,17 +18,26 @@ import numpy as np
 
 from common import tensor
 from common.architecture import (
+    ATTENTION_EMBEDDING_SIZE,
+    ATTENTION_HEADS,
+    ATTENTION_NEG_INF,
     CONTINUOUS_CLIP,
+    ENTITY_PADDING_THRESHOLD,
+    LAYER_NORM_EPS,
     LEAKY_SLOPE,
     LOG_STD_MAX,
     LOG_STD_MIN,
     MASKED_LOGIT,
     NORMALIZED_CLIP,
-    SIMPLE_CONVS,
+    PLAIN_CONVS,
+    POOL_EPS,
+    RESNET_BLOCKS,
+    RESNET_CHANNELS,
     TANH_EPS,
     PolicyArchitecture,
     lstm_step,
     PolicyOutput,
+    entity_indices,
     parameter_shapes,
     vector_indices,
     visual_indices,
@@ -75,6 +84,94 @@ def conv2d_valid(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: in
     return out.reshape(n, oh, ow, o)
 
 
+def _conv_same(x: np.ndarray, p: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    """3x3 stride-1 convolution with one pixel of zero padding (resnet), NHWC."""
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return conv2d_valid(padded, p[f"{name}/kernel"], p[f"{name}/bias"], 1)
+
+
+def _max_pool_3x3_s2(x: np.ndarray) -> np.ndarray:
+    """3x3 max-pool with stride 2 and no padding, NHWC."""
+    return np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(1, 2))[:, ::2, ::2].max(axis=(-2, -1))
+
+
+def visual_encoding(p: Mapping[str, np.ndarray], name: str, vis_encode_type: str, image: np.ndarray) -> np.ndarray:
+    """One visual encoder (``common.architecture.visual_encoder_shapes``).
+
+    Args:
+        p: parameters containing ``{name}/...``.
+        name: e.g. ``encoder/0``.
+        vis_encode_type: one of ``common.architecture.VIS_ENCODE_TYPES``.
+        image: float32 ``[n, C, H, W]`` (Unity's layout).
+
+    Returns:
+        float32 ``[n, hidden_units]``.
+    """
+    x = np.asarray(image, dtype=np.float32).transpose(0, 2, 3, 1)  # -> [n, H, W, C] for the HWIO kernels
+    if vis_encode_type == "resnet":
+        for s in range(len(RESNET_CHANNELS)):
+            x = _max_pool_3x3_s2(_conv_same(x, p, f"{name}/stack{s}/conv"))
+            for b in range(RESNET_BLOCKS):
+                y = _conv_same(_swish(x.copy()), p, f"{name}/stack{s}/block{b}/conv0")
+                x = x + _conv_same(_swish(y), p, f"{name}/stack{s}/block{b}/conv1")
+        x = _swish(x.reshape(x.shape[0], -1))
+        return np.maximum(x @ p[f"{name}/dense/kernel"] + p[f"{name}/dense/bias"], 0.0)
+    for j, (_, stride, _) in enumerate(PLAIN_CONVS[vis_encode_type]):
+        x = _leaky_relu(conv2d_valid(x, p[f"{name}/conv{j}/kernel"], p[f"{name}/conv{j}/bias"], stride))
+    x = x.reshape(x.shape[0], -1)
+    return _leaky_relu(x @ p[f"{name}/dense/kernel"] + p[f"{name}/dense/bias"])
+
+
+def _layer_norm(x: np.ndarray) -> np.ndarray:
+    """ML-Agents' LayerNorm over the last axis, without gain or bias."""
+    centered = x - x.mean(axis=-1, keepdims=True)
+    return centered / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + LAYER_NORM_EPS)
+
+
+def entity_attention(
+    p: Mapping[str, np.ndarray], indices: list[int], self_encoding: np.ndarray | None, observations: list[np.ndarray]
+) -> np.ndarray:
+    """Variable-length observations through ML-Agents' entity embedding + residual self-attention.
+
+    Args:
+        p: parameters (``common.architecture.attention_shapes``).
+        indices: the entity observations' indices.
+        self_encoding: float32 ``[n, self_encoding_size]`` or None (no vector or visual observation).
+        observations: all observations; entity ones ``[n, max_entities, entity_size]``, padding
+            rows all zero (ML-Agents' BufferSensor).
+
+    Returns:
+        float32 ``[n, ATTENTION_EMBEDDING_SIZE]``: the attended entities' mean over the real ones.
+    """
+    e = ATTENTION_EMBEDDING_SIZE
+    embedded_self = None
+    if self_encoding is not None:
+        embedded_self = _swish(self_encoding @ p["attention/self/dense/kernel"] + p["attention/self/dense/bias"])
+    embeddings, masks = [], []
+    for i in indices:
+        entities = np.asarray(observations[i], dtype=np.float32)
+        masks.append((np.einsum("nmk,nmk->nm", entities, entities) < ENTITY_PADDING_THRESHOLD).astype(np.float32))
+        if embedded_self is not None:
+            repeated = np.broadcast_to(embedded_self[:, None, :], (entities.shape[0], entities.shape[1], e))
+            entities = np.concatenate([repeated, entities], axis=2)
+        embeddings.append(_swish(entities @ p[f"encoder/{i}/dense/kernel"] + p[f"encoder/{i}/dense/bias"]))
+    inp = _layer_norm(np.concatenate(embeddings, axis=1))  # [n, m, E]
+    mask = np.concatenate(masks, axis=1)  # [n, m], 1 = padding
+    n, m = mask.shape
+    heads = ATTENTION_HEADS
+    q, k, v = (
+        (inp @ p[f"attention/{w}/kernel"] + p[f"attention/{w}/bias"]).reshape(n, m, heads, e // heads).transpose(0, 2, 1, 3)
+        for w in ("q", "k", "v")
+    )
+    key_mask = mask[:, None, None, :]
+    scores = (1.0 - key_mask) * (q @ k.transpose(0, 1, 3, 2)) / np.float32(math.sqrt(e)) + key_mask * np.float32(ATTENTION_NEG_INF)
+    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    attended = ((scores / scores.sum(axis=-1, keepdims=True)) @ v).transpose(0, 2, 1, 3).reshape(n, m, e)
+    out = _layer_norm(attended @ p["attention/out/kernel"] + p["attention/out/bias"] + inp)
+    keep = 1.0 - mask
+    return ((out * keep[:, :, None]).sum(axis=1) / (keep.sum(axis=1, keepdims=True) + np.float32(POOL_EPS))).astype(np.float32)
+
+
 def masked_logits(logits: np.ndarray, action_mask: np.ndarray | None) -> np.ndarray:
     """Sets the logits of forbidden actions (mask true) to ``MASKED_LOGIT``."""
     if action_mask is None:
@@ -111,6 +208,7 @@ class NumpyPolicy:
         spec = self.architecture.behavior_spec
         self._vector = vector_indices(spec)
         self._visual = visual_indices(spec)
+        self._entities = entity_indices(spec)
         self._branches = spec.action_spec.discrete_branches
         self._offsets = np.concatenate([[0], np.cumsum(self._branches)]).astype(int)
         self._gaussian_std = None
@@ -159,12 +257,10 @@ class NumpyPolicy:
                 x = np.clip((x - p[f"normalizer/mean/{i}"]) * self._inv_std[i], -NORMALIZED_CLIP, NORMALIZED_CLIP)
             parts.append(x)
         for i in self._visual:
-            # [n, C, H, W] (Unity's layout) -> [n, H, W, C] for the HWIO kernels
-            x = np.asarray(observations[i], dtype=np.float32).transpose(0, 2, 3, 1)
-            for j, (_, stride, _) in enumerate(SIMPLE_CONVS):
-                x = _leaky_relu(conv2d_valid(x, p[f"encoder/{i}/conv{j}/kernel"], p[f"encoder/{i}/conv{j}/bias"], stride))
-            x = x.reshape(x.shape[0], -1)
-            parts.append(_leaky_relu(x @ p[f"encoder/{i}/dense/kernel"] + p[f"encoder/{i}/dense/bias"]))
+            parts.append(visual_encoding(p, f"encoder/{i}", self.architecture.vis_encode_type, observations[i]))
+        if self._entities:
+            self_encoding = None if not parts else parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            parts.append(entity_attention(p, self._entities, self_encoding, observations))
         h = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         for j in range(self.architecture.num_layers):
             h = h @ p[f"body/dense{j}/kernel"]

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from common.architecture import PolicyArchitecture, make_snapshot, parameter_shapes
-from gateway.actor.numpy_policy import NumpyPolicy, conv2d_valid
+from common.architecture import ATTENTION_HEADS, PolicyArchitecture, make_snapshot, parameter_shapes
+from gateway.actor.numpy_policy import NumpyPolicy, conv2d_valid, entity_attention, visual_encoding
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 
 
@@ -145,7 +145,7 @@ def test_snapshot_round_trip_and_clear_errors():
     with pytest.raises(ValueError, match="policy/mu/kernel: shape"):
         NumpyPolicy(arch, {**params, "policy/mu/kernel": np.zeros((3, 3), np.float32)})
     with pytest.raises(ValueError, match="not supported yet"):
-        PolicyArchitecture(arch.behavior_spec, 16, 2, vis_encode_type="resnet")
+        PolicyArchitecture(arch.behavior_spec, 16, 2, vis_encode_type="inception")
     with pytest.raises(ValueError, match="at least 20x20"):
         PolicyArchitecture(BehaviorSpec("S", (ObservationSpec("cam", (1, 10, 10)),), ActionSpec(1)), 8, 1)
     with pytest.raises(ValueError, match="action_mask: shape"):
@@ -197,3 +197,85 @@ def test_memory_lstm_matches_a_reference_cell_over_steps_and_starts_from_zeros()
         policy.act(obs, None, rng, memories=np.zeros((n, 6), np.float32))
     with pytest.raises(ValueError, match="memory_size: must be even"):
         PolicyArchitecture(arch.behavior_spec, 6, 1, memory_size=7, sequence_length=4)
+
+
+def _torch_like_resnet(p: dict[str, np.ndarray], image: np.ndarray) -> np.ndarray:
+    """ML-Agents' ResNet encoder written out by loops over NCHW arrays (a slow reference)."""
+
+    def conv(x, name, pad):
+        k = p[f"{name}/kernel"]  # HWIO
+        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        kh, kw, _, o = k.shape
+        oh, ow = x.shape[2] - kh + 1, x.shape[3] - kw + 1
+        out = np.zeros((x.shape[0], o, oh, ow), np.float64)
+        for i in range(oh):
+            for j in range(ow):
+                out[:, :, i, j] = np.einsum("nchw,hwco->no", x[:, :, i : i + kh, j : j + kw], k)
+        return out + p[f"{name}/bias"][None, :, None, None]
+
+    def pool(x):
+        oh, ow = (x.shape[2] - 3) // 2 + 1, (x.shape[3] - 3) // 2 + 1
+        return np.array([[x[:, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max(axis=(2, 3)) for j in range(ow)] for i in range(oh)]).transpose(2, 3, 0, 1)
+
+    def swish(x):
+        return 0.5 * x * (1.0 + np.tanh(0.5 * x))
+
+    x = image.astype(np.float64)
+    for s in range(3):
+        x = pool(conv(x, f"e/stack{s}/conv", 1))
+        for b in range(2):
+            x = x + conv(swish(conv(swish(x), f"e/stack{s}/block{b}/conv0", 1)), f"e/stack{s}/block{b}/conv1", 1)
+    flat = swish(x).transpose(0, 2, 3, 1).reshape(x.shape[0], -1)  # HWC order, as Tandem's dense reads it
+    return np.maximum(flat @ p["e/dense/kernel"] + p["e/dense/bias"], 0.0)
+
+
+def test_resnet_encoder_matches_a_loop_reference():
+    from common.architecture import visual_encoder_shapes
+
+    rng = np.random.default_rng(7)
+    shapes = visual_encoder_shapes("resnet", (2, 17, 15), 8)
+    p = {f"e/{k}": (0.3 * rng.standard_normal(v)).astype(np.float32) for k, v in shapes.items()}
+    image = rng.random((3, 2, 17, 15)).astype(np.float32)
+    out = visual_encoding(p, "e", "resnet", image)
+    assert out.shape == (3, 8)
+    np.testing.assert_allclose(out, _torch_like_resnet(p, image), rtol=1e-4, atol=1e-4)
+
+
+def test_attention_equals_plain_attention_over_the_real_entities_only():
+    """Masking padded entities (ML-Agents' -1e6 scores and masked mean) is the same as running
+    unmasked attention, agent by agent, over its real entities alone (a float64 reference)."""
+    rng = np.random.default_rng(8)
+    spec = BehaviorSpec("S", (ObservationSpec("v", (3,)), ObservationSpec("buffer", (5, 4))), ActionSpec(2))
+    arch = PolicyArchitecture(spec, hidden_units=8, num_layers=1)
+    p = _random_params(arch, rng)
+    n = 6
+    self_encoding = rng.standard_normal((n, 3)).astype(np.float32)
+    entities = rng.standard_normal((n, 5, 4)).astype(np.float32)
+    counts = np.array([1, 2, 3, 4, 5, 5])
+    for a in range(n):
+        entities[a, counts[a]:] = 0.0
+    out = entity_attention(p, [1], self_encoding, [self_encoding, entities])
+
+    def dense(x, name):
+        return x @ p[f"{name}/kernel"].astype(np.float64) + p[f"{name}/bias"]
+
+    def norm(x):
+        c = x - x.mean(-1, keepdims=True)
+        return c / np.sqrt((c * c).mean(-1, keepdims=True) + 1e-5)
+
+    def swish(x):
+        return 0.5 * x * (1.0 + np.tanh(0.5 * x))
+
+    for a in range(n):
+        own = swish(dense(self_encoding[a : a + 1].astype(np.float64), "attention/self/dense"))
+        real = entities[a, : counts[a]].astype(np.float64)
+        x = norm(swish(dense(np.concatenate([np.repeat(own, len(real), 0), real], 1), "encoder/1/dense")))
+        heads = []
+        for h in range(ATTENTION_HEADS):
+            cols = slice(32 * h, 32 * (h + 1))
+            q, k, v = (dense(x, f"attention/{w}")[:, cols] for w in "qkv")
+            scores = q @ k.T / np.sqrt(128.0)
+            weights = np.exp(scores - scores.max(1, keepdims=True))
+            heads.append((weights / weights.sum(1, keepdims=True)) @ v)
+        y = norm(dense(np.concatenate(heads, 1), "attention/out") + x)
+        np.testing.assert_allclose(out[a], y.mean(0), rtol=1e-4, atol=1e-5)

@@ -47,9 +47,26 @@ GRID_SPEC = specs.BehaviorSpec(
 )
 
 
-def architecture(spec: specs.BehaviorSpec, distribution: str = "gaussian") -> arch_mod.PolicyArchitecture:
+SORTER_SPEC = specs.BehaviorSpec(
+    name="Sorter?team=0",
+    observations=(
+        specs.ObservationSpec(name="VectorSensor_size4", shape=(4,)),
+        specs.ObservationSpec(name="BufferSensor", shape=(8, 6), dimension_properties=(2, 1)),
+    ),
+    action_spec=specs.ActionSpec(discrete_branches=(3, 3)),
+)
+
+
+def architecture(
+    spec: specs.BehaviorSpec, distribution: str = "gaussian", vis_encode_type: str = "simple"
+) -> arch_mod.PolicyArchitecture:
     return arch_mod.PolicyArchitecture(
-        behavior_spec=spec, hidden_units=16, num_layers=1, normalize=True, continuous_distribution=distribution
+        behavior_spec=spec,
+        hidden_units=16,
+        num_layers=1,
+        normalize=True,
+        continuous_distribution=distribution,
+        vis_encode_type=vis_encode_type,
     )
 
 
@@ -69,11 +86,16 @@ def known_params(arch: arch_mod.PolicyArchitecture, seed: int = 0) -> dict[str, 
 
 
 def observations(spec: specs.BehaviorSpec, n: int, seed: int = 1) -> list[np.ndarray]:
+    """Random observations; variable-length ones with a random number of entities, the rest
+    all-zero padding rows as ML-Agents' BufferSensor pads."""
     rng = np.random.default_rng(seed)
-    return [
-        (rng.random((n, *o.shape)) if o.is_visual else rng.normal(0, 2, (n, *o.shape))).astype(np.float32)
-        for o in spec.observations
-    ]
+    out = []
+    for o in spec.observations:
+        x = (rng.random((n, *o.shape)) if o.is_visual else rng.normal(0, 2, (n, *o.shape))).astype(np.float32)
+        if len(o.shape) == 2:
+            x[np.arange(o.shape[0])[None, :] >= rng.integers(0, o.shape[0] + 1, (n, 1))] = 0.0
+        out.append(x)
+    return out
 
 
 def random_mask(n: int, branches: tuple[int, ...], seed: int = 2) -> np.ndarray:
@@ -87,9 +109,20 @@ def random_mask(n: int, branches: tuple[int, ...], seed: int = 2) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-@pytest.mark.parametrize("spec,distribution", [(BALL_SPEC, "gaussian"), (BALL_SPEC, "tanh_gaussian"), (GRID_SPEC, "gaussian")])
-def test_deterministic_actions_equal_numpy_policy(spec, distribution):
-    arch = architecture(spec, distribution)
+@pytest.mark.parametrize(
+    "spec,distribution,encoder",
+    [
+        (BALL_SPEC, "gaussian", "simple"),
+        (BALL_SPEC, "tanh_gaussian", "simple"),
+        (GRID_SPEC, "gaussian", "simple"),
+        (GRID_SPEC, "gaussian", "resnet"),
+        (GRID_SPEC, "gaussian", "match3"),
+        (GRID_SPEC, "gaussian", "fully_connected"),
+        (SORTER_SPEC, "gaussian", "simple"),
+    ],
+)
+def test_deterministic_actions_equal_numpy_policy(spec, distribution, encoder):
+    arch = architecture(spec, distribution, encoder)
     params = known_params(arch)
     if distribution == "tanh_gaussian":
         params["policy/mu/bias"] = np.array([2.0, -1.5], np.float32)  # means beyond [-1, 1]
@@ -113,6 +146,19 @@ def test_deterministic_actions_equal_numpy_policy(spec, distribution):
             assert not chosen.any(), "a masked action was chosen"
     empty = onnx_policy.act([o[:0] for o in obs], None if mask is None else mask[:0], None, deterministic=True)
     assert empty.discrete.shape == (0, spec.action_spec.num_branches)
+
+
+def test_nature_cnn_model_acts_like_numpy_policy_at_84x84():
+    """nature_cnn needs 36x36 at least: the 84x84 camera of the stand-in's visual tasks."""
+    spec = specs.BehaviorSpec(
+        "Visual?team=0", (specs.ObservationSpec("CameraSensor", (3, 84, 84)),), specs.ActionSpec(continuous_size=2)
+    )
+    arch = architecture(spec, vis_encode_type="nature_cnn")
+    params = known_params(arch)
+    obs = observations(spec, 5)
+    got = OnnxPolicy(export_policy_bytes(arch, params), spec=spec).act(obs, None, None, deterministic=True)
+    want = NumpyPolicy(arch, params).act(obs, None, np.random.default_rng(0), deterministic=True)
+    np.testing.assert_allclose(got.env_continuous, want.env_continuous, atol=1e-5)
 
 
 def test_training_snapshot_samples_with_log_probs():

@@ -31,6 +31,7 @@ def make_architecture(
     normalize: bool = True,
     num_layers: int = 2,
     hidden_units: int = HIDDEN,
+    vis_encode_type: str = "simple",
 ) -> PolicyArchitecture:
     spec = specs.BehaviorSpec(
         name="Test?team=0",
@@ -42,7 +43,7 @@ def make_architecture(
         hidden_units=hidden_units,
         num_layers=num_layers,
         normalize=normalize,
-        vis_encode_type="simple",
+        vis_encode_type=vis_encode_type,
         continuous_distribution=distribution,
     )
 
@@ -80,6 +81,11 @@ def random_inputs(
         if len(obs.shape) == 1:
             x = rng.normal(0, 2, (batch, *obs.shape)).astype(np.float32)
             feed[f"obs_{i}"] = x
+        elif len(obs.shape) == 2:
+            # BufferSensor-like: a varying number of entities, the rest all-zero padding rows
+            x = rng.normal(0, 1, (batch, *obs.shape)).astype(np.float32)
+            x[np.arange(obs.shape[0])[None, :] >= rng.integers(1, obs.shape[0] + 1, (batch, 1))] = 0.0
+            feed[f"obs_{i}"] = x
         else:
             x = rng.uniform(0, 1, (batch, *obs.shape)).astype(np.float32)
             feed[f"obs_{i}"] = x
@@ -110,6 +116,17 @@ BEHAVIORS = {
     "hybrid_sac": dict(observations=[(7,), (1, 40, 36)], continuous=2, branches=(5,), distribution="tanh_gaussian"),
     # hybrid with a single branch and a single layer, not normalized
     "hybrid_ppo": dict(observations=[(9,)], continuous=1, branches=(2,), normalize=False, num_layers=1),
+    # every other visual encoder of ML-Agents, at a size each accepts (nature_cnn needs 36)
+    "nature_cnn": dict(observations=[(3, 36, 40), (5,)], continuous=2, vis_encode_type="nature_cnn"),
+    "resnet": dict(observations=[(2, 20, 17)], continuous=2, branches=(3,), vis_encode_type="resnet"),
+    "match3": dict(observations=[(4, 6, 7)], branches=(4, 2), vis_encode_type="match3"),
+    "fully_connected": dict(observations=[(3, 5, 4), (3,)], continuous=2, vis_encode_type="fully_connected"),
+    # variable-length observations (Sorter-like): attention over entities plus a vector
+    "attention": dict(observations=[(4,), (6, 5)], continuous=2, branches=(3,)),
+    # two entity buffers and a camera, no vector; SAC
+    "attention_visual": dict(observations=[(3, 3), (1, 20, 20), (5, 2)], continuous=1, distribution="tanh_gaussian"),
+    # only entities: no self encoding to condition them on
+    "attention_only": dict(observations=[(7, 4)], branches=(5,)),
 }
 
 
@@ -335,9 +352,9 @@ def test_bad_params_raise_a_clear_error(mutate, message):
     ("mutate", "message"),
     [
         (lambda a: setattr(a, "continuous_distribution", "beta"), "continuous_distribution"),
-        (lambda a: setattr(a, "vis_encode_type", "resnet"), "vis_encode_type"),
+        (lambda a: setattr(a, "vis_encode_type", "bogus"), "vis_encode_type"),
         (lambda a: a.behavior_spec.ClearField("name"), "behavior_spec.name"),
-        (lambda a: a.behavior_spec.observations[0].shape.append(2), "only vector"),
+        (lambda a: a.behavior_spec.observations[0].shape.extend([2, 2, 2]), "only vector"),
     ],
 )
 def test_an_architecture_the_exporter_cannot_take_is_refused_with_a_clear_error(mutate, message):
@@ -352,6 +369,96 @@ def test_an_architecture_the_exporter_cannot_take_is_refused_with_a_clear_error(
 def test_too_small_image_for_the_simple_encoder_is_refused():
     with pytest.raises(ValueError, match="needs at least 20x20"):
         make_architecture([(3, 10, 10)], continuous=1)
+
+
+@pytest.mark.parametrize(("encoder", "minimum"), sorted(arch_mod.MIN_VISUAL_SIZE.items()))
+def test_each_encoder_takes_its_minimum_image_and_refuses_a_smaller_one_naming_it(encoder, minimum):
+    """ML-Agents' minimum sides (ModelUtils.MIN_RESOLUTION_FOR_ENCODER): the smallest image gives
+    a working model; one pixel less is refused when the architecture is built, naming the sensor."""
+    arch = make_architecture([(2, minimum, minimum + 3)], continuous=2, vis_encode_type=encoder)
+    params = random_params(arch)
+    observations, feed = random_inputs(arch, batch=3)
+    out = run(session(arch, params), feed)
+    want = NumpyPolicy(arch, params).act(observations, None, np.random.default_rng(0), deterministic=True)
+    np.testing.assert_allclose(out["deterministic_continuous_actions"], want.env_continuous, atol=1e-5, rtol=0)
+    if minimum > 1:
+        with pytest.raises(ValueError, match=f"observation 0 \\('sensor0'\\) is {minimum - 1}x{minimum + 3}; vis_encode_type {encoder} needs at least {minimum}x{minimum}"):
+            make_architecture([(2, minimum - 1, minimum + 3)], continuous=2, vis_encode_type=encoder)
+
+
+ENCODER_LAYERS = {
+    # (name relative to encoder/0, shape) of every layer at a 3x84x84 image, hidden 16
+    "simple": {"conv0/kernel": (8, 8, 3, 16), "conv1/kernel": (4, 4, 16, 32), "dense/kernel": (9 * 9 * 32, 16)},
+    "nature_cnn": {
+        "conv0/kernel": (8, 8, 3, 32), "conv1/kernel": (4, 4, 32, 64), "conv2/kernel": (3, 3, 64, 64),
+        "dense/kernel": (7 * 7 * 64, 16),
+    },
+    "match3": {"conv0/kernel": (3, 3, 3, 35), "conv1/kernel": (3, 3, 35, 144), "dense/kernel": (80 * 80 * 144, 16)},
+    "fully_connected": {"dense/kernel": (84 * 84 * 3, 16)},
+    # 84 -> pool 41 -> 20 -> 9, 32 channels
+    "resnet": {
+        "stack0/conv/kernel": (3, 3, 3, 16), "stack0/block1/conv1/kernel": (3, 3, 16, 16),
+        "stack1/conv/kernel": (3, 3, 16, 32), "stack2/block0/conv0/kernel": (3, 3, 32, 32),
+        "dense/kernel": (9 * 9 * 32, 16),
+    },
+}
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODER_LAYERS))
+def test_encoder_layer_shapes_follow_mlagents(encoder):
+    shapes = arch_mod.parameter_shapes(make_architecture([(3, 84, 84)], continuous=1, vis_encode_type=encoder))
+    for name, shape in ENCODER_LAYERS[encoder].items():
+        assert shapes[f"encoder/0/{name}"] == shape
+    convs = [n for n in shapes if n.startswith("encoder/0/") and n.endswith("/kernel") and "dense" not in n]
+    assert len(convs) == {"simple": 2, "nature_cnn": 3, "match3": 2, "fully_connected": 0, "resnet": 3 * 5}[encoder]
+
+
+def test_attention_layer_shapes_follow_mlagents():
+    """Entity embedding over [self embedding, entity], fixed width 128, q/k/v/out projections."""
+    shapes = arch_mod.parameter_shapes(make_architecture([(4,), (6, 5)], continuous=2))
+    assert shapes["attention/self/dense/kernel"] == (4, 128)
+    assert shapes["encoder/1/dense/kernel"] == (128 + 5, 128)
+    for name in ("q", "k", "v", "out"):
+        assert shapes[f"attention/{name}/kernel"] == (128, 128)
+    assert shapes["body/dense0/kernel"] == (4 + 128, HIDDEN)
+    alone = arch_mod.parameter_shapes(make_architecture([(6, 5)], continuous=2))
+    assert "attention/self/dense/kernel" not in alone and alone["encoder/0/dense/kernel"] == (5, 128)
+
+
+@pytest.mark.parametrize("name", ["attention", "attention_visual"])
+def test_attention_is_invariant_to_entity_order_and_to_padding(name):
+    """Permuting the entities of a buffer, or adding padding rows, changes nothing (ONNX and numpy)."""
+    arch = make_architecture(**BEHAVIORS[name])
+    params = random_params(arch, seed=3)
+    observations, feed = random_inputs(arch, batch=16, seed=4)
+    policy = NumpyPolicy(arch, params)
+    base = policy.distribution(observations)
+    base_onnx = run(session(arch, params), feed)
+    rng = np.random.default_rng(5)
+    shuffled = [o[:, rng.permutation(o.shape[1])] if o.ndim == 3 else o for o in observations]
+    assert any(not np.array_equal(a, b) for a, b in zip(shuffled, observations))
+    for key, value in policy.distribution(shuffled).items():
+        np.testing.assert_allclose(value, base[key], atol=1e-5, rtol=0)
+    out = run(session(arch, params), {**feed, **{f"obs_{i}": o for i, o in enumerate(shuffled)}})
+    for key, value in base_onnx.items():
+        if key.startswith("deterministic"):
+            np.testing.assert_allclose(value, out[key], atol=1e-5, rtol=0)
+    # a wider buffer (more padding rows) for the same entities: a bigger model, the same policy
+    spec = arch.behavior_spec
+    wider_spec = specs.BehaviorSpec(
+        spec.name,
+        tuple(specs.ObservationSpec(o.name, (o.shape[0] + 3, o.shape[1]) if len(o.shape) == 2 else o.shape) for o in spec.observations),
+        spec.action_spec,
+    )
+    wider = PolicyArchitecture(wider_spec, arch.hidden_units, arch.num_layers, arch.normalize, arch.vis_encode_type, arch.continuous_distribution)
+    padded = [np.concatenate([o, np.zeros((o.shape[0], 3, o.shape[2]), np.float32)], axis=1) if o.ndim == 3 else o for o in observations]
+    for key, value in NumpyPolicy(wider, params).distribution(padded).items():
+        np.testing.assert_allclose(value, base[key], atol=1e-5, rtol=0)
+    # the entities do matter: zeroing one real entity changes the policy
+    changed = [o.copy() for o in observations]
+    entity = arch_mod.entity_indices(spec)[0]
+    changed[entity][:, 0] = 0.0
+    assert np.abs(policy.distribution(changed)["mu"] - base["mu"]).max() > 1e-4
 
 
 # ---- parity with the policy the trainer and the gateway act with ----------------------
@@ -409,7 +516,8 @@ def test_deterministic_actions_match_numpy_policy(behavior, init):
     )
     if action.continuous_size:
         np.testing.assert_allclose(continuous, reference.env_continuous, atol=1e-5, rtol=0)
-        assert np.ptp(continuous, axis=0).min() > 1e-3  # the inputs really drive the actions
+        # the inputs really drive the actions (ML-Agents' init, mu gain 0.2, keeps them small for resnet)
+        assert np.ptp(continuous, axis=0).min() > (1e-3 if init == "random" else 1e-4)
     if action.discrete_branches:
         np.testing.assert_array_equal(discrete, reference.discrete)
 
@@ -432,7 +540,7 @@ def deterministic_jax(
             {str(i): jnp.asarray(params[f"normalizer/var/{i}"]) for i in idx},
         )
     mask = None if allowed is None else jnp.asarray(allowed == 0)
-    dist = networks.actor_forward(jparams, arch, [jnp.asarray(o) for o in observations], norm, mask)
+    dist = jax.jit(networks.actor_forward, static_argnums=1)(jparams, arch, [jnp.asarray(o) for o in observations], norm, mask)
     n = len(observations[0])
     branches = arch.behavior_spec.action_spec.discrete_branches
     acts = distributions.sample(dist, jax.random.key(0), n, branches, arch.continuous_distribution, deterministic=True)

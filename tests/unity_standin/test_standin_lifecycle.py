@@ -113,7 +113,7 @@ def test_task_from_the_environment_variable(monkeypatch):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--task", "nope"], "unknown task 'nope'; known tasks: 3dball, gridworld, multibehavior"),
+        (["--task", "nope"], "unknown task 'nope'; known tasks: 3dball, gridworld, "),
         (["--num-agents", "0"], "expected a positive integer, got 0"),
         (["--mlagents-port", "abc"], "expected a port number, got 'abc'"),
         (["--decision-period", "x"], "expected a positive integer, got 'x'"),

@@ -38,17 +38,13 @@ def _reward_signals() -> frozenset[str]:
 
 
 SUPPORTED_REWARD_SIGNALS: frozenset[str] = _reward_signals()
-SUPPORTED_VIS_ENCODE_TYPES: frozenset[str] = frozenset({"simple"})
+SUPPORTED_VIS_ENCODE_TYPES: frozenset[str] = frozenset({"simple", "nature_cnn", "resnet", "match3", "fully_connected"})
 
 
 #: ML-Agents example environments whose observations Tandem refuses when they connect, by
 #: behavior name: the configuration cannot show it, the name can (``--dry-run`` says so)
-KNOWN_UNSUPPORTED_ENVIRONMENTS: dict[str, str] = {
-    "Sorter": (
-        "ML-Agents' Sorter example observes through a BufferSensor (variable-length, rank-2 observations), "
-        "which Tandem refuses when the environment connects (only vector and visual observations are supported yet)"
-    ),
-}
+#: (empty: Sorter's BufferSensor, rank-2 observations, is supported through entity attention)
+KNOWN_UNSUPPORTED_ENVIRONMENTS: dict[str, str] = {}
 
 
 def environment_warnings(options: RunOptions) -> list[str]:

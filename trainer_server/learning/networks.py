@@ -11,7 +11,9 @@ Layout (shapes for ``hidden_units`` h):
 
 * encoders: vector observations normalized (``normalize``) and concatenated; visual
   observations through the ``simple`` CNN (conv 8x8/4 16 filters, leaky ReLU, conv 4x4/2 32
-  filters, leaky ReLU, dense h, leaky ReLU), as ML-Agents' SimpleVisualEncoder;
+  filters, leaky ReLU, dense h, leaky ReLU), as ML-Agents' SimpleVisualEncoder, or another of
+  ML-Agents' encoders (``vis_encode_type``, ``visual_encoder``); variable-length observations
+  through ML-Agents' entity embedding and residual self-attention (``entity_attention``);
 * body: ``num_layers`` dense layers of h with swish (ML-Agents' LinearEncoder);
 * memory (``memory_size`` m > 0): one LSTM of m/2 units after the body (``lstm/...``, the
   critic's own ``critic/lstm/...``), heads read its hidden output; training runs it over
@@ -39,7 +41,28 @@ import math
 import jax
 import jax.numpy as jnp
 
-from common.architecture import LEAKY_SLOPE, LOG_STD_MAX, LOG_STD_MIN, SIMPLE_CONVS, PolicyArchitecture, conv_output_hw, encoding_size, lstm_step, vector_indices, visual_indices
+from common.architecture import (
+    ATTENTION_EMBEDDING_SIZE,
+    ATTENTION_HEADS,
+    ATTENTION_NEG_INF,
+    ENTITY_PADDING_THRESHOLD,
+    LAYER_NORM_EPS,
+    LEAKY_SLOPE,
+    LOG_STD_MAX,
+    LOG_STD_MIN,
+    PLAIN_CONVS,
+    POOL_EPS,
+    RESNET_BLOCKS,
+    RESNET_CHANNELS,
+    PolicyArchitecture,
+    attention_shapes,
+    encoder_shapes,
+    encoding_size,
+    entity_indices,
+    lstm_step,
+    vector_indices,
+    visual_indices,
+)
 from trainer_server.learning import normalizer as normalizer_mod
 from trainer_server.learning.distributions import DistParams, mask_logits
 
@@ -62,23 +85,27 @@ def _xavier_uniform(key: jax.Array, fan_in: int, fan_out: int, gain: float) -> j
 
 
 def _init_encoders(key: jax.Array, arch: PolicyArchitecture, prefix: str) -> Params:
+    """Visual encoders and the attention of variable-length observations (``encoder_shapes``).
+
+    Convolutions: torch's default Conv2d init (uniform +-1/sqrt(fan_in)); visual dense layers:
+    Kaiming normal with gain 1.41; attention layers: ML-Agents' ``Initialization.Normal``
+    (std ``sqrt(0.125 / E)``) with zero biases.
+    """
     params: Params = {}
-    spec = arch.behavior_spec
-    for i in visual_indices(spec):
-        channels, height, width = spec.observations[i].shape
-        in_ch = channels
-        for j, (kernel, _, filters) in enumerate(SIMPLE_CONVS):
-            key, k_w, k_b = jax.random.split(key, 3)
-            bound = 1.0 / math.sqrt(kernel * kernel * in_ch)  # torch's default Conv2d init
-            params[f"{prefix}encoder/{i}/conv{j}/kernel"] = jax.random.uniform(
-                k_w, (kernel, kernel, in_ch, filters), jnp.float32, -bound, bound
-            )
-            params[f"{prefix}encoder/{i}/conv{j}/bias"] = jax.random.uniform(k_b, (filters,), jnp.float32, -bound, bound)
-            in_ch = filters
-        oh, ow = conv_output_hw(height, width)
-        key, k_d = jax.random.split(key)
-        params[f"{prefix}encoder/{i}/dense/kernel"] = _kaiming_normal(k_d, oh * ow * in_ch, arch.hidden_units, 1.41)
-        params[f"{prefix}encoder/{i}/dense/bias"] = jnp.zeros((arch.hidden_units,), jnp.float32)
+    attention_std = math.sqrt(0.125 / ATTENTION_EMBEDDING_SIZE)
+    attention = attention_shapes(arch)
+    shapes = encoder_shapes(arch)
+    for name, shape in shapes.items():
+        key, k = jax.random.split(key)
+        if name in attention:
+            value = attention_std * jax.random.normal(k, shape, jnp.float32) if len(shape) == 2 else jnp.zeros(shape, jnp.float32)
+        elif "/dense/" in name:
+            value = _kaiming_normal(k, shape[0], shape[1], 1.41) if len(shape) == 2 else jnp.zeros(shape, jnp.float32)
+        else:  # a convolution: the bias bound comes from its kernel's fan-in
+            kernel_shape = shapes[name.rsplit("/", 1)[0] + "/kernel"]
+            bound = 1.0 / math.sqrt(kernel_shape[0] * kernel_shape[1] * kernel_shape[2])
+            value = jax.random.uniform(k, shape, jnp.float32, -bound, bound)
+        params[f"{prefix}{name}"] = value
     return params
 
 
@@ -190,8 +217,94 @@ def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> jax.
     return out + bias
 
 
+def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """3x3 max-pool with stride 2, no padding (torch's MaxPool2d([3, 3], [2, 2])), NHWC."""
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
+
+
+def _conv_same(x: jax.Array, params: Params, name: str) -> jax.Array:
+    """3x3 stride-1 convolution with one pixel of zero padding (resnet)."""
+    out = jax.lax.conv_general_dilated(
+        x, params[f"{name}/kernel"], (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return out + params[f"{name}/bias"]
+
+
+def visual_encoder(params: Params, name: str, vis_encode_type: str, image: jax.Array) -> jax.Array:
+    """One visual encoder (``common.architecture.visual_encoder_shapes``): ``[n, C, H, W]`` -> ``[n, h]``.
+
+    Args:
+        params: containing ``{name}/...``.
+        name: e.g. ``encoder/0`` or ``critic/encoder/0``.
+    """
+    x = jnp.transpose(image, (0, 2, 3, 1))  # [n, C, H, W] -> [n, H, W, C]
+    if vis_encode_type == "resnet":
+        for s in range(len(RESNET_CHANNELS)):
+            x = _max_pool_3x3_s2(_conv_same(x, params, f"{name}/stack{s}/conv"))
+            for b in range(RESNET_BLOCKS):
+                y = _conv_same(jax.nn.swish(x), params, f"{name}/stack{s}/block{b}/conv0")
+                x = x + _conv_same(jax.nn.swish(y), params, f"{name}/stack{s}/block{b}/conv1")
+        x = jax.nn.swish(x).reshape(x.shape[0], -1)
+        return jax.nn.relu(x @ params[f"{name}/dense/kernel"] + params[f"{name}/dense/bias"])
+    for j, (_, stride, _) in enumerate(PLAIN_CONVS[vis_encode_type]):
+        x = _leaky_relu(_conv(x, params[f"{name}/conv{j}/kernel"], params[f"{name}/conv{j}/bias"], stride))
+    x = x.reshape(x.shape[0], -1)
+    return _leaky_relu(x @ params[f"{name}/dense/kernel"] + params[f"{name}/dense/bias"])
+
+
+def _layer_norm(x: jax.Array) -> jax.Array:
+    """ML-Agents' LayerNorm over the last axis, without gain or bias."""
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centered = x - mean
+    return centered / jnp.sqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + LAYER_NORM_EPS)
+
+
+def _dense(params: Params, name: str, x: jax.Array) -> jax.Array:
+    return x @ params[f"{name}/kernel"] + params[f"{name}/bias"]
+
+
+def entity_attention(params: Params, prefix: str, arch: PolicyArchitecture, self_encoding: jax.Array | None, observations: list[jax.Array]) -> jax.Array:
+    """Variable-length observations through ML-Agents' entity embedding and residual self-attention.
+
+    Args:
+        self_encoding: ``[n, self_encoding_size]`` (vector and visual encodings), or None.
+        observations: all observations; entity ones are ``[n, max_entities, entity_size]``,
+            padding rows all zero.
+
+    Returns:
+        ``[n, ATTENTION_EMBEDDING_SIZE]``: the masked mean of the attended entities.
+    """
+    e = ATTENTION_EMBEDDING_SIZE
+    embedded_self = None if self_encoding is None else jax.nn.swish(_dense(params, f"{prefix}attention/self/dense", self_encoding))
+    embeddings, masks = [], []
+    for i in entity_indices(arch.behavior_spec):
+        entities = observations[i]
+        masks.append((jnp.sum(entities * entities, axis=2) < ENTITY_PADDING_THRESHOLD).astype(jnp.float32))
+        if embedded_self is not None:
+            repeated = jnp.broadcast_to(embedded_self[:, None, :], (entities.shape[0], entities.shape[1], e))
+            entities = jnp.concatenate([repeated, entities], axis=2)
+        embeddings.append(jax.nn.swish(_dense(params, f"{prefix}encoder/{i}/dense", entities)))
+    inp = _layer_norm(jnp.concatenate(embeddings, axis=1))  # [n, m, E]
+    mask = jnp.concatenate(masks, axis=1)  # [n, m], 1 = padding
+    n, m = mask.shape
+    heads = ATTENTION_HEADS
+
+    def split(x: jax.Array) -> jax.Array:  # [n, m, E] -> [n, heads, m, E / heads]
+        return x.reshape(n, m, heads, e // heads).transpose(0, 2, 1, 3)
+
+    q, k, v = (split(_dense(params, f"{prefix}attention/{name}", inp)) for name in ("q", "k", "v"))
+    scores = q @ k.transpose(0, 1, 3, 2)  # [n, heads, m, m]
+    key_mask = mask[:, None, None, :]
+    scores = (1.0 - key_mask) * scores / math.sqrt(e) + key_mask * ATTENTION_NEG_INF
+    attended = (jax.nn.softmax(scores, axis=-1) @ v).transpose(0, 2, 1, 3).reshape(n, m, e)
+    out = _layer_norm(_dense(params, f"{prefix}attention/out", attended) + inp)
+    keep = 1.0 - mask
+    return jnp.sum(out * keep[:, :, None], axis=1) / (jnp.sum(keep, axis=1, keepdims=True) + POOL_EPS)
+
+
 def _encoders(params: Params, prefix: str, arch: PolicyArchitecture, observations: list[jax.Array], norm: NormStats) -> jax.Array:
-    """Every observation encoded and concatenated: ``[n, encoding_size]``."""
+    """Every observation encoded and concatenated: ``[n, encoding_size]``
+    (vector observations, visual encodings, then the attention's pooled entities)."""
     spec = arch.behavior_spec
     parts = []
     for i in vector_indices(spec):
@@ -200,11 +313,10 @@ def _encoders(params: Params, prefix: str, arch: PolicyArchitecture, observation
             x = normalizer_mod.normalize(x, norm[0][str(i)], norm[1][str(i)])
         parts.append(x)
     for i in visual_indices(spec):
-        x = jnp.transpose(observations[i], (0, 2, 3, 1))  # [n, C, H, W] -> [n, H, W, C]
-        for j, (_, stride, _) in enumerate(SIMPLE_CONVS):
-            x = _leaky_relu(_conv(x, params[f"{prefix}encoder/{i}/conv{j}/kernel"], params[f"{prefix}encoder/{i}/conv{j}/bias"], stride))
-        x = x.reshape(x.shape[0], -1)
-        parts.append(_leaky_relu(x @ params[f"{prefix}encoder/{i}/dense/kernel"] + params[f"{prefix}encoder/{i}/dense/bias"]))
+        parts.append(visual_encoder(params, f"{prefix}encoder/{i}", arch.vis_encode_type, observations[i]))
+    if entity_indices(spec):
+        self_encoding = None if not parts else parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+        parts.append(entity_attention(params, prefix, arch, self_encoding, observations))
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 

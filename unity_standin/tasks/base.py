@@ -19,6 +19,7 @@ from unity_standin.side_channels import SideChannels
 # ML-Agents' DimensionProperty flags.
 DIM_NONE = 1
 DIM_TRANSLATIONAL_EQUIVARIANCE = 2
+DIM_VARIABLE_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,9 @@ class ObservationDef:
     Attributes:
         name: sensor name (Unity sorts sensors by name; tasks list them in that order).
         shape: vector ``(size,)``; visual ``(channels, height, width)`` as com.unity.ml-agents
-            3.x/4.x sends camera sensors (mlagents-envs decodes them channels-first).
+            3.x/4.x sends camera sensors (mlagents-envs decodes them channels-first);
+            variable-length ``(max_entities, entity_size)`` as a BufferSensor sends it
+            (entities first, all-zero padding rows after them).
         compressed: visual only: sent PNG-compressed like a CameraSensor.
     """
 
@@ -40,6 +43,8 @@ class ObservationDef:
     def dimension_properties(self) -> tuple[int, ...]:
         if len(self.shape) == 3:
             return (DIM_NONE, DIM_TRANSLATIONAL_EQUIVARIANCE, DIM_TRANSLATIONAL_EQUIVARIANCE)
+        if len(self.shape) == 2:  # a BufferSensor
+            return (DIM_VARIABLE_SIZE, DIM_NONE)
         return (DIM_NONE,) * len(self.shape)
 
 

@@ -15,7 +15,8 @@ script that checks its walls would do; ``Environment/MaskedActionsIgnored`` coun
 Rewards: -0.01 per step, +1 and the episode's end for digging on the goal, -1 and the
 end for stepping into the pit; episodes are interrupted after 100 steps.
 Observations, in Unity's sensor order (sorted by name):
-  - ``CameraSensor``: RGB image (3, 24, 24) channels-first, sent PNG-compressed;
+  - ``CameraSensor``: RGB image (3, 24, 24) channels-first (84x84 in ``gridworld84``),
+    sent PNG-compressed;
   - ``VectorSensor_size6``: agent row and column scaled to [0, 1], goal and pit offsets
     from the agent divided by the grid size.
 Stats: ``Environment/GoalsReached`` and ``Environment/PitFalls`` (SUM).
@@ -44,6 +45,8 @@ _PIT = (220, 40, 40)
 
 class GridWorld(Task):
     name = "gridworld"
+    #: side of the camera image in pixels
+    image_size = IMAGE_SIZE
 
     def __init__(self, options: TaskOptions, side_channels: SideChannels) -> None:
         super().__init__(options, side_channels)
@@ -53,7 +56,7 @@ class GridWorld(Task):
             BehaviorDef(
                 name=BEHAVIOR,
                 observations=(
-                    ObservationDef("CameraSensor", (3, IMAGE_SIZE, IMAGE_SIZE), compressed=True),
+                    ObservationDef("CameraSensor", (3, self.image_size, self.image_size), compressed=True),
                     ObservationDef("VectorSensor_size6", (6,)),
                 ),
                 continuous_size=0,
@@ -108,13 +111,14 @@ class GridWorld(Task):
         return [self._render(idx), vector]
 
     def _render(self, idx: np.ndarray) -> np.ndarray:
-        """uint8 [k, 24, 24, 3]: the grid seen from above, one square block per cell."""
-        images = np.empty((len(idx), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+        """uint8 [k, S, S, 3] (S = ``image_size``): the grid seen from above, one square block per cell."""
+        side = self.image_size
+        images = np.empty((len(idx), side, side, 3), dtype=np.uint8)
         images[:] = _BACKGROUND
         for row, agent in enumerate(idx):
             size = int(self.size[agent])
-            cell = IMAGE_SIZE // size
-            margin = (IMAGE_SIZE - cell * size) // 2
+            cell = side // size
+            margin = (side - cell * size) // 2
             image = images[row]
             image[margin : margin + cell * size, margin : margin + cell * size] = _FLOOR
             for (r, c), color in ((self.goal[agent], _GOAL), (self.pit[agent], _PIT), (self.agent[agent], _AGENT)):
@@ -151,3 +155,12 @@ class GridWorld(Task):
         if self._ignored:
             self.side_channels.add_stat("Environment/MaskedActionsIgnored", float(self._ignored), STATS_SUM)
         self._goals = self._pits = self._ignored = 0
+
+
+class GridWorld84(GridWorld):
+    """``gridworld84``: the same task and behavior (``GridWorld``) seen through an 84x84 camera,
+    the size ML-Agents' bigger encoders (``nature_cnn`` needs 36x36, ``resnet``) are made for.
+    Rendering stays a few block fills per agent."""
+
+    name = "gridworld84"
+    image_size = 84

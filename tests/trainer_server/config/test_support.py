@@ -38,6 +38,15 @@ def test_plain_ppo_example_configs_are_supported(relative: str) -> None:
     check_supported(load_run_options(SHARED_CONFIGS / relative))
 
 
+@pytest.mark.parametrize("trainer", ["ppo", "sac"])
+@pytest.mark.parametrize("encoder", ["simple", "nature_cnn", "resnet", "match3", "fully_connected"])
+def test_every_mlagents_visual_encoder_is_supported(tmp_path: Path, trainer: str, encoder: str) -> None:
+    options = load_text(
+        tmp_path, f"behaviors:\n  Team:\n    trainer_type: {trainer}\n    network_settings:\n      vis_encode_type: {encoder}\n"
+    )
+    check_supported(options)
+
+
 @pytest.mark.parametrize(
     "name", ["ppo/3DBall.yaml", "ppo/GridWorld.yaml", "ppo/MultiBehavior.yaml", "ppo/Hallway.yaml", "ppo/Hallway_no_memory.yaml"]
 )
@@ -63,14 +72,6 @@ def test_tandem_configs_load_and_are_supported(name: str) -> None:
             "behaviors.Team.network_settings.memory: recurrent networks (memory) with behavioral_cloning are not supported yet",
         ),
         ("self_play: {}", "behaviors.Team.self_play: self-play is not supported yet"),
-        (
-            "network_settings:\n      vis_encode_type: resnet",
-            "network_settings.vis_encode_type: resnet is not supported yet",
-        ),
-        (
-            "trainer_type: sac\n    network_settings:\n      vis_encode_type: nature_cnn",
-            "network_settings.vis_encode_type: nature_cnn is not supported yet",
-        ),
     ],
 )
 def test_valid_but_unsupported_features_load_then_fail_the_support_check(

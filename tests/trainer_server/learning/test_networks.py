@@ -184,3 +184,44 @@ def test_memory_adds_ml_agents_lstm_to_actor_and_critic():
     obs = [jnp.ones((6, 7))]
     values = networks.critic_forward(actor, critic, arch, obs, None, memories=jnp.zeros((2, 128)), sequence_length=3)
     assert values.shape == (6,)
+
+
+def test_encoder_and_attention_initialization_follow_mlagents():
+    """Visual dense layers: Kaiming normal with gain 1.41; convolutions: torch's default uniform
+    (bound 1 / sqrt(fan_in)); attention layers: ML-Agents' Normal init, std sqrt(0.125 / 128)."""
+    spec = BehaviorSpec("I", (ObservationSpec("cam", (3, 84, 84)), ObservationSpec("buffer", (10, 300)), VECTOR), ActionSpec(2))
+    arch = PolicyArchitecture(spec, hidden_units=128, num_layers=1, vis_encode_type="nature_cnn")
+    params = {k: np.asarray(v) for k, v in networks.init_actor(jax.random.key(0), arch).items()}
+    dense = params["encoder/0/dense/kernel"]
+    assert abs(dense.std() / (1.41 / np.sqrt(dense.shape[0])) - 1.0) < 0.03
+    conv = params["encoder/0/conv2/kernel"]  # 3x3x64 fan-in
+    bound = 1.0 / np.sqrt(3 * 3 * 64)
+    assert np.abs(conv).max() <= bound and np.abs(conv).max() > 0.95 * bound
+    assert np.abs(params["encoder/0/conv2/bias"]).max() <= bound
+    for name in ("attention/q/kernel", "attention/out/kernel", "encoder/1/dense/kernel", "attention/self/dense/kernel"):
+        assert abs(params[name].std() / np.sqrt(0.125 / 128) - 1.0) < 0.05, name
+    assert not params["attention/q/bias"].any()
+
+
+@pytest.mark.parametrize("encoder", ["nature_cnn", "resnet", "match3", "fully_connected"])
+def test_every_encoder_and_the_attention_get_gradients(encoder):
+    """Each layer of the visual encoder and of the entity attention is trained: the gradient of a
+    loss over the policy's mean reaches every parameter."""
+    spec = BehaviorSpec("G", (ObservationSpec("cam", (2, 36, 36)), ObservationSpec("buffer", (4, 3)), VECTOR), ActionSpec(2))
+    arch = PolicyArchitecture(spec, hidden_units=16, num_layers=1, vis_encode_type=encoder)
+    params = networks.init_actor(jax.random.key(1), arch)
+    rng = np.random.default_rng(2)
+    buffer = rng.standard_normal((5, 4, 3)).astype(np.float32)
+    buffer[:, 3] = 0.0  # one padding row each
+    observations = [jnp.asarray(rng.random((5, 2, 36, 36), dtype=np.float32)), jnp.asarray(buffer),
+                    jnp.asarray(rng.standard_normal((5, 7)).astype(np.float32))]
+
+    def loss(p):
+        return jnp.sum(networks.actor_forward(p, arch, observations, None).mu ** 2)
+
+    grads = jax.jit(jax.grad(loss))(params)
+    assert set(grads) == set(parameter_shapes(arch))
+    # the key bias adds the same score to every key of a query: softmax ignores it (zero up to rounding)
+    exempt = {"policy/log_std", "attention/k/bias"}
+    silent = [name for name, g in grads.items() if not np.any(np.asarray(g)) and name not in exempt]
+    assert silent == []
