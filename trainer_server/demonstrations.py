@@ -178,8 +178,9 @@ def demonstrations_of(demos: list[DemonstrationFile], spec: BehaviorSpec | None 
 
 
 def demonstration_problems(options) -> list[str]:
-    """``behavioral_cloning.demo_path`` of every behavior (and ``default_settings``) that names
-    no ``.demo`` file: one line each, naming the configuration file and key.
+    """``behavioral_cloning.demo_path`` and ``reward_signals.gail.demo_path`` of every behavior
+    (and ``default_settings``) that names no ``.demo`` file: one line each, naming the
+    configuration file and key.
 
     Why: the learner reads the demonstrations only when its behavior first connects; a
     wrong path is better reported before anything starts.
@@ -190,10 +191,15 @@ def demonstration_problems(options) -> list[str]:
         sections.append(("default_settings", options.default_settings))
     problems = []
     for where, settings in sections:
-        if settings.behavioral_cloning is None:
-            continue
-        try:
-            demonstration_files(settings.behavioral_cloning.demo_path)
-        except DemonstrationError as e:
-            problems.append(f"{source}: {where}.behavioral_cloning.demo_path: {e}")
+        paths = []
+        if settings.behavioral_cloning is not None:
+            paths.append(("behavioral_cloning.demo_path", settings.behavioral_cloning.demo_path))
+        gail = settings.reward_signals.get("gail")
+        if gail is not None and getattr(gail, "demo_path", None):
+            paths.append(("reward_signals.gail.demo_path", gail.demo_path))
+        for key, path in paths:
+            try:
+                demonstration_files(path)
+            except DemonstrationError as e:
+                problems.append(f"{source}: {where}.{key}: {e}")
     return problems

@@ -84,6 +84,8 @@ class OfflineLearner:
         mask = jnp.ones((self.cloning.demonstrations.num_steps,), bool)
         state = self.inner._state  # PPO and SAC both keep ``normalizer`` and ``params["actor"]`` there
         self.inner._state = state._replace(normalizer=norm_mod.update(state.normalizer, observations, mask))
+        if hasattr(self.inner, "_acting_normalizer"):  # PPO exports the statistics its snapshots act with
+            self.inner._acting_normalizer = self.inner._state.normalizer
 
     def discard_buffered(self) -> int:
         return 0

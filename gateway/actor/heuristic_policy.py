@@ -21,13 +21,16 @@ class HeuristicPolicy:
         ValueError: the behavior has no scripted expert.
     """
 
+    #: a scripted expert keeps no LSTM memory
+    memory_size = 0
+
     def __init__(self, behavior: str) -> None:
         self.behavior = behavior
         self._heuristic = heuristic_for(behavior)
 
     def act(
         self, observations: list[np.ndarray], action_mask: np.ndarray | None, rng: np.random.Generator,
-        deterministic: bool = False,
+        deterministic: bool = False, memories: np.ndarray | None = None,
     ) -> PolicyOutput:
         """The expert's actions for n agents (log-probabilities 0: a deterministic controller)."""
         continuous, discrete = self._heuristic(observations, action_mask)

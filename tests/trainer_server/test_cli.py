@@ -102,8 +102,9 @@ def test_shared_gail_config_reports_every_unsupported_feature(capsys: pytest.Cap
     out, err = capsys.readouterr()
     assert code == cli.EXIT_NOT_SUPPORTED
     assert yaml.safe_load(out)["behaviors"]["Hallway"]["network_settings"]["memory"]["memory_size"] == 256
-    assert "network_settings.memory" not in err  # PPO with memory is supported
-    assert "behaviors.Hallway.reward_signals.gail: the gail reward signal is not supported yet" in err
+    # PPO with memory is supported; with gail (and behavioral cloning) not yet
+    assert "recurrent networks (memory) are not supported yet" not in err
+    assert "behaviors.Hallway.network_settings.memory: recurrent networks (memory) with the gail reward signal(s)" in err
 
 
 def test_resume_and_force_together_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,11 +127,18 @@ def test_unknown_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
 def test_unsupported_config_is_refused_before_training_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tmp_path / "gail.yaml"
-    config.write_text("behaviors:\n  A:\n    reward_signals:\n      gail:\n        demo_path: expert.demo\n")
+    config = tmp_path / "poca.yaml"
+    config.write_text("behaviors:\n  A:\n    trainer_type: poca\n")
     assert cli.main([str(config), "--run-id", "never", "--results-dir", str(tmp_path / "results")]) == 3
     out, err = capsys.readouterr()
-    assert out == "" and "reward_signals.gail" in err
+    assert out == "" and "behaviors.A.trainer_type: poca" in err
+    assert not (tmp_path / "results").exists()
+    # a GAIL demonstration that is not there is named before anything starts
+    config = tmp_path / "gail.yaml"
+    config.write_text("behaviors:\n  A:\n    reward_signals:\n      gail:\n        demo_path: expert.demo\n")
+    assert cli.main([str(config), "--run-id", "never", "--results-dir", str(tmp_path / "results")]) == cli.EXIT_CONFIG_ERROR
+    out, err = capsys.readouterr()
+    assert "behaviors.A.reward_signals.gail.demo_path:" in err and "expert.demo" in err
     assert not (tmp_path / "results").exists()
 
 
