@@ -288,8 +288,9 @@ def test_a_newcomer_that_cannot_register_replaces_nothing(harness):
     _handshake(real, "gw-real", BALL)
     junk = h.connect()
     flat = specs_mod.to_proto(BALL)
-    flat.observations[0].shape[:] = [4, 2]  # rank 2: bounded, but no network takes it yet
+    flat.observations[0].shape[:] = [3, 8, 8]  # an image below the visual encoder's minimum: bounded, but no network takes it
     junk.send(trainer_pb2.GatewayMessage(hello=trainer_pb2.Hello(gateway_id="junk", behaviors=[flat])))
-    assert junk.wait_end().code() == grpc.StatusCode.FAILED_PRECONDITION
+    end = junk.wait_end()
+    assert end.code() == grpc.StatusCode.FAILED_PRECONDITION and "at least" in end.details(), end.details()
     real.send(chunk_message(BALL, 1, [make_trajectory(BALL, 4)]))
     assert _acks(real.recv_until(lambda m: m.HasField("ack"))) == [1]
