@@ -731,13 +731,10 @@ class PPOLearner:
             )
         n = update_rows(self.policy_architecture, self.settings)
         data = self.rollout_buffer.take(n)
-        batch = Batch(
-            observations=tuple(data["observations"]),
-            **{f: data[f] for f in self.rollout_buffer.fields if f not in ("dones",)},
-        )
+        batch = Batch(observations=tuple(data["observations"]), **{f: data[f] for f in self.rollout_buffer.fields})
         batch = batch._replace(values=batch.values.reshape(n, -1), returns=batch.returns.reshape(n, -1))
-        if self.signals.needs_inputs:
-            batch = batch._replace(dones=data["dones"], next_observations=tuple(data["next_observations"]))
+        if self.signals.needs_inputs:  # the buffer then keeps ``dones`` among its fields too
+            batch = batch._replace(next_observations=tuple(data["next_observations"]))
         self._key, key = jax.random.split(self._key)
         state = self._state._replace(step=jnp.asarray(min(self.step, np.iinfo(np.int32).max), jnp.int32))
         self._state, metrics = self._update_fn(state, batch, key, self.signals.expert)
