@@ -10,7 +10,7 @@ The whole path with the real processes, no environment interaction while learnin
 
 Reported: expert and cloned returns, the ratio, demonstration steps, and the wall time of
 each phase. ``make bench BENCH=bench_offline_bc`` writes ``benchmarks/results/bench_offline_bc.md``;
-``tests/benchmarks/test_bench_offline_bc.py`` runs the same functions smaller.
+``tests/e2e/test_offline_bc_3dball.py`` runs the same functions with fewer evaluation episodes.
 """
 
 from __future__ import annotations

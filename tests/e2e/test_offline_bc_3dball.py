@@ -17,19 +17,6 @@ from benchmarks.bench_offline_bc import evaluate, record_expert, train_offline
 from tests.common.test_demonstration_file import MLAGENTS_PYTHON
 from trainer_server.demonstrations import load_demonstrations
 
-#: fewer, smaller updates than configs/imitation/3DBall_offline_bc.yaml: 5 passes x 3 epochs
-CONFIG = """
-behaviors:
-  3DBall:
-    trainer_type: ppo
-    hyperparameters: {batch_size: 128, learning_rate: 0.002, learning_rate_schedule: constant}
-    network_settings: {normalize: true, hidden_units: 64, num_layers: 2}
-    behavioral_cloning: {demo_path: demos, num_epoch: 3}
-    max_steps: 170000
-    checkpoint_interval: 500000
-    summary_freq: 50000
-"""
-
 
 @pytest.mark.slow
 def test_cloned_3dball_policy_reaches_most_of_the_expert_return(tmp_path: Path) -> None:
@@ -48,9 +35,11 @@ def test_cloned_3dball_policy_reaches_most_of_the_expert_return(tmp_path: Path) 
         assert done.returncode == 0, done.stderr
         continuous, steps = map(int, done.stdout.split()[-2:])
         assert continuous == 2 and steps >= loaded.num_steps
-    config = tmp_path / "bc.yaml"
-    config.write_text(CONFIG)
-    _, model = train_offline(demos, tmp_path / "results", "bc", config=config)
+    # the user's config as shipped (configs/imitation/3DBall_offline_bc.yaml, no normalizer: see
+    # there why; with one, 6 of 24 cloned policies fell short of 80%): 30 epochs at a
+    # learning rate of 0.001 cloned 18 of 18 policies to the expert's return; a shorter schedule
+    # (15 epochs at 0.002) left about one in six short of 80% of it
+    _, model = train_offline(demos, tmp_path / "results", "bc")
     cloned, episodes = evaluate(model, episodes=12)
     assert episodes >= 12
     assert cloned >= 0.8 * expert_return, (cloned, expert_return)
