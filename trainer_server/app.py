@@ -60,6 +60,7 @@ from trainer_server.environment_parameters import ParametersListener, RunParamet
 from trainer_server.learning.learner import Learner
 from trainer_server.learning.registry import make_learner
 from trainer_server.results import RunResults, behavior_folder_name
+from trainer_server.self_play import ELO_STATUS_KEY, SelfPlay
 from trainer_server.config.schema import RunOptions, TrainerSettings
 from trainer_server.timers import HierarchicalTimer
 from tandem.v1 import trainer_pb2
@@ -185,6 +186,8 @@ class TrainingApp:
         self._thread = threading.Thread(target=self._run, name="training-loop", daemon=True)
         #: environment parameters and curriculum lessons (``trainer_server.environment_parameters``)
         self.parameters = RunParameters(options.environment_parameters, self._seed, results, cs.resume)
+        #: self-play groups (``self_play`` keys): their team names' behaviors are ``TeamBehavior``s
+        self.self_play = SelfPlay(self.collection, self._publish, self._seed)
 
     # ------------------------------------------------------------------ gateway side (any thread)
 
@@ -405,6 +408,23 @@ class TrainingApp:
 
     def _create_behavior(self, spec: BehaviorSpec) -> BehaviorRun:
         settings = self.options.behavior_settings(spec.brain_name)
+        if settings.self_play is not None:
+            try:  # the group's learner is made with its first team name
+                return self.self_play.team(  # type: ignore[return-value]  # a TeamBehavior serves as one
+                    spec, settings, lambda s, publish: self._make_run(s, settings, publish), self._saved_elo,
+                )
+            except ValueError as e:
+                raise UnsupportedBehaviorError(f"behavior {spec.name}: {e}") from None
+        return self._make_run(spec, settings, self._publish)
+
+    def _saved_elo(self, brain: str) -> float | None:
+        """``--resume``: a self-play behavior's ELO from ``training_status.json``."""
+        if not self._context.resume:
+            return None
+        value = self.results.behavior_status(brain).get(ELO_STATUS_KEY)
+        return None if value is None else float(value)
+
+    def _make_run(self, spec: BehaviorSpec, settings: TrainerSettings, publish: SnapshotListener) -> BehaviorRun:
         seed = (self._seed + zlib.crc32(spec.name.encode())) % (2**31)
         # the first learner of a run starts JAX and compiles its networks: seconds of silence otherwise
         _log.info("creating the learner", behavior=spec.name, trainer_type=settings.trainer_type)
@@ -414,7 +434,7 @@ class TrainingApp:
             message = str(e) if str(e).startswith("behavior ") else f"behavior {spec.name}: {e}"
             raise UnsupportedBehaviorError(message) from None
         try:
-            return BehaviorRun(spec, settings, learner, self._context, self._publish)
+            return BehaviorRun(spec, settings, learner, self._context, publish)
         except (CheckpointError, ValueError) as e:  # a checkpoint to restore that does not fit this spec
             raise UnsupportedBehaviorError(f"behavior {spec.name}: cannot restore its checkpoint: {e}") from None
 
@@ -469,6 +489,7 @@ class TrainingApp:
         behavior.add_stats(chunk.stats)
         behavior.consume(chunk.trajectories, chunk.gateway_id, chunk.sequence)
         self.collection.taken_in(chunk.collector, chunk.behavior, chunk.steps, behavior.learner.step)
+        self.self_play.advance()
         if self.parameters.manager:
             with self._lock:
                 behaviors = list(self._behaviors.values())

@@ -455,6 +455,11 @@ class BehaviorRun:
             _log.warning("onnx export failed", behavior=self.name, error=str(e))
             return None
 
+    def record_status(self, key: str, value: object) -> None:
+        """Stores ``key`` in the behavior's ``training_status.json`` entry (e.g. self-play's ELO)."""
+        if not self._context.inference:
+            self._context.results.set_behavior_value(self.name, key, value)
+
     def finish(self, save: bool = True) -> None:
         """Final checkpoint (when training and ``save``) and TensorBoard flush."""
         if save and not self._context.inference:

@@ -83,12 +83,18 @@ class Coupling:
         max_steps: the behavior's ``max_steps``: nothing is granted past it.
         max_lag: steps acted by a policy more than this many versions old are dropped
             (0 per version; None: any age is trained, off-policy).
+        tagged: a window whose grants name the behavior's current snapshot version instead
+            of 0, and whose outstanding credit is void at every new version (the gateway
+            replaces older credit then). Self-play's team behaviors (``trainer_server.self_play``)
+            switch between per-version and window coupling at team changes: a gateway ignores a
+            version-0 grant once it held per-version credit, so their windows are tagged.
     """
 
     per_version: bool
     budget: int
     max_steps: int
     max_lag: int | None
+    tagged: bool = False
 
     def __post_init__(self) -> None:
         if self.budget < 1 or self.max_steps < 1:
@@ -192,6 +198,30 @@ class CollectionControl:
                 b.collected = 0
                 b.version_start_step = learner_step
                 b.outstanding.clear()  # grants for older versions are void on the gateways too
+            elif b.coupling.tagged:
+                b.outstanding.clear()  # the next grant names the new version: older credit is void there
+            grants = self._plan(behavior)
+        self._send(grants)
+
+    def set_coupling(
+        self, behavior: str, coupling: Coupling, version: int, learner_step: int, held: int = 0
+    ) -> None:
+        """Replaces a registered behavior's coupling (self-play's team change), from ``version`` on.
+
+        Credit granted before is void (the next grant names ``version``, newer than any
+        before); what was received and is not taken in yet stays counted. ``held``: steps the
+        learner holds for its next update (per version).
+        """
+        with self._lock:
+            b = self._behaviors.get(behavior)
+            if b is None:
+                return
+            b.coupling = coupling
+            b.version = version
+            b.learner_step = learner_step
+            b.collected = held
+            b.version_start_step = learner_step - held
+            b.outstanding.clear()
             grants = self._plan(behavior)
         self._send(grants)
 
@@ -260,6 +290,8 @@ class CollectionControl:
             if b.coupling.per_version:
                 fresh = steps_by_version.get(b.version, 0)
                 b.collected += fresh
+            elif b.coupling.tagged:  # credit of older versions is void already
+                fresh = steps_by_version.get(b.version, 0)
             else:
                 fresh = total
             if collector is not None:
@@ -327,7 +359,7 @@ class CollectionControl:
                 continue
             left -= share
             b.outstanding[member] = b.outstanding.get(member, 0) + share
-            grants.append((member, Grant(behavior, 0, share)))
+            grants.append((member, Grant(behavior, b.version if c.tagged else 0, share)))
         return grants
 
     @staticmethod

@@ -4,7 +4,7 @@ Why: :mod:`trainer_server.config.loading` accepts every valid ML-Agents file (so
 ``--dry-run`` shows any file resolved); training needs more. :func:`check_supported`
 raises :class:`NotSupportedError` for what the learners cannot do yet (``poca``,
 SAC with ``memory``, ``memory`` with learned reward signals or behavioral cloning,
-``self_play``...). The trainer calls it before it starts; the service calls
+``self_play`` with a trainer type it does not wrap yet...). The trainer calls it before it starts; the service calls
 :func:`check_behavior_supported` for behaviors that first appear at run time and fall
 back to ``default_settings``. The trainer types come from the learner registry: a type
 is supported when a learner exists for it.
@@ -19,6 +19,7 @@ from common.logging import get_logger
 from trainer_server.config.schema import NotSupportedError, RunOptions, TrainerSettings, behavior_base_name
 
 __all__ = [
+    "SELF_PLAY_TRAINER_TYPES",
     "SUPPORTED_REWARD_SIGNALS",
     "SUPPORTED_VIS_ENCODE_TYPES",
     "check_behavior_supported",
@@ -39,6 +40,9 @@ def _reward_signals() -> frozenset[str]:
 
 SUPPORTED_REWARD_SIGNALS: frozenset[str] = _reward_signals()
 SUPPORTED_VIS_ENCODE_TYPES: frozenset[str] = frozenset({"simple", "nature_cnn", "resnet", "match3", "fully_connected"})
+#: trainer types ``self_play`` wraps (``trainer_server.self_play``); a type joins once its
+#: learner's trajectories train through the ghost group
+SELF_PLAY_TRAINER_TYPES: frozenset[str] = frozenset({"ppo", "sac"})
 
 
 #: ML-Agents example environments whose observations Tandem refuses when they connect, by
@@ -132,8 +136,14 @@ def unsupported_features(
             )
         if settings.behavioral_cloning is not None:
             found.append(("network_settings.memory", "recurrent networks (memory) with behavioral_cloning are not supported yet"))
-    if settings.self_play is not None:
-        found.append(("self_play", "self-play is not supported yet"))
+    if settings.self_play is not None and settings.trainer_type not in SELF_PLAY_TRAINER_TYPES:
+        found.append(
+            (
+                "self_play",
+                f"self-play with {settings.trainer_type} is not supported yet "
+                f"(self_play works with: {', '.join(sorted(SELF_PLAY_TRAINER_TYPES))})",
+            )
+        )
     return found
 
 

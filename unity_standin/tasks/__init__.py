@@ -8,6 +8,7 @@ from unity_standin.tasks.base import Task, TaskOptions
 from unity_standin.tasks.gridworld import GridWorld, GridWorld84
 from unity_standin.tasks.hallway import Hallway
 from unity_standin.tasks.multibehavior import MultiBehavior
+from unity_standin.tasks.pong import Pong, PongAsymmetric, SoccerTwosCourt
 from unity_standin.tasks.pyramids import Pyramids
 from unity_standin.tasks.sorter import Sorter
 from unity_standin.tasks.walljump import WallJump
@@ -21,6 +22,9 @@ TASKS: dict[str, type[Task]] = {
     Pyramids.name: Pyramids,
     Sorter.name: Sorter,
     WallJump.name: WallJump,
+    Pong.name: Pong,
+    PongAsymmetric.name: PongAsymmetric,
+    SoccerTwosCourt.name: SoccerTwosCourt,
 }
 
 

@@ -17,7 +17,10 @@ from trainer_server.config.support import check_behavior_supported, check_suppor
     ("relative", "expected"),
     [
         ("poca/DungeonEscape.yaml", ["behaviors.DungeonEscape.trainer_type: poca is not supported yet"]),
-        ("poca/SoccerTwos.yaml", ["behaviors.SoccerTwos.self_play: self-play is not supported yet"]),
+        (  # self_play itself is supported (ppo, sac); with poca it waits for POCA
+            "poca/SoccerTwos.yaml",
+            ["behaviors.SoccerTwos.self_play: self-play with poca is not supported yet (self_play works with: ppo, sac)"],
+        ),
         ("imitation/Hallway.yaml", ["behaviors.Hallway.network_settings.memory:", "not supported yet"]),
     ],
 )
@@ -71,7 +74,7 @@ def test_tandem_configs_load_and_are_supported(name: str) -> None:
             "network_settings:\n      memory: {}\n    behavioral_cloning:\n      demo_path: a.demo",
             "behaviors.Team.network_settings.memory: recurrent networks (memory) with behavioral_cloning are not supported yet",
         ),
-        ("self_play: {}", "behaviors.Team.self_play: self-play is not supported yet"),
+        ("trainer_type: poca\n    self_play: {}", "behaviors.Team.self_play: self-play with poca is not supported yet"),
     ],
 )
 def test_valid_but_unsupported_features_load_then_fail_the_support_check(
@@ -83,6 +86,15 @@ def test_valid_but_unsupported_features_load_then_fail_the_support_check(
     assert str(tmp_path / "trainer.yaml") in str(info.value)
     assert fragment in str(info.value)
     assert isinstance(info.value, ConfigError)
+
+
+@pytest.mark.parametrize("trainer", ["ppo", "sac"])
+def test_self_play_is_supported_with_ppo_and_sac(tmp_path: Path, trainer: str) -> None:
+    options = load_text(
+        tmp_path, f"behaviors:\n  Team:\n    trainer_type: {trainer}\n    self_play:\n      save_steps: 500\n"
+    )
+    check_supported(options)
+    assert options.behaviors["Team"].self_play.team_change == 2500  # ML-Agents' default: 5 x save_steps
 
 
 def test_goal_conditioning_and_extrinsic_ppo_are_supported(tmp_path: Path) -> None:
