@@ -75,7 +75,7 @@ from tandem.v1 import trainer_pb2
 _log = get_logger("trainer_server.self_play")
 
 #: the TensorBoard tag of the learner's ELO (ML-Agents' name)
-ELO_TAG = "Self-play/ELO"
+ELO_TAG = stats_mod.SELF_PLAY_ELO
 #: the ``training_status.json`` key of a self-play behavior's ELO (ML-Agents' StatusType.ELO)
 ELO_STATUS_KEY = "elo"
 #: publications remembered per group; steps acted by an older one count as ghost steps

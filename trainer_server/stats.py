@@ -44,6 +44,8 @@ TENSORBOARD_HIDDEN = frozenset({IS_TRAINING, STEP})
 #: suffix of the histogram written beside a HISTOGRAM tag's scalar (ML-Agents' ``add_histogram`` tag)
 HISTOGRAM_SUFFIX = "_hist"
 GROUP_CUMULATIVE_REWARD = "Environment/Group Cumulative Reward"
+#: self-play's ELO of the learning policy (``trainer_server.self_play``)
+SELF_PLAY_ELO = "Self-play/ELO"
 
 #: the component of the console lines' JSON events (``--log-json``)
 _CONSOLE = "trainer_server.summary"
@@ -245,6 +247,9 @@ def console_summary(
     group = summaries.get(GROUP_CUMULATIVE_REWARD)
     spread = f"Mean Group Reward: {group.mean:0.3f}" if group is not None else f"Std of Reward: {reward.std:0.3f}"
     line = f"{head} Mean Reward: {reward.mean:0.3f}. {spread}. {state}"
+    elo = summaries.get(SELF_PLAY_ELO)
+    if elo is not None:  # self-play behaviors: ML-Agents appends the learner's ELO
+        line += f" ELO: {elo.mean:0.3f}."
     fields: dict[str, float | int | None] = {
         "step": step,
         "elapsed_s": round(elapsed, 3),
