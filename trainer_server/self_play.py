@@ -51,7 +51,8 @@ window (``trainer_server.collection.Coupling.tagged``), switched at team changes
 
 Differences from ML-Agents (``docs/SELF_PLAY.md``): a team change does not reset the
 environments (open episodes of the former learning team are trained to their end; they
-were acted by the learner); snapshots are pushed, never loaded into a shared policy.
+were acted by the learner); a group that reached ``max_steps`` while its team learns hands
+the learning to the next team; snapshots are pushed, never loaded into a shared policy.
 """
 
 from __future__ import annotations
@@ -362,7 +363,11 @@ class SelfPlayGroup:
         out: list[trainer_pb2.PolicySnapshot] = []
         with self._lock:
             step = self.run.learner.step
-            if step - self.last_team_change > self.self_play.team_change:
+            finishing = self.run.done and not self._finished
+            learning_here = self.controller.learning_team in {e.team for e in self.teams.values()}
+            # a group that reached max_steps hands the learning over (Tandem: else an asymmetric
+            # game whose other keys have steps left would wait for it forever)
+            if step - self.last_team_change > self.self_play.team_change or (finishing and learning_here):
                 self.controller.change_learning_team(step)
                 self.last_team_change = step
             next_team = self.controller.learning_team
@@ -374,7 +379,7 @@ class SelfPlayGroup:
                 self.learning_team = next_team
                 out = self._swap()
                 self.last_swap = self.ghost_step
-            if self.run.done and not self._finished:
+            if finishing:
                 self._finished = True
                 names = list(self.teams)
             else:
