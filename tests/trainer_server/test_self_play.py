@@ -93,16 +93,15 @@ def _options(tmp_path, **self_play):
 
 
 class _Game:
-    """A TrainingApp with the two Pong teams registered, fed chunk by chunk."""
+    """A TrainingApp with the teams of ``behaviors`` registered, fed chunk by chunk."""
 
-    def __init__(self, tmp_path, **self_play) -> None:
-        options = _options(tmp_path, **self_play)
+    def __init__(self, options, behaviors: tuple[BehaviorSpec, ...] = (TEAM0, TEAM1)) -> None:
         self.registry = LearnerRegistry(OnPolicyCountingLearner)
         self.app = TrainingApp(options, prepare_results(options), learner_factory=self.registry)
         self.published: list[trainer_pb2.PolicySnapshot] = []
         self.app.add_snapshot_listener(self.published.append)
         self.app.start()
-        self.first = {s.name: self.app.register_behavior(s) for s in (TEAM0, TEAM1)}
+        self.first = {s.name: self.app.register_behavior(s) for s in behaviors}
         self.sequence = 0
 
     @property
@@ -135,7 +134,7 @@ class _Game:
 
 @pytest.fixture
 def game(tmp_path):
-    g = _Game(tmp_path)
+    g = _Game(_options(tmp_path))
     yield g
     g.close()
 
@@ -219,7 +218,7 @@ def test_interrupted_games_do_not_count_for_elo(game) -> None:
 
 
 def test_latest_opponent_games_leave_elo_unchanged(tmp_path) -> None:
-    g = _Game(tmp_path, play_against_latest_model_ratio=1.0, swap_steps=1)
+    g = _Game(_options(tmp_path, play_against_latest_model_ratio=1.0, swap_steps=1))
     try:
         g.play(TEAM1, 5)  # more than swap_steps ghost steps: the next opponent is the latest policy
         assert g.group.pool.opponent == -1
@@ -233,3 +232,46 @@ def test_teams_of_one_key_must_share_observations_and_actions(game) -> None:
     other = BehaviorSpec("Pong?team=2", OBS, ActionSpec(discrete_branches=(4,)))
     with pytest.raises(UnsupportedBehaviorError, match="self-play teams of 'Pong' must share observations and actions"):
         game.app.register_behavior(other)
+
+
+# --------------------------------------------------------------------------- asymmetric games
+
+STRIKER = BehaviorSpec("Striker?team=0", OBS, ActionSpec(discrete_branches=(3,)))
+GOALIE = BehaviorSpec("Goalie?team=1", (ObservationSpec(name="VectorSensor", shape=(5,)),), ActionSpec(discrete_branches=(3,)))
+
+
+def test_an_asymmetric_game_rotates_the_learning_team_across_its_config_keys(tmp_path) -> None:
+    """``Striker?team=0`` and ``Goalie?team=1``: two keys, two learners, one learning team at a time."""
+    config = tmp_path / "asymmetric.yaml"
+    section = {
+        "trainer_type": "ppo", "hyperparameters": {"buffer_size": 10, "batch_size": 10}, "max_steps": 100_000,
+        "time_horizon": 16, "summary_freq": 1_000_000, "checkpoint_interval": 1_000_000,
+        "self_play": {"save_steps": 20, "swap_steps": 30, "team_change": 40, "window": 3},
+    }
+    config.write_text(yaml.safe_dump({"default_settings": section, "behaviors": {"Striker": {}, "Goalie": {}}}))
+    args = argparse.Namespace(
+        run_id="asym", results_dir=str(tmp_path / "results"), resume=None, force=None,
+        inference=None, initialize_from=None, seed=7,
+    )
+    g = _Game(load_run_options(config, args), (STRIKER, GOALIE))
+    try:
+        controller = g.app.self_play.controller
+        striker, goalie = g.registry.learners["Striker"], g.registry.learners["Goalie"]
+        groups = g.app.self_play._groups
+        assert controller.learning_team == 0
+        g.play(GOALIE, 10)
+        assert goalie.step == 0 and groups["Goalie"].ghost_step == 10  # the goalie is the ghost
+        g.play(STRIKER, 5, last_reward=1.0)  # the striker wins against the goalie's initial policy
+        assert groups["Striker"].pool.current_elo == pytest.approx(1200.5)
+        assert groups["Goalie"].pool.elos[0] == pytest.approx(1199.5)  # the opponent entry lost it
+        for _ in range(4):
+            g.play(STRIKER, 10)
+        assert striker.step == 45 and controller.learning_team == 1  # 45 > team_change: the goalie learns
+        goalie_snapshot = g.app.latest_snapshot(GOALIE.name)
+        assert dict(goalie_snapshot.parameters) == dict(groups["Goalie"].latest.parameters)
+        g.play(STRIKER, 10)
+        assert striker.step == 45  # the striker acts with a past snapshot now
+        g.play(GOALIE, 10)
+        assert goalie.step == 10
+    finally:
+        g.close()
