@@ -338,3 +338,33 @@ def test_an_overshoot_is_a_debt_on_the_next_grant_not_steps_the_gateway_still_ow
     control.taken_in(g, BEHAVIOR, 100, learner_step=204)
     # the last 6 steps of max_steps (with the overshoot clamped away it would wait for 4 more)
     assert g.total() == 210 and control.outstanding(BEHAVIOR) == {g: 6}
+
+
+# --------------------------------------------------------------------------- tagged windows (self-play)
+
+
+def test_a_tagged_window_names_its_version_and_voids_older_credit_at_each_new_version():
+    """Self-play's team names: window grants carry the snapshot version (a gateway ignores a
+    version-0 grant once it held per-version credit) and a new version voids the old credit."""
+    g = Gateway()
+    control = control_with(Coupling(False, 100, 10_000, None, tagged=True), g)
+    assert g.grants == [Grant(BEHAVIOR, 1, 100)]
+    control.received(g, BEHAVIOR, {1: 60}, 0)
+    control.taken_in(g, BEHAVIOR, 60, 60)
+    assert g.grants[-1] == Grant(BEHAVIOR, 1, 60)  # topped up under the same version (added there)
+    control.updated(BEHAVIOR, 2, 60)  # a swap: new snapshot, the gateway's credit is replaced
+    assert g.grants[-1] == Grant(BEHAVIOR, 2, 100)
+    control.received(g, BEHAVIOR, {1: 30}, 0)  # late steps of version 1 do not use version 2's credit
+    assert control.outstanding(BEHAVIOR)[g] == 100
+
+
+def test_set_coupling_switches_a_name_between_window_and_per_version_from_a_new_version():
+    g = Gateway()
+    control = control_with(Coupling(False, 300, 10_000, None, tagged=True), g)
+    assert g.grants == [Grant(BEHAVIOR, 1, 300)]
+    control.set_coupling(BEHAVIOR, Coupling(True, 100, 10_000, 0, tagged=True), 5, 1000, held=40)
+    assert g.grants[-1] == Grant(BEHAVIOR, 5, 60)  # what the next update still lacks, for version 5
+    control.received(g, BEHAVIOR, {5: 60}, 0)
+    assert control.collected(BEHAVIOR) == 100
+    control.set_coupling(BEHAVIOR, Coupling(False, 300, 10_000, None, tagged=True), 6, 1060)
+    assert g.grants[-1].policy_version == 6 and g.grants[-1].agent_steps > 0
