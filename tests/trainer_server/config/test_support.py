@@ -51,7 +51,11 @@ def test_every_mlagents_visual_encoder_is_supported(tmp_path: Path, trainer: str
 
 
 @pytest.mark.parametrize(
-    "name", ["ppo/3DBall.yaml", "ppo/GridWorld.yaml", "ppo/MultiBehavior.yaml", "ppo/Hallway.yaml", "ppo/Hallway_no_memory.yaml"]
+    "name",
+    [
+        "ppo/3DBall.yaml", "ppo/GridWorld.yaml", "ppo/MultiBehavior.yaml", "ppo/Hallway.yaml", "ppo/Hallway_no_memory.yaml",
+        "selfplay/Pong.yaml", "selfplay/StrikerVsGoalie.yaml",
+    ],
 )
 def test_tandem_configs_load_and_are_supported(name: str) -> None:
     options = load_run_options(REPO_ROOT / "configs" / name)
