@@ -42,7 +42,8 @@ The rules, as in ML-Agents (steps are the group learner's steps unless said othe
 
 Experience rule: gateways stream every team name (the trainer cannot know otherwise how
 many ghost steps were played). Each published snapshot gets a version from the group's
-own counter; the group remembers which versions carried the learner's weights and of
+own counter (started from the clock in milliseconds, so that a resumed run's versions are
+newer than those gateways still hold); the group remembers which versions carried the learner's weights and of
 which learner version. A step acted by any other version is a ghost step: counted
 (``swap_steps``) and dropped before the learner; the learner's steps are renumbered to
 the learner's own versions, so its coupling (on-policy lag 0, ``max_policy_lag``) holds.
@@ -59,6 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections import OrderedDict
 from typing import Callable
 from urllib.parse import parse_qs, urlparse
@@ -257,7 +259,9 @@ class SelfPlayGroup:
         self.teams: dict[str, _Team] = {}
         #: publication version -> learner version (None: a ghost snapshot)
         self._publications: OrderedDict[int, int | None] = OrderedDict()
-        self._next_publication = 1
+        # a gateway ignores a snapshot whose version equals the one it holds (a resend): versions
+        # start from the clock (ms), above those of an earlier run (--resume, live gateways)
+        self._next_publication = int(time.time() * 1000)
         self.ghost_step = 0
         self.last_save = 0
         self.last_swap = 0
