@@ -21,10 +21,11 @@ SHARED = next(
     (p / "shared" / "mlagents-configs" for p in Path(__file__).resolve().parents if (p / "shared" / "mlagents-configs").is_dir()),
     Path("/nonexistent"),
 )
-#: agent steps of the learning test: at 40k on the shipped config the ELO gained ~50
-ELO_STEPS = 24_000
+#: agent steps of the learning test (benchmarks/results/bench_self_play.md: the shipped config
+#: gains 27-51 ELO by 32k steps, the slowest seed staying near 1200 until 20k)
+ELO_STEPS = 32_000
 #: the least rise over the initial ELO the learning test accepts (random play drifts by a few)
-ELO_MARGIN = 10.0
+ELO_MARGIN = 15.0
 
 
 @pytest.mark.slow
@@ -33,6 +34,9 @@ def test_self_play_elo_of_the_latest_policy_rises_above_the_initial_elo(tmp_path
     config = yaml.safe_load((REPO / "configs" / "selfplay" / "Pong.yaml").read_text())
     behavior = config["behaviors"]["Pong"]
     behavior.update(max_steps=ELO_STEPS, summary_freq=4000, checkpoint_interval=ELO_STEPS)
+    # every game against a past snapshot: games against the latest policy never move the ELO,
+    # so this doubles the games that measure the learner (the mechanics are the shipped ones)
+    behavior["self_play"]["play_against_latest_model_ratio"] = 0.0
     path = tmp_path / "pong-selfplay.yaml"
     path.write_text(yaml.safe_dump(config))
     log = run_trainer(path, tmp_path, "selfplay", 360, f"{ELO_STEPS} steps")
