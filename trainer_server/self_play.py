@@ -129,9 +129,13 @@ class GhostController:
             return self._learning_team
 
     def subscribe(self, team: int, group: SelfPlayGroup) -> None:
-        """``team`` plays for ``group`` (once per team id; later groups do not take it over)."""
+        """``team`` plays for ``group`` (the first group of a team id keeps it, unless every team
+        of that group was dropped before any experience and the group was made afresh)."""
         with self._lock:
-            if team in self._groups:
+            current = self._groups.get(team)
+            if current is not None:
+                if current is not group and not current.teams:
+                    self._groups[team] = group
                 return
             self._groups[team] = group
             if self._learning_team < 0:

@@ -275,3 +275,19 @@ def test_an_asymmetric_game_rotates_the_learning_team_across_its_config_keys(tmp
         assert goalie.step == 10
     finally:
         g.close()
+
+
+def test_teams_dropped_before_any_experience_start_afresh_when_they_come_back(game) -> None:
+    """A gateway that announced both teams and left before any experience: the group is dropped,
+    and the next registration makes a new learner that the controller rates."""
+    old = game.group
+    for spec in (TEAM0, TEAM1):
+        game.app.release_behavior(spec.name)
+    assert game.app.behaviors() == []
+    for spec in (TEAM0, TEAM1):
+        game.app.register_behavior(spec)
+    assert game.group is not old
+    game.play(TEAM0, 5, last_reward=1.0)
+    assert game.group.pool.current_elo == pytest.approx(1200.5)
+    assert game.group.pool.elos[0] == pytest.approx(1199.5)  # the new group's entry, not the old one's
+    assert old.pool.elos[0] == 1200.0
