@@ -45,7 +45,7 @@ many ghost steps were played). Each published snapshot gets a version from the g
 own counter (started from the clock in milliseconds, so that a resumed run's versions are
 newer than those gateways still hold); the group remembers which versions carried the learner's weights and of
 which learner version. A step acted by any other version is a ghost step: counted
-(``swap_steps``) and dropped before the learner; the learner's steps are renumbered to
+(``swap_steps``; TensorBoard ``Policy/Ghost Steps Dropped``, summed) and dropped before the learner; the learner's steps are renumbered to
 the learner's own versions, so its coupling (on-policy lag 0, ``max_policy_lag``) holds.
 Flow control: the learning team's names follow the learner's coupling, the others a
 window (``trainer_server.collection.Coupling.tagged``), switched at team changes.
@@ -79,6 +79,8 @@ _log = get_logger("trainer_server.self_play")
 
 #: the TensorBoard tag of the learner's ELO (ML-Agents' name)
 ELO_TAG = stats_mod.SELF_PLAY_ELO
+#: steps acted by a ghost snapshot, dropped before the learner (a Tandem tag, summed per summary)
+GHOST_STEPS_TAG = "Policy/Ghost Steps Dropped"
 #: the ``training_status.json`` key of a self-play behavior's ELO (ML-Agents' StatusType.ELO)
 ELO_STATUS_KEY = "elo"
 #: publications remembered per group; steps acted by an older one count as ghost steps
@@ -345,6 +347,8 @@ class SelfPlayGroup:
                 tail = dataclasses.replace(trajectory.tail(start), policy_versions=versions[start:])
                 learned.append(tail)
             self.ghost_step += ghost
+        if ghost:
+            self.run.stats.add(GHOST_STEPS_TAG, float(ghost), stats_mod.Aggregation.SUM)
         for trajectory in learned:
             if trajectory.done and not trajectory.interrupted:
                 self._record_game(float(trajectory.rewards[-1]))

@@ -17,7 +17,7 @@ from test_service_support import LearnerRegistry, OnPolicyCountingLearner, make_
 from trainer_server.app import TrainingApp, UnsupportedBehaviorError
 from trainer_server.config.loading import load_run_options
 from trainer_server.config.schema import SelfPlaySettings
-from trainer_server.self_play import ELO_TAG, GhostPool, expected_score, game_result, team_id
+from trainer_server.self_play import ELO_TAG, GHOST_STEPS_TAG, GhostPool, expected_score, game_result, team_id
 from tandem.v1 import trainer_pb2
 
 OBS = (ObservationSpec(name="VectorSensor", shape=(6,)),)
@@ -148,6 +148,7 @@ def test_one_learner_serves_both_teams_and_only_the_learning_teams_steps_reach_i
     assert dict(first0.parameters) == dict(first1.parameters)  # the initial policy on both sides
     game.play(TEAM1, 10)
     assert game.learner.step == 0 and game.group.ghost_step == 10  # counted, dropped
+    assert game.group.run.stats.summarize()[GHOST_STEPS_TAG].value == 10  # TensorBoard, summed
     game.play(TEAM0, 10)  # a buffer's worth: the learner updates, team 0 gets its new snapshot
     assert game.learner.step == 10 and game.learner.updates == 1
     assert game.published[-1].behavior == TEAM0.name
