@@ -166,7 +166,7 @@ def init_params(
     critic = networks.init_critic(k_critic, arch, shared_critic)
     if len(heads) > 1:
         k_heads = jax.random.fold_in(k_critic, 1)
-        critic.update(networks.init_extra_heads(k_heads, networks.body_output_size(arch), 1, heads, "critic/value"))
+        critic.update(networks.init_extra_heads(k_heads, networks.head_width(arch), 1, heads, "critic/value"))
     return {"actor": networks.init_actor(k_actor, arch), "critic": critic}
 
 
@@ -260,11 +260,12 @@ def ppo_loss(
     branches = arch.behavior_spec.action_spec.discrete_branches
     log_prob = distributions.log_prob_parts(dist, batch.continuous_actions, batch.discrete_actions, branches)
     _, entropy = distributions.log_prob_and_entropy(dist, batch.continuous_actions, batch.discrete_actions, branches)
-    if seq:  # memory (the extrinsic signal alone): the critic's LSTM from each sequence's stored memory
+    if seq:  # memory: the critic's LSTM from each sequence's stored memory, a value per reward signal
         seq = {**seq, "memories": batch.critic_memories[:: seq["sequence_length"]]}
         values = networks.critic_forward(
-            params["actor"], params["critic"], arch, obs, norm_stats, hyperparameters(settings).shared_critic, **seq
-        )[:, None]  # [n, 1]
+            params["actor"], params["critic"], arch, obs, norm_stats, hyperparameters(settings).shared_critic, **seq,
+            heads=value_heads(settings),
+        )  # [n, H]
     else:
         values = networks.critic_values(
             params["actor"], params["critic"], arch, obs, norm_stats, hyperparameters(settings).shared_critic,
@@ -295,6 +296,19 @@ def ppo_loss(
 
 
 # -- the update ----------------------------------------------------------------------------
+def _real_rows(arch: PolicyArchitecture, minibatch: Batch) -> Batch:
+    """What the reward signals train on: with memory, each padding row of a sequence replaced
+    by the sequence's first row (a real step; fixed shapes), so that the signals learn from
+    observations and actions the agents saw, never the zeros of the padding. The signals see
+    observations, not memories (ML-Agents' reward providers have no memory either)."""
+    if not arch.memory_size:
+        return minibatch
+    rows = minibatch.advantages.shape[0]
+    index = jnp.arange(rows)
+    source = jnp.where(minibatch.loss_masks > 0, index, (index // arch.sequence_length) * arch.sequence_length)
+    return jax.tree.map(lambda x: x[source], minibatch)
+
+
 def make_update_fn(
     arch: PolicyArchitecture,
     settings: TrainerSettings,
@@ -347,7 +361,7 @@ def make_update_fn(
             updates, opt_state = tx.update(grads, opt_state, params)
             params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
             if train_signals:
-                inputs = signal_batch(arch, minibatch, jnp.zeros_like(minibatch.advantages))
+                inputs = signal_batch(arch, _real_rows(arch, minibatch), jnp.zeros_like(minibatch.advantages))
                 signal_states, signal_aux = signals.update(signal_states, inputs, norm_stats, signal_key, expert)
                 aux = {**aux, **signal_aux}
             return (params, opt_state, signal_states), aux
@@ -423,7 +437,7 @@ def make_process_fn(
     ``length`` of each observation holds ``next_observations``; ``rewards`` are the
     environment's (each signal applies its strength); ``episode_ended`` marks the last real
     step done (GAIL's input). Without ``signals`` the extrinsic signal of ``settings`` alone
-    is used. With memory (M floats; the extrinsic signal alone): ``memories`` are the actor's
+    is used. With memory (M floats; every signal's value head reads the critic's LSTM): ``memories`` are the actor's
     before each step, ``critic_memory`` the critic's before the first; ``critic_memories`` is,
     per row, the critic's memory at the start of the row's training sequence and
     ``critic_final`` its memory after the last step.
@@ -466,9 +480,9 @@ def make_process_fn(
         critic_memories = critic_final = None
         if arch.memory_size:  # one unbroken critic LSTM run over the steps and next_observations
             values_all, before = networks.critic_trace(
-                params["actor"], params["critic"], arch, list(observations), norm_stats, hp.shared_critic, critic_memory
-            )
-            values_all = values_all[:, None]  # [L+1, 1]: the extrinsic signal alone
+                params["actor"], params["critic"], arch, list(observations), norm_stats, hp.shared_critic, critic_memory,
+                heads,
+            )  # [L+1, H]
             critic_memories = before[(jnp.arange(padded) // arch.sequence_length) * arch.sequence_length]
             critic_final = before[length]
         else:
@@ -605,8 +619,6 @@ class PPOLearner:
         self.step = 0
         self.update_count = 0
         m = arch.memory_size
-        if m and self.signals.needs_inputs:
-            raise ValueError(f"behavior {spec.name}: reward signals other than extrinsic with memory are not supported yet")
         extra = {"memories": ((m,), np.float32), "critic_memories": ((m,), np.float32), "loss_masks": ((), np.float32)}
         self.rollout_buffer = rollout_buffer.RolloutBuffer(spec, extra if m else None, with_signal_inputs=self.signals.needs_inputs)
         #: with memory: the critic's memory each agent's last fragment left, by ``Trajectory.agent_key``
@@ -700,9 +712,9 @@ class PPOLearner:
         t = len(trajectory)
         length = self.policy_architecture.sequence_length
         rows = length * math.ceil(t / length)
-        chunk = {
-            **{name: _pad_rows(value, rows) for name, value in chunk.items() if name != "observations"},
-            "observations": [_pad_rows(o, rows) for o in chunk["observations"]],
+        chunk = {  # per-step arrays, and lists of them per observation (observations, next_observations)
+            **{name: [_pad_rows(o, rows) for o in value] if isinstance(value, list) else _pad_rows(value, rows)
+               for name, value in chunk.items()},
             "memories": _pad_rows(np.asarray(trajectory.memories, np.float32), rows),
             "critic_memories": _pad_rows(critic_memories, rows),
             "loss_masks": _pad_rows(np.ones(t, np.float32), rows),
