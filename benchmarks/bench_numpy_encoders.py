@@ -121,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         "actions, one RGB camera) per agent, with the former convolution / max-pool (transposed "
         "sliding-window view; reduction over window axes; all agents at once) and the current ones (strided "
         "slices side by side on the channel axis; maximum of nine strided slices; agents in cache-sized chunks), interleaved in one run, "
-        f"minimum of {args.rounds} rounds of {args.calls} calls. Same actions to 1e-5.",
+        f"minimum of {args.rounds} rounds of {args.calls} calls. Same actions to 1e-5. On a machine shared "
+        "with other jobs single figures vary by tens of percent between runs; match3's cost is mostly its "
+        "dense layer (20 * 20 * 144 inputs x 128 units, 29 MB of weights read per call), which neither "
+        "version changes.",
         "",
         f"Command: `python -m benchmarks.run bench_numpy_encoders` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
         f"Machine: {report.cpu_name()} ({os.cpu_count()} cores visible, shared with other jobs), "

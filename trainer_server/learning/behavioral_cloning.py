@@ -224,8 +224,10 @@ class BehavioralCloning:
         n = data.discrete_actions.shape[0] // length  # steps, or sequences with memory
         default_batch = int(getattr(settings.hyperparameters, "batch_size", n * length))
         self.batch_size = max(1, min((bc.batch_size or default_batch) // length, n))
+        #: rows (steps, padding included) of one minibatch: ``batch_size`` steps, or sequences with memory
+        self.batch_rows = self.batch_size * length
         possible = n // self.batch_size
-        most = bc.samples_per_update // (self.batch_size * length)
+        most = bc.samples_per_update // self.batch_rows
         self.num_batches = possible if most == 0 else min(possible, most)
         self.num_epoch = bc.num_epoch or DEFAULT_NUM_EPOCH
         self.initial_learning_rate = float(learning_rate) * float(bc.strength)
