@@ -38,6 +38,9 @@ class Trajectory:
         episode_length: when done, the whole episode's length in decision steps.
         memories: float32 ``[T, memory_size]``, the actor's LSTM memory before each step
             (policies with memory), else None.
+        source: the gateway that streamed the fragment (its ``gateway_id``; set by the
+            trainer, never sent: instance indices and agent ids are only unique within one
+            gateway, so per-agent state on the trainer is keyed by ``agent_key``).
     """
 
     instance: int
@@ -55,9 +58,15 @@ class Trajectory:
     episode_return: float = 0.0
     episode_length: int = 0
     memories: np.ndarray | None = None
+    source: str = ""
 
     def __len__(self) -> int:
         return int(self.rewards.shape[0])
+
+    @property
+    def agent_key(self) -> tuple[str, int, int]:
+        """``(source, instance, agent_id)``: names one agent among every gateway's."""
+        return (self.source, int(self.instance), int(self.agent_id))
 
     def tail(self, start: int) -> Trajectory:
         """Steps ``start..T-1`` as a fragment of their own (same end, same next observations).

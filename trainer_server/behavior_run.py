@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -253,7 +253,7 @@ class BehaviorRun:
             dropped += start
             if start >= len(trajectory):
                 continue
-            trajectory = trajectory.tail(start)
+            trajectory = replace(trajectory.tail(start), source=gateway_id)  # per-agent state is per gateway
             self.stats.add(stats_mod.POLICY_LAG, float(np.mean(self.version - trajectory.policy_versions)))
             before = self.learner.step
             try:

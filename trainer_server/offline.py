@@ -66,7 +66,7 @@ class OfflineLearner:
         self.inner = inner
         self.cloning = cloning
         #: demonstration samples one update trains on (its step count)
-        self.steps_per_update = cloning.num_epoch * cloning.num_batches * cloning.batch_size
+        self.steps_per_update = cloning.num_epoch * cloning.num_batches * cloning.batch_rows
 
     @property
     def step(self) -> int:

@@ -66,6 +66,11 @@ def _leaky_relu(x: np.ndarray) -> np.ndarray:
 def conv2d_valid(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int) -> np.ndarray:
     """'Valid' 2D convolution by im2col + one matmul.
 
+    The columns are built from ``kh * kw`` strided slices of ``x`` laid side by side on the
+    channel axis (each a copy of whole channel rows, ordered (kh, kw, C) like the HWIO kernel)
+    rather than by transposing a sliding-window view (a gather of single floats): the
+    gateway's acting cost for resnet and match3 (benchmarks/results/bench_numpy_encoders.md).
+
     Args:
         x: float32 ``[n, H, W, C]``.
         kernel: float32 ``[kh, kw, C, O]`` (HWIO).
@@ -76,23 +81,60 @@ def conv2d_valid(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: in
         float32 ``[n, oh, ow, O]``.
     """
     kh, kw, c, o = kernel.shape
-    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::stride, ::stride]
-    n, oh, ow = windows.shape[:3]
-    # windows: [n, oh, ow, C, kh, kw] -> columns ordered (kh, kw, C) like the HWIO kernel
-    cols = windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, kh * kw * c)
-    out = cols @ kernel.reshape(kh * kw * c, o) + bias
+    n, h, w = x.shape[:3]
+    oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
+    cols = np.empty((n, oh, ow, kh * kw * c), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            k = (i * kw + j) * c
+            cols[..., k : k + c] = x[:, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride, :]
+    out = cols.reshape(n * oh * ow, kh * kw * c) @ kernel.reshape(kh * kw * c, o)
+    out += bias
     return out.reshape(n, oh, ow, o)
 
 
 def _conv_same(x: np.ndarray, p: Mapping[str, np.ndarray], name: str) -> np.ndarray:
     """3x3 stride-1 convolution with one pixel of zero padding (resnet), NHWC."""
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    n, h, w, c = x.shape
+    padded = np.zeros((n, h + 2, w + 2, c), np.float32)
+    padded[:, 1:-1, 1:-1] = x
     return conv2d_valid(padded, p[f"{name}/kernel"], p[f"{name}/bias"], 1)
 
 
 def _max_pool_3x3_s2(x: np.ndarray) -> np.ndarray:
-    """3x3 max-pool with stride 2 and no padding, NHWC."""
-    return np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(1, 2))[:, ::2, ::2].max(axis=(-2, -1))
+    """3x3 max-pool with stride 2 and no padding, NHWC: the maximum of nine strided slices
+    (whole channel rows at a time; a reduction over the window axes of a sliding-window view
+    was the slowest part of resnet acting)."""
+    oh, ow = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
+    out = x[:, 0 : 2 * oh - 1 : 2, 0 : 2 * ow - 1 : 2, :].copy()
+    for i in range(3):
+        for j in range(3):
+            if i or j:
+                np.maximum(out, x[:, i : i + 2 * oh - 1 : 2, j : j + 2 * ow - 1 : 2, :], out=out)
+    return out
+
+
+#: float32 values of one image's layer, times the agents convolved together, that stay in the
+#: CPU's cache: the convolutions run on chunks of agents of about this size (12 84x84 images
+#: at once cost 4x per agent what one does; benchmarks/results/bench_numpy_encoders.md)
+_CONV_CHUNK_FLOATS = 1 << 18
+#: channels of the widest layer, for the chunk size (match3's 144 at full resolution aside)
+_CHUNK_CHANNELS = 64
+
+
+def _conv_trunk(p: Mapping[str, np.ndarray], name: str, vis_encode_type: str, x: np.ndarray) -> np.ndarray:
+    """An encoder's convolutions on NHWC ``x`` ``[n, H, W, C]``: flat features ``[n, F]``
+    before the dense layer (resnet: after its final swish)."""
+    if vis_encode_type == "resnet":
+        for s in range(len(RESNET_CHANNELS)):
+            x = _max_pool_3x3_s2(_conv_same(x, p, f"{name}/stack{s}/conv"))
+            for b in range(RESNET_BLOCKS):
+                y = _conv_same(_swish(x.copy()), p, f"{name}/stack{s}/block{b}/conv0")
+                x = x + _conv_same(_swish(y), p, f"{name}/stack{s}/block{b}/conv1")
+        return _swish(x.reshape(x.shape[0], -1))
+    for j, (_, stride, _) in enumerate(PLAIN_CONVS[vis_encode_type]):
+        x = _leaky_relu(conv2d_valid(x, p[f"{name}/conv{j}/kernel"], p[f"{name}/conv{j}/bias"], stride))
+    return x.reshape(x.shape[0], -1)
 
 
 def visual_encoding(p: Mapping[str, np.ndarray], name: str, vis_encode_type: str, image: np.ndarray) -> np.ndarray:
@@ -108,18 +150,14 @@ def visual_encoding(p: Mapping[str, np.ndarray], name: str, vis_encode_type: str
         float32 ``[n, hidden_units]``.
     """
     x = np.asarray(image, dtype=np.float32).transpose(0, 2, 3, 1)  # -> [n, H, W, C] for the HWIO kernels
-    if vis_encode_type == "resnet":
-        for s in range(len(RESNET_CHANNELS)):
-            x = _max_pool_3x3_s2(_conv_same(x, p, f"{name}/stack{s}/conv"))
-            for b in range(RESNET_BLOCKS):
-                y = _conv_same(_swish(x.copy()), p, f"{name}/stack{s}/block{b}/conv0")
-                x = x + _conv_same(_swish(y), p, f"{name}/stack{s}/block{b}/conv1")
-        x = _swish(x.reshape(x.shape[0], -1))
-        return np.maximum(x @ p[f"{name}/dense/kernel"] + p[f"{name}/dense/bias"], 0.0)
-    for j, (_, stride, _) in enumerate(PLAIN_CONVS[vis_encode_type]):
-        x = _leaky_relu(conv2d_valid(x, p[f"{name}/conv{j}/kernel"], p[f"{name}/conv{j}/bias"], stride))
-    x = x.reshape(x.shape[0], -1)
-    return _leaky_relu(x @ p[f"{name}/dense/kernel"] + p[f"{name}/dense/bias"])
+    n, h, w = x.shape[:3]
+    chunk = max(1, _CONV_CHUNK_FLOATS // (h * w * _CHUNK_CHANNELS))
+    if n <= chunk:
+        features = _conv_trunk(p, name, vis_encode_type, x)
+    else:  # the convolutions chunk by chunk of agents, the dense layer (its weights read once) on all
+        features = np.concatenate([_conv_trunk(p, name, vis_encode_type, x[i : i + chunk]) for i in range(0, n, chunk)])
+    out = features @ p[f"{name}/dense/kernel"] + p[f"{name}/dense/bias"]
+    return np.maximum(out, 0.0) if vis_encode_type == "resnet" else _leaky_relu(out)
 
 
 def _layer_norm(x: np.ndarray) -> np.ndarray:

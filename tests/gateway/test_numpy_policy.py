@@ -279,3 +279,33 @@ def test_attention_equals_plain_attention_over_the_real_entities_only():
             heads.append((weights / weights.sum(1, keepdims=True)) @ v)
         y = norm(dense(np.concatenate(heads, 1), "attention/out") + x)
         np.testing.assert_allclose(out[a], y.mean(0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", ["resnet", "match3", "nature_cnn", "simple"])
+def test_agents_convolved_in_chunks_give_what_all_at_once_gives(encoder, monkeypatch):
+    """The cache-sized chunks of agents (``_CONV_CHUNK_FLOATS``) change no output."""
+    from common.architecture import visual_encoder_shapes
+    from gateway.actor import numpy_policy
+
+    side = 36 if encoder == "nature_cnn" else 20
+    rng = np.random.default_rng(4)
+    p = {f"e/{k}": (rng.standard_normal(s) * 0.2).astype(np.float32) for k, s in visual_encoder_shapes(encoder, (3, side, side), 8).items()}
+    image = rng.random((7, 3, side, side), dtype=np.float32)
+    whole = visual_encoding(p, "e", encoder, image)
+    monkeypatch.setattr(numpy_policy, "_CONV_CHUNK_FLOATS", side * side * numpy_policy._CHUNK_CHANNELS * 3)  # chunks of 3
+    np.testing.assert_allclose(visual_encoding(p, "e", encoder, image), whole, rtol=1e-5, atol=1e-5)
+    for k in range(7):  # one agent alone
+        np.testing.assert_allclose(visual_encoding(p, "e", encoder, image[k : k + 1]), whole[k : k + 1], rtol=1e-5, atol=1e-5)
+
+
+def test_strided_convolution_columns_match_a_loop_reference():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 9, 11, 3)).astype(np.float32)
+    kernel = rng.standard_normal((4, 3, 3, 5)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    out = conv2d_valid(x, kernel, bias, 2)
+    assert out.shape == (2, 3, 5, 5)
+    for i in range(3):
+        for j in range(5):
+            patch = x[:, 2 * i : 2 * i + 4, 2 * j : 2 * j + 3, :]
+            np.testing.assert_allclose(out[:, i, j], np.einsum("nhwc,hwco->no", patch, kernel) + bias, rtol=1e-5, atol=1e-5)

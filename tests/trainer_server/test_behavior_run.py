@@ -28,6 +28,7 @@ from trainer_server import stats as stats_mod
 from trainer_server.app import TrainingApp
 from trainer_server.behavior_run import extrinsic_strength
 from trainer_server.results import behavior_folder_name
+from trainer_server.timers import HierarchicalTimer
 from trainer_server.config.loading import load_run_options
 from trainer_server.config.schema import CuriositySettings, RewardSignalSettings, TrainerSettings
 
@@ -310,3 +311,34 @@ def test_sac_save_replay_buffer_is_written_with_checkpoints_and_restored_on_resu
     app2 = TrainingApp(options2, prepare_results(options2))
     app2.register_behavior(BALL)
     assert len(app2._behaviors[BALL.name].learner.replay_buffer) == saved_size
+
+
+class _SourceLearner(CountingLearner):
+    """Remembers which gateway each trajectory came from (``Trajectory.source``)."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.sources: list[tuple[str, int, int]] = []
+
+    def process_trajectory(self, trajectory) -> None:
+        self.sources.append(trajectory.agent_key)
+        super().process_trajectory(trajectory)
+
+
+def test_the_learner_sees_which_gateway_each_trajectory_came_from(tmp_path):
+    """Instance indices and agent ids repeat across gateways; per-agent state (PPO's critic
+    memories) is keyed by ``agent_key``, so the run labels every trajectory with its gateway."""
+    options = make_options(tmp_path, max_steps=10_000)
+    registry = LearnerRegistry(_SourceLearner)
+    results = prepare_results(options)
+    app = TrainingApp(options, results, HierarchicalTimer(), learner_factory=registry)
+    app.start()
+    app.register_behavior(BALL)
+    for gateway in ("gw-a", "gw-b"):  # each gateway's first chunk
+        app.submit(gateway, 1, BALL.name, [make_trajectory(BALL, 5, instance=0, agent_id=3)], [])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(getattr(registry.learners.get(BALL.name), "sources", ())) < 2:
+        time.sleep(0.02)
+    app.stop()
+    app.join(20)
+    assert registry.learners[BALL.name].sources == [("gw-a", 0, 3), ("gw-b", 0, 3)]

@@ -3,8 +3,8 @@
 Why: :mod:`trainer_server.config.loading` accepts every valid ML-Agents file (so that
 ``--dry-run`` shows any file resolved); training needs more. :func:`check_supported`
 raises :class:`NotSupportedError` for what the learners cannot do yet (``poca``,
-SAC with ``memory``, ``memory`` with learned reward signals or behavioral cloning,
-``self_play`` with a trainer type it does not wrap yet...). The trainer calls it before it starts; the service calls
+SAC with ``memory``, ``self_play`` with a trainer type it does not wrap yet...; PPO's ``memory``
+trains with every reward signal and behavioral cloning). The trainer calls it before it starts; the service calls
 :func:`check_behavior_supported` for behaviors that first appear at run time and fall
 back to ``default_settings``. The trainer types come from the learner registry: a type
 is supported when a learner exists for it.
@@ -125,17 +125,6 @@ def unsupported_features(
                     f"the {name} reward signal is not supported yet (supported: {', '.join(sorted(SUPPORTED_REWARD_SIGNALS))})",
                 )
             )
-    if network.memory is not None:
-        learned = sorted(name for name in settings.reward_signals if name != "extrinsic")
-        if learned:
-            found.append(
-                (
-                    "network_settings.memory",
-                    f"recurrent networks (memory) with the {', '.join(learned)} reward signal(s) are not supported yet",
-                )
-            )
-        if settings.behavioral_cloning is not None:
-            found.append(("network_settings.memory", "recurrent networks (memory) with behavioral_cloning are not supported yet"))
     if settings.self_play is not None and settings.trainer_type not in SELF_PLAY_TRAINER_TYPES:
         found.append(
             (

@@ -16,6 +16,12 @@ update, jit-compiled, with ML-Agents 1.1.0's semantics:
   reparameterized sample and the expert's action; discrete: the cross-entropy of each
   branch with every action allowed, averaged over branches; both summed.
 
+With memory (``network_settings.memory``), as ML-Agents: the demonstrations are cut into
+sequences of ``sequence_length`` steps from each episode's first step (the last one of an
+episode padded at its end), the policy runs its LSTM over each sequence from zero memories,
+and a minibatch is ``max(batch_size // sequence_length, 1)`` shuffled whole sequences;
+unlike ML-Agents, the padding rows are left out of the loss's mean (loss mask).
+
 One difference, on purpose: the continuous sample is compared in the environment's units
 (PPO's ``clip(a, -3, 3) / 3``, SAC's ``tanh(a)``), the units the demonstration holds.
 ML-Agents compares PPO's raw sample to the recorded action, so a policy cloned there sends
@@ -59,6 +65,35 @@ class DemoBatch(NamedTuple):
     observations: tuple[jax.Array, ...]
     continuous_actions: jax.Array
     discrete_actions: jax.Array
+    loss_masks: jax.Array | None = None  # [N] float32 with memory (1 on real steps, 0 on padding), else None
+
+
+def sequences(demos: Any, sequence_length: int) -> DemoBatch:
+    """The demonstrations as whole sequences for a policy with memory: each episode (steps up
+    to a ``dones`` step, and the steps after the last one) cut into ``sequence_length`` rows
+    from its first step, the last sequence zero-padded at its end; rows ``[S * L, ...]`` as numpy."""
+    n = int(demos.rewards.shape[0])
+    ends = list(np.flatnonzero(np.asarray(demos.dones)) + 1)
+    bounds = [0] + ends + ([n] if not ends or ends[-1] != n else [])
+    rows: list[np.ndarray] = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        for first in range(start, stop, sequence_length):
+            last = min(first + sequence_length, stop)
+            rows.append(np.concatenate([np.arange(first, last), np.full(sequence_length - (last - first), -1)]))
+    index = np.concatenate(rows)
+    real = index >= 0
+
+    def take(x: np.ndarray) -> np.ndarray:
+        out = np.asarray(x)[np.maximum(index, 0)]
+        out[~real] = 0
+        return out
+
+    return DemoBatch(
+        observations=tuple(take(o) for o in demos.observations),
+        continuous_actions=take(demos.continuous_actions),
+        discrete_actions=take(demos.discrete_actions),
+        loss_masks=real.astype(np.float32),
+    )
 
 
 def bc_loss(
@@ -76,18 +111,29 @@ def bc_loss(
     the branches. The two add up when the action space has both.
     """
     branches = arch.behavior_spec.action_spec.discrete_branches
-    dist = networks.actor_forward(actor_params, arch, list(batch.observations), norm_stats, None)
+    seq: dict[str, Any] = {}
+    mean = jnp.mean
+    if arch.memory_size:  # whole sequences from zero memories; the padding rows out of the mean
+        n, length = batch.discrete_actions.shape[0], arch.sequence_length
+        seq = {"memories": jnp.zeros((n // length, arch.memory_size), jnp.float32), "sequence_length": length}
+        mask = batch.loss_masks
+
+        def mean(x: jax.Array) -> jax.Array:
+            weights = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (x.ndim - 1)), x.shape)
+            return jnp.sum(x * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+    dist = networks.actor_forward(actor_params, arch, list(batch.observations), norm_stats, None, **seq)
     loss = jnp.zeros((), jnp.float32)
     if dist.mu is not None:
         noise = jax.random.normal(key, dist.mu.shape, dist.mu.dtype)
         sample = dist.mu + jnp.exp(dist.log_std) * noise
         env = distributions.env_continuous(sample, arch.continuous_distribution)
-        loss = loss + jnp.mean((env - batch.continuous_actions) ** 2)
+        loss = loss + mean((env - batch.continuous_actions) ** 2)
     if dist.logits is not None and branches:
         log_probs = distributions.branch_log_softmax(dist.logits, branches)  # [n, sum(branches)]
         offsets = np.concatenate([[0], np.cumsum(branches)[:-1]]).astype(np.int32)
         picked = jnp.take_along_axis(log_probs, batch.discrete_actions + offsets[None, :], axis=1)  # [n, b]
-        loss = loss + jnp.mean(-picked)
+        loss = loss + mean(-picked)
     return loss
 
 
@@ -101,7 +147,9 @@ def make_update_fn(
 ) -> Callable:
     """The pure update ``(actor_params, opt_state, norm_stats, demos, key, lr) -> (actor_params,
     opt_state, mean loss)``: ``num_epoch`` shuffled passes of ``num_batches`` minibatches of
-    ``batch_size`` over the ``num_steps`` demonstration steps (``lax.scan``, fixed shapes)."""
+    ``batch_size`` over the ``num_steps`` demonstration steps (``lax.scan``, fixed shapes).
+    With memory the units are sequences: ``num_steps`` sequences, ``batch_size`` of them per
+    minibatch, each ``arch.sequence_length`` consecutive rows of ``demos``."""
     tx = shared.make_optimizer()
     grad_fn = jax.value_and_grad(bc_loss)
 
@@ -120,8 +168,11 @@ def make_update_fn(
 
         def epoch_step(carry, epoch_key):
             k_order, k_noise = jax.random.split(epoch_key)
-            order = jax.random.permutation(k_order, num_steps)[: num_batches * batch_size]
-            return jax.lax.scan(minibatch_step, carry, (order.reshape(num_batches, batch_size), jax.random.split(k_noise, num_batches)))
+            order = jax.random.permutation(k_order, num_steps)[: num_batches * batch_size].reshape(num_batches, batch_size)
+            if arch.memory_size:  # sequence indices -> their rows, in order
+                length = arch.sequence_length
+                order = (order[..., None] * length + jnp.arange(length)).reshape(num_batches, batch_size * length)
+            return jax.lax.scan(minibatch_step, carry, (order, jax.random.split(k_noise, num_batches)))
 
         (actor_params, opt_state), losses = jax.lax.scan(epoch_step, (actor_params, opt_state), jax.random.split(key, num_epoch))
         return actor_params, opt_state, jnp.mean(losses)
@@ -161,23 +212,29 @@ class BehavioralCloning:
         self.settings = bc
         self.arch = arch
         self.demonstrations = demonstrations if demonstrations is not None else load_demonstrations(bc.demo_path, spec)
-        n = self.demonstrations.num_steps
-        default_batch = int(getattr(settings.hyperparameters, "batch_size", n))
-        self.batch_size = max(1, min(bc.batch_size or default_batch, n))
+        demos = self.demonstrations
+        data = DemoBatch(
+            observations=tuple(np.asarray(o) for o in demos.observations),
+            continuous_actions=np.asarray(demos.continuous_actions),
+            discrete_actions=np.asarray(demos.discrete_actions),
+        )
+        length = arch.sequence_length if arch.memory_size else 1
+        if arch.memory_size:
+            data = sequences(demos, length)
+        n = data.discrete_actions.shape[0] // length  # steps, or sequences with memory
+        default_batch = int(getattr(settings.hyperparameters, "batch_size", n * length))
+        self.batch_size = max(1, min((bc.batch_size or default_batch) // length, n))
+        #: rows (steps, padding included) of one minibatch: ``batch_size`` steps, or sequences with memory
+        self.batch_rows = self.batch_size * length
         possible = n // self.batch_size
-        most = bc.samples_per_update // self.batch_size
+        most = bc.samples_per_update // self.batch_rows
         self.num_batches = possible if most == 0 else min(possible, most)
         self.num_epoch = bc.num_epoch or DEFAULT_NUM_EPOCH
         self.initial_learning_rate = float(learning_rate) * float(bc.strength)
         self._tx = shared.make_optimizer()
         self.opt_state = self._tx.init(actor_params)
         self._key = shared.new_key(seed + 7919)  # its own stream: the learner's draws stay as they were
-        demos = self.demonstrations
-        self._data = DemoBatch(
-            observations=tuple(jnp.asarray(o) for o in demos.observations),
-            continuous_actions=jnp.asarray(demos.continuous_actions),
-            discrete_actions=jnp.asarray(demos.discrete_actions),
-        )
+        self._data = jax.tree.map(jnp.asarray, data)
         self._traces = shared.TraceCounter("bc_update")
         self.trace_counts = self._traces.counts
         self._update_fn = jax.jit(make_update_fn(arch, n, self.batch_size, self.num_batches, self.num_epoch, self._traces.hook("bc_update")))

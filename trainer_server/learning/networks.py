@@ -376,9 +376,11 @@ def critic_trace(
     norm: NormStats,
     shared_critic: bool,
     memory: jax.Array,
+    heads: tuple[str, ...] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """The critic with memory along one agent's consecutive steps ``[T, ...]`` from ``memory``
-    ``[m]``: (values ``[T]``, the critic's memory before each step ``[T, m]``).
+    ``[m]``: (values ``[T]``, or ``[T, H]`` per reward signal of ``heads``; the critic's memory
+    before each step ``[T, m]``).
 
     Why: ML-Agents evaluates a trajectory's values sequence by sequence, carrying the
     critic's memory from one sequence to the next, which is one unbroken LSTM run; the
@@ -387,6 +389,8 @@ def critic_trace(
     params, prefix = (actor_params, "") if shared_critic else (critic_params, "critic/")
     h = encode(params, prefix, arch, observations, norm)
     _, outs, before = _lstm_scan(params, prefix, h[:, None, :], memory[None, :])
+    if heads is not None:  # every reward signal's head reads the same LSTM output
+        return jnp.transpose(apply_heads(critic_params, outs[:, 0, :], heads, "critic/value")[..., 0]), before[:, 0, :]
     values = outs[:, 0, :] @ critic_params["critic/value/kernel"] + critic_params["critic/value/bias"]
     return values[:, 0], before[:, 0, :]
 
@@ -449,8 +453,10 @@ def critic_forward(
     shared_critic: bool = False,
     memories: jax.Array | None = None,
     sequence_length: int = 1,
+    heads: tuple[str, ...] | None = None,
 ) -> jax.Array:
-    """PPO's state values ``[n]``; with ``shared_critic`` from the actor's encoders and body.
+    """PPO's state values ``[n]`` (``[n, H]`` per reward signal of ``heads``); with
+    ``shared_critic`` from the actor's encoders and body.
 
     With memory, ``memories`` and ``sequence_length`` as ``actor_forward`` (the critic's own
     memories, or the actor's with ``shared_critic``).
@@ -459,6 +465,8 @@ def critic_forward(
     h = encode(params, prefix, arch, observations, norm)
     if arch.memory_size:
         h, _ = recurrent(params, prefix, arch, h, memories, sequence_length)
+    if heads is not None:
+        return jnp.transpose(apply_heads(critic_params, h, heads, "critic/value")[..., 0])
     return (h @ critic_params["critic/value/kernel"] + critic_params["critic/value/bias"])[:, 0]
 
 

@@ -38,9 +38,14 @@ critic memory this agent's previous fragment left (zeros at an episode start, dr
 when the episode ends; ML-Agents' ``critic_memory_dict``), bootstrapping from the memory
 after the last step. The fragment then enters the buffer cut into sequences of
 ``sequence_length`` steps from its first step, the last one padded at its end with zero
-rows whose loss mask is false (ML-Agents' ``resequence_and_append``): padded rows count
-towards ``buffer_size`` as in ML-Agents, and the update takes the oldest
-``buffer_size // sequence_length`` whole sequences. Each sequence starts from the stored
+rows whose loss mask is false (ML-Agents' ``resequence_and_append``). Unlike ML-Agents,
+padded rows do not count towards ``buffer_size``: the update waits for ``buffer_size`` real
+steps (what the gateways were granted for the version; counting padding updated early and
+the granted steps still on their way were dropped as stale) and trains on every buffered
+sequence, filled up with empty sequences to a bucket of shapes (``update_sequences``:
+``buffer_size // sequence_length`` times a power of two) that take no part in any loss,
+statistic or minibatch; minibatches draw the real sequences, ``(real sequences) //
+(sequences per minibatch)`` of them per epoch (at least one). Each sequence starts from the stored
 memories of its first step (the actor's acting memory, the critic's memory from
 processing); there is no burn-in: the LSTM runs over the sequence from that memory, as in
 ML-Agents. Minibatches are ``batch_size // sequence_length`` shuffled whole sequences
@@ -161,7 +166,7 @@ def init_params(
     critic = networks.init_critic(k_critic, arch, shared_critic)
     if len(heads) > 1:
         k_heads = jax.random.fold_in(k_critic, 1)
-        critic.update(networks.init_extra_heads(k_heads, networks.body_output_size(arch), 1, heads, "critic/value"))
+        critic.update(networks.init_extra_heads(k_heads, networks.head_width(arch), 1, heads, "critic/value"))
     return {"actor": networks.init_actor(k_actor, arch), "critic": critic}
 
 
@@ -255,11 +260,12 @@ def ppo_loss(
     branches = arch.behavior_spec.action_spec.discrete_branches
     log_prob = distributions.log_prob_parts(dist, batch.continuous_actions, batch.discrete_actions, branches)
     _, entropy = distributions.log_prob_and_entropy(dist, batch.continuous_actions, batch.discrete_actions, branches)
-    if seq:  # memory (the extrinsic signal alone): the critic's LSTM from each sequence's stored memory
+    if seq:  # memory: the critic's LSTM from each sequence's stored memory, a value per reward signal
         seq = {**seq, "memories": batch.critic_memories[:: seq["sequence_length"]]}
         values = networks.critic_forward(
-            params["actor"], params["critic"], arch, obs, norm_stats, hyperparameters(settings).shared_critic, **seq
-        )[:, None]  # [n, 1]
+            params["actor"], params["critic"], arch, obs, norm_stats, hyperparameters(settings).shared_critic, **seq,
+            heads=value_heads(settings),
+        )  # [n, H]
     else:
         values = networks.critic_values(
             params["actor"], params["critic"], arch, obs, norm_stats, hyperparameters(settings).shared_critic,
@@ -290,6 +296,19 @@ def ppo_loss(
 
 
 # -- the update ----------------------------------------------------------------------------
+def _real_rows(arch: PolicyArchitecture, minibatch: Batch) -> Batch:
+    """What the reward signals train on: with memory, each padding row of a sequence replaced
+    by the sequence's first row (a real step; fixed shapes), so that the signals learn from
+    observations and actions the agents saw, never the zeros of the padding. The signals see
+    observations, not memories (ML-Agents' reward providers have no memory either)."""
+    if not arch.memory_size:
+        return minibatch
+    rows = minibatch.advantages.shape[0]
+    index = jnp.arange(rows)
+    source = jnp.where(minibatch.loss_masks > 0, index, (index // arch.sequence_length) * arch.sequence_length)
+    return jax.tree.map(lambda x: x[source], minibatch)
+
+
 def make_update_fn(
     arch: PolicyArchitecture,
     settings: TrainerSettings,
@@ -312,9 +331,7 @@ def make_update_fn(
     hp = hyperparameters(settings)
     num_minibatches = hp.buffer_size // hp.batch_size
     length = arch.sequence_length if arch.memory_size else 1
-    if arch.memory_size:  # shuffled units are whole sequences
-        sequences, per_minibatch = update_rows(arch, settings) // length, minibatch_sequences(arch, settings)
-        num_minibatches = sequences // per_minibatch
+    per_minibatch = minibatch_sequences(arch, settings) if arch.memory_size else 0
     train_signals = signals is not None and signals.trainable
 
     def update(state: PPOState, batch: Batch, key: jax.Array, expert: Any = None):
@@ -322,8 +339,16 @@ def make_update_fn(
             on_trace()
         lr, epsilon, beta = schedules(settings, state.step)
         norm_stats = _norm_stats(state.normalizer, arch.normalize)
-        adv = batch.advantages
-        batch = batch._replace(advantages=(adv - jnp.mean(adv)) / (jnp.std(adv) + ADVANTAGE_EPS))
+        rows, adv = batch.advantages.shape[0], batch.advantages
+        if arch.memory_size:  # filler sequences (``update_sequences``) hold no step: out of every statistic
+            real = batch.loss_masks[::length] > 0  # [S]: a real sequence's first row is a real step
+            weights = jnp.repeat(real.astype(jnp.float32), length)  # [rows]: padding of real sequences counts
+            trained = jnp.maximum(jnp.sum(real) // per_minibatch, 1)
+            adv_mean = jnp.sum(weights * adv) / jnp.sum(weights)
+            adv_std = jnp.sqrt(jnp.sum(weights * (adv - adv_mean) ** 2) / jnp.sum(weights))
+        else:
+            adv_mean, adv_std = jnp.mean(adv), jnp.std(adv)
+        batch = batch._replace(advantages=(adv - adv_mean) / (adv_std + ADVANTAGE_EPS))
         grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
 
         def minibatch_step(carry, xs):
@@ -336,36 +361,57 @@ def make_update_fn(
             updates, opt_state = tx.update(grads, opt_state, params)
             params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
             if train_signals:
-                inputs = signal_batch(arch, minibatch, jnp.zeros_like(minibatch.advantages))
+                inputs = signal_batch(arch, _real_rows(arch, minibatch), jnp.zeros_like(minibatch.advantages))
                 signal_states, signal_aux = signals.update(signal_states, inputs, norm_stats, signal_key, expert)
                 aux = {**aux, **signal_aux}
             return (params, opt_state, signal_states), aux
+
+        def maybe_step(carry, xs):
+            """A minibatch step; with memory skipped (carry kept, zero metrics) past the ``trained`` ones."""
+            idx, signal_key, index = xs
+            if not arch.memory_size:
+                carry, aux = minibatch_step(carry, (idx, signal_key))
+                return carry, {**aux, "live": jnp.ones((), jnp.float32)}
+            shapes = jax.eval_shape(minibatch_step, carry, (idx, signal_key))[1]
+            skip = lambda c, _: (c, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes))  # noqa: E731
+            carry, aux = jax.lax.cond(index < trained, minibatch_step, skip, carry, (idx, signal_key))
+            return carry, {**aux, "live": (index < trained).astype(jnp.float32)}
 
         def epoch_step(carry, epoch_key):
             k_signals = jax.random.fold_in(epoch_key, 1)
             if not arch.memory_size:
                 order = jax.random.permutation(epoch_key, hp.buffer_size)
                 order = order[: num_minibatches * hp.batch_size].reshape(num_minibatches, hp.batch_size)
-            else:
-                starts = jax.random.permutation(epoch_key, sequences)[: num_minibatches * per_minibatch] * length
-                order = (starts[:, None] + jnp.arange(length)[None, :]).reshape(num_minibatches, per_minibatch * length)
-            return jax.lax.scan(minibatch_step, carry, (order, jax.random.split(k_signals, num_minibatches)))
+                count = num_minibatches
+            else:  # whole sequences, the real ones shuffled first (the fillers sort last)
+                sequences = rows // length
+                count = sequences // per_minibatch
+                draw = jax.random.uniform(epoch_key, (sequences,)) + jnp.where(real, 0.0, 2.0)
+                starts = jnp.argsort(draw)[: count * per_minibatch] * length
+                order = (starts[:, None] + jnp.arange(length)[None, :]).reshape(count, per_minibatch * length)
+            xs = (order, jax.random.split(k_signals, count), jnp.arange(count))
+            return jax.lax.scan(maybe_step, carry, xs)
 
         keys = jax.random.split(key, hp.num_epoch)
         (params, opt_state, signal_states), aux = jax.lax.scan(
             epoch_step, (state.params, state.opt_state, state.signals), keys
         )
+        live = aux.pop("live")  # [epochs, minibatches]
+
+        def mean(value: jax.Array) -> jax.Array:  # over the minibatches trained
+            return jnp.sum(value * live) / jnp.sum(live)
+
         metrics = {
             # ML-Agents reports the absolute policy loss
-            "Losses/Policy Loss": jnp.mean(jnp.abs(aux["policy_loss"])),
-            "Losses/Value Loss": jnp.mean(aux["value_loss"]),
-            "Policy/Entropy": jnp.mean(aux["entropy"]),
-            "Policy/Approx KL": jnp.mean(aux["approx_kl"]),
+            "Losses/Policy Loss": mean(jnp.abs(aux["policy_loss"])),
+            "Losses/Value Loss": mean(aux["value_loss"]),
+            "Policy/Entropy": mean(aux["entropy"]),
+            "Policy/Approx KL": mean(aux["approx_kl"]),
             "Policy/Learning Rate": lr,
             "Policy/Epsilon": epsilon,
             "Policy/Beta": beta,
         }
-        metrics.update({tag: jnp.mean(value) for tag, value in aux.items() if "/" in tag})
+        metrics.update({tag: mean(value) for tag, value in aux.items() if "/" in tag})
         new_state, finite = shared.keep_finite(
             state, state._replace(params=params, opt_state=opt_state, signals=signal_states)
         )
@@ -391,7 +437,7 @@ def make_process_fn(
     ``length`` of each observation holds ``next_observations``; ``rewards`` are the
     environment's (each signal applies its strength); ``episode_ended`` marks the last real
     step done (GAIL's input). Without ``signals`` the extrinsic signal of ``settings`` alone
-    is used. With memory (M floats; the extrinsic signal alone): ``memories`` are the actor's
+    is used. With memory (M floats; every signal's value head reads the critic's LSTM): ``memories`` are the actor's
     before each step, ``critic_memory`` the critic's before the first; ``critic_memories`` is,
     per row, the critic's memory at the start of the row's training sequence and
     ``critic_final`` its memory after the last step.
@@ -434,9 +480,9 @@ def make_process_fn(
         critic_memories = critic_final = None
         if arch.memory_size:  # one unbroken critic LSTM run over the steps and next_observations
             values_all, before = networks.critic_trace(
-                params["actor"], params["critic"], arch, list(observations), norm_stats, hp.shared_critic, critic_memory
-            )
-            values_all = values_all[:, None]  # [L+1, 1]: the extrinsic signal alone
+                params["actor"], params["critic"], arch, list(observations), norm_stats, hp.shared_critic, critic_memory,
+                heads,
+            )  # [L+1, H]
             critic_memories = before[(jnp.arange(padded) // arch.sequence_length) * arch.sequence_length]
             critic_final = before[length]
         else:
@@ -495,12 +541,22 @@ def _pad_rows(rows: np.ndarray, length: int) -> np.ndarray:
 
 
 def update_rows(arch: PolicyArchitecture, settings: TrainerSettings) -> int:
-    """Rows one update trains on: ``buffer_size``, or with memory its whole sequences
-    (``buffer_size // sequence_length``, at least one, times ``sequence_length``)."""
+    """Rows one update trains on: ``buffer_size``, or with memory the smallest bucket of
+    ``update_sequences`` (``buffer_size // sequence_length`` sequences, at least one, times
+    ``sequence_length``)."""
     buffer_size = hyperparameters(settings).buffer_size
     if not arch.memory_size:
         return buffer_size
     return max(buffer_size // arch.sequence_length, 1) * arch.sequence_length
+
+
+def update_sequences(arch: PolicyArchitecture, settings: TrainerSettings, buffered: int) -> int:
+    """Sequences one memory update trains on when ``buffered`` sequences wait: all of them,
+    filled up with empty sequences (loss mask 0) to ``update_rows // sequence_length`` times
+    a power of two, so the compiled update sees a handful of shapes however much padding
+    the fragments brought."""
+    base = update_rows(arch, settings) // arch.sequence_length
+    return base * (1 << max(0, math.ceil(buffered / base) - 1).bit_length())
 
 
 def minibatch_sequences(arch: PolicyArchitecture, settings: TrainerSettings) -> int:
@@ -563,12 +619,11 @@ class PPOLearner:
         self.step = 0
         self.update_count = 0
         m = arch.memory_size
-        if m and self.signals.needs_inputs:
-            raise ValueError(f"behavior {spec.name}: reward signals other than extrinsic with memory are not supported yet")
         extra = {"memories": ((m,), np.float32), "critic_memories": ((m,), np.float32), "loss_masks": ((), np.float32)}
         self.rollout_buffer = rollout_buffer.RolloutBuffer(spec, extra if m else None, with_signal_inputs=self.signals.needs_inputs)
-        #: with memory: the critic's memory each agent's last fragment left, by (instance, agent id)
-        self.critic_memories: dict[tuple[int, int], np.ndarray] = {}
+        #: with memory: the critic's memory each agent's last fragment left, by ``Trajectory.agent_key``
+        #: (gateway, instance, agent id)
+        self.critic_memories: dict[tuple[str, int, int], np.ndarray] = {}
         self._episode_rewards = signals_mod.EpisodeRewards(self.signals.reward_tags())
         self._traces = shared.TraceCounter("update", "process", "act")
         self.trace_counts = self._traces.counts
@@ -616,7 +671,7 @@ class PPOLearner:
         joint = _pad_rows(np.asarray(trajectory.log_probs, np.float32).reshape(t), padded)
         memory_args = ()
         m = self.policy_architecture.memory_size
-        agent = (int(trajectory.instance), int(trajectory.agent_id))
+        agent = trajectory.agent_key  # the gateway too: instance and agent ids repeat across gateways
         if m:
             critic_memory = self.critic_memories.get(agent, np.zeros(m, np.float32))
             memory_args = (_pad_rows(np.asarray(trajectory.memories, np.float32), padded), critic_memory)
@@ -647,9 +702,7 @@ class PPOLearner:
                 self.critic_memories[agent] = np.asarray(critic_final, np.float32)
             chunk = self._sequences(chunk, trajectory, np.asarray(critic_memories)[:t])
         self.rollout_buffer.add(chunk)
-        self._episode_rewards.add(
-            (trajectory.instance, trajectory.agent_id), np.asarray(signal_rewards).sum(axis=1), trajectory.done
-        )
+        self._episode_rewards.add(trajectory.agent_key, np.asarray(signal_rewards).sum(axis=1), trajectory.done)
         self.step += t
 
     def _sequences(self, chunk: dict[str, Any], trajectory: Trajectory, critic_memories: np.ndarray) -> dict[str, Any]:
@@ -659,9 +712,9 @@ class PPOLearner:
         t = len(trajectory)
         length = self.policy_architecture.sequence_length
         rows = length * math.ceil(t / length)
-        chunk = {
-            **{name: _pad_rows(value, rows) for name, value in chunk.items() if name != "observations"},
-            "observations": [_pad_rows(o, rows) for o in chunk["observations"]],
+        chunk = {  # per-step arrays, and lists of them per observation (observations, next_observations)
+            **{name: [_pad_rows(o, rows) for o in value] if isinstance(value, list) else _pad_rows(value, rows)
+               for name, value in chunk.items()},
             "memories": _pad_rows(np.asarray(trajectory.memories, np.float32), rows),
             "critic_memories": _pad_rows(critic_memories, rows),
             "loss_masks": _pad_rows(np.ones(t, np.float32), rows),
@@ -705,9 +758,19 @@ class PPOLearner:
         return dropped
 
     def ready(self) -> bool:
-        """True once ``buffer_size`` steps are buffered (with memory: rows, padding included, as ML-Agents)."""
-        rows = update_rows(self.policy_architecture, self.settings)
-        return self.rollout_buffer.size >= max(self.hyperparameters.buffer_size, rows)
+        """True once ``buffer_size`` steps are buffered (with memory: real steps, not the
+        sequences' padding rows: the gateways step ``buffer_size`` real steps per version, and
+        counting padding updated before they had all arrived, so the rest came stale)."""
+        if self.policy_architecture.memory_size:
+            return self.buffered_real_steps >= self.hyperparameters.buffer_size
+        return self.rollout_buffer.size >= self.hyperparameters.buffer_size
+
+    @property
+    def buffered_real_steps(self) -> int:
+        """Steps waiting in the buffer, sequence padding left out."""
+        if not self.policy_architecture.memory_size:
+            return self.rollout_buffer.size
+        return int(round(self.rollout_buffer.total("loss_masks")))
 
     # -- update ------------------------------------------------------------------------
     def update(self) -> dict[str, float]:
@@ -730,7 +793,13 @@ class PPOLearner:
                 f"{self.rollout_buffer.size} buffered"
             )
         n = update_rows(self.policy_architecture, self.settings)
-        data = self.rollout_buffer.take(n)
+        if self.policy_architecture.memory_size:  # every buffered sequence, filled up to a bucket of shapes
+            length = self.policy_architecture.sequence_length
+            n = length * update_sequences(self.policy_architecture, self.settings, self.rollout_buffer.size // length)
+            data = self.rollout_buffer.take(self.rollout_buffer.size)
+            data = {k: [_pad_rows(o, n) for o in v] if isinstance(v, list) else _pad_rows(v, n) for k, v in data.items()}
+        else:
+            data = self.rollout_buffer.take(n)
         batch = Batch(observations=tuple(data["observations"]), **{f: data[f] for f in self.rollout_buffer.fields})
         batch = batch._replace(values=batch.values.reshape(n, -1), returns=batch.returns.reshape(n, -1))
         if self.signals.needs_inputs:  # the buffer then keeps ``dones`` among its fields too

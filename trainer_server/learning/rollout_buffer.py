@@ -70,6 +70,10 @@ class RolloutBuffer:
         self._chunks.append(chunk)
         self._size += int(np.shape(chunk["log_probs"])[0])
 
+    def total(self, field: str) -> float:
+        """The sum of ``field`` over every held step (e.g. the real steps among sequence padding)."""
+        return float(sum(np.sum(c[field]) for c in self._chunks))
+
     def chronological(self) -> dict[str, Any]:
         """Every held step, oldest first: ``fields`` ``[size, ...]`` and ``observations`` (a list)."""
         if not self._chunks:

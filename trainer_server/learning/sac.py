@@ -602,7 +602,7 @@ class SACLearner:
         padded = jax.tree_util.tree_map(lambda x: np.concatenate([x, np.zeros((length - t, *x.shape[1:]), x.dtype)]), batch)
         norm = norm_mod.statistics(self._state.normalizer) if self.policy_architecture.normalize else None
         rewards = np.asarray(self._signal_rewards_fn(self._state.signals, signal_batch(padded), norm))[:, :t]
-        self._episode_rewards.add((trajectory.instance, trajectory.agent_id), rewards.sum(axis=1), trajectory.done)
+        self._episode_rewards.add(trajectory.agent_key, rewards.sum(axis=1), trajectory.done)
 
     def _update_normalizer(self, obs: tuple[np.ndarray, ...]) -> None:
         # pad to a few fixed lengths so the jitted normalizer update compiles rarely

@@ -21,7 +21,6 @@ from trainer_server.config.support import check_behavior_supported, check_suppor
             "poca/SoccerTwos.yaml",
             ["behaviors.SoccerTwos.self_play: self-play with poca is not supported yet (self_play works with: ppo, sac)"],
         ),
-        ("imitation/Hallway.yaml", ["behaviors.Hallway.network_settings.memory:", "not supported yet"]),
     ],
 )
 def test_shared_configs_with_unsupported_features_load_but_are_refused_for_training(relative, expected) -> None:
@@ -36,7 +35,9 @@ def test_shared_configs_with_unsupported_features_load_but_are_refused_for_train
 
 
 @needs_shared
-@pytest.mark.parametrize("relative", ["ppo/3DBall.yaml", "ppo/GridWorld.yaml", "ppo/Sorter_curriculum.yaml", "ppo/Hallway.yaml"])
+@pytest.mark.parametrize(
+    "relative", ["ppo/3DBall.yaml", "ppo/GridWorld.yaml", "ppo/Sorter_curriculum.yaml", "ppo/Hallway.yaml", "imitation/Hallway.yaml"]
+)
 def test_plain_ppo_example_configs_are_supported(relative: str) -> None:
     check_supported(load_run_options(SHARED_CONFIGS / relative))
 
@@ -70,14 +71,6 @@ def test_tandem_configs_load_and_are_supported(name: str) -> None:
             "trainer_type: sac\n    network_settings:\n      memory: {}",
             "behaviors.Team.network_settings.memory: recurrent networks (memory) are not supported yet with sac",
         ),
-        (
-            "network_settings:\n      memory: {}\n    reward_signals:\n      rnd: {}",
-            "behaviors.Team.network_settings.memory: recurrent networks (memory) with the rnd reward signal(s) are not supported yet",
-        ),
-        (
-            "network_settings:\n      memory: {}\n    behavioral_cloning:\n      demo_path: a.demo",
-            "behaviors.Team.network_settings.memory: recurrent networks (memory) with behavioral_cloning are not supported yet",
-        ),
         ("trainer_type: poca\n    self_play: {}", "behaviors.Team.self_play: self-play with poca is not supported yet"),
     ],
 )
@@ -99,6 +92,15 @@ def test_self_play_is_supported_with_ppo_and_sac(tmp_path: Path, trainer: str) -
     )
     check_supported(options)
     assert options.behaviors["Team"].self_play.team_change == 2500  # ML-Agents' default: 5 x save_steps
+@pytest.mark.parametrize(
+    "section",
+    [
+        "network_settings:\n      memory: {}\n    reward_signals:\n      rnd: {}\n      curiosity: {}",
+        "network_settings:\n      memory: {}\n    behavioral_cloning:\n      demo_path: a.demo",
+    ],
+)
+def test_ppo_memory_with_learned_reward_signals_and_behavioral_cloning_is_supported(tmp_path: Path, section: str) -> None:
+    check_supported(load_text(tmp_path, "behaviors:\n  Team:\n    " + section + "\n"))
 
 
 def test_goal_conditioning_and_extrinsic_ppo_are_supported(tmp_path: Path) -> None:

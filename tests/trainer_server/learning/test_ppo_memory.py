@@ -81,7 +81,7 @@ def test_the_critic_memory_is_carried_across_cuts_and_reset_when_the_episode_end
     first = _acted(learner, 5, agent=4, seed=1)
     second = _acted(learner, 4, agent=4, seed=2, done=True)
     learner.process_trajectory(first)
-    assert set(learner.critic_memories) == {(0, 4)}
+    assert set(learner.critic_memories) == {("", 0, 4)}
     learner.process_trajectory(second)
     assert learner.critic_memories == {}  # the episode ended
     joined = np.concatenate([first.observations[0], second.observations[0]])
@@ -137,14 +137,17 @@ def test_memory_update_compiles_once_and_takes_whole_sequences():
     learner = _learner(buffer_size=10, batch_size=7)  # 3 sequences per update, 2 per minibatch
     assert ppo.update_rows(learner.policy_architecture, learner.settings) == 9
     assert ppo.minibatch_sequences(learner.policy_architecture, learner.settings) == 2
-    for k in range(8):
+    buckets = set()
+    for k in range(12):
         learner.process_trajectory(_acted(learner, 1 + k % 5, agent=k, seed=k, done=k % 2 == 0))
         while learner.ready():
+            buckets.add(ppo.update_sequences(learner.policy_architecture, learner.settings, learner.rollout_buffer.size // L))
             metrics = learner.update()
             assert all(np.isfinite(v) for v in metrics.values())
+            assert learner.rollout_buffer.size == 0  # every buffered sequence trained
     assert learner.update_count >= 2
-    assert learner.trace_counts["update"] == 1 and learner.trace_counts["process"] == 1
-    assert learner.rollout_buffer.size % L == 0  # what stays is whole sequences
+    # one compilation per bucket of sequences (3 times a power of two), none per update
+    assert learner.trace_counts["update"] == len(buckets) < learner.update_count and learner.trace_counts["process"] == 1
 
 
 def test_memories_travel_in_the_trajectory_proto_and_a_wrong_shape_is_refused():
