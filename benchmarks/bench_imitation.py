@@ -39,6 +39,7 @@ from gateway.actor.numpy_policy import NumpyPolicy
 from trainer_server.config.loading import load_run_options
 from trainer_server.config.schema import TrainerSettings
 from trainer_server.learning.ppo import PPOLearner
+from trainer_server.learning.sac import SACLearner
 from unity_standin.side_channels import SideChannels
 from unity_standin.tasks import TaskOptions, make_task
 
@@ -51,6 +52,8 @@ CONFIGS = {
     "gail_bc": ROOT / "configs" / "imitation" / "3DBall_gail_bc.yaml",
     "gail": ROOT / "configs" / "imitation" / "3DBall_gail.yaml",
 }
+#: SAC with GAIL alone (tests/e2e/test_gail_3dball.py; not an arm of the benchmark)
+SAC_GAIL_CONFIG = ROOT / "configs" / "imitation" / "3DBall_sac_gail.yaml"
 #: agents of the recording stand-in: 20 episodes are two whole rounds
 RECORD_AGENTS = 10
 
@@ -70,22 +73,26 @@ def settings_with_demos(config: Path, demos: Path) -> TrainerSettings:
     )
 
 
-def evaluate(learner: PPOLearner, seed: int, max_decisions: int = 1000) -> float:
-    """Mean return of one deterministic episode per agent of a fresh 3DBall (the gateway's
-    numpy actor on the learner's current parameters); an episode still running after
-    ``max_decisions`` counts with what it has (3DBall interrupts at 1000 anyway)."""
+def evaluate(learner: PPOLearner | SACLearner | None, seed: int, max_decisions: int = 1000) -> float:
+    """Mean return of one episode per agent of a fresh 3DBall: the gateway's numpy actor on
+    the learner's current parameters, deterministic; ``learner`` None: uniformly random
+    actions (the random policy's return). An episode still running after ``max_decisions``
+    counts with what it has (3DBall interrupts at 1000 anyway)."""
     task = make_task(TASK, TaskOptions(seed=10_000 + seed), SideChannels())
     behavior = task.behaviors[0]
     name, n = behavior.name, behavior.num_agents
-    policy = NumpyPolicy(learner.architecture(), learner.policy_parameters())
+    policy = NumpyPolicy(learner.architecture(), learner.policy_parameters()) if learner is not None else None
     rng = np.random.default_rng(seed)
     idx = np.arange(n)
     task.begin_episodes(name, idx)
     returns, running = np.zeros(n), np.ones(n, bool)
     for _ in range(max_decisions):
-        obs = task.observe(name, idx)[0].astype(np.float32)
-        out = policy.act([obs], None, rng, deterministic=True)
-        result = task.act({name: (out.env_continuous, out.discrete)})[name]
+        if policy is None:
+            actions = rng.uniform(-1.0, 1.0, (n, behavior.continuous_size)).astype(np.float32)
+        else:
+            obs = task.observe(name, idx)[0].astype(np.float32)
+            actions = policy.act([obs], None, rng, deterministic=True).env_continuous
+        result = task.act({name: (actions, np.zeros((n, 0), np.int32))})[name]
         returns += np.where(running, result.reward, 0.0)
         running &= ~np.asarray(result.ended, bool)
         if not running.any():
@@ -115,9 +122,10 @@ def train(
     settings: TrainerSettings, seed: int, budget: int, eval_every: int, stop_at: float | None = None,
     demonstrations=None, arm: str = "",
 ) -> Curve:
-    """Trains PPO on 3DBall in process until ``budget`` agent steps (or the evaluation
-    reaches ``stop_at``), evaluating every ``eval_every`` steps."""
-    learner = PPOLearner(task_spec(TASK), settings, seed=seed, demonstrations=demonstrations)
+    """Trains the settings' learner (PPO or SAC) on 3DBall in process until ``budget`` agent
+    steps (or the evaluation reaches ``stop_at``), evaluating every ``eval_every`` steps."""
+    learner_class = SACLearner if str(settings.trainer_type) == "sac" else PPOLearner
+    learner = learner_class(task_spec(TASK), settings, seed=seed, demonstrations=demonstrations)
     runner = DirectRunner(TASK, learner, settings.time_horizon, seed=seed)
     curve = Curve(arm, seed, [0], [evaluate(learner, seed)], 0.0)
     started = time.perf_counter()

@@ -3,7 +3,8 @@ their environment's spec (``demo_path`` rewritten to a file made here).
 
 Their environments' specs are ML-Agents' (Crawler: 172 observations, 20 continuous actions);
 the stand-in has no task of that spec, so the learner is fed trajectories of that shape.
-Reward signals this branch cannot train yet (``gail``) are swapped for ``extrinsic``.
+Their reward signals train as configured (Crawler's ``gail`` on the same demonstration);
+one this build could not train would be swapped for ``extrinsic``.
 """
 
 from __future__ import annotations
@@ -101,4 +102,6 @@ def test_config_trains_a_few_hundred_steps_with_a_matching_demonstration(tmp_pat
     assert learner.ready()
     metrics = learner.update()
     assert np.isfinite(metrics["Losses/Pretraining Loss"]) and metrics["Losses/Pretraining Loss"] > 0
+    if "gail" in settings.reward_signals:  # the discriminator trained on the demonstration too
+        assert np.isfinite(metrics["Losses/GAIL Loss"]) and 0.0 < metrics["Policy/GAIL Expert Estimate"] < 1.0
     assert learner.step == STEPS

@@ -368,7 +368,7 @@ def _mlagents_signal_updates(steps_seen: list[int], init: int, ratio: float) -> 
     return counter - 1
 
 
-@pytest.mark.parametrize("ratio", [0.5, 3.0, 8.0])
+@pytest.mark.parametrize("ratio", [0.5, 8.0])
 def test_sac_reward_signal_steps_per_update_counts_signal_adam_steps_as_mlagents(ratio: float) -> None:
     """``reward_signal_steps_per_update`` is agent steps per reward-signal update, apart from
     ``steps_per_update`` (here 2): 0.5 means two signal updates per agent step, 8 one per eight."""
@@ -395,7 +395,7 @@ def test_sac_reward_signal_steps_per_update_counts_signal_adam_steps_as_mlagents
             ready_at.append(learner.step)
             learner.update()
     expected = _mlagents_signal_updates(ready_at, 10, ratio)
-    assert expected == {0.5: 99, 3.0: 16, 8.0: 6}[ratio]  # 60 agent steps, the first 10 only buffered
+    assert expected == {0.5: 99, 8.0: 6}[ratio]  # 60 agent steps, the first 10 only buffered
     assert learner.reward_signal_update_steps == expected
     adam_steps = jax.tree_util.tree_leaves(learner._state.signals["curiosity"]["opt_state"])[0]
     assert int(adam_steps) == expected  # the curiosity model took exactly that many Adam steps
