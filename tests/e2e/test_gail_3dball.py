@@ -24,7 +24,7 @@ from benchmarks.direct_rollout import task_spec
 from trainer_server.demonstrations import load_demonstrations
 
 #: PPO: agent steps at most, evaluated after every update (buffer_size 12000); the seeds
-#: tried reached 80% of the expert's return within 66,000-84,000 steps
+#: tried reached 80% of the expert's return within 72,000-108,000 steps
 BUDGET = 144_000
 EVAL_EVERY = 12_000
 #: SAC: slower and more varied from the discriminator's reward alone (seeds 0-3 reached 80%
