@@ -56,8 +56,11 @@ def _stop(process: subprocess.Popen, timeout_s: float = 60.0) -> None:
             process.wait(10)
 
 
-def record_expert(folder: Path, episodes: int, timeout_s: float = 600.0) -> float:
+def record_expert(folder: Path, episodes: int, timeout_s: float = 600.0, num_agents: int | None = None) -> float:
     """Records ``episodes`` expert episodes of 3DBall into ``folder``; returns the seconds it took.
+
+    ``num_agents`` (the stand-in's ``--num-agents``; default its 12) sets how many episodes
+    end together: with 10 agents, 20 episodes are exactly two rounds.
 
     Raises:
         RuntimeError: the gateway exited early or the episodes did not come in time.
@@ -67,6 +70,8 @@ def record_expert(folder: Path, episodes: int, timeout_s: float = 600.0) -> floa
         _exe("tandem-gateway"), "--heuristic", "3DBall", "--record-demo", str(folder),
         "--listen", "127.0.0.1:0", "--base-port", str(free_base_port()), "--env-args", "--task", "3dball",
     ]
+    if num_agents is not None:
+        cmd += ["--num-agents", str(num_agents)]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     errors: list[str] = []
     threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True).start()  # type: ignore[arg-type]

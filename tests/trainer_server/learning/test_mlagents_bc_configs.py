@@ -3,7 +3,8 @@ their environment's spec (``demo_path`` rewritten to a file made here).
 
 Their environments' specs are ML-Agents' (Crawler: 172 observations, 20 continuous actions);
 the stand-in has no task of that spec, so the learner is fed trajectories of that shape.
-Reward signals this branch cannot train yet (``gail``) are swapped for ``extrinsic``.
+Their reward signals train as configured (Crawler's ``gail`` on the same demonstration);
+one this build could not train would be swapped for ``extrinsic``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from common.demonstration_file import DemonstrationWriter, Record
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from common.trajectory import Trajectory
-from tests.trainer_server.config.config_helpers import SHARED_FILES, needs_shared
+from tests.trainer_server.config.config_helpers import SHARED_CONFIGS, SHARED_FILES, needs_shared
 from trainer_server.config.loading import load_run_options
 from trainer_server.config.schema import RewardSignalSettings
 from trainer_server.config.support import unsupported_features
@@ -101,4 +102,27 @@ def test_config_trains_a_few_hundred_steps_with_a_matching_demonstration(tmp_pat
     assert learner.ready()
     metrics = learner.update()
     assert np.isfinite(metrics["Losses/Pretraining Loss"]) and metrics["Losses/Pretraining Loss"] > 0
+    if "gail" in settings.reward_signals:  # the discriminator trained on the demonstration too
+        assert np.isfinite(metrics["Losses/GAIL Loss"]) and 0.0 < metrics["Policy/GAIL Expert Estimate"] < 1.0
     assert learner.step == STEPS
+
+
+#: every shared ML-Agents config with a learned reward signal or behavioral cloning -> the test
+#: that trains it for a few hundred steps
+SIGNAL_CONFIG_TESTS = {
+    "imitation/Crawler.yaml": "test_config_trains_a_few_hundred_steps_with_a_matching_demonstration (gail + BC, Crawler's spec)",
+    "imitation/Hallway.yaml": "tests/e2e/test_memory_configs.py (memory with gail and BC: refused until memory trains with them)",
+    "ppo/Pyramids.yaml": "test_reward_signals.py::test_mlagents_pyramids_config_is_supported_and_trains_on_the_standin_task",
+}
+
+
+@needs_shared
+def test_every_shared_config_with_learned_signals_or_cloning_has_a_training_test() -> None:
+    """A config added to shared/ with ``gail``, ``curiosity``, ``rnd`` or ``behavioral_cloning``
+    fails here until a test trains it."""
+    found = set()
+    for path in SHARED_FILES:
+        for settings in load_run_options(path).behaviors.values():
+            if settings.behavioral_cloning is not None or set(settings.reward_signals) - {"extrinsic"}:
+                found.add(str(path.relative_to(SHARED_CONFIGS)))
+    assert found == set(SIGNAL_CONFIG_TESTS)

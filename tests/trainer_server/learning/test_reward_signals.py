@@ -355,3 +355,48 @@ def test_ppo_with_rnd_learns_the_sparse_pyramids_task() -> None:
     while runner.steps < 49152 and not (len(runner.returns) >= 100 and runner.mean_return() >= 0.8):
         runner.run(2048)
     assert runner.mean_return() >= 0.8, f"mean return {runner.mean_return():.2f} after {runner.steps} agent steps"
+
+
+def _mlagents_signal_updates(steps_seen: list[int], init: int, ratio: float) -> int:
+    """ML-Agents' off-policy trainer: after each trajectory that leaves the trainer ready, its
+    ``_update_reward_signals`` loop runs while ``(step - init) / counter > ratio`` (the counter
+    starts at 1 and counts one per update)."""
+    counter = 1
+    for step in steps_seen:
+        while (step - init) / counter > ratio:
+            counter += 1
+    return counter - 1
+
+
+@pytest.mark.parametrize("ratio", [0.5, 8.0])
+def test_sac_reward_signal_steps_per_update_counts_signal_adam_steps_as_mlagents(ratio: float) -> None:
+    """``reward_signal_steps_per_update`` is agent steps per reward-signal update, apart from
+    ``steps_per_update`` (here 2): 0.5 means two signal updates per agent step, 8 one per eight."""
+    settings = trainer_settings(
+        "sac", network_settings={"hidden_units": 16, "num_layers": 1}, reward_signals={"extrinsic": {}, "curiosity": SIGNALS["curiosity"]},
+        hyperparameters={"batch_size": 8, "buffer_init_steps": 10, "steps_per_update": 2.0, "reward_signal_steps_per_update": ratio},
+    )
+    learner = SACLearner(SPEC, settings, seed=0)
+    rng = np.random.default_rng(0)
+    from common.trajectory import Trajectory
+
+    ready_at = []
+    for _ in range(12):
+        t = 5
+        learner.process_trajectory(Trajectory(
+            instance=0, agent_id=0, observations=[rng.normal(size=(t, 6)).astype(np.float32)],
+            next_observations=[rng.normal(size=(6,)).astype(np.float32)],
+            continuous_actions=rng.normal(size=(t, 2)).astype(np.float32),
+            discrete_actions=np.stack([rng.integers(0, 3, t), rng.integers(0, 2, t)], 1).astype(np.int32),
+            log_probs=np.zeros(t, np.float32), rewards=rng.normal(size=t).astype(np.float32),
+            action_masks=np.zeros((t, 5), bool), policy_versions=np.zeros(t, np.int64), done=False,
+        ))
+        if learner.ready():
+            ready_at.append(learner.step)
+            learner.update()
+    expected = _mlagents_signal_updates(ready_at, 10, ratio)
+    assert expected == {0.5: 99, 8.0: 6}[ratio]  # 60 agent steps, the first 10 only buffered
+    assert learner.reward_signal_update_steps == expected
+    adam_steps = jax.tree_util.tree_leaves(learner._state.signals["curiosity"]["opt_state"])[0]
+    assert int(adam_steps) == expected  # the curiosity model took exactly that many Adam steps
+    assert learner.update_steps == _mlagents_signal_updates(ready_at, 10, 2.0)  # the policy at its own ratio
