@@ -396,7 +396,11 @@ def follow(make: Callable[..., Any], stop: threading.Event | None = None) -> int
     _log.info("following process 0: this process serves no gateways and writes no results")
     learners: list[Any] = []
     while True:
-        number, kind, payload = _channel.receive(stop)
+        try:
+            number, kind, payload = _channel.receive(stop)
+        except InterruptedError:
+            _log.warning("stopped by a signal while following process 0 (it will stop too: heartbeat)")
+            return 1
         if kind == "learner":
             index, spec, settings, seed = payload
             if index != len(_updates):
