@@ -167,6 +167,7 @@ def use(placement: Placement | None) -> Placement | None:
             "learner devices",
             devices=placement.describe(),
             data_parallel=placement.count if placement.data_parallel else 1,
+            **({"processes": placement.processes} if placement.processes > 1 else {}),
         )
     return previous
 

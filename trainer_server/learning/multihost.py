@@ -273,9 +273,10 @@ def _broadcast(host: list[np.ndarray] | None, layout: tuple[_Leaf, ...]) -> list
     sizes = [int(np.prod(leaf.shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize for leaf in layout]
     total = -(-sum(sizes) // 4) * 4
     packed = np.zeros(total, np.uint8)
-    if host is not None:
-        packed[: sum(sizes)] = np.concatenate([np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in host] or [packed[:0]])
-    data = np.asarray(multihost_utils.broadcast_one_to_all(packed.view(np.int32))).astype(np.int32, copy=False).view(np.uint8)
+    if host is not None and host:
+        packed[: sum(sizes)] = np.concatenate([np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in host])
+    data = np.asarray(multihost_utils.broadcast_one_to_all(packed.view(np.int32)))
+    data = data.astype(np.int32, copy=False).view(np.uint8)
     out, start = [], 0
     for size, leaf in zip(sizes, layout):
         out.append(data[start : start + size].view(leaf.dtype).reshape(leaf.shape))
@@ -308,7 +309,7 @@ class DistributedUpdate:
         self._fn = fn
         self._shardings = shardings
         self._out_sharding = out_sharding
-        self._compiled: dict[Any, Callable] = {}
+        self._compiled: dict[tuple, tuple[Callable, dict[str, Any]]] = {}
         self.index = len(_updates)
         _updates.append(self)
 

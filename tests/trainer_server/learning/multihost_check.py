@@ -18,21 +18,14 @@ import jax
 import numpy as np
 
 from common.logging import configure_logging
-from data_parallel_check import SPEC, UPDATES, fragments, settings
+from data_parallel_check import SPEC, run_updates, settings
 from trainer_server.learning import devices, multihost
 from trainer_server.learning.registry import make_learner
 
 
 def train(algorithm: str, make) -> tuple[list[np.ndarray], list[dict[str, float]]]:
     learner = make(SPEC, settings(algorithm), 3)
-    rng = np.random.default_rng(7)
-    metrics = []
-    for _ in range(UPDATES):
-        for fragment in fragments(rng, 8):
-            learner.process_trajectory(fragment)
-        assert learner.ready()
-        metrics.append(learner.update())
-        learner.discard_buffered()
+    metrics = run_updates(learner)
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(learner._state.params)], metrics
 
 
