@@ -395,7 +395,10 @@ def follow(make: Callable[..., Any], stop: threading.Event | None = None) -> int
         Process 0's exit code (0: the run succeeded), or 1 when this process cannot follow.
     """
     _log.info("following process 0: this process serves no gateways and writes no results")
-    learners: list[Any] = []
+    #: process 0's update index -> this process's update (the same learner built here)
+    mirrored: dict[int, DistributedUpdate] = {}
+    #: process 0's first update index of a learner this process could not build -> why
+    unbuilt: dict[int, str] = {}
     while True:
         try:
             number, kind, payload = _channel.receive(stop)
@@ -403,19 +406,24 @@ def follow(make: Callable[..., Any], stop: threading.Event | None = None) -> int
             _log.warning("stopped by a signal while following process 0 (it will stop too: heartbeat)")
             return 1
         if kind == "learner":
-            index, spec, settings, seed = payload
-            if index != len(_updates):
-                _log.error("out of step with process 0", expected_update=index, have=len(_updates))
-                return 1
+            first, spec, settings, seed = payload
+            before = len(_updates)
             try:
-                learners.append(make(spec, settings, seed))
-            except Exception as e:  # the same files and settings must exist on every host
-                _log.error("cannot build process 0's learner here", behavior=getattr(spec, "name", "?"), error=str(e))
-                return 1
+                make(spec, settings, seed)  # only its compiled update is kept (``_updates``)
+            except Exception as e:  # as process 0 refuses it too, unless a file it needs is missing here
+                _log.warning("cannot build process 0's learner here", behavior=spec.name, error=str(e))
+                unbuilt[first] = f"behavior {spec.name}: {e}"
+                continue
+            for k, update in enumerate(_updates[before:]):
+                mirrored[first + k] = update
             _log.info("learner built", behavior=spec.name, command=number)
         elif kind == "update":
             index, treedef, layout = payload
-            _updates[index].run(number, treedef, layout, None)
+            if index not in mirrored:
+                why = unbuilt.get(index, "never announced")
+                _log.error("process 0 updates a learner this process could not build", reason=why)
+                return 1
+            mirrored[index].run(number, treedef, layout, None)
         elif kind == "stop":
             _log.info("process 0 ended the run", exit_code=payload)
             return int(payload)
