@@ -33,7 +33,8 @@ the others after ``heartbeat_timeout_s`` (a fatal error naming the dead task, ex
 ``initialization_timeout_s`` stops with an error saying so.
 
 Shapes: commands are pickled Python objects (kilobytes); the arrays of an update travel
-through the collective, not through the key-value store.
+through the collective, not through the key-value store. The coordination service has no
+authentication: its port belongs on a private network between the trainer hosts.
 """
 
 from __future__ import annotations
