@@ -164,6 +164,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="split every update's batch across N local devices of the training platform, or all of "
         "them (data parallelism; default 1)",
     )
+    hosts = parser.add_argument_group(
+        "multi-host learner (jax.distributed; docs/SCALING.md)",
+        "one trainer process per host, the same command on each but --process-id: process 0 serves the "
+        "gateways and writes the results, the others lend their devices to every update",
+    )
+    hosts.add_argument(
+        "--coordinator-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="where process 0 runs JAX's coordination service (env JAX_COORDINATOR_ADDRESS)",
+    )
+    hosts.add_argument(
+        "--num-processes", default=None, metavar="N", help="trainer processes in all (env JAX_NUM_PROCESSES)"
+    )
+    hosts.add_argument(
+        "--process-id", default=None, metavar="I", help="this process's index, 0 to N-1 (env JAX_PROCESS_ID)"
+    )
+    hosts.add_argument(
+        "--coordinator-timeout",
+        dest="coordinator_timeout_s",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long to wait for the coordinator and every process to join (default 300)",
+    )
+    hosts.add_argument(
+        "--heartbeat-timeout",
+        dest="heartbeat_timeout_s",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a process silent this long is taken for dead and the others stop with an error (default 100)",
+    )
     return parser
 
 
@@ -222,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
     if args.demos is not None:
+        if server.multi_host is not None:
+            _error("--demos trains on one host: it cannot be used with a multi-host learner (--coordinator-address)")
+            return EXIT_CONFIG_ERROR
         return _run_offline(args, options)
     from trainer_server.demonstrations import demonstration_problems
 

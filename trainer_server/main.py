@@ -144,6 +144,10 @@ def select_devices(options: RunOptions, server: ServerSettings) -> None:
 
     platform, index = parse_torch_device(options.torch_settings.device)
     placement = devices.select(platform, index, server.devices)
+    if server.multi_host is not None:  # every process's devices in one mesh (a collective)
+        from trainer_server.learning import multihost
+
+        placement = multihost.spanning(placement)
     names = sorted(options.behaviors)
     for name in names:
         devices.check_batch_sizes(name, options.behavior_settings(name), placement.count)
@@ -153,19 +157,68 @@ def select_devices(options: RunOptions, server: ServerSettings) -> None:
 
 
 def run(options: RunOptions, server: ServerSettings) -> int:
-    """Trains with ``options`` behind a gRPC server set up by ``server``.
+    """Trains with ``options`` behind a gRPC server set up by ``server``; with
+    ``server.multi_host``, as one process of a multi-host learner (``learning.multihost``):
+    process 0 trains and serves, the others follow it.
 
     Returns:
         0 when training completed or was stopped by a signal after saving; 1 when the
         run could not start or failed (the reason is logged).
     """
-    timer = HierarchicalTimer()
-    cs = options.checkpoint_settings
+    hosts = server.multi_host
+    if hosts is not None:
+        from trainer_server.learning import multihost
+
+        try:
+            multihost.initialize(multihost.Cluster(
+                hosts.coordinator_address, hosts.num_processes, hosts.process_id,
+                hosts.initialization_timeout_s, hosts.heartbeat_timeout_s,
+            ))
+        except TimeoutError as e:
+            _log.error("cannot join the multi-host learner", error=str(e))
+            return EXIT_FAILED
     try:
         select_devices(options, server)
     except ValueError as e:  # ConfigError too
         _log.error("cannot train on the requested devices", error=str(e))
         return EXIT_FAILED
+    if hosts is None:
+        return _train(options, server)
+    return _run_multi_host(options, server)
+
+
+def _run_multi_host(options: RunOptions, server: ServerSettings) -> int:
+    """Process 0 trains (telling the others its learners and updates, and when it ends);
+    the others follow until it ends; then everyone leaves ``jax.distributed`` together."""
+    import jax
+
+    from trainer_server.learning import multihost
+    from trainer_server.learning.registry import make_learner
+
+    if multihost.is_follower():
+        ignored = [flag for flag, given in (("--with-gateway", server.with_gateway),
+                                            ("--env", options.env_settings.env_path)) if given]
+        if ignored:
+            _log.info("a follower launches no gateway: ignored", flags=ignored)
+        with _Stopper() as stopper:
+            code = multihost.follow(make_learner, stopper.event)
+        if stopper.event.is_set():  # leaving alone: no farewell barrier with process 0
+            return code
+    else:
+        code = EXIT_FAILED
+        try:
+            code = _train(options, server, multihost.learner_factory(make_learner))
+        finally:
+            multihost.stop_followers(code)
+    jax.distributed.shutdown()
+    return code
+
+
+def _train(options: RunOptions, server: ServerSettings, learner_factory: Any = None) -> int:
+    """``run`` once the devices are chosen: the results folder, the app, the server, the
+    local gateway, until the run ends."""
+    timer = HierarchicalTimer()
+    cs = options.checkpoint_settings
     try:
         with timer.block("setup"):
             results = RunResults.prepare(
@@ -178,7 +231,8 @@ def run(options: RunOptions, server: ServerSettings) -> int:
         return EXIT_FAILED
     if cs.resume and not cs.inference and _already_finished(options, results):
         return EXIT_OK
-    app = TrainingApp(options, results, timer, slow_updates_s=server.slow_updates_s)
+    factory = {"learner_factory": learner_factory} if learner_factory is not None else {}
+    app = TrainingApp(options, results, timer, slow_updates_s=server.slow_updates_s, **factory)
     try:
         running = start_server(
             app, server.listen, tls_cert=server.tls_cert, tls_key=server.tls_key, token=server.token,

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_HELLO_TIMEOUT_S",
     "DEFAULT_LISTEN",
     "ServerSettings",
+    "MultiHostSettings",
     "parse_devices",
     "parse_torch_device",
     "server_settings_from_args",
@@ -28,6 +29,29 @@ __all__ = [
 DEFAULT_LISTEN = "127.0.0.1:5755"
 #: seconds a new Connect stream has to send its Hello (``--hello-timeout``)
 DEFAULT_HELLO_TIMEOUT_S = 10.0
+#: the environment variables of a multi-host learner (JAX itself reads the first one)
+COORDINATOR_ENV_VAR = "JAX_COORDINATOR_ADDRESS"
+NUM_PROCESSES_ENV_VAR = "JAX_NUM_PROCESSES"
+PROCESS_ID_ENV_VAR = "JAX_PROCESS_ID"
+
+
+@dataclass(frozen=True)
+class MultiHostSettings:
+    """One trainer process of a multi-host learner (``--coordinator-address`` and friends).
+
+    Attributes:
+        coordinator_address: ``host:port`` where process 0 runs JAX's coordination service.
+        num_processes: trainer processes in all, one per host.
+        process_id: this one's index; 0 serves the gateways and writes the results.
+        initialization_timeout_s: how long to wait for the coordinator and the other processes.
+        heartbeat_timeout_s: a process silent this long is taken for dead: the others stop.
+    """
+
+    coordinator_address: str
+    num_processes: int
+    process_id: int
+    initialization_timeout_s: int = 300
+    heartbeat_timeout_s: int = 100
 
 
 
@@ -50,6 +74,7 @@ class ServerSettings:
             (``--hello-timeout``): a peer that says nothing must not hold a server thread.
         devices: local devices every update is split across (``--devices N``; None =
             ``all`` of the training platform's); 1 = no data parallelism.
+        multi_host: this process's place in a multi-host learner, or None (one process).
     """
 
     listen: str = DEFAULT_LISTEN
@@ -62,6 +87,7 @@ class ServerSettings:
     slow_updates_s: float = 0.0
     hello_timeout_s: float = DEFAULT_HELLO_TIMEOUT_S
     devices: int | None = 1
+    multi_host: MultiHostSettings | None = None
 
     @property
     def host(self) -> str:
@@ -130,6 +156,7 @@ def server_settings_from_args(
     except ValueError as exc:
         raise ConfigError(f"--devices: {exc}") from None
     return ServerSettings(
+        multi_host=multi_host_settings(values, environ),
         devices=devices,
         listen=listen,
         tls_cert=tls_cert,
@@ -140,6 +167,61 @@ def server_settings_from_args(
         log_json=bool(given("log_json")),
         slow_updates_s=float(slow),
         hello_timeout_s=float(hello),
+    )
+
+
+def multi_host_settings(values: Mapping[str, Any], environ: Mapping[str, str]) -> MultiHostSettings | None:
+    """The multi-host flags (``coordinator_address``, ``num_processes``, ``process_id``,
+    ``coordinator_timeout_s``, ``heartbeat_timeout_s``), each flag before its environment
+    variable (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``).
+
+    Returns:
+        None when no coordinator is named (one process).
+
+    Raises:
+        ConfigError: naming the flag: half a set, a malformed address, an id out of range.
+    """
+    names = (
+        ("coordinator_address", "--coordinator-address", COORDINATOR_ENV_VAR),
+        ("num_processes", "--num-processes", NUM_PROCESSES_ENV_VAR),
+        ("process_id", "--process-id", PROCESS_ID_ENV_VAR),
+    )
+    given = {key: values.get(key) if values.get(key) is not None else environ.get(env) for key, _, env in names}
+    if all(v is None or v == "" for v in given.values()):
+        return None
+    missing = [f"{flag} ({env})" for key, flag, env in names if given[key] is None or given[key] == ""]
+    if missing:
+        raise ConfigError(f"a multi-host learner needs {', '.join(missing)} as well")
+    address = str(given["coordinator_address"])
+    try:
+        _split_listen(address)
+    except ValueError:
+        raise ConfigError(f"--coordinator-address: host:port of process 0, got {address!r}") from None
+    numbers = {}
+    for key, flag, env in names[1:]:
+        try:
+            numbers[key] = int(given[key])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{flag} ({env}): a whole number, got {given[key]!r}") from None
+    count, index = numbers["num_processes"], numbers["process_id"]
+    if count < 1:
+        raise ConfigError(f"--num-processes: at least 1, got {count}")
+    if not 0 <= index < count:
+        raise ConfigError(f"--process-id {index} is out of range: {count} processes are numbered 0 to {count - 1}")
+    timeouts = {}
+    for key, flag, default in (("coordinator_timeout_s", "--coordinator-timeout", 300),
+                               ("heartbeat_timeout_s", "--heartbeat-timeout", 100)):
+        value = values.get(key)
+        value = default if value is None else value
+        if not 1 <= value <= 86400:
+            raise ConfigError(f"{flag}: seconds between 1 and 86400, got {value}")
+        timeouts[key] = int(value)
+    return MultiHostSettings(
+        coordinator_address=address,
+        num_processes=count,
+        process_id=index,
+        initialization_timeout_s=timeouts["coordinator_timeout_s"],
+        heartbeat_timeout_s=timeouts["heartbeat_timeout_s"],
     )
 
 

@@ -56,15 +56,19 @@ class Placement:
 
     Attributes:
         devices: the local devices, the first one holding everything that is not sharded.
-        mesh: a one-axis mesh (``AXIS``) over ``devices`` when there are several, else None.
+        mesh: a one-axis mesh (``AXIS``) over ``devices`` when there are several, else None;
+            with several processes (``multihost.spanning``) over every process's devices.
+        processes: the trainer processes the mesh spans (``jax.distributed``); 1 = this one.
     """
 
     devices: tuple[Any, ...]
     mesh: Mesh | None = None
+    processes: int = 1
 
     @property
     def count(self) -> int:
-        return len(self.devices)
+        """The devices an update is split across (every process's, with several)."""
+        return int(self.mesh.devices.size) if self.mesh is not None else len(self.devices)
 
     @property
     def data_parallel(self) -> bool:
@@ -163,6 +167,7 @@ def use(placement: Placement | None) -> Placement | None:
             "learner devices",
             devices=placement.describe(),
             data_parallel=placement.count if placement.data_parallel else 1,
+            **({"processes": placement.processes} if placement.processes > 1 else {}),
         )
     return previous
 
@@ -182,14 +187,20 @@ def compile_update(
 
     Returns:
         The compiled update: on one device plain ``jax.jit``; on several the state and key
-        replicated, the batch split as ``batch_sharding`` says, every output replicated.
+        replicated, the batch split as ``batch_sharding`` says, every output replicated;
+        across processes a ``multihost.DistributedUpdate`` (same call, process-local arrays).
     """
     placement = current()
     if not placement.data_parallel:
         return jax.jit(fn)
     batch = batch_sharding(placement) if batch_sharding is not None else placement.sharded(0)
     replicated = placement.replicated
-    return jax.jit(fn, in_shardings=(replicated, batch) + (replicated,) * trailing_args, out_shardings=replicated)
+    in_shardings = (replicated, batch) + (replicated,) * trailing_args
+    if placement.processes > 1:  # every process runs it together (``multihost``)
+        from trainer_server.learning.multihost import DistributedUpdate
+
+        return DistributedUpdate(fn, in_shardings, replicated)
+    return jax.jit(fn, in_shardings=in_shardings, out_shardings=replicated)
 
 
 def batch_constraint(axis: int = 0) -> Callable[[Any], Any]:

@@ -65,6 +65,19 @@ def fragments(rng: np.random.Generator, n: int, t: int = 16) -> list[Trajectory]
     return out
 
 
+def run_updates(learner) -> list[dict[str, float]]:
+    """``UPDATES`` updates, each on 8 new fragments (the same ones for every learner); their metrics."""
+    rng = np.random.default_rng(7)
+    metrics = []
+    for _ in range(UPDATES):
+        for fragment in fragments(rng, 8):
+            learner.process_trajectory(fragment)
+        assert learner.ready()
+        metrics.append(learner.update())
+        learner.discard_buffered()
+    return metrics
+
+
 def train(algorithm: str, placement: devices.Placement):
     """Two updates on the same fragments; returns (state, metrics, the compiled update's text
     when data-parallel, else "")."""
@@ -78,14 +91,7 @@ def train(algorithm: str, placement: devices.Placement):
             return compiled(*args)
 
         learner._update_fn = recording
-        rng = np.random.default_rng(7)
-        metrics = []
-        for _ in range(UPDATES):
-            for fragment in fragments(rng, 8):
-                learner.process_trajectory(fragment)
-            assert learner.ready()
-            metrics.append(learner.update())
-            learner.discard_buffered()
+        metrics = run_updates(learner)
         hlo = compiled.lower(*calls[-1]).compile().as_text() if placement.data_parallel else ""
         return learner._state, metrics, hlo
     finally:
