@@ -173,7 +173,10 @@ def use(placement: Placement | None) -> Placement | None:
 
 
 def compile_update(
-    fn: Callable, batch_sharding: Callable[[Placement], Any] | None = None, trailing_args: int = 1
+    fn: Callable,
+    batch_sharding: Callable[[Placement], Any] | None = None,
+    trailing_args: int = 1,
+    compiler_options: dict[str, Any] | None = None,
 ) -> Callable:
     """``jax.jit(fn)`` for ``fn(state, batch, key, ...) -> (state, metrics)``, data-parallel when
     the current placement has several devices.
@@ -184,6 +187,8 @@ def compile_update(
             e.g. ``lambda p: p.sharded(0)``; None = sharded along axis 0.
         trailing_args: the arguments after the batch (the key, then e.g. PPO's expert data
             for GAIL), all replicated.
+        compiler_options: XLA options of this computation (``jax.jit``'s ``compiler_options``),
+            e.g. ``shared.cpu_compiler_options()``; None = XLA's defaults.
 
     Returns:
         The compiled update: on one device plain ``jax.jit``; on several the state and key
@@ -192,15 +197,15 @@ def compile_update(
     """
     placement = current()
     if not placement.data_parallel:
-        return jax.jit(fn)
+        return jax.jit(fn, compiler_options=compiler_options)
     batch = batch_sharding(placement) if batch_sharding is not None else placement.sharded(0)
     replicated = placement.replicated
     in_shardings = (replicated, batch) + (replicated,) * trailing_args
     if placement.processes > 1:  # every process runs it together (``multihost``)
         from trainer_server.learning.multihost import DistributedUpdate
 
-        return DistributedUpdate(fn, in_shardings, replicated)
-    return jax.jit(fn, in_shardings=in_shardings, out_shardings=replicated)
+        return DistributedUpdate(fn, in_shardings, replicated, compiler_options)
+    return jax.jit(fn, in_shardings=in_shardings, out_shardings=replicated, compiler_options=compiler_options)
 
 
 def batch_constraint(axis: int = 0) -> Callable[[Any], Any]:

@@ -304,10 +304,12 @@ class DistributedUpdate:
         fn: the learner's pure update ``fn(state, batch, key, ...) -> (state, metrics)``.
         shardings: the in-shardings (a pytree prefix of the arguments) on the global mesh.
         out_sharding: the outputs' sharding (replicated).
+        compiler_options: XLA options for ``jax.jit`` (``shared.cpu_compiler_options``), or None.
     """
 
-    def __init__(self, fn: Callable, shardings: tuple, out_sharding: Any) -> None:
+    def __init__(self, fn: Callable, shardings: tuple, out_sharding: Any, compiler_options: dict | None = None) -> None:
         self._fn = fn
+        self._compiler_options = compiler_options
         self._shardings = shardings
         self._out_sharding = out_sharding
         self._compiled: dict[tuple, tuple[Callable, dict[str, Any]]] = {}
@@ -360,7 +362,13 @@ class DistributedUpdate:
                 traced["keys"] = [_is_key(x) for x in out_leaves]
                 return [jax.random.key_data(x) if _is_key(x) else x for x in out_leaves]
 
-            entry = (jax.jit(program, in_shardings=tuple(shardings), out_shardings=self._out_sharding), traced)
+            jitted = jax.jit(
+                program,
+                in_shardings=tuple(shardings),
+                out_shardings=self._out_sharding,
+                compiler_options=self._compiler_options,
+            )
+            entry = (jitted, traced)
             self._compiled[(treedef, layout)] = entry
         return entry
 

@@ -632,8 +632,12 @@ class PPOLearner:
         self._update_fn = devices.compile_update(
             make_update_fn(arch, settings, self._tx, self._traces.hook("update"), devices.batch_constraint(0), self.signals),
             trailing_args=2,  # the key and GAIL's expert data
+            compiler_options=shared.cpu_compiler_options(),
         )
-        self._process_fn = jax.jit(make_process_fn(arch, settings, self._traces.hook("process"), self.signals))
+        self._process_fn = jax.jit(
+            make_process_fn(arch, settings, self._traces.hook("process"), self.signals),
+            compiler_options=shared.cpu_compiler_options(),
+        )
         self._on_act_trace = self._traces.hook("act")
         self._act_fn = jax.jit(self._act, static_argnames=("deterministic",))
         self._log = log.bind(behavior=spec.name)

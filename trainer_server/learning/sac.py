@@ -539,6 +539,7 @@ class SACLearner:
         self._update_fn = devices.compile_update(
             make_update_fn(arch, settings, shared.make_optimizer(), self._traces.hook("update"), self.signals),
             lambda p: Minibatches(transitions=p.sharded(1), valid=p.replicated),
+            compiler_options=shared.cpu_compiler_options(),
         )
         self._signal_update_fn = jax.jit(make_signal_update_fn(arch, self.signals, self._traces.hook("signals")))
         self._signal_rewards_fn = jax.jit(self.signals.rewards)

@@ -18,6 +18,7 @@ import optax
 
 from common.architecture import PolicyArchitecture
 from common.specs import BehaviorSpec
+from trainer_server.learning import devices
 from trainer_server.learning import normalizer as norm_mod
 from trainer_server.config.schema import RewardSignalSettings, TrainerSettings
 
@@ -76,6 +77,27 @@ def make_optimizer() -> optax.GradientTransformation:
     """Adam's moment estimates (torch's defaults, as ML-Agents); the scheduled learning rate
     is applied by each update itself so that it can depend on ``step`` without recompiling."""
     return optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+
+
+# -- XLA options on the CPU ------------------------------------------------------------------
+#: what ``cpu_compiler_options`` gives on the CPU (see there for why)
+CPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_multi_thread_eigen": False, "xla_cpu_prefer_vector_width": 512}
+
+
+def cpu_compiler_options() -> dict[str, Any] | None:
+    """XLA options for the learners' compiled updates and per-fragment steps: on the CPU, one
+    thread per computation and 512-bit vectors where the CPU has them; None elsewhere.
+
+    Why (benchmarks/results/bench_vs_mlagents.md): the learners' matrices are small (a
+    minibatch of 64 through 128 units), so splitting each operation across the cores gains
+    nothing even on an idle machine, while on a busy one every split operation waits for its
+    slowest thread to be scheduled: a PPO update took 3x its CPU time in wall time. One
+    thread per computation keeps wall time near CPU time and leaves the other cores to the
+    gateways and to gRPC. 512-bit vectors (AVX-512, where present) cut the update's CPU time
+    by about a tenth; where the CPU lacks them the option changes nothing.
+    """
+    platform = devices.current().devices[0].platform
+    return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else None
 
 
 # -- PRNG keys -----------------------------------------------------------------------------

@@ -225,3 +225,23 @@ def test_every_encoder_and_the_attention_get_gradients(encoder):
     exempt = {"policy/log_std", "attention/k/bias"}
     silent = [name for name, g in grads.items() if not np.any(np.asarray(g)) and name not in exempt]
     assert silent == []
+
+
+@pytest.mark.parametrize(
+    "batch,side,channels,size,stride,outputs",
+    [(32, 24, 3, 8, 4, 16), (32, 5, 16, 4, 2, 32), (3, 36, 3, 8, 4, 32), (2, 10, 3, 5, 3, 7)],
+)
+def test_strided_convolution_gradients_match_xla_s_own(batch, side, channels, size, stride, outputs):
+    # the kernel gradient is taken as patches x output gradient (a faster route on the CPU):
+    # both gradients must equal the ones JAX derives from the convolution itself
+    key = jax.random.key(stride)
+    x = jax.random.normal(key, (batch, side, side, channels))
+    kernel = jax.random.normal(jax.random.fold_in(key, 1), (size, size, channels, outputs))
+
+    def loss(conv):
+        return lambda image, w: jnp.sum(jnp.sin(conv(image, w, stride)))
+
+    ours = jax.jit(jax.grad(loss(networks._strided_conv), (0, 1)))(x, kernel)
+    xla = jax.jit(jax.grad(loss(networks._strided_conv_primal), (0, 1)))(x, kernel)
+    for got, want in zip(ours, xla):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
