@@ -2,8 +2,8 @@
 
 Why: :mod:`trainer_server.config.loading` accepts every valid ML-Agents file (so that
 ``--dry-run`` shows any file resolved); training needs more. :func:`check_supported`
-raises :class:`NotSupportedError` for what the learners cannot do yet (``poca``,
-SAC with ``memory``, ``memory`` with learned reward signals or behavioral cloning,
+raises :class:`NotSupportedError` for what the learners cannot do yet (``poca`` with
+another reward signal than extrinsic or with behavioral cloning, SAC or POCA with ``memory``, ``memory`` with learned reward signals or behavioral cloning,
 ``self_play``...). The trainer calls it before it starts; the service calls
 :func:`check_behavior_supported` for behaviors that first appear at run time and fall
 back to ``default_settings``. The trainer types come from the learner registry: a type
@@ -132,6 +132,12 @@ def unsupported_features(
             )
         if settings.behavioral_cloning is not None:
             found.append(("network_settings.memory", "recurrent networks (memory) with behavioral_cloning are not supported yet"))
+    if settings.trainer_type == "poca":  # ML-Agents itself warns that POCA uses the extrinsic signal only
+        for name in settings.reward_signals:
+            if name != "extrinsic":
+                found.append((f"reward_signals.{name}", f"the {name} reward signal is not supported yet with poca (extrinsic only)"))
+        if settings.behavioral_cloning is not None:
+            found.append(("behavioral_cloning", "behavioral_cloning is not supported yet with poca"))
     if settings.self_play is not None:
         found.append(("self_play", "self-play is not supported yet"))
     return found

@@ -1,0 +1,166 @@
+"""Cooperative group tasks where only the group's reward pays (``pushblockcollab``, ``dungeonescape``).
+
+Why: POCA (``trainer_type: poca``) must be seen to learn what independent learners cannot:
+like ML-Agents' PushBlockCollab, every reward here is a *group* reward (``AddGroupReward``),
+which independent PPO ignores, and it comes only when agents act together. The
+``dungeonescape`` variant also removes an agent mid-episode, as ML-Agents' DungeonEscape
+does: the group is only rewarded after one of its agents left, so that agent's credit
+must come through its group's value (ML-Agents' POCA bootstraps it).
+
+Scene: ``GROUPS_PER_AREA * num_areas`` groups (``group_id`` 1, 2, ...), each of
+``num_agents`` agents (default 2; ``dungeonescape`` 3) on a line of ``WIDTH`` cells with
+one block at cell ``BLOCK_START``. Each decision an agent stays, steps left or steps
+right; an agent cannot enter the block's cell, stepping right into it is a push. The
+block moves one cell right when at least ``PUSHERS`` agents of its group push it in the
+same step; once it reaches the last cell every agent of the group gets a group reward of
++1 and the group's episode ends (``EndGroupEpisode``). After ``MAX_GROUP_STEPS`` steps
+the group's episode is interrupted (``GroupEpisodeInterrupted``). There is no individual
+reward. Agents start on random cells left of the block.
+
+``dungeonescape``: the block is locked until one agent steps left off cell 0 (the
+dragon's den): that agent is removed (its episode ends, done, and it sends nothing more
+until its group's next episode) and the block unlocks for the others.
+
+Observations (``VectorSensor_size{3 * WIDTH + 1}``): the agent's cell (one-hot), the
+block's cell (one-hot), how many of its groupmates are on each cell (divided by the group
+size), and 1 when the block is unlocked. Actions: one discrete branch of 3 (stay, left,
+right). Stats: ``Environment/Goals`` (SUM): blocks that reached the end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unity_standin.side_channels import STATS_SUM, SideChannels
+from unity_standin.tasks.base import ActResult, BehaviorDef, ObservationDef, Task, TaskOptions, resolve_period
+
+WIDTH = 6
+BLOCK_START = 3
+#: agents that must push in the same step for the block to move
+PUSHERS = 2
+MAX_GROUP_STEPS = 30
+GROUPS_PER_AREA = 8
+STAY, LEFT, RIGHT = 0, 1, 2
+
+
+class CoopPush(Task):
+    """``pushblockcollab``: behavior ``PushBlockCollab``, groups of 2 pushing a heavy block."""
+
+    name = "pushblockcollab"
+    behavior = "PushBlockCollab?team=0"
+    default_group_size = 2
+    #: one agent must leave through the den before the block unlocks
+    sacrifice = False
+
+    def __init__(self, options: TaskOptions, side_channels: SideChannels) -> None:
+        super().__init__(options, side_channels)
+        self.group_size = int(options.num_agents or self.default_group_size)
+        needed = PUSHERS + int(self.sacrifice)
+        if self.group_size < needed:
+            raise ValueError(f"task {self.name}: groups need at least {needed} agents, --num-agents is {self.group_size}")
+        self.groups = GROUPS_PER_AREA * max(1, options.num_areas)
+        n = self.groups * self.group_size
+        self.behaviors = (
+            BehaviorDef(
+                name=self.behavior,
+                observations=(ObservationDef(f"VectorSensor_size{3 * WIDTH + 1}", (3 * WIDTH + 1,)),),
+                continuous_size=0,
+                discrete_branches=(3,),
+                num_agents=n,
+                max_step=0,
+                decision_period=resolve_period(options, 1),
+            ),
+        )
+        self.group_of = np.repeat(np.arange(self.groups), self.group_size)
+        self.position = np.zeros(n, np.int64)
+        self.is_active = np.zeros(n, bool)
+        self.block = np.full(self.groups, BLOCK_START, np.int64)
+        self.unlocked = np.ones(self.groups, bool)
+        self.steps = np.zeros(self.groups, np.int64)
+        self.over = np.ones(self.groups, bool)
+        self._goals = 0
+
+    # -- episodes ---------------------------------------------------------------------------
+    def begin_episodes(self, behavior: str, idx: np.ndarray) -> None:
+        """A group starts again once its episode is over (or all its agents reset together);
+        an agent removed from a running group stays out until then."""
+        counts = np.bincount(self.group_of[idx], minlength=self.groups)
+        for g in np.flatnonzero(self.over | (counts == self.group_size)).tolist():
+            members = self.group_of == g
+            self.position[members] = self.rng.integers(0, BLOCK_START, int(members.sum()))
+            self.is_active[members] = True
+            self.block[g] = BLOCK_START
+            self.unlocked[g] = not self.sacrifice
+            self.steps[g] = 0
+            self.over[g] = False
+
+    def active(self, behavior: str) -> np.ndarray:
+        return self.is_active
+
+    def group_ids(self, behavior: str, idx: np.ndarray) -> np.ndarray:
+        return self.group_of[idx] + 1
+
+    def observe(self, behavior: str, idx: np.ndarray) -> list[np.ndarray]:
+        k = len(idx)
+        obs = np.zeros((k, 3 * WIDTH + 1), np.float32)
+        rows = np.arange(k)
+        groups = self.group_of[idx]
+        obs[rows, self.position[idx]] = 1.0
+        obs[rows, WIDTH + self.block[groups]] = 1.0
+        occupancy = np.zeros((self.groups, WIDTH), np.float32)
+        np.add.at(occupancy, (self.group_of[self.is_active], self.position[self.is_active]), 1.0)
+        mates = occupancy[groups]
+        mates[rows, self.position[idx]] -= self.is_active[idx]
+        obs[:, 2 * WIDTH : 3 * WIDTH] = mates / self.group_size
+        obs[:, 3 * WIDTH] = self.unlocked[groups]
+        return [obs]
+
+    # -- one step ---------------------------------------------------------------------------
+    def act(self, actions: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, ActResult]:
+        _, discrete = actions[self.behavior]
+        n = len(self.position)
+        move = np.where(self.is_active, discrete[:, 0], STAY)
+        block = self.block[self.group_of]
+        ended = np.zeros(n, bool)
+        # the den: stepping left off cell 0 while the block is locked removes the agent
+        leaving = (move == LEFT) & (self.position == 0) & ~self.unlocked[self.group_of]
+        for g in np.unique(self.group_of[leaving]).tolist():  # one agent per group (the first) is taken
+            first = np.flatnonzero(leaving & (self.group_of == g))[0]
+            leaving[(self.group_of == g) & (np.arange(n) != first)] = False
+        pushing = (move == RIGHT) & (self.position + 1 == block) & self.unlocked[self.group_of]
+        self.position = np.where(move == LEFT, np.maximum(self.position - 1, 0), self.position)
+        self.position = np.where((move == RIGHT) & (self.position + 1 < block), self.position + 1, self.position)
+        if leaving.any():
+            self.unlocked[np.unique(self.group_of[leaving])] = True
+            self.is_active &= ~leaving
+            ended |= leaving
+        pushes = np.bincount(self.group_of[pushing], minlength=self.groups)
+        self.block = np.where(pushes >= PUSHERS, self.block + 1, self.block)
+        self.steps += ~self.over
+        scored = (self.block >= WIDTH - 1) & ~self.over
+        timed_out = (self.steps >= MAX_GROUP_STEPS) & ~self.over & ~scored
+        self._goals += int(scored.sum())
+        group_reward = np.where(scored[self.group_of] & self.is_active, 1.0, 0.0).astype(np.float32)
+        finishing = (scored | timed_out)[self.group_of] & self.is_active
+        interrupted = timed_out[self.group_of] & self.is_active
+        self.over |= scored | timed_out
+        ended |= finishing & ~interrupted
+        return {
+            self.behavior: ActResult(
+                reward=np.zeros(n, np.float32), ended=ended, group_reward=group_reward, interrupted=interrupted
+            )
+        }
+
+    def before_output(self) -> None:
+        if self._goals:
+            self.side_channels.add_stat("Environment/Goals", float(self._goals), STATS_SUM)
+            self._goals = 0
+
+
+class DungeonEscape(CoopPush):
+    """``dungeonescape``: behavior ``DungeonEscape``, groups of 3 of which one must leave first."""
+
+    name = "dungeonescape"
+    behavior = "DungeonEscape?team=0"
+    default_group_size = 3
+    sacrifice = True
