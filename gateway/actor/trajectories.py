@@ -223,12 +223,14 @@ class TrajectoryBuilder:
         pending step gets its group reward and the statuses of its groupmates."""
         batches = [(b, done) for b, done in ((terminals, True), (decisions, False)) if len(b)]
         pending_rows = []
+        taken: set[int] = set()  # an agent that ended and restarts in one step: its terminal step counts
         for batch, done in batches:
             slots, known = self._slots(batch.agent_ids, create=False)
             for row in np.flatnonzero(known).tolist():
                 slot = int(slots[row])
-                if not self._pending[slot]:
+                if not self._pending[slot] or slot in taken:
                     continue
+                taken.add(slot)
                 t = int(self._length[slot]) - 1
                 self.groups.report(
                     int(batch.agent_ids[row]), int(batch.group_ids[row]), slot,
