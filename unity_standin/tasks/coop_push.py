@@ -34,11 +34,11 @@ import numpy as np
 from unity_standin.side_channels import STATS_SUM, SideChannels
 from unity_standin.tasks.base import ActResult, BehaviorDef, ObservationDef, Task, TaskOptions, resolve_period
 
-WIDTH = 6
+WIDTH = 5
 BLOCK_START = 3
 #: agents that must push in the same step for the block to move
 PUSHERS = 2
-MAX_GROUP_STEPS = 30
+MAX_GROUP_STEPS = 20
 GROUPS_PER_AREA = 8
 STAY, LEFT, RIGHT = 0, 1, 2
 

