@@ -8,23 +8,26 @@ does: the group is only rewarded after one of its agents left, so that agent's c
 must come through its group's value (ML-Agents' POCA bootstraps it).
 
 Scene: ``GROUPS_PER_AREA * num_areas`` groups (``group_id`` 1, 2, ...), each of
-``num_agents`` agents (default 2; ``dungeonescape`` 3) on a line of ``WIDTH`` cells with
-one block at cell ``BLOCK_START``. Each decision an agent stays, steps left or steps
-right; an agent cannot enter the block's cell, stepping right into it is a push. The
-block moves one cell right when at least ``PUSHERS`` agents of its group push it in the
-same step; once it reaches the last cell every agent of the group gets a group reward of
-+1 and the group's episode ends (``EndGroupEpisode``). After ``MAX_GROUP_STEPS`` steps
-the group's episode is interrupted (``GroupEpisodeInterrupted``). There is no individual
-reward. Agents start on random cells left of the block.
+``num_agents`` agents (default 2; ``dungeonescape`` 3) on a line of ``WIDTH`` cells with one
+block in the middle and a goal on its left or its right (drawn per episode, observed). Each
+decision an agent stays, steps left or steps right (agents may walk over the block's
+cell). Agents next to the block on the side away from the goal that step towards it in the
+same step push it, when there are at least ``PUSHERS`` of them (one alone steps onto the
+block's cell); once it moves, every agent of the group gets a group reward of +1 and the
+group's episode ends (``EndGroupEpisode``). After ``MAX_GROUP_STEPS`` steps the group's
+episode is interrupted (``GroupEpisodeInterrupted``). There is no individual reward.
+Agents start on random cells other than the block's; no single action solves it (the
+pushers must reach the side the goal decides, together).
 
 ``dungeonescape``: the block is locked until one agent steps left off cell 0 (the
 dragon's den): that agent is removed (its episode ends, done, and it sends nothing more
 until its group's next episode) and the block unlocks for the others.
 
-Observations (``VectorSensor_size{3 * WIDTH + 1}``): the agent's cell (one-hot), the
+Observations (``VectorSensor_size{3 * WIDTH + 2}``): the agent's cell (one-hot), the
 block's cell (one-hot), how many of its groupmates are on each cell (divided by the group
-size), and 1 when the block is unlocked. Actions: one discrete branch of 3 (stay, left,
-right). Stats: ``Environment/Goals`` (SUM): blocks that reached the end.
+size), the goal's side (-1 left, +1 right) and 1 when the block is unlocked. Actions: one
+discrete branch of 3 (stay, left, right). Stats: ``Environment/Goals`` (SUM): blocks pushed
+to their goal.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from unity_standin.side_channels import STATS_SUM, SideChannels
 from unity_standin.tasks.base import ActResult, BehaviorDef, ObservationDef, Task, TaskOptions, resolve_period
 
 WIDTH = 5
-BLOCK_START = 3
+BLOCK_START = WIDTH // 2
 #: agents that must push in the same step for the block to move
 PUSHERS = 2
 MAX_GROUP_STEPS = 20
@@ -63,7 +66,7 @@ class CoopPush(Task):
         self.behaviors = (
             BehaviorDef(
                 name=self.behavior,
-                observations=(ObservationDef(f"VectorSensor_size{3 * WIDTH + 1}", (3 * WIDTH + 1,)),),
+                observations=(ObservationDef(f"VectorSensor_size{3 * WIDTH + 2}", (3 * WIDTH + 2,)),),
                 continuous_size=0,
                 discrete_branches=(3,),
                 num_agents=n,
@@ -75,6 +78,7 @@ class CoopPush(Task):
         self.position = np.zeros(n, np.int64)
         self.is_active = np.zeros(n, bool)
         self.block = np.full(self.groups, BLOCK_START, np.int64)
+        self.side = np.ones(self.groups, np.int64)  # the goal's side: -1 left, +1 right
         self.unlocked = np.ones(self.groups, bool)
         self.steps = np.zeros(self.groups, np.int64)
         self.over = np.ones(self.groups, bool)
@@ -87,9 +91,11 @@ class CoopPush(Task):
         counts = np.bincount(self.group_of[idx], minlength=self.groups)
         for g in np.flatnonzero(self.over | (counts == self.group_size)).tolist():
             members = self.group_of == g
-            self.position[members] = self.rng.integers(0, BLOCK_START, int(members.sum()))
+            cells = self.rng.integers(0, WIDTH - 1, int(members.sum()))
+            self.position[members] = np.where(cells >= BLOCK_START, cells + 1, cells)  # not on the block
             self.is_active[members] = True
             self.block[g] = BLOCK_START
+            self.side[g] = self.rng.choice(np.array([-1, 1]))
             self.unlocked[g] = not self.sacrifice
             self.steps[g] = 0
             self.over[g] = False
@@ -102,7 +108,7 @@ class CoopPush(Task):
 
     def observe(self, behavior: str, idx: np.ndarray) -> list[np.ndarray]:
         k = len(idx)
-        obs = np.zeros((k, 3 * WIDTH + 1), np.float32)
+        obs = np.zeros((k, 3 * WIDTH + 2), np.float32)
         rows = np.arange(k)
         groups = self.group_of[idx]
         obs[rows, self.position[idx]] = 1.0
@@ -112,7 +118,8 @@ class CoopPush(Task):
         mates = occupancy[groups]
         mates[rows, self.position[idx]] -= self.is_active[idx]
         obs[:, 2 * WIDTH : 3 * WIDTH] = mates / self.group_size
-        obs[:, 3 * WIDTH] = self.unlocked[groups]
+        obs[:, 3 * WIDTH] = self.side[groups]
+        obs[:, 3 * WIDTH + 1] = self.unlocked[groups]
         return [obs]
 
     # -- one step ---------------------------------------------------------------------------
@@ -127,17 +134,20 @@ class CoopPush(Task):
         for g in np.unique(self.group_of[leaving]).tolist():  # one agent per group (the first) is taken
             first = np.flatnonzero(leaving & (self.group_of == g))[0]
             leaving[(self.group_of == g) & (np.arange(n) != first)] = False
-        pushing = (move == RIGHT) & (self.position + 1 == block) & self.unlocked[self.group_of]
-        self.position = np.where(move == LEFT, np.maximum(self.position - 1, 0), self.position)
-        self.position = np.where((move == RIGHT) & (self.position + 1 < block), self.position + 1, self.position)
+        side = self.side[self.group_of]
+        towards = np.where(side > 0, RIGHT, LEFT)
+        pushing = (move == towards) & (self.position == block - side) & self.unlocked[self.group_of] & ~leaving
+        pushes = np.bincount(self.group_of[pushing], minlength=self.groups)
+        pushed = (pushes >= PUSHERS)[self.group_of] & pushing  # they stay; a lone pusher steps over
+        step = np.where(move == LEFT, -1, np.where(move == RIGHT, 1, 0))
+        self.position = np.where(pushed | leaving, self.position, np.clip(self.position + step, 0, WIDTH - 1))
         if leaving.any():
             self.unlocked[np.unique(self.group_of[leaving])] = True
             self.is_active &= ~leaving
             ended |= leaving
-        pushes = np.bincount(self.group_of[pushing], minlength=self.groups)
-        self.block = np.where(pushes >= PUSHERS, self.block + 1, self.block)
+        self.block = np.where(pushes >= PUSHERS, self.block + self.side, self.block)
         self.steps += ~self.over
-        scored = (self.block >= WIDTH - 1) & ~self.over
+        scored = (self.block != BLOCK_START) & ~self.over
         timed_out = (self.steps >= MAX_GROUP_STEPS) & ~self.over & ~scored
         self._goals += int(scored.sum())
         group_reward = np.where(scored[self.group_of] & self.is_active, 1.0, 0.0).astype(np.float32)
