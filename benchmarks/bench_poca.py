@@ -1,9 +1,9 @@
 """MA-POCA against independent PPO on the stand-in's cooperative task, and the group critic's update time.
 
 The task (``unity_standin/tasks/coop_push.py``, ``pushblockcollab``): groups of 2 agents
-push a block that moves only when both push in the same step; the only reward is the
-group's +1 when the block reaches the end (as in ML-Agents' PushBlockCollab), which
-independent PPO never sees. Each run trains ``configs/poca/PushBlockCollab.yaml`` (POCA)
+must push a block together from the side away from a goal drawn anew after every push;
+the only reward is the group's +1 per push (as in ML-Agents' PushBlockCollab, a group
+reward), which independent PPO never sees. Each run trains ``configs/poca/PushBlockCollab.yaml`` (POCA)
 or ``configs/poca/PushBlockCollab_ppo.yaml`` (the same hyperparameters with PPO) for the
 same budget of agent steps, with the gateway actor's own parts in one process
 (``train``): the stand-in through mlagents-envs, ``StepBatch``, ``TrajectoryBuilder``
@@ -34,7 +34,7 @@ from common.logging import configure_logging, get_logger
 RESULTS = Path(__file__).parent / "results" / "bench_poca.md"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "poca"
 BEHAVIOR = "PushBlockCollab?team=0"
-#: finished agent episodes the success rate is measured over
+#: finished agent episodes the group return is measured over
 WINDOW = 200
 
 
@@ -43,7 +43,7 @@ def train(config: str, budget: int, seed: int = 0, task: str = "pushblockcollab"
 
     Returns:
         (list of ``(agent steps so far, the episode's group reward)`` of every agent episode
-        that ended with its group's, in order; the learner).
+        that ended with its group's (interrupted at ``MAX_GROUP_STEPS``), in order; the learner).
     """
     from mlagents_envs.base_env import ActionTuple
     from mlagents_envs.exception import UnityEnvironmentException, UnityWorkerInUseException
@@ -87,7 +87,7 @@ def train(config: str, budget: int, seed: int = 0, task: str = "pushblockcollab"
             dec, term = from_decision_steps(decision_steps, spec), from_terminal_steps(terminal_steps)
             for agent, reward, stopped in zip(term.agent_ids.tolist(), term.group_rewards.tolist(), term.interrupted.tolist()):
                 total = group_returns.pop(agent, 0.0) + reward
-                if reward or stopped:  # the group's end (an agent removed early ends without either)
+                if stopped:  # the group's end (an agent removed early ends done, not interrupted)
                     episodes.append((acted, total))
             for agent, reward in zip(dec.agent_ids.tolist(), dec.group_rewards.tolist()):
                 group_returns[agent] = group_returns.get(agent, 0.0) + reward
@@ -112,8 +112,8 @@ def train(config: str, budget: int, seed: int = 0, task: str = "pushblockcollab"
     return episodes, learner
 
 
-def success_rate(episodes: list[tuple[int, float]], window: int = WINDOW) -> float:
-    """Mean group reward of the last ``window`` agent episodes (the share of groups that scored)."""
+def group_return(episodes: list[tuple[int, float]], window: int = WINDOW) -> float:
+    """Mean group reward of the last ``window`` agent episodes (blocks the group pushed per episode)."""
     return float(np.mean([r for _, r in episodes[-window:]])) if episodes else 0.0
 
 
@@ -176,14 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             started = time.monotonic()
             episodes, learner = train(config, args.budget, seed)
-            rows.append((config, seed, success_rate(episodes[:WINDOW]), success_rate(episodes), learner.update_count, time.monotonic() - started))
+            rows.append((config, seed, group_return(episodes[:WINDOW]), group_return(episodes), learner.update_count, time.monotonic() - started))
             log.warning("cooperative task run", config=config, seed=seed, final=round(rows[-1][3], 3))
     timings = [(agents, *critic_update_seconds(agents)) for agents in (2, 4, 8)]
     lines = [
         "# bench_poca",
         "",
-        "Share of groups that scored (mean group reward per agent episode) on the stand-in's `pushblockcollab` "
-        "(groups of 2 agents must push a block together; only the group is rewarded), POCA "
+        "Blocks pushed per group episode of 20 steps (mean group reward per agent episode) on the stand-in's "
+        "`pushblockcollab` (groups of 2 agents must push a block together; only the group is rewarded), POCA "
         "(`configs/poca/PushBlockCollab.yaml`) against independent PPO with the same hyperparameters "
         f"(`configs/poca/PushBlockCollab_ppo.yaml`), the same budget of {args.budget:,} agent steps per run, "
         "16 agents (8 groups), in one process with the gateway actor's parts (see the module docstring).",

@@ -40,13 +40,14 @@ def test_pushing_together_scores_for_the_group_and_alone_scores_nothing(open_env
         env.set_actions(behavior, ActionTuple(discrete=choice))
         env.step()
     assert interrupted == 16 and not any(rewards)  # every group ran out of time unrewarded
-    group_rewards = []
-    for _ in range(3 * WIDTH):  # now both push together: every group scores
+    scored = np.zeros(16)
+    for _ in range(MAX_GROUP_STEPS - 1):  # now both push together: every group scores, again and again
         decision, terminal = env.get_steps(behavior)
-        group_rewards += terminal.group_reward.tolist()
+        assert len(terminal) == 0  # scoring ends no episode
+        np.add.at(scored, decision.agent_id, decision.group_reward)
         env.set_actions(behavior, ActionTuple(discrete=scripted(decision.obs[0])))
         env.step()
-    assert len(group_rewards) >= 16 and set(group_rewards) == {1.0}
+    assert scored.min() >= 3 and set(np.unique(scored % 1)) == {0.0}
 
 
 def test_dungeon_escape_removes_the_agent_that_enters_the_den_until_its_group_ends(open_env):
@@ -55,23 +56,26 @@ def test_dungeon_escape_removes_the_agent_that_enters_the_den_until_its_group_en
     behavior = "DungeonEscape?team=0"
     decision, _ = env.get_steps(behavior)
     assert len(decision) == 24 and decision.obs[0][:, 3 * WIDTH + 1].max() == 0.0  # every block locked
-    out: dict[int, int] = {}  # group -> its removed agent, until the group scores
-    removed, scored = set(), []
-    for _ in range(4 * WIDTH):
+    out: dict[int, int] = {}  # group -> its removed agent, until the group's episode ends
+    removed, scored = set(), set()
+    for _ in range(MAX_GROUP_STEPS - 1):
         decision, terminal = env.get_steps(behavior)
-        for agent, reward in zip(terminal.agent_id.tolist(), terminal.group_reward.tolist()):
-            if reward:
-                scored.append(agent)
-                out.pop(agent // 3, None)
-            else:
-                out[agent // 3] = agent
-                removed.add(agent)
+        for agent, interrupted in zip(terminal.agent_id.tolist(), terminal.interrupted.tolist()):
+            assert not interrupted  # the episodes end only at MAX_GROUP_STEPS
+            out[agent // 3] = agent
+            removed.add(agent)
         assert not set(out.values()) & set(decision.agent_id.tolist())  # a removed agent sends nothing
-        if len(scored) >= 16:
-            break
+        scored.update(decision.agent_id[decision.group_reward > 0].tolist())
         # agents whose id is a multiple of 3 head for the den; the others push
         choice = np.where(decision.agent_id[:, None] % 3 == 0, LEFT, scripted(decision.obs[0])).astype(np.int32)
         env.set_actions(behavior, ActionTuple(discrete=choice))
         env.step()
-    assert removed == set(range(0, 24, 3))  # one per group, removed with no reward
-    assert sorted(scored[:16]) == sorted(a for a in range(24) if a % 3)  # the two others scored after it left
+    assert removed == set(range(0, 24, 3)) and set(terminal.group_reward.tolist()) <= {0.0}  # one per group, no reward
+    assert scored == {a for a in range(24) if a % 3}  # the two others scored after it left
+    ended = []
+    for _ in range(3):  # the groups' time runs out: the others are interrupted
+        env.set_actions(behavior, ActionTuple(discrete=np.zeros((len(decision), 1), np.int32)))
+        env.step()
+        decision, terminal = env.get_steps(behavior)
+        ended += terminal.agent_id[terminal.interrupted].tolist()
+    assert sorted(ended) == sorted(scored)

@@ -13,9 +13,11 @@ block in the middle and a goal on its left or its right (drawn per episode, obse
 decision an agent stays, steps left or steps right (agents may walk over the block's
 cell). Agents next to the block on the side away from the goal that step towards it in the
 same step push it, when there are at least ``PUSHERS`` of them (one alone steps onto the
-block's cell); once it moves, every agent of the group gets a group reward of +1 and the
-group's episode ends (``EndGroupEpisode``). After ``MAX_GROUP_STEPS`` steps the group's
-episode is interrupted (``GroupEpisodeInterrupted``). There is no individual reward.
+block's cell); once it moves, every agent of the group gets a group reward of +1, the
+block is back in the middle and a new goal side is drawn, until ``MAX_GROUP_STEPS`` steps
+end the group's episode (``GroupEpisodeInterrupted``). There is no individual reward, and
+no episode ends early: an agent cannot shorten its episode by scoring (a learner without
+the group reward would otherwise learn to score from its value estimates alone).
 Agents start on random cells other than the block's; no single action solves it (the
 pushers must reach the side the goal decides, together).
 
@@ -145,16 +147,15 @@ class CoopPush(Task):
             self.unlocked[np.unique(self.group_of[leaving])] = True
             self.is_active &= ~leaving
             ended |= leaving
-        self.block = np.where(pushes >= PUSHERS, self.block + self.side, self.block)
-        self.steps += ~self.over
-        scored = (self.block != BLOCK_START) & ~self.over
-        timed_out = (self.steps >= MAX_GROUP_STEPS) & ~self.over & ~scored
+        scored = (pushes >= PUSHERS) & ~self.over
         self._goals += int(scored.sum())
+        if scored.any():  # the block is back in the middle, the goal's side drawn again
+            self.side = np.where(scored, self.rng.choice(np.array([-1, 1]), self.groups), self.side)
+        self.steps += ~self.over
+        timed_out = (self.steps >= MAX_GROUP_STEPS) & ~self.over
         group_reward = np.where(scored[self.group_of] & self.is_active, 1.0, 0.0).astype(np.float32)
-        finishing = (scored | timed_out)[self.group_of] & self.is_active
         interrupted = timed_out[self.group_of] & self.is_active
-        self.over |= scored | timed_out
-        ended |= finishing & ~interrupted
+        self.over |= timed_out
         return {
             self.behavior: ActResult(
                 reward=np.zeros(n, np.float32), ended=ended, group_reward=group_reward, interrupted=interrupted
