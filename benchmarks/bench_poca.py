@@ -1,7 +1,7 @@
 """MA-POCA against independent PPO on the stand-in's cooperative task, and the group critic's update time.
 
 The task (``unity_standin/tasks/coop_push.py``, ``pushblockcollab``): groups of 2 agents
-must push a block together from the side away from a goal drawn anew after every push;
+must push a block together from the side away from a goal drawn per episode;
 the only reward is the group's +1 per push (as in ML-Agents' PushBlockCollab, a group
 reward), which independent PPO never sees. Each run trains ``configs/poca/PushBlockCollab.yaml`` (POCA)
 or ``configs/poca/PushBlockCollab_ppo.yaml`` (the same hyperparameters with PPO) for the
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_poca", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=RESULTS, help="markdown file to write")
     parser.add_argument("--budget", type=int, default=12_000, help="agent steps per run (default 12000)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per trainer (default 3)")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per trainer (default 2)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.budget <= 0 or args.seeds <= 0:
         log.error("--budget and --seeds must be positive", budget=args.budget, seeds=args.seeds)

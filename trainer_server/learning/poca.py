@@ -459,7 +459,7 @@ class POCALearner:
         self._log.info("group critic capacity grows", groupmates=capacity)
         data = self.rollout_buffer.chronological()
         grown = self._new_buffer(capacity)
-        for name in grown.extra_fields:
+        for name in grown.extra_fields if len(data["log_probs"]) else ():
             if name.startswith("mate_"):
                 value = data[name]
                 padded = np.zeros((value.shape[0], capacity, *value.shape[2:]), value.dtype)

@@ -13,8 +13,8 @@ block in the middle and a goal on its left or its right (drawn per episode, obse
 decision an agent stays, steps left or steps right (agents may walk over the block's
 cell). Agents next to the block on the side away from the goal that step towards it in the
 same step push it, when there are at least ``PUSHERS`` of them (one alone steps onto the
-block's cell); once it moves, every agent of the group gets a group reward of +1, the
-block is back in the middle and a new goal side is drawn, until ``MAX_GROUP_STEPS`` steps
+block's cell); once it moves, every agent of the group gets a group reward of +1 and the
+block is back in the middle (the pushers may push again), until ``MAX_GROUP_STEPS`` steps
 end the group's episode (``GroupEpisodeInterrupted``). There is no individual reward, and
 no episode ends early: an agent cannot shorten its episode by scoring (a learner without
 the group reward would otherwise learn to score from its value estimates alone).
@@ -149,8 +149,6 @@ class CoopPush(Task):
             ended |= leaving
         scored = (pushes >= PUSHERS) & ~self.over
         self._goals += int(scored.sum())
-        if scored.any():  # the block is back in the middle, the goal's side drawn again
-            self.side = np.where(scored, self.rng.choice(np.array([-1, 1]), self.groups), self.side)
         self.steps += ~self.over
         timed_out = (self.steps >= MAX_GROUP_STEPS) & ~self.over
         group_reward = np.where(scored[self.group_of] & self.is_active, 1.0, 0.0).astype(np.float32)

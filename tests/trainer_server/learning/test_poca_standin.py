@@ -18,7 +18,8 @@ import pytest
 
 from benchmarks.bench_poca import group_return, train
 
-#: agent steps each run may use (POCA pushed about 4 and 7 blocks per episode by then, seeds 0 and 1)
+#: agent steps each run may use (by then POCA pushed 4.0 to 14.6 blocks per episode, seeds 0 to 4;
+#: PPO 0.1 to 0.5, seeds 0 to 2)
 BUDGET = 12_000
 SEED = int(os.environ.get("TANDEM_TEST_SEED", "0"))
 
@@ -29,5 +30,5 @@ def test_poca_solves_the_cooperative_task_and_independent_ppo_does_not():
     assert learner.trace_counts["update"] == 1 and learner.trace_counts["process"] == 1
     ppo, _ = train("PushBlockCollab_ppo.yaml", BUDGET, SEED)
     # blocks pushed per group episode of 20 steps: a uniformly random policy pushes about 0.4
-    assert group_return(poca) >= 2.5, (group_return(poca[:200]), group_return(poca))
-    assert group_return(ppo) <= 1.5, group_return(ppo)
+    assert group_return(poca) >= 2.0, (group_return(poca[:200]), group_return(poca))
+    assert group_return(ppo) <= 1.0, group_return(ppo)
