@@ -213,3 +213,10 @@ def test_snapshot_numpy_onnx_and_jax_actors_agree():
     for out in (numpy_out, onnx_out):
         np.testing.assert_allclose(out.env_continuous, jax_out.env_continuous, atol=1e-5)
         np.testing.assert_array_equal(out.discrete, jax_out.discrete)
+
+
+def test_a_large_group_first_grows_the_empty_buffer():
+    learner = poca.POCALearner(SPEC, settings(), 0)
+    learner.process_trajectory(fragment(10, 6, seed=1))
+    assert learner.mates == 7 and learner.buffered_steps == 10
+    assert learner.rollout_buffer.chronological()["mate_present"].shape == (10, 7)
