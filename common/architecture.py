@@ -103,6 +103,8 @@ class PolicyArchitecture:
     continuous_distribution: str = "gaussian"
     memory_size: int = 0
     sequence_length: int = 0
+    #: trainer_type poca: trajectories carry the groupmates (the centralized critic's input)
+    collect_groupmates: bool = False
 
     def __post_init__(self) -> None:
         if self.memory_size < 0 or self.memory_size % 2:
@@ -154,6 +156,7 @@ class PolicyArchitecture:
             continuous_distribution=msg.continuous_distribution or "gaussian",
             memory_size=int(msg.memory_size),
             sequence_length=int(msg.sequence_length),
+            collect_groupmates=bool(msg.collect_groupmates),
         )
 
     def to_proto(self, out=None):
@@ -168,6 +171,7 @@ class PolicyArchitecture:
         msg.continuous_distribution = self.continuous_distribution
         msg.memory_size = self.memory_size
         msg.sequence_length = self.sequence_length
+        msg.collect_groupmates = self.collect_groupmates
         specs_mod.to_proto(self.behavior_spec, msg.behavior_spec)
         return msg
 

@@ -18,6 +18,43 @@ from tandem.v1 import trainer_pb2
 
 
 @dataclass
+class Groupmates:
+    """The groupmates of one agent at each of its T steps (ML-Agents' ``GroupmateStatus``),
+    padded to M mates: row ``m`` of step ``t`` is a real mate where ``present[t, m]``.
+
+    Attributes:
+        observations: per observation spec, float32 ``[T, M, *shape]``: what each mate acted on.
+        continuous_actions: float32 ``[T, M, continuous_size]``, unclipped samples.
+        discrete_actions: int32 ``[T, M, num_branches]``.
+        rewards: float32 ``[T, M]``, each mate's own reward for that step.
+        present: bool ``[T, M]``.
+        done: bool ``[T, M]``: the mate's episode ended at that step.
+        next_observations: per observation spec, float32 ``[K, *shape]``: the mates'
+            observations after the last step (K may differ from M).
+    """
+
+    observations: list[np.ndarray]
+    continuous_actions: np.ndarray
+    discrete_actions: np.ndarray
+    rewards: np.ndarray
+    present: np.ndarray
+    done: np.ndarray
+    next_observations: list[np.ndarray]
+
+    def tail(self, start: int) -> "Groupmates":
+        """Steps ``start..T-1`` (the same next observations)."""
+        return replace(
+            self,
+            observations=[o[start:] for o in self.observations],
+            continuous_actions=self.continuous_actions[start:],
+            discrete_actions=self.discrete_actions[start:],
+            rewards=self.rewards[start:],
+            present=self.present[start:],
+            done=self.done[start:],
+        )
+
+
+@dataclass
 class Trajectory:
     """T consecutive decision steps of one agent.
 
@@ -41,6 +78,12 @@ class Trajectory:
         source: the gateway that streamed the fragment (its ``gateway_id``; set by the
             trainer, never sent: instance indices and agent ids are only unique within one
             gateway, so per-agent state on the trainer is keyed by ``agent_key``).
+        group_id: the agent's multi-agent group in its instance (0: none).
+        group_rewards: float32 ``[T]``, the group reward of each step, when collected
+            (``PolicyArchitecture.collect_groupmates``), else None.
+        groupmates: the groupmates at each step, when collected, else None.
+        group_continues: when done, the group's episode went on without the agent
+            (ML-Agents' ``not all_group_dones_reached``): bootstrap from the group's value.
     """
 
     instance: int
@@ -59,6 +102,10 @@ class Trajectory:
     episode_length: int = 0
     memories: np.ndarray | None = None
     source: str = ""
+    group_id: int = 0
+    group_rewards: np.ndarray | None = None
+    groupmates: Groupmates | None = None
+    group_continues: bool = False
 
     def __len__(self) -> int:
         return int(self.rewards.shape[0])
@@ -86,6 +133,8 @@ class Trajectory:
             action_masks=self.action_masks[start:],
             policy_versions=self.policy_versions[start:],
             memories=None if self.memories is None else self.memories[start:],
+            group_rewards=None if self.group_rewards is None else self.group_rewards[start:],
+            groupmates=None if self.groupmates is None else self.groupmates.tail(start),
         )
 
 
@@ -109,7 +158,70 @@ def to_proto(traj: Trajectory, out: trainer_pb2.Trajectory | None = None) -> tra
     msg.episode_length = int(traj.episode_length)
     if traj.memories is not None:
         tensor.to_proto(np.asarray(traj.memories, np.float32), msg.memories)
+    msg.group_id = int(traj.group_id)
+    msg.group_continues = bool(traj.group_continues)
+    if traj.group_rewards is not None:
+        tensor.to_proto(np.asarray(traj.group_rewards, np.float32), msg.group_rewards)
+    if traj.groupmates is not None:
+        _groupmates_to_proto(traj.groupmates, msg.groupmates)
     return msg
+
+
+def _groupmates_to_proto(mates: Groupmates, msg: trainer_pb2.GroupmateSteps) -> None:
+    for o in mates.observations:
+        tensor.to_proto(np.asarray(o, np.float32), msg.observations.add())
+    for o in mates.next_observations:
+        tensor.to_proto(np.asarray(o, np.float32), msg.next_observations.add())
+    tensor.to_proto(np.asarray(mates.continuous_actions, np.float32), msg.continuous_actions)
+    tensor.to_proto(np.asarray(mates.discrete_actions, np.int32), msg.discrete_actions)
+    tensor.to_proto(np.asarray(mates.rewards, np.float32), msg.rewards)
+    tensor.to_proto(np.asarray(mates.present, bool), msg.present)
+    tensor.to_proto(np.asarray(mates.done, bool), msg.done)
+
+
+def _groupmates_from_proto(msg: trainer_pb2.GroupmateSteps, spec: BehaviorSpec, t: int, name: str) -> Groupmates:
+    """Decodes and checks ``Trajectory.groupmates`` (M taken from ``present``)."""
+    if len(msg.observations) != len(spec.observations) or len(msg.next_observations) != len(spec.observations):
+        raise tensor.TensorError(
+            f"{name}: {len(msg.observations)} observations and {len(msg.next_observations)} next observations "
+            f"given, behavior {spec.name} has {len(spec.observations)}"
+        )
+    present = tensor.from_proto(msg.present, name=f"{name}.present", dtype=bool, shape=(t, None))
+    m = present.shape[1]
+    a = spec.action_spec
+    mates = Groupmates(
+        observations=[
+            tensor.from_proto(o, name=f"{name}.observations[{i}]", dtype=np.float32, shape=(t, m, *ospec.shape))
+            for i, (o, ospec) in enumerate(zip(msg.observations, spec.observations))
+        ],
+        continuous_actions=tensor.from_proto(
+            msg.continuous_actions, name=f"{name}.continuous_actions", dtype=np.float32, shape=(t, m, a.continuous_size)
+        ),
+        discrete_actions=tensor.from_proto(
+            msg.discrete_actions, name=f"{name}.discrete_actions", dtype=np.int32, shape=(t, m, a.num_branches)
+        ),
+        rewards=tensor.from_proto(msg.rewards, name=f"{name}.rewards", dtype=np.float32, shape=(t, m)),
+        present=present,
+        done=tensor.from_proto(msg.done, name=f"{name}.done", dtype=bool, shape=(t, m)),
+        next_observations=[
+            tensor.from_proto(o, name=f"{name}.next_observations[{i}]", dtype=np.float32, shape=(None, *ospec.shape))
+            for i, (o, ospec) in enumerate(zip(msg.next_observations, spec.observations))
+        ],
+    )
+    if len({o.shape[0] for o in mates.next_observations}) > 1:
+        raise tensor.TensorError(f"{name}.next_observations: every observation needs the same number of mates")
+    disc = mates.discrete_actions
+    if a.num_branches and ((disc < 0).any() or (disc >= np.asarray(a.discrete_branches)).any()):
+        raise tensor.TensorError(f"{name}.discrete_actions: values out of the branch sizes {a.discrete_branches}")
+    for field_name, arr in (
+        ("rewards", mates.rewards),
+        ("continuous_actions", mates.continuous_actions),
+        *((f"observations[{i}]", o) for i, o in enumerate(mates.observations)),
+        *((f"next_observations[{i}]", o) for i, o in enumerate(mates.next_observations)),
+    ):
+        if not np.isfinite(arr).all():
+            raise tensor.TensorError(f"{name}.{field_name}: contains NaN or infinity")
+    return mates
 
 
 def from_proto(msg: trainer_pb2.Trajectory, spec: BehaviorSpec, name: str = "trajectory") -> Trajectory:
@@ -157,8 +269,15 @@ def from_proto(msg: trainer_pb2.Trajectory, spec: BehaviorSpec, name: str = "tra
     memories = None
     if msg.HasField("memories"):
         memories = tensor.from_proto(msg.memories, name=f"{name}.memories", dtype=np.float32, shape=(t, None))
+    group_rewards = None
+    if msg.HasField("group_rewards"):
+        group_rewards = tensor.from_proto(msg.group_rewards, name=f"{name}.group_rewards", dtype=np.float32, shape=(t,))
+    groupmates = None
+    if msg.HasField("groupmates"):
+        groupmates = _groupmates_from_proto(msg.groupmates, spec, t, f"{name}.groupmates")
     for field_name, arr in (
         *((("memories", memories),) if memories is not None else ()),
+        *((("group_rewards", group_rewards),) if group_rewards is not None else ()),
         ("rewards", rewards),
         ("continuous_actions", cont),
         ("log_probs", log_probs),
@@ -183,4 +302,8 @@ def from_proto(msg: trainer_pb2.Trajectory, spec: BehaviorSpec, name: str = "tra
         episode_return=float(msg.episode_return),
         episode_length=int(msg.episode_length),
         memories=memories,
+        group_id=int(msg.group_id),
+        group_rewards=group_rewards,
+        groupmates=groupmates,
+        group_continues=bool(msg.group_continues),
     )

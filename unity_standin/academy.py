@@ -171,7 +171,9 @@ class Academy:
         self._pace()
         for agents in self.behaviors.values():
             period = agents.spec.decision_period
-            agents.requesting = np.flatnonzero((self.step_count % period) == agents.offsets)
+            requesting = (self.step_count % period) == agents.offsets
+            active = self.task.active(agents.spec.name)
+            agents.requesting = np.flatnonzero(requesting if active is None else requesting & active)
             agents.step_count += 1
         self.step_count += 1
 
@@ -200,6 +202,8 @@ class Academy:
             ended = np.asarray(result.ended, dtype=bool)
             max_step = agents.spec.max_step
             interrupted = (~ended) & (agents.step_count >= max_step) if max_step > 0 else np.zeros_like(ended)
+            if result.interrupted is not None:  # the scene interrupted them (e.g. a group's time ran out)
+                interrupted = interrupted | ((~ended) & np.asarray(result.interrupted, dtype=bool))
             finished = np.flatnonzero(ended | interrupted)
             if len(finished):
                 self._end_episodes(name, agents, finished, interrupted[finished])

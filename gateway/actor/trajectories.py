@@ -21,6 +21,7 @@ import numpy as np
 
 from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
+from gateway.actor.groups import GroupStatuses
 from gateway.env.steps import StepBatch
 
 
@@ -34,10 +35,18 @@ class TrajectoryBuilder:
         capacity: initial number of agent slots (grows as needed).
         memory_size: the policy's LSTM memory per agent (0: none); with memory each step
             records the memory the agent acted from, and trajectories carry it.
+        groupmates: record each step's group reward and groupmates (``GroupStatuses``),
+            for POCA's centralized critic (``PolicyArchitecture.collect_groupmates``).
     """
 
     def __init__(
-        self, spec: BehaviorSpec, instance: int, time_horizon: int, capacity: int = 16, memory_size: int = 0
+        self,
+        spec: BehaviorSpec,
+        instance: int,
+        time_horizon: int,
+        capacity: int = 16,
+        memory_size: int = 0,
+        groupmates: bool = False,
     ) -> None:
         if time_horizon < 1:
             raise ValueError(f"time_horizon must be >= 1, got {time_horizon}")
@@ -48,6 +57,7 @@ class TrajectoryBuilder:
         self._slot_of: dict[int, int] = {}
         self._free: list[int] = []
         self._observed: tuple[object, np.ndarray] = (None, np.zeros(0, np.intp))
+        self.groups = GroupStatuses(spec) if groupmates else None
         self._allocate(max(1, capacity), self.time_horizon)
 
     # -- storage ------------------------------------------------------------------------------
@@ -70,6 +80,7 @@ class TrajectoryBuilder:
             "_episode_return": np.zeros(slots, np.float64),
             "_episode_length": np.zeros(slots, np.int64),
             "_agent": np.full(slots, -1, np.int64),
+            "_group_rewards": np.zeros((slots, steps), np.float32),
         }
         if old is not None:  # grow: copy the old contents into the new arrays
             s0, t0 = self._rewards.shape
@@ -120,6 +131,8 @@ class TrajectoryBuilder:
         self._orphan[slot] = False
         self._episode_return[slot] = 0.0
         self._episode_length[slot] = 0
+        if self.groups is not None:
+            self.groups.release(slot)
         self._free.append(slot)
 
     def _reward_pending(self, slots: np.ndarray, rewards: np.ndarray) -> None:
@@ -159,6 +172,8 @@ class TrajectoryBuilder:
             episode_length=int(self._episode_length[slot]) if done else 0,
             memories=self._memories[slot, :t].copy() if self.memory_size else None,
         )
+        if self.groups is not None:
+            self.groups.complete(traj, slot, self._group_rewards[slot, :t].copy())
         self._length[slot] = 0
         return traj
 
@@ -171,6 +186,8 @@ class TrajectoryBuilder:
         (same id) in the same step.
         """
         out: list[Trajectory] = []
+        if self.groups is not None:
+            self._observe_groups(decisions, terminals)
         if len(terminals):
             slots, known = self._slots(terminals.agent_ids, create=False)
             if known.any():
@@ -196,7 +213,34 @@ class TrajectoryBuilder:
                 traj = self._emit(int(slots[row]), [o[row] for o in decisions.observations], done=False, interrupted=False)
                 if traj is not None:
                     out.append(traj)
+        if self.groups is not None:
+            self.groups.forget(terminals.agent_ids)
         return out
+
+    def _observe_groups(self, decisions: StepBatch, terminals: StepBatch) -> None:
+        """Every agent of the batches with a pending step reports its groupmate status (the
+        step it acted on, its action, the reward that just came, whether it is done); then each
+        pending step gets its group reward and the statuses of its groupmates."""
+        batches = [(b, done) for b, done in ((terminals, True), (decisions, False)) if len(b)]
+        pending_rows = []
+        taken: set[int] = set()  # an agent that ended and restarts in one step: its terminal step counts
+        for batch, done in batches:
+            slots, known = self._slots(batch.agent_ids, create=False)
+            for row in np.flatnonzero(known).tolist():
+                slot = int(slots[row])
+                if not self._pending[slot] or slot in taken:
+                    continue
+                taken.add(slot)
+                t = int(self._length[slot]) - 1
+                self.groups.report(
+                    int(batch.agent_ids[row]), int(batch.group_ids[row]), slot,
+                    [o[slot, t] for o in self._obs], self._continuous[slot, t], self._discrete[slot, t],
+                    float(batch.rewards[row]), done, [o[row] for o in batch.observations],
+                )
+                pending_rows.append((batch, row, slot, t))
+        for batch, row, slot, t in pending_rows:
+            self._group_rewards[slot, t] = batch.group_rewards[row]
+            self.groups.attach(int(batch.agent_ids[row]), slot, t)
 
     def record(
         self,
@@ -246,6 +290,8 @@ class TrajectoryBuilder:
         trajectory's ``next_observations``, which is exactly what followed the step before.
         """
         out = []
+        if self.groups is not None:
+            self.groups.clear()
         for agent, slot in list(self._slot_of.items()):
             t = int(self._length[slot])
             if self._pending[slot] and t > 0:

@@ -110,6 +110,7 @@ class _Policy:
     version: int
     deterministic: bool
     time_horizon: int
+    groupmates: bool = False  # trajectories carry groupmates (architecture.collect_groupmates: POCA)
 
 
 @dataclass
@@ -279,7 +280,9 @@ class InstanceActor:
             return
         horizon = time_horizon(snapshot.time_horizon)
         previous = self.policies.get(behavior)
-        self.policies[behavior] = _Policy(policy, int(version), bool(snapshot.deterministic), horizon)
+        self.policies[behavior] = _Policy(
+            policy, int(version), bool(snapshot.deterministic), horizon, bool(snapshot.architecture.collect_groupmates)
+        )
         self.random_behaviors.discard(behavior)
         if not self.config.stream:
             self.builders.pop(behavior, None)  # nothing is streamed without a trainer
@@ -433,7 +436,7 @@ class InstanceActor:
             if builder is None:
                 builder = self.builders[behavior] = TrajectoryBuilder(
                     self.instance.specs[behavior], self.worker.index, entry.time_horizon, capacity=max(16, len(dec)),
-                    memory_size=entry.policy.memory_size,
+                    memory_size=entry.policy.memory_size, groupmates=entry.groupmates,
                 )
             builder.record(dec, out.continuous, out.discrete, out.log_probs, entry.version, memories)
         self._flush()

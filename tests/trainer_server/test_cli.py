@@ -88,11 +88,11 @@ def test_missing_config_file_is_named(tmp_path: Path) -> None:
 @needs_script
 def test_unsupported_feature_prints_settings_then_says_not_supported_yet(tmp_path: Path) -> None:
     config = tmp_path / "team.yaml"
-    config.write_text("behaviors:\n  Team:\n    trainer_type: poca\n")
+    config.write_text("behaviors:\n  Team:\n    trainer_type: poca\n    reward_signals:\n      rnd: {}\n")
     result = run(str(config), "--dry-run")
     assert result.returncode == cli.EXIT_NOT_SUPPORTED
     assert yaml.safe_load(result.stdout)["behaviors"]["Team"]["trainer_type"] == "poca"
-    assert f"{config}: behaviors.Team.trainer_type: poca is not supported yet" in result.stderr
+    assert f"{config}: behaviors.Team.reward_signals.rnd: the rnd reward signal is not supported yet with poca" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -126,10 +126,10 @@ def test_unsupported_config_is_refused_before_training_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "poca.yaml"
-    config.write_text("behaviors:\n  A:\n    trainer_type: poca\n")
+    config.write_text("behaviors:\n  A:\n    trainer_type: poca\n    reward_signals:\n      curiosity: {}\n")
     assert cli.main([str(config), "--run-id", "never", "--results-dir", str(tmp_path / "results")]) == 3
     out, err = capsys.readouterr()
-    assert out == "" and "behaviors.A.trainer_type: poca" in err
+    assert out == "" and "behaviors.A.reward_signals.curiosity: the curiosity reward signal is not supported yet with poca" in err
     assert not (tmp_path / "results").exists()
     # a GAIL demonstration that is not there is named before anything starts
     config = tmp_path / "gail.yaml"

@@ -2,9 +2,10 @@
 
 Why: :mod:`trainer_server.config.loading` accepts every valid ML-Agents file (so that
 ``--dry-run`` shows any file resolved); training needs more. :func:`check_supported`
-raises :class:`NotSupportedError` for what the learners cannot do yet (``poca``,
-SAC with ``memory``, ``self_play`` with a trainer type it does not wrap yet...; PPO's ``memory``
-trains with every reward signal and behavioral cloning). The trainer calls it before it starts; the service calls
+raises :class:`NotSupportedError` for what the learners cannot do yet (``poca`` with
+another reward signal than extrinsic or with behavioral cloning, SAC or POCA with ``memory``,
+``self_play`` with a trainer type it does not wrap yet...; PPO's ``memory`` trains with every
+reward signal and behavioral cloning). The trainer calls it before it starts; the service calls
 :func:`check_behavior_supported` for behaviors that first appear at run time and fall
 back to ``default_settings``. The trainer types come from the learner registry: a type
 is supported when a learner exists for it.
@@ -133,6 +134,12 @@ def unsupported_features(
                 f"(self_play works with: {', '.join(sorted(SELF_PLAY_TRAINER_TYPES))})",
             )
         )
+    if settings.trainer_type == "poca":  # ML-Agents itself warns that POCA uses the extrinsic signal only
+        for name in settings.reward_signals:
+            if name != "extrinsic":
+                found.append((f"reward_signals.{name}", f"the {name} reward signal is not supported yet with poca (extrinsic only)"))
+        if settings.behavioral_cloning is not None:
+            found.append(("behavioral_cloning", "behavioral_cloning is not supported yet with poca"))
     return found
 
 

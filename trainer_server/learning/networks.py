@@ -324,22 +324,48 @@ def entity_attention(params: Params, prefix: str, arch: PolicyArchitecture, self
             repeated = jnp.broadcast_to(embedded_self[:, None, :], (entities.shape[0], entities.shape[1], e))
             entities = jnp.concatenate([repeated, entities], axis=2)
         embeddings.append(jax.nn.swish(_dense(params, f"{prefix}encoder/{i}/dense", entities)))
-    inp = _layer_norm(jnp.concatenate(embeddings, axis=1))  # [n, m, E]
-    mask = jnp.concatenate(masks, axis=1)  # [n, m], 1 = padding
-    n, m = mask.shape
+    return residual_self_attention(params, f"{prefix}attention", jnp.concatenate(embeddings, axis=1), jnp.concatenate(masks, axis=1))
+
+
+def residual_self_attention(params: Params, name: str, embeddings: jax.Array, mask: jax.Array) -> jax.Array:
+    """ML-Agents' ResidualSelfAttention: LayerNorm, ``ATTENTION_HEADS``-head attention
+    (``{name}/q|k|v`` ``[E, E]``, scores divided by sqrt(E), padded keys set to
+    ``ATTENTION_NEG_INF``), ``{name}/out`` plus the normalized input, LayerNorm, and the mean
+    over the real entities.
+
+    Args:
+        embeddings: ``[n, m, E]`` embedded entities (entity attention, POCA's group critic).
+        mask: ``[n, m]``, 1 on padding entities.
+
+    Returns:
+        ``[n, E]``.
+    """
+    inp = _layer_norm(embeddings)  # [n, m, E]
+    n, m, e = inp.shape
     heads = ATTENTION_HEADS
 
     def split(x: jax.Array) -> jax.Array:  # [n, m, E] -> [n, heads, m, E / heads]
         return x.reshape(n, m, heads, e // heads).transpose(0, 2, 1, 3)
 
-    q, k, v = (split(_dense(params, f"{prefix}attention/{name}", inp)) for name in ("q", "k", "v"))
+    q, k, v = (split(_dense(params, f"{name}/{part}", inp)) for part in ("q", "k", "v"))
     scores = q @ k.transpose(0, 1, 3, 2)  # [n, heads, m, m]
     key_mask = mask[:, None, None, :]
     scores = (1.0 - key_mask) * scores / math.sqrt(e) + key_mask * ATTENTION_NEG_INF
     attended = (jax.nn.softmax(scores, axis=-1) @ v).transpose(0, 2, 1, 3).reshape(n, m, e)
-    out = _layer_norm(_dense(params, f"{prefix}attention/out", attended) + inp)
+    out = _layer_norm(_dense(params, f"{name}/out", attended) + inp)
     keep = 1.0 - mask
     return jnp.sum(out * keep[:, :, None], axis=1) / (jnp.sum(keep, axis=1, keepdims=True) + POOL_EPS)
+
+
+def observation_encoding(params: Params, prefix: str, arch: PolicyArchitecture, observations: list[jax.Array], norm: NormStats) -> jax.Array:
+    """Every observation encoded and concatenated, before the body: ``[n, encoding_size]``
+    (ML-Agents' ObservationEncoder; POCA's group critic encodes each agent with it)."""
+    return _encoders(params, prefix, arch, observations, norm)
+
+
+def init_observation_encoders(key: jax.Array, arch: PolicyArchitecture, prefix: str) -> Params:
+    """The parameters of ``observation_encoding`` under ``prefix``."""
+    return _init_encoders(key, arch, prefix)
 
 
 def _encoders(params: Params, prefix: str, arch: PolicyArchitecture, observations: list[jax.Array], norm: NormStats) -> jax.Array:

@@ -18,11 +18,12 @@ from trainer_server.config.schema import TrainerSettings
 _LEARNERS: dict[str, tuple[str, str]] = {
     "ppo": ("trainer_server.learning.ppo", "PPOLearner"),
     "sac": ("trainer_server.learning.sac", "SACLearner"),
+    "poca": ("trainer_server.learning.poca", "POCALearner"),
 }
 
 
 def trainer_types() -> frozenset[str]:
-    """The trainer types that have a learner ("ppo", "sac")."""
+    """The trainer types that have a learner ("ppo", "sac", "poca")."""
     return frozenset(_LEARNERS)
 
 

@@ -94,11 +94,14 @@ class ActResult:
         reward: float32 [n]; added (or set, see ``overwrite_reward``) to the pending reward.
         ended: bool [n]; the agent called ``EndEpisode()`` this step.
         group_reward: float32 [n] added to the agent's group reward, or None.
+        interrupted: bool [n]; the episode was interrupted by the scene (ML-Agents'
+            ``EpisodeInterrupted``, e.g. a group's ``GroupEpisodeInterrupted``), or None.
     """
 
     reward: np.ndarray
     ended: np.ndarray
     group_reward: np.ndarray | None = None
+    interrupted: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,11 @@ class Task(abc.ABC):
 
     def group_ids(self, behavior: str, idx: np.ndarray) -> np.ndarray | None:
         """int [k] multi-agent group of agents ``idx`` (0: no group); None: no groups."""
+        return None
+
+    def active(self, behavior: str) -> np.ndarray | None:
+        """bool [n]: agents that take part now (a disabled agent requests no decisions and
+        sends nothing until the task enables it again); None: all of them."""
         return None
 
     @abc.abstractmethod

@@ -16,7 +16,6 @@ from trainer_server.config.support import check_behavior_supported, check_suppor
 @pytest.mark.parametrize(
     ("relative", "expected"),
     [
-        ("poca/DungeonEscape.yaml", ["behaviors.DungeonEscape.trainer_type: poca is not supported yet"]),
         (  # self_play itself is supported (ppo, sac); with poca it waits for POCA
             "poca/SoccerTwos.yaml",
             ["behaviors.SoccerTwos.self_play: self-play with poca is not supported yet (self_play works with: ppo, sac)"],
@@ -40,6 +39,20 @@ def test_shared_configs_with_unsupported_features_load_but_are_refused_for_train
 )
 def test_plain_ppo_example_configs_are_supported(relative: str) -> None:
     check_supported(load_run_options(SHARED_CONFIGS / relative))
+
+
+@needs_shared
+@pytest.mark.parametrize("relative", ["poca/PushBlockCollab.yaml", "poca/DungeonEscape.yaml"])
+def test_poca_example_configs_are_supported(relative: str) -> None:
+    check_supported(load_run_options(SHARED_CONFIGS / relative))
+
+
+@needs_shared
+def test_soccer_twos_is_refused_for_self_play_only() -> None:
+    with pytest.raises(NotSupportedError) as info:
+        check_supported(load_run_options(SHARED_CONFIGS / "poca" / "SoccerTwos.yaml"))
+    [line] = str(info.value).splitlines()
+    assert "behaviors.SoccerTwos.self_play:" in line
 
 
 @pytest.mark.parametrize("trainer", ["ppo", "sac"])
@@ -66,7 +79,18 @@ def test_tandem_configs_load_and_are_supported(name: str) -> None:
 @pytest.mark.parametrize(
     ("section", "fragment"),
     [
-        ("trainer_type: poca", "behaviors.Team.trainer_type: poca is not supported yet"),
+        (
+            "trainer_type: poca\n    reward_signals:\n      curiosity: {}",
+            "behaviors.Team.reward_signals.curiosity: the curiosity reward signal is not supported yet with poca",
+        ),
+        (
+            "trainer_type: poca\n    behavioral_cloning:\n      demo_path: a.demo",
+            "behaviors.Team.behavioral_cloning: behavioral_cloning is not supported yet with poca",
+        ),
+        (
+            "trainer_type: poca\n    network_settings:\n      memory: {}",
+            "behaviors.Team.network_settings.memory: recurrent networks (memory) are not supported yet with poca",
+        ),
         (
             "trainer_type: sac\n    network_settings:\n      memory: {}",
             "behaviors.Team.network_settings.memory: recurrent networks (memory) are not supported yet with sac",
@@ -115,10 +139,10 @@ def test_shared_critic_and_sac_are_supported(tmp_path: Path) -> None:
 
 
 def test_support_check_covers_default_settings_and_runtime_behaviors(tmp_path: Path) -> None:
-    options = load_text(tmp_path, "default_settings:\n  trainer_type: poca\n")
-    with pytest.raises(NotSupportedError, match="default_settings.trainer_type: poca is not supported yet"):
+    options = load_text(tmp_path, "default_settings:\n  trainer_type: poca\n  reward_signals:\n    rnd: {}\n")
+    with pytest.raises(NotSupportedError, match="default_settings.reward_signals.rnd: the rnd reward signal is not supported yet with poca"):
         check_supported(options)
-    with pytest.raises(NotSupportedError, match=r"behaviors\.Soccer\.trainer_type: poca"):
+    with pytest.raises(NotSupportedError, match=r"behaviors\.Soccer\.reward_signals\.rnd: "):
         check_behavior_supported("Soccer?team=1", options.behavior_settings("Soccer?team=1"))
     check_behavior_supported("Ball", trainer_settings_from_dict({}))
     with pytest.raises(NotSupportedError, match="sac is not supported yet"):

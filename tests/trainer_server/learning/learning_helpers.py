@@ -14,13 +14,18 @@ from typing import Any
 from trainer_server.config.loading import trainer_settings_from_dict
 from trainer_server.config.schema import (
     NetworkSettings,
+    POCASettings,
     PPOSettings,
     RewardSignalSettings,
     SACSettings,
     TrainerSettings,
 )
 
-_HYPERPARAMETERS = {"ppo": {f.name for f in fields(PPOSettings)}, "sac": {f.name for f in fields(SACSettings)}}
+_HYPERPARAMETERS = {
+    "ppo": {f.name for f in fields(PPOSettings)},
+    "sac": {f.name for f in fields(SACSettings)},
+    "poca": {f.name for f in fields(POCASettings) if f.init},
+}
 _NETWORK = {f.name for f in fields(NetworkSettings)}
 _EXTRINSIC = {"gamma", "strength"}
 _TOP_LEVEL = {f.name for f in fields(TrainerSettings)} - {"hyperparameters", "network_settings", "reward_signals"}

@@ -19,23 +19,25 @@ PROTOCOL = ("process_trajectory", "ready", "update", "architecture", "policy_par
 
 
 def test_trainer_types_are_the_learners():
-    assert trainer_types() == frozenset({"ppo", "sac"})
+    assert trainer_types() == frozenset({"ppo", "sac", "poca"})
 
 
-@pytest.mark.parametrize("trainer_type", ["ppo", "sac"])
+@pytest.mark.parametrize("trainer_type", ["ppo", "sac", "poca"])
 def test_make_learner_builds_each_trainer_type(trainer_type):
     learner: Learner = make_learner(SPEC, trainer_settings(trainer_type, hidden_units=8, num_layers=1), seed=0)
     assert type(learner).__name__ == f"{trainer_type.upper()}Learner"
     assert learner.step == 0 and not learner.ready()
     for name in PROTOCOL:
         assert callable(getattr(learner, name)), name
-    expected = "gaussian" if trainer_type == "ppo" else "tanh_gaussian"
+    expected = "tanh_gaussian" if trainer_type == "sac" else "gaussian"  # POCA acts with PPO's actor
     assert learner.architecture().continuous_distribution == expected
 
 
 def test_a_trainer_type_without_learner_names_the_behavior():
-    with pytest.raises(ValueError, match=r"behavior Ball\?team=0: trainer_type poca has no learner"):
-        make_learner(SPEC, TrainerSettings(trainer_type="poca"), seed=0)
+    with pytest.raises(ValueError, match=r"behavior Ball\?team=0: trainer_type a2c has no learner"):
+        settings = TrainerSettings()
+        object.__setattr__(settings, "trainer_type", "a2c")  # what the schema itself would refuse
+        make_learner(SPEC, settings, seed=0)
 
 
 def test_asking_for_the_trainer_types_does_not_import_jax():
