@@ -31,8 +31,9 @@ The rules, as in ML-Agents (steps are the group learner's steps unless said othe
   uniformly drawn pool entry (seeded generator: ``uniform`` then ``integers``);
 * ``team_change``: when the learner's steps passed the last change by more than this,
   the controller's next team learns;
-* **ELO**: for every episode of the learning team that ends (not interrupted), the
-  result is the sign of its last reward (win 1, draw 0.5, loss 0); the change is
+* **ELO**: for every episode of the learning team that ends (not interrupted; in a
+  group, once the whole group's episode ended), the result is the sign of its last
+  reward plus its group reward (win 1, draw 0.5, loss 0); the change is
   ``result - 1 / (1 + 10 ** ((opponent - rating) / 400))`` (no K factor, as in ML-Agents),
   added to the learner's ELO and subtracted from the current opponent's entry in its
   group's pool (for the "latest" opponent that is the learner's own entry: no net change).
@@ -110,6 +111,22 @@ def game_result(final_reward: float) -> float:
     if final_reward < 0:
         return 0.0
     return 0.5
+
+
+def game_over(trajectory: Trajectory) -> bool:
+    """Whether ``trajectory`` ends a game that counts for ELO: its episode ended (not
+    interrupted) and, for an agent in a group, the whole group's episode ended with it
+    (ML-Agents counts a game once all group dones are reached)."""
+    return trajectory.done and not trajectory.interrupted and not trajectory.group_continues
+
+
+def final_reward(trajectory: Trajectory) -> float:
+    """The last step's reward plus its group reward (when collected): the sign that decides
+    the game, as ML-Agents' ghost trainer reads it."""
+    reward = float(trajectory.rewards[-1])
+    if trajectory.group_rewards is not None:
+        reward += float(trajectory.group_rewards[-1])
+    return reward
 
 
 class GhostController:
@@ -350,8 +367,8 @@ class SelfPlayGroup:
         if ghost:
             self.run.stats.add(GHOST_STEPS_TAG, float(ghost), stats_mod.Aggregation.SUM)
         for trajectory in learned:
-            if trajectory.done and not trajectory.interrupted:
-                self._record_game(float(trajectory.rewards[-1]))
+            if game_over(trajectory):
+                self._record_game(final_reward(trajectory))
         if learned:
             self.run.consume(learned, gateway_id, sequence)
 

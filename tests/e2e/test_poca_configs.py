@@ -1,8 +1,8 @@
 """ML-Agents' POCA configs train through the real processes.
 
 ``tandem-trainer CONFIG --with-gateway`` with each of ML-Agents' ``poca`` configs (except
-SoccerTwos, which also needs ``self_play``: it is refused for that alone,
-tests/trainer_server/config/test_support.py) on the stand-in task whose behavior it names:
+SoccerTwos, which also needs ``self_play``: tests/e2e/test_self_play_train.py trains it) on
+the stand-in task whose behavior it names:
 ``PushBlockCollab`` on ``pushblockcollab`` (groups of 2), ``DungeonEscape`` on
 ``dungeonescape`` (groups of 3, one agent removed mid-episode). The configs are kept as
 they are except a budget of a few hundred steps and a buffer small enough that POCA

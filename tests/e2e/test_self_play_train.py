@@ -56,21 +56,20 @@ def test_self_play_elo_of_the_latest_policy_rises_above_the_initial_elo(tmp_path
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "poca" / "SoccerTwos.yaml").is_file(), reason=f"no poca/SoccerTwos.yaml under {SHARED}")
-def test_mlagents_soccertwos_config_with_ppo_trains_a_few_hundred_steps_of_self_play(tmp_path):
-    """``poca/SoccerTwos.yaml`` as shipped, with ``trainer_type: ppo`` (POCA is another branch's),
+def test_mlagents_soccertwos_config_trains_a_few_hundred_steps_of_poca_self_play(tmp_path):
+    """``poca/SoccerTwos.yaml`` as shipped (``trainer_type: poca`` with ``self_play``), with
     a step budget of a few hundred steps (buffer and self-play steps scaled down with it so that
     updates, saves, swaps and a team change happen) on the stand-in's ``soccertwos`` court:
     ``SoccerTwos?team=0`` and ``SoccerTwos?team=1``, three discrete branches of 3."""
     config = yaml.safe_load((SHARED / "poca" / "SoccerTwos.yaml").read_text())
     behavior = config["behaviors"]["SoccerTwos"]
     assert behavior["trainer_type"] == "poca" and "self_play" in behavior
-    behavior["trainer_type"] = "ppo"
     steps = 600
     behavior.update(max_steps=steps, summary_freq=200, checkpoint_interval=steps)
     behavior["hyperparameters"].update(buffer_size=200, batch_size=100)
     behavior["self_play"].update(save_steps=100, swap_steps=50, team_change=300)
     config["env_settings"] = {"env_args": ["--task", "soccertwos"]}
-    path = tmp_path / "soccertwos-ppo.yaml"
+    path = tmp_path / "soccertwos.yaml"
     path.write_text(yaml.safe_dump(config))
     check_supported(load_run_options(path))
     run_trainer(path, tmp_path, "soccer", 420, f"{steps} steps")
@@ -78,6 +77,7 @@ def test_mlagents_soccertwos_config_with_ppo_trains_a_few_hundred_steps_of_self_
     run = tmp_path / "results" / "soccer"
     scalars = read_scalars(run / "SoccerTwos")
     assert scalars["Losses/Policy Loss"] and scalars["Self-play/ELO"]
+    assert scalars["Losses/Baseline Loss"]  # POCA's counterfactual baseline trained: the learner is POCA
     status = json.loads((run / "run_logs" / "training_status.json").read_text())
     assert status["SoccerTwos"]["final_checkpoint"]["steps"] >= steps and "elo" in status["SoccerTwos"]
     assert (run / "SoccerTwos.onnx").is_file()

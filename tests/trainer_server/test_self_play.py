@@ -17,7 +17,17 @@ from test_service_support import LearnerRegistry, OnPolicyCountingLearner, make_
 from trainer_server.app import TrainingApp, UnsupportedBehaviorError
 from trainer_server.config.loading import load_run_options
 from trainer_server.config.schema import SelfPlaySettings
-from trainer_server.self_play import ELO_TAG, GHOST_STEPS_TAG, GhostPool, expected_score, game_result, team_id
+from common.trajectory import Trajectory
+from trainer_server.self_play import (
+    ELO_TAG,
+    GHOST_STEPS_TAG,
+    GhostPool,
+    expected_score,
+    final_reward,
+    game_over,
+    game_result,
+    team_id,
+)
 from tandem.v1 import trainer_pb2
 
 OBS = (ObservationSpec(name="VectorSensor", shape=(6,)),)
@@ -292,3 +302,22 @@ def test_teams_dropped_before_any_experience_start_afresh_when_they_come_back(ga
     assert game.group.pool.current_elo == pytest.approx(1200.5)
     assert game.group.pool.elos[0] == pytest.approx(1199.5)  # the new group's entry, not the old one's
     assert old.pool.elos[0] == 1200.0
+
+
+
+def test_a_group_game_counts_once_the_group_ended_with_the_group_reward_in_its_result() -> None:
+    rewards = np.array([0.0, 0.1], np.float32)
+    common = dict(
+        instance=0, agent_id=1, observations=[np.zeros((2, 1), np.float32)], next_observations=[np.zeros(1, np.float32)],
+        continuous_actions=np.zeros((2, 0), np.float32), discrete_actions=np.zeros((2, 1), np.int32),
+        log_probs=np.zeros(2, np.float32), rewards=rewards, action_masks=np.zeros((2, 0), bool),
+        policy_versions=np.zeros(2, np.int64),
+    )
+    won = Trajectory(**common, done=True, group_rewards=np.array([0.0, 1.0], np.float32), group_id=3)
+    assert game_over(won) and final_reward(won) == pytest.approx(1.1)
+    lost = Trajectory(**common, done=True, group_rewards=np.array([0.0, -1.0], np.float32), group_id=3)
+    assert game_result(final_reward(lost)) == 0.0
+    assert not game_over(Trajectory(**common, done=True, group_continues=True, group_id=3))  # mates still playing
+    assert not game_over(Trajectory(**common, done=True, interrupted=True))
+    assert not game_over(Trajectory(**common, done=False))
+    assert final_reward(Trajectory(**common, done=True)) == pytest.approx(0.1)  # no group reward collected

@@ -43,7 +43,7 @@ SUPPORTED_REWARD_SIGNALS: frozenset[str] = _reward_signals()
 SUPPORTED_VIS_ENCODE_TYPES: frozenset[str] = frozenset({"simple", "nature_cnn", "resnet", "match3", "fully_connected"})
 #: trainer types ``self_play`` wraps (``trainer_server.self_play``); a type joins once its
 #: learner's trajectories train through the ghost group
-SELF_PLAY_TRAINER_TYPES: frozenset[str] = frozenset({"ppo", "sac"})
+SELF_PLAY_TRAINER_TYPES: frozenset[str] = frozenset({"ppo", "sac", "poca"})
 
 
 #: ML-Agents example environments whose observations Tandem refuses when they connect, by

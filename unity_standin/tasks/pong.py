@@ -20,7 +20,8 @@ a 2 x 2 court with a paddle at each end:
 
 Variants (same court, other behavior names, as the ML-Agents configs that need them):
 ``soccertwos`` names the teams ``SoccerTwos?team=0/1`` with SoccerTwos' three discrete
-branches of 3 (the first moves the paddle, the others do nothing), for the shipped
+branches of 3 (the first moves the paddle, the others do nothing) and a group id per court
+and team (a group of one player, where SoccerTwos has two), for the shipped
 ``poca/SoccerTwos.yaml``; ``pong_asymmetric`` is an asymmetric game in the way of
 StrikersVsGoalie: ``Striker?team=0`` (6 observations) against ``Goalie?team=1`` (5: it
 does not see the opponent's paddle), two behaviors and two config keys. Stats: ``Environment/Rallies`` (SUM of hits).
@@ -140,6 +141,11 @@ class SoccerTwosCourt(Pong):
     name = "soccertwos"
     team_names = ("SoccerTwos?team=0", "SoccerTwos?team=1")
     branches = (3, 3, 3)
+
+    def group_ids(self, behavior: str, idx: np.ndarray) -> np.ndarray | None:
+        """Each court's team is a group of its own (``2 * court + team + 1``), as SoccerTwos'
+        teams are multi-agent groups (POCA's group critic); one player per team here."""
+        return 2 * np.asarray(idx) + self.team_names.index(behavior) + 1
 
 
 class PongAsymmetric(Pong):

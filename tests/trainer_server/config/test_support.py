@@ -13,24 +13,11 @@ from trainer_server.config.support import check_behavior_supported, check_suppor
 
 
 @needs_shared
-@pytest.mark.parametrize(
-    ("relative", "expected"),
-    [
-        (  # self_play itself is supported (ppo, sac); with poca it waits for POCA
-            "poca/SoccerTwos.yaml",
-            ["behaviors.SoccerTwos.self_play: self-play with poca is not supported yet (self_play works with: ppo, sac)"],
-        ),
-    ],
-)
-def test_shared_configs_with_unsupported_features_load_but_are_refused_for_training(relative, expected) -> None:
-    path = SHARED_CONFIGS / relative
-    options = load_run_options(path)  # loading never fails for a valid ML-Agents file
-    with pytest.raises(NotSupportedError) as info:
-        check_supported(options)
-    message = str(info.value)
-    assert str(path) in message
-    for fragment in expected:
-        assert fragment in message
+def test_every_shared_mlagents_config_is_supported_for_training() -> None:
+    paths = sorted(SHARED_CONFIGS.rglob("*.yaml"))
+    assert len(paths) >= 30
+    for path in paths:
+        check_supported(load_run_options(path))  # raises NotSupportedError naming the file and key
 
 
 @needs_shared
@@ -42,17 +29,9 @@ def test_plain_ppo_example_configs_are_supported(relative: str) -> None:
 
 
 @needs_shared
-@pytest.mark.parametrize("relative", ["poca/PushBlockCollab.yaml", "poca/DungeonEscape.yaml"])
+@pytest.mark.parametrize("relative", ["poca/PushBlockCollab.yaml", "poca/DungeonEscape.yaml", "poca/SoccerTwos.yaml"])
 def test_poca_example_configs_are_supported(relative: str) -> None:
     check_supported(load_run_options(SHARED_CONFIGS / relative))
-
-
-@needs_shared
-def test_soccer_twos_is_refused_for_self_play_only() -> None:
-    with pytest.raises(NotSupportedError) as info:
-        check_supported(load_run_options(SHARED_CONFIGS / "poca" / "SoccerTwos.yaml"))
-    [line] = str(info.value).splitlines()
-    assert "behaviors.SoccerTwos.self_play:" in line
 
 
 @pytest.mark.parametrize("trainer", ["ppo", "sac"])
@@ -95,7 +74,6 @@ def test_tandem_configs_load_and_are_supported(name: str) -> None:
             "trainer_type: sac\n    network_settings:\n      memory: {}",
             "behaviors.Team.network_settings.memory: recurrent networks (memory) are not supported yet with sac",
         ),
-        ("trainer_type: poca\n    self_play: {}", "behaviors.Team.self_play: self-play with poca is not supported yet"),
     ],
 )
 def test_valid_but_unsupported_features_load_then_fail_the_support_check(
@@ -109,8 +87,8 @@ def test_valid_but_unsupported_features_load_then_fail_the_support_check(
     assert isinstance(info.value, ConfigError)
 
 
-@pytest.mark.parametrize("trainer", ["ppo", "sac"])
-def test_self_play_is_supported_with_ppo_and_sac(tmp_path: Path, trainer: str) -> None:
+@pytest.mark.parametrize("trainer", ["ppo", "sac", "poca"])
+def test_self_play_is_supported_with_ppo_sac_and_poca(tmp_path: Path, trainer: str) -> None:
     options = load_text(
         tmp_path, f"behaviors:\n  Team:\n    trainer_type: {trainer}\n    self_play:\n      save_steps: 500\n"
     )
