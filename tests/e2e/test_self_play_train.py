@@ -1,8 +1,7 @@
 """Self-play through the real processes (``tandem-trainer CONFIG --with-gateway``, the gateway
 launching the Unity stand-in's two-player ``pong``): the latest policy's ELO rises above the
-initial ELO, and ML-Agents' ``poca/SoccerTwos.yaml`` (its trainer type replaced by ``ppo``
-until POCA is merged) trains with its ``self_play`` section on the stand-in's SoccerTwos
-court."""
+initial ELO, and ML-Agents' ``poca/SoccerTwos.yaml`` as shipped (POCA wrapped by self-play)
+trains on the stand-in's SoccerTwos court."""
 
 from __future__ import annotations
 
