@@ -694,8 +694,7 @@ class POCALearner:
         shared.check_state(state, "poca", ("params", "opt_state", "normalizer", "step", "update_count", "key"))
         current = self._state
         params = shared.restore_like(current.params, state["params"], "params")
-        opt_template = serialization.to_state_dict(current.opt_state)
-        opt_state = serialization.from_state_dict(current.opt_state, shared.restore_like(opt_template, state["opt_state"], "opt_state"))
+        opt_state = shared.restore_optimizer(current.opt_state, state["opt_state"])
         normalizer = shared.restore_normalizer(current.normalizer, state["normalizer"])
         self._state = current._replace(params=params, opt_state=opt_state, normalizer=normalizer)
         self.step = int(np.asarray(state["step"]))

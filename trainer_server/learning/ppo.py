@@ -922,10 +922,7 @@ class PPOLearner:
         shared.check_state(state, "ppo", ("params", "opt_state", "normalizer", "step", "update_count", "key"))
         current = self._state
         params = shared.restore_like(current.params, state["params"], "params")
-        opt_template = serialization.to_state_dict(current.opt_state)
-        opt_state = serialization.from_state_dict(
-            current.opt_state, shared.restore_like(opt_template, state["opt_state"], "opt_state")
-        )
+        opt_state = shared.restore_optimizer(current.opt_state, state["opt_state"])
         normalizer = shared.restore_normalizer(current.normalizer, state["normalizer"])
         signal_states = current.signals
         if "reward_signals" in state:  # absent from checkpoints made before reward signals

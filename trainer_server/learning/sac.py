@@ -763,13 +763,10 @@ class SACLearner:
             state, "sac", ("params", "target", "opt_state", "normalizer", "step", "update_steps", "key", "sampler")
         )
         current = self._state
-        opt_template = serialization.to_state_dict(current.opt_state)
         self._state = current._replace(
             params=shared.restore_like(current.params, state["params"], "params"),
             target=shared.restore_like(current.target, state["target"], "target"),
-            opt_state=serialization.from_state_dict(
-                current.opt_state, shared.restore_like(opt_template, state["opt_state"], "opt_state")
-            ),
+            opt_state=shared.restore_optimizer(current.opt_state, state["opt_state"]),
             normalizer=shared.restore_normalizer(current.normalizer, state["normalizer"]),
         )
         self._key = shared.key_from_numpy(state["key"])

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import serialization
 
 from common.architecture import PolicyArchitecture
 from common.specs import BehaviorSpec
@@ -187,6 +188,17 @@ def restore_normalizer(template: norm_mod.NormalizerState, value: dict[str, Any]
         m2=restore_like(template.m2, value["m2"], "normalizer.m2"),
         count=jnp.asarray(int(np.asarray(value["count"])), jnp.int32),
     )
+
+
+def restore_optimizer(template: Any, value: Any) -> Any:
+    """An optax state from its checkpoint entry (``serialization.to_state_dict`` of it),
+    checked against ``template`` (the learner's current optimizer state).
+
+    Raises:
+        ValueError: naming the entry whose keys or shape differ.
+    """
+    entries = restore_like(serialization.to_state_dict(template), value, "opt_state")
+    return serialization.from_state_dict(template, entries)
 
 
 def check_state(state: dict[str, Any], algorithm: str, entries: tuple[str, ...]) -> None:
