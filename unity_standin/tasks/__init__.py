@@ -6,6 +6,7 @@ from unity_standin.side_channels import SideChannels
 from unity_standin.tasks.ball3d import Ball3D
 from unity_standin.tasks.base import Task, TaskOptions
 from unity_standin.tasks.coop_push import CoopPush, DungeonEscape
+from unity_standin.tasks.crawler import Crawler
 from unity_standin.tasks.gridworld import GridWorld, GridWorld84
 from unity_standin.tasks.hallway import Hallway
 from unity_standin.tasks.multibehavior import MultiBehavior
@@ -17,6 +18,7 @@ from unity_standin.tasks.walljump import WallJump
 TASKS: dict[str, type[Task]] = {
     Ball3D.name: Ball3D,
     CoopPush.name: CoopPush,
+    Crawler.name: Crawler,
     DungeonEscape.name: DungeonEscape,
     GridWorld.name: GridWorld,
     GridWorld84.name: GridWorld84,

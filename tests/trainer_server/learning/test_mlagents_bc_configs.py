@@ -2,7 +2,8 @@
 their environment's spec (``demo_path`` rewritten to a file made here).
 
 Their environments' specs are ML-Agents' (Crawler: 172 observations, 20 continuous actions);
-the stand-in has no task of that spec, so the learner is fed trajectories of that shape.
+here the learner is fed trajectories of that shape directly (tests/e2e/test_crawler_configs.py
+trains the same configs through the real processes on the stand-in's ``crawler`` task).
 Their reward signals train as configured (Crawler's ``gail`` on the same demonstration);
 one this build could not train would be swapped for ``extrinsic``.
 """
@@ -110,8 +111,9 @@ def test_config_trains_a_few_hundred_steps_with_a_matching_demonstration(tmp_pat
 #: every shared ML-Agents config with a learned reward signal or behavioral cloning -> the test
 #: that trains it for a few hundred steps
 SIGNAL_CONFIG_TESTS = {
-    "imitation/Crawler.yaml": "test_config_trains_a_few_hundred_steps_with_a_matching_demonstration (gail + BC, Crawler's spec)",
-    "imitation/Hallway.yaml": "tests/e2e/test_memory_configs.py (memory with gail and BC: refused until memory trains with them)",
+    "imitation/Crawler.yaml": "tests/e2e/test_crawler_configs.py (gail + BC on the stand-in's crawler task) and "
+    "test_config_trains_a_few_hundred_steps_with_a_matching_demonstration",
+    "imitation/Hallway.yaml": "tests/e2e/test_memory_configs.py (memory with gail and BC on the stand-in's hallway)",
     "ppo/Pyramids.yaml": "test_reward_signals.py::test_mlagents_pyramids_config_is_supported_and_trains_on_the_standin_task",
 }
 
