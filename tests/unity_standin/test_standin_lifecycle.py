@@ -18,6 +18,7 @@ from mlagents_envs.exception import (
 )
 
 import unity_standin
+from unity_standin.tasks import task_names
 from gateway.env.unity_environment import open_unity_environment
 
 BALL = "3DBall?team=0"
@@ -113,7 +114,7 @@ def test_task_from_the_environment_variable(monkeypatch):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--task", "nope"], "unknown task 'nope'; known tasks: 3dball, gridworld, "),
+        (["--task", "nope"], "unknown task 'nope'; known tasks: " + ", ".join(task_names())),
         (["--num-agents", "0"], "expected a positive integer, got 0"),
         (["--mlagents-port", "abc"], "expected a port number, got 'abc'"),
         (["--decision-period", "x"], "expected a positive integer, got 'x'"),
