@@ -32,6 +32,10 @@ ACADEMY_NAME = "AcademySingleton"
 _log = get_logger("unity_standin.communicator")
 
 
+#: how a pending ``Exchange`` ends when the trainer stops its gRPC server without grace
+_SERVER_STOPPED = "UNAVAILABLE: Cancelling all calls"
+
+
 class ConnectionLost(Exception):
     """The Python side went away without closing (its process died or the link broke)."""
 
@@ -109,8 +113,19 @@ class Communicator:
         return init_input, self._unwrap(first)
 
     def exchange(self, output: UnityOutputProto) -> UnityInputProto | None:
-        """Sends one output; returns the next input, or None when Python closed (status 400)."""
-        reply = self._call(UnityMessageProto(header=HeaderProto(status=200), unity_output=output))
+        """Sends one output; returns the next input, or None when Python closed (status 400).
+
+        mlagents-envs' ``close()`` queues its status-400 reply and then stops its server
+        without grace; when the stop wins the race, the pending call ends UNAVAILABLE with
+        gRPC's "Cancelling all calls". That is the trainer closing, not a lost connection.
+        """
+        try:
+            reply = self._call(UnityMessageProto(header=HeaderProto(status=200), unity_output=output))
+        except ConnectionLost as err:
+            if str(err) != _SERVER_STOPPED:
+                raise
+            _log.info("trainer closed the connection", status="server stopped")
+            return None
         return self._unwrap(reply)
 
     def _unwrap(self, reply: UnityMessageProto) -> UnityInputProto | None:
