@@ -39,21 +39,60 @@ _RUNNING = dm_env_rpc_pb2.EnvironmentStateType.RUNNING
 _STATE_FIELD = dm_env_rpc_pb2.StepResponse.DESCRIPTOR.fields_by_name["state"].number
 _OBSERVATIONS_FIELD = dm_env_rpc_pb2.StepResponse.DESCRIPTOR.fields_by_name["observations"].number
 _TENSOR_FIELDS = dm_env_rpc_pb2.Tensor.DESCRIPTOR.fields_by_name
+_RUNNING_STATE = protowire.tag(_STATE_FIELD, protowire.VARINT) + protowire.varint(_RUNNING)
 
 
 def _tensor_bytes(array: np.ndarray) -> bytes:
     """A serialized dm_env_rpc ``Tensor``: float32 and bool payloads written directly (packed
     floats are their little-endian bytes, packed bools one varint byte each), others by dm_env_rpc."""
-    if array.dtype == np.float32:
-        field, raw = _TENSOR_FIELDS["floats"].number, np.ascontiguousarray(array, "<f4").tobytes()
-    elif array.dtype == np.bool_:
-        field, raw = _TENSOR_FIELDS["bools"].number, np.ascontiguousarray(array, np.uint8).tobytes()
-    else:
+    framing = _tensor_framing(array.dtype, array.shape)
+    if framing is None:
         return tensor_utils.pack_tensor(array).SerializeToString()
-    shape = b"".join(protowire.varint(int(d)) for d in array.shape)
-    return protowire.length_delimited(field, protowire.length_delimited(1, raw)) + protowire.length_delimited(
-        _TENSOR_FIELDS["shape"].number, shape
-    )
+    head, tail = framing
+    return head + _raw(array) + tail
+
+
+def _tensor_framing(dtype: np.dtype, shape: tuple[int, ...]) -> tuple[bytes, bytes] | None:
+    """(bytes before, bytes after) the raw payload of a float32 or bool ``Tensor`` of ``shape``,
+    or None for other dtypes. Fixed for a fixed shape: a world computes it once per uid."""
+    if dtype == np.float32:
+        field, size = _TENSOR_FIELDS["floats"].number, 4
+    elif dtype == np.bool_:
+        field, size = _TENSOR_FIELDS["bools"].number, 1
+    else:
+        return None
+    raw_len = size * int(np.prod(shape, dtype=np.int64))
+    inner = protowire.tag(1, protowire.LENGTH_DELIMITED) + protowire.varint(raw_len)
+    head = protowire.tag(field, protowire.LENGTH_DELIMITED) + protowire.varint(len(inner) + raw_len) + inner
+    dims = b"".join(protowire.varint(int(d)) for d in shape)
+    return head, protowire.length_delimited(_TENSOR_FIELDS["shape"].number, dims)
+
+
+def _raw(array: np.ndarray) -> bytes:
+    """Little-endian payload bytes of a float32 or bool array (bools one byte each)."""
+    if array.dtype == np.bool_:
+        return np.ascontiguousarray(array, np.uint8).tobytes()
+    return np.ascontiguousarray(array, "<f4").tobytes()
+
+
+def _packed_floats(payload, count: int) -> np.ndarray | None:
+    """A ``FloatArray``'s values without a Python float per element (dm_env_rpc's own unpacking
+    uses ``np.fromiter``): its serialized form is the tag, a length and the raw little-endian
+    floats. None when it holds other than ``count`` values (the caller takes the general path)."""
+    raw = payload.SerializeToString()
+    if not raw:
+        return np.zeros(0, np.float32) if count == 0 else None
+    i, length, shift = 1, 0, 0
+    while i < len(raw):
+        byte = raw[i]
+        length |= (byte & 0x7F) << shift
+        i += 1
+        shift += 7
+        if byte < 0x80:
+            break
+    if raw[0] != 0x0A or length != 4 * count or len(raw) - i != length:
+        return None
+    return np.frombuffer(raw, "<f4", offset=i)
 
 
 class WorldError(ValueError):
@@ -118,6 +157,25 @@ class BehaviorWorld:
         self.observations = {uid: t for uid, t in enumerate(obs, start=1)}
         self.actions = {uid: t for uid, t in enumerate(actions, start=len(obs) + 1)}
         self._action_bounds = {uid: tensor_spec_utils.bounds(_to_spec(t)) for uid, t in self.actions.items()}
+        # float actions whose bounds are one scalar pair (``continuous``): the fast path of decode_actions
+        self._scalar_bounds = {
+            uid: (float(np.min(b.min)), float(np.max(b.max)))
+            for uid, b in self._action_bounds.items()
+            if self.actions[uid].dtype == _FLOAT and np.ndim(b.min) == 0 and np.ndim(b.max) == 0
+        }
+        # each observation's bytes around its payload in a StepResponse (shapes are fixed)
+        self._framing: dict[int, tuple[bytes, bytes]] = {}
+        for uid, t in self.observations.items():
+            dtype = {_FLOAT: np.dtype(np.float32), _BOOL: np.dtype(np.bool_)}.get(t.dtype)
+            framing = _tensor_framing(dtype, t.shape) if dtype is not None else None
+            if framing is not None:
+                head, tail = framing
+                entry_len = len(head) + len(tail) + (4 if dtype == np.float32 else 1) * int(np.prod(t.shape))
+                key = protowire.tag(1, protowire.VARINT) + protowire.varint(uid)
+                tensor_head = protowire.tag(2, protowire.LENGTH_DELIMITED) + protowire.varint(entry_len)
+                entry = key + tensor_head
+                head = protowire.tag(_OBSERVATIONS_FIELD, protowire.LENGTH_DELIMITED) + protowire.varint(len(entry) + entry_len) + entry + head
+                self._framing[uid] = (head, tail)
 
     @property
     def n(self) -> int:
@@ -156,6 +214,10 @@ class BehaviorWorld:
             t = self.actions.get(uid)
             if t is None:
                 raise WorldError(f"actions: unknown action uid {uid} (known: {sorted(self.actions)})")
+            value = self._fast_action(uid, t, tensor)
+            if value is not None:
+                decoded[t.name] = value
+                continue
             try:
                 got_type = tensor_utils.get_tensor_type(tensor)
                 if got_type != tensor_utils.data_type_to_np_type(t.dtype):
@@ -176,6 +238,21 @@ class BehaviorWorld:
             decoded[t.name] = value
         return decoded.get("continuous"), decoded.get("discrete")
 
+    def _fast_action(self, uid: int, t: _Tensor, tensor) -> np.ndarray | None:
+        """The usual float action (packed floats of the spec's shape, every value within the
+        spec's scalar bounds) read without per-element work; None for anything else, which
+        the general path decodes or refuses with its message."""
+        scalar = self._scalar_bounds.get(uid)
+        if scalar is None or tensor.WhichOneof("payload") != "floats" or tuple(tensor.shape) != t.shape:
+            return None
+        value = _packed_floats(tensor.floats, int(np.prod(t.shape)))
+        if value is None:
+            return None
+        low, high = scalar
+        if not (value.min() >= low and value.max() <= high):  # NaN fails both comparisons
+            return None
+        return value.reshape(t.shape)
+
     def step_response(self, step: SlotStep, uids: list[int]) -> bytes:
         """A serialized RUNNING ``StepResponse`` with the requested observations of ``step``.
 
@@ -183,10 +260,15 @@ class BehaviorWorld:
         through): dm_env_rpc's own packing copies arrays element by element (``tolist``),
         and a message object would be parsed, copied and serialized again on its way out.
         """
-        parts = [protowire.tag(_STATE_FIELD, protowire.VARINT), protowire.varint(_RUNNING)]
+        parts = [_RUNNING_STATE]
         for uid in uids:
+            value = self._value(self.observations[uid].name, step)
+            framing = self._framing.get(uid)
+            if framing is not None and value.shape == self.observations[uid].shape:
+                parts += (framing[0], _raw(value), framing[1])
+                continue
             entry = protowire.tag(1, protowire.VARINT) + protowire.varint(uid)
-            entry += protowire.length_delimited(2, _tensor_bytes(self._value(self.observations[uid].name, step)))
+            entry += protowire.length_delimited(2, _tensor_bytes(value))
             parts.append(protowire.length_delimited(_OBSERVATIONS_FIELD, entry))
         return b"".join(parts)
 

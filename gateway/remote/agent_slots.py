@@ -226,10 +226,14 @@ class AgentSlots:
                 r = rows[sel]
                 for k, obs in enumerate(dec.observations):
                     self.observations[k][r] = obs[sel]
-                began = terminated[r] | truncated[r]  # these rows' decisions open their next episode
-                for total, carry, values in zip((rewards, group_rewards), self._carry, (dec.rewards, dec.group_rewards)):
-                    total[r] += np.where(began, 0.0, values[sel])
-                    carry[r] += np.where(began, values[sel], 0.0)
+                if final is None:  # no episode ended in this response: every reward is the running episode's
+                    rewards[r] += dec.rewards[sel]
+                    group_rewards[r] += dec.group_rewards[sel]
+                else:
+                    began = terminated[r] | truncated[r]  # these rows' decisions open their next episode
+                    for total, carry, values in zip((rewards, group_rewards), self._carry, (dec.rewards, dec.group_rewards)):
+                        total[r] += np.where(began, 0.0, values[sel])
+                        carry[r] += np.where(began, values[sel], 0.0)
                 if dec.action_mask is not None and self.action_mask.shape[1]:
                     self.action_mask[r] = dec.action_mask[sel]
                 decided[r] = True

@@ -237,3 +237,42 @@ def test_observation_tensors_are_the_ones_dm_env_rpc_packs(array):
     from gateway.dm_env_rpc.world import _tensor_bytes
 
     assert dm_env_rpc_pb2.Tensor.FromString(_tensor_bytes(array)) == tensor_utils.pack_tensor(array)
+
+
+@pytest.mark.parametrize("count", [0, 1, 31, 32, 512, 40000])
+def test_packed_floats_equal_dm_env_rpc_unpacking(count):
+    """The fast action path reads the same values as dm_env_rpc's own unpacking (lengths of 1-3 varint bytes)."""
+    from gateway.dm_env_rpc.world import _packed_floats
+
+    values = np.random.default_rng(count).uniform(-1, 1, count).astype(np.float32)
+    tensor = tensor_utils.pack_tensor(values)
+    np.testing.assert_array_equal(_packed_floats(tensor.floats, count), tensor_utils.unpack_tensor(tensor).reshape(-1))
+    assert _packed_floats(tensor.floats, count + 1) is None  # another count: the general path decides
+
+
+def test_fast_and_general_action_paths_agree():
+    """Within bounds the fast path gives the general path's array; NaN, infinity and values out of
+    bounds fall through to the general path, whose messages name the uid."""
+    from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
+    from gateway.dm_env_rpc.world import BehaviorWorld, WorldError
+    from gateway.remote.agent_slots import AgentSlots
+
+    spec = BehaviorSpec("B?team=0", (ObservationSpec("v", (3,)),), ActionSpec(2))
+    slots = AgentSlots(spec)
+    slots.keys = [(0, 1), (0, 2), (0, 3)]
+    world = BehaviorWorld(spec, slots)
+    uid = next(iter(world.actions))
+    good = np.array([[-1, 1], [0.5, -0.25], [0, 0.999]], np.float32)
+    request = dm_env_rpc_pb2.StepRequest()
+    request.actions[uid].CopyFrom(tensor_utils.pack_tensor(good))
+    assert world._fast_action(uid, world.actions[uid], request.actions[uid]) is not None
+    continuous, discrete = world.decode_actions(request.actions)
+    np.testing.assert_array_equal(continuous, good)
+    assert discrete is None
+    for bad, message in ((np.nan, "NaN or infinity"), (np.inf, "NaN or infinity"), (1.5, "out of bounds")):
+        values = good.copy()
+        values[1, 0] = bad
+        request.actions[uid].CopyFrom(tensor_utils.pack_tensor(values))
+        assert world._fast_action(uid, world.actions[uid], request.actions[uid]) is None
+        with pytest.raises(WorldError, match=rf"actions\[{uid}\] \(continuous\): .*{message}"):
+            world.decode_actions(request.actions)
