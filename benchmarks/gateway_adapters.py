@@ -31,6 +31,8 @@ from benchmarks.before_after_cpu import cpu_seconds, process_tree
 
 RESULTS = Path(__file__).parent / "results" / "bench_gateway_adapters.md"
 BALL = "3DBall?team=0"
+#: the observations the dm_env_rpc client asks for: what an agent loop needs
+DM_OBSERVATIONS = ["VectorSensor_size8", "reward", "discount", "decision_requested"]
 
 
 #: the gateway's process tree (gateway and stand-in), whose CPU ``_rate`` adds to this process's
@@ -103,8 +105,7 @@ def dm_env_rpc(address: str, seconds: float) -> tuple[float, float, float]:
     try:
         world = conn.send(dm_env_rpc_pb2.CreateWorldRequest()).world_name
         specs = conn.send(dm_env_rpc_pb2.JoinWorldRequest(world_name=world)).specs
-        wanted = ["VectorSensor_size8", "reward", "discount", "decision_requested"]
-        env = dm_env_adaptor.DmEnvAdaptor(conn, specs, requested_observations=wanted)
+        env = dm_env_adaptor.DmEnvAdaptor(conn, specs, requested_observations=DM_OBSERVATIONS)
         n = env.action_spec()["continuous"].shape[0]
         rng = np.random.default_rng(0)
         env.reset()
@@ -125,13 +126,103 @@ def dm_env_rpc(address: str, seconds: float) -> tuple[float, float, float]:
         channel.close()
 
 
+#: responses recorded for ``client_work``'s replay
+RECORDED_STEPS = 20
+
+
+def _replay(recorded: list[bytes], one: Callable[[bytes], int], seconds: float) -> float:
+    """CPU us per agent-step of ``one`` (which handles a recorded response and returns the agents
+    that acted) over the recorded responses, cycled for ``seconds`` after a warm-up cycle."""
+    for raw in recorded:
+        one(raw)
+    count, start, cpu0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds:
+        for raw in recorded:
+            count += one(raw)
+    return (time.process_time() - cpu0) * 1e6 / max(count, 1)
+
+
+def _plain_work(address: str, seconds: float) -> float:
+    from benchmarks.bench_gateway import random_step_actions
+    from gateway.remote.client import GatewayClient
+    from tandem.v1 import gateway_pb2
+
+    rng = np.random.default_rng(0)
+    with GatewayClient(address) as client:
+        specs = client.specs()
+        session = client.play()
+        try:
+            steps, recorded = session.reset(), []
+            for _ in range(RECORDED_STEPS):
+                steps = session.step(random_step_actions(steps, specs, rng)[0])
+                recorded.append(gateway_pb2.PlayResponse(steps=steps).SerializeToString())
+        finally:
+            session.close()
+
+    def one(raw: bytes) -> int:  # what the plain loop does per step, minus the transport
+        actions, n = random_step_actions(gateway_pb2.PlayResponse.FromString(raw).steps, specs, rng)
+        request = gateway_pb2.PlayRequest()
+        request.step.actions.extend(actions)
+        request.SerializeToString()
+        return n
+
+    return _replay(recorded, one, seconds)
+
+
+def _dm_work(address: str, seconds: float) -> float:
+    import grpc
+    from dm_env_rpc.v1 import connection, dm_env_rpc_pb2, spec_manager
+
+    rng = np.random.default_rng(0)
+    channel = grpc.insecure_channel(address)
+    conn = connection.Connection(channel)
+    try:
+        world = conn.send(dm_env_rpc_pb2.CreateWorldRequest()).world_name
+        specs = conn.send(dm_env_rpc_pb2.JoinWorldRequest(world_name=world)).specs
+        observations, actions = spec_manager.SpecManager(specs.observations), spec_manager.SpecManager(specs.actions)
+        uids = [observations.name_to_uid(name) for name in DM_OBSERVATIONS]
+        n = actions.name_to_spec("continuous").shape[0]
+
+        def request() -> dm_env_rpc_pb2.StepRequest:
+            act = {"continuous": rng.uniform(-1, 1, (n, 2)).astype(np.float32)}
+            return dm_env_rpc_pb2.StepRequest(requested_observations=uids, actions=actions.pack(act))
+
+        conn.send(dm_env_rpc_pb2.StepRequest(requested_observations=uids))  # the first step only observes
+        recorded = [
+            dm_env_rpc_pb2.EnvironmentResponse(step=conn.send(request())).SerializeToString() for _ in range(RECORDED_STEPS)
+        ]
+        conn.send(dm_env_rpc_pb2.LeaveWorldRequest())
+        conn.send(dm_env_rpc_pb2.DestroyWorldRequest(world_name=world))
+    finally:
+        conn.close()
+        channel.close()
+
+    def one(raw: bytes) -> int:  # what DmEnvAdaptor.step does per step (its SpecManagers), minus the transport
+        unpacked = observations.unpack(dm_env_rpc_pb2.EnvironmentResponse.FromString(raw).step.observations)
+        dm_env_rpc_pb2.EnvironmentRequest(step=request()).SerializeToString()
+        return int(unpacked["decision_requested"].sum())
+
+    return _replay(recorded, one, seconds)
+
+
+def client_work(addresses: dict[str, str], seconds: float) -> dict[str, float]:
+    """CPU us per agent-step of the plain client's and dm_env_rpc's own message work, replayed.
+
+    Why: on a shared machine the live rows' difference mixes what a client library does per
+    step with transport and noise. Replaying recorded responses in a tight loop (decode the
+    response, build and encode the next actions; no gRPC) isolates the library's share.
+    """
+    base, _, dm = list(MODES)
+    return {base: _plain_work(addresses[base], seconds), dm: _dm_work(addresses[dm], seconds)}
+
+
 MODES = {"plain client": plain, "Gymnasium VectorEnv": gymnasium_vector, "dm_env_rpc (DmEnvAdaptor)": dm_env_rpc}
 
 
-def measure(agents: int, seconds: float, rounds: int) -> list[dict[str, tuple[float, float, float]]]:
+def measure(agents: int, seconds: float, rounds: int) -> tuple[list[dict[str, tuple[float, float, float]]], dict[str, float]]:
     """``rounds`` rounds on one gateway process, each measuring every mode once, back to back,
     in an order rotated from round to round; per round, mode -> (agent-steps/s, client CPU us
-    per agent-step, gateway CPU us per agent-step).
+    per agent-step, gateway CPU us per agent-step). Then ``client_work`` on the same gateway.
 
     Why rounds in rotated order: on a shared machine the load drifts within seconds; spread
     over the same stretch of time, each mode meets about the same mix of loads.
@@ -152,13 +243,17 @@ def measure(agents: int, seconds: float, rounds: int) -> list[dict[str, tuple[fl
         for r in range(rounds):
             order = names[r % len(names):] + names[: r % len(names)]
             out.append({mode: MODES[mode](addresses[mode], seconds) for mode in order})
-        return out
+        return out, client_work(addresses, seconds)
     finally:
         stop_process(proc)
 
 
-def render(rows: dict[int, list[dict[str, tuple[float, float, float]]]], seconds: float, rounds: int) -> str:
+def render(
+    results: dict[int, tuple[list[dict[str, tuple[float, float, float]]], dict[str, float]]], seconds: float, rounds: int
+) -> str:
     base, gym, dm = list(MODES)
+    rows = {agents: by_round for agents, (by_round, _) in results.items()}
+    work = {agents: w for agents, (_, w) in results.items()}
     lines = [
         "# bench_gateway (adapters): agent-steps/s through the Gymnasium and dm_env_rpc adapters vs the plain client",
         "",
@@ -190,11 +285,30 @@ def render(rows: dict[int, list[dict[str, tuple[float, float, float]]]], seconds
             )
         for label, mode in (("Gymnasium VectorEnv", gym), ("dm_env_rpc", dm)):
             ratio = total[mode] / total[base]
+            library = ""
+            if mode in work[agents]:
+                extra = work[agents][mode] - work[agents][base]
+                library = (
+                    f"; of which dm_env_rpc's own client work, replayed: {extra:+.1f} us per agent-step = "
+                    f"{100 * extra / total[base]:.1f} % of the plain client's total"
+                )
             goals.append(
                 f"- {label} costs <= 1.10x the plain client's CPU per agent-step, {agents} agents: {ratio:.2f}x, "
                 f"{'met' if ratio <= 1.1 else 'NOT met'} (client {med[mode][1] - med[base][1]:+.1f} us, "
-                f"gateway {med[mode][2] - med[base][2]:+.1f} us per agent-step)"
+                f"gateway {med[mode][2] - med[base][2]:+.1f} us per agent-step{library})"
             )
+    lines += [
+        "",
+        "Client libraries' own work per agent-step, replayed (`client_work`: "
+        f"{RECORDED_STEPS} recorded responses cycled for {seconds:g} s in a tight loop; decode the response, build "
+        "and encode the next actions, no gRPC): the plain client (`decode_steps`, `random_step_actions`, a "
+        "`PlayRequest`) against dm_env_rpc's `SpecManager`s as `DmEnvAdaptor.step` uses them.",
+        "",
+        "| agents | plain client us / agent-step | dm_env_rpc client us / agent-step | difference |",
+        "|---:|---:|---:|---:|",
+    ]
+    for agents, w in work.items():
+        lines.append(f"| {agents} | {w[base]:.1f} | {w[dm]:.1f} | {w[dm] - w[base]:+.1f} |")
     lines += ["", "Every round (mode: agent-steps/s / client / gateway CPU us per agent-step), to judge the noise:", ""]
     for agents, by_round in rows.items():
         for i, by_mode in enumerate(by_round, start=1):

@@ -44,7 +44,7 @@ from gateway.env.instance import BehaviorActions
 from gateway.env.workers import PoolError
 from gateway.remote.agent_slots import AgentSlots, any_news, discover, step_until
 from gateway.remote.actions import InvalidArgument, decode_step_request
-from gateway.remote.client import behavior_actions, decode_steps
+from gateway.remote.client import BehaviorStepsView, behavior_actions, decode_steps
 from gateway.remote.pool import EnvironmentPool
 from tandem.v1 import gateway_pb2
 
@@ -88,7 +88,16 @@ class PoolDriver:
         self.specs = pool.specs
         self.slots = AgentSlots(self.specs[behavior])
 
-    def _views(self, parts: list[bytes]):
+    def _views(self, parts: list[bytes]) -> list[BehaviorStepsView]:
+        """This behavior's steps of the pool's last operation, whose ``Steps`` bytes are ``parts``:
+        the in-process instance's arrays as they are, else the bytes decoded."""
+        batches = self.pool.last_batches()
+        if batches is not None:
+            return [
+                BehaviorStepsView(instance, self.behavior, *by_behavior[self.behavior])
+                for instance, by_behavior in batches.items()
+                if self.behavior in by_behavior
+            ]
         steps = gateway_pb2.Steps()
         for part in parts:
             steps.MergeFromString(part)

@@ -54,7 +54,7 @@ from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from gateway.env.instance import BehaviorActions
 from gateway.env.parameters import ParameterValue
-from gateway.env.steps import Stat
+from gateway.env.steps import Stat, StepBatch
 
 if TYPE_CHECKING:  # the actor package imports this module, not the other way round
     from gateway.actor.worker_loop import ActorWorkerConfig
@@ -237,6 +237,8 @@ class Stepped:
         new_specs: behaviors seen for the first time.
         unity_pid: the pid of the Unity process (changes on restart), None when down.
         alive: False once the instance gave up restarting.
+        batches: an in-process instance's ``{behavior: (decisions, terminals)}``, the
+            same steps as ``steps`` before encoding (None from worker processes: never pickled).
     """
 
     index: int
@@ -245,15 +247,16 @@ class Stepped:
     new_specs: list[BehaviorSpec]
     unity_pid: int | None
     alive: bool = True
+    batches: dict[str, tuple[StepBatch, StepBatch]] | None = None
 
     @classmethod
     def of(
         cls, index: int, steps: bytes, decisions: dict[str, np.ndarray], new_specs: list[BehaviorSpec],
-        unity_pid: int | None, alive: bool = True,
+        unity_pid: int | None, alive: bool = True, batches: dict[str, tuple[StepBatch, StepBatch]] | None = None,
     ) -> Stepped:
         """The answer, with ``decisions`` given as ``{behavior: agent_ids int32 [n]}``."""
         packed = {name: ids.astype(np.int32, copy=False).tobytes() for name, ids in decisions.items()}
-        return cls(index, steps, packed, new_specs, unity_pid, alive)
+        return cls(index, steps, packed, new_specs, unity_pid, alive, batches)
 
     def agent_ids(self) -> dict[str, np.ndarray]:
         """``{behavior: agent_ids int32 [n]}`` awaiting a decision (read-only arrays)."""

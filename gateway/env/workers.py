@@ -89,6 +89,8 @@ class InstanceWorker:
         self.index = config.index
         self.instance = UnityInstance(config.options, config.index)
         self.last_decisions: dict[str, StepBatch] = {}
+        #: hand each answer's batches over undecoded too (``InProcessWorkerHandle``: same process)
+        self.keep_batches = False
         self.interrupted: dict[str, StepBatch] = dict(config.interrupted)
         self.alive = True
         self._editor_back: threading.Event | None = None
@@ -155,6 +157,7 @@ class InstanceWorker:
         """Encodes the instance's steps (plus pending interrupts and stats) as ``Steps`` bytes."""
         msg = gateway_pb2.Steps()
         decisions: dict[str, np.ndarray] = {}
+        batches: dict[str, tuple[StepBatch, StepBatch]] = {}
         self.last_decisions = {}
         for name, spec in self.instance.specs.items():
             dec, term = out.get(name, (steps_mod.empty_decisions(spec), steps_mod.empty_terminals(spec)))
@@ -164,6 +167,7 @@ class InstanceWorker:
             steps_mod.encode(dec, entry.decision)
             steps_mod.encode(term, entry.terminal)
             decisions[name] = dec.agent_ids
+            batches[name] = (dec, term)
             self.last_decisions[name] = dec
         steps_mod.encode_stats(self.instance.drain_stats(), msg.stats)
         return Stepped.of(
@@ -173,6 +177,7 @@ class InstanceWorker:
             new_specs=self.instance.new_behaviors(),
             unity_pid=self.instance.unity_pid,
             alive=self.alive,
+            batches=batches if self.keep_batches else None,
         )
 
     def give_up(self) -> Stepped:
@@ -439,6 +444,7 @@ class InProcessWorkerHandle(_InstanceHandle):
         self._answers = _Answers()
         config = WorkerConfig(self.options, self.index, self.log_json, dict(interrupted or {}))
         self._worker = InstanceWorker(config, self._answers)
+        self._worker.keep_batches = True
         self._answers.send(self._worker.ready())
 
     def send(self, msg) -> None:

@@ -46,6 +46,7 @@ class EnvironmentPool:
         self._specs: dict[str, BehaviorSpec] = {}
         self._decisions: dict[int, dict[str, np.ndarray]] = {}
         self._last_steps: dict[int, bytes] = {}
+        self._op_batches: dict[int, dict | None] = {}  # the last operation's answers' ``batches``
         self._parameters: dict[str, float] = {}
         #: parameters sent since the last operation that every live instance survived: an
         #: instance that fails now is restarted without them (they may be what killed it)
@@ -108,6 +109,19 @@ class EnvironmentPool:
         """``{instance: {behavior: agent_ids}}`` of live instances, as of the last response."""
         with self._info_lock:
             return {i: dict(d) for i, d in self._decisions.items()}
+
+    def last_batches(self) -> dict[int, dict[str, tuple[StepBatch, StepBatch]]] | None:
+        """The last reset's or step's ``{instance: {behavior: (decisions, terminals)}}`` before
+        encoding, for the instances whose ``Steps`` it returned; None when one of them answered
+        from a worker process or through a restart (decode the bytes instead).
+
+        Why: the dm_env_rpc endpoint needs the steps as arrays; an in-process instance has them
+        before encoding, which spares a parse and a decode per step. Only the driver holding
+        the one-driver lock may read them (no other operation comes in between).
+        """
+        with self._info_lock:
+            batches = dict(self._op_batches)
+        return None if not batches or any(b is None for b in batches.values()) else batches
 
     def instances(self) -> list[InstanceInfo]:
         with self._info_lock:
@@ -225,6 +239,8 @@ class EnvironmentPool:
                 results[index] = self._replace_worker(w, lost[index])
         for index, result in results.items():
             self._record(self.workers[index], result)
+        with self._info_lock:
+            self._op_batches = {i: results[i].batches for i in sorted(results)}
         if refused:
             raise refused[0]
         return [results[i].steps for i in sorted(results)]

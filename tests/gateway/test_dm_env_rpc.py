@@ -276,3 +276,44 @@ def test_fast_and_general_action_paths_agree():
         assert world._fast_action(uid, world.actions[uid], request.actions[uid]) is None
         with pytest.raises(WorldError, match=rf"actions\[{uid}\] \(continuous\): .*{message}"):
             world.decode_actions(request.actions)
+
+
+@pytest.mark.parametrize("worker_process", [False, True])
+def test_pool_hands_over_in_process_arrays_equal_to_its_steps_bytes(worker_process):
+    """The dm_env_rpc driver reads an in-process instance's arrays instead of decoding its bytes:
+    they must be the same steps (decisions and terminals, every field); a worker process's
+    answers come as bytes only (None: the driver decodes)."""
+    import dataclasses
+
+    from gateway.remote.client import decode_steps
+    from gateway.remote.pool import EnvironmentPool
+    from gateway_helpers import environment_options
+    from tandem.v1 import gateway_pb2
+
+    options = environment_options(env_args=("--task", "3dball", "--num-agents", "3"))
+    pool = EnvironmentPool(dataclasses.replace(options, single_in_process=not worker_process))
+    pool.start()
+    try:
+        ended = 0
+        parts = pool.reset({})
+        for _ in range(60):  # 3DBall episodes end within this many steps for zero actions
+            batches = pool.last_batches()
+            if worker_process:
+                assert batches is None
+            else:
+                steps = gateway_pb2.Steps()
+                for part in parts:
+                    steps.MergeFromString(part)
+                decoded = decode_steps(steps, pool.specs)
+                assert [(v.instance, v.behavior) for v in decoded] == [(i, b) for i in batches for b in batches[i]]
+                for view in decoded:
+                    for got, want in zip(batches[view.instance][view.behavior], (view.decisions, view.terminals)):
+                        for name in ("rewards", "agent_ids", "group_ids", "group_rewards", "action_mask", "interrupted"):
+                            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+                        for a, b in zip(got.observations, want.observations, strict=True):
+                            np.testing.assert_array_equal(a, b)
+                    ended += len(view.terminals)
+            parts = pool.step({})
+        assert worker_process or ended > 0  # terminal batches were compared too
+    finally:
+        pool.close()
