@@ -37,7 +37,11 @@ SOLVED = 0.9
 
 
 def train(config: str, budget: int, seed: int = 0):
-    """Trains PPO with ``configs/ppo/<config>`` on the stand-in's hallway for ``budget`` agent steps.
+    """Trains with ``configs/ppo/<config>`` (or ``configs/<config>`` when it names a folder,
+    e.g. ``sac/Hallway.yaml``) on the stand-in's hallway for ``budget`` agent steps; the
+    config's ``trainer_type`` picks the learner (PPO or SAC). The actor acts with a snapshot
+    of the learner's policy after every update (PPO: and drops what it buffered, as the
+    trainer's default on-policy coupling; SAC: the replay buffer keeps everything).
 
     Returns:
         (list of ``(agent steps so far, return)`` of every finished episode in order, the learner).
@@ -55,8 +59,11 @@ def train(config: str, budget: int, seed: int = 0):
     from gateway.env.unity_environment import open_unity_environment
     from trainer_server.config.loading import load_run_options
     from trainer_server.learning.ppo import PPOLearner
+    from trainer_server.learning.sac import SACLearner
 
-    settings = load_run_options(CONFIGS / config).behaviors["Hallway"]
+    path = CONFIGS.parent / config if "/" in config else CONFIGS / config
+    settings = load_run_options(path).behaviors["Hallway"]
+    make_learner = {"ppo": PPOLearner, "sac": SACLearner}[settings.trainer_type]
     for attempt in range(3):
         try:
             env = open_unity_environment(
@@ -70,9 +77,10 @@ def train(config: str, budget: int, seed: int = 0):
     try:
         env.reset()
         spec = from_mlagents(HALLWAY, env.behavior_specs[HALLWAY])
-        learner = PPOLearner(spec, settings, seed=seed)
+        learner = make_learner(spec, settings, seed=seed)
         arch = learner.architecture()
         policy = NumpyPolicy.from_snapshot(make_snapshot(HALLWAY, 0, arch, learner.policy_parameters()))
+        version = 0
         builder = TrajectoryBuilder(spec, 0, settings.time_horizon, memory_size=arch.memory_size)
         memories = AgentMemories(arch.memory_size) if arch.memory_size else None
         rng = np.random.default_rng(seed)
@@ -87,10 +95,9 @@ def train(config: str, budget: int, seed: int = 0):
                 learner.process_trajectory(trajectory)
                 if learner.ready():
                     learner.update()
-                    learner.discard_buffered()  # on-policy, as the trainer's default coupling
-                    policy = NumpyPolicy.from_snapshot(
-                        make_snapshot(HALLWAY, learner.update_count, arch, learner.policy_parameters())
-                    )
+                    learner.discard_buffered()  # on-policy, as the trainer's default coupling (SAC: nothing)
+                    version += 1
+                    policy = NumpyPolicy.from_snapshot(make_snapshot(HALLWAY, version, arch, learner.policy_parameters()))
             before = None
             if memories is not None:  # forgotten at terminal steps, before the same id acts again
                 memories.forget(term.agent_ids)
@@ -98,7 +105,7 @@ def train(config: str, budget: int, seed: int = 0):
             out = policy.act(dec.observations, dec.action_mask, rng, memories=before)
             if memories is not None:
                 memories.keep(dec.agent_ids, out.memories)
-            builder.record(dec, out.continuous, out.discrete, out.log_probs, learner.update_count, before)
+            builder.record(dec, out.continuous, out.discrete, out.log_probs, version, before)
             acted += len(dec)
             env.set_actions(HALLWAY, ActionTuple(discrete=out.discrete))
             env.step()
