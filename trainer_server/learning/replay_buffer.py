@@ -341,6 +341,10 @@ class ReplayBuffer:
                         raise ValueError(f"{path}: has no obs_{i}; the behavior has {n_obs} observations")
                 if f"obs_{n_obs}" in files:
                     raise ValueError(f"{path}: has more observations than the behavior's {n_obs}")
+                if self.memory_size and "memories" not in files:
+                    raise ValueError(f"{path}: has no memories, the behavior's policy has memory (memory_size {self.memory_size})")
+                if not self.memory_size and "memories" in files:
+                    raise ValueError(f"{path}: holds memories, the behavior's policy has no memory")
                 batch = Transitions(
                     obs=tuple(f[f"obs_{i}"] for i in range(n_obs)),
                     next_obs=tuple(f[f"next_obs_{i}"] for i in range(n_obs)),
