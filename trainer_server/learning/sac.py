@@ -52,6 +52,18 @@ What is learned (ML-Agents' SAC, with one deliberate difference):
   parameters in one backward pass; learning rate constant or linear to 1e-10 over
   ``max_steps`` (``learning_rate_schedule``).
 
+Memory (``network_settings.memory``, ML-Agents' recurrent SAC): an LSTM after the body of
+the actor and of each Q critic (and target). Fragments carry the actor's memory before each
+step and enter the replay buffer as whole sequences of ``sequence_length`` steps from
+their first step, the last one padded at its end (loss mask 0); a minibatch is
+``batch_size // sequence_length`` sequences drawn uniformly (``make_recurrent_fns``). The
+actor starts each sequence from its first step's stored acting memory and runs over the
+first observation and then the next observations (L + 1 steps, the policy at s and s');
+the critics start every sequence from zeros (ML-Agents records no Q memory) and run over
+the replayed steps; Q at the policy's action (and the target at ``(s', a')``) is one more
+LSTM step from the critic's memory before (after) the replayed step. No burn-in. Every
+loss term and statistic is a mean over the real rows only.
+
 Reward signals (``trainer_server.learning.reward_signals``), as ML-Agents' SAC: each Q
 critic has one head per configured signal (head 0 keeps the name ``critic/q``); every
 gradient step evaluates each signal's reward (times its strength) on the sampled

@@ -97,11 +97,12 @@ def test_sampled_sequences_are_one_fragments_consecutive_steps_even_after_the_ri
     assert single.loss_masks.all()  # the reward signals' single rows: never padding
 
 
-def _loss(learner: SACLearner, batch):
+def _loss_fn(learner: SACLearner):
+    """``batch -> ((loss, metrics), gradients)`` at the learner's parameters (compiled once)."""
     loss_fn = sac.make_loss_fn(learner.policy_architecture, learner.settings, learner.signals)
     state = learner._state
-    grad = jax.value_and_grad(loss_fn, has_aux=True)
-    return grad(state.params, state.target, None, batch, jax.random.PRNGKey(5), state.signals)
+    grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    return lambda batch: grad(state.params, state.target, None, batch, jax.random.PRNGKey(5), state.signals)
 
 
 @pytest.mark.parametrize("name", sorted(ACTIONS))
@@ -125,8 +126,9 @@ def test_padding_rows_change_neither_the_loss_nor_its_gradient(name):
         dones=noise(batch.dones) > 0, memories=noise(batch.memories),
     )
     noisy = noisy._replace(dones=np.asarray(noisy.dones, np.float32))
-    (loss_a, metrics_a), grads_a = _loss(learner, batch)
-    (loss_b, metrics_b), grads_b = _loss(learner, noisy)
+    loss = _loss_fn(learner)
+    (loss_a, metrics_a), grads_a = loss(batch)
+    (loss_b, metrics_b), grads_b = loss(noisy)
     assert float(loss_a) == pytest.approx(float(loss_b), abs=1e-5)
     for tag in metrics_a:
         assert float(metrics_a[tag]) == pytest.approx(float(metrics_b[tag]), abs=1e-5), tag
@@ -134,7 +136,7 @@ def test_padding_rows_change_neither_the_loss_nor_its_gradient(name):
         np.testing.assert_allclose(a, b, atol=1e-5)
     # and the real rows do matter
     real = batch._replace(rewards=np.where(pad, batch.rewards, batch.rewards + 1.0).astype(np.float32))
-    assert abs(float(_loss(learner, real)[0][0]) - float(loss_a)) > 1e-3
+    assert abs(float(loss(real)[0][0]) - float(loss_a)) > 1e-3
 
 
 def test_training_sequences_reproduce_the_acting_policy_at_the_observations_and_the_next_ones():
