@@ -652,6 +652,13 @@ class SACLearner:
         self.trace_counts = self._traces.counts
         self._policy_fn = make_policy_fn(arch)
         devices.check_batch_sizes(spec.name, settings)
+        count = devices.current().count
+        if arch.memory_size and self.minibatch_rows() % count:
+            raise ValueError(
+                f"behavior {spec.name}: with memory a minibatch is {self.minibatch_rows()} rows ((batch_size // "
+                f"sequence_length) whole sequences of sequence_length), not a multiple of the {count} devices the "
+                "update is split across (--devices): choose batch_size and sequence_length to fit, or fewer devices"
+            )
         self._update_fn = devices.compile_update(
             make_update_fn(arch, settings, shared.make_optimizer(), self._traces.hook("update"), self.signals),
             lambda p: Minibatches(transitions=p.sharded(1), valid=p.replicated),

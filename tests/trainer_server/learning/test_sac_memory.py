@@ -220,3 +220,15 @@ def test_resume_restores_the_replay_buffer_with_memories_and_gives_the_identical
     plain.save_extra(tmp_path)
     with pytest.raises(ValueError, match=REPLAY_BUFFER_FILE + r": has no memories, the behavior's policy has memory \(memory_size 8\)"):
         b.load_extra(tmp_path)
+
+
+def test_minibatch_rows_the_devices_cannot_split_are_refused_naming_the_behavior():
+    from trainer_server.learning import devices
+
+    cpu = jax.devices()[0]
+    previous = devices.use(devices.Placement(devices=(cpu, cpu)))  # two devices as far as the split is concerned
+    try:
+        with pytest.raises(ValueError, match=r"behavior Mem\?team=0: with memory a minibatch is 9 rows .* 2 devices"):
+            _learner(batch_size=10)  # a multiple of 2, but 3 sequences of 3 rows are not
+    finally:
+        devices.use(previous)
