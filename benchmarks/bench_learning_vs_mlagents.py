@@ -80,6 +80,8 @@ CASES = {
         Case("sac-3dball", "configs/sac/3DBall.yaml", "3DBall", "3dball", 72_000, 100.0),
         Case("ppo-gridworld", "configs/ppo/GridWorld.yaml", "GridWorld", "gridworld", 100_000, 0.9),
         Case("sac-gridworld", str(MLAGENTS_CONFIGS / "sac" / "GridWorld.yaml"), "GridWorld", "gridworld", 60_000, 0.9),
+        # SAC with memory (an LSTM) on the memory task: only a policy that remembers the cue beats 0
+        Case("sac-hallway-memory", "configs/sac/Hallway.yaml", "Hallway", "hallway", 6_000, 0.9),
     )
 }
 
