@@ -668,6 +668,24 @@ class SACLearner:
         self._signal_rewards_fn = jax.jit(self.signals.rewards)
         self._normalizer_update = jax.jit(lambda n, o, m: shared.keep_finite(n, norm_mod.update(n, o, m))[0])
 
+    def warm_up(self) -> None:
+        """Compiles the update now, before any experience arrives (``make_learner`` calls it).
+
+        Why: the first ``update()`` would otherwise compile (seconds, more with memory) while
+        the gateways keep collecting up to their window with the initial policy; on a short
+        task that is thousands of agent steps acted by a policy that never learned. Runs one
+        call whose minibatches are all skipped (zeros, ``valid`` false): nothing changes, no
+        key is consumed. Skipped when the update spans several processes (they must call it
+        together).
+        """
+        if devices.current().processes > 1:
+            return
+        k = self.steps_per_call
+        zeros = self.replay_buffer.gather(np.zeros((k, self.minibatch_rows()), np.int64))  # the buffer's zero rows
+        batches = Minibatches(transitions=zeros, valid=np.zeros((k,), bool))
+        state = self._state._replace(step=jnp.asarray(0, jnp.int32))
+        jax.block_until_ready(self._update_fn(state, batches, jax.random.fold_in(self._key, 0)))
+
     def _auto_steps_per_call(self) -> int:
         floats = sum(2 * int(np.prod(o.shape)) for o in self.spec.observations)
         a = self.spec.action_spec

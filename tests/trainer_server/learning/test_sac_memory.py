@@ -232,3 +232,20 @@ def test_minibatch_rows_the_devices_cannot_split_are_refused_naming_the_behavior
             _learner(batch_size=10)  # a multiple of 2, but 3 sequences of 3 rows are not
     finally:
         devices.use(previous)
+
+
+def test_warm_up_compiles_the_update_before_experience_and_changes_nothing():
+    from trainer_server.learning.registry import make_learner
+
+    settings = _learner().settings
+    reference = SACLearner(_learner().spec, settings, seed=3)
+    learner = make_learner(reference.spec, settings, 3)  # the trainer's factory warms SAC up
+    assert learner.trace_counts["update"] == 1 and learner.replay_buffer.size == 0
+    for name, value in reference.policy_parameters().items():
+        np.testing.assert_array_equal(value, learner.policy_parameters()[name], err_msg=name)
+    for k in range(4):
+        trajectory = _acted(reference, 3, agent=k, seed=k)
+        reference.process_trajectory(trajectory)
+        learner.process_trajectory(trajectory)
+    assert learner.update() == reference.update()  # the same key, the same steps
+    assert learner.trace_counts["update"] == 1  # compiled once, before the experience
