@@ -80,6 +80,8 @@ CASES = {
         Case("sac-3dball", "configs/sac/3DBall.yaml", "3DBall", "3dball", 72_000, 100.0),
         Case("ppo-gridworld", "configs/ppo/GridWorld.yaml", "GridWorld", "gridworld", 100_000, 0.9),
         Case("sac-gridworld", str(MLAGENTS_CONFIGS / "sac" / "GridWorld.yaml"), "GridWorld", "gridworld", 60_000, 0.9),
+        # SAC with memory (an LSTM) on the memory task: only a policy that remembers the cue beats 0
+        Case("sac-hallway-memory", "configs/sac/Hallway.yaml", "Hallway", "hallway", 6_000, 0.9),
     )
 }
 
@@ -193,11 +195,14 @@ def _config_path(case: Case) -> Path:
     return path if path.is_absolute() else REPO / path
 
 
-def write_config(case: Case, max_steps: int, folder: Path) -> tuple[Path, int]:
+def write_config(case: Case, max_steps: int, folder: Path, side: str = "tandem") -> tuple[Path, int]:
     """The case's YAML with ``max_steps`` replaced (and ``checkpoint_interval`` past it),
-    written to ``folder``; returns it and ``summary_freq``."""
+    written to ``folder``; returns it and ``summary_freq``. For ``mlagents-learn`` the
+    Tandem-only ``tandem:`` section is removed (it refuses keys it does not know)."""
     data = yaml.safe_load(_config_path(case).read_text())
     behavior = data["behaviors"][case.behavior]
+    if side == "mlagents":
+        behavior.pop("tandem", None)
     behavior["max_steps"] = max_steps
     # no checkpoint within the run: mlagents-learn 1.1.0 exports ONNX at each checkpoint,
     # which the newer torch of its venv may fail at (it would end the run early)
@@ -242,7 +247,7 @@ def run_one(
     console kept as ``logs/<side>-<case>-s<seed>.log`` when ``logs`` is given)."""
     with tempfile.TemporaryDirectory(prefix="bench_lvm_") as tmp:
         folder = Path(tmp)
-        config, summary_freq = write_config(case, max_steps, folder)
+        config, summary_freq = write_config(case, max_steps, folder, side)
         cmd = command_for(side, case, config, seed, folder / "results", mlagents_learn)
         started = datetime.datetime.now(datetime.UTC)
         try:

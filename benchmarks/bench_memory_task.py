@@ -1,4 +1,4 @@
-"""Agent steps to solve the stand-in's memory task (``hallway``), PPO with and without memory.
+"""Agent steps to solve the stand-in's memory task (``hallway``), PPO and SAC with and without memory.
 
 The task shows a cue only at the first of an episode's four decisions; the goal picked at
 the last one pays +1 if it matches the cue, -1 if not (``unity_standin/tasks/hallway.py``).
@@ -8,7 +8,10 @@ or ``configs/ppo/Hallway_no_memory.yaml`` (the same without memory) for the same
 agent steps, with the gateway actor's own parts in one process (``train``): the stand-in
 through mlagents-envs, ``StepBatch``, per-agent ``AgentMemories``, ``TrajectoryBuilder``
 and a ``NumpyPolicy`` from every new snapshot. The learning test
-(``tests/trainer_server/learning/test_ppo_memory_standin.py``) runs the same loop.
+(``tests/trainer_server/learning/test_ppo_memory_standin.py``) runs the same loop. SAC's
+runs train ``configs/sac/Hallway.yaml`` and ``configs/sac/Hallway_no_memory.yaml`` the
+same way (``tests/trainer_server/learning/test_sac_memory_standin.py``); ``--configs``
+picks which configs run (``--output`` where the table goes).
 
 ``make bench BENCH=bench_memory_task`` writes ``benchmarks/results/bench_memory_task.md``.
 """
@@ -34,10 +37,16 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ppo"
 HALLWAY = "Hallway?team=0"
 WINDOW = 200
 SOLVED = 0.9
+#: every config the benchmark knows (``--configs``): PPO's under configs/ppo, SAC's under configs/sac
+ALL_CONFIGS = ("Hallway.yaml", "Hallway_no_memory.yaml", "sac/Hallway.yaml", "sac/Hallway_no_memory.yaml")
 
 
 def train(config: str, budget: int, seed: int = 0):
-    """Trains PPO with ``configs/ppo/<config>`` on the stand-in's hallway for ``budget`` agent steps.
+    """Trains with ``configs/ppo/<config>`` (or ``configs/<config>`` when it names a folder,
+    e.g. ``sac/Hallway.yaml``) on the stand-in's hallway for ``budget`` agent steps; the
+    config's ``trainer_type`` picks the learner (PPO or SAC). The actor acts with a snapshot
+    of the learner's policy after every update (PPO: and drops what it buffered, as the
+    trainer's default on-policy coupling; SAC: the replay buffer keeps everything).
 
     Returns:
         (list of ``(agent steps so far, return)`` of every finished episode in order, the learner).
@@ -55,8 +64,11 @@ def train(config: str, budget: int, seed: int = 0):
     from gateway.env.unity_environment import open_unity_environment
     from trainer_server.config.loading import load_run_options
     from trainer_server.learning.ppo import PPOLearner
+    from trainer_server.learning.sac import SACLearner
 
-    settings = load_run_options(CONFIGS / config).behaviors["Hallway"]
+    path = CONFIGS.parent / config if "/" in config else CONFIGS / config
+    settings = load_run_options(path).behaviors["Hallway"]
+    make_learner = {"ppo": PPOLearner, "sac": SACLearner}[settings.trainer_type]
     for attempt in range(3):
         try:
             env = open_unity_environment(
@@ -70,9 +82,10 @@ def train(config: str, budget: int, seed: int = 0):
     try:
         env.reset()
         spec = from_mlagents(HALLWAY, env.behavior_specs[HALLWAY])
-        learner = PPOLearner(spec, settings, seed=seed)
+        learner = make_learner(spec, settings, seed=seed)
         arch = learner.architecture()
         policy = NumpyPolicy.from_snapshot(make_snapshot(HALLWAY, 0, arch, learner.policy_parameters()))
+        version = 0
         builder = TrajectoryBuilder(spec, 0, settings.time_horizon, memory_size=arch.memory_size)
         memories = AgentMemories(arch.memory_size) if arch.memory_size else None
         rng = np.random.default_rng(seed)
@@ -87,10 +100,9 @@ def train(config: str, budget: int, seed: int = 0):
                 learner.process_trajectory(trajectory)
                 if learner.ready():
                     learner.update()
-                    learner.discard_buffered()  # on-policy, as the trainer's default coupling
-                    policy = NumpyPolicy.from_snapshot(
-                        make_snapshot(HALLWAY, learner.update_count, arch, learner.policy_parameters())
-                    )
+                    learner.discard_buffered()  # on-policy, as the trainer's default coupling (SAC: nothing)
+                    version += 1
+                    policy = NumpyPolicy.from_snapshot(make_snapshot(HALLWAY, version, arch, learner.policy_parameters()))
             before = None
             if memories is not None:  # forgotten at terminal steps, before the same id acts again
                 memories.forget(term.agent_ids)
@@ -98,7 +110,7 @@ def train(config: str, budget: int, seed: int = 0):
             out = policy.act(dec.observations, dec.action_mask, rng, memories=before)
             if memories is not None:
                 memories.keep(dec.agent_ids, out.memories)
-            builder.record(dec, out.continuous, out.discrete, out.log_probs, learner.update_count, before)
+            builder.record(dec, out.continuous, out.discrete, out.log_probs, version, before)
             acted += len(dec)
             env.set_actions(HALLWAY, ActionTuple(discrete=out.discrete))
             env.step()
@@ -126,18 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS, help="markdown file to write")
     parser.add_argument("--budget", type=int, default=16_000, help="agent steps per run (default 16000)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per config (default 3)")
+    parser.add_argument("--configs", nargs="+", choices=ALL_CONFIGS, default=list(ALL_CONFIGS), help="configs to run (default: all)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.budget <= 0 or args.seeds <= 0:
         log.error("--budget and --seeds must be positive", budget=args.budget, seeds=args.seeds)
         return 2
     rows = []
-    for config in ("Hallway.yaml", "Hallway_no_memory.yaml"):
+    for config in args.configs:
         for seed in range(args.seeds):
             started = time.monotonic()
             episodes, learner = train(config, args.budget, seed)
             solved = steps_to_solve(episodes)
             final = float(np.mean([r for _, r in episodes[-WINDOW:]]))
-            rows.append((config, seed, solved, final, learner.update_count, time.monotonic() - started))
+            updates = learner.update_steps if hasattr(learner, "update_steps") else learner.update_count  # SAC: gradient steps
+            rows.append((config, seed, solved, final, updates, time.monotonic() - started))
             log.warning("memory task run", config=config, seed=seed, solved_at=solved, final=round(final, 3))
     lines = [
         "# bench_memory_task",
@@ -145,16 +159,21 @@ def main(argv: list[str] | None = None) -> int:
         f"Agent steps until the mean return of {WINDOW} consecutive episodes of the stand-in's `hallway` "
         f"(cue at the first of 4 decisions, +1/-1 at the last) reaches {SOLVED}, PPO with memory "
         "(`configs/ppo/Hallway.yaml`: LSTM of memory 32, sequence_length 4) and without "
-        f"(`configs/ppo/Hallway_no_memory.yaml`), the same budget of {args.budget:,} agent steps per run, "
+        "(`configs/ppo/Hallway_no_memory.yaml`), SAC with memory (`configs/sac/Hallway.yaml`: the same LSTM "
+        "in the actor and both Q critics) and without (`configs/sac/Hallway_no_memory.yaml`), "
+        f"the same budget of {args.budget:,} agent steps per run, "
         "16 agents, in one process with the gateway actor's parts (see the module docstring).",
         "",
-        f"Command: `make bench BENCH=bench_memory_task` (`python -m benchmarks.run bench_memory_task`).",
+        "Command: `make bench BENCH=bench_memory_task` (`python -m benchmarks.run bench_memory_task`)"
+        + ("" if args.configs == list(ALL_CONFIGS) and argv is None else
+           f"; this table: `python -m benchmarks.bench_memory_task {' '.join(sys.argv[1:] if argv is None else argv)}`")
+        + ".",
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
         f"Machine: {report.cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured: load average "
         f"{os.getloadavg()[0]:.1f} at the end), "
         f"Python {platform.python_version()}, numpy {np.__version__}.",
         "",
-        f"| config | seed | agent steps to solve | mean return, last {WINDOW} episodes | updates | wall |",
+        f"| config | seed | agent steps to solve | mean return, last {WINDOW} episodes | updates (PPO) / gradient steps (SAC) | wall |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for config, seed, solved, final, updates, wall in rows:

@@ -33,11 +33,15 @@ from trainer_server.config.loading import trainer_settings_from_dict
 RESULTS = Path(__file__).parent / "results" / "bench_sac_update.md"
 SPEC = BehaviorSpec("3DBall?team=0", (ObservationSpec("vector", (8,)),), ActionSpec(continuous_size=2))
 CASES = [(64, 64), (64, 256), (256, 64), (256, 256)]  # (batch_size, hidden_units), 2 layers
+#: with memory (an LSTM in the actor and both Q critics): (batch_size, hidden_units, memory_size,
+#: sequence_length), measured beside the same case without memory
+MEMORY_CASES = [(64, 64, 64, 16), (256, 64, 64, 16)]
 FRAGMENT = 1000  # agent steps per trajectory fragment fed to the learner
 
 
-def _fragment(rng: np.random.Generator, t: int) -> Trajectory:
+def _fragment(rng: np.random.Generator, t: int, memory_size: int = 0) -> Trajectory:
     return Trajectory(
+        memories=rng.normal(size=(t, memory_size)).astype(np.float32) if memory_size else None,
         instance=0,
         agent_id=0,
         observations=[rng.normal(size=(t, 8)).astype(np.float32)],
@@ -52,28 +56,34 @@ def _fragment(rng: np.random.Generator, t: int) -> Trajectory:
     )
 
 
-def measure(batch_size: int, hidden_units: int, steps: int, steps_per_call: int) -> dict[str, float]:
-    """Compile time and steady-state gradient steps per second of one configuration."""
+def measure(
+    batch_size: int, hidden_units: int, steps: int, steps_per_call: int, memory_size: int = 0, sequence_length: int = 0
+) -> dict[str, float]:
+    """Compile time and steady-state gradient steps per second of one configuration (with
+    ``memory_size`` > 0: SAC with memory, minibatches of whole sequences)."""
     rng = np.random.default_rng(0)
+    network = {"hidden_units": hidden_units, "num_layers": 2, "normalize": True}
+    if memory_size:
+        network["memory"] = {"memory_size": memory_size, "sequence_length": sequence_length}
     settings = trainer_settings_from_dict(
         {
             "trainer_type": "sac",
             "hyperparameters": {"batch_size": batch_size, "buffer_size": 50000, "steps_per_update": 1.0},
-            "network_settings": {"hidden_units": hidden_units, "num_layers": 2, "normalize": True},
+            "network_settings": network,
         }
     )
     learner = SACLearner(SPEC, settings, seed=0, steps_per_call=steps_per_call)
     for _ in range(10):  # 10k transitions in the replay buffer
-        learner.process_trajectory(_fragment(rng, FRAGMENT))
+        learner.process_trajectory(_fragment(rng, FRAGMENT, memory_size))
     learner.step = learner.step  # count the updates due so far as done (as after a resume)
-    learner.process_trajectory(_fragment(rng, steps_per_call))
+    learner.process_trajectory(_fragment(rng, steps_per_call, memory_size))
     start = time.perf_counter()
     learner.update()  # compiles, then runs steps_per_call gradient steps
     first_call = time.perf_counter() - start
-    learner.process_trajectory(_fragment(rng, steps_per_call))
+    learner.process_trajectory(_fragment(rng, steps_per_call, memory_size))
     learner.update()  # one more warm call
     for _ in range(steps // FRAGMENT):
-        learner.process_trajectory(_fragment(rng, FRAGMENT))
+        learner.process_trajectory(_fragment(rng, FRAGMENT, memory_size))
     pending = learner.pending_updates()
     start = time.perf_counter()
     learner.update()
@@ -107,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         row = {"batch_size": batch_size, "hidden": hidden, **measure(batch_size, hidden, args.steps, args.steps_per_call)}
         rows.append(row)
         log.info("measured", **row)
+    memory_rows = []
+    for batch_size, hidden, memory_size, length in MEMORY_CASES:  # side by side: without, then with memory
+        plain = measure(batch_size, hidden, args.steps, args.steps_per_call)
+        recurrent = measure(batch_size, hidden, args.steps, args.steps_per_call, memory_size, length)
+        memory_rows.append((batch_size, hidden, memory_size, length, plain, recurrent))
+        log.info("measured memory", batch_size=batch_size, memory_size=memory_size, **recurrent)
 
     backend = f"{device.platform} ({device.device_kind})"
     lines = [
@@ -129,6 +145,22 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {r['batch_size']} | 2x{r['hidden']} | {r['steps_per_s']:,.0f} | {r['ms_per_step']:.2f} "
             f"| {r['samples_per_s']:,.0f} | {r['compile_s']:.1f} s |"
+        )
+    lines += [
+        "",
+        "With memory (`network_settings.memory`: an LSTM after the body of the actor and of both Q critics; "
+        "minibatches of `batch_size // sequence_length` whole sequences sampled from the replay buffer, the "
+        "actor's LSTM run over each sequence and its next observations, the critics' over the replayed steps "
+        "from zero memories, and the target critics' too), the same behavior, 2x64 MLP, measured beside the "
+        "same case without memory in the same run:",
+        "",
+        "| batch | memory | sequence_length | ms per step, no memory | ms per step, memory | ratio | compile (memory) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for batch_size, hidden, memory_size, length, plain, recurrent in memory_rows:
+        lines.append(
+            f"| {batch_size} | {memory_size} | {length} | {plain['ms_per_step']:.2f} | {recurrent['ms_per_step']:.2f} "
+            f"| {recurrent['ms_per_step'] / plain['ms_per_step']:.1f}x | {recurrent['compile_s']:.1f} s |"
         )
     lines += [
         "",

@@ -69,7 +69,11 @@ def test_mlagents_memory_configs_train_a_few_hundred_steps_on_the_standin(relati
 
     scalars = read_scalars(tmp_path / "results" / "memory" / name)
     assert len(scalars["Losses/Policy Loss"]) >= 1 and np.isfinite([v for _, v in scalars["Losses/Value Loss"]]).all()
-    memory_size = behavior["network_settings"]["memory"]["memory_size"]
+    _assert_recurrent_model(tmp_path, name, behavior["network_settings"]["memory"]["memory_size"])
+
+
+def _assert_recurrent_model(tmp_path: Path, name: str, memory_size: int) -> None:
+    """The exported model follows ML-Agents' recurrent contract and acts with the memory."""
     [model_path] = sorted((tmp_path / "results" / "memory").glob(f"{name}.onnx"))
     model = onnx.load(str(model_path))
     assert "recurrent_in" in [i.name for i in model.graph.input]
@@ -78,3 +82,20 @@ def test_mlagents_memory_configs_train_a_few_hundred_steps_on_the_standin(relati
     assert policy.memory_size == memory_size
     out = policy.act([np.zeros((2, 3), np.float32)], np.zeros((2, 2), bool), None, deterministic=True)
     assert out.memories.shape == (2, memory_size) and np.isfinite(out.memories).all()
+
+
+@pytest.mark.slow
+def test_sac_memory_config_trains_through_the_real_processes(tmp_path):
+    """``configs/sac/Hallway.yaml`` (SAC with an LSTM in the actor and critics) for a few
+    hundred steps through ``tandem-trainer --with-gateway``: gradient steps on sequences of
+    the memories the gateway's actor carried, and a recurrent ONNX model."""
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "sac" / "Hallway.yaml").read_text())
+    behavior = config["behaviors"]["Hallway"]
+    behavior.update(max_steps=STEPS, summary_freq=100, checkpoint_interval=STEPS)
+    behavior["hyperparameters"].update(buffer_init_steps=64)
+    path = tmp_path / "memory-e2e.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_trainer(path, tmp_path, "memory", 420, f"{STEPS} steps")
+    scalars = read_scalars(tmp_path / "results" / "memory" / "Hallway")
+    assert len(scalars["Losses/Q1 Loss"]) >= 1 and np.isfinite([v for _, v in scalars["Losses/Policy Loss"]]).all()
+    _assert_recurrent_model(tmp_path, "Hallway", behavior["network_settings"]["memory"]["memory_size"])

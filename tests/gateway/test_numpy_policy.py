@@ -199,6 +199,39 @@ def test_memory_lstm_matches_a_reference_cell_over_steps_and_starts_from_zeros()
         PolicyArchitecture(arch.behavior_spec, 6, 1, memory_size=7, sequence_length=4)
 
 
+def test_a_sac_memory_snapshot_acts_with_each_agents_memory_reset_at_its_episode_start():
+    """SAC's snapshot with memory (tanh-squashed Gaussian and a branch, ``lstm/...``): the
+    actor keeps a memory per agent (``AgentMemories``), an agent starting an episode acts
+    from zeros, and the squashed means follow the LSTM reference cell."""
+    from gateway.actor.memories import AgentMemories
+
+    rng = np.random.default_rng(11)
+    arch = PolicyArchitecture(_spec(continuous=2, branches=(3,)), hidden_units=6, num_layers=1, memory_size=8,
+                              sequence_length=4, continuous_distribution="tanh_gaussian")
+    params = _random_params(arch, rng)
+    policy = NumpyPolicy.from_snapshot(make_snapshot(arch.behavior_spec.name, 2, arch, params))
+    assert policy.architecture == arch and policy.memory_size == 8
+    memories = AgentMemories(policy.memory_size)
+    ids = np.array([3, 7, 9])
+    h = {a: [0.0] * 4 for a in ids.tolist()}
+    c = {a: [0.0] * 4 for a in ids.tolist()}
+    for step in range(5):
+        if step == 3:  # agent 7's episode ended: its next step starts from zeros
+            memories.forget(np.array([7]))
+            h[7], c[7] = [0.0] * 4, [0.0] * 4
+        obs = [rng.standard_normal((3, 6)).astype(np.float32)]
+        before = memories.take(ids)
+        out = policy.act(obs, None, rng, deterministic=True, memories=before)
+        memories.keep(ids, out.memories)
+        body = policy.hidden(obs)
+        for k, a in enumerate(ids.tolist()):
+            np.testing.assert_allclose(before[k], h[a] + c[a], atol=1e-5)
+            h[a], c[a] = _reference_lstm(body[k], h[a], c[a], params["lstm/kernel"], params["lstm/recurrent_kernel"], params["lstm/bias"])
+            mu = np.asarray(h[a], np.float32) @ params["policy/mu/kernel"] + params["policy/mu/bias"]
+            np.testing.assert_allclose(out.env_continuous[k], np.tanh(mu), atol=1e-5)  # SAC: the squashed mean
+    assert len(memories) == 3
+
+
 def _torch_like_resnet(p: dict[str, np.ndarray], image: np.ndarray) -> np.ndarray:
     """ML-Agents' ResNet encoder written out by loops over NCHW arrays (a slow reference)."""
 

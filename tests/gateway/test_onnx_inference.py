@@ -183,13 +183,16 @@ def test_training_snapshot_samples_with_log_probs():
     OnnxPolicy.from_snapshot(snapshot, spec=GRID_SPEC)
 
 
-@pytest.mark.parametrize("spec", [BALL_SPEC, GRID_SPEC])
-def test_recurrent_models_act_like_numpy_policy_with_the_memory_carried(spec):
-    """A model with ``recurrent_in``/``recurrent_out`` (memory): deterministic actions, the
-    memory it returns and the log-probs of its samples follow NumpyPolicy step after step."""
+@pytest.mark.parametrize(
+    "spec, distribution", [(BALL_SPEC, "gaussian"), (GRID_SPEC, "gaussian"), (BALL_SPEC, "tanh_gaussian")]
+)
+def test_recurrent_models_act_like_numpy_policy_with_the_memory_carried(spec, distribution):
+    """A model with ``recurrent_in``/``recurrent_out`` (memory), PPO's or SAC's
+    (``tanh_gaussian``): deterministic actions, the memory it returns and the log-probs of
+    its samples follow NumpyPolicy step after step."""
     from dataclasses import replace
 
-    arch = replace(architecture(spec), memory_size=10, sequence_length=4)
+    arch = replace(architecture(spec, distribution), memory_size=10, sequence_length=4)
     params = known_params(arch)
     onnx_policy = OnnxPolicy(export_policy_bytes(arch, params, training_outputs=True), spec=spec)
     reference = NumpyPolicy(arch, params)

@@ -728,3 +728,65 @@ def test_numpy_jax_and_onnxruntime_agree_over_steps_with_the_memory_carried(name
             np.testing.assert_array_equal(out["deterministic_discrete_actions"], ref.discrete)
             np.testing.assert_array_equal(discrete, ref.discrete)
     assert np.abs(mem_numpy).max() > 1e-2  # the memory really moved
+
+
+def test_a_sac_learners_memory_policy_acts_alike_in_numpy_jax_and_onnxruntime_and_as_it_trains():
+    """SAC with memory (hybrid actions, a camera): the learner's snapshot through the numpy
+    actor, the JAX actor and onnxruntime over steps with each agent's memory carried (and
+    reset to zeros for agents starting an episode), and the learner's training path (one
+    LSTM run per sequence from the first step's stored memory) gives the same means."""
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from trainer_server.config.loading import trainer_settings_from_dict
+    from trainer_server.learning import networks, sac
+
+    behavior = MEMORY_BEHAVIORS["visual_hybrid_sac"]
+    spec = make_architecture(**behavior).behavior_spec
+    settings = trainer_settings_from_dict({
+        "trainer_type": "sac",
+        "network_settings": {"hidden_units": HIDDEN, "num_layers": 1, "normalize": True,
+                             "memory": {"memory_size": 12, "sequence_length": 4}},
+    })
+    learner = sac.SACLearner(spec, settings, seed=4)
+    arch, params = learner.architecture(), learner.policy_parameters()
+    assert arch.memory_size == 12 and arch.continuous_distribution == "tanh_gaussian"
+    assert params["lstm/kernel"].shape == (HIDDEN, 24)
+    sess, policy = session(arch, params), NumpyPolicy(arch, params)
+    batch = 5
+    mem_numpy = mem_onnx = mem_jax = np.zeros((batch, 12), np.float32)
+    steps_obs, steps_mem, steps_mu = [], [], []
+    for step in range(6):
+        if step == 3:  # agents 0 and 2 start a new episode: their memories are reset
+            for m in (mem_numpy, mem_onnx, mem_jax):
+                m[[0, 2]] = 0.0
+        allowed = random_masks(spec.action_spec.discrete_branches, batch, seed=40 + step)
+        observations, feed = random_inputs(arch, batch=batch, seed=50 + step, masks=allowed)
+        steps_obs.append(observations)
+        steps_mem.append(mem_numpy.copy())
+        feed["recurrent_in"] = mem_onnx[:, None, :]
+        out = run(sess, feed)
+        ref = policy.act(observations, allowed == 0, np.random.default_rng(0), deterministic=True, memories=mem_numpy)
+        steps_mu.append(policy.distribution(observations, allowed == 0, mem_numpy)["mu"])
+        env, discrete, after = _jax_step(arch, params, observations, allowed, mem_jax)
+        mem_onnx, mem_numpy, mem_jax = out["recurrent_out"][:, 0, :].copy(), ref.memories.copy(), after.copy()
+        np.testing.assert_allclose(mem_onnx, mem_numpy, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(mem_jax, mem_numpy, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(out["deterministic_continuous_actions"], ref.env_continuous, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(env, ref.env_continuous, atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(out["deterministic_discrete_actions"], ref.discrete)
+        np.testing.assert_array_equal(discrete, ref.discrete)
+    assert np.abs(mem_numpy).max() > 1e-2
+    # training: agent 1's steps 0-3 as one sequence from its stored memory before step 0
+    # (its memories were never reset); the next observations are its steps 1-4
+    actor, _, _ = sac.make_recurrent_fns(learner.policy_architecture, ("extrinsic",))
+    obs = [np.stack([steps_obs[t][k][1] for t in range(4)]) for k in range(len(spec.observations))]
+    nxt = [np.stack([steps_obs[t][k][1] for t in range(1, 5)]) for k in range(len(spec.observations))]
+    norm = learner._state.normalizer
+    norm_stats = sac.norm_mod.statistics(norm) if arch.normalize else None
+    memories = np.repeat(steps_mem[0][1:2], 4, axis=0)
+    h, h_next = actor(learner._state.params["actor"], obs, nxt, norm_stats, jnp.asarray(memories))
+    mu = np.asarray(networks.actor_heads(learner._state.params["actor"], arch, h, None).mu)
+    mu_next = np.asarray(networks.actor_heads(learner._state.params["actor"], arch, h_next, None).mu)
+    np.testing.assert_allclose(mu, np.stack([steps_mu[t][1] for t in range(4)]), atol=1e-5)
+    np.testing.assert_allclose(mu_next, np.stack([steps_mu[t][1] for t in range(1, 5)]), atol=1e-5)

@@ -3,9 +3,9 @@
 Why: :mod:`trainer_server.config.loading` accepts every valid ML-Agents file (so that
 ``--dry-run`` shows any file resolved); training needs more. :func:`check_supported`
 raises :class:`NotSupportedError` for what the learners cannot do yet (``poca`` with
-another reward signal than extrinsic or with behavioral cloning, SAC or POCA with ``memory``,
-``self_play`` with a trainer type it does not wrap yet...; PPO's ``memory`` trains with every
-reward signal and behavioral cloning). The trainer calls it before it starts; the service calls
+another reward signal than extrinsic or with behavioral cloning, POCA with ``memory``,
+``self_play`` with a trainer type it does not wrap yet...; PPO's and SAC's ``memory`` train
+with every reward signal and behavioral cloning). The trainer calls it before it starts; the service calls
 :func:`check_behavior_supported` for behaviors that first appear at run time and fall
 back to ``default_settings``. The trainer types come from the learner registry: a type
 is supported when a learner exists for it.
@@ -44,6 +44,8 @@ SUPPORTED_VIS_ENCODE_TYPES: frozenset[str] = frozenset({"simple", "nature_cnn", 
 #: trainer types ``self_play`` wraps (``trainer_server.self_play``); a type joins once its
 #: learner's trajectories train through the ghost group
 SELF_PLAY_TRAINER_TYPES: frozenset[str] = frozenset({"ppo", "sac", "poca"})
+#: trainer types that train ``network_settings.memory`` (an LSTM)
+MEMORY_TRAINER_TYPES: frozenset[str] = frozenset({"ppo", "sac"})
 
 
 #: ML-Agents example environments whose observations Tandem refuses when they connect, by
@@ -108,8 +110,14 @@ def unsupported_features(
             )
         )
     network = settings.network_settings
-    if network.memory is not None and settings.trainer_type != "ppo":
-        found.append(("network_settings.memory", f"recurrent networks (memory) are not supported yet with {settings.trainer_type} (PPO only)"))
+    if network.memory is not None and settings.trainer_type not in MEMORY_TRAINER_TYPES:
+        found.append(
+            (
+                "network_settings.memory",
+                f"recurrent networks (memory) are not supported yet with {settings.trainer_type} "
+                f"({', '.join(sorted(MEMORY_TRAINER_TYPES))} only)",
+            )
+        )
     if network.vis_encode_type not in SUPPORTED_VIS_ENCODE_TYPES:
         supported = ", ".join(sorted(SUPPORTED_VIS_ENCODE_TYPES))
         found.append(

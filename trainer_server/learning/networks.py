@@ -132,13 +132,14 @@ def head_width(arch: PolicyArchitecture) -> int:
     return arch.memory_size // 2 if arch.memory_size else body_output_size(arch)
 
 
-def _init_lstm(key: jax.Array, arch: PolicyArchitecture, prefix: str) -> Params:
+def _init_lstm(key: jax.Array, arch: PolicyArchitecture, prefix: str, width: int | None = None) -> Params:
     """ML-Agents' LSTM initialization: Xavier-uniform per gate block of torch's weight
     matrices, zero biases plus a forget-gate bias of 1 on each of torch's two biases (2 in
-    the single ``lstm/bias``). Empty without memory."""
+    the single ``lstm/bias``), over inputs of ``width`` (default: the body's output). Empty
+    without memory."""
     if not arch.memory_size:
         return {}
-    half, width = arch.memory_size // 2, body_output_size(arch)
+    half, width = arch.memory_size // 2, width or body_output_size(arch)
     k_in, k_rec = jax.random.split(key)
     blocks_in = [_xavier_uniform(k, width, half, 1.0) for k in jax.random.split(k_in, 4)]
     blocks_rec = [_xavier_uniform(k, half, half, 1.0) for k in jax.random.split(k_rec, 4)]
@@ -202,7 +203,10 @@ def init_q_critic(key: jax.Array, arch: PolicyArchitecture) -> Params:
     k_enc, k_body, k_q = jax.random.split(key, 3)
     width = encoding_size(arch) + arch.behavior_spec.action_spec.continuous_size
     params = {**_init_encoders(k_enc, arch, "critic/"), **_init_body(k_body, arch, "critic/", width)}
-    params["critic/q/kernel"] = _xavier_uniform(k_q, arch.hidden_units if arch.num_layers else width, q_outputs(arch), 1.0)
+    body_width = arch.hidden_units if arch.num_layers else width
+    # with memory (ML-Agents' SAC critics): an LSTM after the body, the head reads its output
+    params.update(_init_lstm(jax.random.fold_in(k_body, 1), arch, "critic/", body_width))
+    params["critic/q/kernel"] = _xavier_uniform(k_q, q_body_width(arch), q_outputs(arch), 1.0)
     params["critic/q/bias"] = jnp.zeros((q_outputs(arch),), jnp.float32)
     return params
 
@@ -610,8 +614,34 @@ def q_critic_heads(
 
 
 def q_body_width(arch: PolicyArchitecture) -> int:
-    """Width of a Q critic's body output (what its heads read)."""
+    """Width of what a Q critic's heads read: the body's output, or with memory its LSTM's
+    output (memory_size / 2)."""
+    if arch.memory_size:
+        return arch.memory_size // 2
     return arch.hidden_units if arch.num_layers else encoding_size(arch) + arch.behavior_spec.action_spec.continuous_size
+
+
+def q_critic_body(
+    params: Params, arch: PolicyArchitecture, observations: list[jax.Array], norm: NormStats, continuous_actions: jax.Array
+) -> jax.Array:
+    """A Q critic's encoders and body over ``[encoding, squashed continuous action]``:
+    ``[n, body width]``, what its LSTM reads with memory (else what its heads read)."""
+    h = jnp.concatenate([_encoders(params, "critic/", arch, observations, norm), continuous_actions], axis=-1)
+    return _body(params, "critic/", arch, h)
+
+
+def lstm_over_sequences(params: Params, prefix: str, steps: jax.Array, memories: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``{prefix}lstm`` over ``steps`` ``[L, s, width]`` (s sequences, step-major) from
+    ``memories`` ``[s, m]``: (final memories ``[s, m]``, hidden outputs ``[L, s, m/2]``,
+    memories before each step ``[L, s, m]``)."""
+    return _lstm_scan(params, prefix, steps, memories)
+
+
+def lstm_one_step(params: Params, prefix: str, x: jax.Array, memories: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One ``{prefix}lstm`` step for n independent rows: ``x`` ``[n, width]`` from
+    ``memories`` ``[n, m]`` -> (hidden output ``[n, m/2]``, memories after ``[n, m]``)."""
+    kernel, rec, bias = (params[f"{prefix}lstm/{n}"] for n in ("kernel", "recurrent_kernel", "bias"))
+    return lstm_step(x, memories, kernel, rec, bias, xp=jnp)
 
 
 def init_dense(key: jax.Array, fan_in: int, fan_out: int, prefix: str, gain: float = 1.0, xavier: bool = False) -> Params:

@@ -46,4 +46,8 @@ def make_learner(spec: BehaviorSpec, settings: TrainerSettings, seed: int) -> Le
         )
     module, name = where
     learner_class = getattr(importlib.import_module(module), name)
-    return learner_class(spec, settings, seed)
+    learner = learner_class(spec, settings, seed)
+    warm_up = getattr(learner, "warm_up", None)  # optional: compile before experience arrives (SAC)
+    if warm_up is not None:
+        warm_up()
+    return learner

@@ -14,6 +14,15 @@ A transition i holds: ``obs[k][i]`` (observation k before the action), the actio
 it, ``done`` (1.0 only on a true terminal step: interrupted episodes and
 ``time_horizon`` cut-offs bootstrap), ``next_obs[k][i]`` and the action masks before
 (``action_masks``) and after (``next_action_masks``) the step (true = not allowed).
+
+With memory (``sequence_length`` L > 0, ``memory_size`` m), as ML-Agents' off-policy
+trainer with ``network_settings.memory``: rows also hold the actor's memory before the
+step (``memories``) and a ``loss_masks`` flag (1 on a real step, 0 on padding). Every
+fragment is written as whole sequences of L rows from its first step, the last one padded
+at its end with zero rows (ML-Agents' ``resequence_and_append``), and the ring's capacity
+is a multiple of L, so a sequence slot (rows ``[j L, (j + 1) L)``) never holds two
+fragments and never wraps. ``sample_sequences`` draws whole slots uniformly (ML-Agents'
+``sample_mini_batch``); ``sample`` draws single real rows (the reward signals' minibatches).
 """
 
 from __future__ import annotations
@@ -77,6 +86,10 @@ class Transitions(NamedTuple):
         dones: float32 ``[*L]``, 1.0 on true terminal steps.
         action_masks: bool ``[*L, sum(branches)]``, true = not allowed.
         next_action_masks: bool ``[*L, sum(branches)]`` for the next observation.
+        memories: with memory, float32 ``[*L, memory_size]``, the actor's memory before the
+            step (None without memory).
+        loss_masks: with memory, float32 ``[*L]``, 1 on real steps and 0 on sequence padding
+            (None without memory).
     """
 
     obs: tuple[np.ndarray, ...]
@@ -87,6 +100,8 @@ class Transitions(NamedTuple):
     dones: np.ndarray
     action_masks: np.ndarray
     next_action_masks: np.ndarray
+    memories: np.ndarray | None = None
+    loss_masks: np.ndarray | None = None
 
 
 class ReplayBuffer:
@@ -98,6 +113,9 @@ class ReplayBuffer:
         continuous_size: width of the continuous action.
         num_branches: number of discrete action branches.
         mask_size: sum of the discrete branch sizes (width of the action masks).
+        memory_size: with memory, floats of the actor's memory per row (0: no memory).
+        sequence_length: with memory, the rows of a sequence slot (the capacity is rounded
+            up to a multiple of it).
     """
 
     def __init__(
@@ -107,9 +125,17 @@ class ReplayBuffer:
         continuous_size: int,
         num_branches: int,
         mask_size: int,
+        memory_size: int = 0,
+        sequence_length: int = 0,
     ) -> None:
         if capacity <= 0:
             raise ValueError(f"replay buffer capacity must be positive, got {capacity}")
+        if memory_size and sequence_length < 1:
+            raise ValueError(f"replay buffer with memory: sequence_length must be >= 1, got {sequence_length}")
+        self.memory_size = int(memory_size)
+        self.sequence_length = int(sequence_length) if memory_size else 0
+        if self.sequence_length:
+            capacity = -(-int(capacity) // self.sequence_length) * self.sequence_length
         self.capacity = int(capacity)
         self.obs_shapes = tuple(tuple(int(d) for d in s) for s in obs_shapes)
         self.continuous_size = int(continuous_size)
@@ -125,6 +151,8 @@ class ReplayBuffer:
             dones=np.zeros((c,), np.float32),
             action_masks=np.zeros((c, self.mask_size), bool),
             next_action_masks=np.zeros((c, self.mask_size), bool),
+            memories=np.zeros((c, self.memory_size), np.float32) if self.memory_size else None,
+            loss_masks=np.zeros((c,), np.float32) if self.memory_size else None,
         )
         self._size = 0
         self._position = 0  # where the next transition is written
@@ -148,8 +176,15 @@ class ReplayBuffer:
             "action_masks": (n, self.mask_size),
             "next_action_masks": (n, self.mask_size),
         }
+        if self.memory_size:
+            expected.update(memories=(n, self.memory_size), loss_masks=(n,))
+        elif batch.memories is not None or batch.loss_masks is not None:
+            raise ValueError("transitions carry memories but this replay buffer has no memory")
         for name, shape in expected.items():
-            got = np.shape(getattr(batch, name))
+            value = getattr(batch, name)
+            if value is None:
+                raise ValueError(f"transitions.{name}: missing (the replay buffer has memory)")
+            got = np.shape(value)
             if got != shape:
                 raise ValueError(f"transitions.{name}: shape {got}, expected {shape}")
         for name in ("obs", "next_obs"):
@@ -163,8 +198,17 @@ class ReplayBuffer:
                     raise ValueError(f"transitions.{name}[{i}]: shape {np.shape(a)}, expected {(n, *s)}")
         return n
 
+    @property
+    def real_steps(self) -> int:
+        """Real steps held: ``size`` without the sequences' padding rows."""
+        if not self.memory_size:
+            return self._size
+        return int(np.count_nonzero(self._data.loss_masks[: self._size]))
+
     def add(self, batch: Transitions) -> None:
-        """Appends ``n`` transitions, overwriting the oldest when full.
+        """Appends ``n`` transitions (one fragment's consecutive steps), overwriting the oldest
+        when full. With memory the fragment becomes whole sequences: zero rows (loss mask 0)
+        are appended up to a multiple of ``sequence_length``.
 
         Raises:
             ValueError: naming the field whose shape does not fit this buffer.
@@ -172,6 +216,16 @@ class ReplayBuffer:
         n = self._check(batch)
         if n == 0:
             return
+        if self.sequence_length:
+            rows = -(-n // self.sequence_length) * self.sequence_length
+            batch = jax.tree_util.tree_map(
+                lambda a: np.concatenate([np.asarray(a), np.zeros((rows - n, *np.shape(a)[1:]), np.asarray(a).dtype)]), batch
+            )
+        self._write(batch)
+
+    def _write(self, batch: Transitions) -> None:
+        """Writes rows as they are (with memory: whole sequences) at the ring's position."""
+        n = int(np.shape(batch.rewards)[0])
         if n > self.capacity:  # only the newest capacity transitions survive anyway
             batch = jax.tree_util.tree_map(lambda a: np.asarray(a)[n - self.capacity :], batch)
             n = self.capacity
@@ -193,7 +247,29 @@ class ReplayBuffer:
         """
         if self._size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
+        if self.memory_size:  # single real rows: never a padding row
+            real = np.flatnonzero(self._data.loss_masks[: self._size])
+            if real.size == 0:
+                raise ValueError("cannot sample from an empty replay buffer")
+            return real[rng.integers(0, real.size, size=shape, dtype=np.int64)]
         return rng.integers(0, self._size, size=shape, dtype=np.int64)
+
+    def sample_sequences(self, rng: np.random.Generator, num_sequences: int, num_batches: int) -> Transitions:
+        """Whole sequence slots drawn uniformly (with replacement), as ML-Agents'
+        ``sample_mini_batch``: ``[num_batches, num_sequences * sequence_length]`` rows,
+        sequence by sequence, each in step order (``loss_masks`` 0 on padding).
+
+        Raises:
+            ValueError: without memory, or when the buffer is empty.
+        """
+        if not self.sequence_length:
+            raise ValueError("sample_sequences needs a replay buffer with memory")
+        if self._size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        length = self.sequence_length
+        starts = rng.integers(0, self._size // length, size=(num_batches, num_sequences), dtype=np.int64) * length
+        rows = (starts[..., None] + np.arange(length)).reshape(num_batches, num_sequences * length)
+        return self.gather(rows)
 
     def gather(self, indices: np.ndarray) -> Transitions:
         """The transitions at ``indices`` (any shape ``L``), as numpy arrays ``[*L, ...]``."""
@@ -225,6 +301,9 @@ class ReplayBuffer:
             "action_masks": data.action_masks,
             "next_action_masks": data.next_action_masks,
         }
+        if self.memory_size:
+            arrays["memories"] = data.memories
+            arrays["loss_masks"] = data.loss_masks
         for i, (o, n) in enumerate(zip(data.obs, data.next_obs)):
             arrays[f"obs_{i}"] = o
             arrays[f"next_obs_{i}"] = n
@@ -262,6 +341,10 @@ class ReplayBuffer:
                         raise ValueError(f"{path}: has no obs_{i}; the behavior has {n_obs} observations")
                 if f"obs_{n_obs}" in files:
                     raise ValueError(f"{path}: has more observations than the behavior's {n_obs}")
+                if self.memory_size and "memories" not in files:
+                    raise ValueError(f"{path}: has no memories, the behavior's policy has memory (memory_size {self.memory_size})")
+                if not self.memory_size and "memories" in files:
+                    raise ValueError(f"{path}: holds memories, the behavior's policy has no memory")
                 batch = Transitions(
                     obs=tuple(f[f"obs_{i}"] for i in range(n_obs)),
                     next_obs=tuple(f[f"next_obs_{i}"] for i in range(n_obs)),
@@ -271,7 +354,11 @@ class ReplayBuffer:
                     dones=f["dones"],
                     action_masks=f["action_masks"],
                     next_action_masks=f["next_action_masks"],
+                    memories=f["memories"] if "memories" in files else None,
+                    loss_masks=f["loss_masks"] if "loss_masks" in files else None,
                 )
+                if self.sequence_length and np.shape(batch.rewards)[0] % self.sequence_length:
+                    raise ValueError(f"{path}: its rows are not whole sequences of {self.sequence_length}")
         except FileNotFoundError:
             raise
         except (OSError, KeyError, EOFError, zipfile.BadZipFile) as e:
@@ -286,5 +373,5 @@ class ReplayBuffer:
             raise ValueError(f"{path}: {e}") from e
         self._size = 0
         self._position = 0
-        self.add(batch)
+        self._write(batch)  # with memory: whole sequences already
         self._log.info("replay buffer loaded", path=str(path), transitions=self._size)

@@ -52,6 +52,18 @@ What is learned (ML-Agents' SAC, with one deliberate difference):
   parameters in one backward pass; learning rate constant or linear to 1e-10 over
   ``max_steps`` (``learning_rate_schedule``).
 
+Memory (``network_settings.memory``, ML-Agents' recurrent SAC): an LSTM after the body of
+the actor and of each Q critic (and target). Fragments carry the actor's memory before each
+step and enter the replay buffer as whole sequences of ``sequence_length`` steps from
+their first step, the last one padded at its end (loss mask 0); a minibatch is
+``batch_size // sequence_length`` sequences drawn uniformly (``make_recurrent_fns``). The
+actor starts each sequence from its first step's stored acting memory and runs over the
+first observation and then the next observations (L + 1 steps, the policy at s and s');
+the critics start every sequence from zeros (ML-Agents records no Q memory) and run over
+the replayed steps; Q at the policy's action (and the target at ``(s', a')``) is one more
+LSTM step from the critic's memory before (after) the replayed step. No burn-in. Every
+loss term and statistic is a mean over the real rows only.
+
 Reward signals (``trainer_server.learning.reward_signals``), as ML-Agents' SAC: each Q
 critic has one head per configured signal (head 0 keeps the name ``critic/q``); every
 gradient step evaluates each signal's reward (times its strength) on the sampled
@@ -251,7 +263,9 @@ def make_policy_fn(arch: PolicyArchitecture) -> Callable[..., _Policy]:
 
     def policy(actor_params, obs, mask, norm_stats, key) -> _Policy:
         dist = networks.actor_forward(actor_params, arch, list(obs), norm_stats, mask if nb else None)
-        n = obs[0].shape[0]
+        return from_dist(dist, mask, key, obs[0].shape[0])
+
+    def from_dist(dist: networks.DistParams, mask, key, n: int) -> _Policy:
         if c:
             action, log_prob = distributions.tanh_gaussian_rsample(dist.mu, dist.log_std, key)
         else:
@@ -264,7 +278,63 @@ def make_policy_fn(arch: PolicyArchitecture) -> Callable[..., _Policy]:
             log_probs = probs = jnp.zeros((n, 0), jnp.float32)
         return _Policy(action, log_prob, probs, log_probs)
 
+    policy.from_dist = from_dist  # type: ignore[attr-defined]
     return policy
+
+
+def _to_steps(x: jax.Array, length: int) -> jax.Array:
+    """Rows ``[s * length, ...]`` (sequence by sequence) -> step-major ``[length, s, ...]``."""
+    return jnp.swapaxes(x.reshape(-1, length, *x.shape[1:]), 0, 1)
+
+
+def _to_rows(x: jax.Array) -> jax.Array:
+    """Inverse of ``_to_steps``: ``[length, s, ...]`` -> ``[s * length, ...]``."""
+    return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
+
+
+def make_recurrent_fns(arch: PolicyArchitecture, heads: tuple[str, ...]) -> tuple[Callable, Callable, Callable]:
+    """The networks with memory over a minibatch of whole sequences (rows ``[S * L]``, L =
+    ``sequence_length``, sequence by sequence), as ML-Agents' SAC with memory:
+
+    * ``actor(actor_params, obs, next_obs, norm_stats, memories [S*L, m]) -> (h [S*L, m/2],
+      h_next [S*L, m/2])``: the actor's LSTM from each sequence's stored acting memory (its
+      first row's) over the sequence's first observation and then its next observations
+      (L + 1 steps, one unbroken run: step t's next observation is step t + 1's
+      observation), the hidden outputs before the heads at the observations and at the next
+      observations.
+    * ``critic_pass(critic_params, obs, norm_stats, actions) -> (q [H, S*L, outputs],
+      memories before each step [S*L, m], memories after each step [S*L, m])``: one Q critic's LSTM (after its body over
+      ``[encoding, continuous action]``) over each sequence from ZERO memories (ML-Agents
+      zeroes the Q networks' memories: none is recorded while acting), fed the replayed
+      actions.
+    * ``critic_step(critic_params, obs, norm_stats, actions, memories [S*L, m]) -> q [H, S*L,
+      outputs]``: one LSTM step per row from the given memories: Q at another action (the
+      policy's sample) after the same history of replayed steps.
+    """
+    length, m = arch.sequence_length, arch.memory_size
+
+    def actor(actor_params, obs, next_obs, norm_stats, memories):
+        first = [o[::length] for o in obs]  # each sequence's first observation [S, ...]
+        h_first = networks.encode(actor_params, "", arch, first, norm_stats)  # [S, w]
+        h_next = _to_steps(networks.encode(actor_params, "", arch, list(next_obs), norm_stats), length)  # [L, S, w]
+        steps = jnp.concatenate([h_first[None], h_next], axis=0)  # [L + 1, S, w]
+        _, outs, _ = networks.lstm_over_sequences(actor_params, "", steps, memories[::length])
+        return _to_rows(outs[:-1]), _to_rows(outs[1:])
+
+    def critic_pass(critic_params, obs, norm_stats, actions):
+        h = _to_steps(networks.q_critic_body(critic_params, arch, list(obs), norm_stats, actions), length)
+        final, outs, before = networks.lstm_over_sequences(
+            critic_params, "critic/", h, jnp.zeros((h.shape[1], m), jnp.float32)
+        )
+        after = jnp.concatenate([before[1:], final[None]], axis=0)  # [L, S, m]
+        return networks.apply_heads(critic_params, _to_rows(outs), heads, "critic/q"), _to_rows(before), _to_rows(after)
+
+    def critic_step(critic_params, obs, norm_stats, actions, memories):
+        h = networks.q_critic_body(critic_params, arch, list(obs), norm_stats, actions)
+        out, _ = networks.lstm_one_step(critic_params, "critic/", h, memories)
+        return networks.apply_heads(critic_params, out, heads, "critic/q")
+
+    return actor, critic_pass, critic_step
 
 
 def make_loss_fn(
@@ -322,35 +392,79 @@ def make_loss_fn(
             loss = loss + alpha_c * pi.log_prob - q_term
         return loss
 
+    memory = bool(arch.memory_size)
+    if memory:
+        actor_seq, critic_pass, critic_step = make_recurrent_fns(arch, heads)
+        critics_pass = jax.vmap(critic_pass, in_axes=(0, None, None, None))
+        critics_step = jax.vmap(critic_step, in_axes=(0, None, None, None, 0))
+
+    def policies(actor_params, batch: Transitions, norm_stats, k_now, k_next) -> tuple[_Policy, _Policy]:
+        """The actor at the observations and at the next observations (with memory: one
+        LSTM run per sequence from its stored memory, ``make_recurrent_fns``)."""
+        if not memory:
+            pi = policy(actor_params, batch.obs, batch.action_masks, norm_stats, k_now)
+            return pi, policy(actor_params, batch.next_obs, batch.next_action_masks, norm_stats, k_next)
+        h, h_next = actor_seq(actor_params, batch.obs, batch.next_obs, norm_stats, batch.memories)
+        n = h.shape[0]
+        dist = networks.actor_heads(actor_params, arch, h, batch.action_masks if nb else None)
+        dist_next = networks.actor_heads(actor_params, arch, h_next, batch.next_action_masks if nb else None)
+        return (
+            policy.from_dist(dist, batch.action_masks, k_now, n),
+            policy.from_dist(dist_next, batch.next_action_masks, k_next, n),
+        )
+
+    def mean_rows(x: jax.Array, weights: jax.Array | None) -> jax.Array:
+        """Mean over the last axis (the rows); with memory over the real rows only."""
+        if weights is None:
+            return jnp.mean(x, axis=-1)
+        return jnp.sum(x * weights, axis=-1) / jnp.maximum(jnp.sum(weights), 1.0)
+
     def losses(params, target, norm_stats, batch: Transitions, key, signal_states=None):
         k_now, k_next = jax.random.split(key)
         log_alpha_c = params["log_entcoef"]["continuous"]
         log_alpha_d = params["log_entcoef"]["discrete"]
         alpha_c = jax.lax.stop_gradient(jnp.exp(log_alpha_c[0]))
         alpha_d = jax.lax.stop_gradient(jnp.exp(log_alpha_d))
+        weights = batch.loss_masks if memory else None  # [n]: padding rows out of every term
+        pi, pi_next = policies(params["actor"], batch, norm_stats, k_now, k_next)
+        pi_next = jax.lax.stop_gradient(pi_next)
 
-        # critic target: target critics at a' ~ pi(s'), no gradient
-        pi_next = policy(params["actor"], batch.next_obs, batch.next_action_masks, norm_stats, k_next)
-        q_next = jnp.min(critics(target, batch.next_obs, norm_stats, pi_next.action), axis=0)  # [H, n, outputs]
+        # critic regression on the replayed actions (with memory: the critics' LSTMs over
+        # each sequence's replayed steps from zero memories)
+        if memory:
+            q_all, q_before, _ = critics_pass(params["critics"], batch.obs, norm_stats, batch.continuous_actions)
+        else:
+            q_all = critics(params["critics"], batch.obs, norm_stats, batch.continuous_actions)  # [2, H, n, outputs]
+
+        # critic target: target critics at a' ~ pi(s'), no gradient (with memory: one step
+        # from the target critics' memories after the replayed step)
+        if memory:
+            _, _, target_after = critics_pass(target, batch.obs, norm_stats, batch.continuous_actions)
+            q_next = critics_step(target, batch.next_obs, norm_stats, pi_next.action, target_after)
+        else:
+            q_next = critics(target, batch.next_obs, norm_stats, pi_next.action)
+        q_next = jnp.min(q_next, axis=0)  # [H, n, outputs]
         v_next = head_values(q_next, pi_next, alpha_c, alpha_d)  # [H, n]
         rewards = signals.rewards(signal_states, signal_batch(batch), norm_stats)  # [H, n], strengths applied
         y = rewards + gammas * (1.0 - use_dones * batch.dones) * v_next
         y = jax.lax.stop_gradient(y)
 
-        # critic regression on the replayed actions
-        q_all = critics(params["critics"], batch.obs, norm_stats, batch.continuous_actions)  # [2, H, n, outputs]
         if nb:
             taken = batch.discrete_actions + offsets  # [n, nb]: the output column of each choice
             q_taken = jnp.mean(jnp.take_along_axis(q_all, taken[None, None], axis=-1), axis=-1)  # [2, H, n]
         else:
             q_taken = q_all[..., 0]
         # per head, then the mean over the reward signals' heads (ML-Agents)
-        q_losses = 0.5 * jnp.mean((q_taken - y[None]) ** 2, axis=(-2, -1))  # [2]
+        q_losses = 0.5 * jnp.mean(mean_rows((q_taken - y[None]) ** 2, weights), axis=-1)  # [2]
 
-        # policy: ML-Agents' sac_policy_loss, against the first online critic (fixed)
-        pi = policy(params["actor"], batch.obs, batch.action_masks, norm_stats, k_now)
-        q_both = critics(jax.lax.stop_gradient(params["critics"]), batch.obs, norm_stats, pi.action)  # [2, H, n, outputs]
-        policy_loss = jnp.mean(policy_objective(jnp.mean(q_both[0], axis=0), pi, alpha_c, alpha_d))
+        # policy: ML-Agents' sac_policy_loss, against the first online critic (fixed); with
+        # memory Q at pi's action after the same replayed history
+        frozen = jax.lax.stop_gradient(params["critics"])
+        if memory:
+            q_both = critics_step(frozen, batch.obs, norm_stats, pi.action, jax.lax.stop_gradient(q_before))
+        else:
+            q_both = critics(frozen, batch.obs, norm_stats, pi.action)  # [2, H, n, outputs]
+        policy_loss = mean_rows(policy_objective(jnp.mean(q_both[0], axis=0), pi, alpha_c, alpha_d), weights)
         q_min = jnp.min(q_both, axis=0)  # [H, n, outputs]
         _, entropy, branch_entropy = soft_value(q_min[0], pi, alpha_c, alpha_d)
         v_pi = head_values(q_min, pi, alpha_c, alpha_d)  # [H, n], reported
@@ -360,10 +474,10 @@ def make_loss_fn(
         entropy_loss = jnp.zeros((), jnp.float32)
         if c:
             h_c = jax.lax.stop_gradient(-pi.log_prob)
-            entropy_loss = entropy_loss + jnp.mean(log_alpha_c[0] * (h_c - target_c))
+            entropy_loss = entropy_loss + mean_rows(log_alpha_c[0] * (h_c - target_c), weights)
         if nb:
             h_d = jax.lax.stop_gradient(branch_entropy)
-            entropy_loss = entropy_loss + jnp.mean(jnp.mean(log_alpha_d * (h_d - target_d), axis=-1))
+            entropy_loss = entropy_loss + mean_rows(jnp.mean(log_alpha_d * (h_d - target_d), axis=-1), weights)
 
         total = jnp.sum(q_losses) + policy_loss + entropy_loss
         coefs = ([alpha_c[None]] if c else []) + ([alpha_d] if nb else [])
@@ -372,9 +486,9 @@ def make_loss_fn(
             "Losses/Q1 Loss": q_losses[0],
             "Losses/Q2 Loss": q_losses[1],
             "Policy/Entropy Coefficient": jnp.mean(jnp.concatenate(coefs)),
-            "Policy/Entropy": jnp.mean(entropy),
+            "Policy/Entropy": mean_rows(entropy, weights),
         }
-        metrics.update({tag: jnp.mean(v) for tag, v in zip(signals.value_tags(), v_pi)})
+        metrics.update({tag: mean_rows(v, weights) for tag, v in zip(signals.value_tags(), v_pi)})
         if c:
             metrics["Policy/Continuous Entropy Coeff"] = alpha_c
         if nb:
@@ -524,6 +638,8 @@ class SACLearner:
             a.continuous_size,
             a.num_branches,
             a.mask_size,
+            memory_size=arch.memory_size,
+            sequence_length=arch.sequence_length,
         )
         self.steps_per_call = steps_per_call or self._auto_steps_per_call()
         key, k_init = jax.random.split(shared.new_key(seed))
@@ -536,6 +652,13 @@ class SACLearner:
         self.trace_counts = self._traces.counts
         self._policy_fn = make_policy_fn(arch)
         devices.check_batch_sizes(spec.name, settings)
+        count = devices.current().count
+        if arch.memory_size and self.minibatch_rows() % count:
+            raise ValueError(
+                f"behavior {spec.name}: with memory a minibatch is {self.minibatch_rows()} rows ((batch_size // "
+                f"sequence_length) whole sequences of sequence_length), not a multiple of the {count} devices the "
+                "update is split across (--devices): choose batch_size and sequence_length to fit, or fewer devices"
+            )
         self._update_fn = devices.compile_update(
             make_update_fn(arch, settings, shared.make_optimizer(), self._traces.hook("update"), self.signals),
             lambda p: Minibatches(transitions=p.sharded(1), valid=p.replicated),
@@ -545,12 +668,40 @@ class SACLearner:
         self._signal_rewards_fn = jax.jit(self.signals.rewards)
         self._normalizer_update = jax.jit(lambda n, o, m: shared.keep_finite(n, norm_mod.update(n, o, m))[0])
 
+    def warm_up(self) -> None:
+        """Compiles the update now, before any experience arrives (``make_learner`` calls it).
+
+        Why: the first ``update()`` would otherwise compile (seconds, more with memory) while
+        the gateways keep collecting up to their window with the initial policy; on a short
+        task that is thousands of agent steps acted by a policy that never learned. Runs one
+        call whose minibatches are all skipped (zeros, ``valid`` false): nothing changes, no
+        key is consumed. Skipped when the update spans several processes (they must call it
+        together).
+        """
+        if devices.current().processes > 1:
+            return
+        k = self.steps_per_call
+        zeros = self.replay_buffer.gather(np.zeros((k, self.minibatch_rows()), np.int64))  # the buffer's zero rows
+        batches = Minibatches(transitions=zeros, valid=np.zeros((k,), bool))
+        state = self._state._replace(step=jnp.asarray(0, jnp.int32))
+        jax.block_until_ready(self._update_fn(state, batches, jax.random.fold_in(self._key, 0)))
+
     def _auto_steps_per_call(self) -> int:
         floats = sum(2 * int(np.prod(o.shape)) for o in self.spec.observations)
         a = self.spec.action_spec
-        per_transition = 4 * (floats + a.continuous_size + a.num_branches + 2) + 2 * a.mask_size
-        k = DEFAULT_CHUNK_BYTES // max(per_transition * self.hyperparameters.batch_size, 1)
+        per_transition = 4 * (floats + a.continuous_size + a.num_branches + 2 + self.policy_architecture.memory_size + 1)
+        per_transition += 2 * a.mask_size
+        k = DEFAULT_CHUNK_BYTES // max(per_transition * self.minibatch_rows(), 1)
         return int(max(1, min(MAX_STEPS_PER_CALL, k)))
+
+    def minibatch_rows(self) -> int:
+        """Rows of one minibatch: ``batch_size``, or with memory ``batch_size //
+        sequence_length`` whole sequences (at least one; ML-Agents' ``sample_mini_batch``)
+        of ``sequence_length`` rows, padding included."""
+        arch = self.policy_architecture
+        if not arch.memory_size:
+            return self.hyperparameters.batch_size
+        return max(self.hyperparameters.batch_size // arch.sequence_length, 1) * arch.sequence_length
 
     # -- experience --------------------------------------------------------------------
     def process_trajectory(self, trajectory: Trajectory) -> None:
@@ -561,12 +712,27 @@ class SACLearner:
         terminal (done and not interrupted). The last step's next action mask is unknown
         (the trajectory does not carry it) and allows every action.
 
+        With memory the rows also carry the actor's memory before each step (the fragment's
+        ``memories``) and the buffer writes the fragment as whole sequences from its first
+        step (``ReplayBuffer.add``).
+
         Raises:
-            ValueError: when the fragment does not fit the behavior's shapes.
+            ValueError: when the fragment does not fit the behavior's shapes (or, with memory,
+                carries no memories of ``[t, memory_size]``).
         """
         t = len(trajectory)
         if t == 0:
             return
+        memory_fields = {}
+        m = self.policy_architecture.memory_size
+        if m:
+            got = None if trajectory.memories is None else tuple(np.shape(trajectory.memories))
+            if got != (t, m):
+                raise ValueError(
+                    f"behavior {self.spec.name}: trajectory memories have shape {got}, expected {(t, m)} "
+                    "(network_settings.memory: the actor's memory before each step)"
+                )
+            memory_fields = {"memories": np.asarray(trajectory.memories, np.float32), "loss_masks": np.ones((t,), np.float32)}
         obs = tuple(np.asarray(o, np.float32) for o in trajectory.observations)
         next_obs = tuple(
             np.concatenate([o[1:], np.asarray(n, np.float32)[None]], axis=0)
@@ -587,6 +753,7 @@ class SACLearner:
             dones=dones,
             action_masks=masks,
             next_action_masks=next_masks,
+            **memory_fields,
         )
         self.replay_buffer.add(batch)  # validates shapes before anything else changes
         if self.policy_architecture.normalize:
@@ -661,7 +828,8 @@ class SACLearner:
     def ready(self) -> bool:
         """True when gradient steps are due and a minibatch can be sampled."""
         hp = self.hyperparameters
-        return self.replay_buffer.size >= hp.batch_size and self._step >= hp.buffer_init_steps and self.pending_updates() > 0
+        held = self.replay_buffer.real_steps  # with memory: real steps, not the sequences' padding
+        return held >= hp.batch_size and self._step >= hp.buffer_init_steps and self.pending_updates() > 0
 
     # -- update ------------------------------------------------------------------------
     def update(self) -> dict[str, float]:
@@ -677,7 +845,7 @@ class SACLearner:
             return {}
         pending = self.pending_updates()
         state = self._state._replace(step=jnp.asarray(min(self._step, np.iinfo(np.int32).max), jnp.int32))
-        self._state, out = self._in_chunks(pending, state, self._update_fn)
+        self._state, out = self._in_chunks(pending, state, self._update_fn, self._sample_minibatches)
         params, bc_metrics = behavioral_cloning.after_rl_update(
             self._bc, self._state.params, self._state.normalizer, self.policy_architecture.normalize, self._step,
             times=pending,
@@ -699,23 +867,33 @@ class SACLearner:
             return {}
         normalizer, expert = self._state.normalizer, self.signals.expert
         states, out = self._in_chunks(
-            pending, self._state.signals, lambda st, batches, key: self._signal_update_fn(st, normalizer, batches, key, expert)
+            pending,
+            self._state.signals,
+            lambda st, batches, key: self._signal_update_fn(st, normalizer, batches, key, expert),
+            lambda k: self.replay_buffer.sample(self._sampler, self.hyperparameters.batch_size, num_batches=k),
         )
         self._state = self._state._replace(signals=states)
         self.reward_signal_update_steps += pending
         return out
 
-    def _in_chunks(self, pending: int, carry: Any, step: Callable) -> tuple[Any, dict[str, float]]:
+    def _sample_minibatches(self, k: int) -> Transitions:
+        """``k`` minibatches for the gradient steps ``[k, minibatch_rows, ...]``: uniform
+        transitions, or with memory whole sequences (``ReplayBuffer.sample_sequences``)."""
+        arch = self.policy_architecture
+        if arch.memory_size:
+            return self.replay_buffer.sample_sequences(self._sampler, self.minibatch_rows() // arch.sequence_length, k)
+        return self.replay_buffer.sample(self._sampler, self.hyperparameters.batch_size, num_batches=k)
+
+    def _in_chunks(
+        self, pending: int, carry: Any, step: Callable, sample: Callable[[int], Transitions]
+    ) -> tuple[Any, dict[str, float]]:
         """Runs ``pending`` steps of a compiled ``step(carry, Minibatches, key) -> (carry,
-        metric sums)`` in calls of ``steps_per_call`` replayed minibatches; returns the carry
-        and the metrics averaged over the steps."""
+        metric sums)`` in calls of ``steps_per_call`` minibatches from ``sample(k)``; returns
+        the carry and the metrics averaged over the steps."""
         k, done, sums = self.steps_per_call, 0, None
         while done < pending:
             n = min(k, pending - done)
-            batches = Minibatches(
-                transitions=self.replay_buffer.sample(self._sampler, self.hyperparameters.batch_size, num_batches=k),
-                valid=np.arange(k) < n,
-            )
+            batches = Minibatches(transitions=sample(k), valid=np.arange(k) < n)
             self._key, key = jax.random.split(self._key)
             carry, metrics = step(carry, batches, key)
             sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)

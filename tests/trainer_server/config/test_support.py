@@ -47,7 +47,7 @@ def test_every_mlagents_visual_encoder_is_supported(tmp_path: Path, trainer: str
     "name",
     [
         "ppo/3DBall.yaml", "ppo/GridWorld.yaml", "ppo/MultiBehavior.yaml", "ppo/Hallway.yaml", "ppo/Hallway_no_memory.yaml",
-        "selfplay/Pong.yaml", "selfplay/StrikerVsGoalie.yaml",
+        "sac/Hallway.yaml", "sac/Hallway_no_memory.yaml", "selfplay/Pong.yaml", "selfplay/StrikerVsGoalie.yaml",
     ],
 )
 def test_tandem_configs_load_and_are_supported(name: str) -> None:
@@ -69,10 +69,6 @@ def test_tandem_configs_load_and_are_supported(name: str) -> None:
         (
             "trainer_type: poca\n    network_settings:\n      memory: {}",
             "behaviors.Team.network_settings.memory: recurrent networks (memory) are not supported yet with poca",
-        ),
-        (
-            "trainer_type: sac\n    network_settings:\n      memory: {}",
-            "behaviors.Team.network_settings.memory: recurrent networks (memory) are not supported yet with sac",
         ),
     ],
 )
@@ -103,6 +99,11 @@ def test_self_play_is_supported_with_ppo_sac_and_poca(tmp_path: Path, trainer: s
 )
 def test_ppo_memory_with_learned_reward_signals_and_behavioral_cloning_is_supported(tmp_path: Path, section: str) -> None:
     check_supported(load_text(tmp_path, "behaviors:\n  Team:\n    " + section + "\n"))
+
+
+@pytest.mark.parametrize("signals", ["", "\n    reward_signals:\n      curiosity: {}"])
+def test_sac_memory_is_supported(tmp_path: Path, signals: str) -> None:
+    check_supported(load_text(tmp_path, "behaviors:\n  Team:\n    trainer_type: sac\n    network_settings:\n      memory: {}" + signals + "\n"))
 
 
 def test_goal_conditioning_and_extrinsic_ppo_are_supported(tmp_path: Path) -> None:
