@@ -12,6 +12,9 @@ Flow (per behavior, one ``PPOLearner``):
    advantages with the value of ``next_observations`` as bootstrap when the fragment was
    cut (``time_horizon``) or interrupted (max step), and 0 after a true terminal. Rewards
    are the environment's times the extrinsic ``strength``. The result joins the buffer.
+   ``process_trajectories`` does the same for a chunk's fragments in a few compiled calls
+   (``make_batch_process_fn``: the fragments of one padded length together, the normalizer
+   folded in their order), with the same results; the trainer uses it.
 2. ``update`` (when ``buffer_size`` steps are buffered): ONE jit-compiled pure function
    ``(state, batch, key) -> (state, metrics)``: advantages normalized over the batch,
    ``num_epoch`` passes over shuffled minibatches of ``batch_size`` (``lax.scan``, no
