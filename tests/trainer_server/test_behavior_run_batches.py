@@ -92,7 +92,6 @@ def test_batches_bring_updates_summaries_checkpoints_and_max_steps_after_the_sam
     checkpoints = [c["steps"] for c in status["3DBall"]["checkpoints"]]
     assert checkpoints == [c["steps"] for c in status_one["3DBall"]["checkpoints"]] and len(checkpoints) >= 2
     a, b = batched.state_dict(), one.state_dict()
-    for x, y in zip(np.ravel(a["params"]["actor"]["policy/mu/kernel"]), np.ravel(b["params"]["actor"]["policy/mu/kernel"])):
-        assert abs(x - y) < 1e-4
+    np.testing.assert_allclose(a["params"]["actor"]["policy/mu/kernel"], b["params"]["actor"]["policy/mu/kernel"], atol=1e-4)
     # every update, summary (50) and checkpoint (60) ends a batch; between them, one call
     assert batched.calls < one.calls / 2

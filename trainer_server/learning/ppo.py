@@ -763,13 +763,16 @@ class PPOLearner:
         t = len(trajectory)
         self._check(trajectory)
         padded = self._padded(t)
-        observations = [_fragment_rows(obs, nxt, padded) for obs, nxt in zip(trajectory.observations, trajectory.next_observations)]
+        observations = [
+            _fragment_rows(obs, nxt, padded) for obs, nxt in zip(trajectory.observations, trajectory.next_observations)
+        ]
         rewards = _pad_rows(np.asarray(trajectory.rewards, np.float32), padded)
         padded_actions = {name: _pad_rows(value, padded) for name, value in self._actions(trajectory).items()}
         joint = _pad_rows(np.asarray(trajectory.log_probs, np.float32).reshape(t), padded)
         memory_args = ()
         if self.policy_architecture.memory_size:
-            memory_args = (_pad_rows(np.asarray(trajectory.memories, np.float32), padded), self._critic_memory(trajectory))
+            memories = _pad_rows(np.asarray(trajectory.memories, np.float32), padded)
+            memory_args = (memories, self._critic_memory(trajectory))
         normalizer, *results = self._process_fn(
             self._state.params, self._state.normalizer, self._acting_normalizer, tuple(observations), rewards,
             np.int32(t), np.bool_(_bootstraps(trajectory)), padded_actions["continuous_actions"],

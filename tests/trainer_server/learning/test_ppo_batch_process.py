@@ -15,7 +15,9 @@ from trainer_server.learning import ppo
 from trainer_server.learning.ppo import PPOLearner
 
 #: a camera through the ``simple`` encoder, a normalized vector, continuous and masked discrete actions
-VISUAL = BehaviorSpec("Batch?team=0", (ObservationSpec("cam", (1, 20, 20)), ObservationSpec("v", (3,))), ActionSpec(1, (3, 2)))
+VISUAL = BehaviorSpec(
+    "Batch?team=0", (ObservationSpec("cam", (1, 20, 20)), ObservationSpec("v", (3,))), ActionSpec(1, (3, 2))
+)
 VECTOR = BehaviorSpec("BatchMem?team=0", (ObservationSpec("v", (3,)),), ActionSpec(1, (2,)))
 M = 8
 
