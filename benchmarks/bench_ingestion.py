@@ -169,7 +169,9 @@ def record(task: str, seconds: float) -> Recording:
     standin_task, behavior, config = TASKS[task]
     time_horizon = int(yaml.safe_load(config.read_text())["behaviors"][behavior]["time_horizon"])
     recording = Recording(task)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    # a chunk of 512 GridWorld steps is ~4.3 MB: above gRPC's default 4 MiB receive limit
+    limits = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=limits)
     trainer_pb2_grpc.add_TrainerServicer_to_server(_Recorder(recording, time_horizon), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

@@ -116,21 +116,23 @@ def _fill(learner, rng: np.random.Generator, spec: BehaviorSpec = SPEC, length: 
     return seconds / steps
 
 
-def _time_updates(learner, fill, updates: int) -> tuple[float, list[float], list[float]]:
+def _time_updates(learner, fill, updates: int) -> tuple[float, list[float], list[float], list[float]]:
     """(the first update's seconds, each later update's seconds, processing seconds per step
-    of each fill) with the buffer refilled by ``fill(learner, rng)`` before every update."""
+    of each fill, each later update's process CPU seconds) with the buffer refilled by
+    ``fill(learner, rng)`` before every update."""
     rng = np.random.default_rng(0)
     per_step = [fill(learner, rng)]
     start = time.perf_counter()
     learner.update()
     first = time.perf_counter() - start
-    times = []
+    times, cpu = [], []
     for _ in range(updates):
         per_step.append(fill(learner, rng))
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         learner.update()
         times.append(time.perf_counter() - start)
-    return first, times, per_step
+        cpu.append(time.process_time() - cpu_start)
+    return first, times, per_step, cpu
 
 
 def bench_update(
@@ -162,7 +164,7 @@ def bench_update(
     )
     hp = settings.hyperparameters
     learner = PPOLearner(spec, settings, seed=0)
-    first, times, per_step = _time_updates(learner, lambda lrn, rng: _fill(lrn, rng, spec, length), updates)
+    first, times, per_step, cpu = _time_updates(learner, lambda lrn, rng: _fill(lrn, rng, spec, length), updates)
     steady = float(np.median(times))
     minibatches = hp.buffer_size // hp.batch_size
     return {
@@ -171,6 +173,7 @@ def bench_update(
         "compile_s": max(0.0, first - steady),
         "update_s": steady,
         "update_min_s": float(np.min(times)),
+        "update_cpu_s": float(np.median(cpu)),
         "buffer_steps_per_s": hp.buffer_size / steady,
         "gradient_samples_per_s": hp.num_epoch * minibatches * hp.batch_size / steady,
         "minibatch_steps": hp.num_epoch * minibatches,
@@ -237,9 +240,10 @@ def bench_memory_update(updates: int) -> list[dict]:
     rows = []
     for memory in (True, False):
         learner = PPOLearner(MEMORY_SPEC, _memory_settings(memory), seed=0)
-        first, times, per_step = _time_updates(learner, _fill_memory, updates)
+        first, times, per_step, cpu = _time_updates(learner, _fill_memory, updates)
         rows.append({
             "memory": memory, "first_update_s": first, "update_s": float(np.median(times)),
+            "update_cpu_s": float(np.median(cpu)),
             "update_min_s": float(np.min(times)), "process_us_per_step": 1e6 * float(np.median(per_step[1:])),
             "traces": learner.trace_counts["update"],
         })
@@ -317,7 +321,8 @@ def provenance(argv: list[str], backend: str) -> list[str]:
         f"Command: `{' '.join(['python -m benchmarks.bench_ppo_update', *argv])}` "
         "(the defaults: `make bench BENCH=bench_ppo_update`, `python -m benchmarks.run bench_ppo_update`).",
         f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
-        f"Machine: {report.cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured), "
+        f"Machine: {report.cpu_name()}, {os.cpu_count()} cores visible (shared with other work while measured: "
+        f"load average {os.getloadavg()[0]:.1f} at the end), "
         f"Python {platform.python_version()}, numpy {np.__version__}; JAX backend: {backend}.",
     ]
 
@@ -357,12 +362,13 @@ def encoder_table(args: argparse.Namespace, per_encoder: list[tuple[str, dict, l
         "The rows are measured one after another in one run on a machine shared with other work: "
         "compare them with each other rather than with other runs.",
         "",
-        "| case | first update (compile + run) | steady update (median) | acting us/agent, 1 agent | acting us/agent, 12 agents |",
-        "|---|---:|---:|---:|---:|",
+        "| case | first update (compile + run) | steady update (median) | steady update CPU (median) "
+        "| acting us/agent, 1 agent | acting us/agent, 12 agents |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for label, upd, act in per_encoder:
         lines.append(
-            f"| {label} | {upd['first_update_s']:.2f} s | {upd['update_s']:.3f} s | "
+            f"| {label} | {upd['first_update_s']:.2f} s | {upd['update_s']:.3f} s | {upd['update_cpu_s']:.3f} s | "
             f"{act[0]['us_per_agent']:,.0f} | {act[1]['us_per_agent']:,.0f} |"
         )
     return lines
@@ -437,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| first update (compile + run) | {update['first_update_s']:.2f} s |",
         f"| compile (first minus steady) | {update['compile_s']:.2f} s |",
         f"| steady update, median of {update['updates']} (min) | {update['update_s']:.3f} s ({update['update_min_s']:.3f} s) |",
+        f"| steady update, process CPU seconds (median) | {update['update_cpu_s']:.3f} s |",
         f"| buffer steps per second (12000 / update time) | {update['buffer_steps_per_s']:,.0f} |",
         f"| gradient samples per second (3 epochs x 187 minibatches x 64) | {update['gradient_samples_per_s']:,.0f} |",
         f"| minibatch Adam steps per update | {update['minibatch_steps']} |",
@@ -460,11 +467,13 @@ def main(argv: list[str] | None = None) -> int:
         "buffer 1024, batch 128 = 2 sequences, 3 epochs) on 36 vector observations and one branch of 5, "
         "fed 64-step fragments; the same config without memory beside it.",
         "",
-        "| network | first update (compile + run) | steady update, median (min) | `process_trajectory` per step | compilations |",
-        "|---|---:|---:|---:|---:|",
+        "| network | first update (compile + run) | steady update, median (min) | steady update CPU (median) "
+        "| `process_trajectory` per step | compilations |",
+        "|---|---:|---:|---:|---:|---:|",
         *(
             f"| {'LSTM (memory 128)' if r['memory'] else 'no memory'} | {r['first_update_s']:.2f} s | "
-            f"{r['update_s']:.3f} s ({r['update_min_s']:.3f} s) | {r['process_us_per_step']:.1f} us | {r['traces']} |"
+            f"{r['update_s']:.3f} s ({r['update_min_s']:.3f} s) | {r['update_cpu_s']:.3f} s | "
+            f"{r['process_us_per_step']:.1f} us | {r['traces']} |"
             for r in memory_rows
         ),
         "",

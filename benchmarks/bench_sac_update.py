@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import jax
@@ -85,16 +86,17 @@ def measure(
     for _ in range(steps // FRAGMENT):
         learner.process_trajectory(_fragment(rng, FRAGMENT, memory_size))
     pending = learner.pending_updates()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     learner.update()
     jax.block_until_ready(learner._state)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     assert learner.trace_counts["update"] == 1, "the update recompiled"
     per_step = elapsed / pending
     return {
         "steps": pending,
         "steps_per_s": pending / elapsed,
         "ms_per_step": 1e3 * per_step,
+        "cpu_ms_per_step": 1e3 * cpu / pending,
         "compile_s": max(first_call - steps_per_call * per_step, 0.0),
         "samples_per_s": pending * batch_size / elapsed,
     }
@@ -134,17 +136,22 @@ def main(argv: list[str] | None = None) -> int:
         "critics + target critics, 2 hidden layers. Compile time excluded from the rate and reported apart.",
         "",
         "Command: `make bench BENCH=bench_sac_update` (`python -m benchmarks.run bench_sac_update`), "
-        f"{args.steps} gradient steps timed per case after two warm calls.",
-        f"Machine: {report.cpu_name()} ({os.cpu_count()} cores visible, shared with other jobs while measured), "
+        f"{args.steps} gradient steps timed per case after two warm calls.  ",
+        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.  ",
+        f"Machine: {report.cpu_name()} ({os.cpu_count()} cores visible, shared with other jobs while measured: "
+        f"load average {os.getloadavg()[0]:.1f} at the end), "
         f"Python {platform.python_version()}, JAX {jax.__version__} on {backend}.",
         "",
-        "| batch | MLP | gradient steps/s | ms per step | transitions/s | compile (first call) |",
-        "|---:|---|---:|---:|---:|---:|",
+        "CPU = process CPU seconds (all threads): the work done, whatever else the shared cores run; "
+        "the wall figures depend on the load.",
+        "",
+        "| batch | MLP | gradient steps/s | ms per step (wall) | ms CPU per step | transitions/s | compile (first call) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['batch_size']} | 2x{r['hidden']} | {r['steps_per_s']:,.0f} | {r['ms_per_step']:.2f} "
-            f"| {r['samples_per_s']:,.0f} | {r['compile_s']:.1f} s |"
+            f"| {r['cpu_ms_per_step']:.2f} | {r['samples_per_s']:,.0f} | {r['compile_s']:.1f} s |"
         )
     lines += [
         "",

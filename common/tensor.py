@@ -9,6 +9,9 @@ error message.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 
 from tandem.v1 import tensor_pb2
@@ -61,6 +64,13 @@ def to_proto(array: np.ndarray, out: tensor_pb2.Tensor | None = None) -> tensor_
     return msg
 
 
+@functools.lru_cache(maxsize=None)
+def _accepted(dtype: np.dtype | type) -> tuple[np.dtype, np.dtype]:
+    """The dtypes a tensor asked to be ``dtype`` may have: it, and it little-endian (cached:
+    a trainer decodes about ten tensors per trajectory)."""
+    return np.dtype(dtype), np.dtype(dtype).newbyteorder("<")
+
+
 def from_proto(
     msg: tensor_pb2.Tensor,
     *,
@@ -82,12 +92,12 @@ def from_proto(
     dt = dtype_from_proto(msg.dtype) if msg.dtype else None
     if dt is None:
         raise TensorError(f"{name}: dtype is unspecified")
-    if dtype is not None and dt != np.dtype(dtype).newbyteorder("<") and dt != np.dtype(dtype):
+    if dtype is not None and dt not in _accepted(dtype):
         raise TensorError(f"{name}: dtype must be {np.dtype(dtype).name}, got {dt.name}")
-    dims = tuple(int(d) for d in msg.shape)
+    dims = tuple(msg.shape)
     if any(d < 0 for d in dims):
         raise TensorError(f"{name}: negative dimension in shape {list(dims)}")
-    expected = int(np.prod(dims, dtype=np.int64)) * dt.itemsize
+    expected = math.prod(dims) * dt.itemsize  # Python ints: no overflow
     if len(msg.data) != expected:
         raise TensorError(
             f"{name}: {len(msg.data)} bytes do not match shape {list(dims)} of {dt.name} "

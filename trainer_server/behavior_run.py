@@ -240,24 +240,95 @@ class BehaviorRun:
         steps trained. Summaries and checkpoints follow the steps; trajectories after
         ``max_steps`` are dropped. ``gateway_id``/``sequence`` only name the chunk in logs.
         In ``--inference`` the trajectories only count (``_observe_inference``).
+
+        A learner with ``process_trajectories`` (``learner.BatchLearner``) takes the fresh
+        trajectories in batches, each ending with the trajectory that makes an update, a
+        summary, a checkpoint or ``max_steps`` due (``_batch_budget``): the same learner
+        states, updates and records as one by one, in far fewer compiled calls.
         """
         if self._context.inference:
             self._observe_inference(trajectories)
             return
         if self.done:
             return
-        timer = self._context.timer
+        batched = callable(getattr(self.learner, "process_trajectories", None))
         dropped = 0
-        for trajectory in trajectories:
-            start = self.coupling.first_fresh(trajectory.policy_versions, self.version)
-            dropped += start
-            if start >= len(trajectory):
-                continue
-            trajectory = replace(trajectory.tail(start), source=gateway_id)  # per-agent state is per gateway
-            self.stats.add(stats_mod.POLICY_LAG, float(np.mean(self.version - trajectory.policy_versions)))
-            before = self.learner.step
+        index = 0
+        while index < len(trajectories) and not self.done:
+            # one batch: the fresh trajectories up to the one that brings an update, a summary,
+            # a checkpoint or max_steps (one trajectory at a time for a learner without batches)
+            budget = self._batch_budget() if batched else 1
+            batch: list[Trajectory] = []
+            steps = 0
+            while index < len(trajectories) and steps < budget:
+                trajectory = trajectories[index]
+                index += 1
+                start = self.coupling.first_fresh(trajectory.policy_versions, self.version)
+                dropped += start
+                if start >= len(trajectory):
+                    continue
+                trajectory = replace(trajectory.tail(start), source=gateway_id)  # per-agent state is per gateway
+                self.stats.add(stats_mod.POLICY_LAG, float(np.mean(self.version - trajectory.policy_versions)))
+                batch.append(trajectory)
+                steps += len(trajectory)
+            if batch:
+                dropped += self._learn(batch, batched, gateway_id, sequence)
+        if dropped:
+            self.stats.add(stats_mod.STALE_STEPS_DROPPED, float(dropped), stats_mod.Aggregation.SUM)
+            _log.debug("stale steps dropped", behavior=self.name, gateway_id=gateway_id, sequence=sequence, steps=dropped)
+
+    def _batch_budget(self) -> int:
+        """Agent steps a batch of trajectories may bring before something is due: the learner's
+        next update (``steps_until_ready``), a summary, a checkpoint or ``max_steps``. The
+        trajectory that reaches it ends the batch, so every one of them comes after the same
+        trajectory as when the trajectories are learned one by one."""
+        s, step = self.settings, self.learner.step
+        interval = s.steps_between_checkpoints()
+        due = (
+            self.learner.steps_until_ready(),
+            s.summary_freq - step % s.summary_freq,
+            interval - step % interval,
+            s.max_steps - step,
+        )
+        return max(1, min(due))
+
+    def _learn(self, batch: list[Trajectory], batched: bool, gateway_id: str, sequence: int) -> int:
+        """Feeds fresh trajectories to the learner (all at once when ``batched``), then the
+        update, summaries and checkpoints they made due; returns the steps the update made
+        stale (on-policy: the overshoot still buffered)."""
+        timer = self._context.timer
+        before = self.learner.step
+        learned = batch
+        if batched:
             try:
-                with timer.block("process_trajectory"):
+                with timer.block("process_trajectories"):
+                    self.learner.process_trajectories(batch)
+            except ValueError:  # one of them refused: nothing taken, learn them one by one to skip it
+                learned = self._learn_each(batch, gateway_id, sequence)
+        else:
+            learned = self._learn_each(batch, gateway_id, sequence)
+        dropped = 0
+        for trajectory in learned:
+            self._record_episode(trajectory)
+        if learned and self.learner.ready():
+            self._update()
+            if self.coupling.per_version:
+                dropped += self.learner.discard_buffered()
+        # only the last trajectory of a batch can cross a summary or checkpoint boundary
+        step = before
+        for k, trajectory in enumerate(learned):
+            after = self.learner.step if k == len(learned) - 1 else step + len(trajectory)
+            self._after_steps(step, after)
+            self._progress.steps(after)
+            step = after
+        return dropped
+
+    def _learn_each(self, batch: list[Trajectory], gateway_id: str, sequence: int) -> list[Trajectory]:
+        """``process_trajectory`` on each; a refused one is logged and skipped. Returns those taken."""
+        learned = []
+        for trajectory in batch:
+            try:
+                with self._context.timer.block("process_trajectory"):
                     self.learner.process_trajectory(trajectory)
             except ValueError as e:  # validated already; a learner's own check must not end the run
                 _log.error(
@@ -268,18 +339,8 @@ class BehaviorRun:
                     error=str(e),
                 )
                 continue
-            self._record_episode(trajectory)
-            if self.learner.ready():
-                self._update()
-                if self.coupling.per_version:
-                    dropped += self.learner.discard_buffered()
-            self._after_steps(before, self.learner.step)
-            self._progress.steps(self.learner.step)
-            if self.done:
-                break
-        if dropped:
-            self.stats.add(stats_mod.STALE_STEPS_DROPPED, float(dropped), stats_mod.Aggregation.SUM)
-            _log.debug("stale steps dropped", behavior=self.name, gateway_id=gateway_id, sequence=sequence, steps=dropped)
+            learned.append(trajectory)
+        return learned
 
     def _observe_inference(self, trajectories: list[Trajectory]) -> None:
         """``--inference``: steps and episode statistics without learning.

@@ -111,9 +111,9 @@ def check_spec_message(msg: specs_pb2.BehaviorSpec, field_name: str) -> None:
 
 
 def _out_of_bounds(values: np.ndarray, bound: float) -> str | None:
-    bad = np.flatnonzero(np.abs(values.reshape(-1)) > bound)
-    if not bad.size:
+    if not values.size or -bound <= values.min() and values.max() <= bound:  # the usual case: no copy
         return None
+    bad = np.flatnonzero(np.abs(values.reshape(-1)) > bound)
     return f"{bad.size} value(s) outside [-{bound:g}, {bound:g}] (e.g. {values.reshape(-1)[bad[0]]:g})"
 
 

@@ -81,3 +81,19 @@ class Learner(Protocol):
     def load_extra(self, folder: Path) -> None:
         """``--resume`` counterpart of ``save_extra``; logs a warning and starts empty when an
         expected file is missing."""
+
+
+class BatchLearner(Learner, Protocol):
+    """A learner that also takes several fragments at once (PPO): ``BehaviorRun`` then feeds
+    it each chunk's fresh trajectories in batches instead of one call per fragment."""
+
+    def process_trajectories(self, trajectories: list[Trajectory]) -> None:
+        """``process_trajectory`` on each in order, with the same resulting state.
+
+        Raises:
+            ValueError: when a fragment does not fit the behavior's spec; then nothing of the
+                batch was taken (the caller learns them one by one to skip the bad one).
+        """
+
+    def steps_until_ready(self) -> int:
+        """Agent steps still to take before ``ready()`` is true (0 when it is)."""

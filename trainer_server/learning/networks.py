@@ -247,18 +247,33 @@ def _strided_conv_forward(x: jax.Array, kernel: jax.Array, stride: int):
 
 def _strided_conv_backward(stride: int, residuals, grad_out: jax.Array):
     x, kernel = residuals
-    size, _, channels, outputs = kernel.shape
-    # patches [n, h, w, C * k * k], features ordered (C, kh, kw)
-    patches = jax.lax.conv_general_dilated_patches(
-        x, (size, size), (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-    grad_kernel = patches.reshape(-1, patches.shape[-1]).T @ grad_out.reshape(-1, outputs)  # [C * k * k, O]
-    grad_kernel = jnp.transpose(grad_kernel.reshape(channels, size, size, outputs), (1, 2, 0, 3))
+    size, outputs = kernel.shape[0], kernel.shape[-1]
+    grad_kernel = _patches(x, size, stride).T @ grad_out.reshape(-1, outputs)  # [k * k * C, O]
+    grad_kernel = grad_kernel.reshape(kernel.shape)
     _, input_vjp = jax.vjp(lambda image: _strided_conv_primal(image, kernel, stride), x)
     return input_vjp(grad_out)[0], grad_kernel
 
 
 _strided_conv.defvjp(_strided_conv_forward, _strided_conv_backward)
+
+
+def _patches(x: jax.Array, size: int, stride: int) -> jax.Array:
+    """The VALID ``size`` x ``size`` windows of ``x [n, H, W, C]`` at ``stride``: ``[n * h * w,
+    size * size * C]``, features in the kernel's HWIO order (kh, kw, C).
+
+    Why strided slices, one per kernel offset, and not ``lax.conv_general_dilated_patches``:
+    that one is a convolution with a one-hot kernel of ``size * size * C`` outputs, twelve
+    times the arithmetic of the first ``simple`` convolution itself; the slices only copy
+    (a GridWorld update: 58 -> 40 ms CPU, benchmarks/results/bench_ingestion.md).
+    """
+    n, height, width, _ = x.shape
+    rows, cols = (height - size) // stride + 1, (width - size) // stride + 1
+    windows = [
+        x[:, i : i + stride * (rows - 1) + 1 : stride, j : j + stride * (cols - 1) + 1 : stride, :]
+        for i in range(size)
+        for j in range(size)
+    ]
+    return jnp.stack(windows, axis=3).reshape(n * rows * cols, -1)
 
 
 def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:

@@ -12,6 +12,9 @@ Flow (per behavior, one ``PPOLearner``):
    advantages with the value of ``next_observations`` as bootstrap when the fragment was
    cut (``time_horizon``) or interrupted (max step), and 0 after a true terminal. Rewards
    are the environment's times the extrinsic ``strength``. The result joins the buffer.
+   ``process_trajectories`` does the same for a chunk's fragments in a few compiled calls
+   (``make_batch_process_fn``: the fragments of one padded length together, the normalizer
+   folded in their order), with the same results; the trainer uses it.
 2. ``update`` (when ``buffer_size`` steps are buffered): ONE jit-compiled pure function
    ``(state, batch, key) -> (state, metrics)``: advantages normalized over the batch,
    ``num_epoch`` passes over shuffled minibatches of ``batch_size`` (``lax.scan``, no
@@ -70,6 +73,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -453,11 +457,7 @@ def make_process_fn(
     keeps the exact joint and an approximate split.
     """
 
-    hp = hyperparameters(settings)
-    a_spec = arch.behavior_spec.action_spec
-    signals = signals if signals is not None else signals_mod.RewardSignals(arch.behavior_spec, settings)
-    heads = signals.names
-    gammas, ignore_done = jnp.asarray(signals.gammas), jnp.asarray(signals.ignore_done)
+    outputs = _fragment_outputs_fn(arch, settings, signals)
 
     def process(
         params, normalizer, acting_normalizer, observations, rewards, length, bootstrap, continuous, discrete,
@@ -465,6 +465,93 @@ def make_process_fn(
     ):
         if on_trace is not None:
             on_trace()
+        normalizer = _fold_fragment(arch, normalizer, observations, rewards.shape[0], length)
+        return (normalizer,) + outputs(
+            params, normalizer, acting_normalizer, observations, rewards, length, bootstrap, continuous, discrete,
+            action_masks, log_probs, signal_states, episode_ended, memories, critic_memory,
+        )
+
+    return process
+
+
+def make_batch_process_fn(
+    arch: PolicyArchitecture,
+    settings: TrainerSettings,
+    on_trace: Callable[[], None] | None = None,
+    signals: signals_mod.RewardSignals | None = None,
+) -> Callable:
+    """``make_process_fn`` for B fragments at once, in their order: one compiled call per batch.
+
+    Why: with a short ``time_horizon`` (GridWorld: 5) a chunk holds a hundred fragments, and
+    one compiled call each cost more in dispatch and padding than the arithmetic
+    (benchmarks/results/bench_ingestion.md). The normalizer folds the fragments in one after
+    the other (a scan: fragment k's values see the statistics after fragments 0..k, as when
+    they come one by one); everything else is the per-fragment step mapped over the batch
+    (``jax.vmap``), so the results are the per-fragment ones up to float summation order.
+
+    Signature: the per-fragment one with a leading fragment axis B on every per-fragment
+    argument and result (``observations [B, L+1, ...]`` per spec, ``rewards [B, L]``,
+    ``lengths [B]``, ``bootstrap [B]``, ``continuous [B, L, c]``, ``discrete [B, L, b]``,
+    ``action_masks [B, L, m]``, ``log_probs [B, L]``, ``episode_ended [B]``, ``memories [B,
+    L, M]``, ``critic_memory [B, M]``; results ``values [B, L, H]``, ``advantages [B, L]``,
+    ``returns [B, L, H]``, ``old_log_probs [B, L, c + b]``, ``signal_rewards [B, H, L]``,
+    ``critic_memories [B, L, M]``, ``critic_final [B, M]``); ``params``, ``normalizer``
+    (returned after the last fragment), ``acting_normalizer`` and ``signal_states`` are
+    shared. Padding fragments have length 0: they change nothing and their results are 0.
+    With memory, a batch must not hold two fragments of one agent (the second starts from
+    the critic memory the first leaves).
+    """
+    outputs = jax.vmap(
+        _fragment_outputs_fn(arch, settings, signals),
+        in_axes=(None, 0, None, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, 0, 0),
+    )
+
+    def process(
+        params, normalizer, acting_normalizer, observations, rewards, lengths, bootstrap, continuous, discrete,
+        action_masks, log_probs, signal_states, episode_ended, memories=None, critic_memory=None,
+    ):
+        if on_trace is not None:
+            on_trace()
+        padded = rewards.shape[1]
+
+        def fold(state, fragment):
+            state = _fold_fragment(arch, state, fragment[0], padded, fragment[1])
+            return state, state
+
+        normalizer, after_each = jax.lax.scan(fold, normalizer, (observations, lengths))  # after_each: [B, ...] leaves
+        return (normalizer,) + outputs(
+            params, after_each, acting_normalizer, observations, rewards, lengths, bootstrap, continuous, discrete,
+            action_masks, log_probs, signal_states, episode_ended, memories, critic_memory,
+        )
+
+    return process
+
+
+def _fold_fragment(arch: PolicyArchitecture, normalizer, observations, padded: int, length):
+    """The normalizer after one fragment's ``length`` real steps (of ``padded`` rows; unchanged
+    without ``normalize`` or when the update would not be finite)."""
+    if not arch.normalize:
+        return normalizer
+    updated = norm_mod.update(normalizer, [o[:padded] for o in observations], jnp.arange(padded) < length)
+    return shared.keep_finite(normalizer, updated)[0]  # never an infinite variance
+
+
+def _fragment_outputs_fn(
+    arch: PolicyArchitecture, settings: TrainerSettings, signals: signals_mod.RewardSignals | None
+) -> Callable:
+    """What one fragment yields once the normalizer has folded it in (``make_process_fn``'s
+    results after the normalizer): values, advantages, returns, per-dimension acting
+    log-probs, signal rewards and critic memories."""
+    hp = hyperparameters(settings)
+    a_spec = arch.behavior_spec.action_spec
+    signals = signals if signals is not None else signals_mod.RewardSignals(arch.behavior_spec, settings)
+    heads = signals.names
+    gammas, ignore_done = jnp.asarray(signals.gammas), jnp.asarray(signals.ignore_done)
+
+    def outputs(
+        params, normalizer, acting_normalizer, observations, rewards, length, bootstrap, continuous, discrete,
+        action_masks, log_probs, signal_states, episode_ended, memories, critic_memory,
+    ):
         padded = rewards.shape[0]
         mask = jnp.arange(padded) < length
         dist = networks.actor_forward(  # with memory: step by step from the acting memories [L, m]
@@ -473,9 +560,6 @@ def make_process_fn(
         )
         parts = distributions.log_prob_parts(dist, continuous, discrete, a_spec.discrete_branches)
         old_log_probs = parts + ((log_probs - jnp.sum(parts, axis=-1)) / parts.shape[-1])[:, None]
-        if arch.normalize:
-            updated = norm_mod.update(normalizer, [o[:padded] for o in observations], mask)
-            normalizer, _ = shared.keep_finite(normalizer, updated)  # never an infinite variance
         norm_stats = _norm_stats(normalizer, arch.normalize)
         critic_memories = critic_final = None
         if arch.memory_size:  # one unbroken critic LSTM run over the steps and next_observations
@@ -504,12 +588,9 @@ def make_process_fn(
         values = jnp.where(mask[:, None], values_all[:padded], 0.0)  # [L, H]
         per_head = jax.vmap(gae, in_axes=(0, 1, 0, None, 0, None), out_axes=1)
         advantages, returns = per_head(signal_rewards, values, bootstrap_values, mask, gammas, hp.lambd)
-        return (
-            normalizer, values, jnp.mean(advantages, axis=1), returns, old_log_probs, signal_rewards,
-            critic_memories, critic_final,
-        )
+        return values, jnp.mean(advantages, axis=1), returns, old_log_probs, signal_rewards, critic_memories, critic_final
 
-    return process
+    return outputs
 
 
 # -- the learner shell ------------------------------------------------------------------------
@@ -531,6 +612,32 @@ def padded_length(steps: int, time_horizon: int) -> int:
         return time_horizon * math.ceil(steps / time_horizon)
     power = max(MIN_PADDED_ROWS, 1 << max(0, steps - 1).bit_length())
     return power if power < time_horizon else time_horizon
+
+
+#: fragments per batched call (``process_trajectories``): at least this many (padding), at most that many
+MIN_BATCH_FRAGMENTS = 4
+MAX_BATCH_FRAGMENTS = 128
+
+
+def batch_fragments(count: int) -> int:
+    """Fragments one batched call is padded to for ``count`` real ones: the smallest power of
+    two >= ``count``, at least ``MIN_BATCH_FRAGMENTS`` (``count`` <= ``MAX_BATCH_FRAGMENTS``),
+    so that the compiled function sees a handful of shapes."""
+    return max(MIN_BATCH_FRAGMENTS, 1 << max(0, count - 1).bit_length())
+
+
+def _bootstraps(trajectory: Trajectory) -> bool:
+    """Whether GAE bootstraps from ``next_observations``: cut by ``time_horizon`` or interrupted."""
+    return (not trajectory.done) or trajectory.interrupted
+
+
+def _fragment_rows(observations: np.ndarray, next_observation: np.ndarray, padded: int) -> np.ndarray:
+    """One observation's ``[t, ...]`` rows, then ``next_observations``, then zeros: ``[padded + 1, ...]``."""
+    t = observations.shape[0]
+    rows = np.zeros((padded + 1, *observations.shape[1:]), np.float32)
+    rows[:t] = observations
+    rows[t] = next_observation
+    return rows
 
 
 def _pad_rows(rows: np.ndarray, length: int) -> np.ndarray:
@@ -592,7 +699,7 @@ class PPOLearner:
         update_count: updates done so far.
         rollout_buffer: the processed steps waiting for the next update.
         trace_counts: how often each compiled function was traced ("update", "process",
-            "act"): a retrace means a recompilation.
+            "batch_process", "act"): a retrace means a recompilation.
     """
 
     def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, seed: int = 0, demonstrations: Any = None):
@@ -625,7 +732,7 @@ class PPOLearner:
         #: (gateway, instance, agent id)
         self.critic_memories: dict[tuple[str, int, int], np.ndarray] = {}
         self._episode_rewards = signals_mod.EpisodeRewards(self.signals.reward_tags())
-        self._traces = shared.TraceCounter("update", "process", "act")
+        self._traces = shared.TraceCounter("update", "process", "batch_process", "act")
         self.trace_counts = self._traces.counts
         self._warned_long = False
         devices.check_batch_sizes(spec.name, settings)
@@ -636,6 +743,10 @@ class PPOLearner:
         )
         self._process_fn = jax.jit(
             make_process_fn(arch, settings, self._traces.hook("process"), self.signals),
+            compiler_options=shared.cpu_compiler_options(),
+        )
+        self._batch_process_fn = jax.jit(
+            make_batch_process_fn(arch, settings, self._traces.hook("batch_process"), self.signals),
             compiler_options=shared.cpu_compiler_options(),
         )
         self._on_act_trace = self._traces.hook("act")
@@ -651,62 +762,182 @@ class PPOLearner:
         """
         t = len(trajectory)
         self._check(trajectory)
+        padded = self._padded(t)
+        observations = [
+            _fragment_rows(obs, nxt, padded) for obs, nxt in zip(trajectory.observations, trajectory.next_observations)
+        ]
+        rewards = _pad_rows(np.asarray(trajectory.rewards, np.float32), padded)
+        padded_actions = {name: _pad_rows(value, padded) for name, value in self._actions(trajectory).items()}
+        joint = _pad_rows(np.asarray(trajectory.log_probs, np.float32).reshape(t), padded)
+        memory_args = ()
+        if self.policy_architecture.memory_size:
+            memories = _pad_rows(np.asarray(trajectory.memories, np.float32), padded)
+            memory_args = (memories, self._critic_memory(trajectory))
+        normalizer, *results = self._process_fn(
+            self._state.params, self._state.normalizer, self._acting_normalizer, tuple(observations), rewards,
+            np.int32(t), np.bool_(_bootstraps(trajectory)), padded_actions["continuous_actions"],
+            padded_actions["discrete_actions"], padded_actions["action_masks"], joint, self._state.signals,
+            np.bool_(trajectory.done), *memory_args,
+        )
+        self._state = self._state._replace(normalizer=normalizer)
+        self._store(trajectory, observations, *[None if r is None else np.asarray(r) for r in results])
+
+    def process_trajectories(self, trajectories: list[Trajectory]) -> None:
+        """``process_trajectory`` for several fragments in order, a few compiled calls in all.
+
+        Consecutive fragments of one padded length (and, with memory, of distinct agents) go
+        through one call of ``make_batch_process_fn``, padded with empty fragments to a power
+        of two of at least ``MIN_BATCH_FRAGMENTS`` and at most ``MAX_BATCH_FRAGMENTS``
+        fragments (a handful of compiled shapes). The buffer, normalizer, step and per-agent
+        state end as after ``process_trajectory`` on each in turn (values up to float
+        summation order). The caller decides when to update: the fragments all enter the
+        buffer, even past ``buffer_size`` (``steps_until_ready``).
+
+        Raises:
+            ValueError: when a fragment does not match the behavior's spec; nothing of the
+                batch is processed then.
+        """
+        for trajectory in trajectories:
+            self._check(trajectory)
+        for group in self._batch_groups(trajectories):
+            self._process_group(group)
+
+    def steps_until_ready(self) -> int:
+        """Agent steps still to process before ``ready()`` (0 when ready): a batch of fragments
+        ends with the one that reaches it, so that the update comes where it would one by one."""
+        return max(0, self.hyperparameters.buffer_size - self.buffered_real_steps)
+
+    def _padded(self, t: int) -> int:
+        """``padded_length`` of a fragment of ``t`` steps (warned once when beyond ``time_horizon``)."""
         horizon = self.settings.time_horizon
-        padded = padded_length(t, horizon)
         if t > horizon and not self._warned_long:
             self._warned_long = True
             self._log.warning("trajectory longer than time_horizon: padded to a multiple of it", length=t, time_horizon=horizon)
-        observations = []
-        for obs, nxt in zip(trajectory.observations, trajectory.next_observations):
-            rows = np.zeros((padded + 1, *obs.shape[1:]), np.float32)
-            rows[:t] = obs
-            rows[t] = nxt
-            observations.append(rows)
-        rewards = np.zeros(padded, np.float32)
-        rewards[:t] = np.asarray(trajectory.rewards, np.float32)
-        bootstrap = (not trajectory.done) or trajectory.interrupted
-        a = self.spec.action_spec
-        actions = {
+        return padded_length(t, horizon)
+
+    def _actions(self, trajectory: Trajectory) -> dict[str, np.ndarray]:
+        """The fragment's actions and masks as the buffer keeps them (``[t, ...]``)."""
+        t, a = len(trajectory), self.spec.action_spec
+        return {
             "continuous_actions": np.asarray(trajectory.continuous_actions, np.float32).reshape(t, a.continuous_size),
             "discrete_actions": np.asarray(trajectory.discrete_actions, np.int32).reshape(t, a.num_branches),
             "action_masks": np.asarray(trajectory.action_masks, bool).reshape(t, a.mask_size),
         }
-        padded_actions = {name: _pad_rows(value, padded) for name, value in actions.items()}
-        joint = _pad_rows(np.asarray(trajectory.log_probs, np.float32).reshape(t), padded)
-        memory_args = ()
+
+    def _critic_memory(self, trajectory: Trajectory) -> np.ndarray:
+        """The critic memory this agent's previous fragment left (zeros at an episode's start);
+        keyed by ``agent_key``: instance and agent ids repeat across gateways."""
+        return self.critic_memories.get(trajectory.agent_key, np.zeros(self.policy_architecture.memory_size, np.float32))
+
+    def _batch_groups(self, trajectories: list[Trajectory]) -> Iterator[list[Trajectory]]:
+        """Consecutive runs of fragments that one batched call takes: one padded length, at most
+        ``MAX_BATCH_FRAGMENTS``, and with memory no agent twice."""
+        group: list[Trajectory] = []
+        agents: set[tuple[str, int, int]] = set()
+        memory = bool(self.policy_architecture.memory_size)
+        for trajectory in trajectories:
+            if group and (
+                len(group) == MAX_BATCH_FRAGMENTS
+                or self._padded(len(trajectory)) != self._padded(len(group[0]))
+                or (memory and trajectory.agent_key in agents)
+            ):
+                yield group
+                group, agents = [], set()
+            group.append(trajectory)
+            agents.add(trajectory.agent_key)
+        if group:
+            yield group
+
+    def _process_group(self, group: list[Trajectory]) -> None:
+        """One batched call for ``group`` (fragments of one padded length), then each stored in turn."""
+        padded = self._padded(len(group[0]))
+        size = batch_fragments(len(group))
+        a = self.spec.action_spec
         m = self.policy_architecture.memory_size
-        agent = trajectory.agent_key  # the gateway too: instance and agent ids repeat across gateways
-        if m:
-            critic_memory = self.critic_memories.get(agent, np.zeros(m, np.float32))
-            memory_args = (_pad_rows(np.asarray(trajectory.memories, np.float32), padded), critic_memory)
-        (normalizer, values, advantages, returns, old_log_probs, signal_rewards, critic_memories,
-         critic_final) = self._process_fn(
+        observations = [np.zeros((size, padded + 1, *o.shape), np.float32) for o in self.spec.observations]
+        rewards = np.zeros((size, padded), np.float32)
+        lengths = np.zeros(size, np.int32)
+        bootstrap = np.zeros(size, bool)
+        ended = np.zeros(size, bool)
+        continuous = np.zeros((size, padded, a.continuous_size), np.float32)
+        discrete = np.zeros((size, padded, a.num_branches), np.int32)
+        masks = np.zeros((size, padded, a.mask_size), bool)
+        joint = np.zeros((size, padded), np.float32)
+        memories = np.zeros((size, padded, m), np.float32) if m else None
+        critic_memory = np.zeros((size, m), np.float32) if m else None
+        actions = []
+        for b, trajectory in enumerate(group):
+            t = len(trajectory)
+            for rows, obs, nxt in zip(observations, trajectory.observations, trajectory.next_observations):
+                rows[b, :t] = obs
+                rows[b, t] = nxt
+            rewards[b, :t] = trajectory.rewards
+            lengths[b], bootstrap[b], ended[b] = t, _bootstraps(trajectory), trajectory.done
+            actions.append(self._actions(trajectory))
+            continuous[b, :t] = actions[-1]["continuous_actions"]
+            discrete[b, :t] = actions[-1]["discrete_actions"]
+            masks[b, :t] = actions[-1]["action_masks"]
+            joint[b, :t] = np.asarray(trajectory.log_probs, np.float32).reshape(t)
+            if m:
+                memories[b, :t] = trajectory.memories
+                critic_memory[b] = self._critic_memory(trajectory)
+        memory_args = (memories, critic_memory) if m else ()
+        normalizer, *results = self._batch_process_fn(
             self._state.params, self._state.normalizer, self._acting_normalizer, tuple(observations), rewards,
-            np.int32(t), np.bool_(bootstrap), padded_actions["continuous_actions"], padded_actions["discrete_actions"],
-            padded_actions["action_masks"], joint, self._state.signals, np.bool_(trajectory.done), *memory_args,
+            lengths, bootstrap, continuous, discrete, masks, joint, self._state.signals, ended, *memory_args,
         )
         self._state = self._state._replace(normalizer=normalizer)
+        results = [None if r is None else np.asarray(r) for r in results]
+        for b, trajectory in enumerate(group):
+            self._store(
+                trajectory, [rows[b] for rows in observations], *[None if r is None else r[b] for r in results],
+                actions=actions[b],
+            )
+
+    def _store(
+        self,
+        trajectory: Trajectory,
+        observations: list[np.ndarray],
+        values: np.ndarray,
+        advantages: np.ndarray,
+        returns: np.ndarray,
+        old_log_probs: np.ndarray,
+        signal_rewards: np.ndarray,
+        critic_memories: np.ndarray | None,
+        critic_final: np.ndarray | None,
+        actions: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """One processed fragment into the buffer, the per-agent state and the step count.
+
+        Args:
+            observations: per spec, the fragment's padded rows ``[L+1, ...]`` (its steps, then
+                ``next_observations``).
+            values, advantages, returns, old_log_probs, signal_rewards, critic_memories,
+                critic_final: the fragment's results of the compiled step (``[L, ...]`` rows).
+            actions: ``_actions(trajectory)`` when already built.
+        """
+        t = len(trajectory)
         chunk = {
             "observations": [np.asarray(o, np.float32) for o in trajectory.observations],
-            **actions,
-            "log_probs": np.asarray(old_log_probs)[:t],
+            **(actions if actions is not None else self._actions(trajectory)),
+            "log_probs": old_log_probs[:t],
             # [t] with the extrinsic signal alone (the buffer's historical layout), else [t, H]
-            "values": _heads_layout(np.asarray(values)[:t]),
-            "advantages": np.asarray(advantages)[:t],
-            "returns": _heads_layout(np.asarray(returns)[:t]),
+            "values": _heads_layout(values[:t]),
+            "advantages": advantages[:t],
+            "returns": _heads_layout(returns[:t]),
         }
         if self.signals.needs_inputs:
             chunk["next_observations"] = [o[1 : t + 1] for o in observations]
-            chunk["dones"] = (np.arange(t) == t - 1) & trajectory.done
-            chunk["dones"] = chunk["dones"].astype(np.float32)
-        if m:
+            chunk["dones"] = ((np.arange(t) == t - 1) & trajectory.done).astype(np.float32)
+        agent = trajectory.agent_key
+        if self.policy_architecture.memory_size:
             if trajectory.done:
                 self.critic_memories.pop(agent, None)
             else:
                 self.critic_memories[agent] = np.asarray(critic_final, np.float32)
-            chunk = self._sequences(chunk, trajectory, np.asarray(critic_memories)[:t])
+            chunk = self._sequences(chunk, trajectory, critic_memories[:t])
         self.rollout_buffer.add(chunk)
-        self._episode_rewards.add(trajectory.agent_key, np.asarray(signal_rewards).sum(axis=1), trajectory.done)
+        self._episode_rewards.add(agent, signal_rewards.sum(axis=1), trajectory.done)
         self.step += t
 
     def _sequences(self, chunk: dict[str, Any], trajectory: Trajectory, critic_memories: np.ndarray) -> dict[str, Any]:
