@@ -113,7 +113,9 @@ def dm_env_rpc(address: str, seconds: float) -> tuple[float, float, float]:
 
         def step() -> int:
             acting = int(state["acting"].sum())
-            timestep = env.step({"continuous": rng.uniform(-1, 1, (n, 2)).astype(np.float32)})
+            # like the plain loop, actions only when an agent awaits one (rows that do not are ignored)
+            actions = {"continuous": rng.uniform(-1, 1, (n, 2)).astype(np.float32)} if acting else {}
+            timestep = env.step(actions)
             state["acting"] = timestep.observation["decision_requested"]
             return acting
 
@@ -126,8 +128,10 @@ def dm_env_rpc(address: str, seconds: float) -> tuple[float, float, float]:
         channel.close()
 
 
-#: responses recorded for ``client_work``'s replay
-RECORDED_STEPS = 20
+#: responses recorded for ``client_work``'s replay, after steps that bring the scene to its steady
+#: mix (right after a reset every agent decides at every exchange; once episodes end at different
+#: times, most exchanges carry only some agents' ends)
+RECORDED_STEPS, SETTLE_STEPS = 40, 200
 
 
 def _replay(recorded: list[bytes], one: Callable[[bytes], int], seconds: float) -> float:
@@ -153,9 +157,10 @@ def _plain_work(address: str, seconds: float) -> float:
         session = client.play()
         try:
             steps, recorded = session.reset(), []
-            for _ in range(RECORDED_STEPS):
+            for i in range(SETTLE_STEPS + RECORDED_STEPS):
                 steps = session.step(random_step_actions(steps, specs, rng)[0])
-                recorded.append(gateway_pb2.PlayResponse(steps=steps).SerializeToString())
+                if i >= SETTLE_STEPS:
+                    recorded.append(gateway_pb2.PlayResponse(steps=steps).SerializeToString())
         finally:
             session.close()
 
@@ -183,14 +188,19 @@ def _dm_work(address: str, seconds: float) -> float:
         uids = [observations.name_to_uid(name) for name in DM_OBSERVATIONS]
         n = actions.name_to_spec("continuous").shape[0]
 
-        def request() -> dm_env_rpc_pb2.StepRequest:
-            act = {"continuous": rng.uniform(-1, 1, (n, 2)).astype(np.float32)}
+        def request(acting: int) -> dm_env_rpc_pb2.StepRequest:  # as the live loop: actions when an agent awaits one
+            act = {"continuous": rng.uniform(-1, 1, (n, 2)).astype(np.float32)} if acting else {}
             return dm_env_rpc_pb2.StepRequest(requested_observations=uids, actions=actions.pack(act))
 
-        conn.send(dm_env_rpc_pb2.StepRequest(requested_observations=uids))  # the first step only observes
-        recorded = [
-            dm_env_rpc_pb2.EnvironmentResponse(step=conn.send(request())).SerializeToString() for _ in range(RECORDED_STEPS)
-        ]
+        def decided(response: dm_env_rpc_pb2.StepResponse) -> int:
+            return int(observations.unpack(response.observations)["decision_requested"].sum())
+
+        response = conn.send(dm_env_rpc_pb2.StepRequest(requested_observations=uids))  # the first step only observes
+        recorded = []
+        for i in range(SETTLE_STEPS + RECORDED_STEPS):
+            response = conn.send(request(decided(response)))
+            if i >= SETTLE_STEPS:
+                recorded.append(dm_env_rpc_pb2.EnvironmentResponse(step=response).SerializeToString())
         conn.send(dm_env_rpc_pb2.LeaveWorldRequest())
         conn.send(dm_env_rpc_pb2.DestroyWorldRequest(world_name=world))
     finally:
@@ -199,8 +209,9 @@ def _dm_work(address: str, seconds: float) -> float:
 
     def one(raw: bytes) -> int:  # what DmEnvAdaptor.step does per step (its SpecManagers), minus the transport
         unpacked = observations.unpack(dm_env_rpc_pb2.EnvironmentResponse.FromString(raw).step.observations)
-        dm_env_rpc_pb2.EnvironmentRequest(step=request()).SerializeToString()
-        return int(unpacked["decision_requested"].sum())
+        acting = int(unpacked["decision_requested"].sum())
+        dm_env_rpc_pb2.EnvironmentRequest(step=request(acting)).SerializeToString()
+        return acting
 
     return _replay(recorded, one, seconds)
 
@@ -300,7 +311,8 @@ def render(
     lines += [
         "",
         "Client libraries' own work per agent-step, replayed (`client_work`: "
-        f"{RECORDED_STEPS} recorded responses cycled for {seconds:g} s in a tight loop; decode the response, build "
+        f"{RECORDED_STEPS} responses recorded after {SETTLE_STEPS} steps, cycled for {seconds:g} s in a tight loop; "
+        "decode the response, build "
         "and encode the next actions, no gRPC): the plain client (`decode_steps`, `random_step_actions`, a "
         "`PlayRequest`) against dm_env_rpc's `SpecManager`s as `DmEnvAdaptor.step` uses them.",
         "",
