@@ -217,8 +217,7 @@ def _leaky_relu(x: jax.Array) -> jax.Array:
 
 
 def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> jax.Array:
-    conv = _strided_conv if stride > 1 else _strided_conv_primal
-    return conv(x, kernel, stride) + bias
+    return _strided_conv(x, kernel, stride) + bias
 
 
 def _strided_conv_primal(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
@@ -235,8 +234,10 @@ def _strided_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     matrix product), not as XLA's transposed convolution: on the CPU that one is a window
     dilated by the stride, which XLA runs through its generic loop emitter, and it took
     most of a visual PPO update (the two first-layer kernel gradients of a GridWorld
-    minibatch: 1.07 s of 1.5 s, benchmarks/results/bench_vs_mlagents.md). Same values up to
-    float summation order.
+    minibatch: 1.07 s of 1.5 s, benchmarks/results/bench_vs_mlagents.md). At stride 1 too:
+    in a PPO update the kernel gradients of match3's second convolution (3x3, 35 -> 144
+    channels, 22x22 inputs) took 3.7 s per minibatch each through XLA (45 of a 48 s update,
+    a ``jax.profiler`` trace), a few tenths as patches. Same values up to float summation order.
     """
     return _strided_conv_primal(x, kernel, stride)
 
@@ -282,11 +283,10 @@ def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
 
 
 def _conv_same(x: jax.Array, params: Params, name: str) -> jax.Array:
-    """3x3 stride-1 convolution with one pixel of zero padding (resnet)."""
-    out = jax.lax.conv_general_dilated(
-        x, params[f"{name}/kernel"], (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-    return out + params[f"{name}/bias"]
+    """3x3 stride-1 convolution with one pixel of zero padding (resnet): the padded image through
+    ``_strided_conv`` (its kernel gradient as patches, see there)."""
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return _strided_conv(padded, params[f"{name}/kernel"], 1) + params[f"{name}/bias"]
 
 
 def visual_encoder(params: Params, name: str, vis_encode_type: str, image: jax.Array) -> jax.Array:

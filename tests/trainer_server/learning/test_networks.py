@@ -229,7 +229,11 @@ def test_every_encoder_and_the_attention_get_gradients(encoder):
 
 @pytest.mark.parametrize(
     "batch,side,channels,size,stride,outputs",
-    [(32, 24, 3, 8, 4, 16), (32, 5, 16, 4, 2, 32), (3, 36, 3, 8, 4, 32), (2, 10, 3, 5, 3, 7)],
+    [
+        (32, 24, 3, 8, 4, 16), (32, 5, 16, 4, 2, 32), (3, 36, 3, 8, 4, 32), (2, 10, 3, 5, 3, 7),
+        (4, 22, 35, 3, 1, 144),  # match3's second convolution (stride 1)
+        (3, 12, 16, 3, 1, 32),  # resnet's 3x3 convolutions take a padded image at stride 1
+    ],
 )
 def test_strided_convolution_gradients_match_xla_s_own(batch, side, channels, size, stride, outputs):
     # the kernel gradient is taken as patches x output gradient (a faster route on the CPU):
