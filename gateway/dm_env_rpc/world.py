@@ -163,19 +163,20 @@ class BehaviorWorld:
             for uid, b in self._action_bounds.items()
             if self.actions[uid].dtype == _FLOAT and np.ndim(b.min) == 0 and np.ndim(b.max) == 0
         }
-        # each observation's bytes around its payload in a StepResponse (shapes are fixed)
+        # each observation's bytes around its payload in a StepResponse (shapes are fixed):
+        # observations map entry (field) { key: uid, value: Tensor { head, payload, tail } }
         self._framing: dict[int, tuple[bytes, bytes]] = {}
         for uid, t in self.observations.items():
             dtype = {_FLOAT: np.dtype(np.float32), _BOOL: np.dtype(np.bool_)}.get(t.dtype)
             framing = _tensor_framing(dtype, t.shape) if dtype is not None else None
-            if framing is not None:
-                head, tail = framing
-                entry_len = len(head) + len(tail) + (4 if dtype == np.float32 else 1) * int(np.prod(t.shape))
-                key = protowire.tag(1, protowire.VARINT) + protowire.varint(uid)
-                tensor_head = protowire.tag(2, protowire.LENGTH_DELIMITED) + protowire.varint(entry_len)
-                entry = key + tensor_head
-                head = protowire.tag(_OBSERVATIONS_FIELD, protowire.LENGTH_DELIMITED) + protowire.varint(len(entry) + entry_len) + entry + head
-                self._framing[uid] = (head, tail)
+            if framing is None:
+                continue
+            head, tail = framing
+            tensor_len = len(head) + dtype.itemsize * int(np.prod(t.shape)) + len(tail)
+            entry = protowire.tag(1, protowire.VARINT) + protowire.varint(uid)
+            entry += protowire.tag(2, protowire.LENGTH_DELIMITED) + protowire.varint(tensor_len)
+            field = protowire.tag(_OBSERVATIONS_FIELD, protowire.LENGTH_DELIMITED)
+            self._framing[uid] = (field + protowire.varint(len(entry) + tensor_len) + entry + head, tail)
 
     @property
     def n(self) -> int:

@@ -317,3 +317,33 @@ def test_pool_hands_over_in_process_arrays_equal_to_its_steps_bytes(worker_proce
         assert worker_process or ended > 0  # terminal batches were compared too
     finally:
         pool.close()
+
+
+def test_step_response_bytes_parse_to_dm_env_rpc_s_own_tensors():
+    """The response written around framing fixed at the join parses to the tensors dm_env_rpc packs."""
+    from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
+    from gateway.dm_env_rpc.world import BehaviorWorld
+    from gateway.remote.agent_slots import AgentSlots, SlotStep
+
+    spec = BehaviorSpec("B?team=0", (ObservationSpec("v", (3,)), ObservationSpec("cam", (2, 4, 4))), ActionSpec(1, (2, 3)))
+    slots = AgentSlots(spec)
+    slots.keys = [(0, 7), (1, 3)]
+    world = BehaviorWorld(spec, slots)
+    rng = np.random.default_rng(0)
+    step = SlotStep(
+        observations=[rng.normal(size=(2, 3)).astype(np.float32), rng.uniform(size=(2, 2, 4, 4)).astype(np.float32)],
+        rewards=np.array([0.5, -1], np.float32),
+        terminated=np.array([True, False]),
+        truncated=np.array([False, True]),
+        decided=np.array([True, True]),
+        final_observations=None,
+        action_mask=rng.uniform(size=(2, 5)) < 0.5,
+        group_rewards=np.zeros(2, np.float32),
+    )
+    uids = list(world.observations)  # every observation, float, bool and int32 ones
+    response = dm_env_rpc_pb2.StepResponse.FromString(world.step_response(step, uids))
+    assert response.state == dm_env_rpc_pb2.EnvironmentStateType.RUNNING
+    assert sorted(response.observations) == sorted(uids)
+    for uid in uids:
+        want = world._value(world.observations[uid].name, step)
+        assert response.observations[uid] == tensor_utils.pack_tensor(want), world.observations[uid].name
