@@ -33,7 +33,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from gateway.remote.agent_slots import SlotStep, any_news, sensor_names
+from gateway.remote.agent_slots import SlotStep, any_decision, sensor_names
 from tandem_envs import spaces as spaces_mod
 from tandem_envs.driver import BehaviorDriver
 
@@ -179,8 +179,9 @@ class UnityVectorEnv(VectorEnv):
     resets again. A slot whose agent has not decided yet holds zeros.
 
     Stepping: one ``step`` sends the pending agents' actions and steps Unity until at
-    least one agent of the behavior requests a decision or ends its episode (Unity steps
-    where none does are skipped). Agents that decide at different periods therefore
+    least one agent of the behavior requests a decision (Unity steps where none does are
+    skipped; an episode that ends in between is reported by that step, its last reward
+    with it, what comes after with the next one: ``agent_slots.step_until``). Agents that decide at different periods therefore
     do not all act at every ``step``: a slot whose agent did not request a decision keeps
     its observation, gets reward 0 (its reward comes with its next decision) and
     ``info["decision_requested"]`` false, and its action is ignored (Unity repeats the
@@ -258,7 +259,7 @@ class UnityVectorEnv(VectorEnv):
 
     def step(self, actions):
         continuous, discrete = spaces_mod.split_actions(self._driver.spec, actions, self.num_envs)
-        step = self._driver.step(continuous, discrete, any_news)
+        step = self._driver.step(continuous, discrete, any_decision)
         self._last = step
         info = self._info(step)
         ended = step.ended

@@ -17,7 +17,10 @@ Rules (beside the protocol's own):
   settings. ``LeaveWorld`` or the end of the stream releases the lock.
 * **Step**: the first step after a join or reset returns the observations and ignores
   actions (the protocol's rule); later ones act for the agents that requested a decision
-  and step Unity until an agent of the behavior decides or ends its episode. The state is
+  and step Unity until an agent of the behavior decides: episode ends in between (Unity
+  reports them in responses without a decision) come with that step, so every step has
+  a decision to answer (``agent_slots.step_until`` keeps a row's second end for the step
+  after, and gives up waiting after ``MAX_QUIET_STEPS`` with the ends it has). The state is
   always RUNNING: Unity restarts each agent's episode itself, and per-agent ends are the
   ``terminated`` / ``truncated`` / ``discount`` observations.
 * **Reset**: settings are environment parameters (float scalars), set before the reset.
@@ -42,7 +45,7 @@ from common.logging import get_logger
 from gateway.dm_env_rpc.world import BehaviorWorld, WorldError
 from gateway.env.instance import BehaviorActions
 from gateway.env.workers import PoolError
-from gateway.remote.agent_slots import AgentSlots, any_news, discover, step_until
+from gateway.remote.agent_slots import AgentSlots, any_decision, discover, step_until
 from gateway.remote.actions import InvalidArgument, decode_step_request
 from gateway.remote.client import BehaviorStepsView, behavior_actions, decode_steps
 from gateway.remote.pool import EnvironmentPool
@@ -129,8 +132,8 @@ class PoolDriver:
         return self.slots.start(self._views(self.pool.reset(parameters)), known)
 
     def step(self, continuous, discrete):
-        """Acts for the pending rows, then steps until an agent decides or ends its episode."""
-        return step_until(self.slots, self._step_once, (continuous, discrete), any_news)
+        """Acts for the pending rows, then steps until an agent decides (ends in between merged in)."""
+        return step_until(self.slots, self._step_once, (continuous, discrete), any_decision)
 
 
 class _Connection:

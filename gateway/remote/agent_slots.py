@@ -128,6 +128,7 @@ class AgentSlots:
         self.observations: list[np.ndarray] = []
         self.action_mask = np.zeros((0, spec.action_spec.mask_size), bool)
         self._carry = (np.zeros(0, np.float32), np.zeros(0, np.float32))
+        self._held = None  # a response stepped but not yet absorbed (``step_until``)
         self.dropped = 0
 
     @property
@@ -158,6 +159,7 @@ class AgentSlots:
         self.observations = [np.zeros((n, *o.shape), np.float32) for o in self.spec.observations]
         self.action_mask = np.zeros((n, self.spec.action_spec.mask_size), bool)
         self._carry = (np.zeros(n, np.float32), np.zeros(n, np.float32))
+        self._held = None
         return self.absorb(views)
 
     def _rows(self, instance: int, agent_ids: np.ndarray, cache: bool = True) -> np.ndarray:
@@ -188,12 +190,26 @@ class AgentSlots:
         self._rows_cache.pop(instance, None)
         return rows
 
-    def absorb(self, views) -> SlotStep:
-        """Applies one response's steps of this behavior to the rows."""
+    def absorb(self, views, ended_before: np.ndarray | None = None) -> SlotStep:
+        """Applies one response's steps of this behavior to the rows.
+
+        Args:
+            views: this response's ``BehaviorStepsView`` s.
+            ended_before: bool ``[n]``, rows whose episode ended in earlier responses that
+                the caller merges with this one (``step_until``): what these rows receive
+                now belongs to their next episode and is returned with the next step. A
+                second end of such a row cannot be merged (``ends_again`` tells).
+        """
         n = self.n
         # a new episode's first reward, received with the end of the previous one, counts in the next step
         rewards, group_rewards = self._carry
         self._carry = (np.zeros(n, np.float32), np.zeros(n, np.float32))
+        if ended_before is not None and ended_before.any():  # still the next step's, not this merged one's
+            self._carry = (np.where(ended_before, rewards, 0.0), np.where(ended_before, group_rewards, 0.0))
+            rewards, group_rewards = np.where(ended_before, 0.0, rewards), np.where(ended_before, 0.0, group_rewards)
+            rewards, group_rewards = rewards.astype(np.float32), group_rewards.astype(np.float32)
+        else:
+            ended_before = None
         terminated = np.zeros(n, bool)
         truncated = np.zeros(n, bool)
         decided = np.zeros(n, bool)
@@ -226,11 +242,13 @@ class AgentSlots:
                 r = rows[sel]
                 for k, obs in enumerate(dec.observations):
                     self.observations[k][r] = obs[sel]
-                if final is None:  # no episode ended in this response: every reward is the running episode's
+                if final is None and ended_before is None:  # no episode ended: every reward is the running episode's
                     rewards[r] += dec.rewards[sel]
                     group_rewards[r] += dec.group_rewards[sel]
                 else:
                     began = terminated[r] | truncated[r]  # these rows' decisions open their next episode
+                    if ended_before is not None:
+                        began |= ended_before[r]
                     for total, carry, values in zip((rewards, group_rewards), self._carry, (dec.rewards, dec.group_rewards)):
                         total[r] += np.where(began, 0.0, values[sel])
                         carry[r] += np.where(began, values[sel], 0.0)
@@ -251,6 +269,30 @@ class AgentSlots:
             action_mask=self.action_mask.copy(),
             group_rewards=group_rewards,
         )
+
+    def ends_again(self, views, ended: np.ndarray) -> bool:
+        """Whether ``views`` end the episode of a row in ``ended`` (bool ``[n]``): one step has
+        room for one end per row, so such a response cannot be merged into that step."""
+        if not ended.any():
+            return False
+        for v in views:
+            if v.behavior == self.spec.name and len(v.terminals):
+                rows = self._rows(v.instance, v.terminals.agent_ids, cache=False)
+                if ended[rows[rows >= 0]].any():
+                    return True
+        return False
+
+    def hold(self, views) -> None:
+        """Keeps a stepped response for the next ``step_until`` (see there); no row is pending
+        meanwhile (Unity went on without actions for the last decisions)."""
+        self._held = views
+        self.pending = np.zeros(self.n, bool)
+        self._order = {}
+
+    def take_held(self):
+        """The held response, or None; it is given once."""
+        views, self._held = self._held, None
+        return views
 
     def pending_actions(
         self, continuous: np.ndarray | None, discrete: np.ndarray | None
@@ -319,6 +361,13 @@ MAX_QUIET_STEPS = 10_000
 def step_until(slots: AgentSlots, step_once, actions, until, max_quiet_steps: int = MAX_QUIET_STEPS) -> SlotStep:
     """Steps with ``actions``, then without, until ``until(step)`` holds; returns what the rows saw.
 
+    Responses are merged into one step (rewards summed, the latest observations; a row's
+    end is kept with its final observation, and what the row receives after it belongs to
+    its next episode and comes with the next step). Two ends of one row do not fit in one
+    step: then the step returns before ``until`` holds, with no row deciding, and the
+    second response is the start of the next call (whose ``actions`` are not used: no row
+    is pending). After ``max_quiet_steps`` further steps the step returns if a row ended.
+
     Args:
         slots: the rows.
         step_once: ``actions -> views``: one step of every instance (the first call gets
@@ -328,17 +377,30 @@ def step_until(slots: AgentSlots, step_once, actions, until, max_quiet_steps: in
         max_quiet_steps: steps to try before giving up.
 
     Raises:
-        RuntimeError: ``until`` did not hold within ``max_quiet_steps`` steps.
+        RuntimeError: nothing happened to any row within ``max_quiet_steps`` steps.
     """
-    seen = slots.absorb(step_once(actions))
+    held = slots.take_held()
+    seen = slots.absorb(step_once(actions) if held is None else held)
     for _ in range(max_quiet_steps):
         if until(seen):
             return seen
-        seen = merge(seen, slots.absorb(step_once(None)))
+        views = step_once(None)
+        if slots.ends_again(views, seen.ended):
+            slots.hold(views)
+            seen.decided = np.zeros_like(seen.decided)
+            return seen
+        seen = merge(seen, slots.absorb(views, ended_before=seen.ended))
+    if until(seen) or seen.ended.any():
+        return seen
     raise RuntimeError(
         f"behavior {slots.spec.name!r}: no decision after {max_quiet_steps} environment steps "
         "(are its agents still requesting decisions?)"
     )
+
+
+def any_decision(step: SlotStep) -> bool:
+    """A row requested a decision (episode ends without one are merged into that step)."""
+    return bool(step.decided.any())
 
 
 def any_news(step: SlotStep) -> bool:

@@ -7,7 +7,7 @@ import pytest
 
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from gateway.env.steps import StepBatch
-from gateway.remote.agent_slots import AgentSlots, NoAgents, any_news, discover, step_until
+from gateway.remote.agent_slots import AgentSlots, NoAgents, any_decision, any_news, discover, step_until
 from gateway.remote.client import BehaviorStepsView
 
 SPEC = BehaviorSpec("B?team=0", (ObservationSpec("v", (2,)),), ActionSpec(continuous_size=1, discrete_branches=(3,)))
@@ -71,9 +71,63 @@ def test_step_until_merges_quiet_steps_and_gives_up_after_the_limit():
     slots.start([view(0, [0])])
     answers = iter([[view(0, terminals=[0], reward=1.0)], [], [view(0, [0], value=3.0, reward=0.5)]])
     step = step_until(slots, lambda actions: next(answers), (None, None), lambda s: bool(s.decided[0]))
-    assert step.terminated.tolist() == [True] and step.rewards.tolist() == [1.5] and step.decided.tolist() == [True]
+    assert step.terminated.tolist() == [True] and step.decided.tolist() == [True]
+    assert step.final_observations[0][:, 0].tolist() == [-0.0] and step.observations[0][:, 0].tolist() == [3.0]
+    assert step.rewards.tolist() == [1.0]  # the end's; the next episode's first decision's 0.5 comes next
+    assert slots.absorb([view(0, [0], reward=0.25)]).rewards.tolist() == [0.75]
     with pytest.raises(RuntimeError, match="no decision after 3 environment steps"):
         step_until(slots, lambda actions: [], (None, None), any_news, max_quiet_steps=3)
+
+
+def test_step_until_keeps_each_row_s_episodes_apart_across_merged_responses():
+    """Ends without a decision merge into the step of the next decision (``any_decision``); what a row
+    receives after its end is its next episode's, and a second end waits for the next step."""
+    slots = AgentSlots(SPEC)
+    slots.start([view(0, [0, 1, 2])])
+    calls = []
+    answers = iter([
+        [view(0, terminals=[0], value=1.0, reward=-1.0)],  # row 0 ends between decisions
+        [view(0, decisions=[0], value=2.0, reward=0.5)],  # ... and its next episode's first decision: not "any"
+        [view(0, terminals=[0], value=3.0, reward=-2.0)],  # row 0 ends again: held for the next step
+        [view(0, decisions=[1, 2], value=4.0, reward=0.25)],
+    ])
+
+    def step_once(actions):
+        calls.append(actions)
+        return next(answers)
+
+    first = step_until(slots, step_once, ("act", None), lambda s: bool(s.decided[1:].any()))
+    assert calls == [("act", None), None, None]
+    assert first.terminated.tolist() == [True, False, False] and not first.decided.any()  # Unity went on without an action
+    assert first.final_observations[0][0, 0] == -1.0 and first.rewards.tolist() == [-1.0, 0.0, 0.0]
+    second = step_until(slots, step_once, ("not used", None), lambda s: bool(s.decided[1:].any()))
+    assert calls == [("act", None), None, None, None]  # the held response first, then one more step
+    assert second.terminated.tolist() == [True, False, False] and second.final_observations[0][0, 0] == -3.0
+    assert second.rewards.tolist() == [0.5 - 2.0, 0.25, 0.25]  # the second episode: its first decision and its end
+    assert second.decided.tolist() == [False, True, True]
+
+
+def test_merged_responses_keep_a_carried_first_reward_with_the_next_episode():
+    """A row that ends and decides in one response, merged with later responses, pays its new
+    episode's rewards in the step after (not in the one that reports its end)."""
+    slots = AgentSlots(SPEC)
+    slots.start([view(0, [0, 1])])
+    answers = iter([
+        [view(0, decisions=[0], terminals=[0], value=1.0, reward=2.0)],
+        [view(0, decisions=[0], value=1.0, reward=0.5)],
+        [view(0, decisions=[1], value=1.0, reward=0.125)],
+    ])
+    step = step_until(slots, lambda actions: next(answers), (None, None), lambda s: bool(s.decided[1]))
+    assert step.terminated.tolist() == [True, False] and step.rewards.tolist() == [2.0, 0.125]
+    assert slots.absorb([view(0, [0, 1], reward=0.0)]).rewards.tolist() == [2.5, 0.0]
+
+
+def test_step_until_gives_up_with_the_ends_it_has():
+    slots = AgentSlots(SPEC)
+    slots.start([view(0, [0, 1])])
+    answers = iter([[view(0, terminals=[1], reward=-1.0)]] + [[]] * 3)
+    step = step_until(slots, lambda actions: next(answers), (None, None), any_decision, max_quiet_steps=3)
+    assert step.terminated.tolist() == [False, True] and step.rewards.tolist() == [0.0, -1.0]
 
 
 def test_discover_watches_one_decision_period_for_staggered_agents():

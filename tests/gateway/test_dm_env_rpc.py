@@ -15,7 +15,8 @@ import pytest
 from dm_env_rpc.v1 import compliance, connection as dm_connection, dm_env_adaptor, dm_env_rpc_pb2, error, tensor_utils
 
 from gateway.options import ActorOptions, GatewayOptions, OptionsError, ServerOptions, validate
-from gateway.remote.client import GatewayClient
+from gateway.remote.agent_slots import discover
+from gateway.remote.client import GatewayClient, behavior_actions, decode_steps
 from gateway_helpers import environment_options, running_gateway
 
 BALL_SETTINGS = {"behavior": tensor_utils.pack_tensor("3DBall")}
@@ -347,3 +348,101 @@ def test_step_response_bytes_parse_to_dm_env_rpc_s_own_tensors():
     for uid in uids:
         want = world._value(world.observations[uid].name, step)
         assert response.observations[uid] == tensor_utils.pack_tensor(want), world.observations[uid].name
+
+
+BALL = "3DBall?team=0"
+#: decisions (summed over agents) each side of the accounting test plays
+ACCOUNTED_DECISIONS = 16 * 60
+
+
+def _action(agent_id: int, k: int) -> np.ndarray:
+    """Agent ``agent_id``'s ``k``-th action, the same on both sides: random enough to drop balls at varied steps."""
+    return np.random.default_rng((agent_id, k)).uniform(-1.0, 1.0, 2).astype(np.float32)
+
+
+def _ball_gateway(server: ServerOptions | None = None):
+    return running_gateway(environment_options(env_args=("--task", "3dball", "--num-agents", "16")), server=server)
+
+
+def _plain_episode_returns() -> tuple[dict[int, list[float]], int]:
+    """Every agent's episode returns over the Play stream, summed the plain way (a terminal step ends
+    the episode, a decision in the same response opens the next), after the Unity steps a dm_env_rpc
+    join takes (reset, one decision period, reset, first step); and the responses with ends and no decision."""
+    episodes: dict[int, list[float]] = {}
+    running: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    ends_alone = decided = 0
+    with _ball_gateway() as gw, GatewayClient(f"127.0.0.1:{gw.port}") as client:
+        specs = client.specs()
+        session = client.play()
+        try:
+            views = lambda steps: decode_steps(steps, specs, only=BALL)  # noqa: E731
+            discover(BALL, lambda: views(session.reset()), lambda: views(session.step()))
+            steps = session.reset()
+            while decided < ACCOUNTED_DECISIONS:
+                actions = []
+                for v in views(steps):
+                    for a, r in zip(v.terminals.agent_ids.tolist(), v.terminals.rewards.tolist()):
+                        episodes.setdefault(a, []).append(running.pop(a, 0.0) + r)
+                    ends_alone += bool(len(v.terminals)) and not len(v.decisions)
+                    ids = v.decisions.agent_ids.tolist()
+                    for a, r in zip(ids, v.decisions.rewards.tolist()):
+                        running[a] = running.get(a, 0.0) + r
+                        counts[a] = counts.get(a, -1) + 1
+                    decided += len(ids)
+                    if ids:
+                        act = np.stack([_action(a, counts[a]) for a in ids])
+                        actions.append(behavior_actions(v.instance, BALL, np.asarray(ids, np.int32), act, np.zeros((len(ids), 0), np.int32)))
+                steps = session.step(actions)
+        finally:
+            session.close()
+    return episodes, ends_alone
+
+
+def test_dm_env_rpc_steps_merge_ends_between_decisions_and_keep_every_episode_s_reward():
+    """Each dm_env_rpc step runs Unity on to the next decision: ends in between come with it, every
+    step has a decision to answer, and each agent's episode returns equal the Play stream's
+    (same seed, same actions per agent and decision): no reward crosses an episode boundary."""
+    expected, ends_alone = _plain_episode_returns()
+    assert ends_alone >= 3  # the scene does end episodes between decisions
+    names = ("reward", "terminated", "truncated", "decision_requested", "agent_id")
+    episodes: dict[int, list[float]] = {}
+    running: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    server = ServerOptions(listen="127.0.0.1:0", dm_env_rpc_listen="127.0.0.1:0")
+    with _ball_gateway(server) as gw:
+        channel = grpc.insecure_channel(f"127.0.0.1:{gw.dm_env_rpc_port}")
+        conn = dm_connection.Connection(channel)
+        try:
+            world = conn.send(dm_env_rpc_pb2.CreateWorldRequest()).world_name
+            specs = conn.send(dm_env_rpc_pb2.JoinWorldRequest(world_name=world)).specs
+            uid = {s.name: u for u, s in specs.observations.items()}
+            (continuous,) = [u for u, s in specs.actions.items() if s.name == "continuous"]
+            request = dm_env_rpc_pb2.StepRequest(requested_observations=[uid[n] for n in names])
+            decided = 0
+            while decided < ACCOUNTED_DECISIONS:
+                response = conn.send(request)
+                obs = {n: np.asarray(tensor_utils.unpack_tensor(response.observations[uid[n]])) for n in names}
+                deciding = obs["decision_requested"]
+                assert deciding.any()
+                act = np.zeros((len(deciding), 2), np.float32)
+                for row, a in enumerate(obs["agent_id"].tolist()):
+                    running[a] = running.get(a, 0.0) + float(obs["reward"][row])
+                    if obs["terminated"][row] or obs["truncated"][row]:
+                        episodes.setdefault(a, []).append(running.pop(a))
+                    if deciding[row]:
+                        counts[a] = counts.get(a, -1) + 1
+                        act[row] = _action(a, counts[a])
+                decided += int(deciding.sum())
+                request = dm_env_rpc_pb2.StepRequest(
+                    requested_observations=request.requested_observations, actions={continuous: tensor_utils.pack_tensor(act)}
+                )
+        finally:
+            conn.close()
+            channel.close()
+    compared = 0
+    for a, returns in expected.items():
+        common = min(len(returns), len(episodes.get(a, [])))
+        np.testing.assert_allclose(episodes.get(a, [])[:common], returns[:common], atol=1e-5, err_msg=f"agent {a}")
+        compared += common
+    assert compared >= 20
