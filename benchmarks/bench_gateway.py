@@ -485,6 +485,11 @@ def main(argv: list[str] | None = None) -> int:
         help="only the Gymnasium / dm_env_rpc adapter rows (benchmarks/results/bench_gateway_adapters.md)",
     )
     parser.add_argument("--no-adapters", action="store_true", help="skip the adapter rows")
+    parser.add_argument(
+        "--adapter-rounds", type=int, default=16,
+        help="adapter rows: rounds per agent count (each measures every mode once; the goal takes their median ratio)",
+    )
+    parser.add_argument("--adapter-seconds", type=float, default=1.0, help="adapter rows: measuring time per mode and round")
     args = parser.parse_args([] if argv is None else argv)
     if args.echo_server:
         return serve_echo()
@@ -492,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_adapters:
         from benchmarks import gateway_adapters
 
-        gateway_adapters.main(args.agents, args.seconds, args.repeats)
+        gateway_adapters.main(args.agents, args.adapter_seconds, args.adapter_rounds)
         if args.adapters_only:
             return 0
     rows = []

@@ -174,7 +174,7 @@ class DmEnvRpcServicer(dm_env_rpc_pb2_grpc.EnvironmentServicer):
                 kind = request.WhichOneof("payload")
                 response = dm_env_rpc_pb2.EnvironmentResponse()
                 try:
-                    answer = self._answer(conn, kind, getattr(request, kind))
+                    answer = self._answer(conn, kind, getattr(request, kind) if kind else None)
                     if isinstance(answer, bytes):  # a serialized StepResponse: wrapped, not parsed
                         yield protowire.length_delimited(_STEP_FIELD, answer)
                         continue

@@ -154,12 +154,13 @@ class BehaviorWorld:
             high = np.broadcast_to(np.asarray(a.discrete_branches, np.int32) - 1, (n, a.num_branches))
             actions.append(_Tensor("discrete", _INT, (n, a.num_branches), (0, np.ascontiguousarray(high))))
         self._sensors = sensors
+        self._requested: tuple[tuple[int, ...], list[int]] = ((), [])  # the last check_requested, usually repeated
         self.observations = {uid: t for uid, t in enumerate(obs, start=1)}
         self.actions = {uid: t for uid, t in enumerate(actions, start=len(obs) + 1)}
         self._action_bounds = {uid: tensor_spec_utils.bounds(_to_spec(t)) for uid, t in self.actions.items()}
         # float actions whose bounds are one scalar pair (``continuous``): the fast path of decode_actions
         self._scalar_bounds = {
-            uid: (float(np.min(b.min)), float(np.max(b.max)))
+            uid: (float(np.min(b.min)), float(np.max(b.max)), int(np.prod(self.actions[uid].shape)))
             for uid, b in self._action_bounds.items()
             if self.actions[uid].dtype == _FLOAT and np.ndim(b.min) == 0 and np.ndim(b.max) == 0
         }
@@ -196,12 +197,16 @@ class BehaviorWorld:
         Raises:
             WorldError: naming an unknown uid.
         """
+        key = tuple(uids)
+        if key == self._requested[0]:
+            return self._requested[1]
         out = []
-        for uid in uids:
+        for uid in key:
             if uid not in self.observations:
                 raise WorldError(f"requested_observations: unknown observation uid {uid} (known: 1..{len(self.observations)})")
             if uid not in out:
                 out.append(uid)
+        self._requested = (key, out)
         return out
 
     def decode_actions(self, actions) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -246,10 +251,10 @@ class BehaviorWorld:
         scalar = self._scalar_bounds.get(uid)
         if scalar is None or tensor.WhichOneof("payload") != "floats" or tuple(tensor.shape) != t.shape:
             return None
-        value = _packed_floats(tensor.floats, int(np.prod(t.shape)))
+        low, high, count = scalar
+        value = _packed_floats(tensor.floats, count)
         if value is None:
             return None
-        low, high = scalar
         if not (value.min() >= low and value.max() <= high):  # NaN fails both comparisons
             return None
         return value.reshape(t.shape)

@@ -446,3 +446,20 @@ def test_dm_env_rpc_steps_merge_ends_between_decisions_and_keep_every_episode_s_
         np.testing.assert_allclose(episodes.get(a, [])[:common], returns[:common], atol=1e-5, err_msg=f"agent {a}")
         compared += common
     assert compared >= 20
+
+
+def test_a_request_without_payload_is_unimplemented_and_the_stream_goes_on(ball_gateway):
+    from dm_env_rpc.v1 import dm_env_rpc_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{ball_gateway.dm_env_rpc_port}")
+    try:
+        requests = [
+            dm_env_rpc_pb2.EnvironmentRequest(),
+            dm_env_rpc_pb2.EnvironmentRequest(create_world=dm_env_rpc_pb2.CreateWorldRequest(settings=BALL_SETTINGS)),
+        ]
+        empty, created = dm_env_rpc_pb2_grpc.EnvironmentStub(channel).Process(iter(requests), timeout=60)
+        assert empty.error.code == grpc.StatusCode.UNIMPLEMENTED.value[0]
+        assert "an empty payload is not supported" in empty.error.message
+        assert created.create_world.world_name.startswith("3DBall")
+    finally:
+        channel.close()
