@@ -3,16 +3,21 @@
 Why: the adapters (issue 21) must cost little over the plain Python client
 (``gateway.remote.client``), target at most 10 % fewer agent-steps/s. One
 ``tandem-gateway`` process on the stand-in's 3DBall (one instance, N agents) serves the
-three side by side, measured in turn (plain, Gymnasium, dm_env_rpc, plain, ...), each
+modes side by side, measured in turn (plain, Gymnasium, dm_env_rpc, plain, ...), each
 with uniformly random continuous actions:
 
 * plain: the Python client's Play stream, actions from ``random_step_actions``;
 * Gymnasium: ``tandem_envs.gymnasium_env.UnityVectorEnv`` (one slot per agent);
-* dm_env_rpc: dm_env_rpc's own ``DmEnvAdaptor`` (what a dm_env user runs) on the
-  gateway's ``--dm-env-rpc-listen`` endpoint, asking for the observations an agent loop
-  needs (the sensor, ``reward``, ``discount``, ``decision_requested``).
+* dm_env_rpc (Connection): the gateway's ``--dm-env-rpc-listen`` endpoint driven by
+  dm_env_rpc's own ``Connection`` and ``tensor_utils``, asking for the observations an
+  agent loop needs (the sensor, ``reward``, ``discount``, ``decision_requested``);
+* dm_env_rpc (DmEnvAdaptor): the same through dm_env_rpc's ``DmEnvAdaptor`` (what a
+  dm_env user runs), whose own client work ``client_work`` replays apart.
 
-Agent-steps = agents that requested a decision, summed over steps, for all three.
+The goal is judged on our adapters (``JUDGED``): the Gymnasium vector env and the
+endpoint; each round's ratio to the plain client's CPU per agent-step, their median.
+
+Agent-steps = agents that requested a decision, summed over steps, for every mode.
 Called by ``bench_gateway.main`` (``--adapters-only`` runs just these rows).
 """
 
@@ -392,24 +397,31 @@ def render(
 
 
 NOTES = [
+    "- Steps per exchange: Unity reports an agent's episode end at the step it happens, also between its "
+    "decisions, so on 3DBall (decisions every 5 steps, random actions, short episodes) many exchanges carry only "
+    "ends. The plain loop answers each of them (an empty step request). The Gymnasium vector env and the "
+    "dm_env_rpc endpoint run Unity on to the next decision and report those ends with it "
+    "(`agent_slots.step_until`: each row's end keeps its own episode's reward, what follows comes with the next "
+    "step, a second end waits for the step after), so they make fewer round trips for the same agent-steps; "
+    "with one agent, ends almost always come with the next episode's first decision and the three make the same "
+    "round trips.",
     "- Gymnasium: the vector env decodes the same `Steps` as the plain client (its own behavior only), copies the "
-    "rows into fixed slots (`gateway.remote.agent_slots`) and encodes the same `BehaviorActions`; in a cProfile of "
-    "1000 steps at 1 agent the adapter's own work (`AgentSlots.absorb`, action splitting) is under 0.1 ms per step "
-    "next to ~1.5 ms of gateway and ~0.7 ms of client gRPC work per step. Within the noise of this machine it "
-    "costs what the plain client costs.",
+    "rows into fixed slots (`gateway.remote.agent_slots`) and encodes the same `BehaviorActions`; the gateway does "
+    "the same work for it as for the plain client.",
     "- dm_env_rpc, gateway side: a single in-process instance hands its step arrays over before encoding "
     "(`Stepped.batches`, `EnvironmentPool.last_batches`), so the endpoint parses and decodes nothing; it keeps "
     "the rows (`AgentSlots.absorb`), reads actions of the spec's shape and bounds straight from their packed "
     "bytes (dm_env_rpc's own `unpack_tensor` makes a Python float per element) and writes each response as "
-    "bytes around framing fixed per observation uid at the join. Measured with per-thread CPU time in the "
-    "gateway's handler (an in-process gateway, 1 and 256 agents): the endpoint's own work per step fell from "
-    "433 / 516 us to 238 / 255 us (rows 61-80, actions 62-68, response 26-29, the rest glue). What the "
-    "protocol itself costs: its tensors have a fixed first dimension, so every step carries every agent's "
-    "row both ways, where the Play stream carries only the agents that decided (on 3DBall, with decisions "
-    "staggered over a 5-step period, about 1 in 5 of them).",
+    "bytes around framing fixed per observation uid at the join. Per-thread CPU time in the gateway's handler "
+    "(an in-process gateway, 1 agent, while the client loop ran): the endpoint's own work is about 220 us per "
+    "step more than the Play handler's (rows about 70, actions about 65, response about 30, the rest glue); "
+    "the same code costs 5-10x less in a tight loop (12.7 us for the rows, 10 us for the actions): on this "
+    "machine every exchange runs with cold caches, after the client, the gateway's threads and the stand-in "
+    "took turns on the two cores.",
     "- dm_env_rpc, client side: `DmEnvAdaptor` unpacks each requested tensor through its `SpecManager` "
-    "(shape and dtype checks, `np.fromiter` per element) and packs the actions; replayed without transport "
-    "(table above) that is the difference between the two client libraries' own work.",
+    "(shape and dtype checks, `np.fromiter` per element) and packs the actions; the plain `Connection` loop "
+    "uses `tensor_utils` directly. Replayed without transport (table above), that wrapper is dm_env_rpc's "
+    "own share of the DmEnvAdaptor row.",
 ]
 
 
