@@ -23,6 +23,7 @@ decision are not sent (Unity repeats their previous action).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,6 +159,7 @@ class BehaviorWorld:
         self.observations = {uid: t for uid, t in enumerate(obs, start=1)}
         self.actions = {uid: t for uid, t in enumerate(actions, start=len(obs) + 1)}
         self._action_bounds = {uid: tensor_spec_utils.bounds(_to_spec(t)) for uid, t in self.actions.items()}
+        self._getters = {uid: self._getter(t.name) for uid, t in self.observations.items()}
         # float actions whose bounds are one scalar pair (``continuous``): the fast path of decode_actions
         self._scalar_bounds = {
             uid: (float(np.min(b.min)), float(np.max(b.max)), int(np.prod(self.actions[uid].shape)))
@@ -268,7 +270,7 @@ class BehaviorWorld:
         """
         parts = [_RUNNING_STATE]
         for uid in uids:
-            value = self._value(self.observations[uid].name, step)
+            value = self._getters[uid](step)
             framing = self._framing.get(uid)
             if framing is not None and value.shape == self.observations[uid].shape:
                 parts += (framing[0], _raw(value), framing[1])
@@ -278,32 +280,32 @@ class BehaviorWorld:
             parts.append(protowire.length_delimited(_OBSERVATIONS_FIELD, entry))
         return b"".join(parts)
 
-    def _value(self, name: str, step: SlotStep) -> np.ndarray:
+    def _getter(self, name: str) -> Callable[[SlotStep], np.ndarray]:
+        """The function that takes observation ``name``'s value out of a step (one per uid, made at the join)."""
         sensors = self._sensors
         if name in sensors:
-            return step.observations[sensors.index(name)]
+            k = sensors.index(name)
+            return lambda step: step.observations[k]
         if name.startswith("final_observation."):
             k = sensors.index(name.split(".", 1)[1])
-            if step.final_observations is None:
-                return step.observations[k]
-            return step.final_observations[k]
+            return lambda step: step.observations[k] if step.final_observations is None else step.final_observations[k]
         match name:
             case "reward":
-                return step.rewards
+                return lambda step: step.rewards
             case "discount":
-                return (~step.terminated).astype(np.float32)
+                return lambda step: (~step.terminated).astype(np.float32)
             case "terminated":
-                return step.terminated
+                return lambda step: step.terminated
             case "truncated":
-                return step.truncated
+                return lambda step: step.truncated
             case "decision_requested":
-                return step.decided
+                return lambda step: step.decided
             case "action_mask":
-                return step.action_mask
-            case "agent_id":
-                return np.array([k[1] for k in self.slots.keys], np.int32)
+                return lambda step: step.action_mask
+            case "agent_id":  # rows can change agents (Unity re-creates them): read at every step
+                return lambda step: np.array([k[1] for k in self.slots.keys], np.int32)
             case "instance":
-                return np.array([k[0] for k in self.slots.keys], np.int32)
+                return lambda step: np.array([k[0] for k in self.slots.keys], np.int32)
             case "group_reward":
-                return step.group_rewards
+                return lambda step: step.group_rewards
         raise KeyError(name)

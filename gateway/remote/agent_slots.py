@@ -121,7 +121,8 @@ class AgentSlots:
         self.spec = spec
         self.keys: list[tuple[int, int]] = []
         self._row_of: dict[tuple[int, int], int] = {}
-        self._rows_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # instance -> (its last decision ids' bytes, their rows: an index array, or slice(None) for every row in order)
+        self._rows_cache: dict[int, tuple[bytes, np.ndarray | slice]] = {}
         self._vacant = np.zeros(0, bool)
         self.pending = np.zeros(0, bool)
         self._order: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # instance -> (rows, agent ids) of the last decisions
@@ -162,16 +163,31 @@ class AgentSlots:
         self._held = None
         return self.absorb(views)
 
-    def _rows(self, instance: int, agent_ids: np.ndarray, cache: bool = True) -> np.ndarray:
-        """Row of each agent (-1 for unknown ones); with ``cache``, kept for the usual repeated id list
-        (decisions; terminal batches vary and would only evict it)."""
-        cached = self._rows_cache.get(instance) if cache else None
-        if cached is not None and np.array_equal(cached[0], agent_ids):
-            return cached[1]
-        rows = np.array([self._row_of.get((instance, int(a)), -1) for a in agent_ids], np.intp)
-        if cache:
-            self._rows_cache[instance] = (agent_ids.copy(), rows)
-        return rows
+    def _rows(self, instance: int, agent_ids: np.ndarray) -> np.ndarray:
+        """Row of each agent (-1 for unknown ones)."""
+        return np.array([self._row_of.get((instance, int(a)), -1) for a in agent_ids], np.intp)
+
+    def _decision_rows(self, instance: int, agent_ids: np.ndarray):
+        """(rows, sel) of the agents deciding in ``instance``: ``rows[...]`` = the known ones' rows,
+        ``sel`` selects them in the batch. Unknown agents adopt free rows first (``_adopt``).
+
+        Why the cache: an instance usually sends the same id list at every decision step; then
+        the rows come back as they were, as ``slice(None)`` when they are every row in order
+        (indexing by a slice is a view, far cheaper than by an index array).
+        """
+        key = agent_ids.tobytes()
+        cached = self._rows_cache.get(instance)
+        if cached is not None and cached[0] == key:
+            return cached[1], slice(None)
+        rows = self._rows(instance, agent_ids)
+        if (rows < 0).any():
+            rows = self._adopt(instance, agent_ids, rows)
+        sel = _known(rows)
+        if isinstance(sel, slice):  # every agent known: the usual case, kept
+            every = len(rows) == self.n and bool((rows == np.arange(self.n)).all())
+            self._rows_cache[instance] = (key, slice(None) if every else rows)
+            return self._rows_cache[instance][1], sel
+        return rows[sel], sel
 
     def _adopt(self, instance: int, agent_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Gives unknown agents (row -1) the rows of agents that ended and did not come back."""
@@ -187,7 +203,7 @@ class AgentSlots:
             self._row_of[self.keys[row]] = row
             self._vacant[row] = False
             rows[j] = row
-        self._rows_cache.pop(instance, None)
+        self._rows_cache.clear()  # a taken row may be in another instance's cached rows
         return rows
 
     def absorb(self, views, ended_before: np.ndarray | None = None) -> SlotStep:
@@ -220,7 +236,7 @@ class AgentSlots:
                 continue
             term: StepBatch = v.terminals
             if len(term):
-                rows = self._rows(v.instance, term.agent_ids, cache=False)
+                rows = self._rows(v.instance, term.agent_ids)
                 sel = _known(rows)
                 r = rows[sel]
                 if final is None:
@@ -235,11 +251,7 @@ class AgentSlots:
                 self._vacant[r] = True
             dec: StepBatch = v.decisions
             if len(dec):
-                rows = self._rows(v.instance, dec.agent_ids)
-                if (rows < 0).any():
-                    rows = self._adopt(v.instance, dec.agent_ids, rows)
-                sel = _known(rows)
-                r = rows[sel]
+                r, sel = self._decision_rows(v.instance, dec.agent_ids)
                 for k, obs in enumerate(dec.observations):
                     self.observations[k][r] = obs[sel]
                 if final is None and ended_before is None:  # no episode ended: every reward is the running episode's
@@ -277,7 +289,7 @@ class AgentSlots:
             return False
         for v in views:
             if v.behavior == self.spec.name and len(v.terminals):
-                rows = self._rows(v.instance, v.terminals.agent_ids, cache=False)
+                rows = self._rows(v.instance, v.terminals.agent_ids)
                 if ended[rows[rows >= 0]].any():
                     return True
         return False
@@ -312,12 +324,12 @@ class AgentSlots:
             cont = (
                 np.ascontiguousarray(continuous[rows], np.float32)
                 if continuous is not None
-                else np.zeros((len(rows), a.continuous_size), np.float32)
+                else np.zeros((len(ids), a.continuous_size), np.float32)
             )
             disc = (
                 np.ascontiguousarray(discrete[rows], np.int32)
                 if discrete is not None
-                else np.zeros((len(rows), a.num_branches), np.int32)
+                else np.zeros((len(ids), a.num_branches), np.int32)
             )
             out[instance] = (np.asarray(ids, np.int32), cont, disc)
         return out

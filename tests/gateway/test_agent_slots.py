@@ -66,6 +66,32 @@ def test_new_agent_ids_take_the_rows_of_agents_that_ended_and_extra_ones_are_lef
     assert ids.tolist() == [0, 9]
 
 
+def test_a_row_taken_by_another_instance_s_new_agent_is_not_reused_from_a_remembered_id_list():
+    slots = AgentSlots(SPEC)
+    slots.start([view(0, [0, 1]), view(1, [5])])
+    slots.absorb([view(0, [0, 1])])  # instance 0's usual id list, remembered with its rows
+    slots.absorb([view(0, terminals=[1])])
+    slots.absorb([view(1, decisions=[9], value=2.0)])  # a new agent of instance 1 takes agent (0, 1)'s row
+    assert slots.keys == [(0, 0), (1, 9), (1, 5)]
+    step = slots.absorb([view(0, [0, 1], value=7.0)])  # (0, 1) is back: no row is free for it
+    assert step.observations[0][:, 0].tolist() == [7.0, 2.0, 0.0] and slots.dropped == 1
+    assert step.decided.tolist() == [True, False, False]
+
+
+def test_the_rows_of_every_agent_in_order_are_a_slice_and_act_like_index_rows():
+    slots = AgentSlots(SPEC)
+    slots.start([view(0, [1, 0])])  # rows follow agent ids: [1, 0] is not "in order"
+    slots.absorb([view(0, [1, 0], value=1.0)])
+    ids, cont, _ = slots.pending_actions(np.array([[10.0], [20.0]], np.float32), None)[0]
+    assert ids.tolist() == [1, 0] and cont.tolist() == [[20.0], [10.0]]
+    slots.start([view(0, [0, 1])])
+    for value in (1.0, 2.0):  # the second time from the remembered rows
+        step = slots.absorb([view(0, [0, 1], value=value, reward=0.5)])
+        assert step.observations[0][:, 0].tolist() == [value, value] and step.rewards.tolist() == [0.5, 0.5]
+        ids, cont, disc = slots.pending_actions(np.array([[10.0], [20.0]], np.float32), None)[0]
+        assert ids.tolist() == [0, 1] and cont.tolist() == [[10.0], [20.0]] and disc.shape == (2, 1)
+
+
 def test_step_until_merges_quiet_steps_and_gives_up_after_the_limit():
     slots = AgentSlots(SPEC)
     slots.start([view(0, [0])])

@@ -341,13 +341,27 @@ def test_step_response_bytes_parse_to_dm_env_rpc_s_own_tensors():
         action_mask=rng.uniform(size=(2, 5)) < 0.5,
         group_rewards=np.zeros(2, np.float32),
     )
+    expected = {
+        "v": step.observations[0], "cam": step.observations[1], "reward": step.rewards,
+        "discount": np.array([0.0, 1.0], np.float32), "terminated": step.terminated, "truncated": step.truncated,
+        "decision_requested": step.decided, "final_observation.v": step.observations[0],
+        "final_observation.cam": step.observations[1], "action_mask": step.action_mask,
+        "agent_id": np.array([7, 3], np.int32), "instance": np.array([0, 1], np.int32), "group_reward": step.group_rewards,
+    }
     uids = list(world.observations)  # every observation, float, bool and int32 ones
+    assert sorted(world.observations[uid].name for uid in uids) == sorted(expected)
     response = dm_env_rpc_pb2.StepResponse.FromString(world.step_response(step, uids))
     assert response.state == dm_env_rpc_pb2.EnvironmentStateType.RUNNING
     assert sorted(response.observations) == sorted(uids)
     for uid in uids:
-        want = world._value(world.observations[uid].name, step)
-        assert response.observations[uid] == tensor_utils.pack_tensor(want), world.observations[uid].name
+        name = world.observations[uid].name
+        assert response.observations[uid] == tensor_utils.pack_tensor(expected[name]), name
+    # where episodes ended, the final observations are the ended episodes' last ones
+    final = [rng.normal(size=(2, 3)).astype(np.float32), rng.uniform(size=(2, 2, 4, 4)).astype(np.float32)]
+    response = dm_env_rpc_pb2.StepResponse.FromString(world.step_response(replace(step, final_observations=final), uids))
+    by_name = {world.observations[uid].name: response.observations[uid] for uid in uids}
+    assert by_name["final_observation.v"] == tensor_utils.pack_tensor(final[0])
+    assert by_name["final_observation.cam"] == tensor_utils.pack_tensor(final[1])
 
 
 BALL = "3DBall?team=0"
