@@ -23,6 +23,7 @@ Called by ``bench_gateway.main`` (``--adapters-only`` runs just these rows).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -105,16 +106,30 @@ def gymnasium_vector(address: str, seconds: float) -> tuple[float, float, float]
         env.close()
 
 
-def dm_env_rpc_connection(address: str, seconds: float) -> tuple[float, float, float]:
-    """dm_env_rpc's ``Connection`` and ``tensor_utils``, no dm_env wrapper: the endpoint's own cost."""
+@contextlib.contextmanager
+def _dm_world(address: str):
+    """A dm_env_rpc ``Connection`` joined to a new world of the endpoint at ``address``: yields
+    (connection, the world's specs); leaves and destroys the world, and closes, at the end."""
     import grpc
-    from dm_env_rpc.v1 import connection, dm_env_rpc_pb2, tensor_utils
+    from dm_env_rpc.v1 import connection, dm_env_rpc_pb2
 
     channel = grpc.insecure_channel(address)
     conn = connection.Connection(channel)
     try:
         world = conn.send(dm_env_rpc_pb2.CreateWorldRequest()).world_name
-        specs = conn.send(dm_env_rpc_pb2.JoinWorldRequest(world_name=world)).specs
+        yield conn, conn.send(dm_env_rpc_pb2.JoinWorldRequest(world_name=world)).specs
+        conn.send(dm_env_rpc_pb2.LeaveWorldRequest())
+        conn.send(dm_env_rpc_pb2.DestroyWorldRequest(world_name=world))
+    finally:
+        conn.close()
+        channel.close()
+
+
+def dm_env_rpc_connection(address: str, seconds: float) -> tuple[float, float, float]:
+    """dm_env_rpc's ``Connection`` and ``tensor_utils``, no dm_env wrapper: the endpoint's own cost."""
+    from dm_env_rpc.v1 import dm_env_rpc_pb2, tensor_utils
+
+    with _dm_world(address) as (conn, specs):
         uid = {spec.name: u for u, spec in specs.observations.items()}
         (continuous,) = [u for u, spec in specs.actions.items() if spec.name == "continuous"]
         n = specs.actions[continuous].shape[0]
@@ -131,25 +146,14 @@ def dm_env_rpc_connection(address: str, seconds: float) -> tuple[float, float, f
             state["response"] = conn.send(dm_env_rpc_pb2.StepRequest(requested_observations=requested, actions=actions))
             return acting
 
-        rate = _rate(step, seconds)
-        conn.send(dm_env_rpc_pb2.LeaveWorldRequest())
-        conn.send(dm_env_rpc_pb2.DestroyWorldRequest(world_name=world))
-        return rate
-    finally:
-        conn.close()
-        channel.close()
+        return _rate(step, seconds)
 
 
 def dm_env_rpc(address: str, seconds: float) -> tuple[float, float, float]:
     """dm_env_rpc's ``DmEnvAdaptor`` (a ``dm_env.Environment``): what a dm_env user runs."""
-    import grpc
-    from dm_env_rpc.v1 import connection, dm_env_adaptor, dm_env_rpc_pb2
+    from dm_env_rpc.v1 import dm_env_adaptor
 
-    channel = grpc.insecure_channel(address)
-    conn = connection.Connection(channel)
-    try:
-        world = conn.send(dm_env_rpc_pb2.CreateWorldRequest()).world_name
-        specs = conn.send(dm_env_rpc_pb2.JoinWorldRequest(world_name=world)).specs
+    with _dm_world(address) as (conn, specs):
         env = dm_env_adaptor.DmEnvAdaptor(conn, specs, requested_observations=DM_OBSERVATIONS)
         n = env.action_spec()["continuous"].shape[0]
         rng = np.random.default_rng(0)
@@ -164,13 +168,7 @@ def dm_env_rpc(address: str, seconds: float) -> tuple[float, float, float]:
             state["acting"] = timestep.observation["decision_requested"]
             return acting
 
-        rate = _rate(step, seconds)
-        conn.send(dm_env_rpc_pb2.LeaveWorldRequest())
-        conn.send(dm_env_rpc_pb2.DestroyWorldRequest(world_name=world))
-        return rate
-    finally:
-        conn.close()
-        channel.close()
+        return _rate(step, seconds)
 
 
 #: responses recorded for ``client_work``'s replay, after steps that bring the scene to its steady
@@ -221,15 +219,10 @@ def _plain_work(address: str, seconds: float) -> float:
 
 def _dm_work(address: str, seconds: float) -> tuple[float, float]:
     """(DmEnvAdaptor's, the plain Connection loop's) message work, replayed: CPU us per agent-step."""
-    import grpc
-    from dm_env_rpc.v1 import connection, dm_env_rpc_pb2, spec_manager, tensor_utils
+    from dm_env_rpc.v1 import dm_env_rpc_pb2, spec_manager, tensor_utils
 
     rng = np.random.default_rng(0)
-    channel = grpc.insecure_channel(address)
-    conn = connection.Connection(channel)
-    try:
-        world = conn.send(dm_env_rpc_pb2.CreateWorldRequest()).world_name
-        specs = conn.send(dm_env_rpc_pb2.JoinWorldRequest(world_name=world)).specs
+    with _dm_world(address) as (conn, specs):
         observations, actions = spec_manager.SpecManager(specs.observations), spec_manager.SpecManager(specs.actions)
         uids = [observations.name_to_uid(name) for name in DM_OBSERVATIONS]
         decision, continuous = observations.name_to_uid("decision_requested"), actions.name_to_uid("continuous")
@@ -248,11 +241,6 @@ def _dm_work(address: str, seconds: float) -> tuple[float, float]:
             response = conn.send(request(decided(response)))
             if i >= SETTLE_STEPS:
                 recorded.append(dm_env_rpc_pb2.EnvironmentResponse(step=response).SerializeToString())
-        conn.send(dm_env_rpc_pb2.LeaveWorldRequest())
-        conn.send(dm_env_rpc_pb2.DestroyWorldRequest(world_name=world))
-    finally:
-        conn.close()
-        channel.close()
 
     def adaptor(raw: bytes) -> int:  # what DmEnvAdaptor.step does per step (its SpecManagers), minus the transport
         unpacked = observations.unpack(dm_env_rpc_pb2.EnvironmentResponse.FromString(raw).step.observations)
