@@ -20,7 +20,7 @@ Rules (beside the protocol's own):
   and step Unity until an agent of the behavior decides: episode ends in between (Unity
   reports them in responses without a decision) come with that step, so every step has
   a decision to answer (``agent_slots.step_until`` keeps a row's second end for the step
-  after, and gives up waiting after ``MAX_QUIET_STEPS`` with the ends it has). The state is
+  after, and returns ends that wait ``MAX_END_WAIT_STEPS`` steps for a decision). The state is
   always RUNNING: Unity restarts each agent's episode itself, and per-agent ends are the
   ``terminated`` / ``truncated`` / ``discount`` observations.
 * **Reset**: settings are environment parameters (float scalars), set before the reset.

@@ -368,9 +368,18 @@ def _rows_mask(rows: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 #: Unity steps without news for the behavior before ``step_until`` gives up
 MAX_QUIET_STEPS = 10_000
+#: Unity steps ``step_until`` goes on while it holds episode ends (longer than any decision period)
+MAX_END_WAIT_STEPS = 100
 
 
-def step_until(slots: AgentSlots, step_once, actions, until, max_quiet_steps: int = MAX_QUIET_STEPS) -> SlotStep:
+def step_until(
+    slots: AgentSlots,
+    step_once,
+    actions,
+    until,
+    max_quiet_steps: int = MAX_QUIET_STEPS,
+    max_end_wait_steps: int = MAX_END_WAIT_STEPS,
+) -> SlotStep:
     """Steps with ``actions``, then without, until ``until(step)`` holds; returns what the rows saw.
 
     Responses are merged into one step (rewards summed, the latest observations; a row's
@@ -378,7 +387,8 @@ def step_until(slots: AgentSlots, step_once, actions, until, max_quiet_steps: in
     its next episode and comes with the next step). Two ends of one row do not fit in one
     step: then the step returns before ``until`` holds, with no row deciding, and the
     second response is the start of the next call (whose ``actions`` are not used: no row
-    is pending). After ``max_quiet_steps`` further steps the step returns if a row ended.
+    is pending). Ends do not wait long for ``until``: after ``max_end_wait_steps`` further
+    steps (a scene whose agents left for good) the step returns with them.
 
     Args:
         slots: the rows.
@@ -387,14 +397,15 @@ def step_until(slots: AgentSlots, step_once, actions, until, max_quiet_steps: in
         actions: what ``step_once`` takes for the pending agents.
         until: ``SlotStep -> bool`` on the merged steps so far.
         max_quiet_steps: steps to try before giving up.
+        max_end_wait_steps: steps to go on with episode ends in hand.
 
     Raises:
         RuntimeError: nothing happened to any row within ``max_quiet_steps`` steps.
     """
     held = slots.take_held()
     seen = slots.absorb(step_once(actions) if held is None else held)
-    for _ in range(max_quiet_steps):
-        if until(seen):
+    for i in range(max_quiet_steps):
+        if until(seen) or (i >= max_end_wait_steps and seen.ended.any()):
             return seen
         views = step_once(None)
         if slots.ends_again(views, seen.ended):

@@ -156,6 +156,20 @@ def test_step_until_gives_up_with_the_ends_it_has():
     assert step.terminated.tolist() == [False, True] and step.rewards.tolist() == [0.0, -1.0]
 
 
+def test_ends_wait_a_bounded_number_of_steps_for_a_decision():
+    """A scene whose agents left after their ends: they are reported after ``max_end_wait_steps``."""
+    slots = AgentSlots(SPEC)
+    slots.start([view(0, [0, 1])])
+    calls = []
+
+    def step_once(actions):
+        calls.append(actions)
+        return [view(0, terminals=[0, 1], reward=-1.0)] if len(calls) == 1 else []
+
+    step = step_until(slots, step_once, (None, None), any_decision, max_end_wait_steps=5)
+    assert step.terminated.all() and len(calls) == 6  # the ends' response, then 5 more steps
+
+
 def test_discover_watches_one_decision_period_for_staggered_agents():
     answers = iter([[view(0, [4])], [view(0, [0, 2])], [view(0, [1])], [view(0, [5])]])
     found = discover(SPEC.name, lambda: [view(0, [1, 3])], lambda: next(answers))
