@@ -18,7 +18,7 @@ Rules (beside the protocol's own):
 * **Step**: the first step after a join or reset returns the observations and ignores
   actions (the protocol's rule); later ones act for the agents that requested a decision
   and step Unity until an agent of the behavior decides: episode ends in between (Unity
-  reports them in responses without a decision) come with that step, so every step has
+  reports them in responses without a decision) come with that step, so a step nearly always has
   a decision to answer (``agent_slots.step_until`` keeps a row's second end for the step
   after, and returns ends that wait ``MAX_END_WAIT_STEPS`` steps for a decision). The state is
   always RUNNING: Unity restarts each agent's episode itself, and per-agent ends are the
