@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from unity_standin.side_channels import STATS_MOST_RECENT, STATS_SUM, SideChannels
-from unity_standin.tasks.base import ActResult, BehaviorDef, ObservationDef, Task, TaskOptions, resolve_period
+from unity_standin.tasks.base import ActResult, Task, TaskOptions, agent_count, resolve_period, vector_behavior
 
 BEHAVIOR = "3DBall?team=0"
 DEFAULT_AGENTS = 12
@@ -41,18 +41,11 @@ class Ball3D(Task):
 
     def __init__(self, options: TaskOptions, side_channels: SideChannels) -> None:
         super().__init__(options, side_channels)
-        n = (options.num_agents or DEFAULT_AGENTS) * max(1, options.num_areas)
+        n = agent_count(options, DEFAULT_AGENTS)
         period = resolve_period(options, 5)
         self.behaviors = (
-            BehaviorDef(
-                name=BEHAVIOR,
-                observations=(ObservationDef("VectorSensor_size8", (8,)),),
-                continuous_size=2,
-                discrete_branches=(),
-                num_agents=n,
-                max_step=DECISIONS_PER_EPISODE * period,
-                decision_period=period,
-                overwrite_reward=True,
+            vector_behavior(
+                BEHAVIOR, 8, n, period, continuous_size=2, max_decisions=DECISIONS_PER_EPISODE, overwrite_reward=True
             ),
         )
         self.n = n

@@ -174,3 +174,37 @@ def resolve_period(options: TaskOptions, default: int) -> int:
     if period < 1:
         raise ValueError(f"--decision-period must be >= 1, got {period}")
     return period
+
+
+def agent_count(options: TaskOptions, default: int) -> int:
+    """The scene's agents (or areas): ``--num-agents`` (else the task's ``default``) times ``--num-areas``."""
+    return (options.num_agents or default) * max(1, options.num_areas)
+
+
+def vector_behavior(
+    name: str,
+    size: int,
+    num_agents: int,
+    decision_period: int,
+    *,
+    continuous_size: int = 0,
+    discrete_branches: tuple[int, ...] = (),
+    max_decisions: int = 0,
+    overwrite_reward: bool = False,
+) -> BehaviorDef:
+    """A behavior whose agents see one vector observation, named as Unity's ``VectorSensor`` names it.
+
+    Args:
+        max_decisions: decisions per episode before Unity interrupts it (its ``MaxStep`` is
+            that many decision periods); 0 = no limit.
+    """
+    return BehaviorDef(
+        name=name,
+        observations=(ObservationDef(f"VectorSensor_size{size}", (size,)),),
+        continuous_size=continuous_size,
+        discrete_branches=discrete_branches,
+        num_agents=num_agents,
+        max_step=max_decisions * decision_period,
+        decision_period=decision_period,
+        overwrite_reward=overwrite_reward,
+    )

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from unity_standin.side_channels import SideChannels
-from unity_standin.tasks.base import ActResult, BehaviorDef, ObservationDef, Task, TaskOptions, resolve_period
+from unity_standin.tasks.base import ActResult, Task, TaskOptions, agent_count, resolve_period, vector_behavior
 
 BEHAVIOR = "Crawler?team=0"
 DEFAULT_AGENTS = 10
@@ -41,18 +41,10 @@ class Crawler(Task):
 
     def __init__(self, options: TaskOptions, side_channels: SideChannels) -> None:
         super().__init__(options, side_channels)
-        n = (options.num_agents or DEFAULT_AGENTS) * max(1, options.num_areas)
+        n = agent_count(options, DEFAULT_AGENTS)
         period = resolve_period(options, 1)
         self.behaviors = (
-            BehaviorDef(
-                name=BEHAVIOR,
-                observations=(ObservationDef(f"VectorSensor_size{OBSERVATION_SIZE}", (OBSERVATION_SIZE,)),),
-                continuous_size=JOINTS,
-                discrete_branches=(),
-                num_agents=n,
-                max_step=MAX_STEP * period,
-                decision_period=period,
-            ),
+            vector_behavior(BEHAVIOR, OBSERVATION_SIZE, n, period, continuous_size=JOINTS, max_decisions=MAX_STEP),
         )
         #: [JOINTS, 2]: how each joint's velocity moves the body on the ground plane
         self._gait = np.random.default_rng(1234).normal(0.0, 1.0 / np.sqrt(JOINTS), (JOINTS, 2)) / JOINT_SPEED

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from unity_standin.side_channels import STATS_SUM, SideChannels
-from unity_standin.tasks.base import ActResult, BehaviorDef, ObservationDef, Task, TaskOptions, resolve_period
+from unity_standin.tasks.base import ActResult, BehaviorDef, ObservationDef, Task, TaskOptions, agent_count, resolve_period
 
 BEHAVIOR = "GridWorld?team=0"
 DEFAULT_AGENTS = 4
@@ -50,7 +50,7 @@ class GridWorld(Task):
 
     def __init__(self, options: TaskOptions, side_channels: SideChannels) -> None:
         super().__init__(options, side_channels)
-        n = (options.num_agents or DEFAULT_AGENTS) * max(1, options.num_areas)
+        n = agent_count(options, DEFAULT_AGENTS)
         period = resolve_period(options, 1)
         self.behaviors = (
             BehaviorDef(

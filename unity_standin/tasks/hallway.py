@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from unity_standin.side_channels import STATS_SUM, SideChannels
-from unity_standin.tasks.base import ActResult, BehaviorDef, ObservationDef, Task, TaskOptions, resolve_period
+from unity_standin.tasks.base import ActResult, Task, TaskOptions, agent_count, resolve_period, vector_behavior
 
 BEHAVIOR = "Hallway?team=0"
 DEFAULT_AGENTS = 16
@@ -34,19 +34,8 @@ class Hallway(Task):
 
     def __init__(self, options: TaskOptions, side_channels: SideChannels) -> None:
         super().__init__(options, side_channels)
-        n = (options.num_agents or DEFAULT_AGENTS) * max(1, options.num_areas)
-        period = resolve_period(options, 1)
-        self.behaviors = (
-            BehaviorDef(
-                name=BEHAVIOR,
-                observations=(ObservationDef("VectorSensor_size3", (3,)),),
-                continuous_size=0,
-                discrete_branches=(2,),
-                num_agents=n,
-                max_step=0,
-                decision_period=period,
-            ),
-        )
+        n = agent_count(options, DEFAULT_AGENTS)
+        self.behaviors = (vector_behavior(BEHAVIOR, 3, n, resolve_period(options, 1), discrete_branches=(2,)),)
         self.cue = np.ones(n, dtype=np.int64)
         self.t = np.zeros(n, dtype=np.int64)
         self._right = 0

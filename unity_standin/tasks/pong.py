@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from unity_standin.side_channels import STATS_SUM, SideChannels
-from unity_standin.tasks.base import ActResult, BehaviorDef, ObservationDef, Task, TaskOptions, resolve_period
+from unity_standin.tasks.base import ActResult, BehaviorDef, ObservationDef, Task, TaskOptions, agent_count, resolve_period
 
 DEFAULT_AREAS = 8
 MAX_STEP = 200
@@ -52,7 +52,7 @@ class Pong(Task):
 
     def __init__(self, options: TaskOptions, side_channels: SideChannels) -> None:
         super().__init__(options, side_channels)
-        n = (options.num_agents or DEFAULT_AREAS) * max(1, options.num_areas)
+        n = agent_count(options, DEFAULT_AREAS)
         period = resolve_period(options, 1)
         self.behaviors = tuple(
             BehaviorDef(

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from unity_standin.side_channels import STATS_AVERAGE, STATS_SUM, SideChannels
-from unity_standin.tasks.base import ActResult, BehaviorDef, ObservationDef, Task, TaskOptions, resolve_period
+from unity_standin.tasks.base import ActResult, BehaviorDef, ObservationDef, Task, TaskOptions, agent_count, resolve_period
 
 BEHAVIOR = "Sorter?team=0"
 PARAMETER = "num_tiles"
@@ -47,7 +47,7 @@ class Sorter(Task):
 
     def __init__(self, options: TaskOptions, side_channels: SideChannels) -> None:
         super().__init__(options, side_channels)
-        n = (options.num_agents or DEFAULT_AGENTS) * max(1, options.num_areas)
+        n = agent_count(options, DEFAULT_AGENTS)
         period = resolve_period(options, 1)
         self.behaviors = (
             BehaviorDef(

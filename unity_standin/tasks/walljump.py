@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from unity_standin.side_channels import STATS_AVERAGE, STATS_SUM, SideChannels
-from unity_standin.tasks.base import ActResult, BehaviorDef, ObservationDef, Task, TaskOptions, resolve_period
+from unity_standin.tasks.base import ActResult, Task, TaskOptions, agent_count, resolve_period, vector_behavior
 
 BEHAVIOR = "WallJump?team=0"
 PARAMETER = "wall_height"
@@ -44,19 +44,9 @@ class WallJump(Task):
 
     def __init__(self, options: TaskOptions, side_channels: SideChannels) -> None:
         super().__init__(options, side_channels)
-        n = (options.num_agents or DEFAULT_AGENTS) * max(1, options.num_areas)
+        n = agent_count(options, DEFAULT_AGENTS)
         period = resolve_period(options, 1)
-        self.behaviors = (
-            BehaviorDef(
-                name=BEHAVIOR,
-                observations=(ObservationDef("VectorSensor_size3", (3,)),),
-                continuous_size=0,
-                discrete_branches=(3,),
-                num_agents=n,
-                max_step=MAX_STEP * period,
-                decision_period=period,
-            ),
-        )
+        self.behaviors = (vector_behavior(BEHAVIOR, 3, n, period, discrete_branches=(3,), max_decisions=MAX_STEP),)
         self.height = np.zeros(n, dtype=np.int64)
         self.wall = np.full(n, int(DEFAULT_HEIGHT), dtype=np.int64)
         self._cleared = 0
