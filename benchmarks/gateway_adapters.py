@@ -308,6 +308,11 @@ def paired_ratios(by_round: list[dict[str, tuple[float, float, float]]], mode: s
     return [(r[mode][1] + r[mode][2]) / (r[PLAIN][1] + r[PLAIN][2]) for r in by_round]
 
 
+def paired_rates(by_round: list[dict[str, tuple[float, float, float]]], mode: str) -> list[float]:
+    """Per round, ``mode``'s agent-steps/s over the plain client's in that round."""
+    return [r[mode][0] / r[PLAIN][0] for r in by_round]
+
+
 def render(
     results: dict[int, tuple[list[dict[str, tuple[float, float, float]]], dict[str, float]]], seconds: float, rounds: int
 ) -> str:
@@ -332,17 +337,17 @@ def render(
         "endpoint driven by dm_env_rpc's own `Connection` and `tensor_utils`; `DmEnvAdaptor` adds dm_env_rpc's "
         "dm_env wrapper on the client (its own work replayed below). See `benchmarks/gateway_adapters.py`.",
         "",
-        "| agents | mode | agent-steps/s | client CPU us / agent-step | gateway CPU us / agent-step | total | total / plain, same round |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| agents | mode | agent-steps/s | rate / plain, same round | client CPU us / agent-step | gateway CPU us / agent-step | total | total / plain, same round |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     goals = []
     for agents, by_round in rows.items():
         med = {m: [float(np.median([r[m][k] for r in by_round])) for k in range(3)] for m in MODES}
         for m in MODES:
-            ratios = paired_ratios(by_round, m)
+            ratios, rates = paired_ratios(by_round, m), paired_rates(by_round, m)
             lines.append(
-                f"| {agents} | {m} | {med[m][0]:.0f} | {med[m][1]:.1f} | {med[m][2]:.1f} | {med[m][1] + med[m][2]:.1f} | "
-                f"{np.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}] |"
+                f"| {agents} | {m} | {med[m][0]:.0f} | {np.median(rates):.2f}x | {med[m][1]:.1f} | {med[m][2]:.1f} | "
+                f"{med[m][1] + med[m][2]:.1f} | {np.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}] |"
             )
         for mode in MODES:
             if mode == PLAIN:

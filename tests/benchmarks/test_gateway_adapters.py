@@ -22,8 +22,8 @@ def test_render_judges_the_median_of_paired_ratios_on_our_adapters():
     work = {PLAIN: 0.5, DM_CONNECTION: 0.9, DM_ADAPTOR: 1.7}  # client libraries' replayed work, us per agent-step
     text = gateway_adapters.render({256: (rounds, work)}, 1.5, 3)
     # plain: 90 per step in rounds 1-2; gym (14 + 80) / 90 = 1.044, (15 + 80) / 90 = 1.056, (29 + 160) / 180 = 1.050
-    assert f"| 256 | {PLAIN} | 100 | 10.0 | 80.0 | 90.0 | 1.00x [1.00-1.00] |" in text
-    assert f"| 256 | {GYM} | 90 | 15.0 | 80.0 | 95.0 | 1.05x [1.04-1.06] |" in text
+    assert f"| 256 | {PLAIN} | 100 | 1.00x | 10.0 | 80.0 | 90.0 | 1.00x [1.00-1.00] |" in text
+    assert f"| 256 | {GYM} | 90 | 0.90x | 15.0 | 80.0 | 95.0 | 1.05x [1.04-1.06] |" in text
     assert f"{GYM} costs <= 1.10x the plain client's CPU per agent-step, 256 agents: 1.05x, met" in text
     # dm Connection: (12 + 90) / 90 = 1.133, (12 + 91) / 90 = 1.144, (24 + 184) / 180 = 1.156
     assert f"{DM_CONNECTION} costs <= 1.10x the plain client's CPU per agent-step, 256 agents: 1.14x, NOT met" in text
