@@ -88,7 +88,7 @@ from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from trainer_server.learning import behavioral_cloning, devices, distributions, networks, shared
 from trainer_server.learning import normalizer as norm_mod
-from trainer_server.learning import rollout_buffer
+from trainer_server.learning import ppo_packed, rollout_buffer
 from trainer_server.learning import reward_signals as signals_mod
 from trainer_server.config.schema import PPOSettings, TrainerSettings
 
@@ -732,7 +732,7 @@ class PPOLearner:
         #: (gateway, instance, agent id)
         self.critic_memories: dict[tuple[str, int, int], np.ndarray] = {}
         self._episode_rewards = signals_mod.EpisodeRewards(self.signals.reward_tags())
-        self._traces = shared.TraceCounter("update", "process", "batch_process", "act")
+        self._traces = shared.TraceCounter("update", "process", "batch_process", "packed_process", "act")
         self.trace_counts = self._traces.counts
         self._warned_long = False
         devices.check_batch_sizes(spec.name, settings)
@@ -747,6 +747,15 @@ class PPOLearner:
         )
         self._batch_process_fn = jax.jit(
             make_batch_process_fn(arch, settings, self._traces.hook("batch_process"), self.signals),
+            compiler_options=shared.cpu_compiler_options(),
+        )
+        #: row counts the packed call has been compiled for (``ppo_packed.packed_shape``)
+        self._packed_rows: set[int] = set()
+        self._packed_process_fn = None if m else jax.jit(
+            ppo_packed.make_packed_process_fn(
+                arch, self.signals, self.hyperparameters.lambd, self.hyperparameters.shared_critic,
+                self._traces.hook("packed_process"),
+            ),
             compiler_options=shared.cpu_compiler_options(),
         )
         self._on_act_trace = self._traces.hook("act")
@@ -799,6 +808,10 @@ class PPOLearner:
         """
         for trajectory in trajectories:
             self._check(trajectory)
+        if self._packed_process_fn is not None:
+            for group in ppo_packed.packed_groups(trajectories):
+                self._process_packed(group)
+            return
         for group in self._batch_groups(trajectories):
             self._process_group(group)
 
@@ -893,6 +906,40 @@ class PPOLearner:
                 trajectory, [rows[b] for rows in observations], *[None if r is None else r[b] for r in results],
                 actions=actions[b],
             )
+
+    def _process_packed(self, group: list[Trajectory]) -> None:
+        """One packed call for ``group`` (without memory: ``ppo_packed``), then the whole group
+        into the buffer as one chunk (its steps in order) and each fragment's signal sums."""
+        actions = [self._actions(t) for t in group]
+        rows = ppo_packed.packed_shape(sum(len(t) for t in group), len(group), self._packed_rows)
+        self._packed_rows.add(rows)
+        batch = ppo_packed.pack(group, actions, [_bootstraps(t) for t in group], rows)
+        normalizer, *results = self._packed_process_fn(
+            self._state.params, self._state.normalizer, self._acting_normalizer, batch.observations, batch.segments,
+            batch.next_rows, batch.real, batch.last, batch.bootstrap, batch.dones, batch.rewards, batch.continuous,
+            batch.discrete, batch.action_masks, batch.log_probs, batch.lengths, self._state.signals,
+        )
+        self._state = self._state._replace(normalizer=normalizer)
+        values, advantages, returns, old_log_probs, signal_rewards = (np.asarray(r) for r in results)
+        s = batch.steps
+        chunk = {
+            "observations": [o[:s] for o in batch.observations],
+            "continuous_actions": batch.continuous[:s],
+            "discrete_actions": batch.discrete[:s],
+            "action_masks": batch.action_masks[:s],
+            "log_probs": old_log_probs[:s],
+            "values": _heads_layout(values[:s]),
+            "advantages": advantages[:s],
+            "returns": _heads_layout(returns[:s]),
+        }
+        if self.signals.needs_inputs:
+            chunk["next_observations"] = [o[batch.next_rows[:s]] for o in batch.observations]
+            chunk["dones"] = batch.dones[:s]
+        self.rollout_buffer.add(chunk)
+        sums = np.add.reduceat(signal_rewards[:, :s], batch.offsets, axis=1)  # [H, K]
+        for k, trajectory in enumerate(group):
+            self._episode_rewards.add(trajectory.agent_key, sums[:, k], trajectory.done)
+        self.step += s
 
     def _store(
         self,
