@@ -751,6 +751,8 @@ class PPOLearner:
         )
         #: row counts the packed call has been compiled for (``ppo_packed.packed_shape``)
         self._packed_rows: set[int] = set()
+        #: how often each row bucket was a batch's own (``ppo_packed.packed_shape``'s ``asked``)
+        self._packed_asked: dict[int, int] = {}
         self._packed_process_fn = None if m else jax.jit(
             ppo_packed.make_packed_process_fn(
                 arch, self.signals, self.hyperparameters.lambd, self.hyperparameters.shared_critic,
@@ -911,7 +913,10 @@ class PPOLearner:
         """One packed call for ``group`` (without memory: ``ppo_packed``), then the whole group
         into the buffer as one chunk (its steps in order) and each fragment's signal sums."""
         actions = [self._actions(t) for t in group]
-        rows = ppo_packed.packed_shape(sum(len(t) for t in group), len(group), self._packed_rows)
+        steps = sum(len(t) for t in group)
+        own = ppo_packed.own_rows(steps, len(group))
+        rows = ppo_packed.packed_shape(steps, len(group), self._packed_rows, self._packed_asked.get(own, 0))
+        self._packed_asked[own] = self._packed_asked.get(own, 0) + 1
         self._packed_rows.add(rows)
         batch = ppo_packed.pack(group, actions, [_bootstraps(t) for t in group], rows)
         normalizer, *results = self._packed_process_fn(

@@ -44,8 +44,11 @@ MIN_PACKED_ROWS = 64
 #: compiled shape per row count)
 ROWS_PER_SLOT = 4
 #: a batch runs in an already compiled shape of up to this many times its own rows rather than
-#: compile one more (a compilation costs about one CPU second: 250k 3DBall steps' processing)
-REUSE_FACTOR = 4
+#: compile its own (a compilation costs about one CPU second: 250k 3DBall steps' processing) ...
+REUSE_FACTOR = 8
+#: ... until its own shape has been asked for this many times: a shape that recurs (GridWorld's
+#: batches between updates) gets compiled, a rare one (3DBall's batch before an update) rides along
+COMPILE_AFTER = 16
 #: agent steps one packed call takes at most: a longer run of fragments is split (a longer
 #: fragment goes alone), which bounds the compiled shapes and the call's memory
 MAX_PACKED_STEPS = 4096
@@ -60,18 +63,29 @@ def packed_rows(rows: int) -> int:
     return power * 3 // 4 if rows <= power * 3 // 4 else power
 
 
-def packed_shape(steps: int, fragments: int, compiled: set[int] | frozenset[int] = frozenset()) -> int:
-    """Rows R of the packed call for ``fragments`` fragments of ``steps`` steps in all: the
-    smallest of ``compiled`` (row counts already compiled) between the batch's own bucket
-    (``packed_rows`` of its rows, with at least ``ROWS_PER_SLOT`` rows per fragment) and
-    ``REUSE_FACTOR`` times it, else that bucket (a new compilation).
+def packed_shape(
+    steps: int, fragments: int, compiled: set[int] | frozenset[int] = frozenset(), asked: int = COMPILE_AFTER
+) -> int:
+    """Rows R of the packed call for ``fragments`` fragments of ``steps`` steps in all.
+
+    The batch's own bucket is ``packed_rows`` of its rows (with at least ``ROWS_PER_SLOT``
+    rows per fragment). While that bucket has been ``asked`` for fewer than ``COMPILE_AFTER``
+    times before and a shape of ``compiled`` (row counts already compiled) lies between it and
+    ``REUSE_FACTOR`` times it, the smallest such shape; else the own bucket (compiled if new).
 
     Why: the trainer cuts a chunk's fragments into batches where an update falls, so batch
-    sizes vary; a bucket each compiled up to a dozen shapes, most of them for the rare
-    short batches before and after an update."""
-    own = packed_rows(max(steps + fragments, ROWS_PER_SLOT * fragments))
+    sizes vary; compiling a bucket for each compiled up to a dozen shapes on 3DBall, most of
+    them for the rare short batch before an update, a second of CPU each."""
+    own = own_rows(steps, fragments)
+    if own in compiled or asked >= COMPILE_AFTER:
+        return own
     reuse = [rows for rows in compiled if own <= rows <= REUSE_FACTOR * own]
     return min(reuse) if reuse else own
+
+
+def own_rows(steps: int, fragments: int) -> int:
+    """The batch's own bucket in ``packed_shape`` (what ``asked`` counts)."""
+    return packed_rows(max(steps + fragments, ROWS_PER_SLOT * fragments))
 
 
 def packed_groups(trajectories: list[Trajectory]) -> list[list[Trajectory]]:
