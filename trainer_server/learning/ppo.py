@@ -12,9 +12,10 @@ Flow (per behavior, one ``PPOLearner``):
    advantages with the value of ``next_observations`` as bootstrap when the fragment was
    cut (``time_horizon``) or interrupted (max step), and 0 after a true terminal. Rewards
    are the environment's times the extrinsic ``strength``. The result joins the buffer.
-   ``process_trajectories`` does the same for a chunk's fragments in a few compiled calls
-   (``make_batch_process_fn``: the fragments of one padded length together, the normalizer
-   folded in their order), with the same results; the trainer uses it.
+   ``process_trajectories`` does the same for a chunk's fragments in one compiled call
+   (without memory: ``ppo_packed``, the fragments' rows packed one after the other; with
+   memory: ``make_batch_process_fn``, the fragments of one padded length together), the
+   normalizer folded in their order, with the same results; the trainer uses it.
 2. ``update`` (when ``buffer_size`` steps are buffered): ONE jit-compiled pure function
    ``(state, batch, key) -> (state, metrics)``: advantages normalized over the batch,
    ``num_epoch`` passes over shuffled minibatches of ``batch_size`` (``lax.scan``, no
@@ -699,7 +700,7 @@ class PPOLearner:
         update_count: updates done so far.
         rollout_buffer: the processed steps waiting for the next update.
         trace_counts: how often each compiled function was traced ("update", "process",
-            "batch_process", "act"): a retrace means a recompilation.
+            "batch_process", "packed_process", "act"): a retrace means a recompilation.
     """
 
     def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, seed: int = 0, demonstrations: Any = None):
@@ -796,10 +797,12 @@ class PPOLearner:
     def process_trajectories(self, trajectories: list[Trajectory]) -> None:
         """``process_trajectory`` for several fragments in order, a few compiled calls in all.
 
-        Consecutive fragments of one padded length (and, with memory, of distinct agents) go
-        through one call of ``make_batch_process_fn``, padded with empty fragments to a power
-        of two of at least ``MIN_BATCH_FRAGMENTS`` and at most ``MAX_BATCH_FRAGMENTS``
-        fragments (a handful of compiled shapes). The buffer, normalizer, step and per-agent
+        Without memory: runs of up to ``ppo_packed.MAX_PACKED_STEPS`` steps go through one
+        call each of ``ppo_packed.make_packed_process_fn``, their rows packed one after the
+        other (``ppo_packed.packed_shape``: a handful of compiled shapes). With memory:
+        consecutive fragments of one padded length and of distinct agents go through one call
+        of ``make_batch_process_fn``, padded with empty fragments to a power of two of at
+        least ``MIN_BATCH_FRAGMENTS`` and at most ``MAX_BATCH_FRAGMENTS`` fragments. The buffer, normalizer, step and per-agent
         state end as after ``process_trajectory`` on each in turn (values up to float
         summation order). The caller decides when to update: the fragments all enter the
         buffer, even past ``buffer_size`` (``steps_until_ready``).

@@ -45,14 +45,11 @@ def test_mixed_lengths_of_3dball_chunks_give_the_one_by_one_state_in_one_call():
 
 
 def test_a_signal_that_normalizes_its_inputs_sees_each_fragment_s_statistics():
-    settings = trainer_settings_from_dict({
-        "trainer_type": "ppo",
-        "hyperparameters": {"batch_size": 8, "buffer_size": 64},
-        "network_settings": {"hidden_units": 8, "num_layers": 1, "normalize": True},
-        "time_horizon": 16,
-        "reward_signals": {"extrinsic": {"gamma": 0.9},
-                           "rnd": {"encoding_size": 8, "network_settings": {"normalize": True}}},
-    })
+    signals = {"extrinsic": {"gamma": 0.9}, "rnd": {"encoding_size": 8, "network_settings": {"normalize": True}}}
+    network = {"hidden_units": 8, "num_layers": 1, "normalize": True}
+    settings = trainer_settings_from_dict({"trainer_type": "ppo", "time_horizon": 16, "reward_signals": signals,
+                                           "hyperparameters": {"batch_size": 8, "buffer_size": 64},
+                                           "network_settings": network})
     fragments = _fragments(VECTOR, 12, [16, 3, 9, 16, 1, 12])
     one, batched = _one_by_one_and_batched(VECTOR, settings, fragments, [len(fragments)])
     _assert_same_state(one, batched)
