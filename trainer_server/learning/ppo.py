@@ -918,7 +918,8 @@ class PPOLearner:
         actions = [self._actions(t) for t in group]
         steps = sum(len(t) for t in group)
         own = ppo_packed.own_rows(steps, len(group))
-        rows = ppo_packed.packed_shape(steps, len(group), self._packed_rows, self._packed_asked.get(own, 0))
+        calls = sum(self._packed_asked.values())
+        rows = ppo_packed.packed_shape(steps, len(group), self._packed_rows, self._packed_asked.get(own, 0), calls)
         self._packed_asked[own] = self._packed_asked.get(own, 0) + 1
         self._packed_rows.add(rows)
         batch = ppo_packed.pack(group, actions, [_bootstraps(t) for t in group], rows)

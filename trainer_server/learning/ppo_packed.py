@@ -43,12 +43,15 @@ MIN_PACKED_ROWS = 64
 #: rows per fragment slot: a packed batch of R rows has R // ROWS_PER_SLOT fragment slots (one
 #: compiled shape per row count)
 ROWS_PER_SLOT = 4
-#: a batch runs in an already compiled shape of up to this many times its own rows rather than
-#: compile its own (a compilation costs about one CPU second: 250k 3DBall steps' processing) ...
+#: a rare batch (see ``COMPILE_SHARE``) runs in an already compiled shape of up to this many
+#: times its own rows rather than compile its own (a compilation costs about one CPU second:
+#: 250k 3DBall steps' processing)
 REUSE_FACTOR = 8
-#: ... until its own shape has been asked for this many times: a shape that recurs (GridWorld's
-#: batches between updates) gets compiled, a rare one (3DBall's batch before an update) rides along
-COMPILE_AFTER = 16
+#: a batch's own shape is compiled once at least this share of the calls so far asked for it
+#: (this one included): GridWorld's batches between its frequent updates recur and get their
+#: own shapes at once; 3DBall's short batch before an update (a few percent of the calls,
+#: spread over several sizes) rides on the chunks' shape
+COMPILE_SHARE = 0.1
 #: agent steps one packed call takes at most: a longer run of fragments is split (a longer
 #: fragment goes alone), which bounds the compiled shapes and the call's memory
 MAX_PACKED_STEPS = 4096
@@ -64,20 +67,21 @@ def packed_rows(rows: int) -> int:
 
 
 def packed_shape(
-    steps: int, fragments: int, compiled: set[int] | frozenset[int] = frozenset(), asked: int = COMPILE_AFTER
+    steps: int, fragments: int, compiled: set[int] | frozenset[int] = frozenset(), asked: int = 0, calls: int = 0
 ) -> int:
     """Rows R of the packed call for ``fragments`` fragments of ``steps`` steps in all.
 
-    The batch's own bucket is ``packed_rows`` of its rows (with at least ``ROWS_PER_SLOT``
-    rows per fragment). While that bucket has been ``asked`` for fewer than ``COMPILE_AFTER``
-    times before and a shape of ``compiled`` (row counts already compiled) lies between it and
-    ``REUSE_FACTOR`` times it, the smallest such shape; else the own bucket (compiled if new).
+    The batch's own bucket is ``own_rows``. It is the answer when already compiled, or when
+    ``asked`` (earlier batches whose own bucket it was) + 1 is at least ``COMPILE_SHARE`` of
+    ``calls`` (earlier batches) + 1; otherwise the smallest shape of ``compiled`` (row counts
+    already compiled) between it and ``REUSE_FACTOR`` times it, if any.
 
     Why: the trainer cuts a chunk's fragments into batches where an update falls, so batch
     sizes vary; compiling a bucket for each compiled up to a dozen shapes on 3DBall, most of
-    them for the rare short batch before an update, a second of CPU each."""
+    them for the rare short batch before an update, about a CPU second each, while the
+    padding a rare batch brings costs next to nothing."""
     own = own_rows(steps, fragments)
-    if own in compiled or asked >= COMPILE_AFTER:
+    if own in compiled or asked + 1 >= COMPILE_SHARE * (calls + 1):
         return own
     reuse = [rows for rows in compiled if own <= rows <= REUSE_FACTOR * own]
     return min(reuse) if reuse else own

@@ -40,8 +40,8 @@ def test_mixed_lengths_of_3dball_chunks_give_the_one_by_one_state_in_one_call():
     fragments = _fragments(VECTOR, 11, lengths)
     one, batched = _one_by_one_and_batched(VECTOR, settings, fragments, [9, len(lengths) - 9])
     _assert_same_state(one, batched)
-    assert batched.trace_counts["packed_process"] == 1  # 254 and 169 rows: both run in 256 rows
-    assert batched._packed_rows == {256}
+    # 254 and 169 rows: 256 and 192 (the second batch of two is no rare size)
+    assert batched.trace_counts["packed_process"] == 2 and batched._packed_rows == {192, 256}
 
 
 def test_a_signal_that_normalizes_its_inputs_sees_each_fragment_s_statistics():
@@ -59,34 +59,35 @@ def test_a_signal_that_normalizes_its_inputs_sees_each_fragment_s_statistics():
         assert value == pytest.approx(report_batched[tag], rel=1e-5, abs=1e-6), tag
 
 
-def test_a_smaller_batch_reuses_a_compiled_shape_until_its_own_recurs():
+def test_a_rare_batch_size_reuses_a_compiled_shape_and_a_recurring_one_gets_its_own():
     settings = trainer_settings("ppo", batch_size=8, buffer_size=8192, time_horizon=64, hidden_units=8, num_layers=1,
                                 normalize=True)
     learner = PPOLearner(VECTOR, settings, seed=1)
-    learner.process_trajectories(_fragments(VECTOR, 1, [30] * 16))  # 496 rows: 512
-    learner.process_trajectories(_fragments(VECTOR, 2, [10, 12]))  # 24 rows: 64, runs in 512
-    for seed in range(ppo_packed.COMPILE_AFTER):  # 155 rows: 192, runs in 512 while it is rare
-        learner.process_trajectories(_fragments(VECTOR, 10 + seed, [30] * 5))
+    for seed in range(10):
+        learner.process_trajectories(_fragments(VECTOR, seed, [30] * 16))  # 496 rows: 512
+    learner.process_trajectories(_fragments(VECTOR, 20, [10, 12]))  # 24 rows: 64, 1 of 11 calls: runs in 512
     assert learner.trace_counts["packed_process"] == 1 and learner._packed_rows == {512}
-    learner.process_trajectories(_fragments(VECTOR, 3, [30] * 5))  # asked often enough: its own shape
-    learner.process_trajectories(_fragments(VECTOR, 4, [30] * 5))
+    learner.process_trajectories(_fragments(VECTOR, 21, [30] * 5))  # 155 rows: 192, 1 of 12 calls: in 512
+    learner.process_trajectories(_fragments(VECTOR, 22, [30] * 5))  # 2 of 13 calls: its own shape
     assert learner.trace_counts["packed_process"] == 2 and learner._packed_rows == {192, 512}
-    assert learner.step == 30 * 16 + 22 + 150 * (ppo_packed.COMPILE_AFTER + 2) == learner.rollout_buffer.size
+    learner.process_trajectories(_fragments(VECTOR, 23, [30] * 5))
+    assert learner.trace_counts["packed_process"] == 2
+    assert learner.step == 30 * 160 + 22 + 150 * 3 == learner.rollout_buffer.size
 
 
-@pytest.mark.parametrize("steps, fragments, compiled, asked, rows", [
-    (10, 2, set(), 0, 64),
-    (100, 20, set(), 0, 128),  # 120 rows
-    (100, 40, set(), 0, 192),  # four rows per fragment slot: 160
-    (500, 20, set(), 0, 768),
-    (500, 20, {512, 1024}, 0, 1024),
-    (100, 20, {512, 1024}, 0, 512),  # 128 rows' bucket, 512 within eight times it
-    (100, 20, {512, 1024}, ppo_packed.COMPILE_AFTER, 128),  # asked for often enough: its own
-    (100, 20, {128, 512}, 0, 128),
-    (10, 2, {1024}, 0, 64),  # more than eight times its bucket
+@pytest.mark.parametrize("steps, fragments, compiled, asked, calls, rows", [
+    (10, 2, set(), 0, 0, 64),
+    (100, 20, set(), 0, 0, 128),  # 120 rows
+    (100, 40, set(), 0, 0, 192),  # four rows per fragment slot: 160
+    (500, 20, set(), 0, 0, 768),
+    (500, 20, {512, 1024}, 0, 30, 1024),
+    (100, 20, {512, 1024}, 0, 30, 512),  # 128 rows' bucket: rare, 512 within eight times it
+    (100, 20, {512, 1024}, 2, 29, 128),  # 3 of 30 calls: its own
+    (100, 20, {128, 512}, 0, 30, 128),
+    (10, 2, {1024}, 0, 30, 64),  # more than eight times its bucket
 ])
-def test_packed_shapes(steps, fragments, compiled, asked, rows):
-    assert ppo_packed.packed_shape(steps, fragments, compiled, asked) == rows
+def test_packed_shapes(steps, fragments, compiled, asked, calls, rows):
+    assert ppo_packed.packed_shape(steps, fragments, compiled, asked, calls) == rows
 
 
 def test_long_runs_of_fragments_are_split_and_a_fragment_never_is():
