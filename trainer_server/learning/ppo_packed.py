@@ -46,7 +46,7 @@ ROWS_PER_SLOT = 4
 #: a rare batch (see ``COMPILE_SHARE``) runs in an already compiled shape of up to this many
 #: times its own rows rather than compile its own (a compilation costs about one CPU second:
 #: 250k 3DBall steps' processing)
-REUSE_FACTOR = 8
+REUSE_FACTOR = 16
 #: a batch's own shape is compiled once at least this share of the calls so far asked for it
 #: (this one included): GridWorld's batches between its frequent updates recur and get their
 #: own shapes at once; 3DBall's short batch before an update (a few percent of the calls,

@@ -81,10 +81,11 @@ def test_a_rare_batch_size_reuses_a_compiled_shape_and_a_recurring_one_gets_its_
     (100, 40, set(), 0, 0, 192),  # four rows per fragment slot: 160
     (500, 20, set(), 0, 0, 768),
     (500, 20, {512, 1024}, 0, 30, 1024),
-    (100, 20, {512, 1024}, 0, 30, 512),  # 128 rows' bucket: rare, 512 within eight times it
+    (100, 20, {512, 1024}, 0, 30, 512),  # 128 rows' bucket: rare, 512 within sixteen times it
     (100, 20, {512, 1024}, 2, 29, 128),  # 3 of 30 calls: its own
     (100, 20, {128, 512}, 0, 30, 128),
-    (10, 2, {1024}, 0, 30, 64),  # more than eight times its bucket
+    (10, 2, {1024}, 0, 30, 1024),  # sixteen times its bucket
+    (10, 2, {2048}, 0, 30, 64),  # more than sixteen times its bucket
 ])
 def test_packed_shapes(steps, fragments, compiled, asked, calls, rows):
     assert ppo_packed.packed_shape(steps, fragments, compiled, asked, calls) == rows
