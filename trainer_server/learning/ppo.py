@@ -13,8 +13,9 @@ Flow (per behavior, one ``PPOLearner``):
    cut (``time_horizon``) or interrupted (max step), and 0 after a true terminal. Rewards
    are the environment's times the extrinsic ``strength``. The result joins the buffer.
    ``process_trajectories`` does the same for a chunk's fragments in one compiled call
-   (without memory: ``ppo_packed``, the fragments' rows packed one after the other; with
-   memory: ``make_batch_process_fn``, the fragments of one padded length together), the
+   (fragments of several padded lengths without memory: ``ppo_packed``, their rows packed
+   one after the other; else ``make_batch_process_fn``, the fragments of one padded length
+   together), the
    normalizer folded in their order, with the same results; the trainer uses it.
 2. ``update`` (when ``buffer_size`` steps are buffered): ONE jit-compiled pure function
    ``(state, batch, key) -> (state, metrics)``: advantages normalized over the batch,
@@ -754,7 +755,12 @@ class PPOLearner:
         self._packed_rows: set[int] = set()
         #: how often each row bucket was a batch's own (``ppo_packed.packed_shape``'s ``asked``)
         self._packed_asked: dict[int, int] = {}
-        self._packed_process_fn = None if m else jax.jit(
+        # packed only where fragments come in several padded lengths: with a short time_horizon
+        # (GridWorld: 5) every fragment has one padded length, and make_batch_process_fn's
+        # per-fragment layout takes a batch in one call too, the actor on the steps alone and
+        # with fewer compiled shapes (benchmarks/results/bench_trainer_parts.md)
+        packs = not m and settings.time_horizon > MIN_PADDED_ROWS
+        self._packed_process_fn = None if not packs else jax.jit(
             ppo_packed.make_packed_process_fn(
                 arch, self.signals, self.hyperparameters.lambd, self.hyperparameters.shared_critic,
                 self._traces.hook("packed_process"),
@@ -797,12 +803,14 @@ class PPOLearner:
     def process_trajectories(self, trajectories: list[Trajectory]) -> None:
         """``process_trajectory`` for several fragments in order, a few compiled calls in all.
 
-        Without memory: runs of up to ``ppo_packed.MAX_PACKED_STEPS`` steps go through one
-        call each of ``ppo_packed.make_packed_process_fn``, their rows packed one after the
-        other (``ppo_packed.packed_shape``: a handful of compiled shapes). With memory:
-        consecutive fragments of one padded length and of distinct agents go through one call
-        of ``make_batch_process_fn``, padded with empty fragments to a power of two of at
-        least ``MIN_BATCH_FRAGMENTS`` and at most ``MAX_BATCH_FRAGMENTS`` fragments. The buffer, normalizer, step and per-agent
+        Without memory and with a ``time_horizon`` above ``MIN_PADDED_ROWS`` (fragments of
+        several padded lengths): runs of up to ``ppo_packed.MAX_PACKED_STEPS`` steps go
+        through one call each of ``ppo_packed.make_packed_process_fn``, their rows packed one
+        after the other (``ppo_packed.packed_shape``: a handful of compiled shapes). Otherwise
+        consecutive fragments of one padded length (with memory: of distinct agents) go
+        through one call of ``make_batch_process_fn``, padded with empty fragments to a power
+        of two of at least ``MIN_BATCH_FRAGMENTS`` and at most ``MAX_BATCH_FRAGMENTS``
+        fragments. The buffer, normalizer, step and per-agent
         state end as after ``process_trajectory`` on each in turn (values up to float
         summation order). The caller decides when to update: the fragments all enter the
         buffer, even past ``buffer_size`` (``steps_until_ready``).

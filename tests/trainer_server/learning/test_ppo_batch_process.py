@@ -83,15 +83,13 @@ def test_batches_give_the_one_by_one_values_advantages_returns_and_normalizer():
     one, batched = _one_by_one_and_batched(VISUAL, settings, fragments, [7, 5])
     _assert_same_state(one, batched)
     assert np.abs(batched.rollout_buffer.state_dict()["advantages"]).max() > 0.1
-    # without memory the rows are packed (ppo_packed): 7 and 5 fragments, 36 and 26 rows: one shape
-    assert batched.trace_counts["packed_process"] == 1
+    assert batched.trace_counts["batch_process"] == 1  # 7 and 5 fragments: both padded to 8
     # the same shape again (other fragments, another count of one bucket): no recompilation
     batched.process_trajectories(_fragments(VISUAL, 2, [5, 5, 5, 5, 5, 5]))
-    batched.process_trajectories(_fragments(VISUAL, 3, [5, 5, 5]))
-    assert batched.trace_counts["packed_process"] == 1
-    batched.process_trajectories(_fragments(VISUAL, 4, [5] * 20))  # 120 rows: one more shape
-    assert batched.trace_counts["packed_process"] == 2 and batched.trace_counts["process"] == 0
-    assert batched.trace_counts["batch_process"] == 0
+    assert batched.trace_counts["batch_process"] == 1
+    batched.process_trajectories(_fragments(VISUAL, 3, [5, 5, 5]))  # 4 fragments: one more shape
+    batched.process_trajectories(_fragments(VISUAL, 4, [5, 2]))
+    assert batched.trace_counts["batch_process"] == 2 and batched.trace_counts["process"] == 0
 
 
 def test_fragments_of_other_padded_lengths_start_a_new_call():

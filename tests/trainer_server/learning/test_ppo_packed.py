@@ -47,12 +47,13 @@ def test_mixed_lengths_of_3dball_chunks_give_the_one_by_one_state_in_one_call():
 def test_a_signal_that_normalizes_its_inputs_sees_each_fragment_s_statistics():
     signals = {"extrinsic": {"gamma": 0.9}, "rnd": {"encoding_size": 8, "network_settings": {"normalize": True}}}
     network = {"hidden_units": 8, "num_layers": 1, "normalize": True}
-    settings = trainer_settings_from_dict({"trainer_type": "ppo", "time_horizon": 16, "reward_signals": signals,
+    settings = trainer_settings_from_dict({"trainer_type": "ppo", "time_horizon": 32, "reward_signals": signals,
                                            "hyperparameters": {"batch_size": 8, "buffer_size": 64},
                                            "network_settings": network})
-    fragments = _fragments(VECTOR, 12, [16, 3, 9, 16, 1, 12])
+    fragments = _fragments(VECTOR, 12, [32, 3, 9, 20, 1, 12])
     one, batched = _one_by_one_and_batched(VECTOR, settings, fragments, [len(fragments)])
     _assert_same_state(one, batched)
+    assert batched.trace_counts["packed_process"] == 1
     report_one, report_batched = one._episode_rewards.report(), batched._episode_rewards.report()
     assert report_one and report_one.keys() == report_batched.keys()
     for tag, value in report_one.items():
@@ -97,3 +98,11 @@ def test_long_runs_of_fragments_are_split_and_a_fragment_never_is():
     assert groups == [[1000, 2000], [1500], [5000], [10]]
     with pytest.raises(ValueError, match="do not fit"):
         ppo_packed.pack(fragments[:2], [{}] * 2, [True] * 2, 256)
+
+
+def test_a_short_time_horizon_keeps_the_per_fragment_layout():
+    # every fragment pads to time_horizon rows: make_batch_process_fn takes a batch in one call
+    short = PPOLearner(VECTOR, trainer_settings("ppo", batch_size=8, buffer_size=64, time_horizon=16, hidden_units=8,
+                                                num_layers=1), seed=1)
+    short.process_trajectories(_fragments(VECTOR, 1, [16, 3, 16, 9]))
+    assert short.trace_counts["batch_process"] == 1 and short.trace_counts["packed_process"] == 0
