@@ -6,8 +6,9 @@ steps: decoding and validating each trajectory (as the service's reader threads 
 PPO's per-fragment processing (normalizer, values, GAE), and the updates. A real gateway
 with one stand-in instance records the chunks (``bench_ingestion.record``); they are
 then replayed ``--rounds`` times after one warm-up round (compilations), fragments fed the
-way ``BehaviorRun`` does (batches up to the next update, ``process_trajectories``: without
-memory, packed row after row in one call, ``ppo_packed``) and, side by side in the same run,
+way ``BehaviorRun`` does (batches up to the next update, ``process_trajectories``: packed row
+after row in one call, ``ppo_packed``, where fragments come in several padded lengths) and,
+side by side in the same run,
 the previous batched path (one call per run of fragments of one padded length,
 ``make_batch_process_fn``, which memory still uses) and one ``process_trajectory`` call per
 fragment.
@@ -43,7 +44,7 @@ PARTS = ("decode", "process", "update")
 MODES = {
     "one by one": "a compiled call per fragment (`process_trajectory`)",
     "by padded length": "the previous batched path: a call per run of fragments of one padded length (`make_batch_process_fn`)",
-    "packed": "as the trainer feeds them now (`process_trajectories`: a batch's fragments packed row after row, `ppo_packed`)",
+    "as the trainer": "as the trainer feeds them now (`process_trajectories`: a batch's fragments packed row after row, `ppo_packed`, where they come in several padded lengths, else by padded length)",
 }
 
 _log = get_logger("benchmarks.bench_trainer_parts")
@@ -84,7 +85,7 @@ def _learn(learner: PPOLearner, trajectories: list, mode: str, seconds: dict[str
                 steps += len(trajectories[index])
                 index += 1
             start = time.process_time()
-            if mode == "packed":
+            if mode == "as the trainer":
                 learner.process_trajectories(batch)
             else:
                 _by_padded_length(learner, batch)
