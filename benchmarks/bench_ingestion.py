@@ -22,7 +22,12 @@ process:
    the last of the N clients receiving it, and the snapshot's size. The trainer's own
    ``timers.json`` tells where its training thread spent the time.
 
-Run: ``python -m benchmarks.bench_ingestion [--seconds S] [--clients 1,4,16] [--tasks 3dball,gridworld]``.
+With ``--baseline-commit REV`` every run is made twice side by side, first with the trainer
+of that commit (its tree from ``git archive``, run with this tree's virtual environment and
+generated protobuf code: the protos must not differ), then with this tree's: before/after
+figures under the same load.
+
+Run: ``python -m benchmarks.bench_ingestion [--seconds S] [--clients 1,4,16] [--tasks 3dball,gridworld] [--baseline-commit main]``.
 The clients share this machine's 2 cores with the trainer, so the figures are a floor.
 """
 
@@ -330,13 +335,31 @@ def _proc_rss_mib(pid: int) -> float:
     return 0.0
 
 
-def _start_trainer(config: Path, folder: Path) -> tuple[subprocess.Popen, str, list[dict]]:
+def baseline_tree(commit: str, folder: Path) -> Path:
+    """``commit``'s source tree in ``folder`` (``git archive``), with this tree's generated
+    protobuf code (the protos must be the same)."""
+    tree = folder / "baseline-tree"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    for generated in (REPO / "protos" / "tandem" / "v1").glob("*_pb2*"):
+        shutil.copy2(generated, tree / "protos" / "tandem" / "v1" / generated.name)
+    return tree
+
+
+def _start_trainer(config: Path, folder: Path, tree: Path | None = None) -> tuple[subprocess.Popen, str, list[dict]]:
+    """A ``tandem-trainer`` on ``config``: this tree's, or ``tree``'s (``baseline_tree``)."""
     trainer = shutil.which("tandem-trainer", path=os.path.dirname(sys.executable))
-    cmd = ([trainer] if trainer else [sys.executable, "-m", "trainer_server.cli"]) + [
+    cmd = ([trainer] if trainer and tree is None else [sys.executable, "-m", "trainer_server.cli"]) + [
         str(config), "--run-id", "ingest", "--results-dir", str(folder), "--listen", "127.0.0.1:0", "--log-json",
         "--force",
     ]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = None
+    if tree is not None:  # its modules before the editable install of this tree
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "protos")])}
+    process = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=tree
+    )
     events: list[dict] = []
     ready = threading.Event()
     log = (folder / "trainer.log").open("w")
@@ -387,9 +410,10 @@ def _top_timers(path: Path, count: int = 5) -> list[tuple[str, float, int]]:
     return sorted(loop, key=lambda r: -r[1])[:count]
 
 
-def ingest(recording: Recording, clients: int, seconds: float, folder: Path) -> dict:
-    """One trainer, ``clients`` synthetic gateways replaying ``recording``; the figures."""
-    process, address, _ = _start_trainer(_trainer_config(recording.task, folder), folder)
+def ingest(recording: Recording, clients: int, seconds: float, folder: Path, tree: Path | None = None) -> dict:
+    """One trainer (this tree's, or ``tree``'s), ``clients`` synthetic gateways replaying
+    ``recording``; the figures."""
+    process, address, _ = _start_trainer(_trainer_config(recording.task, folder), folder, tree)
     pool = [_Client(address, f"synthetic-{i}", recording) for i in range(clients)]
     rss: list[tuple[float, float]] = []
     try:
@@ -439,7 +463,15 @@ def ingest(recording: Recording, clients: int, seconds: float, folder: Path) -> 
 
 
 # -- the report -------------------------------------------------------------------------------------
-def _render(argv: list[str], recordings: dict[str, Recording], rows: list[dict], seconds: float) -> str:
+def _render(
+    argv: list[str],
+    recordings: dict[str, Recording],
+    rows: list[dict],
+    seconds: float,
+    baseline: list[dict] | None = None,
+    baseline_commit: str = "",
+) -> str:
+    """The results page; ``baseline``: the ``--baseline-commit`` trainer's rows, in ``rows``' order."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# bench_ingestion: one trainer, N synthetic gateways replaying recorded chunks",
@@ -487,6 +519,24 @@ def _render(argv: list[str], recordings: dict[str, Recording], rows: list[dict],
         lines.append(f"- {r['task']}, {r['clients']} gateways: {timers or 'n/a'}")
         if r["errors"]:
             lines.append(f"  - client errors: {r['errors']}")
+    if baseline:
+        lines += [
+            "",
+            f"## Side by side: the trainer of `{baseline_commit}` (before) and this tree's (after)",
+            "",
+            "Each pair measured one after the other with the same recording and clients.",
+            "",
+            "| task | gateways | trainer CPU s per 10k steps, before -> after | x one gateway per CPU second, "
+            "before -> after | agent steps/s accepted, before -> after |",
+            "|---|---:|---|---|---|",
+        ]
+        for before, after in zip(baseline, rows):
+            rec = recordings[after["task"]]
+            lines.append(
+                f"| {after['task']} | {after['clients']} | {before['cpu_per_10k']:.2f} -> {after['cpu_per_10k']:.2f} "
+                f"| {rec.cpu_per_10k() / before['cpu_per_10k']:.1f}x -> {rec.cpu_per_10k() / after['cpu_per_10k']:.1f}x "
+                f"| {before['rate']:,.0f} -> {after['rate']:,.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -499,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="1,4,16", help="comma-separated numbers of synthetic gateways")
     parser.add_argument("--tasks", default="3dball,gridworld", help="comma-separated tasks: " + ", ".join(TASKS))
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--baseline-commit", default="", help="also run this commit's trainer beside each run (before/after)")
     args = parser.parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = sorted(set(tasks) - set(TASKS))
@@ -506,17 +557,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown tasks {unknown}")
     counts = [int(c) for c in args.clients.split(",") if c]
     recordings = {task: record(task, args.record_seconds) for task in tasks}
-    rows = []
+    rows, baseline = [], []
     with tempfile.TemporaryDirectory(prefix="bench-ingestion-") as tmp:
+        tree = baseline_tree(args.baseline_commit, Path(tmp)) if args.baseline_commit else None
         for task in tasks:
             for count in counts:
-                folder = Path(tmp) / f"{task}-{count}"
-                folder.mkdir()
-                row = ingest(recordings[task], count, args.seconds, folder)
-                _log.info("ingestion", **{k: v for k, v in row.items() if k != "timers"})
-                rows.append(row)
-    write_results(args.output, _render(argv, recordings, rows, args.seconds))
-    return 1 if any(r["errors"] or not r["steps"] for r in rows) else 0
+                for label, which, out in (("baseline", tree, baseline), ("this tree", None, rows)):
+                    if label == "baseline" and tree is None:
+                        continue
+                    folder = Path(tmp) / f"{task}-{count}-{label.replace(' ', '-')}"
+                    folder.mkdir()
+                    row = ingest(recordings[task], count, args.seconds, folder, which)
+                    _log.info("ingestion", trainer=label, **{k: v for k, v in row.items() if k != "timers"})
+                    out.append(row)
+    write_results(args.output, _render(argv, recordings, rows, args.seconds, baseline or None, args.baseline_commit))
+    return 1 if any(r["errors"] or not r["steps"] for r in rows + baseline) else 0
 
 
 if __name__ == "__main__":

@@ -6,8 +6,12 @@ steps: decoding and validating each trajectory (as the service's reader threads 
 PPO's per-fragment processing (normalizer, values, GAE), and the updates. A real gateway
 with one stand-in instance records the chunks (``bench_ingestion.record``); they are
 then replayed ``--rounds`` times after one warm-up round (compilations), fragments fed the
-way ``BehaviorRun`` does (batches up to the next update, ``process_trajectories``) and,
-side by side in the same run, one ``process_trajectory`` call per fragment.
+way ``BehaviorRun`` does (batches up to the next update, ``process_trajectories``: packed row
+after row in one call, ``ppo_packed``, where fragments come in several padded lengths) and,
+side by side in the same run,
+the previous batched path (one call per run of fragments of one padded length,
+``make_batch_process_fn``, which memory still uses) and one ``process_trajectory`` call per
+fragment.
 
 Run: ``python -m benchmarks.bench_trainer_parts [--tasks gridworld,3dball] [--rounds 3]``.
 """
@@ -36,6 +40,12 @@ from trainer_server.learning.ppo import PPOLearner
 
 RESULTS = Path(__file__).parent / "results" / "bench_trainer_parts.md"
 PARTS = ("decode", "process", "update")
+#: how the fragments are fed: label -> description
+MODES = {
+    "one by one": "a compiled call per fragment (`process_trajectory`)",
+    "by padded length": "the previous batched path: a call per run of fragments of one padded length (`make_batch_process_fn`)",
+    "as the trainer": "as the trainer feeds them now (`process_trajectories`: a batch's fragments packed row after row, `ppo_packed`, where they come in several padded lengths, else by padded length)",
+}
 
 _log = get_logger("benchmarks.bench_trainer_parts")
 
@@ -55,18 +65,30 @@ def _decode(recording: Recording, spec: specs_mod.BehaviorSpec) -> list[list[tra
     return chunks
 
 
-def _learn(learner: PPOLearner, trajectories: list, batched: bool, seconds: dict[str, float]) -> None:
-    """One chunk into the learner, updating when ready; CPU seconds added to ``seconds``."""
+def _by_padded_length(learner: PPOLearner, batch: list) -> None:
+    """The previous ``process_trajectories`` without memory: a call per run of one padded length."""
+    for trajectory in batch:
+        learner._check(trajectory)
+    for group in learner._batch_groups(batch):
+        learner._process_group(group)
+
+
+def _learn(learner: PPOLearner, trajectories: list, mode: str, seconds: dict[str, float]) -> None:
+    """One chunk into the learner (``mode`` of ``MODES``), updating when ready; CPU seconds
+    added to ``seconds``."""
     index = 0
     while index < len(trajectories):
-        if batched:  # as BehaviorRun: a batch ends with the fragment that makes the update due
+        if mode != "one by one":  # as BehaviorRun: a batch ends with the fragment that makes the update due
             budget, steps, batch = max(1, learner.steps_until_ready()), 0, []
             while index < len(trajectories) and steps < budget:
                 batch.append(trajectories[index])
                 steps += len(trajectories[index])
                 index += 1
             start = time.process_time()
-            learner.process_trajectories(batch)
+            if mode == "as the trainer":
+                learner.process_trajectories(batch)
+            else:
+                _by_padded_length(learner, batch)
         else:
             start = time.process_time()
             learner.process_trajectory(trajectories[index])
@@ -79,7 +101,7 @@ def _learn(learner: PPOLearner, trajectories: list, batched: bool, seconds: dict
             seconds["update"] += time.process_time() - start
 
 
-def replay(recording: Recording, rounds: int, batched: bool) -> dict[str, float]:
+def replay(recording: Recording, rounds: int, mode: str) -> dict[str, float]:
     """CPU seconds per 10k agent steps of each part over ``rounds`` replays after a warm-up one."""
     _, behavior, config = TASKS[recording.task]
     settings = trainer_settings_from_dict(yaml.safe_load(config.read_text())["behaviors"][behavior])
@@ -94,7 +116,7 @@ def replay(recording: Recording, rounds: int, batched: bool) -> dict[str, float]
         chunks = _decode(recording, spec)
         seconds["decode"] += time.process_time() - start
         for trajectories in chunks:
-            _learn(learner, trajectories, batched, seconds)
+            _learn(learner, trajectories, mode, seconds)
             steps += sum(len(t) for t in trajectories)
     out = {part: value / steps * 10_000 for part, value in seconds.items()}
     out["total"] = sum(out.values())
@@ -103,7 +125,7 @@ def replay(recording: Recording, rounds: int, batched: bool) -> dict[str, float]
     return out
 
 
-def _render(argv: list[str], rows: list[tuple[str, Recording, dict, dict]]) -> str:
+def _render(argv: list[str], rows: list[tuple[str, Recording, dict[str, dict]]]) -> str:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# bench_trainer_parts: the trainer's CPU per agent step, by part",
@@ -115,17 +137,17 @@ def _render(argv: list[str], rows: list[tuple[str, Recording, dict, dict]]) -> s
         "",
         "Recorded chunks of one gateway with one stand-in instance, replayed in-process (no gRPC): CPU "
         "seconds per 10k agent steps of decoding and validating them, of PPO's per-fragment processing "
-        "and of the updates, the task's `configs/ppo` settings. \"one by one\": a compiled call per "
-        "fragment (`process_trajectory`); \"batched\": as the trainer feeds them (`process_trajectories`). "
-        "The last column divides the recording gateway's CPU (gateway, worker, stand-in) by these parts' "
+        "and of the updates, the task's `configs/ppo` settings, the fragments fed in three ways side by side: "
+        + "; ".join(f"\"{label}\": {text}" for label, text in MODES.items())
+        + ". The compilations of the warm-up round are left out (a shape first seen later counts). The last column divides the recording gateway's CPU (gateway, worker, stand-in) by these parts' "
         "alone: the whole trainer process also spends CPU on gRPC and its threads (bench_ingestion.md).",
         "",
         "| task | fragments fed | decode | process | update | total | updates per 10k steps | "
         "gateway CPU s per 10k (recording) | gateway CPU / these parts' CPU |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for task, rec, one, batched in rows:
-        for label, r in (("one by one", one), ("batched", batched)):
+    for task, rec, results in rows:
+        for label, r in results.items():
             lines.append(
                 f"| {task} | {label} | {r['decode']:.2f} | {r['process']:.2f} | {r['update']:.2f} | {r['total']:.2f} "
                 f"| {r['updates_per_10k']:.1f} | {rec.cpu_per_10k():.2f} | {rec.cpu_per_10k() / r['total']:.1f}x |"
@@ -151,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for task in tasks:
         recording = record(task, args.record_seconds)
-        one, batched = replay(recording, args.rounds, False), replay(recording, args.rounds, True)
-        _log.info("measured", task=task, one_by_one=one, batched=batched)
-        rows.append((task, recording, one, batched))
+        results = {mode: replay(recording, args.rounds, mode) for mode in MODES}
+        _log.info("measured", task=task, **{mode.replace(" ", "_"): r for mode, r in results.items()})
+        rows.append((task, recording, results))
     write_results(args.output, _render(argv, rows))
     return 0
 

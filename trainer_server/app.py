@@ -122,6 +122,25 @@ ProcessedListener = Callable[[str, int], None]
 ReplacedListener = Callable[[str, str], None]
 
 
+def steps_by_version(trajectories: list[Trajectory]) -> dict[int, int]:
+    """Agent steps per acting policy version over ``trajectories``.
+
+    Why not ``np.unique`` per trajectory: a trajectory's steps nearly always share one
+    version, and ``np.unique`` (a sort) was a fifth of a reader thread's CPU on 3DBall
+    (benchmarks/results/bench_ingestion.md); one comparison settles that case."""
+    by_version: dict[int, int] = {}
+    for t in trajectories:
+        versions = np.asarray(t.policy_versions)
+        if versions.size and (versions == versions[0]).all():
+            v = int(versions[0])
+            by_version[v] = by_version.get(v, 0) + int(versions.size)
+            continue
+        values, counts = np.unique(versions, return_counts=True)
+        for v, n in zip(values.tolist(), counts.tolist()):
+            by_version[v] = by_version.get(v, 0) + n
+    return by_version
+
+
 class TrainingApp:
     """The trainer's intake, its registry of behaviors and its training thread.
 
@@ -356,11 +375,7 @@ class TrainingApp:
             self._hold(behavior, spec, sequence)
             steps = sum(len(t) for t in trajectories)
             item = _Chunk(gateway_id, sequence, behavior, trajectories, parsed, collector, steps, parameters_generation)
-            by_version: dict[int, int] = {}
-            for t in trajectories:
-                versions, counts = np.unique(t.policy_versions, return_counts=True)
-                for v, n in zip(versions.tolist(), counts.tolist()):
-                    by_version[v] = by_version.get(v, 0) + n
+            by_version = steps_by_version(trajectories)
             # before the put: the training thread may take the chunk in at once
             self.collection.received(collector, behavior, by_version, returned_steps)
             deadline = None if timeout is None else time.monotonic() + timeout

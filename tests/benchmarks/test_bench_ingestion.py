@@ -20,3 +20,17 @@ def test_a_replayed_chunk_is_renumbered_without_reencoding():
         expected.CopyFrom(chunk)
         expected.sequence = sequence
         assert message.chunk == expected
+
+
+def test_the_baseline_tree_s_trainer_modules_come_from_that_tree(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.bench_ingestion import baseline_tree
+
+    tree = baseline_tree("HEAD", tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "protos")])}
+    code = "import trainer_server.cli, tandem.v1.trainer_pb2 as t; print(trainer_server.cli.__file__); print(t.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, check=True, capture_output=True, text=True)
+    assert all(line.startswith(str(tree)) for line in out.stdout.split()), out.stdout

@@ -12,9 +12,11 @@ Flow (per behavior, one ``PPOLearner``):
    advantages with the value of ``next_observations`` as bootstrap when the fragment was
    cut (``time_horizon``) or interrupted (max step), and 0 after a true terminal. Rewards
    are the environment's times the extrinsic ``strength``. The result joins the buffer.
-   ``process_trajectories`` does the same for a chunk's fragments in a few compiled calls
-   (``make_batch_process_fn``: the fragments of one padded length together, the normalizer
-   folded in their order), with the same results; the trainer uses it.
+   ``process_trajectories`` does the same for a chunk's fragments in one compiled call
+   (fragments of several padded lengths without memory: ``ppo_packed``, their rows packed
+   one after the other; else ``make_batch_process_fn``, the fragments of one padded length
+   together), the
+   normalizer folded in their order, with the same results; the trainer uses it.
 2. ``update`` (when ``buffer_size`` steps are buffered): ONE jit-compiled pure function
    ``(state, batch, key) -> (state, metrics)``: advantages normalized over the batch,
    ``num_epoch`` passes over shuffled minibatches of ``batch_size`` (``lax.scan``, no
@@ -88,7 +90,7 @@ from common.specs import BehaviorSpec
 from common.trajectory import Trajectory
 from trainer_server.learning import behavioral_cloning, devices, distributions, networks, shared
 from trainer_server.learning import normalizer as norm_mod
-from trainer_server.learning import rollout_buffer
+from trainer_server.learning import ppo_packed, rollout_buffer
 from trainer_server.learning import reward_signals as signals_mod
 from trainer_server.config.schema import PPOSettings, TrainerSettings
 
@@ -699,7 +701,7 @@ class PPOLearner:
         update_count: updates done so far.
         rollout_buffer: the processed steps waiting for the next update.
         trace_counts: how often each compiled function was traced ("update", "process",
-            "batch_process", "act"): a retrace means a recompilation.
+            "batch_process", "packed_process", "act"): a retrace means a recompilation.
     """
 
     def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, seed: int = 0, demonstrations: Any = None):
@@ -732,7 +734,7 @@ class PPOLearner:
         #: (gateway, instance, agent id)
         self.critic_memories: dict[tuple[str, int, int], np.ndarray] = {}
         self._episode_rewards = signals_mod.EpisodeRewards(self.signals.reward_tags())
-        self._traces = shared.TraceCounter("update", "process", "batch_process", "act")
+        self._traces = shared.TraceCounter("update", "process", "batch_process", "packed_process", "act")
         self.trace_counts = self._traces.counts
         self._warned_long = False
         devices.check_batch_sizes(spec.name, settings)
@@ -747,6 +749,22 @@ class PPOLearner:
         )
         self._batch_process_fn = jax.jit(
             make_batch_process_fn(arch, settings, self._traces.hook("batch_process"), self.signals),
+            compiler_options=shared.cpu_compiler_options(),
+        )
+        #: row counts the packed call has been compiled for (``ppo_packed.packed_shape``)
+        self._packed_rows: set[int] = set()
+        #: how often each row bucket was a batch's own (``ppo_packed.packed_shape``'s ``asked``)
+        self._packed_asked: dict[int, int] = {}
+        # packed only where fragments come in several padded lengths: with a short time_horizon
+        # (GridWorld: 5) every fragment has one padded length, and make_batch_process_fn's
+        # per-fragment layout takes a batch in one call too, the actor on the steps alone and
+        # with fewer compiled shapes (benchmarks/results/bench_trainer_parts.md)
+        packs = not m and settings.time_horizon > MIN_PADDED_ROWS
+        self._packed_process_fn = None if not packs else jax.jit(
+            ppo_packed.make_packed_process_fn(
+                arch, self.signals, self.hyperparameters.lambd, self.hyperparameters.shared_critic,
+                self._traces.hook("packed_process"),
+            ),
             compiler_options=shared.cpu_compiler_options(),
         )
         self._on_act_trace = self._traces.hook("act")
@@ -785,10 +803,14 @@ class PPOLearner:
     def process_trajectories(self, trajectories: list[Trajectory]) -> None:
         """``process_trajectory`` for several fragments in order, a few compiled calls in all.
 
-        Consecutive fragments of one padded length (and, with memory, of distinct agents) go
+        Without memory and with a ``time_horizon`` above ``MIN_PADDED_ROWS`` (fragments of
+        several padded lengths): runs of up to ``ppo_packed.MAX_PACKED_STEPS`` steps go
+        through one call each of ``ppo_packed.make_packed_process_fn``, their rows packed one
+        after the other (``ppo_packed.packed_shape``: a handful of compiled shapes). Otherwise
+        consecutive fragments of one padded length (with memory: of distinct agents) go
         through one call of ``make_batch_process_fn``, padded with empty fragments to a power
         of two of at least ``MIN_BATCH_FRAGMENTS`` and at most ``MAX_BATCH_FRAGMENTS``
-        fragments (a handful of compiled shapes). The buffer, normalizer, step and per-agent
+        fragments. The buffer, normalizer, step and per-agent
         state end as after ``process_trajectory`` on each in turn (values up to float
         summation order). The caller decides when to update: the fragments all enter the
         buffer, even past ``buffer_size`` (``steps_until_ready``).
@@ -799,6 +821,10 @@ class PPOLearner:
         """
         for trajectory in trajectories:
             self._check(trajectory)
+        if self._packed_process_fn is not None:
+            for group in ppo_packed.packed_groups(trajectories):
+                self._process_packed(group)
+            return
         for group in self._batch_groups(trajectories):
             self._process_group(group)
 
@@ -893,6 +919,44 @@ class PPOLearner:
                 trajectory, [rows[b] for rows in observations], *[None if r is None else r[b] for r in results],
                 actions=actions[b],
             )
+
+    def _process_packed(self, group: list[Trajectory]) -> None:
+        """One packed call for ``group`` (without memory: ``ppo_packed``), then the whole group
+        into the buffer as one chunk (its steps in order) and each fragment's signal sums."""
+        actions = [self._actions(t) for t in group]
+        steps = sum(len(t) for t in group)
+        own = ppo_packed.own_rows(steps, len(group))
+        calls = sum(self._packed_asked.values())
+        rows = ppo_packed.packed_shape(steps, len(group), self._packed_rows, self._packed_asked.get(own, 0), calls)
+        self._packed_asked[own] = self._packed_asked.get(own, 0) + 1
+        self._packed_rows.add(rows)
+        batch = ppo_packed.pack(group, actions, [_bootstraps(t) for t in group], rows)
+        normalizer, *results = self._packed_process_fn(
+            self._state.params, self._state.normalizer, self._acting_normalizer, batch.observations, batch.segments,
+            batch.next_rows, batch.real, batch.last, batch.bootstrap, batch.dones, batch.rewards, batch.continuous,
+            batch.discrete, batch.action_masks, batch.log_probs, batch.lengths, self._state.signals,
+        )
+        self._state = self._state._replace(normalizer=normalizer)
+        values, advantages, returns, old_log_probs, signal_rewards = (np.asarray(r) for r in results)
+        s = batch.steps
+        chunk = {
+            "observations": [o[:s] for o in batch.observations],
+            "continuous_actions": batch.continuous[:s],
+            "discrete_actions": batch.discrete[:s],
+            "action_masks": batch.action_masks[:s],
+            "log_probs": old_log_probs[:s],
+            "values": _heads_layout(values[:s]),
+            "advantages": advantages[:s],
+            "returns": _heads_layout(returns[:s]),
+        }
+        if self.signals.needs_inputs:
+            chunk["next_observations"] = [o[batch.next_rows[:s]] for o in batch.observations]
+            chunk["dones"] = batch.dones[:s]
+        self.rollout_buffer.add(chunk)
+        sums = np.add.reduceat(signal_rewards[:, :s], batch.offsets, axis=1)  # [H, K]
+        for k, trajectory in enumerate(group):
+            self._episode_rewards.add(trajectory.agent_key, sums[:, k], trajectory.done)
+        self.step += s
 
     def _store(
         self,
