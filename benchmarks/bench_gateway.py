@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-adapters", action="store_true", help="skip the adapter rows")
     parser.add_argument(
-        "--adapter-rounds", type=int, default=16,
+        "--adapter-rounds", type=int, default=24,
         help="adapter rows: rounds per agent count (each measures every mode once; the goal takes their median ratio)",
     )
     parser.add_argument("--adapter-seconds", type=float, default=1.0, help="adapter rows: measuring time per mode and round")
