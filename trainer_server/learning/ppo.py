@@ -15,8 +15,8 @@ Flow (per behavior, one ``PPOLearner``):
    ``process_trajectories`` does the same for a chunk's fragments in one compiled call
    (fragments of several padded lengths without memory: ``ppo_packed``, their rows packed
    one after the other; else ``make_batch_process_fn``, the fragments of one padded length
-   together), the
-   normalizer folded in their order, with the same results; the trainer uses it.
+   together), the normalizer folded in their order, with the same results; the trainer
+   uses it.
 2. ``update`` (when ``buffer_size`` steps are buffered): ONE jit-compiled pure function
    ``(state, batch, key) -> (state, metrics)``: advantages normalized over the batch,
    ``num_epoch`` passes over shuffled minibatches of ``batch_size`` (``lax.scan``, no
