@@ -296,8 +296,8 @@ CLIENT_SIDE = (GYM,)
 
 def measure(agents: int, seconds: float, rounds: int) -> tuple[list[dict[str, Measured]], dict[str, float]]:
     """``rounds`` rounds on one gateway process, each measuring every mode once, back to back,
-    in an order rotated from round to round; per round, mode -> (agent-steps/s, client CPU us
-    per agent-step, gateway CPU us per agent-step). Then ``client_work`` on the same gateway.
+    in an order rotated from round to round; per round, mode -> its ``Measured``. Then
+    ``client_work`` on the same gateway.
 
     Why rounds in rotated order: on a shared machine the load drifts within seconds; spread
     over the same stretch of time, each mode meets about the same mix of loads.

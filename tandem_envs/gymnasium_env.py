@@ -181,11 +181,11 @@ class UnityVectorEnv(VectorEnv):
     Stepping: one ``step`` sends the pending agents' actions and steps Unity until at
     least one agent of the behavior requests a decision (Unity steps where none does are
     skipped; an episode that ends in between is reported by that step, its last reward
-    with it, what comes after with the next one: ``agent_slots.step_until``). Agents that decide at different periods therefore
-    do not all act at every ``step``: a slot whose agent did not request a decision keeps
-    its observation, gets reward 0 (its reward comes with its next decision) and
-    ``info["decision_requested"]`` false, and its action is ignored (Unity repeats the
-    agent's previous action). In scenes where every agent decides together (3DBall,
+    with it, what comes after with the next one: ``agent_slots.step_until``). Agents that
+    decide at different periods therefore do not all act at every ``step``: a slot whose
+    agent did not request a decision keeps its observation, gets reward 0 (its reward comes
+    with its next decision) and ``info["decision_requested"]`` false, and its action is
+    ignored (Unity repeats the agent's previous action). In scenes where every agent decides together (3DBall,
     GridWorld) every slot acts at every step.
 
     Autoreset: ``AutoresetMode.SAME_STEP`` (``metadata["autoreset_mode"]``), because Unity

@@ -407,12 +407,12 @@ def step_until(
     for i in range(max_quiet_steps):
         if until(seen) or (i >= max_end_wait_steps and seen.ended.any()):
             return seen
-        views = step_once(None)
-        if slots.ends_again(views, seen.ended):
+        views, ended = step_once(None), seen.ended
+        if slots.ends_again(views, ended):
             slots.hold(views)
             seen.decided = np.zeros_like(seen.decided)
             return seen
-        seen = merge(seen, slots.absorb(views, ended_before=seen.ended))
+        seen = merge(seen, slots.absorb(views, ended_before=ended))
     if until(seen) or seen.ended.any():
         return seen
     raise RuntimeError(
@@ -425,7 +425,3 @@ def any_decision(step: SlotStep) -> bool:
     """A row requested a decision (episode ends without one are merged into that step)."""
     return bool(step.decided.any())
 
-
-def any_news(step: SlotStep) -> bool:
-    """A row requested a decision or ended its episode."""
-    return bool(step.decided.any() or step.ended.any())

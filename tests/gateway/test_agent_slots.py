@@ -7,7 +7,7 @@ import pytest
 
 from common.specs import ActionSpec, BehaviorSpec, ObservationSpec
 from gateway.env.steps import StepBatch
-from gateway.remote.agent_slots import AgentSlots, NoAgents, any_decision, any_news, discover, step_until
+from gateway.remote.agent_slots import AgentSlots, NoAgents, any_decision, discover, step_until
 from gateway.remote.client import BehaviorStepsView
 
 SPEC = BehaviorSpec("B?team=0", (ObservationSpec("v", (2,)),), ActionSpec(continuous_size=1, discrete_branches=(3,)))
@@ -102,7 +102,7 @@ def test_step_until_merges_quiet_steps_and_gives_up_after_the_limit():
     assert step.rewards.tolist() == [1.0]  # the end's; the next episode's first decision's 0.5 comes next
     assert slots.absorb([view(0, [0], reward=0.25)]).rewards.tolist() == [0.75]
     with pytest.raises(RuntimeError, match="no decision after 3 environment steps"):
-        step_until(slots, lambda actions: [], (None, None), any_news, max_quiet_steps=3)
+        step_until(slots, lambda actions: [], (None, None), any_decision, max_quiet_steps=3)
 
 
 def test_step_until_keeps_each_row_s_episodes_apart_across_merged_responses():
